@@ -1,0 +1,175 @@
+//! HTTP routing: host pattern plus longest path prefix.
+
+use std::sync::Arc;
+
+/// A host (or SNI) pattern: exact name, `*.example.org` (one or more labels), or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Matches anything, including no host at all.
+    Any,
+    /// Matches one lowercase name.
+    Exact(String),
+    /// `*.example.org`: stores `.example.org`; matches names ending in it.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Parses a pattern; names are case-insensitive.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "*" {
+            return Ok(HostPattern::Any);
+        }
+        if let Some(rest) = s.strip_prefix("*.") {
+            if rest.is_empty() || rest.contains('*') {
+                return Err(format!("`{s}`: a wildcard may only be a leading `*.`"));
+            }
+            return Ok(HostPattern::Suffix(format!(".{rest}")));
+        }
+        if s.is_empty() || s.contains('*') {
+            return Err(format!("`{s}`: use an exact name, `*.example.org`, or `*`"));
+        }
+        Ok(HostPattern::Exact(s))
+    }
+
+    /// Whether a lowercase host (without port) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(sfx) => host.len() > sfx.len() && host.ends_with(sfx.as_str()),
+        }
+    }
+
+    /// Higher is more specific; breaks ties between equally long path prefixes.
+    fn specificity(&self) -> u8 {
+        match self {
+            HostPattern::Any => 0,
+            HostPattern::Suffix(_) => 1,
+            HostPattern::Exact(_) => 2,
+        }
+    }
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Route name (logs, metric labels).
+    pub name: Arc<str>,
+    /// Host pattern.
+    pub host: HostPattern,
+    /// Path prefix.
+    pub prefix: String,
+    /// Index into the proxy's upstream table.
+    pub upstream: usize,
+}
+
+impl Route {
+    /// A prefix ending in `/` matches as a plain prefix; otherwise only at a segment
+    /// boundary, so `/api` matches `/api` and `/api/x` but not `/apix`.
+    fn path_matches(&self, path: &str) -> bool {
+        match path.strip_prefix(self.prefix.as_str()) {
+            None => false,
+            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        }
+    }
+}
+
+/// The route table: longest prefix first, then the most specific host, then file order.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Builds the table; `routes` in configuration order.
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut routes = routes;
+        // Stable sort keeps file order among equals.
+        routes.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then(b.host.specificity().cmp(&a.host.specificity()))
+        });
+        Router { routes }
+    }
+
+    /// The route for `host` (lowercase, no port; empty when absent) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.host.matches(host) && r.path_matches(path))
+    }
+}
+
+/// Lowercases a Host header value and strips its port (`[::1]:80` → `[::1]`).
+pub fn normalize_host(raw: &str) -> String {
+    let raw = raw.trim();
+    let host = if raw.starts_with('[') {
+        raw.split_once(']')
+            .map(|(h, _)| &raw[..h.len() + 1])
+            .unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(h, _)| h)
+            .unwrap_or(raw)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(name: &str, host: &str, prefix: &str) -> Route {
+        Route {
+            name: name.into(),
+            host: HostPattern::parse(host).unwrap(),
+            prefix: prefix.into(),
+            upstream: 0,
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        let any = HostPattern::parse("*").unwrap();
+        assert!(any.matches("") && any.matches("x.org"));
+        let w = HostPattern::parse("*.Example.org").unwrap();
+        assert!(w.matches("a.example.org") && w.matches("a.b.example.org"));
+        assert!(!w.matches("example.org") && !w.matches("aexample.org"));
+        let e = HostPattern::parse("Kea.internal").unwrap();
+        assert!(e.matches("kea.internal") && !e.matches("x.kea.internal"));
+        assert!(HostPattern::parse("a.*.org").is_err());
+        assert!(HostPattern::parse("").is_err());
+    }
+
+    #[test]
+    fn longest_prefix_then_specific_host() {
+        let router = Router::new(vec![
+            r("root", "*", "/"),
+            r("api", "*", "/api"),
+            r("api-kea", "kea.internal", "/api"),
+            r("v1", "*.example.org", "/api/v1/"),
+        ]);
+        let name = |h: &str, p: &str| router.find(h, p).map(|r| r.name.to_string());
+        assert_eq!(name("x", "/"), Some("root".into()));
+        assert_eq!(name("x", "/api"), Some("api".into()));
+        assert_eq!(name("x", "/api/z"), Some("api".into()));
+        assert_eq!(name("x", "/apix"), Some("root".into()));
+        assert_eq!(name("kea.internal", "/api/z"), Some("api-kea".into()));
+        assert_eq!(name("a.example.org", "/api/v1/x"), Some("v1".into()));
+        assert_eq!(name("other.net", "/api/v1/x"), Some("api".into()));
+        let none = Router::new(vec![r("only", "kea.internal", "/")]);
+        assert!(none.find("other", "/").is_none());
+    }
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host("Kea.Internal:8443"), "kea.internal");
+        assert_eq!(normalize_host("[::1]:5665"), "[::1]");
+        assert_eq!(normalize_host("example.org."), "example.org");
+        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+    }
+}

@@ -1,0 +1,34 @@
+//! Gatehouse: an edge proxy for control planes (ISC Kea, Icinga 2) on Pingora + BoringSSL.
+//!
+//! # Layout
+//!
+//! The data path reads top-down: accept → TLS → demux → HTTP → upstream.
+//!
+//! - [`config`]: the YAML file — schema, units, validation with key paths.
+//! - [`tls`]: certificate material, downstream TLS settings (SNI certs, client auth),
+//!   the caller's identity ([`tls::TlsInfo`]), and upstream trust ([`tls::upstream`]).
+//! - [`demux`]: the per-listener Pingora app that decides what a connection speaks.
+//! - [`http`]: the `ProxyHttp` — routing ([`http::route`]), forwarding headers, failure
+//!   answers, access log.
+//! - [`upstream`]: upstream groups (load balancing, health checks, peer settings) and
+//!   the classification of upstream failures.
+//! - [`metrics`]: the Prometheus families.
+//! - [`server`]: assembly of all of the above into a Pingora `Server`.
+//! - [`pki`]: throwaway CAs and certificates (`gatehouse dev-certs`, tests).
+//!
+//! The binary (`src/main.rs`) is a thin CLI over [`server::run`] and [`server::Plan`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod demux;
+pub mod http;
+pub mod metrics;
+pub mod pki;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+pub use config::{Config, ConfigError, ConfigErrors};
+pub use server::{run, Plan, RunOptions};

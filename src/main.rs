@@ -1,0 +1,85 @@
+//! The `gatehouse` command: a thin shell over the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Edge proxy for control planes (Kea, Icinga 2)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    Run {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Take the listeners over from a running instance (then SIGQUIT the old one).
+        #[arg(long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Parse and validate a configuration and load every file it names.
+    Check {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Write a throwaway development PKI (CA, server, client, gatehouse) into DIR.
+    DevCerts {
+        /// Output folder (created if missing).
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().cmd {
+        Cmd::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
+            let opts = gatehouse::RunOptions { upgrade, daemon };
+            match gatehouse::run(&config, &opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Check { config } => match gatehouse::Plan::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::DevCerts { dir } => match gatehouse::pki::write_dev_pki(&dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dev-certs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,129 @@
+//! Prometheus metric families, registered in the default registry that Pingora's
+//! prometheus service serves.
+//!
+//! Names and labels are a contract with operators' dashboards. Every label value is drawn
+//! from a bounded set (listener and route names from the config, fixed enums otherwise), so
+//! a hostile client cannot blow up the series count.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
+
+/// `gatehouse_build_info{version}` — always 1; the version label says what runs.
+pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "gatehouse_build_info",
+        "Gatehouse build information (always 1).",
+        &["version"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_connections_total{listener, protocol}`.
+pub static CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_connections_total",
+        "Connections accepted after the TLS handshake, by the protocol they turned out to speak.",
+        &["listener", "protocol"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_connections_active{listener, protocol}`.
+pub static CONNECTIONS_ACTIVE: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "gatehouse_connections_active",
+        "Connections currently open, by protocol.",
+        &["listener", "protocol"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_tls_client_verify_failures_total{listener, reason}`.
+pub static TLS_VERIFY_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_tls_client_verify_failures_total",
+        "Client certificates that failed verification (reason: unknown_ca, expired, other).",
+        &["listener", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_http_requests_total{route, status}` with status a class: 2xx, 3xx, 4xx, 5xx.
+pub static HTTP_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_http_requests_total",
+        "HTTP requests answered, by route and status class.",
+        &["route", "status"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_http_request_duration_seconds{route}`.
+pub static HTTP_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "gatehouse_http_request_duration_seconds",
+        "Time from request start to the last response byte, by route.",
+        &["route"],
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_upstream_errors_total{upstream, kind}`.
+pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_upstream_errors_total",
+        "Failures talking to upstream peers (kind: invalid_cert, handshake, timeout, refused, other).",
+        &["upstream", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Registers every family (so each shows up before its first event) and sets build info.
+pub fn init() {
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    Lazy::force(&CONNECTIONS);
+    Lazy::force(&CONNECTIONS_ACTIVE);
+    Lazy::force(&TLS_VERIFY_FAILURES);
+    Lazy::force(&HTTP_REQUESTS);
+    Lazy::force(&HTTP_DURATION);
+    Lazy::force(&UPSTREAM_ERRORS);
+}
+
+/// The status-class label for an HTTP status.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        0..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Keeps `gatehouse_connections_active` right however a connection ends (drop = decrement).
+pub struct ActiveGuard(prometheus::IntGauge);
+
+impl ActiveGuard {
+    /// Counts one connection of `protocol` on `listener` as opened and active.
+    pub fn open(listener: &str, protocol: &str) -> Self {
+        CONNECTIONS.with_label_values(&[listener, protocol]).inc();
+        let g = CONNECTIONS_ACTIVE.with_label_values(&[listener, protocol]);
+        g.inc();
+        ActiveGuard(g)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

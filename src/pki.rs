@@ -1,0 +1,265 @@
+//! A small certificate factory on BoringSSL: throwaway CAs and leaf certificates.
+//!
+//! Used by `gatehouse dev-certs` (so `make run` needs no openssl CLI) and by the test
+//! suites, which mint every certificate they use at test time. Keys are EC P-256.
+
+use boring::asn1::{Asn1Integer, Asn1Time};
+use boring::bn::{BigNum, MsbOption};
+use boring::ec::{EcGroup, EcKey};
+use boring::error::ErrorStack;
+use boring::hash::MessageDigest;
+use boring::nid::Nid;
+use boring::pkey::{PKey, Private};
+use boring::x509::extension::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+};
+use boring::x509::{X509Name, X509};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A certificate with its private key.
+#[derive(Clone)]
+pub struct Issued {
+    /// The certificate.
+    pub cert: X509,
+    /// Its private key.
+    pub key: PKey<Private>,
+}
+
+impl Issued {
+    /// The certificate as PEM.
+    pub fn cert_pem(&self) -> Vec<u8> {
+        self.cert.to_pem().unwrap_or_default()
+    }
+
+    /// The private key as PKCS#8 PEM.
+    pub fn key_pem(&self) -> Vec<u8> {
+        self.key.private_key_to_pem_pkcs8().unwrap_or_default()
+    }
+
+    /// Writes `<stem>.crt` and `<stem>.key` into `dir`; returns the two paths.
+    pub fn write(&self, dir: &Path, stem: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+        let crt = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&crt, self.cert_pem())?;
+        write_private(&key, &self.key_pem())?;
+        Ok((crt, key))
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// What to put in a certificate.
+#[derive(Clone, Debug)]
+pub struct CertSpec {
+    /// Subject common name.
+    pub cn: String,
+    /// DNS subject alternative names.
+    pub dns: Vec<String>,
+    /// IP subject alternative names.
+    pub ips: Vec<String>,
+    /// URI subject alternative names (SPIFFE IDs).
+    pub uris: Vec<String>,
+    /// Valid from now + this many seconds (negative = in the past).
+    pub not_before_secs: i64,
+    /// Valid until now + this many seconds.
+    pub not_after_secs: i64,
+}
+
+impl CertSpec {
+    /// A certificate for `cn`, valid from an hour ago for a year.
+    pub fn new(cn: &str) -> Self {
+        CertSpec {
+            cn: cn.to_string(),
+            dns: vec![],
+            ips: vec![],
+            uris: vec![],
+            not_before_secs: -3600,
+            not_after_secs: 365 * 86400,
+        }
+    }
+
+    /// Adds DNS names.
+    pub fn dns(mut self, names: &[&str]) -> Self {
+        self.dns.extend(names.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Adds IP addresses.
+    pub fn ips(mut self, ips: &[&str]) -> Self {
+        self.ips.extend(ips.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Adds URIs (e.g. `spiffe://example.org/ops/alice`).
+    pub fn uris(mut self, uris: &[&str]) -> Self {
+        self.uris.extend(uris.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets the validity window relative to now, in seconds.
+    pub fn validity(mut self, not_before_secs: i64, not_after_secs: i64) -> Self {
+        self.not_before_secs = not_before_secs;
+        self.not_after_secs = not_after_secs;
+        self
+    }
+}
+
+/// A certificate authority that can issue leaves.
+#[derive(Clone)]
+pub struct Ca {
+    /// The CA's own certificate and key.
+    pub issued: Issued,
+}
+
+impl Ca {
+    /// A new self-signed CA named `cn`, valid for ten years.
+    pub fn new(cn: &str) -> Result<Ca, ErrorStack> {
+        let key = new_key()?;
+        let spec = CertSpec::new(cn).validity(-3600, 10 * 365 * 86400);
+        let cert = build(&spec, &key, None, true)?;
+        Ok(Ca {
+            issued: Issued { cert, key },
+        })
+    }
+
+    /// The CA certificate.
+    pub fn cert(&self) -> &X509 {
+        &self.issued.cert
+    }
+
+    /// Issues a leaf for `spec`, usable for both server and client authentication.
+    pub fn issue(&self, spec: &CertSpec) -> Result<Issued, ErrorStack> {
+        let key = new_key()?;
+        let cert = build(spec, &key, Some(&self.issued), false)?;
+        Ok(Issued { cert, key })
+    }
+}
+
+/// A self-signed leaf (what an Icinga agent has before enrollment).
+pub fn self_signed(spec: &CertSpec) -> Result<Issued, ErrorStack> {
+    let key = new_key()?;
+    let cert = build(spec, &key, None, false)?;
+    Ok(Issued { cert, key })
+}
+
+fn new_key() -> Result<PKey<Private>, ErrorStack> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    PKey::from_ec_key(EcKey::generate(&group)?)
+}
+
+fn asn1_time(offset_secs: i64) -> Result<Asn1Time, ErrorStack> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Asn1Time::from_unix((now + offset_secs) as _)
+}
+
+fn build(
+    spec: &CertSpec,
+    key: &PKey<Private>,
+    issuer: Option<&Issued>,
+    is_ca: bool,
+) -> Result<X509, ErrorStack> {
+    let mut name = X509Name::builder()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, &spec.cn)?;
+    let name = name.build();
+
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let serial: Asn1Integer = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(issuer.map(|i| i.cert.subject_name()).unwrap_or(&name))?;
+    b.set_pubkey(key)?;
+    let not_before = asn1_time(spec.not_before_secs)?;
+    let not_after = asn1_time(spec.not_after_secs)?;
+    b.set_not_before(&not_before)?;
+    b.set_not_after(&not_after)?;
+
+    let mut exts = Vec::new();
+    if is_ca {
+        exts.push(BasicConstraints::new().critical().ca().build()?);
+        exts.push(
+            KeyUsage::new()
+                .critical()
+                .key_cert_sign()
+                .crl_sign()
+                .build()?,
+        );
+    } else {
+        exts.push(BasicConstraints::new().critical().build()?);
+        exts.push(
+            KeyUsage::new()
+                .critical()
+                .digital_signature()
+                .key_encipherment()
+                .build()?,
+        );
+        exts.push(
+            ExtendedKeyUsage::new()
+                .server_auth()
+                .client_auth()
+                .build()?,
+        );
+        if !(spec.dns.is_empty() && spec.ips.is_empty() && spec.uris.is_empty()) {
+            let mut san = SubjectAlternativeName::new();
+            for d in &spec.dns {
+                san.dns(d);
+            }
+            for ip in &spec.ips {
+                san.ip(ip);
+            }
+            for u in &spec.uris {
+                san.uri(u);
+            }
+            exts.push(san.build(&b.x509v3_context(issuer.map(|i| i.cert.as_ref()), None))?);
+        }
+    }
+    for ext in &exts {
+        b.append_extension(ext)?;
+    }
+    let signer = issuer.map(|i| &i.key).unwrap_or(key);
+    b.sign(signer, MessageDigest::sha256())?;
+    Ok(b.build())
+}
+
+/// Writes the development PKI used by `make run`: `ca`, `server` (localhost, 127.0.0.1, ::1),
+/// `client` (CN=dev-client) and `gatehouse` (CN=gatehouse, Gatehouse's own upstream client
+/// identity), each as `.crt` + `.key`. Returns the files written.
+pub fn write_dev_pki(dir: &Path) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir)?;
+    let ca = Ca::new("Gatehouse dev CA")?;
+    let server = ca.issue(
+        &CertSpec::new("localhost")
+            .dns(&["localhost"])
+            .ips(&["127.0.0.1", "::1"]),
+    )?;
+    let client = ca.issue(&CertSpec::new("dev-client"))?;
+    let gatehouse = ca.issue(&CertSpec::new("gatehouse"))?;
+    let mut out = Vec::new();
+    for (issued, stem) in [
+        (&ca.issued, "ca"),
+        (&server, "server"),
+        (&client, "client"),
+        (&gatehouse, "gatehouse"),
+    ] {
+        let (c, k) = issued.write(dir, stem)?;
+        out.push(c);
+        out.push(k);
+    }
+    Ok(out)
+}

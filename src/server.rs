@@ -1,0 +1,178 @@
+//! Assembly: configuration → loaded material → a Pingora `Server` with one service per
+//! listener, the upstream health checks and the metrics endpoint.
+
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::demux::ListenerApp;
+use crate::http::route::{HostPattern, Route, Router};
+use crate::http::HttpGateway;
+use crate::metrics;
+use crate::tls::ListenerTlsMaterial;
+use crate::upstream::{HealthService, UpstreamGroup};
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A configuration with every file loaded and checked: what `check` validates and `run` runs.
+pub struct Plan {
+    /// The parsed configuration.
+    pub config: Config,
+    listener_tls: Vec<Option<ListenerTlsMaterial>>,
+    upstreams: Vec<UpstreamGroup>,
+    health: Vec<HealthService>,
+    router: Router,
+}
+
+impl Plan {
+    /// Loads `file` and everything it names; reports every problem at once.
+    pub fn load(file: &Path) -> Result<Plan, ConfigErrors> {
+        let config = Config::load(file)?;
+        Plan::from_config(config).map_err(|errors| ConfigErrors {
+            file: file.to_path_buf(),
+            errors,
+        })
+    }
+
+    /// Loads the certificates, keys and CAs a validated `config` names.
+    pub fn from_config(config: Config) -> Result<Plan, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut listener_tls = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            listener_tls.push(l.tls.as_ref().and_then(|t| {
+                ListenerTlsMaterial::load(&config, &l.name, t, &format!("listeners[{i}].tls"))
+                    .map_err(|e| errs.extend(e))
+                    .ok()
+            }));
+        }
+        let mut upstreams = Vec::new();
+        let mut health = Vec::new();
+        let mut index = HashMap::new();
+        for (name, u) in &config.upstreams {
+            match UpstreamGroup::build(&config, name, u) {
+                Ok((g, hc)) => {
+                    index.insert(name.clone(), upstreams.len());
+                    upstreams.push(g);
+                    health.extend(hc);
+                }
+                Err(e) => errs.extend(e),
+            }
+        }
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            // Unknown upstreams and bad hosts were reported by validation.
+            if let (Some(&upstream), Ok(host)) =
+                (index.get(&r.upstream), HostPattern::parse(&r.host))
+            {
+                routes.push(Route {
+                    name: r.name.as_str().into(),
+                    host,
+                    prefix: r.path_prefix.clone(),
+                    upstream,
+                });
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Plan {
+            config,
+            listener_tls,
+            upstreams,
+            health,
+            router: Router::new(routes),
+        })
+    }
+
+    /// Builds the Pingora server (not yet running).
+    pub fn into_server(self, opts: &RunOptions) -> Result<Server, ConfigError> {
+        let s = &self.config.server;
+        let mut conf = ServerConf {
+            threads: s.threads,
+            pid_file: s.pid_file.to_string_lossy().into_owned(),
+            upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
+            grace_period_seconds: Some(ceil_secs(s.grace_period.get())),
+            graceful_shutdown_timeout_seconds: Some(ceil_secs(s.graceful_shutdown_timeout.get())),
+            error_log: s
+                .error_log
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            ..ServerConf::default()
+        };
+        // Only connect failures are retried (see HttpGateway::fail_to_connect).
+        conf.max_retries = self
+            .upstreams
+            .iter()
+            .map(|u| u.peer_count)
+            .max()
+            .unwrap_or(1);
+        let opt = Opt {
+            upgrade: opts.upgrade,
+            daemon: opts.daemon,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
+        server.bootstrap();
+        metrics::init();
+
+        let router = Arc::new(self.router);
+        let upstreams: Arc<[UpstreamGroup]> = self.upstreams.into();
+        for (l, tls) in self.config.listeners.iter().zip(self.listener_tls) {
+            let gateway =
+                HttpGateway::new(&l.name, tls.is_some(), router.clone(), upstreams.clone());
+            let http = pingora_proxy::http_proxy(&server.configuration, gateway);
+            let mut svc = Service::new(
+                format!("listener {}", l.name),
+                ListenerApp::new(&l.name, http),
+            );
+            match tls {
+                Some(t) => {
+                    let settings = t
+                        .settings()
+                        .map_err(|e| ConfigError::new(format!("listeners.{}.tls", l.name), e))?;
+                    svc.add_tls_with_settings(&l.address, None, settings);
+                }
+                None => svc.add_tcp(&l.address),
+            }
+            log::info!(
+                "listener {} on {} ({})",
+                l.name,
+                l.address,
+                if l.tls.is_some() { "tls" } else { "plaintext" }
+            );
+            server.add_service(svc);
+        }
+        server.add_services(self.health);
+        if let Some(m) = &self.config.metrics {
+            let mut prom = pingora_prometheus::prometheus_http_service();
+            prom.add_tcp(&m.address);
+            log::info!("metrics on http://{}/metrics", m.address);
+            server.add_service(prom);
+        }
+        Ok(server)
+    }
+}
+
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Process options from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Take the listeners over from a running instance (graceful upgrade).
+    pub upgrade: bool,
+    /// Detach and run in the background.
+    pub daemon: bool,
+}
+
+/// Loads `file` and runs until a stop signal; returns only on configuration errors.
+pub fn run(file: &Path, opts: &RunOptions) -> Result<(), ConfigErrors> {
+    let plan = Plan::load(file)?;
+    let server = plan.into_server(opts).map_err(|e| ConfigErrors {
+        file: file.to_path_buf(),
+        errors: vec![e],
+    })?;
+    server.run_forever()
+}

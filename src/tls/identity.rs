@@ -1,0 +1,155 @@
+//! Who is calling: the client identity read once per connection, at handshake time.
+//!
+//! Pingora stores what `handshake_complete_callback` returns in the connection's
+//! `SslDigest`, so every request on the connection (HTTP/1 keep-alive and HTTP/2 streams
+//! alike) sees the same parsed [`TlsInfo`] without touching the certificate again.
+
+use boring::hash::MessageDigest;
+use boring::nid::Nid;
+use boring::ssl::{NameType, SslRef};
+use boring::x509::{X509NameRef, X509};
+use std::fmt::Write;
+
+/// What the handshake told us about a downstream connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The SNI the client sent, lowercased.
+    pub sni: Option<String>,
+    /// The client certificate, if one was presented (verified or not).
+    pub client: Option<ClientCert>,
+}
+
+/// A presented client certificate and what was read from it.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// True when the chain verified against the listener's `client_ca`.
+    pub verified: bool,
+    /// Subject common name.
+    pub cn: Option<String>,
+    /// Subject DN, RFC 4514 order (`CN=a,O=b`).
+    pub subject: String,
+    /// DNS subject alternative names.
+    pub dns: Vec<String>,
+    /// URI subject alternative names (SPIFFE IDs live here).
+    pub uris: Vec<String>,
+    /// Lowercase hex SHA-256 of the DER leaf.
+    pub fingerprint: String,
+    /// The leaf itself, for forwarding (e.g. Icinga certificate requests).
+    pub cert: X509,
+}
+
+impl TlsInfo {
+    /// Reads SNI and the client certificate off a finished handshake.
+    pub fn from_ssl(ssl: &SslRef) -> TlsInfo {
+        let sni = ssl
+            .servername(NameType::HOST_NAME)
+            .map(|s| s.to_ascii_lowercase());
+        let client = ssl.peer_certificate().map(|cert| {
+            // verify_result() is Ok when no cert was sent: only meaningful with a cert.
+            let verified = ssl.verify_result().is_ok();
+            ClientCert::from_x509(cert, verified)
+        });
+        TlsInfo { sni, client }
+    }
+
+    /// The client, only if its certificate verified; otherwise it is anonymous.
+    pub fn authenticated(&self) -> Option<&ClientCert> {
+        self.client.as_ref().filter(|c| c.verified)
+    }
+
+    /// The authenticated CN for logs, or `-`.
+    pub fn cn_or_dash(&self) -> &str {
+        self.authenticated()
+            .and_then(|c| c.cn.as_deref())
+            .unwrap_or("-")
+    }
+}
+
+impl ClientCert {
+    /// Extracts CN, SANs, subject and fingerprint from `cert`.
+    pub fn from_x509(cert: X509, verified: bool) -> ClientCert {
+        let cn = cert
+            .subject_name()
+            .entries_by_nid(Nid::COMMONNAME)
+            .next()
+            .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()));
+        let mut dns = Vec::new();
+        let mut uris = Vec::new();
+        if let Some(sans) = cert.subject_alt_names() {
+            for san in &sans {
+                if let Some(d) = san.dnsname() {
+                    dns.push(d.to_string());
+                }
+                if let Some(u) = san.uri() {
+                    uris.push(u.to_string());
+                }
+            }
+        }
+        let fingerprint = cert
+            .digest(MessageDigest::sha256())
+            .map(|d| hex(&d))
+            .unwrap_or_default();
+        ClientCert {
+            verified,
+            cn,
+            subject: dn_string(cert.subject_name()),
+            dns,
+            uris,
+            fingerprint,
+            cert,
+        }
+    }
+}
+
+/// Formats a DN most-specific first (`CN=x,OU=y,O=z`), as RFC 4514 and Envoy's XFCC do.
+fn dn_string(name: &X509NameRef) -> String {
+    let mut parts: Vec<String> = name
+        .entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let val = e
+                .data()
+                .as_utf8()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            format!("{key}={val}")
+        })
+        .collect();
+    parts.reverse();
+    parts.join(",")
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, CertSpec};
+
+    #[test]
+    fn reads_cn_sans_and_fingerprint() {
+        let ca = Ca::new("t").unwrap();
+        let leaf = ca
+            .issue(
+                &CertSpec::new("ops-admin")
+                    .dns(&["admin.example.org"])
+                    .uris(&["spiffe://example.org/ops/admin"]),
+            )
+            .unwrap();
+        let c = ClientCert::from_x509(leaf.cert.clone(), true);
+        assert_eq!(c.cn.as_deref(), Some("ops-admin"));
+        assert_eq!(c.dns, vec!["admin.example.org"]);
+        assert_eq!(c.uris, vec!["spiffe://example.org/ops/admin"]);
+        assert_eq!(c.subject, "CN=ops-admin");
+        assert_eq!(c.fingerprint.len(), 64);
+        let again = ClientCert::from_x509(leaf.cert, true);
+        assert_eq!(c.fingerprint, again.fingerprint);
+    }
+}

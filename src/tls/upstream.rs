@@ -1,0 +1,117 @@
+//! Upstream TLS: one upstream's own trust store, client identity and handshake options,
+//! applied to every `HttpPeer` Gatehouse builds for it.
+
+use crate::config::{Config, ConfigError, UpstreamAlpn, UpstreamTls};
+use boring::ssl::{SslConnector, SslMethod};
+use boring::x509::X509;
+use pingora_core::protocols::tls::ALPN;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::CertKey;
+use std::borrow::Cow;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// Loaded upstream TLS settings, ready to stamp onto peers.
+#[derive(Clone)]
+pub struct UpstreamTlsMaterial {
+    sni: String,
+    ca: Option<Arc<Box<[X509]>>>,
+    client: Option<Arc<CertKey>>,
+    verify_cert: bool,
+    verify_hostname: bool,
+    alt_cn: Option<String>,
+    curves: Option<Cow<'static, str>>,
+    second_keyshare: bool,
+    alpn: ALPN,
+    /// Hash of everything above. Pingora's pool key ignores the CA store (and ALPN), so
+    /// without this a peer with the wrong CA could reuse a connection made with the right one.
+    group_key: u64,
+}
+
+impl UpstreamTlsMaterial {
+    /// Loads the files `t` names; `at` is its key path (`upstreams.kea.tls`).
+    pub fn load(cfg: &Config, t: &UpstreamTls, at: &str) -> Result<Self, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let ca = t.ca.as_ref().and_then(|p| {
+            super::load_certs(cfg, p, &format!("{at}.ca"))
+                .map_err(|e| errs.push(e))
+                .ok()
+        });
+        let client = match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => super::load_chain(
+                cfg,
+                c,
+                k,
+                &format!("{at}.client_cert"),
+                &format!("{at}.client_key"),
+                &mut errs,
+            ),
+            _ => None,
+        };
+        if let Some(c) = &t.curves {
+            let ok = SslConnector::builder(SslMethod::tls())
+                .map(|mut b| b.set_curves_list(c).is_ok())
+                .unwrap_or(false);
+            if !ok {
+                errs.push(ConfigError::new(
+                    format!("{at}.curves"),
+                    format!("`{c}` is not a valid curve list"),
+                ));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+
+        let mut h = DefaultHasher::new();
+        t.sni.hash(&mut h);
+        for c in ca.iter().flatten() {
+            c.to_der().unwrap_or_default().hash(&mut h);
+        }
+        if let Some(cc) = &client {
+            for c in &cc.chain {
+                c.to_der().unwrap_or_default().hash(&mut h);
+            }
+        }
+        (t.verify_cert, t.verify_hostname, &t.alt_cn, &t.curves).hash(&mut h);
+        (t.second_keyshare, t.alpn).hash(&mut h);
+
+        Ok(UpstreamTlsMaterial {
+            sni: t.sni.clone(),
+            ca: ca.map(|v| Arc::new(v.into_boxed_slice())),
+            client: client.map(|c| Arc::new(CertKey::new(c.chain, c.key))),
+            verify_cert: t.verify_cert,
+            verify_hostname: t.verify_hostname,
+            alt_cn: t.alt_cn.clone(),
+            curves: t.curves.clone().map(Cow::Owned),
+            second_keyshare: t.second_keyshare,
+            alpn: match t.alpn {
+                UpstreamAlpn::H1 => ALPN::H1,
+                UpstreamAlpn::H2 => ALPN::H2,
+                UpstreamAlpn::H2h1 => ALPN::H2H1,
+            },
+            group_key: h.finish(),
+        })
+    }
+
+    /// The SNI sent to peers.
+    pub fn sni(&self) -> &str {
+        &self.sni
+    }
+
+    /// Stamps these settings onto a TLS peer.
+    pub fn apply(&self, peer: &mut HttpPeer) {
+        peer.sni = self.sni.clone();
+        peer.client_cert_key = self.client.clone();
+        peer.group_key = self.group_key;
+        let o = &mut peer.options;
+        o.ca = self.ca.clone();
+        o.verify_cert = self.verify_cert;
+        o.verify_hostname = self.verify_hostname;
+        o.alternative_cn = self.alt_cn.clone();
+        o.curves = self.curves.clone();
+        o.second_keyshare = self.second_keyshare;
+        o.alpn = self.alpn.clone();
+    }
+}

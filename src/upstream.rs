@@ -1,0 +1,273 @@
+//! Upstream groups: Pingora load balancers with optional health checks, and the
+//! `HttpPeer` each request is sent to (timeouts and the group's own TLS settings).
+
+use crate::config::{Config, ConfigError, HealthCheckKind, LoadBalancing, Upstream};
+use crate::tls::upstream::UpstreamTlsMaterial;
+use pingora_core::services::background::background_service;
+use pingora_core::services::ServiceWithDependents;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::ResponseHeader;
+use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::selection::{BackendIter, BackendSelection};
+use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
+use pingora_load_balancing::LoadBalancer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Linear probing bound for hash selection (Pingora's `max_iterations`).
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+enum Selector {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Random(Arc<LoadBalancer<Random>>),
+    Hash(Arc<LoadBalancer<Consistent>>),
+}
+
+/// How every connection to this group's peers is made: timeouts and TLS.
+struct PeerTemplate {
+    tls: Option<UpstreamTlsMaterial>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl PeerTemplate {
+    fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut p = HttpPeer::new(addr, self.tls.is_some(), String::new());
+        if let Some(t) = &self.tls {
+            t.apply(&mut p);
+        }
+        let o = &mut p.options;
+        o.connection_timeout = Some(self.connect_timeout);
+        o.total_connection_timeout = Some(self.connect_timeout);
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.read_timeout);
+        o.idle_timeout = Some(self.idle_timeout);
+        p
+    }
+}
+
+/// One named upstream group.
+pub struct UpstreamGroup {
+    /// The `upstreams:` key (logs, metric labels).
+    pub name: Arc<str>,
+    selector: Selector,
+    template: PeerTemplate,
+    /// How many peers the group has (bounds connect retries).
+    pub peer_count: usize,
+}
+
+/// A group's health-check loop, to be added to the server as a background service.
+pub type HealthService = Box<dyn ServiceWithDependents>;
+
+impl UpstreamGroup {
+    /// Builds the group `name`; returns it with its health-check service, if any.
+    pub fn build(
+        cfg: &Config,
+        name: &str,
+        u: &Upstream,
+    ) -> Result<(UpstreamGroup, Option<HealthService>), Vec<ConfigError>> {
+        let at = format!("upstreams.{name}");
+        let tls = match &u.tls {
+            Some(t) => Some(UpstreamTlsMaterial::load(cfg, t, &format!("{at}.tls"))?),
+            None => None,
+        };
+        let addrs: Vec<SocketAddr> = u.peers.iter().filter_map(|p| p.parse().ok()).collect();
+        if addrs.len() != u.peers.len() || addrs.is_empty() {
+            return Err(vec![ConfigError::new(
+                format!("{at}.peers"),
+                "needs one or more IP:port addresses",
+            )]);
+        }
+        let template = PeerTemplate {
+            tls,
+            connect_timeout: u.connect_timeout.get(),
+            read_timeout: u.read_timeout.get(),
+            idle_timeout: u.idle_timeout.get(),
+        };
+        let hc = u.health_check.as_ref().map(|h| (h, &template, name));
+        let (selector, service) = match u.load_balancing {
+            LoadBalancing::RoundRobin => {
+                let (l, s) = with_health(lb::<RoundRobin>(&addrs, &at)?, hc);
+                (Selector::RoundRobin(l), s)
+            }
+            LoadBalancing::Random => {
+                let (l, s) = with_health(lb::<Random>(&addrs, &at)?, hc);
+                (Selector::Random(l), s)
+            }
+            LoadBalancing::ConsistentHash => {
+                let (l, s) = with_health(lb::<Consistent>(&addrs, &at)?, hc);
+                (Selector::Hash(l), s)
+            }
+        };
+        Ok((
+            UpstreamGroup {
+                name: name.into(),
+                selector,
+                template,
+                peer_count: addrs.len(),
+            },
+            service,
+        ))
+    }
+
+    /// Picks a healthy peer; `key` drives consistent hashing (ignored otherwise).
+    pub fn select(&self, key: &[u8]) -> Option<SocketAddr> {
+        let b = match &self.selector {
+            Selector::RoundRobin(l) => l.select(key, MAX_SELECT_ITERATIONS),
+            Selector::Random(l) => l.select(key, MAX_SELECT_ITERATIONS),
+            Selector::Hash(l) => l.select(key, MAX_SELECT_ITERATIONS),
+        }?;
+        b.addr.as_inet().copied()
+    }
+
+    /// The peer for one request to `addr`.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        self.template.peer(addr)
+    }
+}
+
+/// Attaches the configured health check; a checked balancer runs as a background service.
+fn with_health<S>(
+    mut lb: LoadBalancer<S>,
+    hc: Option<(&crate::config::HealthCheck, &PeerTemplate, &str)>,
+) -> (Arc<LoadBalancer<S>>, Option<HealthService>)
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+{
+    let Some((hc, template, name)) = hc else {
+        return (Arc::new(lb), None);
+    };
+    match hc.kind {
+        // Liveness only: a TCP connect, no TLS (BasicPeer cannot carry a client cert).
+        HealthCheckKind::Tcp => {
+            let mut check = TcpHealthCheck::new();
+            check.peer_template.options.connection_timeout = Some(template.connect_timeout);
+            lb.set_health_check(check);
+        }
+        // The same TLS, client identity and timeouts as real traffic.
+        HealthCheckKind::Http => {
+            let host = hc
+                .host
+                .clone()
+                .or_else(|| template.tls.as_ref().map(|t| t.sni().to_string()))
+                .unwrap_or_else(|| "localhost".into());
+            let mut check = HttpHealthCheck::new(&host, template.tls.is_some());
+            check.peer_template = template.peer(SocketAddr::from(([0, 0, 0, 0], 1)));
+            check.req.set_uri(
+                hc.path
+                    .parse()
+                    .unwrap_or_else(|_| http::Uri::from_static("/")),
+            );
+            check.validator = Some(Box::new(|resp: &ResponseHeader| {
+                if resp.status.is_success() {
+                    Ok(())
+                } else {
+                    pingora_error::Error::e_explain(
+                        pingora_error::ErrorType::HTTPStatus(resp.status.as_u16()),
+                        "health check expects 2xx",
+                    )
+                }
+            }));
+            lb.set_health_check(Box::new(check));
+        }
+    }
+    lb.health_check_frequency = Some(hc.interval.get());
+    let svc = background_service(&format!("health check {name}"), lb);
+    let task = svc.task();
+    (task, Some(Box::new(svc)))
+}
+
+fn lb<S>(addrs: &[SocketAddr], at: &str) -> Result<LoadBalancer<S>, Vec<ConfigError>>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    LoadBalancer::try_from_iter(addrs.iter().copied())
+        .map_err(|e| vec![ConfigError::new(format!("{at}.peers"), e.to_string())])
+}
+
+/// Why talking to an upstream failed, in the bounded classes operators alert on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The peer's certificate failed verification (wrong CA, name mismatch, expired).
+    InvalidCert,
+    /// The TLS handshake failed otherwise (e.g. the peer refused our client certificate).
+    Handshake,
+    /// Connect, handshake or read took too long.
+    Timeout,
+    /// The peer refused the TCP connection.
+    Refused,
+    /// No healthy peer was left to try (counted as `other`).
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+impl FailureKind {
+    /// Classifies a Pingora error.
+    pub fn classify(e: &pingora_error::Error) -> FailureKind {
+        use pingora_error::ErrorType::*;
+        match e.etype() {
+            InvalidCert => FailureKind::InvalidCert,
+            TLSHandshakeFailure | HandshakeError | TLSWantX509Lookup => FailureKind::Handshake,
+            ConnectTimedout | TLSHandshakeTimedout | ReadTimedout | WriteTimedout => {
+                FailureKind::Timeout
+            }
+            ConnectRefused => FailureKind::Refused,
+            ConnectNoRoute => FailureKind::Unavailable,
+            // Under TLS 1.3 the server's "certificate required" alert arrives after the
+            // handshake, on our first read: it is a handshake failure all the same.
+            ReadError | ConnectionClosed if is_tls_alert(e) => FailureKind::Handshake,
+            _ => FailureKind::Other,
+        }
+    }
+
+    /// The metric label (`gatehouse_upstream_errors_total{kind}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::InvalidCert => "invalid_cert",
+            FailureKind::Handshake => "handshake",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Refused => "refused",
+            FailureKind::Unavailable | FailureKind::Other => "other",
+        }
+    }
+
+    /// The HTTP status answered to the client: 504 for timeouts, 503 when no peer is up.
+    pub fn status(self) -> u16 {
+        match self {
+            FailureKind::Timeout => 504,
+            FailureKind::Unavailable => 503,
+            _ => 502,
+        }
+    }
+
+    /// The short text answered to the client; names the class, never internals.
+    pub fn message(self) -> String {
+        match self {
+            FailureKind::Unavailable => "upstream unavailable: no healthy peer".into(),
+            k => format!("upstream error: {}", k.label()),
+        }
+    }
+}
+
+fn is_tls_alert(e: &pingora_error::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e
+        .cause
+        .as_deref()
+        .map(|c| c as &(dyn std::error::Error + 'static));
+    let mut text = e
+        .context
+        .as_ref()
+        .map(|c| c.as_str().to_string())
+        .unwrap_or_default();
+    while let Some(c) = cause {
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    let t = text.to_ascii_uppercase();
+    t.contains("CERTIFICATE_REQUIRED") || t.contains("TLSV1_ALERT") || t.contains("SSLV3_ALERT")
+}
