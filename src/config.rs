@@ -516,7 +516,8 @@ impl Config {
 
     /// Parses YAML text; `base_dir` is where relative paths resolve.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = serde_yaml::from_str(text).map_err(yaml_error)?;
+        let de = serde_yaml::Deserializer::from_str(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(yaml_error)?;
         cfg.base_dir = base_dir.to_path_buf();
         Ok(cfg)
     }
@@ -663,7 +664,7 @@ impl Config {
             }
             if !route_keys.insert((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
                 e(
-                    format!("{at}"),
+                    at.clone(),
                     format!(
                         "host `{}` and path_prefix `{}` are already routed by an earlier route",
                         r.host, r.path_prefix
@@ -692,16 +693,27 @@ impl Config {
     }
 }
 
-/// serde_yaml's message already carries the key path (`listeners[0].tls: unknown field ...`)
-/// and the position; split the path off so it is reported like our own errors.
-fn yaml_error(err: serde_yaml::Error) -> ConfigError {
-    let msg = err.to_string();
-    match msg.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') && !path.is_empty() && path != "invalid type" => {
-            ConfigError::new(path, rest)
+/// Reports a parse error under its full key path (serde_yaml alone stops at the parent map
+/// for errors raised inside a value), with the line where the parser gives one.
+fn yaml_error(err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let line = inner.location().map(|l| l.line());
+    let mut msg = inner.to_string();
+    // serde_yaml prefixes its own (shorter) path and suffixes the position: drop both.
+    if let Some((head, rest)) = msg.split_once(": ") {
+        if !head.contains(' ') {
+            msg = rest.to_string();
         }
-        _ => ConfigError::new("", msg),
     }
+    if let Some(i) = msg.find(" at line ") {
+        msg.truncate(i);
+    }
+    if let Some(l) = line {
+        msg.push_str(&format!(" (line {l})"));
+    }
+    let path = if path == "." { String::new() } else { path };
+    ConfigError::new(path, msg)
 }
 
 #[cfg(test)]

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# deps.sh — make sure the Debian packages the build and the test suite need are installed.
+# As root: installs what is missing with apt-get. Otherwise: prints the apt-get line and fails.
+set -euo pipefail
+
+# Build: boring-sys needs cmake, libclang (bindgen) and git.
+# Tests: real peers (Kea Control Agent + DHCPv4 server).
+PKGS=(cmake libclang-dev git kea-ctrl-agent kea-dhcp4-server)
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "deps: not a Debian system; install the equivalents of: ${PKGS[*]}" >&2
+  exit 0
+fi
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "deps: missing Debian packages: ${missing[*]}" >&2
+  echo "deps: run as root:  apt-get update && apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi

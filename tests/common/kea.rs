@@ -1,0 +1,148 @@
+//! A real ISC Kea 2.2 (kea-dhcp4 with no interfaces + kea-ctrl-agent) in a temp dir.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kea Control Agent TLS: server cert, key, and the CA client certs must chain to.
+pub struct KeaTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust_anchor: PathBuf,
+}
+
+/// Running Kea daemons; stopped on drop.
+pub struct Kea {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Kea {
+    /// Starts kea-dhcp4 and a control agent on `port`, all files under `dir`.
+    pub fn start(dir: &Path, port: u16, tls: Option<KeaTls>) -> Kea {
+        std::fs::create_dir_all(dir).unwrap();
+        let sock = dir.join("k4.sock");
+        assert!(
+            sock.as_os_str().len() < 100,
+            "unix socket path too long: {sock:?}"
+        );
+        let d = dir.display();
+        let dhcp4 = format!(
+            r#"{{ "Dhcp4": {{
+  "interfaces-config": {{ "interfaces": [ ] }},
+  "control-socket": {{ "socket-type": "unix", "socket-name": "{s}" }},
+  "lease-database": {{ "type": "memfile", "persist": true, "name": "{d}/leases4.csv", "lfc-interval": 0 }},
+  "valid-lifetime": 4000,
+  "subnet4": [ {{ "id": 1, "subnet": "192.0.2.0/24", "pools": [ {{ "pool": "192.0.2.100 - 192.0.2.200" }} ] }} ],
+  "loggers": [ {{ "name": "kea-dhcp4", "severity": "INFO", "output_options": [ {{ "output": "{d}/kea-dhcp4.log" }} ] }} ]
+}} }}"#,
+            s = sock.display()
+        );
+        let tls_json = tls
+            .map(|t| {
+                format!(
+                    r#""trust-anchor": "{}", "cert-file": "{}", "key-file": "{}", "cert-required": true,"#,
+                    t.trust_anchor.display(),
+                    t.cert.display(),
+                    t.key.display()
+                )
+            })
+            .unwrap_or_default();
+        let ca = format!(
+            r#"{{ "Control-agent": {{
+  "http-host": "127.0.0.1", "http-port": {port}, {tls_json}
+  "control-sockets": {{ "dhcp4": {{ "socket-type": "unix", "socket-name": "{s}" }} }},
+  "loggers": [ {{ "name": "kea-ctrl-agent", "severity": "INFO", "output_options": [ {{ "output": "{d}/kea-ctrl-agent.log" }} ] }}
+] }} }}"#,
+            s = sock.display()
+        );
+        std::fs::write(dir.join("kea-dhcp4.conf"), dhcp4).unwrap();
+        std::fs::write(dir.join("kea-ctrl-agent.conf"), ca).unwrap();
+        let spawn = |bin: &str, conf: &str| {
+            Command::new(bin)
+                .arg("-c")
+                .arg(dir.join(conf))
+                .env("KEA_PIDFILE_DIR", dir)
+                .env("KEA_LOCKFILE_DIR", dir)
+                .stdout(std::fs::File::create(dir.join(format!("{bin}.out"))).unwrap())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+        };
+        let mut kea = Kea {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir: dir.to_path_buf(),
+            children: vec![spawn("kea-dhcp4", "kea-dhcp4.conf")],
+        };
+        kea.wait("control socket", || sock.exists());
+        kea.children
+            .push(spawn("kea-ctrl-agent", "kea-ctrl-agent.conf"));
+        let addr = kea.addr;
+        kea.wait("control agent port", || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        kea
+    }
+
+    fn wait(&mut self, what: &str, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ready() {
+            for c in &mut self.children {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("kea exited ({st}) before {what}:\n{}", self.logs());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kea: no {what}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kea's own log files, for failure messages and for proving what Kea received.
+    pub fn logs(&self) -> String {
+        [
+            "kea-dhcp4.log",
+            "kea-ctrl-agent.log",
+            "kea-dhcp4.out",
+            "kea-ctrl-agent.out",
+        ]
+        .iter()
+        .map(|f| {
+            format!(
+                "== {f}\n{}",
+                std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
+            )
+        })
+        .collect()
+    }
+}
+
+impl Drop for Kea {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            // SIGTERM lets Kea remove its socket and pid files.
+            sigterm(c.id());
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}

@@ -1,0 +1,464 @@
+//! The HTTP proxy end to end: real TLS both sides, the real binary, origins on port 0.
+
+mod common;
+
+use common::*;
+use gatehouse::pki::CertSpec;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Edge PKI (listener cert + client certs) and upstream PKI (origin cert + Gatehouse's
+/// upstream client cert), plus an unrelated CA for "wrong CA" cases.
+struct World {
+    edge: Pki,
+    up: Pki,
+    other: Pki,
+}
+
+impl World {
+    fn new(dir: &Path) -> World {
+        let edge = Pki::new(dir, "edge");
+        edge.server("server", &[]);
+        edge.issue("alice", CertSpec::new("alice"));
+        let up = Pki::new(dir, "up");
+        up.server("origin", &["kea.internal"]);
+        up.issue("gatehouse", CertSpec::new("gatehouse"));
+        let other = Pki::new(dir, "other");
+        other.issue("mallory", CertSpec::new("mallory"));
+        World { edge, up, other }
+    }
+
+    fn listener(&self, port: u16, client_auth: &str) -> String {
+        format!(
+            "listeners:\n  - name: edge\n    address: \"127.0.0.1:{port}\"\n    tls:\n      cert: {d}/server.crt\n      key: {d}/server.key\n      client_auth: {client_auth}\n      client_ca: {d}/ca.crt\n",
+            d = self.edge.dir.display()
+        )
+    }
+
+    /// Upstream TLS block presenting Gatehouse's client cert, trusting `ca_dir`'s CA.
+    fn up_tls(&self, ca: &Path, with_cert: bool, extra: &str) -> String {
+        let cert = if with_cert {
+            format!(
+                "      client_cert: {d}/gatehouse.crt\n      client_key: {d}/gatehouse.key\n",
+                d = self.up.dir.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "    tls:\n      ca: {}\n{cert}      sni: kea.internal\n{extra}",
+            ca.display()
+        )
+    }
+
+    fn client(&self, who: Option<&str>) -> ClientOpts {
+        ClientOpts {
+            ca: Some(self.edge.ca_path()),
+            cert: who.map(|w| self.edge.paths(w)),
+            sni: Some("localhost".into()),
+            tls12: false,
+        }
+    }
+
+    fn origin_acceptor(&self, alpn_h2: bool) -> boring::ssl::SslAcceptor {
+        let origin = self.up.ca.issue(
+            &CertSpec::new("kea.internal")
+                .dns(&["kea.internal"])
+                .ips(&["127.0.0.1"]),
+        );
+        acceptor(&origin.unwrap(), Some(self.up.ca.cert()), alpn_h2)
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+async fn metrics(port: u16) -> String {
+    request(addr(port), None, "GET", "/metrics", &[], b"")
+        .await
+        .expect("metrics")
+        .text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_on_both_sides_forwards_identity_and_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let yaml = format!(
+        "{}upstreams:\n  kea:\n    peers: [\"{}\"]\n{}routes:\n  - {{ name: kea, host: \"*\", path_prefix: /, upstream: kea }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
+        w.listener(port, "required"),
+        origin.addr,
+        w.up_tls(&w.up.ca_path(), true, "")
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+
+    let r = request(
+        addr(port),
+        Some(&w.client(Some("alice"))),
+        "POST",
+        "/",
+        &[
+            ("Content-Type", "application/json"),
+            (
+                "X-Forwarded-Client-Cert",
+                "Hash=spoofed;Subject=\"CN=admin\"",
+            ),
+            ("X-Forwarded-For", "10.9.9.9"),
+        ],
+        br#"{"command":"version-get"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    // The origin requires a client cert: it saw Gatehouse's own identity and our SNI.
+    assert_eq!(j["client_cn"], "gatehouse");
+    assert_eq!(j["sni"], "kea.internal");
+    let seen = origin.seen();
+    let s = seen.last().unwrap();
+    assert_eq!(s.body, br#"{"command":"version-get"}"#);
+    assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(s.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        s.header("x-forwarded-client-cert"),
+        None,
+        "spoofed XFCC must be stripped"
+    );
+
+    let line = gh.wait_log("gatehouse::access");
+    assert!(
+        line.contains("listener=edge") && line.contains("cn=alice"),
+        "{line}"
+    );
+    assert!(
+        line.contains("route=kea") && line.contains(&format!("peer={}", origin.addr)),
+        "{line}"
+    );
+    assert!(
+        line.contains("status=200") && line.contains("method=POST") && line.contains("path=/"),
+        "{line}"
+    );
+
+    let m = metrics(mport).await;
+    assert!(m.contains("gatehouse_build_info{version=\""), "{m}");
+    assert!(
+        m.contains("gatehouse_http_requests_total{route=\"kea\",status=\"2xx\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_auth_required_and_optional() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let (req_port, opt_port, mport) = (free_port(), free_port(), free_port());
+    let listeners = format!(
+        "{}{}",
+        w.listener(req_port, "required"),
+        w.listener(opt_port, "optional")
+            .replace("listeners:\n", "")
+            .replace("name: edge", "name: edge-optional")
+    );
+    let yaml = format!(
+        "{listeners}upstreams:\n  plain:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: all, upstream: plain }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
+        origin.addr
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml, addr(req_port));
+
+    // required: no cert → no response (TLS 1.2: handshake fails; 1.3: alert on first read).
+    let mut o = w.client(None);
+    o.tls12 = true;
+    assert!(
+        tls_connect(addr(req_port), &o).await.is_err(),
+        "handshake must fail"
+    );
+    assert!(
+        request(addr(req_port), Some(&w.client(None)), "GET", "/", &[], b"")
+            .await
+            .is_err()
+    );
+    // required: a cert from an unknown CA is rejected and counted.
+    let mut stranger = w.client(None);
+    stranger.cert = Some(w.other.paths("mallory"));
+    assert!(
+        request(addr(req_port), Some(&stranger), "GET", "/", &[], b"")
+            .await
+            .is_err()
+    );
+    // required: a good cert passes.
+    let ok = request(
+        addr(req_port),
+        Some(&w.client(Some("alice"))),
+        "GET",
+        "/",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, 200);
+
+    // optional: no cert → served, logged as `-`.
+    let r = request(
+        addr(opt_port),
+        Some(&w.client(None)),
+        "GET",
+        "/anon",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let line = gh.wait_log("path=/anon");
+    assert!(
+        line.contains("listener=edge-optional") && line.contains("cn=-"),
+        "{line}"
+    );
+    // optional: an unverified cert is served but stays anonymous.
+    let r = request(
+        addr(opt_port),
+        Some(&stranger),
+        "GET",
+        "/stranger",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let line = gh.wait_log("path=/stranger");
+    assert!(
+        line.contains("cn=-"),
+        "unverified cert must not authenticate: {line}"
+    );
+
+    let m = metrics(mport).await;
+    assert!(
+        m.contains(
+            "gatehouse_tls_client_verify_failures_total{listener=\"edge\",reason=\"unknown_ca\"}"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatehouse_tls_client_verify_failures_total{listener=\"edge-optional\",reason=\"unknown_ca\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_classified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let good = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
+    let hang = Upstream::h1(None, Behavior::Hang).await;
+    let dead = free_port();
+    let (port, mport) = (free_port(), free_port());
+    let yaml = format!(
+        "{listener}upstreams:
+  wrongca:
+    peers: [\"{good}\"]
+{wrong_tls}  nocert:
+    peers: [\"{good}\"]
+{nocert_tls}  down:
+    peers: [\"127.0.0.1:{dead}\"]
+  hang:
+    peers: [\"{hang}\"]
+    read_timeout: 1s
+routes:
+  - {{ name: wrongca, path_prefix: /wrongca, upstream: wrongca }}
+  - {{ name: nocert, path_prefix: /nocert, upstream: nocert }}
+  - {{ name: down, path_prefix: /down, upstream: down }}
+  - {{ name: hang, path_prefix: /hang, upstream: hang }}
+metrics:
+  address: \"127.0.0.1:{mport}\"
+",
+        listener = w.listener(port, "optional"),
+        good = good.addr,
+        hang = hang.addr,
+        wrong_tls = w.up_tls(&w.other.ca_path(), true, ""),
+        nocert_tls = w.up_tls(&w.up.ca_path(), false, ""),
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+    let c = w.client(Some("alice"));
+    let get = |path: &'static str| {
+        let c = c.clone();
+        async move {
+            request(addr(port), Some(&c), "GET", path, &[], b"")
+                .await
+                .unwrap()
+        }
+    };
+
+    let r = get("/wrongca").await;
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (502, "upstream error: invalid_cert")
+    );
+    let r = get("/nocert").await;
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (502, "upstream error: handshake")
+    );
+    let r = get("/down").await;
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (502, "upstream error: refused")
+    );
+    let r = get("/hang").await;
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (504, "upstream error: timeout")
+    );
+
+    // JSON clients (Kea's) get Kea-shaped errors.
+    let r = request(
+        addr(port),
+        Some(&c),
+        "POST",
+        "/down",
+        &[("Content-Type", "application/json")],
+        br#"{"command":"version-get"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"result": 502, "text": "upstream error: refused"})
+    );
+
+    let line = gh.wait_log("upstream wrongca peer");
+    assert!(
+        line.contains(&good.addr.to_string()) && line.contains("invalid_cert"),
+        "{line}"
+    );
+    let m = metrics(mport).await;
+    for (up, kind) in [
+        ("wrongca", "invalid_cert"),
+        ("nocert", "handshake"),
+        ("down", "refused"),
+        ("hang", "timeout"),
+    ] {
+        assert!(
+            m.contains(&format!(
+                "gatehouse_upstream_errors_total{{kind=\"{kind}\",upstream=\"{up}\"}}"
+            )),
+            "{up}/{kind} not counted:\n{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_never_mix_trust_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
+    let port = free_port();
+    let yaml = format!(
+        "{}upstreams:\n  right:\n    peers: [\"{o}\"]\n{}  wrong:\n    peers: [\"{o}\"]\n{}routes:\n  - {{ name: right, path_prefix: /right, upstream: right }}\n  - {{ name: wrong, path_prefix: /wrong, upstream: wrong }}\n",
+        w.listener(port, "optional"),
+        w.up_tls(&w.up.ca_path(), true, ""),
+        w.up_tls(&w.other.ca_path(), true, ""),
+        o = origin.addr,
+    );
+    let _gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+    let c = w.client(Some("alice"));
+    for _ in 0..2 {
+        let r = request(addr(port), Some(&c), "GET", "/right", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        // A pooled connection made with the right CA must not serve the wrong-CA upstream.
+        let r = request(addr(port), Some(&c), "GET", "/wrong", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.text().trim()),
+            (502, "upstream error: invalid_cert")
+        );
+    }
+    // The right upstream did reuse its pooled connection.
+    assert_eq!(origin.seen().len(), 2);
+    assert_eq!(
+        *origin.connections.lock().unwrap(),
+        3,
+        "1 pooled + 2 rejected handshakes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upstream_with_configured_sni_and_h2_downstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h2(w.origin_acceptor(true)).await;
+    let port = free_port();
+    let yaml = format!(
+        "{}upstreams:\n  h2:\n    peers: [\"{}\"]\n{}routes:\n  - {{ name: h2, host: localhost, path_prefix: /, upstream: h2 }}\n",
+        w.listener(port, "optional"),
+        origin.addr,
+        w.up_tls(&w.up.ca_path(), true, "      alpn: h2\n"),
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+
+    // HTTP/1.1 in, HTTP/2 out.
+    let r = request(
+        addr(port),
+        Some(&w.client(Some("alice"))),
+        "POST",
+        "/x",
+        &[],
+        b"hello",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["alpn"], "h2");
+    assert_eq!(j["sni"], "kea.internal");
+    assert_eq!(j["client_cn"], "gatehouse");
+    assert_eq!(j["body_len"], 5);
+
+    // HTTP/2 in: the identity read at the handshake reaches h2 streams too.
+    let mut b = boring::ssl::SslConnector::builder(boring::ssl::SslMethod::tls()).unwrap();
+    b.set_ca_file(w.edge.ca_path()).unwrap();
+    let (c, k) = w.edge.paths("alice");
+    b.set_certificate_chain_file(c).unwrap();
+    b.set_private_key_file(k, boring::ssl::SslFiletype::PEM)
+        .unwrap();
+    b.set_alpn_protos(b"\x02h2").unwrap();
+    let cfg = b.build().configure().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+    let tls = tokio_boring::connect(cfg, "localhost", tcp).await.unwrap();
+    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/h2-in")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let line = gh.wait_log("path=/h2-in");
+    assert!(
+        line.contains("cn=alice") && line.contains("status=200"),
+        "{line}"
+    );
+
+    // No route for this host: 404.
+    let r = request(
+        addr(port),
+        Some(&w.client(None)),
+        "GET",
+        "/",
+        &[("Host", "other.example")],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+}
