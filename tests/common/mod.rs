@@ -540,38 +540,46 @@ impl Upstream {
                     let Ok(mut conn) = h2::server::handshake(s).await else {
                         return;
                     };
+                    // Each stream in its own task: the connection must keep being polled
+                    // (accept) for request bodies to arrive.
                     while let Some(Ok((req, mut respond))) = conn.accept().await {
-                        let (parts, mut body) = req.into_parts();
-                        let mut data = Vec::new();
-                        while let Some(Ok(chunk)) = body.data().await {
-                            let _ = body.flow_control().release_capacity(chunk.len());
-                            data.extend_from_slice(&chunk);
-                        }
-                        let s = Seen {
-                            client_cn: info.client_cn.clone(),
-                            sni: info.sni.clone(),
-                            alpn: info.alpn.clone(),
-                            method: parts.method.to_string(),
-                            path: parts.uri.path().to_string(),
-                            headers: parts
-                                .headers
-                                .iter()
-                                .map(|(k, v)| {
-                                    (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())
-                                })
-                                .collect(),
-                            body: data,
-                        };
-                        let reply = summary(&s);
-                        seen.lock().unwrap().push(s);
-                        let resp = http::Response::builder()
-                            .status(200)
-                            .header("content-type", "application/json")
-                            .body(())
-                            .unwrap();
-                        if let Ok(mut stream) = respond.send_response(resp, false) {
-                            let _ = stream.send_data(reply.into(), true);
-                        }
+                        let (seen, info) = (seen.clone(), info.clone());
+                        tokio::spawn(async move {
+                            let (parts, mut body) = req.into_parts();
+                            let mut data = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                data.extend_from_slice(&chunk);
+                            }
+                            let s = Seen {
+                                client_cn: info.client_cn.clone(),
+                                sni: info.sni.clone(),
+                                alpn: info.alpn.clone(),
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_string(),
+                                headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into(),
+                                        )
+                                    })
+                                    .collect(),
+                                body: data,
+                            };
+                            let reply = summary(&s);
+                            seen.lock().unwrap().push(s);
+                            let resp = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/json")
+                                .body(())
+                                .unwrap();
+                            if let Ok(mut stream) = respond.send_response(resp, false) {
+                                let _ = stream.send_data(reply.into(), true);
+                            }
+                        });
                     }
                 });
             }
