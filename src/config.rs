@@ -183,6 +183,9 @@ pub struct Config {
     /// HTTP routes, matched by host and longest path prefix.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The Icinga cluster relay; needed when a listener accepts `jsonrpc`.
+    #[serde(default)]
+    pub jsonrpc: Option<JsonRpc>,
     /// The Prometheus endpoint; absent = no metrics listener.
     #[serde(default)]
     pub metrics: Option<Metrics>,
@@ -252,6 +255,29 @@ pub struct Listener {
     /// TLS termination; absent = plaintext (for tests and local sidecars only).
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// What the listener accepts, told apart by the first byte: `http`, `jsonrpc`.
+    #[serde(default = "default_protocols")]
+    pub protocols: Vec<Protocol>,
+    /// How long a client may take to send its first byte after the handshake.
+    #[serde(default = "default_first_byte_timeout")]
+    pub first_byte_timeout: Duration,
+}
+
+/// A protocol a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 or HTTP/2 (anything whose first byte is not a digit).
+    Http,
+    /// Icinga 2 cluster JSON-RPC in netstrings (first byte is a digit).
+    Jsonrpc,
+}
+
+fn default_protocols() -> Vec<Protocol> {
+    vec![Protocol::Http]
+}
+fn default_first_byte_timeout() -> Duration {
+    Duration::secs(10)
 }
 
 /// Whether and how clients must present a certificate.
@@ -482,6 +508,172 @@ fn root_path() -> String {
     "/".into()
 }
 
+/// `jsonrpc:` — the Icinga 2 cluster relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonRpc {
+    /// Which upstream a link goes to, by the SNI the client sent; first match wins.
+    pub routes: Vec<RpcRoute>,
+    /// Client certificates presented upstream on behalf of authenticated clients.
+    #[serde(default)]
+    pub upstream_identity: Option<UpstreamIdentity>,
+    /// Sizes, caps and idle timeouts.
+    #[serde(default)]
+    pub limits: RpcLimits,
+    /// Method policy; absent = Icinga's own rules (see `default_rpc_policy`).
+    #[serde(default)]
+    pub policy: Option<Vec<RpcPolicyRule>>,
+    /// Denied messages tolerated on one link before it is closed.
+    #[serde(default = "default_max_violations")]
+    pub max_violations: u32,
+}
+
+fn default_max_violations() -> u32 {
+    10
+}
+
+/// `jsonrpc.routes[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcRoute {
+    /// Exact name, `*.example.org`, or `*` (anything, including no SNI).
+    pub sni: String,
+    /// Key of `upstreams:`.
+    pub upstream: String,
+}
+
+/// What to do when `cert_dir` has no certificate for an authenticated client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingIdentity {
+    /// Close the link (the master would otherwise see the wrong identity).
+    #[default]
+    Reject,
+    /// Connect with the upstream's own client certificate.
+    Own,
+}
+
+/// `jsonrpc.upstream_identity`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamIdentity {
+    /// Folder of `<cn>.crt` + `<cn>.key`, presented upstream for client `<cn>`.
+    pub cert_dir: PathBuf,
+    /// When `<cn>.crt` is absent.
+    #[serde(default)]
+    pub missing: MissingIdentity,
+}
+
+/// `jsonrpc.limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcLimits {
+    /// Most anonymous links open at once; more are refused.
+    #[serde(default = "default_anon_clients")]
+    pub anonymous_max_clients: usize,
+    /// Largest message from an anonymous client.
+    #[serde(default = "default_anon_size")]
+    pub anonymous_message_size: Size,
+    /// Largest message otherwise (either direction).
+    #[serde(default = "default_msg_size")]
+    pub message_size: Size,
+    /// An authenticated link with no message from one side for this long is closed.
+    #[serde(default = "default_rpc_idle")]
+    pub idle_timeout: Duration,
+    /// The same for anonymous links.
+    #[serde(default = "default_anon_idle")]
+    pub anonymous_idle_timeout: Duration,
+}
+
+fn default_anon_clients() -> usize {
+    16
+}
+fn default_anon_size() -> Size {
+    Size(1 << 20)
+}
+fn default_msg_size() -> Size {
+    Size(16 << 20)
+}
+fn default_rpc_idle() -> Duration {
+    Duration::secs(60)
+}
+fn default_anon_idle() -> Duration {
+    Duration::secs(10)
+}
+
+impl Default for RpcLimits {
+    fn default() -> Self {
+        RpcLimits {
+            anonymous_max_clients: default_anon_clients(),
+            anonymous_message_size: default_anon_size(),
+            message_size: default_msg_size(),
+            idle_timeout: default_rpc_idle(),
+            anonymous_idle_timeout: default_anon_idle(),
+        }
+    }
+}
+
+/// Which messages a policy rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyDirection {
+    /// Client → upstream.
+    Upstream,
+    /// Upstream → client.
+    Downstream,
+    /// Either way.
+    #[default]
+    Both,
+}
+
+/// `jsonrpc.policy[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcPolicyRule {
+    /// `anonymous`, `*`, a CN glob, or a `spiffe://` prefix.
+    pub identity: String,
+    /// Default `both`.
+    #[serde(default)]
+    pub direction: PolicyDirection,
+    /// Only these methods (globs) pass.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// These methods (globs) are dropped.
+    #[serde(default)]
+    pub deny: Option<Vec<String>>,
+}
+
+/// Icinga's own rules as a policy: anonymous clients may only say hello, heartbeat and ask for
+/// a certificate; nobody pushes config, certificates or commands toward its parent.
+pub fn default_rpc_policy() -> Vec<RpcPolicyRule> {
+    let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+    vec![
+        RpcPolicyRule {
+            identity: "anonymous".into(),
+            direction: PolicyDirection::Upstream,
+            allow: list(&[
+                "icinga::Hello",
+                "event::Heartbeat",
+                "pki::RequestCertificate",
+            ]),
+            deny: None,
+        },
+        RpcPolicyRule {
+            identity: "*".into(),
+            direction: PolicyDirection::Upstream,
+            allow: None,
+            deny: list(&[
+                "config::Update",
+                "config::UpdateObject",
+                "config::DeleteObject",
+                "pki::UpdateCertificate",
+                "event::SetRemovalInfo",
+                "event::ExecuteCommand",
+            ]),
+        },
+    ]
+}
+
 /// `metrics:` — the Prometheus scrape endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -568,6 +760,18 @@ impl Config {
                         );
                     }
                 }
+            }
+            if l.protocols.is_empty() {
+                e(
+                    format!("{at}.protocols"),
+                    "must name http, jsonrpc or both".into(),
+                );
+            }
+            if l.protocols.contains(&Protocol::Jsonrpc) && self.jsonrpc.is_none() {
+                e(
+                    format!("{at}.protocols"),
+                    "jsonrpc needs a top-level `jsonrpc:` section".into(),
+                );
             }
             if let Some(t) = &l.tls {
                 if t.client_auth != ClientAuth::None && t.client_ca.is_none() {
@@ -669,6 +873,48 @@ impl Config {
                         "host `{}` and path_prefix `{}` are already routed by an earlier route",
                         r.host, r.path_prefix
                     ),
+                );
+            }
+        }
+
+        if let Some(j) = &self.jsonrpc {
+            if j.routes.is_empty() {
+                e(
+                    "jsonrpc.routes".into(),
+                    "at least one route is needed".into(),
+                );
+            }
+            for (i, r) in j.routes.iter().enumerate() {
+                if !self.upstreams.contains_key(&r.upstream) {
+                    e(
+                        format!("jsonrpc.routes[{i}].upstream"),
+                        format!("unknown upstream `{}`", r.upstream),
+                    );
+                }
+                if let Err(m) = crate::http::route::HostPattern::parse(&r.sni) {
+                    e(format!("jsonrpc.routes[{i}].sni"), m);
+                }
+            }
+            if let Some(id) = &j.upstream_identity {
+                if !self.resolve(&id.cert_dir).is_dir() {
+                    e(
+                        "jsonrpc.upstream_identity.cert_dir".into(),
+                        format!("{}: not a directory", self.resolve(&id.cert_dir).display()),
+                    );
+                }
+            }
+            for (i, r) in j.policy.iter().flatten().enumerate() {
+                if r.allow.is_none() && r.deny.is_none() {
+                    e(
+                        format!("jsonrpc.policy[{i}]"),
+                        "needs `allow`, `deny` or both".into(),
+                    );
+                }
+            }
+            if j.limits.anonymous_message_size > j.limits.message_size {
+                e(
+                    "jsonrpc.limits.anonymous_message_size".into(),
+                    "must not exceed message_size".into(),
                 );
             }
         }

@@ -2,19 +2,23 @@
 //!
 //! # Layout
 //!
-//! The data path reads top-down: accept → TLS → demux → HTTP → upstream.
+//! The data path reads top-down: accept → TLS → demux → HTTP | JSON-RPC → upstream.
 //!
 //! - [`config`]: the YAML file — schema, units, validation with key paths.
 //! - [`tls`]: certificate material, downstream TLS settings (SNI certs, client auth),
 //!   the caller's identity ([`tls::TlsInfo`]), and upstream trust ([`tls::upstream`]).
-//! - [`demux`]: the per-listener Pingora app that decides what a connection speaks.
+//! - [`demux`]: the per-listener Pingora app: reads the first byte, replays it
+//!   ([`demux::PrefixedIo`]) into the HTTP proxy or the JSON-RPC relay.
 //! - [`http`]: the `ProxyHttp` — routing ([`http::route`]), forwarding headers, failure
 //!   answers, access log.
+//! - [`rpc`]: the Icinga 2 cluster relay — netstring codec ([`rpc::codec`]), envelope
+//!   ([`rpc::envelope`]), method policy ([`rpc::policy`]), the link itself ([`rpc::relay`]).
 //! - [`upstream`]: upstream groups (load balancing, health checks, peer settings) and
 //!   the classification of upstream failures.
 //! - [`metrics`]: the Prometheus families.
 //! - [`server`]: assembly of all of the above into a Pingora `Server`.
 //! - [`pki`]: throwaway CAs and certificates (`gatehouse dev-certs`, tests).
+//! - [`glob`]: `*` globs for method and CN patterns.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over [`server::run`] and [`server::Plan`].
 
@@ -23,9 +27,11 @@
 
 pub mod config;
 pub mod demux;
+pub mod glob;
 pub mod http;
 pub mod metrics;
 pub mod pki;
+pub mod rpc;
 pub mod server;
 pub mod tls;
 pub mod upstream;

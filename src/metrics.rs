@@ -96,6 +96,9 @@ pub fn init() {
     Lazy::force(&HTTP_REQUESTS);
     Lazy::force(&HTTP_DURATION);
     Lazy::force(&UPSTREAM_ERRORS);
+    Lazy::force(&RPC_MESSAGES);
+    Lazy::force(&RPC_BYTES);
+    Lazy::force(&RPC_LINKS);
 }
 
 /// The status-class label for an HTTP status.
@@ -109,14 +112,18 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// Keeps `gatehouse_connections_active` right however a connection ends (drop = decrement).
+/// Keeps a gauge right however the thing it counts ends (drop = decrement).
 pub struct ActiveGuard(prometheus::IntGauge);
 
 impl ActiveGuard {
     /// Counts one connection of `protocol` on `listener` as opened and active.
     pub fn open(listener: &str, protocol: &str) -> Self {
         CONNECTIONS.with_label_values(&[listener, protocol]).inc();
-        let g = CONNECTIONS_ACTIVE.with_label_values(&[listener, protocol]);
+        Self::gauge(CONNECTIONS_ACTIVE.with_label_values(&[listener, protocol]))
+    }
+
+    /// Increments `g` now and decrements it on drop.
+    pub fn gauge(g: prometheus::IntGauge) -> Self {
         g.inc();
         ActiveGuard(g)
     }
@@ -127,3 +134,33 @@ impl Drop for ActiveGuard {
         self.0.dec();
     }
 }
+
+/// `gatehouse_rpc_messages_total{direction, method, verdict}` (verdict: forwarded, denied, malformed).
+pub static RPC_MESSAGES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_rpc_messages_total",
+        "Cluster JSON-RPC messages by direction, method (known Icinga methods, reply, else other) and verdict.",
+        &["direction", "method", "verdict"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_rpc_bytes_total{direction}` — netstring bytes forwarded.
+pub static RPC_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_rpc_bytes_total",
+        "Cluster JSON-RPC bytes forwarded, by direction.",
+        &["direction"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_rpc_links_active{kind}` (authenticated, anonymous).
+pub static RPC_LINKS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "gatehouse_rpc_links_active",
+        "Relayed cluster links currently open.",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});

@@ -1,11 +1,12 @@
 //! Assembly: configuration → loaded material → a Pingora `Server` with one service per
 //! listener, the upstream health checks and the metrics endpoint.
 
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors, Protocol};
 use crate::demux::ListenerApp;
 use crate::http::route::{HostPattern, Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics;
+use crate::rpc::Relay;
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -20,9 +21,10 @@ pub struct Plan {
     /// The parsed configuration.
     pub config: Config,
     listener_tls: Vec<Option<ListenerTlsMaterial>>,
-    upstreams: Vec<UpstreamGroup>,
+    upstreams: Arc<[UpstreamGroup]>,
     health: Vec<HealthService>,
     router: Router,
+    relay: Option<Arc<Relay>>,
 }
 
 impl Plan {
@@ -73,6 +75,13 @@ impl Plan {
                 });
             }
         }
+        let upstreams: Arc<[UpstreamGroup]> = upstreams.into();
+        let relay = config.jsonrpc.as_ref().and_then(|j| {
+            Relay::new(&config, j, upstreams.clone(), &index)
+                .map_err(|e| errs.extend(e))
+                .ok()
+                .map(Arc::new)
+        });
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -82,6 +91,7 @@ impl Plan {
             upstreams,
             health,
             router: Router::new(routes),
+            relay,
         })
     }
 
@@ -117,15 +127,23 @@ impl Plan {
         metrics::init();
 
         let router = Arc::new(self.router);
-        let upstreams: Arc<[UpstreamGroup]> = self.upstreams.into();
         for (l, tls) in self.config.listeners.iter().zip(self.listener_tls) {
-            let gateway =
-                HttpGateway::new(&l.name, tls.is_some(), router.clone(), upstreams.clone());
-            let http = pingora_proxy::http_proxy(&server.configuration, gateway);
-            let mut svc = Service::new(
-                format!("listener {}", l.name),
-                ListenerApp::new(&l.name, http),
-            );
+            let http = l.protocols.contains(&Protocol::Http).then(|| {
+                let gateway = HttpGateway::new(
+                    &l.name,
+                    tls.is_some(),
+                    router.clone(),
+                    self.upstreams.clone(),
+                );
+                pingora_proxy::http_proxy(&server.configuration, gateway)
+            });
+            let rpc = l
+                .protocols
+                .contains(&Protocol::Jsonrpc)
+                .then(|| self.relay.clone())
+                .flatten();
+            let app = ListenerApp::new(&l.name, http, rpc, l.first_byte_timeout.get());
+            let mut svc = Service::new(format!("listener {}", l.name), app);
             match tls {
                 Some(t) => {
                     let settings = t
@@ -136,10 +154,11 @@ impl Plan {
                 None => svc.add_tcp(&l.address),
             }
             log::info!(
-                "listener {} on {} ({})",
+                "listener {} on {} ({}, {:?})",
                 l.name,
                 l.address,
-                if l.tls.is_some() { "tls" } else { "plaintext" }
+                if l.tls.is_some() { "tls" } else { "plaintext" },
+                l.protocols
             );
             server.add_service(svc);
         }

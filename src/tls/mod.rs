@@ -40,45 +40,41 @@ impl CertChain {
     }
 }
 
-/// Reads a PEM file of one or more certificates; errors are reported under `at`.
-pub fn load_certs(cfg: &Config, file: &Path, at: &str) -> Result<Vec<X509>, ConfigError> {
-    let path = cfg.resolve(file);
-    let pem = std::fs::read(&path).map_err(|e| {
-        ConfigError::new(
-            at,
-            format!("cannot read {}: {}", path.display(), io_reason(&e)),
-        )
-    })?;
-    let certs = X509::stack_from_pem(&pem).map_err(|e| {
-        ConfigError::new(
-            at,
-            format!("{}: not a PEM certificate: {e}", path.display()),
-        )
-    })?;
+/// Reads a PEM file of one or more certificates (leaf first).
+pub fn read_certs(path: &Path) -> Result<Vec<X509>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), io_reason(&e)))?;
+    let certs = X509::stack_from_pem(&pem)
+        .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(ConfigError::new(
-            at,
-            format!("{}: no certificate found", path.display()),
-        ));
+        return Err(format!("{}: no certificate found", path.display()));
     }
     Ok(certs)
 }
 
-/// Reads a PEM private key; errors are reported under `at`.
+/// Reads a PEM private key.
+pub fn read_key(path: &Path) -> Result<PKey<Private>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), io_reason(&e)))?;
+    PKey::private_key_from_pem(&pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", path.display()))
+}
+
+/// Whether `key` is the private key of `cert`.
+pub fn key_matches(cert: &X509, key: &PKey<Private>) -> bool {
+    cert.public_key()
+        .map(|pk| pk.public_eq(key))
+        .unwrap_or(false)
+}
+
+/// Reads certificates named by the config; errors are reported under `at`.
+pub fn load_certs(cfg: &Config, file: &Path, at: &str) -> Result<Vec<X509>, ConfigError> {
+    read_certs(&cfg.resolve(file)).map_err(|m| ConfigError::new(at, m))
+}
+
+/// Reads a private key named by the config; errors are reported under `at`.
 pub fn load_key(cfg: &Config, file: &Path, at: &str) -> Result<PKey<Private>, ConfigError> {
-    let path = cfg.resolve(file);
-    let pem = std::fs::read(&path).map_err(|e| {
-        ConfigError::new(
-            at,
-            format!("cannot read {}: {}", path.display(), io_reason(&e)),
-        )
-    })?;
-    PKey::private_key_from_pem(&pem).map_err(|e| {
-        ConfigError::new(
-            at,
-            format!("{}: not a PEM private key: {e}", path.display()),
-        )
-    })
+    read_key(&cfg.resolve(file)).map_err(|m| ConfigError::new(at, m))
 }
 
 /// Reads a chain and its key and checks that they belong together.
@@ -97,11 +93,7 @@ pub fn load_chain(
         .map_err(|e| errs.push(e))
         .ok();
     let (chain, key) = (chain?, key?);
-    let matches = chain[0]
-        .public_key()
-        .map(|pk| pk.public_eq(&key))
-        .unwrap_or(false);
-    if !matches {
+    if !key_matches(&chain[0], &key) {
         errs.push(ConfigError::new(
             at_key,
             format!(

@@ -1,0 +1,558 @@
+//! One relayed cluster link: set-up, then two frame pumps until either side ends.
+//!
+//! Set-up: the client's identity (verified CN, or anonymous) → the anonymous cap → the route
+//! by SNI → the upstream identity (`cert_dir/<cn>.crt`, or the upstream's own cert for
+//! anonymous clients) → a fresh upstream TLS connection (never pooled: links are long-lived).
+//!
+//! Pumps: each direction reads, decodes whole frames, checks them, and writes them on before
+//! reading again, so a slow reader on one side stalls the other instead of growing memory; a
+//! link buffers at most one message per direction. Frames are forwarded as received; only
+//! `pki::RequestCertificate` is rewritten (the client's own certificate put into
+//! `params.cert_request`, so the master signs the agent's key, not ours).
+
+use super::codec::{self, Frame, FrameError};
+use super::envelope::{self, MessageError};
+use super::method_label;
+use super::policy::{Caller, Direction, Policy, Verdict};
+use crate::config::{Config, ConfigError, JsonRpc, MissingIdentity};
+use crate::http::route::HostPattern;
+use crate::metrics::{self, ActiveGuard};
+use crate::tls::{self, TlsInfo};
+use crate::upstream::{FailureKind, UpstreamGroup};
+use bytes::BytesMut;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::{Shutdown, Stream};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::utils::tls::CertKey;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How long closing a link (TLS close_notify both ways) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read buffer headroom per direction; a larger message reserves exactly its own size.
+const READ_CHUNK: usize = 16 * 1024;
+
+struct Limits {
+    anonymous_max: usize,
+    anonymous_size: usize,
+    size: usize,
+    idle: Duration,
+    anonymous_idle: Duration,
+}
+
+/// Where upstream client certificates for authenticated clients come from.
+struct IdentityStore {
+    dir: PathBuf,
+    missing: MissingIdentity,
+}
+
+impl IdentityStore {
+    /// `dir/<cn>.crt` + `.key`, read per link so rotated files take effect on the next link.
+    fn load(&self, cn: &str) -> Result<Option<Arc<CertKey>>, String> {
+        let safe = !cn.is_empty()
+            && !cn.starts_with('.')
+            && cn
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+        if !safe {
+            return Err(format!(
+                "CN `{}` is not usable as a file name",
+                cn.escape_debug()
+            ));
+        }
+        let crt = self.dir.join(format!("{cn}.crt"));
+        if !crt.exists() {
+            return Ok(None);
+        }
+        let chain = tls::read_certs(&crt)?;
+        let key = tls::read_key(&self.dir.join(format!("{cn}.key")))?;
+        if !tls::key_matches(&chain[0], &key) {
+            return Err(format!(
+                "{}: key does not match the certificate",
+                crt.display()
+            ));
+        }
+        Ok(Some(Arc::new(CertKey::new(chain, key))))
+    }
+}
+
+/// The relay shared by every listener that accepts `jsonrpc`.
+pub struct Relay {
+    routes: Vec<(HostPattern, usize)>,
+    upstreams: Arc<[UpstreamGroup]>,
+    identity: Option<IdentityStore>,
+    limits: Limits,
+    policy: Policy,
+    max_violations: u32,
+    anonymous: AtomicUsize,
+    connector: TransportConnector,
+}
+
+impl Relay {
+    /// Builds the relay from `jsonrpc:`; `index` maps upstream names to `upstreams`.
+    pub fn new(
+        cfg: &Config,
+        j: &JsonRpc,
+        upstreams: Arc<[UpstreamGroup]>,
+        index: &HashMap<String, usize>,
+    ) -> Result<Relay, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut routes = Vec::new();
+        for (i, r) in j.routes.iter().enumerate() {
+            match (HostPattern::parse(&r.sni), index.get(&r.upstream)) {
+                (Ok(p), Some(&u)) => routes.push((p, u)),
+                (Err(m), _) => errs.push(ConfigError::new(format!("jsonrpc.routes[{i}].sni"), m)),
+                (_, None) => errs.push(ConfigError::new(
+                    format!("jsonrpc.routes[{i}].upstream"),
+                    format!("unknown upstream `{}`", r.upstream),
+                )),
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let l = &j.limits;
+        Ok(Relay {
+            routes,
+            upstreams,
+            identity: j.upstream_identity.as_ref().map(|id| IdentityStore {
+                dir: cfg.resolve(&id.cert_dir),
+                missing: id.missing,
+            }),
+            limits: Limits {
+                anonymous_max: l.anonymous_max_clients,
+                anonymous_size: l.anonymous_message_size.0 as usize,
+                size: l.message_size.0 as usize,
+                idle: l.idle_timeout.get(),
+                anonymous_idle: l.anonymous_idle_timeout.get(),
+            },
+            policy: match &j.policy {
+                Some(rules) => Policy::new(rules),
+                None => Policy::icinga_defaults(),
+            },
+            max_violations: j.max_violations,
+            anonymous: AtomicUsize::new(0),
+            connector: TransportConnector::new(None),
+        })
+    }
+
+    /// Serves one link on `down` (whose first byte was a digit) until it ends.
+    pub async fn serve(&self, listener: &str, down: Stream, shutdown: &ShutdownWatch) {
+        let info = down
+            .get_ssl_digest()
+            .and_then(|d| d.extension.get::<TlsInfo>().cloned())
+            .or_else(|| down.get_ssl().map(TlsInfo::from_ssl))
+            .unwrap_or(TlsInfo {
+                sni: None,
+                client: None,
+            });
+        let addr = down
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_else(|| "-".into());
+        let auth = info.authenticated();
+        let cn = auth.and_then(|c| c.cn.as_deref());
+        let who = match cn {
+            Some(cn) => format!("{cn}@{addr}"),
+            None => format!("anonymous@{addr}"),
+        };
+
+        let _anon_slot = match cn {
+            Some(_) => None,
+            None => match AnonSlot::take(&self.anonymous, self.limits.anonymous_max) {
+                Some(slot) => Some(slot),
+                None => {
+                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {} anonymous links open (jsonrpc.limits.anonymous_max_clients)", self.limits.anonymous_max);
+                    return reject(listener, down).await;
+                }
+            },
+        };
+        let sni = info.sni.as_deref().unwrap_or("");
+        let Some(&(_, up_idx)) = self.routes.iter().find(|(p, _)| p.matches(sni)) else {
+            log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no jsonrpc route for SNI `{}`", sni.escape_debug());
+            return reject(listener, down).await;
+        };
+        let group = &self.upstreams[up_idx];
+
+        let client_cert = match (cn, &self.identity) {
+            (Some(cn), Some(store)) => match store.load(cn) {
+                Ok(Some(ck)) => Some(ck),
+                Ok(None) if store.missing == MissingIdentity::Own => None,
+                Ok(None) => {
+                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no {cn}.crt in jsonrpc.upstream_identity.cert_dir (missing: reject)");
+                    return reject(listener, down).await;
+                }
+                Err(e) => {
+                    log::error!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: upstream identity: {e}");
+                    return reject(listener, down).await;
+                }
+            },
+            _ => None,
+        };
+        let key = cn.unwrap_or(&addr);
+        let Some(peer_addr) = group.select(key.as_bytes()) else {
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
+                .inc();
+            log::warn!(target: "gatehouse::rpc", "{who}: upstream {}: no healthy peer", group.name);
+            return close(down).await;
+        };
+        let mut peer = group.peer(peer_addr);
+        if client_cert.is_some() {
+            peer.client_cert_key = client_cert;
+        }
+        let up = match self.connector.new_stream(&peer).await {
+            Ok(s) => s,
+            Err(e) => {
+                let kind = FailureKind::classify(&e);
+                metrics::UPSTREAM_ERRORS
+                    .with_label_values(&[&group.name, kind.label()])
+                    .inc();
+                log::warn!(target: "gatehouse::upstream", "upstream {} peer {peer_addr}: connect for {who} failed ({}): {e}", group.name, kind.label());
+                // Closing makes the agent retry (every 10 s), possibly via a healthier peer.
+                return close(down).await;
+            }
+        };
+
+        let kind = if cn.is_some() {
+            "authenticated"
+        } else {
+            "anonymous"
+        };
+        let _link_gauge = ActiveGuard::gauge(metrics::RPC_LINKS.with_label_values(&[kind]));
+        let link = Link {
+            caller: Caller {
+                cn,
+                uris: auth.map(|c| c.uris.as_slice()).unwrap_or(&[]),
+            },
+            anonymous: cn.is_none(),
+            who: &who,
+            client_pem: info
+                .client
+                .as_ref()
+                .and_then(|c| c.cert.to_pem().ok())
+                .and_then(|p| String::from_utf8(p).ok()),
+            violations: AtomicU32::new(0),
+            forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
+        };
+        log::info!(target: "gatehouse::rpc", "link open: {who} sni={} → upstream {} peer {peer_addr}", if sni.is_empty() { "-" } else { sni }, group.name);
+        let started = Instant::now();
+
+        let (mut dr, mut dw) = tokio::io::split(down);
+        let (mut ur, mut uw) = tokio::io::split(up);
+        let mut sd = shutdown.clone();
+        let end = tokio::select! {
+            e = self.pump(&link, Direction::Upstream, &mut dr, &mut uw) => e,
+            e = self.pump(&link, Direction::Downstream, &mut ur, &mut dw) => e,
+            _ = shutting_down(&mut sd) => LinkEnd::Shutdown,
+        };
+        let down = dr.unsplit(dw);
+        let up = ur.unsplit(uw);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            tokio::join!(close(down), close(up));
+        })
+        .await;
+        log::info!(
+            target: "gatehouse::rpc",
+            "link closed: {who} after {:.1}s, {} up / {} down messages: {end}",
+            started.elapsed().as_secs_f64(),
+            link.forwarded[0].load(Ordering::Relaxed),
+            link.forwarded[1].load(Ordering::Relaxed),
+        );
+    }
+
+    /// Moves frames from `r` to `w` until the link must end.
+    async fn pump<R, W>(&self, link: &Link<'_>, dir: Direction, r: &mut R, w: &mut W) -> LinkEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let anon = link.anonymous;
+        let limit = if anon && dir == Direction::Upstream {
+            self.limits.anonymous_size
+        } else {
+            self.limits.size
+        };
+        let idle = if anon {
+            self.limits.anonymous_idle
+        } else {
+            self.limits.idle
+        };
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Idle = no complete message for `idle`, so trickling bytes cannot keep a link alive.
+        let mut deadline = tokio::time::Instant::now() + idle;
+        loop {
+            loop {
+                match codec::decode(&mut buf, limit) {
+                    Ok(Some(frame)) => {
+                        deadline = tokio::time::Instant::now() + idle;
+                        if let Err(end) = self.forward(link, dir, frame, w).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        metrics::RPC_MESSAGES
+                            .with_label_values(&[dir.label(), "other", "malformed"])
+                            .inc();
+                        return LinkEnd::Frame(dir, e);
+                    }
+                }
+            }
+            // Flush once per batch: pipelined frames share TLS records, and nothing waits
+            // in our buffer while we block on the next read.
+            if let Err(e) = w.flush().await {
+                return LinkEnd::Io(dir, format!("write: {e}"));
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            match tokio::time::timeout_at(deadline, r.read_buf(&mut buf)).await {
+                Err(_) => return LinkEnd::Idle(dir, idle),
+                Ok(Ok(0)) => return LinkEnd::Closed(dir),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return LinkEnd::Io(dir, format!("read: {e}")),
+            }
+        }
+    }
+
+    /// Checks one frame and writes it on (possibly rewritten), or drops it.
+    async fn forward<W: AsyncWrite + Unpin>(
+        &self,
+        link: &Link<'_>,
+        dir: Direction,
+        frame: Frame,
+        w: &mut W,
+    ) -> Result<(), LinkEnd> {
+        let env = match envelope::parse(frame.payload()) {
+            Ok(e) => e,
+            Err(e) => {
+                metrics::RPC_MESSAGES
+                    .with_label_values(&[dir.label(), "other", "malformed"])
+                    .inc();
+                // Icinga's semantics: anonymous peers are dropped, known peers are forgiven.
+                if link.anonymous {
+                    return Err(LinkEnd::Malformed(dir, e));
+                }
+                log::warn!(target: "gatehouse::rpc", "{}: dropped a malformed {} message: {e}", link.who, dir.label());
+                return Ok(());
+            }
+        };
+        let method = env.method.as_deref();
+        let label = method_label(method);
+        if let Verdict::Deny(rule) = self.policy.decide(&link.caller, dir, method) {
+            return self.deny(
+                link,
+                dir,
+                method.unwrap_or("-"),
+                label,
+                &format!("jsonrpc.policy[{rule}]"),
+            );
+        }
+        let out: Cow<'_, [u8]> = if dir == Direction::Upstream
+            && method == Some("pki::RequestCertificate")
+        {
+            match with_cert_request(frame.payload(), link.client_pem.as_deref()) {
+                Ok(Some(rewritten)) => {
+                    log::info!(target: "gatehouse::rpc", "{}: pki::RequestCertificate forwarded with the client's own certificate", link.who);
+                    Cow::Owned(rewritten)
+                }
+                Ok(None) => Cow::Borrowed(frame.raw()),
+                Err(why) => return self.deny(link, dir, "pki::RequestCertificate", label, why),
+            }
+        } else {
+            Cow::Borrowed(frame.raw())
+        };
+        if let Err(e) = w.write_all(&out).await {
+            return Err(LinkEnd::Io(dir, format!("write: {e}")));
+        }
+        metrics::RPC_MESSAGES
+            .with_label_values(&[dir.label(), label, "forwarded"])
+            .inc();
+        metrics::RPC_BYTES
+            .with_label_values(&[dir.label()])
+            .inc_by(out.len() as u64);
+        link.forwarded[dir as usize].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn deny(
+        &self,
+        link: &Link<'_>,
+        dir: Direction,
+        method: &str,
+        label: &str,
+        why: &str,
+    ) -> Result<(), LinkEnd> {
+        metrics::RPC_MESSAGES
+            .with_label_values(&[dir.label(), label, "denied"])
+            .inc();
+        let n = link.violations.fetch_add(1, Ordering::Relaxed) + 1;
+        log::warn!(target: "gatehouse::rpc", "{}: denied {} {} message ({why}); violation {n}/{}", link.who, method.escape_debug(), dir.label(), self.max_violations);
+        if n >= self.max_violations {
+            return Err(LinkEnd::Violations(n));
+        }
+        Ok(())
+    }
+}
+
+/// Puts the client's certificate into `params.cert_request` unless the client set one.
+/// `Ok(None)`: forward unchanged. `Err`: must not be forwarded.
+fn with_cert_request(
+    payload: &[u8],
+    client_pem: Option<&str>,
+) -> Result<Option<Vec<u8>>, &'static str> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|_| "unparseable certificate request")?;
+    let obj = v
+        .as_object_mut()
+        .ok_or("certificate request is not an object")?;
+    let params = obj
+        .entry("params")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()))
+        .as_object_mut()
+        .ok_or("certificate request params is not an object")?;
+    if params.contains_key("cert_request") {
+        return Ok(None);
+    }
+    // Without the client's certificate the master would judge (and maybe sign) ours.
+    let pem =
+        client_pem.ok_or("certificate request from a client that presented no certificate")?;
+    params.insert(
+        "cert_request".into(),
+        serde_json::Value::String(pem.to_string()),
+    );
+    let payload = serde_json::to_vec(&v).map_err(|_| "cannot re-encode certificate request")?;
+    Ok(Some(codec::encode(&payload)))
+}
+
+/// Per-link state shared by the two pumps.
+struct Link<'a> {
+    caller: Caller<'a>,
+    anonymous: bool,
+    who: &'a str,
+    client_pem: Option<String>,
+    violations: AtomicU32,
+    forwarded: [AtomicU64; 2],
+}
+
+/// Why a link ended (logged when it closes).
+enum LinkEnd {
+    Closed(Direction),
+    Idle(Direction, Duration),
+    Frame(Direction, FrameError),
+    Malformed(Direction, MessageError),
+    Violations(u32),
+    Io(Direction, String),
+    Shutdown,
+}
+
+fn side(d: Direction) -> &'static str {
+    match d {
+        Direction::Upstream => "client",
+        Direction::Downstream => "upstream",
+    }
+}
+
+impl fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkEnd::Closed(d) => write!(f, "{} closed the connection", side(*d)),
+            LinkEnd::Idle(d, t) => write!(
+                f,
+                "no message from the {} for {}s",
+                side(*d),
+                t.as_secs_f64()
+            ),
+            LinkEnd::Frame(d, e) => write!(f, "framing error from the {}: {e}", side(*d)),
+            LinkEnd::Malformed(d, e) => {
+                write!(f, "malformed message from the anonymous {}: {e}", side(*d))
+            }
+            LinkEnd::Violations(n) => write!(f, "{n} policy violations (jsonrpc.max_violations)"),
+            LinkEnd::Io(d, e) => write!(f, "{} side: {e}", side(*d)),
+            LinkEnd::Shutdown => f.write_str("shutting down"),
+        }
+    }
+}
+
+/// One of the capped anonymous-link slots; released on drop.
+struct AnonSlot<'a>(&'a AtomicUsize);
+
+impl<'a> AnonSlot<'a> {
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| AnonSlot(count))
+    }
+}
+
+impl Drop for AnonSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Resolves when the server starts shutting down (or the watch is gone).
+async fn shutting_down(sd: &mut ShutdownWatch) {
+    while !*sd.borrow() {
+        if sd.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends TLS close_notify (a plain drop sends none) and drops the stream.
+pub(crate) async fn close(mut s: Stream) {
+    Shutdown::shutdown(&mut *s).await;
+}
+
+async fn reject(listener: &str, down: Stream) {
+    metrics::CONNECTIONS
+        .with_label_values(&[listener, "rejected"])
+        .inc();
+    close(down).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cert_request_rewrite() {
+        let req = br#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":"abc"},"id":"1"}"#;
+        let out = with_cert_request(req, Some("PEM")).unwrap().unwrap();
+        let mut b = BytesMut::from(&out[..]);
+        let f = codec::decode(&mut b, 1 << 20).unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(f.payload()).unwrap();
+        assert_eq!(v["params"]["cert_request"], "PEM");
+        assert_eq!(v["params"]["ticket"], "abc");
+        assert_eq!(v["id"], "1");
+        // A client-set cert_request is left alone.
+        let own = br#"{"method":"pki::RequestCertificate","params":{"cert_request":"X"}}"#;
+        assert_eq!(with_cert_request(own, Some("PEM")), Ok(None));
+        // No params at all: added.
+        let bare = br#"{"method":"pki::RequestCertificate"}"#;
+        assert!(with_cert_request(bare, Some("PEM")).unwrap().is_some());
+        // No client certificate: refused rather than letting the master judge ours.
+        assert!(with_cert_request(req, None).is_err());
+    }
+
+    #[test]
+    fn anonymous_slots() {
+        let n = AtomicUsize::new(0);
+        let a = AnonSlot::take(&n, 2).unwrap();
+        let _b = AnonSlot::take(&n, 2).unwrap();
+        assert!(AnonSlot::take(&n, 2).is_none());
+        drop(a);
+        assert!(AnonSlot::take(&n, 2).is_some());
+    }
+}

@@ -1,0 +1,628 @@
+//! The one-port relay end to end: a raw TLS client speaking netstrings to Gatehouse, and an
+//! in-process netstring TLS "master" that requires client certificates.
+
+mod common;
+
+use boring::ssl::SslAcceptor;
+use bytes::BytesMut;
+use common::*;
+use gatehouse::pki::{self, CertSpec};
+use gatehouse::rpc::codec;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const HELLO: &str =
+    r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#;
+const HEARTBEAT: &str = r#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#;
+const CONFIG_UPDATE: &str = r#"{"jsonrpc":"2.0","method":"config::Update","params":{"checksums":{},"update":{},"update_v2":{}}}"#;
+
+fn check_result() -> String {
+    let output = "x".repeat(400);
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"event::CheckResult","params":{{"host":"agent1-host","cr":{{"output":"{output}","state":0.0,"exit_status":0.0}}}},"ts":1795320932.5}}"#
+    )
+}
+
+fn ns(s: &str) -> Vec<u8> {
+    codec::encode(s.as_bytes())
+}
+
+/// How the test master behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum SinkMode {
+    /// Record each frame and send it back.
+    Echo,
+    /// Accept the connection and never read (a stalled master).
+    Stall,
+}
+
+/// A netstring TLS server requiring client certificates, like an Icinga master.
+struct Sink {
+    addr: SocketAddr,
+    frames: Arc<Mutex<Vec<Vec<u8>>>>,
+    client_cns: Arc<Mutex<Vec<Option<String>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sink {
+    async fn start(acc: SslAcceptor, mode: SinkMode) -> Sink {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let client_cns = Arc::new(Mutex::new(Vec::new()));
+        let (f2, c2, acc) = (frames.clone(), client_cns.clone(), Arc::new(acc));
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let (frames, cns, acc) = (f2.clone(), c2.clone(), acc.clone());
+                tokio::spawn(async move {
+                    let Ok(mut s) = tokio_boring::accept(&acc, tcp).await else {
+                        return;
+                    };
+                    let cn = s.ssl().peer_certificate().and_then(|c| {
+                        c.subject_name()
+                            .entries_by_nid(boring::nid::Nid::COMMONNAME)
+                            .next()
+                            .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+                    });
+                    cns.lock().unwrap().push(cn);
+                    if mode == SinkMode::Stall {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let mut buf = BytesMut::new();
+                    loop {
+                        while let Ok(Some(f)) = codec::decode(&mut buf, 64 << 20) {
+                            frames.lock().unwrap().push(f.raw().to_vec());
+                            if s.write_all(f.raw()).await.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = s.flush().await;
+                        match s.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        Sink {
+            addr,
+            frames,
+            client_cns,
+            task,
+        }
+    }
+
+    fn frames(&self) -> Vec<Vec<u8>> {
+        self.frames.lock().unwrap().clone()
+    }
+}
+
+/// The Icinga-side PKI and an edge listener config around a sink.
+struct Cluster {
+    icinga: Pki,
+    edge_pki: Pki,
+}
+
+impl Cluster {
+    fn new(dir: &Path) -> Cluster {
+        let icinga = Pki::new(dir, "icinga");
+        icinga.server("master1", &["master1"]);
+        icinga.issue("agent1", CertSpec::new("agent1").dns(&["agent1"]));
+        icinga.issue("edge", CertSpec::new("gatehouse-edge"));
+        // cert_dir: a key minted for the edge with CN=agent1 (the agent's own key stays home).
+        let ids = dir.join("identities");
+        std::fs::create_dir_all(&ids).unwrap();
+        icinga
+            .ca
+            .issue(&CertSpec::new("agent1"))
+            .unwrap()
+            .write(&ids, "agent1")
+            .unwrap();
+        let edge_pki = Pki::new(dir, "web");
+        edge_pki.server("server", &[]);
+        Cluster { icinga, edge_pki }
+    }
+
+    fn master_acceptor(&self) -> SslAcceptor {
+        let m = self
+            .icinga
+            .ca
+            .issue(&CertSpec::new("master1").dns(&["master1"]))
+            .unwrap();
+        acceptor(&m, Some(self.icinga.ca.cert()), false)
+    }
+
+    /// Config: listener `cluster` on `port` (http + jsonrpc), jsonrpc → `sink`, HTTP → `web`.
+    fn yaml(
+        &self,
+        dir: &Path,
+        port: u16,
+        mport: u16,
+        sink: SocketAddr,
+        web: SocketAddr,
+        limits: &str,
+    ) -> String {
+        format!(
+            r#"listeners:
+  - name: cluster
+    address: "127.0.0.1:{port}"
+    protocols: [http, jsonrpc]
+    first_byte_timeout: 1s
+    tls:
+      cert: {w}/server.crt
+      key: {w}/server.key
+      sni_certs: [ {{ names: [master1], cert: {i}/master1.crt, key: {i}/master1.key }} ]
+      client_auth: optional
+      client_ca: {i}/ca.crt
+upstreams:
+  icinga-master1:
+    peers: ["{sink}"]
+    tls:
+      ca: {i}/ca.crt
+      client_cert: {i}/edge.crt
+      client_key: {i}/edge.key
+      sni: master1
+  web:
+    peers: ["{web}"]
+routes:
+  - {{ name: web, upstream: web }}
+jsonrpc:
+  routes:
+    - {{ sni: master1, upstream: icinga-master1 }}
+  upstream_identity:
+    cert_dir: {d}/identities
+    missing: reject
+  max_violations: 3
+  limits:
+{limits}
+metrics:
+  address: "127.0.0.1:{mport}"
+"#,
+            w = self.edge_pki.dir.display(),
+            i = self.icinga.dir.display(),
+            d = dir.display(),
+        )
+    }
+
+    fn agent(&self, who: Option<&str>) -> ClientOpts {
+        ClientOpts {
+            ca: Some(self.icinga.ca_path()),
+            cert: who.map(|w| self.icinga.paths(w)),
+            sni: Some("master1".into()),
+            tls12: false,
+        }
+    }
+}
+
+const LIMITS: &str = "    anonymous_max_clients: 2\n    anonymous_message_size: 2KiB\n    idle_timeout: 3s\n    anonymous_idle_timeout: 1s\n";
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Reads netstrings until `n` frames arrived, EOF, or the timeout.
+async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    n: usize,
+    t: Duration,
+) -> (Vec<Vec<u8>>, bool) {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + t;
+    loop {
+        while let Ok(Some(f)) = codec::decode(&mut buf, 64 << 20) {
+            out.push(f.raw().to_vec());
+        }
+        if out.len() >= n {
+            return (out, false);
+        }
+        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(_)) => {}
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// Whether the server closed the connection within `t`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, t: Duration) -> bool {
+    let mut b = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + t;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn metrics_text(mport: u16) -> String {
+    request(addr(mport), None, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap()
+        .text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_both_ways_byte_exact_with_identity_and_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::new(tmp.path());
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let gh = Gatehouse::start(
+        tmp.path(),
+        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
+        addr(port),
+    );
+
+    // The client checks that the edge answers as master1 (SNI cert) — Icinga requires it.
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    let cr = check_result();
+    let mut burst = ns(HELLO);
+    burst.extend(ns(HEARTBEAT));
+    burst.extend(ns(CONFIG_UPDATE)); // denied: a child may not push config up
+    burst.extend(ns(&cr));
+    s.write_all(&burst).await.unwrap();
+    // One more frame, one byte per write.
+    for b in ns(HEARTBEAT) {
+        s.write_all(&[b]).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    let expected = vec![ns(HELLO), ns(HEARTBEAT), ns(&cr), ns(HEARTBEAT)];
+    let (echoed, _) = read_frames(&mut s, 4, Duration::from_secs(5)).await;
+    assert_eq!(
+        sink.frames(),
+        expected,
+        "master must receive exactly the allowed frames, byte for byte"
+    );
+    assert_eq!(echoed, expected, "the way back is byte-exact too");
+    // The master saw the agent's identity (from cert_dir), not the edge's.
+    assert_eq!(
+        sink.client_cns.lock().unwrap().clone(),
+        vec![Some("agent1".to_string())]
+    );
+
+    // HTTP on the same port is still proxied.
+    let r = request(
+        addr(port),
+        Some(&c.agent(None)),
+        "GET",
+        "/v1/status",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(web.seen().len(), 1);
+
+    let m = metrics_text(mport).await;
+    for needle in [
+        r#"gatehouse_rpc_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"} 1"#,
+        r#"gatehouse_rpc_messages_total{direction="upstream",method="config::Update",verdict="denied"} 1"#,
+        r#"gatehouse_rpc_messages_total{direction="downstream",method="event::Heartbeat",verdict="forwarded"} 2"#,
+        r#"gatehouse_rpc_links_active{kind="authenticated"} 1"#,
+        r#"gatehouse_connections_total{listener="cluster",protocol="jsonrpc"} 1"#,
+        r#"gatehouse_connections_total{listener="cluster",protocol="http"} 1"#,
+    ] {
+        assert!(m.contains(needle), "missing `{needle}`:\n{m}");
+    }
+    let line = gh.wait_log("denied config::Update");
+    assert!(
+        line.contains("agent1@") && line.contains("jsonrpc.policy[1]"),
+        "{line}"
+    );
+
+    // Violations beyond max_violations (3) close the link.
+    let mut bad = Vec::new();
+    for _ in 0..3 {
+        bad.extend(ns(CONFIG_UPDATE));
+    }
+    s.write_all(&bad).await.unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "link must close after 3 violations"
+    );
+    gh.wait_log("policy violations");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_links_are_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::new(tmp.path());
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let gh = Gatehouse::start(
+        tmp.path(),
+        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
+        addr(port),
+    );
+
+    // An enrolling agent: self-signed cert, so anonymous.
+    let selfsigned = pki::self_signed(&CertSpec::new("agent2")).unwrap();
+    selfsigned.write(tmp.path(), "agent2-self").unwrap();
+    let mut anon = c.agent(None);
+    anon.cert = Some((
+        tmp.path().join("agent2-self.crt"),
+        tmp.path().join("agent2-self.key"),
+    ));
+
+    // Allowed methods pass; others are dropped (policy: anonymous may only hello/heartbeat/pki).
+    let mut a = tls_connect(addr(port), &anon).await.unwrap();
+    let mut burst = ns(HELLO);
+    burst.extend(ns(&check_result()));
+    burst.extend(ns(HEARTBEAT));
+    a.write_all(&burst).await.unwrap();
+    let (echoed, _) = read_frames(&mut a, 2, Duration::from_secs(5)).await;
+    assert_eq!(echoed, vec![ns(HELLO), ns(HEARTBEAT)]);
+    // Anonymous clients go upstream with the edge's own certificate.
+    assert_eq!(
+        sink.client_cns.lock().unwrap().clone(),
+        vec![Some("gatehouse-edge".to_string())]
+    );
+
+    // pki::RequestCertificate carries the client's own certificate to the master.
+    a.write_all(&ns(
+        r#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":"t1"},"id":"1"}"#,
+    ))
+    .await
+    .unwrap();
+    let (got, _) = read_frames(&mut a, 1, Duration::from_secs(5)).await;
+    let mut b = BytesMut::from(&got[0][..]);
+    let v: serde_json::Value =
+        serde_json::from_slice(codec::decode(&mut b, 1 << 20).unwrap().unwrap().payload()).unwrap();
+    assert_eq!(v["params"]["ticket"], "t1");
+    assert_eq!(
+        v["params"]["cert_request"].as_str().unwrap().as_bytes(),
+        &selfsigned.cert_pem()[..],
+        "the master must judge the agent's certificate, not the edge's"
+    );
+
+    // Cap: two anonymous links at once; the third is refused, the first two live on.
+    let mut b2 = tls_connect(addr(port), &anon).await.unwrap();
+    b2.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        read_frames(&mut b2, 1, Duration::from_secs(5))
+            .await
+            .0
+            .len(),
+        1
+    );
+    let mut third = tls_connect(addr(port), &anon).await.unwrap();
+    third.write_all(&ns(HELLO)).await.unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(3)).await,
+        "third anonymous link must be refused"
+    );
+    gh.wait_log("anonymous links open");
+    a.write_all(&ns(HEARTBEAT)).await.unwrap();
+    assert_eq!(
+        read_frames(&mut a, 1, Duration::from_secs(5)).await.0.len(),
+        1,
+        "first link unaffected"
+    );
+
+    // Size: over anonymous_message_size (2KiB) closes an anonymous link.
+    let big = format!(
+        r#"{{"method":"event::Heartbeat","params":{{"pad":"{}"}}}}"#,
+        "y".repeat(3000)
+    );
+    a.write_all(&ns(&big)).await.unwrap();
+    assert!(
+        closed_within(&mut a, Duration::from_secs(3)).await,
+        "oversize must close"
+    );
+    gh.wait_log("exceeds the limit of 2048 bytes");
+
+    // Idle: an anonymous link that stays silent is closed after anonymous_idle_timeout (1s).
+    let t0 = std::time::Instant::now();
+    assert!(
+        closed_within(&mut b2, Duration::from_secs(5)).await,
+        "idle anonymous link must close"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    gh.wait_log("for 1s"); // either side: the echo reset both timers together
+
+    // Malformed JSON on an anonymous link closes it.
+    let mut m = tls_connect(addr(port), &anon).await.unwrap();
+    m.write_all(&ns("{not json")).await.unwrap();
+    assert!(closed_within(&mut m, Duration::from_secs(3)).await);
+    gh.wait_log("malformed message from the anonymous client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::new(tmp.path());
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let gh = Gatehouse::start(
+        tmp.path(),
+        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
+        addr(port),
+    );
+
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    let mut burst = ns("{broken");
+    burst.extend(ns("[1,2,3]"));
+    burst.extend(ns(&format!(
+        "{{\"method\":\"x\",\"p\":{}{}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    )));
+    burst.extend(ns(HEARTBEAT));
+    s.write_all(&burst).await.unwrap();
+    let (got, closed) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        (got, closed),
+        (vec![ns(HEARTBEAT)], false),
+        "bad JSON dropped, link kept"
+    );
+    let m = metrics_text(mport).await;
+    assert!(m.contains(r#"gatehouse_rpc_messages_total{direction="upstream",method="other",verdict="malformed"} 3"#), "{m}");
+
+    // A framing error closes even an authenticated link; another link is unaffected.
+    let mut other = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    s.write_all(b"1234567890:").await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    gh.wait_log("netstring length longer than 9 digits");
+    other.write_all(&ns(HEARTBEAT)).await.unwrap();
+    assert_eq!(
+        read_frames(&mut other, 1, Duration::from_secs(5))
+            .await
+            .0
+            .len(),
+        1
+    );
+
+    // Authenticated idle timeout (3s): no message → closed.
+    assert!(closed_within(&mut other, Duration::from_secs(6)).await);
+    gh.wait_log("no message from the"); // either side: both went quiet together
+
+    // No first byte after the handshake → closed after first_byte_timeout (1s), counted.
+    let mut quiet = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    assert!(closed_within(&mut quiet, Duration::from_secs(4)).await);
+    gh.wait_log("sent nothing within");
+    let m = metrics_text(mport).await;
+    assert!(
+        m.contains(r#"gatehouse_connections_total{listener="cluster",protocol="timeout"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::new(tmp.path());
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let yaml = c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS);
+    let gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+
+    // No route for this SNI.
+    let mut o = c.agent(Some("agent1"));
+    o.sni = Some("localhost".into());
+    o.ca = Some(c.edge_pki.ca_path());
+    let mut s = tls_connect(addr(port), &o).await.unwrap();
+    s.write_all(&ns(HELLO)).await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    gh.wait_log("no jsonrpc route for SNI `localhost`");
+
+    // Authenticated as a CN with no certificate in cert_dir (missing: reject).
+    c.icinga.issue("agent9", CertSpec::new("agent9"));
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent9")))
+        .await
+        .unwrap();
+    s.write_all(&ns(HELLO)).await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    gh.wait_log("no agent9.crt in jsonrpc.upstream_identity.cert_dir");
+    assert!(sink.frames().is_empty());
+
+    // Upstream down: the link is closed so the agent reconnects; classified and counted.
+    drop(gh);
+    let dead = free_port();
+    let gh = Gatehouse::start(
+        tmp.path(),
+        &yaml.replace(&sink.addr.to_string(), &format!("127.0.0.1:{dead}")),
+        addr(port),
+    );
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    s.write_all(&ns(HELLO)).await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    gh.wait_log("connect for agent1@");
+    let m = metrics_text(mport).await;
+    assert!(
+        m.contains(
+            r#"gatehouse_upstream_errors_total{kind="refused",upstream="icinga-master1"} 1"#
+        ),
+        "{m}"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upstream_applies_backpressure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::new(tmp.path());
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Stall).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let gh = Gatehouse::start(
+        tmp.path(),
+        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
+        addr(port),
+    );
+    let pid = gh.child.id();
+
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    let frame = ns(&check_result());
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 200)
+        .collect();
+    let before = rss_kib(pid);
+    // Push up to 256 MiB; a bounded relay stops taking bytes long before that.
+    let mut sent = 0usize;
+    while sent < 256 << 20 {
+        match tokio::time::timeout(Duration::from_secs(2), s.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(e)) => panic!("write failed: {e}"),
+            Err(_) => break,
+        }
+    }
+    let after = rss_kib(pid);
+    assert!(
+        sent < 64 << 20,
+        "the relay kept accepting data from the client: {} MiB",
+        sent >> 20
+    );
+    assert!(
+        after.saturating_sub(before) < 32 * 1024,
+        "RSS grew from {before} KiB to {after} KiB while the master stalled"
+    );
+    assert_eq!(sink.client_cns.lock().unwrap().len(), 1);
+}
