@@ -626,3 +626,50 @@ async fn a_stalled_upstream_applies_backpressure() {
     );
     assert_eq!(sink.client_cns.lock().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_links_with_close_notify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::new(tmp.path());
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let gh = Gatehouse::start(
+        tmp.path(),
+        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
+        addr(port),
+    );
+    // A blocking client: boring's own SslStream tells whether close_notify arrived.
+    let (ca, (crt, key)) = (c.icinga.ca_path(), c.icinga.paths("agent1"));
+    let client = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut b = boring::ssl::SslConnector::builder(boring::ssl::SslMethod::tls()).unwrap();
+        b.set_ca_file(ca).unwrap();
+        b.set_certificate_chain_file(crt).unwrap();
+        b.set_private_key_file(key, boring::ssl::SslFiletype::PEM)
+            .unwrap();
+        let tcp = std::net::TcpStream::connect(addr(port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = b.build().connect("master1", tcp).unwrap();
+        s.write_all(&ns(HELLO)).unwrap();
+        let mut buf = vec![0u8; ns(HELLO).len()];
+        s.read_exact(&mut buf).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest); // until the edge closes the link
+        s.get_shutdown()
+    });
+    // Wait until the link is up, then SIGTERM: graceful stop (grace_period 1s in tests).
+    gh.wait_log("link open: agent1@");
+    std::process::Command::new("kill")
+        .args(["-TERM", &gh.child.id().to_string()])
+        .status()
+        .unwrap();
+    let state = tokio::task::spawn_blocking(move || client.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        state.contains(boring::ssl::ShutdownState::RECEIVED),
+        "the link must end with a TLS close_notify, not a bare TCP close"
+    );
+    gh.wait_log("shutting down");
+}
