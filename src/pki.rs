@@ -138,9 +138,23 @@ impl Ca {
         &self.issued.cert
     }
 
+    /// An existing CA from its certificate and key (e.g. Icinga's `data/ca/ca.crt`, `ca.key`).
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Ca, ErrorStack> {
+        Ok(Ca {
+            issued: Issued {
+                cert: X509::from_pem(cert_pem)?,
+                key: PKey::private_key_from_pem(key_pem)?,
+            },
+        })
+    }
+
     /// Issues a leaf for `spec`, usable for both server and client authentication.
     pub fn issue(&self, spec: &CertSpec) -> Result<Issued, ErrorStack> {
-        let key = new_key()?;
+        self.issue_for_key(spec, new_key()?)
+    }
+
+    /// Issues a leaf for an existing key (a renewal keeps the key, changes the dates).
+    pub fn issue_for_key(&self, spec: &CertSpec, key: PKey<Private>) -> Result<Issued, ErrorStack> {
         let cert = build(spec, &key, Some(&self.issued), false)?;
         Ok(Issued { cert, key })
     }

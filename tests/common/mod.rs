@@ -6,6 +6,7 @@
 //! - [`request`] is an HTTPS client that speaks raw HTTP/1.1 bytes.
 #![allow(dead_code)]
 
+pub mod icinga;
 pub mod kea;
 
 use boring::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};

@@ -1,0 +1,147 @@
+//! Real Icinga 2 (2.13) instances in a temp dir: nothing under /etc, /var or /run.
+//! Path constants are overridden with `-D...Dir=`; the CA lives in the master's DataDir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// One Icinga node's folder layout: etc, data (certs, ca), log, cache, spool, run.
+#[derive(Clone)]
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Node {
+    pub fn new(root: &Path, name: &str) -> Node {
+        let dir = root.join(name);
+        for d in ["etc", "data/certs", "log", "cache", "spool", "run"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        Node {
+            name: name.to_string(),
+            dir,
+        }
+    }
+
+    fn defs(&self) -> Vec<String> {
+        let d = self.dir.display();
+        vec![
+            format!("-DConfigDir={d}/etc"),
+            format!("-DDataDir={d}/data"),
+            format!("-DLogDir={d}/log"),
+            format!("-DCacheDir={d}/cache"),
+            format!("-DSpoolDir={d}/spool"),
+            format!("-DInitRunDir={d}/run"),
+        ]
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.dir.join("data/certs")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log/icinga2.log")).unwrap_or_default()
+    }
+
+    /// Runs `icinga2 ARGS... <path defines>`; panics with the output on failure unless `may_fail`.
+    pub fn run(&self, args: &[&str], may_fail: bool) -> Output {
+        let out = icinga2()
+            .args(args)
+            .args(self.defs())
+            .output()
+            .expect("run icinga2");
+        if !may_fail && !out.status.success() {
+            panic!(
+                "icinga2 {args:?} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    /// Writes `etc/icinga2.conf`, validates it, and starts the daemon.
+    pub fn start(&self, conf: &str) -> Daemon {
+        let file = self.dir.join("etc/icinga2.conf");
+        std::fs::write(&file, conf).unwrap();
+        let f = file.to_str().unwrap();
+        self.run(&["daemon", "-C", "-c", f], false);
+        let child = icinga2()
+            .args(["daemon", "-c", f])
+            .args(self.defs())
+            .stdout(std::fs::File::create(self.dir.join("log/stdout.log")).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn icinga2 daemon");
+        Daemon {
+            child,
+            node: self.clone(),
+        }
+    }
+
+    /// Waits until the node's log contains `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no `{needle}` in its log:\n{}",
+                self.name,
+                tail(&self.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The `icinga2` command, running as the current user (root in CI) without dropping privileges.
+pub fn icinga2() -> Command {
+    let mut c = Command::new("icinga2");
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    c.env("ICINGA2_USER", &user).env("ICINGA2_GROUP", &user);
+    c
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A running Icinga daemon; SIGTERM (then SIGKILL) on drop.
+pub struct Daemon {
+    child: Child,
+    pub node: Node,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Zones, endpoints and the common header of every node's config.
+pub fn common_conf(node: &str, zone: &str, ticket_salt: &str) -> String {
+    format!(
+        r#"const NodeName = "{node}"
+const ZoneName = "{zone}"
+const TicketSalt = "{ticket_salt}"
+include <itl>
+object FileLogger "main-log" {{ path = LogDir + "/icinga2.log"; severity = "information" }}
+object Zone "master" {{ endpoints = [ "master1" ] }}
+object Zone "agent1" {{ endpoints = [ "agent1" ]; parent = "master" }}
+"#
+    )
+}

@@ -1,0 +1,430 @@
+//! Real Icinga 2.13 master and agent with Gatehouse between them on one port: the agent
+//! connects through the relay under its own identity, check results reach the master, the
+//! master's REST API answers through the same port, and enrollment and renewal through the
+//! edge give agents certificates for their own keys.
+
+mod common;
+
+use boring::x509::X509;
+use common::icinga::{self, common_conf, Node};
+use common::*;
+use gatehouse::pki::{Ca, CertSpec};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const API_AUTH: &str = "Basic cm9vdDppY2luZ2Etc2VjcmV0"; // root:icinga-secret
+const SALT: &str = "gatehouse-test-salt";
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn read_cert(p: &Path) -> X509 {
+    X509::from_pem(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn key_of(p: &Path) -> boring::pkey::PKey<boring::pkey::Private> {
+    boring::pkey::PKey::private_key_from_pem(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// Seconds from now until `cert` expires.
+fn secs_left(cert: &X509) -> i64 {
+    let now = boring::asn1::Asn1Time::from_unix(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as _,
+    )
+    .unwrap();
+    let d = now.diff(cert.not_after()).unwrap();
+    i64::from(d.days) * 86400 + i64::from(d.secs)
+}
+
+/// GET a REST API path on the master, through Gatehouse's cluster port.
+async fn api(gh: u16, ca: &Path, path: &str) -> Option<serde_json::Value> {
+    let o = ClientOpts {
+        ca: Some(ca.to_path_buf()),
+        cert: None,
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let r = request(
+        addr(gh),
+        Some(&o),
+        "GET",
+        path,
+        &[
+            ("Authorization", API_AUTH),
+            ("Accept", "application/json"),
+            ("Host", "master1"),
+        ],
+        b"",
+    )
+    .await
+    .ok()?;
+    (r.status == 200).then(|| r.json())
+}
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F, diag: impl Fn() -> String)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            diag()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icinga_master_and_agent_through_gatehouse() {
+    if !require_binary("icinga2") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (mport, aport, gport, metrics_port) = (free_port(), free_port(), free_port(), free_port());
+
+    // --- PKI: Icinga's own CA on the master (icinga2 pki new-ca / new-cert / sign-csr) ---
+    let master = Node::new(root, "master");
+    let agent = Node::new(root, "agent");
+    master.run(&["pki", "new-ca"], false);
+    let ca_crt = master.dir.join("data/ca/ca.crt");
+    let new_cert = |node: &Node, cn: &str, dir: &Path| {
+        let (key, csr) = (dir.join(format!("{cn}.key")), dir.join(format!("{cn}.csr")));
+        node.run(
+            &[
+                "pki",
+                "new-cert",
+                "--cn",
+                cn,
+                "--key",
+                key.to_str().unwrap(),
+                "--csr",
+                csr.to_str().unwrap(),
+            ],
+            false,
+        );
+        (key, csr)
+    };
+    let sign = |csr: &Path, crt: &Path| {
+        master.run(
+            &[
+                "pki",
+                "sign-csr",
+                "--csr",
+                csr.to_str().unwrap(),
+                "--cert",
+                crt.to_str().unwrap(),
+            ],
+            false,
+        );
+    };
+    let (_, csr) = new_cert(&master, "master1", &master.certs());
+    sign(&csr, &master.certs().join("master1.crt"));
+    std::fs::copy(&ca_crt, master.certs().join("ca.crt")).unwrap();
+
+    // agent1's own key, with a certificate that expires in 10 days: it must get renewed.
+    let (agent_key, _) = new_cert(&agent, "agent1", &agent.certs());
+    let icinga_ca = Ca::from_pem(
+        &std::fs::read(&ca_crt).unwrap(),
+        &std::fs::read(master.dir.join("data/ca/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let short = icinga_ca
+        .issue_for_key(
+            &CertSpec::new("agent1")
+                .dns(&["agent1"])
+                .validity(-3600, 10 * 86400),
+            key_of(&agent_key),
+        )
+        .unwrap();
+    std::fs::write(agent.certs().join("agent1.crt"), short.cert_pem()).unwrap();
+    std::fs::copy(&ca_crt, agent.certs().join("ca.crt")).unwrap();
+
+    // The edge's certificates: all signed by the Icinga CA, none holding an agent's key.
+    let edge = root.join("edge");
+    let ids = edge.join("identities");
+    std::fs::create_dir_all(&ids).unwrap();
+    icinga_ca
+        .issue(&CertSpec::new("master1").dns(&["master1"]))
+        .unwrap()
+        .write(&edge, "master1")
+        .unwrap();
+    icinga_ca
+        .issue(
+            &CertSpec::new("gatehouse-edge")
+                .dns(&["localhost"])
+                .ips(&["127.0.0.1"]),
+        )
+        .unwrap()
+        .write(&edge, "edge")
+        .unwrap();
+    // cert_dir, minted as the README says: a new key for CN=agent1, signed on the CA master.
+    let (_, csr) = new_cert(&master, "agent1", &ids);
+    sign(&csr, &ids.join("agent1.crt"));
+
+    // --- master ---
+    let master_conf = format!(
+        r#"{}
+object Endpoint "master1" {{ }}
+object Endpoint "agent1" {{ }}
+object Endpoint "agent2" {{ }}
+object Zone "agent2" {{ endpoints = [ "agent2" ]; parent = "master" }}
+object ApiListener "api" {{
+  bind_host = "127.0.0.1"
+  bind_port = {mport}
+  accept_config = false
+  accept_commands = false
+  ticket_salt = TicketSalt
+}}
+object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
+object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1" }}
+"#,
+        common_conf("master1", "master", SALT)
+    );
+    let _master_d = master.start(&master_conf);
+    master.wait_log(
+        &format!("Started new listener on '[127.0.0.1]:{mport}'"),
+        Duration::from_secs(30),
+    );
+
+    // --- Gatehouse on the cluster port ---
+    let e = edge.display();
+    let yaml = format!(
+        r#"listeners:
+  - name: cluster
+    address: "127.0.0.1:{gport}"
+    protocols: [http, jsonrpc]
+    tls:
+      cert: {e}/edge.crt
+      key: {e}/edge.key
+      sni_certs: [ {{ names: [master1], cert: {e}/master1.crt, key: {e}/master1.key }} ]
+      client_auth: optional
+      client_ca: {ca}
+upstreams:
+  icinga-master1:
+    peers: ["127.0.0.1:{mport}"]
+    tls:
+      ca: {ca}
+      client_cert: {e}/edge.crt
+      client_key: {e}/edge.key
+      sni: master1
+routes:
+  - {{ name: icinga-api, upstream: icinga-master1 }}
+jsonrpc:
+  routes:
+    - {{ sni: master1, upstream: icinga-master1 }}
+    - {{ sni: "*", upstream: icinga-master1 }}
+  upstream_identity:
+    cert_dir: {e}/identities
+metrics:
+  address: "127.0.0.1:{metrics_port}"
+"#,
+        ca = ca_crt.display()
+    );
+    let gh = Gatehouse::start(root, &yaml, addr(gport));
+
+    // --- agent1, whose only way to the master is Gatehouse ---
+    let agent_conf = format!(
+        r#"{}
+object Endpoint "master1" {{ host = "127.0.0.1"; port = "{gport}" }}
+object Endpoint "agent1" {{ }}
+object ApiListener "api" {{
+  bind_host = "127.0.0.1"
+  bind_port = {aport}
+  accept_config = true
+  accept_commands = true
+}}
+object CheckerComponent "checker" {{ }}
+object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1"; vars.dummy_text = "hello from agent1" }}
+"#,
+        common_conf("agent1", "agent1", "")
+    );
+    let _agent_d = agent.start(&agent_conf);
+    let diag = || {
+        format!(
+            "--- gatehouse\n{}\n--- master\n{}\n--- agent\n{}",
+            icinga::tail(&gh.log_text(), 30),
+            icinga::tail(&master.log(), 30),
+            icinga::tail(&agent.log(), 30)
+        )
+    };
+
+    // 1. The master reports agent1 connected — asked through Gatehouse's same port.
+    eventually(
+        "agent1 in conn_endpoints",
+        Duration::from_secs(60),
+        || async {
+            api(gport, &ca_crt, "/v1/status/ApiListener")
+                .await
+                .is_some_and(|v| {
+                    v["results"][0]["status"]["api"]["conn_endpoints"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|e| e == "agent1"))
+                })
+        },
+        diag,
+    )
+    .await;
+    assert!(
+        master
+            .log()
+            .contains("New client connection for identity 'agent1'"),
+        "the master must see agent1's identity, not the edge's"
+    );
+
+    // 2. A check result from agent1 arrives at the master.
+    eventually(
+        "a check result from agent1",
+        Duration::from_secs(60),
+        || async {
+            api(gport, &ca_crt, "/v1/objects/hosts/agent1-host")
+                .await
+                .is_some_and(|v| {
+                    v["results"][0]["attrs"]["last_check_result"]["check_source"] == "agent1"
+                })
+        },
+        diag,
+    )
+    .await;
+    let m = request(addr(metrics_port), None, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap()
+        .text();
+    let forwarded = m
+        .lines()
+        .find(|l| l.starts_with(r#"gatehouse_rpc_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        forwarded > 0,
+        "Gatehouse must count forwarded check results:\n{m}"
+    );
+
+    // 3. Renewal: agent1's 10-day certificate is replaced with a long-lived one for its own key.
+    eventually(
+        "agent1's certificate renewed",
+        Duration::from_secs(60),
+        || async { secs_left(&read_cert(&agent.certs().join("agent1.crt"))) > 30 * 86400 },
+        diag,
+    )
+    .await;
+    let renewed = read_cert(&agent.certs().join("agent1.crt"));
+    assert!(
+        renewed.public_key().unwrap().public_eq(&key_of(&agent_key)),
+        "renewed for the agent's own key"
+    );
+    assert!(renewed
+        .verify(&icinga_ca.cert().public_key().unwrap())
+        .unwrap());
+
+    // 4. Enrollment through the edge: a self-signed agent2 with a valid ticket gets a CA-signed
+    //    certificate for its own key; a wrong ticket is refused.
+    let enroll = |dir: &str, ticket: &str| {
+        let d = root.join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = |f: &str| d.join(f).to_str().unwrap().to_string();
+        agent.run(
+            &[
+                "pki",
+                "new-cert",
+                "--cn",
+                "agent2",
+                "--key",
+                &p("agent2.key"),
+                "--cert",
+                &p("agent2.crt"),
+            ],
+            false,
+        );
+        let port = gport.to_string();
+        agent.run(
+            &[
+                "pki",
+                "save-cert",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--trustedcert",
+                &p("trusted.crt"),
+            ],
+            false,
+        );
+        let out = agent.run(
+            &[
+                "pki",
+                "request",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--ticket",
+                ticket,
+                "--key",
+                &p("agent2.key"),
+                "--cert",
+                &p("agent2.crt"),
+                "--trustedcert",
+                &p("trusted.crt"),
+                "--ca",
+                &p("ca.crt"),
+            ],
+            true,
+        );
+        (d, out)
+    };
+    let ticket = String::from_utf8(
+        icinga::icinga2()
+            .args(["pki", "ticket", "--cn", "agent2", "--salt", SALT])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    // Blocking is fine here: Gatehouse and Icinga run in their own processes.
+    let (d, out) = enroll("agent2-good", &ticket);
+    assert!(
+        out.status.success(),
+        "pki request failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        diag()
+    );
+    let signed = read_cert(&d.join("agent2.crt"));
+    assert!(
+        signed
+            .verify(&icinga_ca.cert().public_key().unwrap())
+            .unwrap(),
+        "CA-signed"
+    );
+    assert!(
+        signed
+            .public_key()
+            .unwrap()
+            .public_eq(&key_of(&d.join("agent2.key"))),
+        "for agent2's own key"
+    );
+
+    let (d, out) = enroll("agent2-bad", "0000000000000000000000000000000000000000");
+    let still = read_cert(&d.join("agent2.crt"));
+    assert!(
+        !out.status.success()
+            || !still
+                .verify(&icinga_ca.cert().public_key().unwrap())
+                .unwrap(),
+        "a wrong ticket must not yield a signed certificate"
+    );
+    // Icinga's FileLogger flushes on a timer: wait for the line.
+    master.wait_log("for CN 'agent2' is invalid", Duration::from_secs(15));
+}
