@@ -31,3 +31,7 @@ deps:
 
 clean-certs:
 	rm -rf $(DEV_CERTS)
+
+## bench: end-to-end relay benchmark against the release binary
+bench: deps
+	$(CARGO) bench --bench relay

@@ -179,3 +179,67 @@ fn shipped_configs_pass_check() {
         }
     }
 }
+
+#[test]
+fn jsonrpc_listener_needs_jsonrpc_section() {
+    expect_error(
+        |s| {
+            s.replace(
+                "    tls:\n      cert: certs/server.crt",
+                "    protocols: [http, jsonrpc]\n    tls:\n      cert: certs/server.crt",
+            )
+        },
+        "listeners[0].protocols: jsonrpc needs a top-level `jsonrpc:` section",
+    );
+}
+
+fn with_jsonrpc(s: String, jsonrpc: &str) -> String {
+    s.replace(
+        "    tls:\n      cert: certs/server.crt",
+        "    protocols: [http, jsonrpc]\n    tls:\n      cert: certs/server.crt",
+    ) + jsonrpc
+}
+
+#[test]
+fn jsonrpc_section_errors_name_their_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out) = check_with(tmp.path(), |s| {
+        with_jsonrpc(
+            s,
+            r#"jsonrpc:
+  routes:
+    - { sni: master1, upstream: nope }
+  upstream_identity: { cert_dir: no-such-dir }
+  limits: { message_size: 1MiB, anonymous_message_size: 2MiB }
+  policy:
+    - { identity: anonymous, direction: upstream }
+"#,
+        )
+    });
+    assert!(!ok, "{out}");
+    for needle in [
+        "jsonrpc.routes[0].upstream: unknown upstream `nope`",
+        "jsonrpc.upstream_identity.cert_dir:",
+        "no-such-dir: not a directory",
+        "jsonrpc.limits.anonymous_message_size: must not exceed message_size",
+        "jsonrpc.policy[0]: needs `allow`, `deny` or both",
+    ] {
+        assert!(out.contains(needle), "expected `{needle}` in:\n{out}");
+    }
+}
+
+#[test]
+fn jsonrpc_bad_size_and_direction() {
+    expect_error(
+        |s| {
+            with_jsonrpc(s, "jsonrpc:\n  routes: [ { sni: \"*\", upstream: kea } ]\n  limits: { message_size: 16 MiBs }\n")
+        },
+        "jsonrpc.limits.message_size: invalid size `16 MiBs`",
+    );
+    expect_error(
+        |s| {
+            with_jsonrpc(s, "jsonrpc:\n  routes: [ { sni: \"*\", upstream: kea } ]\n  policy: [ { identity: \"*\", direction: sideways, deny: [x] } ]\n")
+        },
+        "jsonrpc.policy[0].direction: unknown variant `sideways`",
+    );
+}

@@ -5,15 +5,14 @@ mod common;
 
 use boring::ssl::SslAcceptor;
 use bytes::BytesMut;
+use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::pki::{self, CertSpec};
 use gatehouse::rpc::codec;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const HELLO: &str =
     r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#;
@@ -29,84 +28,6 @@ fn check_result() -> String {
 
 fn ns(s: &str) -> Vec<u8> {
     codec::encode(s.as_bytes())
-}
-
-/// How the test master behaves.
-#[derive(Clone, Copy, PartialEq)]
-enum SinkMode {
-    /// Record each frame and send it back.
-    Echo,
-    /// Accept the connection and never read (a stalled master).
-    Stall,
-}
-
-/// A netstring TLS server requiring client certificates, like an Icinga master.
-struct Sink {
-    addr: SocketAddr,
-    frames: Arc<Mutex<Vec<Vec<u8>>>>,
-    client_cns: Arc<Mutex<Vec<Option<String>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Sink {
-    async fn start(acc: SslAcceptor, mode: SinkMode) -> Sink {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let client_cns = Arc::new(Mutex::new(Vec::new()));
-        let (f2, c2, acc) = (frames.clone(), client_cns.clone(), Arc::new(acc));
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = l.accept().await {
-                let (frames, cns, acc) = (f2.clone(), c2.clone(), acc.clone());
-                tokio::spawn(async move {
-                    let Ok(mut s) = tokio_boring::accept(&acc, tcp).await else {
-                        return;
-                    };
-                    let cn = s.ssl().peer_certificate().and_then(|c| {
-                        c.subject_name()
-                            .entries_by_nid(boring::nid::Nid::COMMONNAME)
-                            .next()
-                            .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
-                    });
-                    cns.lock().unwrap().push(cn);
-                    if mode == SinkMode::Stall {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        return;
-                    }
-                    let mut buf = BytesMut::new();
-                    loop {
-                        while let Ok(Some(f)) = codec::decode(&mut buf, 64 << 20) {
-                            frames.lock().unwrap().push(f.raw().to_vec());
-                            if s.write_all(f.raw()).await.is_err() {
-                                return;
-                            }
-                        }
-                        let _ = s.flush().await;
-                        match s.read_buf(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
-                    }
-                });
-            }
-        });
-        Sink {
-            addr,
-            frames,
-            client_cns,
-            task,
-        }
-    }
-
-    fn frames(&self) -> Vec<Vec<u8>> {
-        self.frames.lock().unwrap().clone()
-    }
 }
 
 /// The Icinga-side PKI and an edge listener config around a sink.
@@ -208,6 +129,38 @@ metrics:
 
 const LIMITS: &str = "    anonymous_max_clients: 2\n    anonymous_message_size: 2KiB\n    idle_timeout: 3s\n    anonymous_idle_timeout: 1s\n";
 
+/// A Gatehouse with listener `cluster` (http + jsonrpc) in front of a sink and a web origin.
+struct Fixture {
+    c: Cluster,
+    sink: Sink,
+    web: Upstream,
+    gh: Gatehouse,
+    port: u16,
+    mport: u16,
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start(mode: SinkMode) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Cluster::new(tmp.path());
+        let sink = Sink::start(c.master_acceptor(), mode).await;
+        let web = Upstream::h1(None, Behavior::Echo).await;
+        let (port, mport) = (free_port(), free_port());
+        let yaml = c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS);
+        let gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+        Fixture {
+            c,
+            sink,
+            web,
+            gh,
+            port,
+            mport,
+            tmp,
+        }
+    }
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -258,16 +211,8 @@ async fn metrics_text(mport: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_both_ways_byte_exact_with_identity_and_policy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::new(tmp.path());
-    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
-    let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let gh = Gatehouse::start(
-        tmp.path(),
-        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
-        addr(port),
-    );
+    let f = Fixture::start(SinkMode::Echo).await;
+    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
 
     // The client checks that the edge answers as master1 (SNI cert) — Icinga requires it.
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
@@ -344,24 +289,16 @@ async fn relays_both_ways_byte_exact_with_identity_and_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_links_are_limited() {
-    let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::new(tmp.path());
-    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
-    let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let gh = Gatehouse::start(
-        tmp.path(),
-        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
-        addr(port),
-    );
+    let f = Fixture::start(SinkMode::Echo).await;
+    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
 
     // An enrolling agent: self-signed cert, so anonymous.
     let selfsigned = pki::self_signed(&CertSpec::new("agent2")).unwrap();
-    selfsigned.write(tmp.path(), "agent2-self").unwrap();
+    selfsigned.write(f.tmp.path(), "agent2-self").unwrap();
     let mut anon = c.agent(None);
     anon.cert = Some((
-        tmp.path().join("agent2-self.crt"),
-        tmp.path().join("agent2-self.key"),
+        f.tmp.path().join("agent2-self.crt"),
+        f.tmp.path().join("agent2-self.key"),
     ));
 
     // Allowed methods pass; others are dropped (policy: anonymous may only hello/heartbeat/pki).
@@ -453,16 +390,8 @@ async fn anonymous_links_are_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
-    let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::new(tmp.path());
-    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
-    let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let gh = Gatehouse::start(
-        tmp.path(),
-        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
-        addr(port),
-    );
+    let f = Fixture::start(SinkMode::Echo).await;
+    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
 
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
         .await
@@ -582,16 +511,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upstream_applies_backpressure() {
-    let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::new(tmp.path());
-    let sink = Sink::start(c.master_acceptor(), SinkMode::Stall).await;
-    let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let gh = Gatehouse::start(
-        tmp.path(),
-        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
-        addr(port),
-    );
+    let f = Fixture::start(SinkMode::Stall).await;
+    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
     let pid = gh.child.id();
 
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
@@ -629,16 +550,8 @@ async fn a_stalled_upstream_applies_backpressure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_links_with_close_notify() {
-    let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::new(tmp.path());
-    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
-    let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let gh = Gatehouse::start(
-        tmp.path(),
-        &c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS),
-        addr(port),
-    );
+    let f = Fixture::start(SinkMode::Echo).await;
+    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
     // A blocking client: boring's own SslStream tells whether close_notify arrived.
     let (ca, (crt, key)) = (c.icinga.ca_path(), c.icinga.paths("agent1"));
     let client = std::thread::spawn(move || {

@@ -17,8 +17,9 @@ pub mod relay;
 
 pub use relay::Relay;
 
-/// Icinga's cluster methods: the bounded `method` label of `gatehouse_rpc_messages_total`.
-pub const KNOWN_METHODS: &[&str] = &[
+/// The bounded `method` label values of `gatehouse_rpc_messages_total`: Icinga's cluster
+/// methods, then `reply` (no method) and `other`.
+pub const METHOD_LABELS: &[&str] = &[
     "icinga::Hello",
     "event::Heartbeat",
     "pki::RequestCertificate",
@@ -45,16 +46,34 @@ pub const KNOWN_METHODS: &[&str] = &[
     "event::ExecuteCommand",
     "event::ExecutedCommand",
     "event::UpdateExecutions",
+    "reply",
+    "other",
 ];
 
-/// The metric label for a method: itself if known, `reply` for replies, else `other`.
-pub fn method_label(method: Option<&str>) -> &'static str {
+/// Index into [`METHOD_LABELS`]: the method if known, `reply` for replies, else `other`.
+pub fn method_index(method: Option<&str>) -> usize {
+    let known = METHOD_LABELS.len() - 2;
     match method {
-        None => "reply",
-        Some(m) => KNOWN_METHODS
+        None => known,
+        Some(m) => METHOD_LABELS[..known]
             .iter()
-            .find(|k| **k == m)
-            .copied()
-            .unwrap_or("other"),
+            .position(|k| *k == m)
+            .unwrap_or(known + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels() {
+        assert_eq!(
+            METHOD_LABELS[method_index(Some("event::CheckResult"))],
+            "event::CheckResult"
+        );
+        assert_eq!(METHOD_LABELS[method_index(None)], "reply");
+        assert_eq!(METHOD_LABELS[method_index(Some("evil::Thing"))], "other");
+        assert_eq!(METHOD_LABELS[method_index(Some("reply"))], "other");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod icinga;
 pub mod kea;
+pub mod sink;
 
 use boring::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
 use boring::x509::X509;
@@ -279,10 +280,7 @@ pub struct Response {
 impl Response {
     /// First header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// The body as UTF-8 text.
@@ -425,12 +423,17 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// First header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// How an origin answers.
@@ -485,15 +488,7 @@ impl Upstream {
                                 return;
                             };
                             let ssl = s.ssl();
-                            let info = ConnInfo {
-                                client_cn: ssl.peer_certificate().and_then(|c| cn_of(&c)),
-                                sni: ssl
-                                    .servername(boring::ssl::NameType::HOST_NAME)
-                                    .map(str::to_string),
-                                alpn: ssl
-                                    .selected_alpn_protocol()
-                                    .map(|p| String::from_utf8_lossy(p).into_owned()),
-                            };
+                            let info = ConnInfo::of(ssl);
                             serve_h1(s, info, seen, behavior).await
                         }
                         None => serve_h1(tcp, ConnInfo::default(), seen, behavior).await,
@@ -529,15 +524,7 @@ impl Upstream {
                         return;
                     };
                     let ssl = s.ssl();
-                    let info = ConnInfo {
-                        client_cn: ssl.peer_certificate().and_then(|c| cn_of(&c)),
-                        sni: ssl
-                            .servername(boring::ssl::NameType::HOST_NAME)
-                            .map(str::to_string),
-                        alpn: ssl
-                            .selected_alpn_protocol()
-                            .map(|p| String::from_utf8_lossy(p).into_owned()),
-                    };
+                    let info = ConnInfo::of(ssl);
                     let Ok(mut conn) = h2::server::handshake(s).await else {
                         return;
                     };
@@ -601,7 +588,22 @@ struct ConnInfo {
     alpn: Option<String>,
 }
 
-fn cn_of(c: &X509) -> Option<String> {
+impl ConnInfo {
+    fn of(ssl: &boring::ssl::SslRef) -> ConnInfo {
+        ConnInfo {
+            client_cn: ssl.peer_certificate().and_then(|c| cn_of(&c)),
+            sni: ssl
+                .servername(boring::ssl::NameType::HOST_NAME)
+                .map(str::to_string),
+            alpn: ssl
+                .selected_alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        }
+    }
+}
+
+/// The CN of a certificate.
+pub fn cn_of(c: &X509) -> Option<String> {
     c.subject_name()
         .entries_by_nid(boring::nid::Nid::COMMONNAME)
         .next()
