@@ -290,7 +290,7 @@ async fn relays_both_ways_byte_exact_with_identity_and_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_links_are_limited() {
     let f = Fixture::start(SinkMode::Echo).await;
-    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
+    let (c, sink, gh, port) = (&f.c, &f.sink, &f.gh, f.port);
 
     // An enrolling agent: self-signed cert, so anonymous.
     let selfsigned = pki::self_signed(&CertSpec::new("agent2")).unwrap();
@@ -391,7 +391,7 @@ async fn anonymous_links_are_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
     let f = Fixture::start(SinkMode::Echo).await;
-    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
+    let (c, gh, port, mport) = (&f.c, &f.gh, f.port, f.mport);
 
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
         .await
@@ -512,7 +512,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upstream_applies_backpressure() {
     let f = Fixture::start(SinkMode::Stall).await;
-    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
+    let (c, sink, gh, port) = (&f.c, &f.sink, &f.gh, f.port);
     let pid = gh.child.id();
 
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
@@ -551,7 +551,7 @@ async fn a_stalled_upstream_applies_backpressure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_links_with_close_notify() {
     let f = Fixture::start(SinkMode::Echo).await;
-    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
+    let (c, gh, port) = (&f.c, &f.gh, f.port);
     // A blocking client: boring's own SslStream tells whether close_notify arrived.
     let (ca, (crt, key)) = (c.icinga.ca_path(), c.icinga.paths("agent1"));
     let client = std::thread::spawn(move || {
