@@ -12,7 +12,7 @@ run: deps build certs
 
 ## test: install missing packages, then run the whole suite (unit, integration, real Kea)
 test: deps
-	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --lib --bins --tests --no-fail-fast
 
 ## check: formatting and lints, warnings are errors
 check:

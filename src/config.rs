@@ -189,6 +189,9 @@ pub struct Config {
     /// The Prometheus endpoint; absent = no metrics listener.
     #[serde(default)]
     pub metrics: Option<Metrics>,
+    /// The audit log; absent = the log target `gatehouse::audit`.
+    #[serde(default)]
+    pub audit: Option<Audit>,
     /// The folder relative paths resolve against (the config file's folder); set by the loader.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -499,6 +502,94 @@ pub struct Route {
     pub path_prefix: String,
     /// Key of `upstreams:`.
     pub upstream: String,
+    /// Identities admitted (any match admits); absent = everyone the listener accepts.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Identities refused; wins over `allow`.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Tell the upstream who the client is.
+    #[serde(default)]
+    pub forward_identity: ForwardIdentity,
+    /// Kea command-level authorization for this route.
+    #[serde(default)]
+    pub kea: Option<KeaRoute>,
+}
+
+/// How the client identity is passed upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardIdentity {
+    /// Nothing (any incoming `X-Forwarded-Client-Cert` is still removed).
+    #[default]
+    None,
+    /// Envoy's `X-Forwarded-Client-Cert: Hash=…;Subject="…";URI=…;DNS=…`.
+    Xfcc,
+}
+
+/// `routes[].kea` — what each identity may ask a Kea Control Agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeaRoute {
+    /// Largest command body read (413 beyond).
+    #[serde(default = "default_kea_body")]
+    pub max_body: Size,
+    /// The first rule whose identity matches decides.
+    #[serde(default)]
+    pub rules: Vec<KeaRule>,
+    /// For identities no rule matches.
+    #[serde(default)]
+    pub default: KeaDefault,
+}
+
+fn default_kea_body() -> Size {
+    Size(1 << 20)
+}
+
+/// Verdict for identities no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeaDefault {
+    /// Refuse (403).
+    #[default]
+    Deny,
+    /// Forward.
+    Allow,
+}
+
+/// `routes[].kea.rules[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeaRule {
+    /// Identity matchers (`cn:`, `dns:`, `spiffe://`, `fingerprint:sha256:`, `anonymous`).
+    pub identity: Vec<String>,
+    /// Commands (globs); absent = any command.
+    #[serde(default)]
+    pub commands: Option<AllowDeny>,
+    /// Services (`dhcp4`, `dhcp6`, `d2`, …); absent = any service.
+    #[serde(default)]
+    pub services: Option<AllowDeny>,
+}
+
+/// A glob allow list and deny list; deny wins, and an absent allow list allows everything.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AllowDeny {
+    /// Only these pass.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// These never pass.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// `audit:` — where the audit log of Kea commands and denied cluster messages goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// JSON-lines file, appended to; absent = the log target `gatehouse::audit`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 fn any_host() -> String {
@@ -866,6 +957,31 @@ impl Config {
             if let Err(m) = crate::http::route::HostPattern::parse(&r.host) {
                 e(format!("{at}.host"), m);
             }
+            for (j, m) in r.allow.iter().flatten().enumerate() {
+                if let Err(msg) = crate::authz::Matcher::parse(m) {
+                    e(format!("{at}.allow[{j}]"), msg);
+                }
+            }
+            for (j, m) in r.deny.iter().enumerate() {
+                if let Err(msg) = crate::authz::Matcher::parse(m) {
+                    e(format!("{at}.deny[{j}]"), msg);
+                }
+            }
+            if let Some(k) = &r.kea {
+                for (j, rule) in k.rules.iter().enumerate() {
+                    if rule.identity.is_empty() {
+                        e(
+                            format!("{at}.kea.rules[{j}].identity"),
+                            "must list at least one identity".into(),
+                        );
+                    }
+                    for (n, m) in rule.identity.iter().enumerate() {
+                        if let Err(msg) = crate::authz::Matcher::parse(m) {
+                            e(format!("{at}.kea.rules[{j}].identity[{n}]"), msg);
+                        }
+                    }
+                }
+            }
             if !route_keys.insert((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
                 e(
                     at.clone(),
@@ -915,6 +1031,19 @@ impl Config {
                 e(
                     "jsonrpc.limits.anonymous_message_size".into(),
                     "must not exceed message_size".into(),
+                );
+            }
+        }
+
+        if let Some(Audit { path: Some(p) }) = &self.audit {
+            let p = self.resolve(p);
+            if !p
+                .parent()
+                .is_some_and(|d| d.as_os_str().is_empty() || d.is_dir())
+            {
+                e(
+                    "audit.path".into(),
+                    format!("{}: the folder does not exist", p.display()),
                 );
             }
         }

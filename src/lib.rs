@@ -9,8 +9,11 @@
 //!   the caller's identity ([`tls::TlsInfo`]), and upstream trust ([`tls::upstream`]).
 //! - [`demux`]: the per-listener Pingora app: reads the first byte, replays it
 //!   ([`demux::PrefixedIo`]) into the HTTP proxy or the JSON-RPC relay.
-//! - [`http`]: the `ProxyHttp` — routing ([`http::route`]), forwarding headers, failure
-//!   answers, access log.
+//! - [`http`]: the `ProxyHttp` — routing ([`http::route`]), route access, identity
+//!   forwarding, Kea command authorization ([`http::kea`]), failure answers, access log.
+//! - [`authz`]: identity matchers (`cn:`, `dns:`, `spiffe://`, `fingerprint:`, `anonymous`)
+//!   and route admission.
+//! - [`audit`]: the audit log (Kea commands, denied cluster messages).
 //! - [`rpc`]: the Icinga 2 cluster relay — netstring codec ([`rpc::codec`]), envelope
 //!   ([`rpc::envelope`]), method policy ([`rpc::policy`]), the link itself ([`rpc::relay`]).
 //! - [`upstream`]: upstream groups (load balancing, health checks, peer settings) and
@@ -25,6 +28,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
+pub mod authz;
 pub mod config;
 pub mod demux;
 pub mod glob;

@@ -99,6 +99,7 @@ pub fn init() {
     Lazy::force(&RPC_MESSAGES);
     Lazy::force(&RPC_BYTES);
     Lazy::force(&RPC_LINKS);
+    Lazy::force(&KEA_COMMANDS);
 }
 
 /// The status-class label for an HTTP status.
@@ -161,6 +162,16 @@ pub static RPC_LINKS: Lazy<IntGaugeVec> = Lazy::new(|| {
         "gatehouse_rpc_links_active",
         "Relayed cluster links currently open.",
         &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_kea_commands_total{route, command, verdict}` (verdict: allowed, denied, malformed).
+pub static KEA_COMMANDS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_kea_commands_total",
+        "Kea commands by route, command (Kea's known commands, else other) and verdict.",
+        &["route", "command", "verdict"]
     )
     .expect("metric registers once")
 });

@@ -1,8 +1,11 @@
 //! Assembly: configuration → loaded material → a Pingora `Server` with one service per
 //! listener, the upstream health checks and the metrics endpoint.
 
-use crate::config::{Config, ConfigError, ConfigErrors, Protocol};
+use crate::audit::Audit;
+use crate::authz::Access;
+use crate::config::{Config, ConfigError, ConfigErrors, ForwardIdentity, Protocol};
 use crate::demux::ListenerApp;
+use crate::http::kea::KeaPolicy;
 use crate::http::route::{HostPattern, Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics;
@@ -25,6 +28,7 @@ pub struct Plan {
     health: Vec<HealthService>,
     router: Router,
     relay: Option<Arc<Relay>>,
+    audit: Arc<Audit>,
 }
 
 impl Plan {
@@ -67,17 +71,31 @@ impl Plan {
             if let (Some(&upstream), Ok(host)) =
                 (index.get(&r.upstream), HostPattern::parse(&r.host))
             {
-                routes.push(Route {
-                    name: r.name.as_str().into(),
-                    host,
-                    prefix: r.path_prefix.clone(),
-                    upstream,
-                });
+                let mut route = Route::plain(&r.name, host, &r.path_prefix, upstream);
+                route.access = Access::new(r.allow.as_deref(), &r.deny);
+                route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
+                route.kea = r.kea.as_ref().map(KeaPolicy::new);
+                routes.push(route);
             }
         }
         let upstreams: Arc<[UpstreamGroup]> = upstreams.into();
+        let audit_path = config
+            .audit
+            .as_ref()
+            .and_then(|a| a.path.as_ref())
+            .map(|p| config.resolve(p));
+        let audit = Arc::new(Audit::open(audit_path.as_deref()).unwrap_or_else(|e| {
+            errs.push(ConfigError::new(
+                "audit.path",
+                format!(
+                    "cannot open {}: {e}",
+                    audit_path.as_deref().unwrap_or(Path::new("-")).display()
+                ),
+            ));
+            Audit::open(None).expect("the log target always opens")
+        }));
         let relay = config.jsonrpc.as_ref().and_then(|j| {
-            Relay::new(&config, j, upstreams.clone(), &index)
+            Relay::new(&config, j, upstreams.clone(), &index, audit.clone())
                 .map_err(|e| errs.extend(e))
                 .ok()
                 .map(Arc::new)
@@ -92,6 +110,7 @@ impl Plan {
             health,
             router: Router::new(routes),
             relay,
+            audit,
         })
     }
 
@@ -134,6 +153,7 @@ impl Plan {
                     tls.is_some(),
                     router.clone(),
                     self.upstreams.clone(),
+                    self.audit.clone(),
                 );
                 pingora_proxy::http_proxy(&server.configuration, gateway)
             });

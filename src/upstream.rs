@@ -126,6 +126,11 @@ impl UpstreamGroup {
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         self.template.peer(addr)
     }
+
+    /// How long pooled idle connections to this group are kept.
+    pub fn idle_timeout(&self) -> Duration {
+        self.template.idle_timeout
+    }
 }
 
 /// Attaches the configured health check; a checked balancer runs as a background service.

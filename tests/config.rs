@@ -243,3 +243,33 @@ fn jsonrpc_bad_size_and_direction() {
         "jsonrpc.policy[0].direction: unknown variant `sideways`",
     );
 }
+
+#[test]
+fn authorization_keys_are_validated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out) = check_with(tmp.path(), |s| {
+        s.replace(
+            "  - { name: kea, upstream: kea }",
+            "  - name: kea\n    upstream: kea\n    allow: [\"ops-*\"]\n    deny: [\"fingerprint:sha256:xyz\"]\n    kea:\n      rules:\n        - identity: []\n        - identity: [\"cn:a\", \"role:admin\"]\naudit: { path: no-such-dir/audit.jsonl }",
+        )
+    });
+    assert!(!ok, "{out}");
+    for needle in [
+        "routes[0].allow[0]: `ops-*`: use cn:<glob>",
+        "routes[0].deny[0]: `fingerprint:sha256:xyz`: a SHA-256 fingerprint is 64 hex digits",
+        "routes[0].kea.rules[0].identity: must list at least one identity",
+        "routes[0].kea.rules[1].identity[1]: `role:admin`",
+        "audit.path:",
+    ] {
+        assert!(out.contains(needle), "expected `{needle}` in:\n{out}");
+    }
+    expect_error(
+        |s| {
+            s.replace(
+                "  - { name: kea, upstream: kea }",
+                "  - { name: kea, upstream: kea, forward_identity: spiffe }",
+            )
+        },
+        "routes[0].forward_identity: unknown variant `spiffe`",
+    );
+}

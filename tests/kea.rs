@@ -155,3 +155,260 @@ routes:
         "{line}"
     );
 }
+
+const RBAC: &str = r#"routes:
+  - name: kea
+    upstream: kea
+    allow: ["cn:dashboard-*", "cn:ops-*"]
+    deny: ["cn:ops-intern"]
+    forward_identity: xfcc
+    kea:
+      max_body: 64KiB
+      rules:
+        - identity: ["cn:dashboard-*"]
+          commands: { allow: ["*-get", "list-commands", "status-get", "version-get", "lease4-get*"] }
+          services: { allow: [dhcp4] }
+        - identity: ["cn:ops-admin"]
+          commands: { allow: ["*"], deny: ["shutdown"] }
+      default: deny
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kea_commands_are_authorized_per_identity_and_audited() {
+    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::new(tmp.path(), "edge");
+    edge.server("server", &[]);
+    for cn in ["dashboard-1", "ops-admin", "ops-intern"] {
+        edge.issue(cn, CertSpec::new(cn));
+    }
+    let k = Kea::start(&tmp.path().join("k"), free_port(), None);
+    let port = free_port();
+    let mport = free_port();
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: required, client_ca: {e}/ca.crt }}
+upstreams:
+  kea: {{ peers: ["{kea}"] }}
+{RBAC}audit: {{ path: {d}/audit.jsonl }}
+metrics: {{ address: "127.0.0.1:{mport}" }}
+"#,
+        e = edge.dir.display(),
+        kea = k.addr,
+        d = tmp.path().display(),
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml, SocketAddr::from(([127, 0, 0, 1], port)));
+    let gh_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let as_ = |cn: &str| ClientOpts {
+        ca: Some(edge.ca_path()),
+        cert: Some(edge.paths(cn)),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let send = |cn: &'static str, body: String| {
+        let o = as_(cn);
+        async move {
+            request(
+                gh_addr,
+                Some(&o),
+                "POST",
+                "/",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // dashboard-1: read-only commands on dhcp4 pass and return Kea's own answers.
+    for cmd in [
+        r#"{"command":"config-get","service":["dhcp4"]}"#,
+        r#"{"command":"list-commands"}"#,
+        r#"{"command":"version-get"}"#,
+    ] {
+        let r = send("dashboard-1", cmd.into()).await;
+        assert_eq!(r.status, 200, "{cmd}: {}", r.text());
+        assert_eq!(r.json()[0]["result"], 0, "{cmd}: {}", r.text());
+    }
+    // ...everything else is refused Kea-shaped, and Kea never sees it.
+    for (cmd, text) in [
+        (
+            r#"{"command":"config-set","service":["dhcp4"],"arguments":{}}"#,
+            "command 'config-set' is not allowed for cn=dashboard-1",
+        ),
+        (
+            r#"{"command":"config-write","service":["dhcp4"]}"#,
+            "command 'config-write' is not allowed for cn=dashboard-1",
+        ),
+        (
+            r#"{"command":"shutdown","service":["dhcp4"]}"#,
+            "command 'shutdown' is not allowed for cn=dashboard-1",
+        ),
+        (
+            r#"{"command":"config-get","service":["dhcp6"]}"#,
+            "service 'dhcp6' is not allowed for cn=dashboard-1",
+        ),
+    ] {
+        let r = send("dashboard-1", cmd.into()).await;
+        assert_eq!(r.status, 403, "{cmd}");
+        assert_eq!(r.json(), serde_json::json!({"result": 403, "text": text}));
+    }
+    // ops-admin may not shut Kea down either (deny wins inside its rule).
+    let r = send(
+        "ops-admin",
+        r#"{"command":"shutdown","service":["dhcp4"]}"#.into(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let log = k.logs();
+    for never in ["'config-set'", "'config-write'", "'shutdown'"] {
+        assert!(
+            !log.contains(&format!("Received command {never}")),
+            "Kea received {never}:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("Received command 'config-get'"),
+        "the allowed ones did reach Kea"
+    );
+    let alive = post(
+        k.addr,
+        None,
+        r#"{"command":"version-get","service":["dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(
+        alive.json()[0]["result"],
+        0,
+        "dhcp4 still up after the denied shutdown"
+    );
+
+    // ops-admin can write the config.
+    let out = tmp.path().join("written.json");
+    let r = send(
+        "ops-admin",
+        format!(
+            r#"{{"command":"config-write","service":["dhcp4"],"arguments":{{"filename":"{}"}}}}"#,
+            out.display()
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.json()[0]["result"]),
+        (200, &serde_json::json!(0)),
+        "{}",
+        r.text()
+    );
+    assert!(std::fs::read_to_string(&out).unwrap().contains("Dhcp4"));
+
+    // ops-intern is refused at the route (deny wins over allow).
+    let r = send("ops-intern", r#"{"command":"version-get"}"#.into()).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["text"],
+        "route 'kea' is not allowed for cn=ops-intern"
+    );
+
+    // A chunked POST is re-framed with Content-Length: Kea alone answers 400 to it.
+    let chunked = b"19\r\n{\"command\":\"version-get\"}\r\n0\r\n\r\n";
+    let te = [
+        ("Content-Type", "application/json"),
+        ("Transfer-Encoding", "chunked"),
+    ];
+    let direct = request(k.addr, None, "POST", "/", &te, chunked)
+        .await
+        .unwrap();
+    assert_eq!(direct.status, 400, "Kea itself refuses chunked bodies");
+    let via = request(
+        gh_addr,
+        Some(&as_("dashboard-1")),
+        "POST",
+        "/",
+        &te,
+        chunked,
+    )
+    .await
+    .unwrap();
+    assert_eq!(via.status, 200, "{}", via.text());
+    assert_eq!(via.json()[0]["result"], 0);
+
+    // Malformed and oversized bodies: 400 and 413, Kea-shaped.
+    let r = send("dashboard-1", "{not json".into()).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed command"),
+        "{}",
+        r.text()
+    );
+    let r = send(
+        "dashboard-1",
+        format!(
+            r#"{{"command":"version-get","pad":"{}"}}"#,
+            "x".repeat(70_000)
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["result"], 413);
+
+    // The audit log has a line for each kind of outcome, with the fields operators need.
+    let audit: Vec<serde_json::Value> = std::fs::read_to_string(tmp.path().join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |verdict: &str, command: Option<&str>| {
+        audit
+            .iter()
+            .find(|a| a["verdict"] == verdict && command.is_none_or(|c| a["command"] == c))
+            .unwrap_or_else(|| panic!("no {verdict} {command:?} line in {audit:#?}"))
+            .clone()
+    };
+    let a = find("allowed", Some("config-get"));
+    assert_eq!(a["identity"]["cn"], "dashboard-1");
+    assert_eq!(a["identity"]["fingerprint"].as_str().unwrap().len(), 64);
+    assert_eq!(a["services"], serde_json::json!(["dhcp4"]));
+    assert_eq!(
+        (a["status"].as_u64(), a["results"].clone()),
+        (Some(200), serde_json::json!([0]))
+    );
+    for key in ["time", "listener", "client", "route", "duration_ms"] {
+        assert!(!a[key].is_null(), "audit line lacks {key}: {a}");
+    }
+    let d = find("denied", Some("config-set"));
+    assert_eq!(
+        d["reason"],
+        "command 'config-set' is not allowed for cn=dashboard-1"
+    );
+    assert_eq!(d["status"], 403);
+    let m = find("malformed", None);
+    assert_eq!(m["command"], serde_json::Value::Null);
+
+    let metrics = request(
+        SocketAddr::from(([127, 0, 0, 1], mport)),
+        None,
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap()
+    .text();
+    for needle in [
+        r#"gatehouse_kea_commands_total{command="config-set",route="kea",verdict="denied"} 1"#,
+        r#"gatehouse_kea_commands_total{command="config-write",route="kea",verdict="allowed"} 1"#,
+        r#"gatehouse_kea_commands_total{command="other",route="kea",verdict="malformed"} 2"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");
+    }
+    drop(gh);
+}

@@ -462,3 +462,96 @@ async fn h2_upstream_with_configured_sni_and_h2_downstream() {
     .unwrap();
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfcc_is_built_by_gatehouse_and_never_passed_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let ops = w.edge.issue(
+        "ops",
+        CertSpec::new("ops-admin")
+            .uris(&["spiffe://example.org/ops/admin"])
+            .dns(&["admin.example.org"]),
+    );
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let port = free_port();
+    let yaml = format!(
+        "{}upstreams:\n  o:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: xfcc, path_prefix: /xfcc, upstream: o, forward_identity: xfcc }}\n  - {{ name: plain, path_prefix: /plain, upstream: o }}\n  - {{ name: ops-only, path_prefix: /ops, upstream: o, allow: [\"spiffe://example.org/ops/\"] }}\n",
+        w.listener(port, "optional"),
+        origin.addr
+    );
+    let _gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+    let spoof = [("X-Forwarded-Client-Cert", "Hash=0000;Subject=\"CN=root\"")];
+    let mut o = w.client(None);
+    o.cert = Some(w.edge.paths("ops"));
+
+    for path in ["/xfcc", "/plain"] {
+        let r = request(addr(port), Some(&o), "GET", path, &spoof, b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let fp: String = ops
+        .cert
+        .digest(boring::hash::MessageDigest::sha256())
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let seen = origin.seen();
+    assert_eq!(
+        seen[0].header("x-forwarded-client-cert"),
+        Some(format!("Hash={fp};Subject=\"CN=ops-admin\";URI=spiffe://example.org/ops/admin;DNS=admin.example.org").as_str()),
+        "exactly the header Gatehouse built"
+    );
+    assert_eq!(
+        seen[1].header("x-forwarded-client-cert"),
+        None,
+        "stripped on every route"
+    );
+    // An anonymous client gets no XFCC at all, and the spoof is still removed.
+    let r = request(
+        addr(port),
+        Some(&w.client(None)),
+        "GET",
+        "/xfcc",
+        &spoof,
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.seen()[2].header("x-forwarded-client-cert"), None);
+
+    // Route access by SPIFFE prefix: admin in, alice (no SPIFFE ID) and anonymous out.
+    assert_eq!(
+        request(addr(port), Some(&o), "GET", "/ops", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let r = request(
+        addr(port),
+        Some(&w.client(Some("alice"))),
+        "GET",
+        "/ops",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (403, "route 'ops-only' is not allowed for cn=alice")
+    );
+    let r = request(addr(port), Some(&w.client(None)), "GET", "/ops", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        origin.seen().len(),
+        4,
+        "refused requests never reach the origin"
+    );
+}

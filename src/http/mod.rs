@@ -1,24 +1,29 @@
 //! The HTTP side: a Pingora [`ProxyHttp`] that routes by host and path prefix to upstream
-//! groups, forwards who the client is, classifies upstream failures and writes one
-//! access-log line per request.
+//! groups, admits callers by identity, forwards who the client is, authorizes Kea commands,
+//! classifies upstream failures and writes one access-log line per request.
 //!
-//! Request path: `request_filter` (identity, route, 404) → `upstream_peer` (load balancer)
-//! → `upstream_request_filter` (forwarding headers) → Pingora proxies → `logging`.
+//! Request path: `request_filter` (identity, route, 404, route access 403; Kea routes are
+//! served here, see [`kea_flow`]) → `upstream_peer` (load balancer) →
+//! `upstream_request_filter` (forwarding headers) → Pingora proxies → `logging`.
 //! Failures: `fail_to_connect` / `error_while_proxy` classify → `fail_to_proxy` answers.
 
+pub mod kea;
+mod kea_flow;
 pub mod route;
 
+use crate::audit::Audit;
 use crate::metrics;
-use crate::tls::TlsInfo;
+use crate::tls::{ClientCert, TlsInfo};
 use crate::upstream::{FailureKind, UpstreamGroup};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::tls::SslDigest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use route::{normalize_host, Router};
+use route::{normalize_host, Route, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +34,9 @@ pub struct HttpGateway {
     https: bool,
     router: Arc<Router>,
     upstreams: Arc<[UpstreamGroup]>,
+    audit: Arc<Audit>,
+    /// Pingora's HTTP connector and pool, for Kea commands forwarded from a buffer.
+    connector: Connector,
 }
 
 impl HttpGateway {
@@ -38,21 +46,87 @@ impl HttpGateway {
         https: bool,
         router: Arc<Router>,
         upstreams: Arc<[UpstreamGroup]>,
+        audit: Arc<Audit>,
     ) -> Self {
         HttpGateway {
             listener: listener.into(),
             https,
             router,
             upstreams,
+            audit,
+            connector: Connector::new(None),
         }
     }
+
+    /// The headers every upstream request gets: `X-Forwarded-For`/`-Proto` (overwritten: the
+    /// edge is where the client is known) and, if the route asks, `X-Forwarded-Client-Cert`.
+    /// Any incoming `X-Forwarded-Client-Cert` is removed on every route.
+    fn forwarding_headers(
+        &self,
+        session: &Session,
+        route: &Route,
+        client: Option<&ClientCert>,
+        req: &mut RequestHeader,
+    ) -> Result<()> {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            req.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        req.insert_header(
+            "x-forwarded-proto",
+            if self.https { "https" } else { "http" },
+        )?;
+        req.remove_header("x-forwarded-client-cert");
+        if let (true, Some(c)) = (route.forward_xfcc, client) {
+            if req
+                .insert_header("x-forwarded-client-cert", xfcc(c))
+                .is_err()
+            {
+                log::warn!(target: "gatehouse::access", "route {}: client certificate fields cannot form a header; X-Forwarded-Client-Cert not sent", route.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Envoy's `X-Forwarded-Client-Cert` element for `c`:
+/// `Hash=<sha256>;Subject="<DN>";URI=<uri>;DNS=<name>` (URI and DNS repeated per SAN).
+pub fn xfcc(c: &ClientCert) -> String {
+    // Control characters never reach a header; quotes and backslashes are escaped.
+    fn escaped(v: &str) -> String {
+        v.chars()
+            .filter(|ch| !ch.is_control())
+            .flat_map(|ch| match ch {
+                '"' | '\\' => vec!['\\', ch],
+                _ => vec![ch],
+            })
+            .collect()
+    }
+    fn value(v: &str) -> String {
+        let e = escaped(v);
+        if e.contains([',', ';', '=', '"', ' ']) {
+            format!("\"{e}\"")
+        } else {
+            e
+        }
+    }
+    let mut parts = vec![
+        format!("Hash={}", c.fingerprint),
+        format!("Subject=\"{}\"", escaped(&c.subject)),
+    ];
+    parts.extend(c.uris.iter().map(|u| format!("URI={}", value(u))));
+    parts.extend(c.dns.iter().map(|d| format!("DNS={}", value(d))));
+    parts.join(";")
 }
 
 /// Per-request state shared across the filters.
 pub struct RequestCtx {
     start: Instant,
     tls: Option<Arc<SslDigest>>,
-    route: Option<(Arc<str>, usize)>,
+    route: Option<Arc<Route>>,
     peer: Option<SocketAddr>,
     connect_attempts: usize,
     failure: Option<FailureKind>,
@@ -62,6 +136,27 @@ impl RequestCtx {
     /// The handshake facts of this request's connection (shared, parsed once).
     pub fn tls_info(&self) -> Option<&TlsInfo> {
         self.tls.as_ref().and_then(|d| d.extension.get::<TlsInfo>())
+    }
+
+    /// The verified client certificate, if any.
+    pub fn client(&self) -> Option<&ClientCert> {
+        self.tls_info().and_then(|t| t.authenticated())
+    }
+
+    fn route_name(&self) -> &str {
+        self.route.as_ref().map(|r| &*r.name).unwrap_or("-")
+    }
+}
+
+/// What consistent hashing keys on: who the client is, else where it is.
+fn balance_key(session: &Session, ctx: &RequestCtx) -> String {
+    match ctx.client() {
+        Some(c) => c.fingerprint.clone(),
+        None => session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -125,16 +220,27 @@ impl ProxyHttp for HttpGateway {
                     .map(normalize_host)
             })
             .unwrap_or_default();
-        match self.router.find(&host, req.uri.path()) {
-            Some(r) => {
-                ctx.route = Some((r.name.clone(), r.upstream));
-                Ok(false)
-            }
-            None => {
-                respond(session, 404, "no route for this host and path").await?;
-                Ok(true)
-            }
+        let Some(route) = self.router.find(&host, req.uri.path()).cloned() else {
+            respond(session, 404, "no route for this host and path").await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route.clone());
+        if !route.access.admits(ctx.tls_info()) {
+            let who = crate::authz::describe(ctx.tls_info());
+            log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who}", self.listener, route.name);
+            respond(
+                session,
+                403,
+                &format!("route '{}' is not allowed for {who}", route.name),
+            )
+            .await?;
+            return Ok(true);
         }
+        if let Some(kea) = &route.kea {
+            self.serve_kea(session, ctx, &route, kea).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -142,21 +248,12 @@ impl ProxyHttp for HttpGateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some((_, idx)) = ctx.route else {
+        let Some(route) = &ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let group = &self.upstreams[idx];
+        let group = &self.upstreams[route.upstream];
         ctx.connect_attempts += 1;
-        // Consistent hashing keys on who the client is, falling back to where it is.
-        let key = match ctx.tls_info().and_then(|t| t.authenticated()) {
-            Some(c) => c.fingerprint.clone(),
-            None => session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default(),
-        };
-        let Some(addr) = group.select(key.as_bytes()) else {
+        let Some(addr) = group.select(balance_key(session, ctx).as_bytes()) else {
             ctx.failure = Some(FailureKind::Unavailable);
             metrics::UPSTREAM_ERRORS
                 .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
@@ -174,23 +271,12 @@ impl ProxyHttp for HttpGateway {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The edge is where the client is known: overwrite, never trust what it sent.
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            req.insert_header("x-forwarded-for", ip.to_string())?;
-        }
-        req.insert_header(
-            "x-forwarded-proto",
-            if self.https { "https" } else { "http" },
-        )?;
-        // Identity headers are only ever built by Gatehouse; strip any the client sent.
-        req.remove_header("x-forwarded-client-cert");
-        Ok(())
+        let Some(route) = &ctx.route else {
+            return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
+        };
+        self.forwarding_headers(session, route, ctx.client(), req)
     }
 
     fn fail_to_connect(
@@ -201,7 +287,7 @@ impl ProxyHttp for HttpGateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let kind = FailureKind::classify(&e);
-        let group = ctx.route.as_ref().map(|(_, i)| &self.upstreams[*i]);
+        let group = ctx.route.as_ref().map(|r| &self.upstreams[r.upstream]);
         let name = group.map(|g| &*g.name).unwrap_or("?");
         metrics::UPSTREAM_ERRORS
             .with_label_values(&[name, kind.label()])
@@ -237,7 +323,7 @@ impl ProxyHttp for HttpGateway {
             let name = ctx
                 .route
                 .as_ref()
-                .map(|(_, i)| &*self.upstreams[*i].name)
+                .map(|r| &*self.upstreams[r.upstream].name)
                 .unwrap_or("?");
             metrics::UPSTREAM_ERRORS
                 .with_label_values(&[name, kind.label()])
@@ -302,7 +388,7 @@ impl ProxyHttp for HttpGateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let route = ctx.route.as_ref().map(|(n, _)| &**n).unwrap_or("-");
+        let route = ctx.route_name();
         let elapsed = ctx.start.elapsed();
         if status > 0 {
             metrics::HTTP_REQUESTS

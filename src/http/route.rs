@@ -1,5 +1,7 @@
 //! HTTP routing: host pattern plus longest path prefix.
 
+use super::kea::KeaPolicy;
+use crate::authz::Access;
 use std::sync::Arc;
 
 /// A host (or SNI) pattern: exact name, `*.example.org` (one or more labels), or `*`.
@@ -52,7 +54,6 @@ impl HostPattern {
 }
 
 /// One compiled route.
-#[derive(Debug)]
 pub struct Route {
     /// Route name (logs, metric labels).
     pub name: Arc<str>,
@@ -62,6 +63,27 @@ pub struct Route {
     pub prefix: String,
     /// Index into the proxy's upstream table.
     pub upstream: usize,
+    /// Who may use the route.
+    pub access: Access,
+    /// Send `X-Forwarded-Client-Cert` upstream.
+    pub forward_xfcc: bool,
+    /// Kea command-level authorization, when the route has a `kea:` block.
+    pub kea: Option<KeaPolicy>,
+}
+
+impl Route {
+    /// A route with no access rule, identity forwarding or Kea block.
+    pub fn plain(name: &str, host: HostPattern, prefix: &str, upstream: usize) -> Route {
+        Route {
+            name: name.into(),
+            host,
+            prefix: prefix.to_string(),
+            upstream,
+            access: Access::default(),
+            forward_xfcc: false,
+            kea: None,
+        }
+    }
 }
 
 impl Route {
@@ -76,9 +98,9 @@ impl Route {
 }
 
 /// The route table: longest prefix first, then the most specific host, then file order.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Router {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
 }
 
 impl Router {
@@ -92,11 +114,13 @@ impl Router {
                 .cmp(&a.prefix.len())
                 .then(b.host.specificity().cmp(&a.host.specificity()))
         });
-        Router { routes }
+        Router {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// The route for `host` (lowercase, no port; empty when absent) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         self.routes
             .iter()
             .find(|r| r.host.matches(host) && r.path_matches(path))
@@ -124,12 +148,7 @@ mod tests {
     use super::*;
 
     fn r(name: &str, host: &str, prefix: &str) -> Route {
-        Route {
-            name: name.into(),
-            host: HostPattern::parse(host).unwrap(),
-            prefix: prefix.into(),
-            upstream: 0,
-        }
+        Route::plain(name, HostPattern::parse(host).unwrap(), prefix, 0)
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::codec::{self, Frame, FrameError};
 use super::envelope::{self, MessageError};
 use super::policy::{Caller, Direction, Policy, Verdict};
 use super::{method_index, METHOD_LABELS};
+use crate::audit::Audit;
 use crate::config::{Config, ConfigError, JsonRpc, MissingIdentity};
 use crate::http::route::HostPattern;
 use crate::metrics::{self, ActiveGuard};
@@ -92,6 +93,7 @@ pub struct Relay {
     max_violations: u32,
     anonymous: AtomicUsize,
     connector: TransportConnector,
+    audit: Arc<Audit>,
 }
 
 impl Relay {
@@ -101,6 +103,7 @@ impl Relay {
         j: &JsonRpc,
         upstreams: Arc<[UpstreamGroup]>,
         index: &HashMap<String, usize>,
+        audit: Arc<Audit>,
     ) -> Result<Relay, Vec<ConfigError>> {
         let mut errs = Vec::new();
         let mut routes = Vec::new();
@@ -139,6 +142,7 @@ impl Relay {
             max_violations: j.max_violations,
             anonymous: AtomicUsize::new(0),
             connector: TransportConnector::new(None),
+            audit,
         })
     }
 
@@ -227,6 +231,9 @@ impl Relay {
         };
         let _link_gauge = ActiveGuard::gauge(metrics::RPC_LINKS.with_label_values(&[kind]));
         let link = Link {
+            listener,
+            addr: &addr,
+            fingerprint: auth.map(|c| c.fingerprint.as_str()),
             caller: Caller {
                 cn,
                 uris: auth.map(|c| c.uris.as_slice()).unwrap_or(&[]),
@@ -406,6 +413,19 @@ impl Relay {
             .with_label_values(&[dir.label(), label, "denied"])
             .inc();
         let n = link.violations.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut rec = serde_json::Map::new();
+        rec.insert("kind".into(), "jsonrpc".into());
+        rec.insert("listener".into(), link.listener.into());
+        rec.insert("client".into(), link.addr.into());
+        rec.insert(
+            "identity".into(),
+            serde_json::json!({ "cn": link.caller.cn, "fingerprint": link.fingerprint }),
+        );
+        rec.insert("direction".into(), dir.label().into());
+        rec.insert("method".into(), method.into());
+        rec.insert("verdict".into(), "denied".into());
+        rec.insert("reason".into(), why.into());
+        self.audit.record(rec);
         log::warn!(target: "gatehouse::rpc", "{}: denied {} {} message ({why}); violation {n}/{}", link.who, method.escape_debug(), dir.label(), self.max_violations);
         if n >= self.max_violations {
             return Err(LinkEnd::Violations(n));
@@ -465,6 +485,9 @@ impl Counters {
 
 /// Per-link state shared by the two pumps.
 struct Link<'a> {
+    listener: &'a str,
+    addr: &'a str,
+    fingerprint: Option<&'a str>,
     caller: Caller<'a>,
     anonymous: bool,
     who: &'a str,

@@ -1,0 +1,355 @@
+//! Kea command-level authorization: parse `{"command", "service", "arguments"}`, decide
+//! per identity, and read the result codes out of Kea's answer for the audit log.
+
+use crate::authz::{any_matches, parse_all, Matcher};
+use crate::config::{AllowDeny, KeaDefault, KeaRoute};
+use crate::glob;
+use crate::tls::ClientCert;
+use serde::Deserialize;
+
+/// Kea 2.x commands: the bounded `command` label of `gatehouse_kea_commands_total`.
+pub const KNOWN_COMMANDS: &[&str] = &[
+    "build-report",
+    "cache-clear",
+    "cache-get",
+    "cache-get-by-id",
+    "cache-insert",
+    "cache-load",
+    "cache-remove",
+    "cache-size",
+    "cache-write",
+    "class-add",
+    "class-del",
+    "class-get",
+    "class-list",
+    "class-update",
+    "config-backend-pull",
+    "config-get",
+    "config-reload",
+    "config-set",
+    "config-test",
+    "config-write",
+    "dhcp-disable",
+    "dhcp-enable",
+    "ha-continue",
+    "ha-heartbeat",
+    "ha-maintenance-cancel",
+    "ha-maintenance-notify",
+    "ha-maintenance-start",
+    "ha-reset",
+    "ha-scopes",
+    "ha-sync",
+    "ha-sync-complete-notify",
+    "lease4-add",
+    "lease4-del",
+    "lease4-get",
+    "lease4-get-all",
+    "lease4-get-by-client-id",
+    "lease4-get-by-hostname",
+    "lease4-get-by-hw-address",
+    "lease4-get-page",
+    "lease4-resend-ddns",
+    "lease4-update",
+    "lease4-wipe",
+    "lease6-add",
+    "lease6-bulk-apply",
+    "lease6-del",
+    "lease6-get",
+    "lease6-get-all",
+    "lease6-get-by-duid",
+    "lease6-get-by-hostname",
+    "lease6-get-page",
+    "lease6-resend-ddns",
+    "lease6-update",
+    "lease6-wipe",
+    "leases-reclaim",
+    "libreload",
+    "list-commands",
+    "network4-add",
+    "network4-del",
+    "network4-get",
+    "network4-list",
+    "network4-subnet-add",
+    "network4-subnet-del",
+    "network6-add",
+    "network6-del",
+    "network6-get",
+    "network6-list",
+    "network6-subnet-add",
+    "network6-subnet-del",
+    "reservation-add",
+    "reservation-del",
+    "reservation-get",
+    "reservation-get-all",
+    "reservation-get-by-hostname",
+    "reservation-get-by-id",
+    "reservation-get-page",
+    "server-tag-get",
+    "shutdown",
+    "stat-lease4-get",
+    "stat-lease6-get",
+    "statistic-get",
+    "statistic-get-all",
+    "statistic-remove",
+    "statistic-remove-all",
+    "statistic-reset",
+    "statistic-reset-all",
+    "statistic-sample-age-set",
+    "statistic-sample-age-set-all",
+    "statistic-sample-count-set",
+    "statistic-sample-count-set-all",
+    "status-get",
+    "subnet4-add",
+    "subnet4-del",
+    "subnet4-delta-add",
+    "subnet4-delta-del",
+    "subnet4-get",
+    "subnet4-list",
+    "subnet4-update",
+    "subnet6-add",
+    "subnet6-del",
+    "subnet6-delta-add",
+    "subnet6-delta-del",
+    "subnet6-get",
+    "subnet6-list",
+    "subnet6-update",
+    "version-get",
+];
+
+/// The metric label for a command: itself if Kea knows it, else `other`.
+pub fn command_label(command: &str) -> &'static str {
+    KNOWN_COMMANDS
+        .iter()
+        .find(|c| **c == command)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// A parsed Kea command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// `command`.
+    pub command: String,
+    /// `service`; empty = the Control Agent itself.
+    pub services: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    command: String,
+    #[serde(default)]
+    service: Option<Vec<String>>,
+    #[serde(default, rename = "arguments")]
+    _arguments: Option<serde::de::IgnoredAny>,
+}
+
+/// Parses a command body; the error is what a client should be told.
+pub fn parse(body: &[u8]) -> Result<Command, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("empty body: expected {\"command\": ...}".into());
+    }
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("malformed command: {e}"))?;
+    if raw.command.is_empty() {
+        return Err("malformed command: `command` is empty".into());
+    }
+    Ok(Command {
+        command: raw.command,
+        services: raw.service.unwrap_or_default(),
+    })
+}
+
+struct Rule {
+    identity: Vec<Matcher>,
+    commands: Option<AllowDeny>,
+    services: Option<AllowDeny>,
+}
+
+fn permits(list: &AllowDeny, name: &str) -> bool {
+    !list.deny.iter().any(|g| glob::matches(g, name))
+        && list
+            .allow
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|g| glob::matches(g, name)))
+}
+
+/// A route's Kea rules, compiled.
+pub struct KeaPolicy {
+    /// Largest body read.
+    pub max_body: usize,
+    rules: Vec<Rule>,
+    default_allow: bool,
+}
+
+impl KeaPolicy {
+    /// From the route's `kea:` block (validated with the config).
+    pub fn new(k: &KeaRoute) -> KeaPolicy {
+        KeaPolicy {
+            max_body: usize::try_from(k.max_body.0).unwrap_or(usize::MAX),
+            rules: k
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    identity: parse_all(&r.identity),
+                    commands: r.commands.clone(),
+                    services: r.services.clone(),
+                })
+                .collect(),
+            default_allow: k.default == KeaDefault::Allow,
+        }
+    }
+
+    /// `Ok` to forward, or the refusal text (`who` names the client, e.g. `cn=dashboard-1`).
+    /// The first rule whose identity matches decides.
+    pub fn decide(
+        &self,
+        client: Option<&ClientCert>,
+        who: &str,
+        cmd: &Command,
+    ) -> Result<(), String> {
+        let Some(rule) = self.rules.iter().find(|r| any_matches(&r.identity, client)) else {
+            return if self.default_allow {
+                Ok(())
+            } else {
+                Err(format!(
+                    "command '{}' is not allowed for {who}",
+                    cmd.command
+                ))
+            };
+        };
+        if let Some(c) = &rule.commands {
+            if !permits(c, &cmd.command) {
+                return Err(format!(
+                    "command '{}' is not allowed for {who}",
+                    cmd.command
+                ));
+            }
+        }
+        if let Some(s) = &rule.services {
+            if let Some(bad) = cmd.services.iter().find(|svc| !permits(s, svc)) {
+                return Err(format!("service '{bad}' is not allowed for {who}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `result` codes of Kea's answer: a list (one per service), or one object.
+pub fn result_codes(body: &[u8]) -> Vec<i64> {
+    #[derive(Deserialize)]
+    struct Answer {
+        result: Option<i64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Answers {
+        List(Vec<Answer>),
+        One(Answer),
+    }
+    match serde_json::from_slice::<Answers>(body) {
+        Ok(Answers::List(l)) => l.into_iter().filter_map(|a| a.result).collect(),
+        Ok(Answers::One(a)) => a.result.into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, CertSpec};
+
+    fn policy(yaml: &str) -> KeaPolicy {
+        KeaPolicy::new(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    fn cert(cn: &str) -> ClientCert {
+        let ca = Ca::new("t").unwrap();
+        ClientCert::from_x509(ca.issue(&CertSpec::new(cn)).unwrap().cert, true)
+    }
+
+    fn cmd(c: &str, svc: &[&str]) -> Command {
+        Command {
+            command: c.into(),
+            services: svc.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            parse(br#"{"command":"config-get","service":["dhcp4"],"arguments":{"x":1}}"#),
+            Ok(cmd("config-get", &["dhcp4"]))
+        );
+        assert_eq!(
+            parse(br#"{"command":"version-get"}"#),
+            Ok(cmd("version-get", &[]))
+        );
+        assert!(parse(b"").is_err());
+        assert!(parse(b"{").unwrap_err().starts_with("malformed command"));
+        assert!(parse(br#"{"service":["dhcp4"]}"#).is_err());
+        assert!(parse(br#"{"command":5}"#).is_err());
+        assert!(parse(br#"{"command":"x","service":"dhcp4"}"#).is_err());
+        assert!(parse(br#"[{"command":"x"}]"#).is_err());
+    }
+
+    #[test]
+    fn first_matching_rule_decides() {
+        let p = policy(
+            r#"
+rules:
+  - identity: ["cn:dashboard-*"]
+    commands: { allow: ["*-get", "list-commands", "status-get", "version-get", "lease4-get*"] }
+    services: { allow: [dhcp4] }
+  - identity: ["cn:ops-admin"]
+    commands: { allow: ["*"], deny: ["shutdown"] }
+  - identity: ["cn:*"]
+    commands: { allow: ["*"] }
+default: deny
+"#,
+        );
+        let d = cert("dashboard-1");
+        let ok = |c: &ClientCert, command: Command| p.decide(Some(c), "who", &command);
+        assert!(ok(&d, cmd("config-get", &["dhcp4"])).is_ok());
+        assert!(ok(&d, cmd("list-commands", &[])).is_ok());
+        assert!(ok(&d, cmd("lease4-get-all", &["dhcp4"])).is_ok());
+        assert_eq!(
+            ok(&d, cmd("config-set", &["dhcp4"])),
+            Err("command 'config-set' is not allowed for who".into())
+        );
+        assert_eq!(
+            ok(&d, cmd("config-get", &["dhcp6"])),
+            Err("service 'dhcp6' is not allowed for who".into())
+        );
+        let admin = cert("ops-admin");
+        assert!(ok(&admin, cmd("config-write", &["dhcp4"])).is_ok());
+        assert!(
+            ok(&admin, cmd("shutdown", &["dhcp4"])).is_err(),
+            "deny wins in a rule"
+        );
+        // The first matching rule decides: ops-admin never falls through to `cn:*`.
+        assert!(ok(&cert("someone"), cmd("shutdown", &[])).is_ok());
+        assert!(
+            p.decide(None, "anonymous", &cmd("version-get", &[]))
+                .is_err(),
+            "default deny"
+        );
+        let open = policy("default: allow\n");
+        assert!(open
+            .decide(None, "anonymous", &cmd("shutdown", &[]))
+            .is_ok());
+    }
+
+    #[test]
+    fn result_codes_and_labels() {
+        assert_eq!(
+            result_codes(br#"[ { "result": 0, "text": "x" }, { "result": 1 } ]"#),
+            vec![0, 1]
+        );
+        assert_eq!(
+            result_codes(br#"{ "result": 400, "text": "Bad Request" }"#),
+            vec![400]
+        );
+        assert_eq!(result_codes(b"garbage"), Vec::<i64>::new());
+        assert_eq!(command_label("config-get"), "config-get");
+        assert_eq!(command_label("evil-command-123"), "other");
+    }
+}

@@ -1,0 +1,286 @@
+//! Serving a Kea route: the command is read (bounded), parsed and authorized *before* any
+//! upstream connection exists, so Kea never sees a refused command; an allowed one is
+//! forwarded from the buffer with `Content-Length` (Kea answers chunked bodies with 400)
+//! through Pingora's HTTP connector and pool, and the answer streamed back while its
+//! `result` codes are read for the audit log.
+//!
+//! Pingora's proxy path can only replay a body it buffered itself (64 KiB), which is why an
+//! allowed command is sent from here rather than handed back to the proxy.
+
+use super::kea::{self, command_label, KeaPolicy};
+use super::route::Route;
+use super::{balance_key, respond, HttpGateway, RequestCtx};
+use crate::metrics;
+use crate::upstream::FailureKind;
+use bytes::{Bytes, BytesMut};
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use serde_json::{json, Map, Value};
+
+/// Kea's answer kept for reading result codes; the rest is streamed without a copy.
+const RESULT_CAPTURE: usize = 1 << 20;
+
+/// Request headers that describe this hop only, never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "transfer-encoding",
+];
+
+impl HttpGateway {
+    /// Serves one request on a route with a `kea:` block; the response is always written.
+    pub(super) async fn serve_kea(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        policy: &KeaPolicy,
+    ) -> Result<()> {
+        let who = crate::authz::describe(ctx.tls_info());
+        let mut audit = Map::new();
+        audit.insert("kind".into(), "kea".into());
+        audit.insert("listener".into(), (*self.listener).into());
+        audit.insert(
+            "client".into(),
+            session.client_addr().map(|a| a.to_string()).into(),
+        );
+        audit.insert(
+            "identity".into(),
+            json!({ "cn": ctx.client().and_then(|c| c.cn.clone()), "fingerprint": ctx.client().map(|c| c.fingerprint.clone()) }),
+        );
+        audit.insert("route".into(), (*route.name).into());
+
+        let outcome = self.decide_kea(session, ctx, policy, &who).await?;
+        let (cmd, verdict) = match outcome {
+            Decision::Refused {
+                status,
+                text,
+                cmd,
+                verdict,
+            } => {
+                respond(session, status, &text).await?;
+                audit.insert("status".into(), status.into());
+                audit.insert("reason".into(), text.clone().into());
+                log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {text}", self.listener, route.name);
+                (cmd, verdict)
+            }
+            Decision::Allowed(cmd, body) => {
+                let (status, results) = self.forward_buffered(session, ctx, route, body).await?;
+                audit.insert("status".into(), status.into());
+                audit.insert("results".into(), results.into());
+                (Some(cmd), "allowed")
+            }
+        };
+        let command = cmd.as_ref().map(|c| c.command.as_str());
+        metrics::KEA_COMMANDS
+            .with_label_values(&[
+                &route.name,
+                command.map(command_label).unwrap_or("other"),
+                verdict,
+            ])
+            .inc();
+        audit.insert("command".into(), command.into());
+        audit.insert(
+            "services".into(),
+            cmd.map(|c| Value::from(c.services)).unwrap_or(Value::Null),
+        );
+        audit.insert("verdict".into(), verdict.into());
+        audit.insert(
+            "duration_ms".into(),
+            (ctx.start.elapsed().as_secs_f64() * 1000.0).into(),
+        );
+        self.audit.record(audit);
+        Ok(())
+    }
+
+    async fn decide_kea(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        policy: &KeaPolicy,
+        who: &str,
+    ) -> Result<Decision> {
+        let body = match read_body(session, policy.max_body).await? {
+            Some(b) => b,
+            None => {
+                return Ok(Decision::Refused {
+                    status: 413,
+                    text: format!(
+                        "request body exceeds {} bytes (routes[].kea.max_body)",
+                        policy.max_body
+                    ),
+                    cmd: None,
+                    verdict: "malformed",
+                })
+            }
+        };
+        let cmd = match kea::parse(&body) {
+            Ok(c) => c,
+            Err(text) => {
+                return Ok(Decision::Refused {
+                    status: 400,
+                    text,
+                    cmd: None,
+                    verdict: "malformed",
+                })
+            }
+        };
+        match policy.decide(ctx.client(), who, &cmd) {
+            Ok(()) => Ok(Decision::Allowed(cmd, body)),
+            Err(text) => Ok(Decision::Refused {
+                status: 403,
+                text,
+                cmd: Some(cmd),
+                verdict: "denied",
+            }),
+        }
+    }
+
+    /// Sends the buffered command upstream and streams the answer back.
+    /// Returns the status answered and Kea's `result` codes.
+    async fn forward_buffered(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        body: Bytes,
+    ) -> Result<(u16, Vec<i64>)> {
+        let group = &self.upstreams[route.upstream];
+        let Some(addr) = group.select(balance_key(session, ctx).as_bytes()) else {
+            return self
+                .upstream_failed(session, ctx, FailureKind::Unavailable, "no healthy peer")
+                .await;
+        };
+        ctx.peer = Some(addr);
+        let peer = group.peer(addr);
+
+        let mut req = session.req_header().clone();
+        for h in HOP_BY_HOP {
+            req.remove_header(*h);
+        }
+        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        self.forwarding_headers(session, route, ctx.client(), &mut req)?;
+
+        let sent = async {
+            let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
+            up.write_request_header(Box::new(req)).await?;
+            up.write_request_body(body, true).await?;
+            up.finish_request_body().await?;
+            up.read_response_header().await?;
+            Ok::<_, Box<pingora_error::Error>>(up)
+        }
+        .await;
+        let mut up = match sent {
+            Ok(up) => up,
+            Err(e) => {
+                let kind = FailureKind::classify(&e);
+                return self
+                    .upstream_failed(session, ctx, kind, &e.to_string())
+                    .await;
+            }
+        };
+        let Some(head) = up.response_header() else {
+            return self
+                .upstream_failed(session, ctx, FailureKind::Other, "no response header")
+                .await;
+        };
+        let mut resp: ResponseHeader = head.clone();
+        let status = resp.status.as_u16();
+        resp.remove_header("connection");
+        resp.remove_header("keep-alive");
+        session.write_response_header(Box::new(resp), false).await?;
+        let mut captured = BytesMut::new();
+        loop {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    if captured.len() < RESULT_CAPTURE {
+                        captured.extend_from_slice(&chunk);
+                    }
+                    session.write_response_body(Some(chunk), false).await?;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Headers are out: all that is left is to count, log and cut the response.
+                    let kind = FailureKind::classify(&e);
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&[&group.name, kind.label()])
+                        .inc();
+                    log::warn!(target: "gatehouse::upstream", "upstream {} peer {addr}: response body failed ({}): {e}", group.name, kind.label());
+                    return Err(e);
+                }
+            }
+        }
+        session.write_response_body(None, true).await?;
+        self.connector
+            .release_http_session(up, &peer, Some(group.idle_timeout()))
+            .await;
+        Ok((status, kea::result_codes(&captured)))
+    }
+
+    /// Counts, logs and answers an upstream failure on the buffered path.
+    async fn upstream_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        kind: FailureKind,
+        detail: &str,
+    ) -> Result<(u16, Vec<i64>)> {
+        let route = ctx.route.clone();
+        let group = route
+            .as_ref()
+            .map(|r| &*self.upstreams[r.upstream].name)
+            .unwrap_or("?");
+        metrics::UPSTREAM_ERRORS
+            .with_label_values(&[group, kind.label()])
+            .inc();
+        let peer = ctx
+            .peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        log::warn!(target: "gatehouse::upstream", "upstream {group} peer {peer}: {} ({detail})", kind.label());
+        ctx.failure = Some(kind);
+        respond(session, kind.status(), &kind.message()).await?;
+        Ok((kind.status(), Vec::new()))
+    }
+}
+
+enum Decision {
+    Allowed(kea::Command, Bytes),
+    Refused {
+        status: u16,
+        text: String,
+        cmd: Option<kea::Command>,
+        verdict: &'static str,
+    },
+}
+
+/// Reads the whole request body; `None` if it exceeds `max` (nothing more is read then).
+async fn read_body(session: &mut Session, max: usize) -> Result<Option<Bytes>> {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // We read the body ourselves, so we owe the client its go-ahead (curl waits 1 s).
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await?;
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session.as_downstream_mut().read_request_body().await? {
+        if buf.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
