@@ -4,8 +4,8 @@
 set -euo pipefail
 
 # Build: boring-sys needs cmake, libclang (bindgen) and git.
-# Tests: real peers (Kea Control Agent + DHCPv4 server, Icinga 2).
-PKGS=(cmake libclang-dev git kea-ctrl-agent kea-dhcp4-server icinga2-bin icinga2-common)
+# Tests: real peers (Kea Control Agent + DHCPv4 server, Icinga 2, Prometheus + promtool).
+PKGS=(cmake libclang-dev git kea-ctrl-agent kea-dhcp4-server icinga2-bin icinga2-common prometheus)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "deps: not a Debian system; install the equivalents of: ${PKGS[*]}" >&2

@@ -1,0 +1,319 @@
+//! Metrics as operators consume them: `promtool check metrics` reports nothing, and a real
+//! Prometheus scrapes Gatehouse and answers queries — including every query of the shipped
+//! Grafana dashboard.
+
+mod common;
+
+use common::sink::{Sink, SinkMode};
+use common::*;
+use gatehouse::pki::CertSpec;
+use gatehouse::rpc::codec;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Gatehouse with an HTTP route and a relayed cluster link, after some traffic of each kind.
+async fn busy_gatehouse(dir: &std::path::Path) -> (Gatehouse, u16, Sink, Upstream) {
+    let pki = Pki::new(dir, "pki");
+    pki.server("server", &["master1"]);
+    pki.issue("agent1", CertSpec::new("agent1"));
+    pki.issue("edge", CertSpec::new("edge"));
+    let ids = dir.join("ids");
+    std::fs::create_dir_all(&ids).unwrap();
+    pki.ca
+        .issue(&CertSpec::new("agent1"))
+        .unwrap()
+        .write(&ids, "agent1")
+        .unwrap();
+    let master = pki
+        .ca
+        .issue(&CertSpec::new("master1").dns(&["master1"]))
+        .unwrap();
+    let sink = Sink::start(
+        acceptor(&master, Some(pki.ca.cert()), false),
+        SinkMode::Echo,
+    )
+    .await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let p = pki.dir.display();
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    protocols: [http, jsonrpc]
+    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
+upstreams:
+  web: {{ peers: ["{web}"] }}
+  down: {{ peers: ["127.0.0.1:{dead}"] }}
+  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
+routes:
+  - {{ name: web, upstream: web }}
+  - {{ name: down, path_prefix: /down, upstream: down }}
+  - {{ name: kea, path_prefix: /kea, upstream: web, kea: {{ default: allow }} }}
+jsonrpc:
+  routes: [ {{ sni: master1, upstream: master }} ]
+  upstream_identity: {{ cert_dir: {ids} }}
+metrics:
+  address: "127.0.0.1:{mport}"
+"#,
+        web = web.addr,
+        sink = sink.addr,
+        dead = free_port(),
+        ids = ids.display(),
+    );
+    let gh = Gatehouse::start(dir, &yaml, addr(port));
+    let o = ClientOpts {
+        ca: Some(pki.ca_path()),
+        cert: Some(pki.paths("agent1")),
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    for path in ["/", "/x", "/down"] {
+        request(addr(port), Some(&o), "GET", path, &[], b"")
+            .await
+            .unwrap();
+    }
+    let json = [("Content-Type", "application/json")];
+    request(
+        addr(port),
+        Some(&o),
+        "POST",
+        "/kea",
+        &json,
+        br#"{"command":"version-get"}"#,
+    )
+    .await
+    .unwrap();
+    // A certificate from an unknown CA: accepted (optional) but counted as a verify failure.
+    let stranger = gatehouse::pki::self_signed(&CertSpec::new("stranger")).unwrap();
+    stranger.write(dir, "stranger").unwrap();
+    let mut anon = o.clone();
+    anon.cert = Some((dir.join("stranger.crt"), dir.join("stranger.key")));
+    request(addr(port), Some(&anon), "GET", "/", &[], b"")
+        .await
+        .unwrap();
+    let mut link = tls_connect(addr(port), &o).await.unwrap();
+    let hello = codec::encode(br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{}}"#);
+    let update = codec::encode(br#"{"jsonrpc":"2.0","method":"config::Update","params":{}}"#);
+    link.write_all(&[hello, update].concat()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sink.frames().is_empty() {
+        assert!(Instant::now() < deadline, "relay did not deliver");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(link);
+    (gh, mport, sink, web)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_finds_nothing_to_complain_about() {
+    if !require_binary("promtool") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_gh, mport, _sink, _web) = busy_gatehouse(tmp.path()).await;
+    let text = request(addr(mport), None, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap()
+        .text();
+    for family in [
+        "gatehouse_build_info",
+        "gatehouse_connections_total",
+        "gatehouse_connections_active",
+        "gatehouse_tls_client_verify_failures_total",
+        "gatehouse_http_requests_total",
+        "gatehouse_http_request_duration_seconds",
+        "gatehouse_upstream_errors_total",
+        "gatehouse_rpc_messages_total",
+        "gatehouse_rpc_bytes_total",
+        "gatehouse_rpc_links_active",
+        "gatehouse_kea_commands_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{text}"
+        );
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
+
+/// A real Prometheus on 127.0.0.1, scraping `target` every second; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(dir: &std::path::Path, target: u16) -> Prometheus {
+        let port = free_port();
+        let conf = dir.join("prometheus.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nscrape_configs:\n  - job_name: gatehouse\n    static_configs: [ {{ targets: [\"127.0.0.1:{target}\"] }} ]\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("spawn prometheus");
+        Prometheus { child, port }
+    }
+
+    /// Instant query; returns (status, result array).
+    async fn query(&self, q: &str) -> (String, serde_json::Value) {
+        let enc: String = q
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let r = request(
+            addr(self.port),
+            None,
+            "GET",
+            &format!("/api/v1/query?query={enc}"),
+            &[],
+            b"",
+        )
+        .await
+        .map(|r| r.json())
+        .unwrap_or(serde_json::Value::Null);
+        (
+            r["status"].as_str().unwrap_or("").to_string(),
+            r["data"]["result"].clone(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_gatehouse() {
+    if !require_binary("prometheus") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_gh, mport, _sink, _web) = busy_gatehouse(tmp.path()).await;
+    let prom = Prometheus::start(tmp.path(), mport);
+
+    let value = |res: &serde_json::Value| -> f64 {
+        res[0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, up) = prom.query(r#"up{job="gatehouse"}"#).await;
+        let (_, reqs) = prom
+            .query(r#"sum(gatehouse_http_requests_total{job="gatehouse"})"#)
+            .await;
+        if value(&up) == 1.0 && value(&reqs) > 0.0 {
+            assert_eq!(value(&reqs), 5.0, "five requests were made");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw gatehouse up with traffic (up={up}, requests={reqs}):\n{}",
+            std::fs::read_to_string(tmp.path().join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, denied) = prom
+        .query(r#"gatehouse_rpc_messages_total{direction="upstream",method="config::Update",verdict="denied"}"#)
+        .await;
+    assert_eq!(value(&denied), 1.0);
+
+    // Every query of the shipped dashboard is valid PromQL over metrics that exist.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/conf/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(
+                t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m"),
+            );
+        }
+    }
+    assert!(exprs.len() >= 6, "dashboard has {} queries", exprs.len());
+    for e in exprs {
+        let (status, _) = prom.query(&e).await;
+        assert_eq!(
+            status, "success",
+            "dashboard query rejected by Prometheus: {e}"
+        );
+        let names: Vec<&str> = e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("gatehouse_"))
+            .collect();
+        assert!(!names.is_empty(), "query uses no gatehouse metric: {e}");
+        for n in names {
+            let base = n.trim_end_matches("_bucket");
+            let (_, r) = prom
+                .query(&format!("count({{__name__=~\"{base}.*\"}})"))
+                .await;
+            assert!(
+                value(&r) > 0.0,
+                "dashboard uses {n}, which Gatehouse does not export"
+            );
+        }
+    }
+}
