@@ -32,6 +32,10 @@ deps:
 clean-certs:
 	rm -rf $(DEV_CERTS)
 
-## bench: end-to-end relay benchmark against the release binary
-bench: deps
-	$(CARGO) bench --bench relay
+## bench: micro-benchmarks, then Gatehouse vs nginx and HAProxy end to end (release build)
+bench: deps bench-deps
+	$(CARGO) bench --bench hot_paths
+	ulimit -n $$(ulimit -Hn); $(CARGO) bench --bench e2e
+
+bench-deps:
+	@BENCH=1 bash scripts/deps.sh

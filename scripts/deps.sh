@@ -6,6 +6,8 @@ set -euo pipefail
 # Build: boring-sys needs cmake, libclang (bindgen) and git.
 # Tests: real peers (Kea Control Agent + DHCPv4 server, Icinga 2, Prometheus + promtool).
 PKGS=(cmake libclang-dev git kea-ctrl-agent kea-dhcp4-server icinga2-bin icinga2-common prometheus)
+# Benchmarks (make bench): the anchors and the load generator.
+[ "${BENCH:-0}" = 1 ] && PKGS=(wrk nginx haproxy libnginx-mod-stream)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "deps: not a Debian system; install the equivalents of: ${PKGS[*]}" >&2

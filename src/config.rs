@@ -219,6 +219,10 @@ pub struct ServerSection {
     /// Where the process logs when daemonized.
     #[serde(default)]
     pub error_log: Option<PathBuf>,
+    /// Let idle worker threads steal connections from busy ones. Off by default: a connection
+    /// stays on the thread that accepted it (fewer cross-thread wake-ups, as in nginx/HAProxy).
+    #[serde(default)]
+    pub work_stealing: bool,
 }
 
 fn default_threads() -> usize {
@@ -243,6 +247,7 @@ impl Default for ServerSection {
             grace_period: default_grace(),
             graceful_shutdown_timeout: default_grace(),
             error_log: None,
+            work_stealing: false,
         }
     }
 }

@@ -1,0 +1,712 @@
+//! `make bench`: Gatehouse against nginx and HAProxy, on loopback, in one run, with the same
+//! certificates (EC P-256), the same backend and the same load.
+//!
+//! - HTTP: backend = nginx requiring client certs, returning a small JSON 200; fronts =
+//!   Gatehouse, nginx (2 workers, upstream keepalive), HAProxy (2 threads, `http-reuse
+//!   always`), each with upstream mTLS; load = wrk, 2 threads × 64 connections × 15 s.
+//! - JSON-RPC relay: this process pushes ~600-byte `event::CheckResult` frames, pipelined, over
+//!   1 and 16 mTLS links through Gatehouse, HAProxy `mode tcp` and nginx `stream` (each
+//!   terminating TLS with client certs required and re-originating mTLS) to an in-process sink
+//!   that requires client certs; counted at the sink. Proxy CPU per message = the proxy's
+//!   process-tree CPU time ÷ messages. Ping-pong: one message in flight to an echoing sink.
+//! - Idle links: 2,000 and 5,000 authenticated links per proxy (Hello, then silence); RSS
+//!   growth of the proxy's process tree per link.
+//!
+//! Environment: `BENCH_SECS` (wrk duration, default 15), `BENCH_RELAY_SECS` (default 5),
+//! `BENCH_IDLE` (comma list, default `2000,5000`; `0` skips). Everything targets 127.0.0.1.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::sink::{Sink, SinkMode};
+use common::*;
+use gatehouse::pki::CertSpec;
+use gatehouse::rpc::codec;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+// === processes ===
+
+/// A spawned proxy, killed on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc { name, child }
+}
+
+fn wait_port(p: &mut Proc, port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect_timeout(&addr(port), Duration::from_millis(200)).is_err() {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            panic!(
+                "{} exited ({st}):\n{}",
+                p.name,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not listen on {port}",
+            p.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PIDs of `pid` and all its descendants.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// CPU seconds (user + system) of a process tree.
+fn cpu_secs(pid: u32) -> f64 {
+    tree(pid)
+        .iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let f: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (t(11) + t(12)) / 100.0
+        })
+        .sum()
+}
+
+/// Resident memory of a process tree, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    tree(pid)
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+// === configs ===
+
+struct Files {
+    dir: PathBuf,
+    pki: PathBuf,
+}
+
+impl Files {
+    fn p(&self, f: &str) -> String {
+        self.pki.join(f).display().to_string()
+    }
+
+    fn nginx_prelude(&self, name: &str, workers: u32, stream: bool) -> String {
+        let d = self.dir.display();
+        let user = if is_root() {
+            "user nobody nogroup;"
+        } else {
+            ""
+        };
+        format!(
+            "{load}{user}\nworker_processes {workers};\nworker_rlimit_nofile 30000;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\nevents {{ worker_connections 20000; }}\n",
+            load = if stream { "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n" } else { "" },
+        )
+    }
+
+    fn nginx_http_temps(&self, name: &str) -> String {
+        let t = self.dir.join(format!("tmp-{name}"));
+        std::fs::create_dir_all(&t).unwrap();
+        let t = t.display();
+        format!("client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi; uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;")
+    }
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+// === HTTP ===
+
+struct HttpRow {
+    name: &'static str,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    cpu_pct: Option<f64>,
+}
+
+fn ms(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(name: &'static str, port: u16, secs: f64, pid: Option<u32>) -> HttpRow {
+    let url = format!("https://127.0.0.1:{port}/");
+    let run = |d: f64| {
+        Command::new("wrk")
+            .args([
+                "-t2",
+                "-c64",
+                &format!("-d{}s", d as u64),
+                "--timeout",
+                "5s",
+                "--latency",
+                &url,
+            ])
+            .output()
+            .expect("wrk")
+    };
+    run(2.0); // warm-up: TLS sessions, upstream pools
+    let c0 = pid.map(cpu_secs);
+    let out = String::from_utf8_lossy(&run(secs).stdout).into_owned();
+    let c1 = pid.map(cpu_secs);
+    let field = |key: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("")
+            .to_string()
+    };
+    let errors: u64 = out
+        .lines()
+        .filter(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
+        .flat_map(|l| {
+            l.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+        })
+        .sum();
+    HttpRow {
+        name,
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50_ms: ms(&field("50%")),
+        p99_ms: ms(&field("99%")),
+        errors,
+        cpu_pct: c0.zip(c1).map(|(a, b)| (b - a) * 100.0 / secs),
+    }
+}
+
+// === relay ===
+
+fn check_result() -> Vec<u8> {
+    let output = "x".repeat(430);
+    codec::encode(format!(
+        r#"{{"jsonrpc":"2.0","method":"event::CheckResult","params":{{"host":"agent1-host","cr":{{"output":"{output}","state":0.0,"exit_status":0.0,"execution_start":1795320932.5}}}},"ts":1795320932.5}}"#
+    ).as_bytes())
+}
+
+async fn relay_throughput(
+    target: SocketAddr,
+    o: &ClientOpts,
+    links: usize,
+    sink: &Sink,
+    pid: Option<u32>,
+    secs: f64,
+) -> (f64, Option<f64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let frame = check_result();
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 64)
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..links {
+        let mut s = tls_connect(target, o).await.expect("connect");
+        let (stop, batch) = (stop.clone(), batch.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if s.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (n0, c0, t0) = (
+        sink.count.load(Ordering::Relaxed),
+        pid.map(cpu_secs),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let (n1, c1, dt) = (
+        sink.count.load(Ordering::Relaxed),
+        pid.map(cpu_secs),
+        t0.elapsed(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    let mut last = u64::MAX;
+    while sink.count.load(Ordering::Relaxed) != last {
+        last = sink.count.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let msgs = (n1 - n0) as f64;
+    (
+        msgs / dt.as_secs_f64(),
+        c0.zip(c1).map(|(a, b)| (b - a) * 1e6 / msgs.max(1.0)),
+    )
+}
+
+async fn ping_pong(target: SocketAddr, o: &ClientOpts, n: usize) -> (f64, f64) {
+    let mut s = tls_connect(target, o).await.expect("connect");
+    let frame = check_result();
+    let mut buf = vec![0u8; frame.len()];
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        s.write_all(&frame).await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+        if i >= 200 {
+            rtts.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    (rtts[n / 2], rtts[n * 99 / 100])
+}
+
+/// Opens `n` links (Hello, then silence) and returns the proxy's RSS growth per link, KiB.
+async fn idle_links(target: SocketAddr, o: &ClientOpts, n: usize, pid: u32) -> f64 {
+    let before = rss_kib(pid);
+    let hello = codec::encode(br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#);
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (o, hello, sem) = (o.clone(), hello.clone(), sem.clone());
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.ok()?;
+            let mut s = tls_connect(target, &o).await.ok()?;
+            s.write_all(&hello).await.ok()?;
+            Some(s)
+        }));
+    }
+    let mut links = Vec::with_capacity(n);
+    for h in handles {
+        if let Ok(Some(s)) = h.await {
+            links.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    let opened = links.len();
+    drop(links);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if opened < n {
+        eprintln!("warning: only {opened} of {n} links opened");
+    }
+    after.saturating_sub(before) as f64 / opened.max(1) as f64
+}
+
+fn main() {
+    for tool in ["wrk", "nginx", "haproxy"] {
+        if !require_binary(tool) {
+            eprintln!("make bench needs wrk, nginx, haproxy and libnginx-mod-stream (apt-get install -y wrk nginx haproxy libnginx-mod-stream)");
+            std::process::exit(1);
+        }
+    }
+    let http_secs = env_num("BENCH_SECS", 15.0);
+    let relay_secs = env_num("BENCH_RELAY_SECS", 5.0);
+    let idle: Vec<usize> = std::env::var("BENCH_IDLE")
+        .unwrap_or_else(|_| "2000,5000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(http_secs, relay_secs, idle));
+}
+
+async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    if is_root() {
+        // nginx workers run as nobody and must read certs and write temp files here.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(&dir)
+            .status();
+        let _ = Command::new("chmod").args(["a+rx"]).arg(&dir).status();
+    }
+    let pki = Pki::new(&dir, "pki");
+    let server = pki.server("server", &[]);
+    pki.issue("client", CertSpec::new("agent1"));
+    pki.issue("gatehouse", CertSpec::new("gatehouse"));
+    let ids = dir.join("identities");
+    std::fs::create_dir_all(&ids).unwrap();
+    pki.ca
+        .issue(&CertSpec::new("agent1"))
+        .unwrap()
+        .write(&ids, "agent1")
+        .unwrap();
+    let f = Files {
+        dir: dir.clone(),
+        pki: pki.dir.clone(),
+    };
+    for (pem, parts) in [
+        ("server.pem", ["server.crt", "server.key"]),
+        ("client.pem", ["client.crt", "client.key"]),
+    ] {
+        let joined: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| std::fs::read(pki.dir.join(p)).unwrap())
+            .collect();
+        std::fs::write(pki.dir.join(pem), joined).unwrap();
+    }
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&dir)
+        .status();
+    let gh_bin = gatehouse_bin();
+
+    // --- HTTP ---
+    let (bport, pport, nport, hport, gport) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let backend_conf = format!(
+        "{}http {{ access_log off; {} keepalive_requests 1000000; keepalive_timeout 75s;\n ssl_certificate {}; ssl_certificate_key {}; ssl_session_cache shared:B:10m;\n server {{ listen 127.0.0.1:{bport} ssl; ssl_client_certificate {}; ssl_verify_client on; location / {{ default_type application/json; return 200 '{{\"result\":0,\"text\":\"pong\"}}\\n'; }} }}\n server {{ listen 127.0.0.1:{pport} ssl; location / {{ default_type application/json; return 200 '{{\"result\":0,\"text\":\"pong\"}}\\n'; }} }} }}\n",
+        f.nginx_prelude("backend", 1, false), f.nginx_http_temps("backend"), f.p("server.crt"), f.p("server.key"), f.p("ca.crt")
+    );
+    let front_conf = format!(
+        "{}http {{ access_log off; {} keepalive_requests 1000000; keepalive_timeout 75s;\n upstream b {{ server 127.0.0.1:{bport}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }}\n server {{ listen 127.0.0.1:{nport} ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_session_cache shared:F:10m;\n location / {{ proxy_pass https://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_ssl_certificate {}; proxy_ssl_certificate_key {}; proxy_ssl_trusted_certificate {}; proxy_ssl_verify on; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on; }} }} }}\n",
+        f.nginx_prelude("front", 2, false), f.nginx_http_temps("front"), f.p("server.crt"), f.p("server.key"), f.p("gatehouse.crt"), f.p("gatehouse.key"), f.p("ca.crt")
+    );
+    let haproxy_http = format!(
+        "global\n  nbthread 2\n  maxconn 9000\n  ssl-default-bind-options ssl-min-ver TLSv1.2\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n  timeout http-keep-alive 75s\n  http-reuse always\nfrontend fe\n  bind 127.0.0.1:{hport} ssl crt {}\n  default_backend be\nbackend be\n  server b1 127.0.0.1:{bport} ssl verify required ca-file {} crt {} sni str(localhost) verifyhost localhost pool-max-conn 256\n",
+        f.p("server.pem"), f.p("ca.crt"), f.p("client.pem")
+    );
+    let gh_http = format!(
+        "server: {{ threads: 2, pid_file: {d}/gh-http.pid, upgrade_sock: {d}/gh-http.sock }}\nlisteners:\n  - name: http\n    address: \"127.0.0.1:{gport}\"\n    tls: {{ cert: {}, key: {}, client_auth: none, alpn: [http/1.1] }}\nupstreams:\n  b: {{ peers: [\"127.0.0.1:{bport}\"], tls: {{ ca: {}, client_cert: {}, client_key: {}, sni: localhost }} }}\nroutes: [ {{ name: b, upstream: b }} ]\n",
+        f.p("server.crt"), f.p("server.key"), f.p("ca.crt"), f.p("gatehouse.crt"), f.p("gatehouse.key"),
+        d = dir.display()
+    );
+    for (name, text) in [
+        ("backend.conf", &backend_conf),
+        ("front.conf", &front_conf),
+        ("haproxy-http.cfg", &haproxy_http),
+        ("gh-http.yaml", &gh_http),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let nginx = |name: &'static str, conf: &str| {
+        let log = dir.join(format!("{name}.log"));
+        spawn(
+            name,
+            Command::new("nginx")
+                .args(["-e", "stderr", "-c"])
+                .arg(dir.join(conf))
+                .args(["-g", "daemon off;"]),
+            &log,
+        )
+    };
+    let mut backend = nginx("nginx-backend", "backend.conf");
+    wait_port(&mut backend, bport, &dir.join("nginx-backend.log"));
+    let mut front = nginx("nginx-front", "front.conf");
+    wait_port(&mut front, nport, &dir.join("nginx-front.log"));
+    let mut hap = spawn(
+        "haproxy",
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(dir.join("haproxy-http.cfg")),
+        &dir.join("haproxy-http.log"),
+    );
+    wait_port(&mut hap, hport, &dir.join("haproxy-http.log"));
+    let mut gh = spawn(
+        "gatehouse",
+        Command::new(gh_bin)
+            .args(["run", "-c"])
+            .arg(dir.join("gh-http.yaml"))
+            .env("RUST_LOG", "warn"),
+        &dir.join("gh-http.log"),
+    );
+    wait_port(&mut gh, gport, &dir.join("gh-http.log"));
+
+    let mut http = Vec::new();
+    eprintln!("HTTP: wrk -t2 -c64 -d{http_secs}s keep-alive against each front ...");
+    http.push(wrk("direct", pport, http_secs, None));
+    http.push(wrk("nginx", nport, http_secs, Some(front.child.id())));
+    http.push(wrk("haproxy", hport, http_secs, Some(hap.child.id())));
+    http.push(wrk("gatehouse", gport, http_secs, Some(gh.child.id())));
+    drop((gh, hap, front, backend));
+
+    // --- relay ---
+    let count_sink = Sink::start(
+        acceptor(&server, Some(pki.ca.cert()), false),
+        SinkMode::Count,
+    )
+    .await;
+    let echo_sink = Sink::start(
+        acceptor(&server, Some(pki.ca.cert()), false),
+        SinkMode::Echo,
+    )
+    .await;
+    let (g_count, g_echo) = (free_port(), free_port());
+    let (h_count, h_echo, n_count, n_echo) = (free_port(), free_port(), free_port(), free_port());
+    let gh_relay = format!(
+        "server: {{ threads: 2, pid_file: {d}/gh-relay.pid, upgrade_sock: {d}/gh-relay.sock }}\nlisteners:\n  - {{ name: count, address: \"127.0.0.1:{g_count}\", protocols: [jsonrpc], tls: {{ cert: {c}, key: {k}, client_auth: required, client_ca: {ca} }} }}\n  - {{ name: echo, address: \"127.0.0.1:{g_echo}\", protocols: [jsonrpc], tls: {{ cert: {c}, key: {k}, client_auth: required, client_ca: {ca} }} }}\nupstreams:\n  count: {{ peers: [\"{cs}\"], tls: {{ ca: {ca}, client_cert: {gc}, client_key: {gk}, sni: localhost }} }}\n  echo: {{ peers: [\"{es}\"], tls: {{ ca: {ca}, client_cert: {gc}, client_key: {gk}, sni: localhost }} }}\njsonrpc:\n  routes: [ {{ sni: count, upstream: count }}, {{ sni: echo, upstream: echo }} ]\n  upstream_identity: {{ cert_dir: {ids} }}\n  limits: {{ idle_timeout: 600s }}\n",
+        d = dir.display(), c = f.p("server.crt"), k = f.p("server.key"), ca = f.p("ca.crt"), gc = f.p("gatehouse.crt"), gk = f.p("gatehouse.key"),
+        cs = count_sink.addr, es = echo_sink.addr, ids = ids.display()
+    );
+    let hap_relay = format!(
+        "global\n  nbthread 2\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\nfrontend count\n  bind 127.0.0.1:{h_count} ssl crt {sp} ca-file {ca} verify required\n  default_backend count\nfrontend echo\n  bind 127.0.0.1:{h_echo} ssl crt {sp} ca-file {ca} verify required\n  default_backend echo\nbackend count\n  server s 127.0.0.1:{cp} ssl verify required ca-file {ca} crt {cl} sni str(localhost)\nbackend echo\n  server s 127.0.0.1:{ep} ssl verify required ca-file {ca} crt {cl} sni str(localhost)\n",
+        sp = f.p("server.pem"), ca = f.p("ca.crt"), cl = f.p("client.pem"), cp = count_sink.addr.port(), ep = echo_sink.addr.port()
+    );
+    let stream_server = |listen: u16, to: SocketAddr| {
+        format!(
+            " server {{ listen 127.0.0.1:{listen} ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_client_certificate {}; ssl_verify_client on;\n  proxy_pass {to}; proxy_ssl on; proxy_ssl_certificate {}; proxy_ssl_certificate_key {}; proxy_ssl_trusted_certificate {}; proxy_ssl_verify on; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_timeout 600s; }}\n",
+            f.p("server.crt"), f.p("server.key"), f.p("ca.crt"), f.p("client.crt"), f.p("client.key"), f.p("ca.crt")
+        )
+    };
+    let nginx_stream = format!(
+        "{}stream {{\n{}{}}}\n",
+        f.nginx_prelude("stream", 2, true),
+        stream_server(n_count, count_sink.addr),
+        stream_server(n_echo, echo_sink.addr)
+    );
+    std::fs::write(dir.join("gh-relay.yaml"), gh_relay).unwrap();
+    std::fs::write(dir.join("haproxy-relay.cfg"), hap_relay).unwrap();
+    std::fs::write(dir.join("stream.conf"), nginx_stream).unwrap();
+    let mut gh = spawn(
+        "gatehouse",
+        Command::new(gh_bin)
+            .args(["run", "-c"])
+            .arg(dir.join("gh-relay.yaml"))
+            .env("RUST_LOG", "warn"),
+        &dir.join("gh-relay.log"),
+    );
+    wait_port(&mut gh, g_count, &dir.join("gh-relay.log"));
+    let mut hap = spawn(
+        "haproxy",
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(dir.join("haproxy-relay.cfg")),
+        &dir.join("haproxy-relay.log"),
+    );
+    wait_port(&mut hap, h_count, &dir.join("haproxy-relay.log"));
+    let mut stream = nginx("nginx-stream", "stream.conf");
+    wait_port(&mut stream, n_count, &dir.join("nginx-stream.log"));
+
+    // The client does not verify the proxies (its CPU is not what is measured); SNI picks
+    // Gatehouse's route. Every proxy requires and verifies the client certificate.
+    let agent = |sni: &str| ClientOpts {
+        ca: None,
+        cert: Some(pki.paths("client")),
+        sni: Some(sni.into()),
+        tls12: false,
+    };
+    let count_o = agent("count");
+    let echo_o = agent("echo");
+    let local = agent("localhost");
+    let proxies: [(&str, u16, u16, u32); 3] = [
+        ("gatehouse", g_count, g_echo, gh.child.id()),
+        ("haproxy", h_count, h_echo, hap.child.id()),
+        ("nginx", n_count, n_echo, stream.child.id()),
+    ];
+    eprintln!("relay: 1 and 16 links, {relay_secs} s each ...");
+    let mut relay = Vec::new();
+    for links in [1usize, 16] {
+        let (rate, _) = relay_throughput(
+            count_sink.addr,
+            &local,
+            links,
+            &count_sink,
+            None,
+            relay_secs,
+        )
+        .await;
+        relay.push(("direct", links, rate, None));
+        for (name, cport, _, pid) in proxies {
+            let o = if name == "gatehouse" {
+                &count_o
+            } else {
+                &local
+            };
+            let (rate, cpu) =
+                relay_throughput(addr(cport), o, links, &count_sink, Some(pid), relay_secs).await;
+            relay.push((name, links, rate, cpu));
+        }
+    }
+    let direct_rtt = ping_pong(echo_sink.addr, &local, 5000).await;
+    let mut rtts = Vec::new();
+    for (name, _, eport, _) in proxies {
+        let o = if name == "gatehouse" { &echo_o } else { &local };
+        rtts.push((name, ping_pong(addr(eport), o, 5000).await));
+    }
+    let mut idle_rows = Vec::new();
+    for n in &idle {
+        eprintln!("idle: {n} links per proxy ...");
+        for (name, cport, _, pid) in proxies {
+            let o = if name == "gatehouse" {
+                &count_o
+            } else {
+                &local
+            };
+            idle_rows.push((name, *n, idle_links(addr(cport), o, *n, pid).await));
+        }
+    }
+
+    // --- report ---
+    let nginx_http = http
+        .iter()
+        .find(|r| r.name == "nginx")
+        .map(|r| (r.rps, r.p99_ms))
+        .unwrap_or((f64::NAN, f64::NAN));
+    println!("\n## HTTP (wrk -t2 -c64 -d{http_secs}s, keep-alive; backend nginx with mTLS; fronts re-originate mTLS)");
+    println!(
+        "| front | req/s | p50 ms | p99 ms | errors | front CPU | req/s vs nginx | p99 vs nginx |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &http {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.2}× | {:.2}× |",
+            r.name,
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.cpu_pct
+                .map(|c| format!("{c:.0}%"))
+                .unwrap_or_else(|| "-".into()),
+            r.rps / nginx_http.0,
+            r.p99_ms / nginx_http.1
+        );
+    }
+    println!("\n## JSON-RPC relay (~{} B event::CheckResult frames, pipelined; mTLS both sides; sink counts)", check_result().len());
+    println!("| path | links | msgs/s | proxy CPU µs/msg |");
+    println!("|---|---:|---:|---:|");
+    for (name, links, rate, cpu) in &relay {
+        println!(
+            "| {name} | {links} | {rate:.0} | {} |",
+            cpu.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into())
+        );
+    }
+    println!("\n## Ping-pong (one message in flight, echo sink), µs");
+    println!("| path | p50 | p99 | added p50 per crossing |");
+    println!("|---|---:|---:|---:|");
+    println!("| direct | {:.0} | {:.0} | - |", direct_rtt.0, direct_rtt.1);
+    for (name, (p50, p99)) in &rtts {
+        println!(
+            "| {name} | {p50:.0} | {p99:.0} | {:.0} |",
+            p50 - direct_rtt.0
+        );
+    }
+    if !idle_rows.is_empty() {
+        println!(
+            "\n## Idle authenticated links (Hello, then silence): proxy RSS growth per link, KiB"
+        );
+        println!("| proxy | links | KiB/link |");
+        println!("|---|---:|---:|");
+        for (name, n, kib) in &idle_rows {
+            println!("| {name} | {n} | {kib:.1} |");
+        }
+    }
+
+    // Targets (issue 5), measured in this run.
+    let gh_http = http.iter().find(|r| r.name == "gatehouse");
+    let best_relay16 = relay
+        .iter()
+        .filter(|(n, l, _, _)| *l == 16 && (*n == "haproxy" || *n == "nginx"))
+        .map(|r| r.2)
+        .fold(0.0, f64::max);
+    let gh16 = relay
+        .iter()
+        .find(|(n, l, _, _)| *n == "gatehouse" && *l == 16);
+    let verdict = |ok: bool| if ok { "holds" } else { "MISSED" };
+    println!("\n## Targets");
+    if let Some(g) = gh_http {
+        let (r, p) = (g.rps / nginx_http.0, g.p99_ms / nginx_http.1);
+        println!(
+            "- P1 HTTP ≥ 1.3× nginx req/s and p99 ≤ 0.8× nginx: {r:.2}× req/s, {p:.2}× p99 → {}",
+            verdict(r >= 1.3 && p <= 0.8)
+        );
+    }
+    if let Some((_, _, rate, cpu)) = gh16 {
+        let ratio = rate / best_relay16;
+        let cpu = cpu.unwrap_or(f64::NAN);
+        println!("- P2 relay ≥ 1.2× the better of HAProxy/nginx and ≤ 0.75 µs CPU/msg: {ratio:.2}×, {cpu:.2} µs → {}", verdict(ratio >= 1.2 && cpu <= 0.75));
+    }
+    if let Some((_, _, kib)) = idle_rows.iter().rfind(|r| r.0 == "gatehouse") {
+        println!(
+            "- P3 idle links ≤ 40 KiB RSS per link: {kib:.1} KiB → {}",
+            verdict(*kib <= 40.0)
+        );
+    }
+    if let Some((_, (p50, _))) = rtts.iter().find(|r| r.0 == "gatehouse") {
+        let added = p50 - direct_rtt.0;
+        println!(
+            "- P4 ≤ 30 µs added per crossing at p50: {added:.0} µs → {}",
+            verdict(added <= 30.0)
+        );
+    }
+    drop((gh, hap, stream));
+}
