@@ -403,7 +403,10 @@ impl ProxyHttp for HttpGateway {
             .client_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into());
-        let cn = ctx.tls_info().map(|t| t.cn_or_dash()).unwrap_or("-");
+        let cn = ctx
+            .tls_info()
+            .map(|t| t.cn_or_dash())
+            .unwrap_or(std::borrow::Cow::Borrowed("-"));
         let peer = ctx
             .peer
             .map(|p| p.to_string())

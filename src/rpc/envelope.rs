@@ -158,6 +158,7 @@ impl<'a> Scanner<'a> {
                     match self.peek() {
                         Some(b'"') => env.method = Some(self.string(text)?),
                         Some(b'n') => self.literal(b"null")?,
+                        None => return self.err("unexpected end"),
                         _ => return self.err("`method` must be a string"),
                     }
                 }

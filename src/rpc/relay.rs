@@ -36,8 +36,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How long closing a link (TLS close_notify both ways) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Read buffer headroom per direction; a larger message reserves exactly its own size.
+/// Read headroom under load; a larger message reserves exactly its own size.
 const READ_CHUNK: usize = 16 * 1024;
+/// Read headroom of a quiet link: thousands of idle agents must not cost 16 KiB each.
+const READ_IDLE: usize = 1024;
 
 struct Limits {
     anonymous_max: usize,
@@ -163,7 +165,7 @@ impl Relay {
         let auth = info.authenticated();
         let cn = auth.and_then(|c| c.cn.as_deref());
         let who = match cn {
-            Some(cn) => format!("{cn}@{addr}"),
+            Some(cn) => format!("{}@{addr}", crate::tls::identity::log_safe(cn)),
             None => format!("anonymous@{addr}"),
         };
 
@@ -291,10 +293,13 @@ impl Relay {
         } else {
             self.limits.idle
         };
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Buffers start small and grow with the traffic (see the read below), so an idle link
+        // holds about 1 KiB per direction and a busy one reads 16 KiB at a time.
+        let mut buf = BytesMut::new();
+        let mut last_read = 0usize;
         // Frames checked in one pass go out in one write: one TLS record and syscall per batch
         // instead of per message. At most one read's worth of frames waits here.
-        let mut out = Vec::with_capacity(READ_CHUNK);
+        let mut out = Vec::new();
         let counters = Counters::new(dir);
         // Idle = no complete message for `idle`, so trickling bytes cannot keep a link alive.
         let mut deadline = tokio::time::Instant::now() + idle;
@@ -329,14 +334,26 @@ impl Relay {
                 }
                 counters.bytes.inc_by(out.len() as u64);
                 out.clear();
+                if out.capacity() > 4 * READ_CHUNK {
+                    out = Vec::new(); // after a large message, give the memory back
+                }
             }
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+            if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+                buf = BytesMut::new();
+            }
+            // A full read suggests more is coming: read big. Otherwise stay small.
+            let want = if last_read >= READ_IDLE {
+                READ_CHUNK
+            } else {
+                READ_IDLE
+            };
+            if buf.capacity() - buf.len() < want / 4 {
+                buf.reserve(want);
             }
             match tokio::time::timeout_at(deadline, r.read_buf(&mut buf)).await {
                 Err(_) => return LinkEnd::Idle(dir, idle),
                 Ok(Ok(0)) => return LinkEnd::Closed(dir),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => last_read = n,
                 Ok(Err(e)) => return LinkEnd::Io(dir.sender(), format!("read: {e}")),
             }
         }

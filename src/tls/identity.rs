@@ -8,6 +8,7 @@ use boring::hash::MessageDigest;
 use boring::nid::Nid;
 use boring::ssl::{NameType, SslRef};
 use boring::x509::{X509NameRef, X509};
+use std::borrow::Cow;
 use std::fmt::Write;
 
 /// What the handshake told us about a downstream connection.
@@ -57,11 +58,12 @@ impl TlsInfo {
         self.client.as_ref().filter(|c| c.verified)
     }
 
-    /// The authenticated CN for logs, or `-`.
-    pub fn cn_or_dash(&self) -> &str {
+    /// The authenticated CN for logs (escaped, see [`log_safe`]), or `-`.
+    pub fn cn_or_dash(&self) -> Cow<'_, str> {
         self.authenticated()
             .and_then(|c| c.cn.as_deref())
-            .unwrap_or("-")
+            .map(log_safe)
+            .unwrap_or(Cow::Borrowed("-"))
     }
 }
 
@@ -119,6 +121,18 @@ fn dn_string(name: &X509NameRef) -> String {
     parts.join(",")
 }
 
+/// A certificate-supplied string made safe for one log line: control characters, spaces
+/// and quotes are escaped, so a CN like `agent\n1` cannot forge a second line.
+pub fn log_safe(s: &str) -> Cow<'_, str> {
+    if s.chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\')
+    {
+        Cow::Owned(s.escape_debug().to_string().replace(' ', "\\x20"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -132,6 +146,14 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::pki::{Ca, CertSpec};
+
+    #[test]
+    fn log_safe_escapes_line_breaks() {
+        assert_eq!(log_safe("agent1"), "agent1");
+        assert_eq!(log_safe("agent\n1"), "agent\\n1");
+        assert_eq!(log_safe("a b\"c"), "a\\x20b\\\"c");
+        assert!(!log_safe("x\r\ninjected=1").contains('\n'));
+    }
 
     #[test]
     fn reads_cn_sans_and_fingerprint() {

@@ -392,6 +392,10 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
     })
 }
 
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
@@ -660,20 +664,40 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return;
         }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_len + len {
-            let mut chunk = [0u8; 4096];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+        });
+        let (body, consumed) = if chunked {
+            // Read until the whole chunked body (ending in a zero chunk) is here.
+            loop {
+                if let Some(end) = find(&buf[head_len..], b"0\r\n\r\n") {
+                    let raw = &buf[head_len..head_len + end + 5];
+                    let body = dechunk(raw).unwrap_or_default();
+                    break (body, head_len + end + 5);
+                }
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
             }
-        }
-        let body = buf[head_len..head_len + len].to_vec();
-        buf.drain(..head_len + len);
+        } else {
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_len + len {
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            (buf[head_len..head_len + len].to_vec(), head_len + len)
+        };
+        buf.drain(..consumed);
         let seen_req = Seen {
             client_cn: info.client_cn.clone(),
             sni: info.sni.clone(),

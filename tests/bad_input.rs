@@ -1,0 +1,520 @@
+//! The bad-input corpus: raw bytes over real TLS to a running Gatehouse. Each case checks the
+//! specific log line (and metric where one exists), that the offending connection is closed
+//! or answered with the right status, and that a well-behaved HTTP client and an open
+//! JSON-RPC link on the same port are unaffected.
+
+mod common;
+
+use boring::ssl::SslAcceptor;
+use bytes::BytesMut;
+use common::sink::{Sink, SinkMode};
+use common::*;
+use gatehouse::pki::{self, CertSpec};
+use gatehouse::rpc::codec;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HEARTBEAT: &[u8] = br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+struct Edge {
+    pki: Pki,
+    gh: Gatehouse,
+    port: u16,
+    mport: u16,
+    web: Upstream,
+    _sink: Sink,
+    dir: tempfile::TempDir,
+}
+
+impl Edge {
+    async fn start() -> Edge {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "pki");
+        pki.server("server", &["master1"]);
+        pki.issue("agent1", CertSpec::new("agent1"));
+        pki.issue("edge", CertSpec::new("edge"));
+        let ids = dir.path().join("ids");
+        std::fs::create_dir_all(&ids).unwrap();
+        pki.ca
+            .issue(&CertSpec::new("agent1"))
+            .unwrap()
+            .write(&ids, "agent1")
+            .unwrap();
+        let master = pki
+            .ca
+            .issue(&CertSpec::new("master1").dns(&["master1"]))
+            .unwrap();
+        let acc: SslAcceptor = acceptor(&master, Some(pki.ca.cert()), false);
+        let sink = Sink::start(acc, SinkMode::Echo).await;
+        let web = Upstream::h1(None, Behavior::Echo).await;
+        let (port, mport) = (free_port(), free_port());
+        let p = pki.dir.display();
+        let yaml = format!(
+            r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    protocols: [http, jsonrpc]
+    first_byte_timeout: 1s
+    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
+upstreams:
+  web: {{ peers: ["{web}"] }}
+  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
+routes:
+  - {{ name: web, upstream: web }}
+  - {{ name: kea, path_prefix: /kea, upstream: web, kea: {{ max_body: 4KiB, default: allow }} }}
+jsonrpc:
+  routes: [ {{ sni: master1, upstream: master }} ]
+  upstream_identity: {{ cert_dir: {ids} }}
+  limits: {{ message_size: 64KiB, anonymous_message_size: 4KiB, idle_timeout: 2s, anonymous_idle_timeout: 2s }}
+metrics: {{ address: "127.0.0.1:{mport}" }}
+"#,
+            web = web.addr,
+            sink = sink.addr,
+            ids = ids.display(),
+        );
+        let gh = Gatehouse::start(dir.path(), &yaml, addr(port));
+        Edge {
+            pki,
+            gh,
+            port,
+            mport,
+            web,
+            _sink: sink,
+            dir,
+        }
+    }
+
+    fn agent(&self) -> ClientOpts {
+        ClientOpts {
+            ca: Some(self.pki.ca_path()),
+            cert: Some(self.pki.paths("agent1")),
+            sni: Some("master1".into()),
+            tls12: false,
+        }
+    }
+
+    fn anon(&self) -> ClientOpts {
+        ClientOpts {
+            cert: None,
+            ..self.agent()
+        }
+    }
+
+    /// A client whose certificate is `cert` (written to the temp dir as `name`).
+    fn with_cert(&self, name: &str, cert: &pki::Issued) -> ClientOpts {
+        let (c, k) = cert.write(self.dir.path(), name).unwrap();
+        ClientOpts {
+            cert: Some((c, k)),
+            sni: Some("localhost".into()),
+            ..self.agent()
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        request(addr(self.mport), None, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap()
+            .text()
+    }
+
+    /// The well-behaved neighbours still work: an HTTP request and a heartbeat on `link`.
+    async fn still_healthy(&self, link: &mut tokio_boring::SslStream<TcpStream>, case: &str) {
+        let r = request(
+            addr(self.port),
+            Some(&self.agent()),
+            "GET",
+            "/healthy",
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(
+            r.map(|r| r.status).ok(),
+            Some(200),
+            "{case}: HTTP neighbour broke"
+        );
+        link.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
+        let got = read_frame(link, Duration::from_secs(5)).await;
+        assert_eq!(
+            got.as_deref(),
+            Some(&codec::encode(HEARTBEAT)[..]),
+            "{case}: JSON-RPC neighbour broke"
+        );
+        assert!(
+            Path::new(&format!("/proc/{}", self.gh.child.id())).exists(),
+            "{case}: the process died"
+        );
+    }
+}
+
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S, t: Duration) -> Option<Vec<u8>> {
+    let mut buf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + t;
+    loop {
+        if let Ok(Some(f)) = codec::decode(&mut buf, 1 << 20) {
+            return Some(f.raw().to_vec());
+        }
+        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, t: Duration) -> bool {
+    let mut b = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + t;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Sends raw bytes over TCP (no TLS) and reads whatever comes back until close.
+async fn raw_tcp(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netstring_and_message_corpus() {
+    let e = Edge::start().await;
+    let mut neighbour = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    neighbour
+        .write_all(&codec::encode(HEARTBEAT))
+        .await
+        .unwrap();
+    assert!(read_frame(&mut neighbour, Duration::from_secs(5))
+        .await
+        .is_some());
+
+    // Framing errors close even an authenticated link.
+    let framing: &[(&str, &[u8], &str)] = &[
+        ("10 digits", b"1234567890:", "longer than 9 digits"),
+        ("leading zero", b"05:hello,", "leading zero"),
+        ("empty length", b":x,", "empty length"),
+        ("non-digit before ':'", b"12a:", "contains byte 0x61"),
+        ("missing ','", b"5:hello;", "not terminated by ','"),
+        (
+            "over the limit",
+            b"70000:",
+            "exceeds the limit of 65536 bytes",
+        ),
+    ];
+    for (case, bytes, log) in framing {
+        // Mid-link, after a good frame: the first byte of a link is the demux's to judge.
+        let mut s = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+        s.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
+        assert!(
+            read_frame(&mut s, Duration::from_secs(5)).await.is_some(),
+            "{case}: link not up"
+        );
+        s.write_all(bytes).await.unwrap();
+        assert!(
+            closed_within(&mut s, Duration::from_secs(3)).await,
+            "{case}: not closed"
+        );
+        e.gh.wait_log(log);
+        e.still_healthy(&mut neighbour, case).await;
+    }
+
+    // A frame split one byte per TCP segment is fine.
+    let mut s = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    for b in codec::encode(HEARTBEAT) {
+        s.write_all(&[b]).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    assert_eq!(
+        read_frame(&mut s, Duration::from_secs(5)).await,
+        Some(codec::encode(HEARTBEAT))
+    );
+
+    // Bad payloads: dropped (and counted) on an authenticated link, which stays up...
+    let deep = format!(
+        "{{\"method\":\"x\",\"p\":{}{}}}",
+        "[".repeat(32),
+        "]".repeat(32)
+    );
+    let payloads: &[(&str, Vec<u8>, &str)] = &[
+        (
+            "invalid UTF-8",
+            b"{\"method\":\"\xff\xfe\"}".to_vec(),
+            "invalid UTF-8",
+        ),
+        ("invalid JSON", b"{\"method\":".to_vec(), "unexpected end"),
+        ("JSON array", b"[1,2,3]".to_vec(), "not a JSON object"),
+        ("depth 33", deep.into_bytes(), "nested deeper than 32"),
+    ];
+    let mut s = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    for (case, payload, log) in payloads {
+        s.write_all(&codec::encode(payload)).await.unwrap();
+        s.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
+        assert_eq!(
+            read_frame(&mut s, Duration::from_secs(5)).await,
+            Some(codec::encode(HEARTBEAT)),
+            "{case}: link lost"
+        );
+        let line = e.gh.wait_log(log);
+        assert!(
+            line.contains("dropped a malformed upstream message"),
+            "{case}: {line}"
+        );
+    }
+    // ...and close an anonymous one.
+    for (case, payload, _) in payloads {
+        let mut a = tls_connect(addr(e.port), &e.anon()).await.unwrap();
+        a.write_all(&codec::encode(payload)).await.unwrap();
+        assert!(
+            closed_within(&mut a, Duration::from_secs(3)).await,
+            "anonymous {case}: not closed"
+        );
+        e.still_healthy(&mut neighbour, case).await;
+    }
+    let m = e.metrics().await;
+    assert!(m.contains(r#"gatehouse_rpc_messages_total{direction="upstream",method="other",verdict="malformed"}"#), "{m}");
+
+    // Last (it outlasts the 2 s idle limit that would also close the quiet neighbour): a length
+    // that promises more than is ever sent is closed by the idle limit.
+    let mut s = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    s.write_all(b"100:{\"method\":").await.unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(6)).await,
+        "stalled frame not closed"
+    );
+    e.gh.wait_log("no message from the client");
+    let r = request(
+        addr(e.port),
+        Some(&e.agent()),
+        "GET",
+        "/after-stall",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_and_certificate_corpus() {
+    let e = Edge::start().await;
+    let mut neighbour = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+
+    // TLS garbage and plain HTTP on the TLS port: no TLS, no answer but a close.
+    let out = raw_tcp(
+        e.port,
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0xde, 0xad, 0xbe, 0xef],
+    )
+    .await;
+    assert!(
+        !out.starts_with(b"HTTP"),
+        "garbage must not be answered as HTTP"
+    );
+    let out = raw_tcp(e.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        !out.starts_with(b"HTTP"),
+        "plain HTTP on the TLS port must not be served"
+    );
+    e.gh.wait_log("handshake");
+    e.still_healthy(&mut neighbour, "TLS garbage").await;
+
+    // No first byte after the handshake: closed after first_byte_timeout (1s), counted.
+    let mut quiet = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    assert!(closed_within(&mut quiet, Duration::from_secs(4)).await);
+    e.gh.wait_log("sent nothing within 1s");
+
+    // Certificates that do not verify: served as anonymous (optional mode), counted by reason.
+    let expired = e
+        .pki
+        .ca
+        .issue(&CertSpec::new("old").validity(-30 * 86400, -86400))
+        .unwrap();
+    let future = e
+        .pki
+        .ca
+        .issue(&CertSpec::new("early").validity(86400, 30 * 86400))
+        .unwrap();
+    let stranger = pki::self_signed(&CertSpec::new("stranger")).unwrap();
+    for (name, cert, reason) in [
+        ("expired", &expired, "expired"),
+        ("future", &future, "expired"),
+        ("stranger", &stranger, "unknown_ca"),
+    ] {
+        let o = e.with_cert(name, cert);
+        let r = request(
+            addr(e.port),
+            Some(&o),
+            "GET",
+            &format!("/cert-{name}"),
+            &[],
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{name}");
+        let line = e.gh.wait_log(&format!("path=/cert-{name}"));
+        assert!(line.contains("cn=-"), "{name} must be anonymous: {line}");
+        let m = e.metrics().await;
+        assert!(
+            m.contains(&format!("gatehouse_tls_client_verify_failures_total{{listener=\"edge\",reason=\"{reason}\"}}")),
+            "{name}: {m}"
+        );
+    }
+
+    // A CA-signed CN with a line break cannot forge log lines; a wildcard CN is no file name.
+    let evil = e
+        .pki
+        .ca
+        .issue(&CertSpec::new("agent\nlistener=forged"))
+        .unwrap();
+    let o = e.with_cert("evil", &evil);
+    let r = request(addr(e.port), Some(&o), "GET", "/evil-cn", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let line = e.gh.wait_log("path=/evil-cn");
+    assert!(line.contains(r"cn=agent\nlistener=forged"), "{line}");
+    assert!(
+        !e.gh
+            .log_text()
+            .lines()
+            .any(|l| l.starts_with("listener=forged")),
+        "a forged log line appeared"
+    );
+    let star = e.pki.ca.issue(&CertSpec::new("*")).unwrap();
+    let mut o = e.with_cert("star", &star);
+    o.sni = Some("master1".into());
+    let mut s = tls_connect(addr(e.port), &o).await.unwrap();
+    s.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    e.gh.wait_log("is not usable as a file name");
+    e.still_healthy(&mut neighbour, "certificates").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_corpus() {
+    let e = Edge::start().await;
+    let mut neighbour = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    let o = e.agent();
+    let mut o_web = o.clone();
+    o_web.sni = Some("localhost".into());
+
+    // Request smuggling: both Content-Length and Transfer-Encoding, or two Content-Lengths.
+    let before = e.web.seen().len();
+    let r = request(
+        addr(e.port),
+        Some(&o_web),
+        "POST",
+        "/smuggle-clte",
+        &[("Content-Length", "4"), ("Transfer-Encoding", "chunked")],
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let seen = e.web.seen();
+    assert!(
+        !seen.iter().any(|s| s.path == "/smuggled"),
+        "a smuggled request reached the origin"
+    );
+    for s in &seen[before..] {
+        assert!(
+            !(s.header("content-length").is_some() && s.header("transfer-encoding").is_some()),
+            "origin got ambiguous framing: {:?}",
+            s.headers
+        );
+    }
+    if let Ok(r) = r {
+        assert!(
+            r.status == 400 || r.status == 200,
+            "CL+TE answered {}",
+            r.status
+        );
+    }
+    let mut raw = b"POST /dup-cl HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 9\r\nConnection: close\r\n\r\nabc".to_vec();
+    raw.extend_from_slice(b"GET /smuggled2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let resp = tls_raw(addr(e.port), &o_web, &raw).await;
+    assert!(
+        resp.starts_with(b"HTTP/1.1 400"),
+        "duplicate Content-Length: {}",
+        String::from_utf8_lossy(&resp[..resp.len().min(80)])
+    );
+    assert!(!e
+        .web
+        .seen()
+        .iter()
+        .any(|s| s.path == "/smuggled2" || s.path == "/dup-cl"));
+
+    // Oversized headers: refused, the origin never sees them.
+    let big = "a".repeat(2 << 20);
+    let r = request(
+        addr(e.port),
+        Some(&o_web),
+        "GET",
+        "/big-header",
+        &[("X-Big", &big)],
+        b"",
+    )
+    .await;
+    assert!(
+        r.map(|r| r.status >= 400).unwrap_or(true),
+        "a 2 MiB header was accepted"
+    );
+    assert!(!e.web.seen().iter().any(|s| s.path == "/big-header"));
+
+    // A huge body to a Kea route: 413 before anything is forwarded.
+    let r = request(
+        addr(e.port),
+        Some(&o_web),
+        "POST",
+        "/kea",
+        &[("Content-Type", "application/json")],
+        &vec![b' '; 1 << 20],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 413);
+    assert!(!e.web.seen().iter().any(|s| s.path == "/kea"));
+
+    // A spoofed X-Forwarded-Client-Cert never reaches the origin.
+    let r = request(
+        addr(e.port),
+        Some(&o_web),
+        "GET",
+        "/xfcc",
+        &[("X-Forwarded-Client-Cert", "Hash=00;Subject=\"CN=root\"")],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let last = e
+        .web
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path == "/xfcc")
+        .unwrap();
+    assert_eq!(last.header("x-forwarded-client-cert"), None);
+
+    e.still_healthy(&mut neighbour, "HTTP corpus").await;
+}
+
+/// Writes raw bytes over TLS and reads until the server closes (or 5 s).
+async fn tls_raw(a: SocketAddr, o: &ClientOpts, bytes: &[u8]) -> Vec<u8> {
+    let mut s = tls_connect(a, o).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    out
+}

@@ -1,0 +1,171 @@
+//! Zero-downtime upgrade under load: a new process started with `--upgrade` takes the
+//! listening sockets over from the old one (SIGQUIT); no HTTP request fails, and JSON-RPC links
+//! on the old process are closed cleanly (close_notify) so agents reconnect to the new one.
+
+mod common;
+
+use common::sink::{Sink, SinkMode};
+use common::*;
+use gatehouse::pki::CertSpec;
+use gatehouse::rpc::codec;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_under_load_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = Pki::new(dir, "pki");
+    pki.server("server", &["master1"]);
+    pki.issue("agent1", CertSpec::new("agent1"));
+    pki.issue("edge", CertSpec::new("edge"));
+    let ids = dir.join("ids");
+    std::fs::create_dir_all(&ids).unwrap();
+    pki.ca
+        .issue(&CertSpec::new("agent1"))
+        .unwrap()
+        .write(&ids, "agent1")
+        .unwrap();
+    let master = pki
+        .ca
+        .issue(&CertSpec::new("master1").dns(&["master1"]))
+        .unwrap();
+    let sink = Sink::start(
+        acceptor(&master, Some(pki.ca.cert()), false),
+        SinkMode::Echo,
+    )
+    .await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = free_port();
+    let p = pki.dir.display();
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    protocols: [http, jsonrpc]
+    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
+upstreams:
+  web: {{ peers: ["{web}"] }}
+  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
+routes: [ {{ name: web, upstream: web }} ]
+jsonrpc:
+  routes: [ {{ sni: master1, upstream: master }} ]
+  upstream_identity: {{ cert_dir: {ids} }}
+"#,
+        web = web.addr,
+        sink = sink.addr,
+        ids = ids.display()
+    );
+    let old = Gatehouse::start(dir, &yaml, addr(port));
+    let agent = ClientOpts {
+        ca: Some(pki.ca_path()),
+        cert: Some(pki.paths("agent1")),
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+
+    // A cluster link on the old process.
+    let (ca, (crt, key)) = (pki.ca_path(), pki.paths("agent1"));
+    let link = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut b = boring::ssl::SslConnector::builder(boring::ssl::SslMethod::tls()).unwrap();
+        b.set_ca_file(ca).unwrap();
+        b.set_certificate_chain_file(crt).unwrap();
+        b.set_private_key_file(key, boring::ssl::SslFiletype::PEM)
+            .unwrap();
+        let tcp = std::net::TcpStream::connect(addr(port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut s = b.build().connect("master1", tcp).unwrap();
+        let hb = codec::encode(br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#);
+        s.write_all(&hb).unwrap();
+        let mut buf = vec![0u8; hb.len()];
+        s.read_exact(&mut buf).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        s.get_shutdown()
+    });
+    old.wait_log("link open: agent1@");
+
+    // HTTP load: 4 clients, a new TLS connection per request, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, o) = (stop.clone(), ok.clone(), failed.clone(), agent.clone());
+        let mut o = o;
+        o.sni = Some("localhost".into());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match request(addr(port), Some(&o), "GET", "/load", &[], b"").await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The upgrade: new process with --upgrade, then SIGQUIT to the old one.
+    let new_log = dir.join("gatehouse-new.log");
+    let mut new = Command::new(gatehouse_bin())
+        .args(["run", "-c"])
+        .arg(dir.join("gatehouse.yaml"))
+        .arg("--upgrade")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&new_log).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Command::new("kill")
+        .args(["-QUIT", &old.child.id().to_string()])
+        .status()
+        .unwrap();
+    let before_switch = ok.load(Ordering::Relaxed);
+
+    // The new process must take over and keep serving.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&new_log)
+        .unwrap_or_default()
+        .contains("path=/load")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new process never served:\n{}",
+            std::fs::read_to_string(&new_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let state = tokio::task::spawn_blocking(move || link.join().unwrap())
+        .await
+        .unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        ok > before_switch && before_switch > 0,
+        "load ran on both sides of the switch ({before_switch} then {ok})"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the upgrade",
+        ok + failed
+    );
+    assert!(
+        state.contains(boring::ssl::ShutdownState::RECEIVED),
+        "the old process must close its cluster links with close_notify"
+    );
+}
