@@ -189,7 +189,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
 "#,
         common_conf("master1", "master", SALT)
     );
-    let _master_d = master.start(&master_conf);
+    let master_d = master.start(&master_conf);
     master.wait_log(
         &format!("Started new listener on '[127.0.0.1]:{mport}'"),
         Duration::from_secs(30),
@@ -427,4 +427,39 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     );
     // Icinga's FileLogger flushes on a timer: wait for the line.
     master.wait_log("for CN 'agent2' is invalid", Duration::from_secs(15));
+
+    // 5. The master restarts: the agent's link through Gatehouse comes back on its own.
+    drop(master_d);
+    let _ = std::fs::remove_file(master.dir.join("log/icinga2.log"));
+    eventually(
+        "agent1 gone while the master is down",
+        Duration::from_secs(20),
+        || async {
+            api(gport, &ca_crt, "/v1/status/ApiListener")
+                .await
+                .is_none()
+        },
+        diag,
+    )
+    .await;
+    let _master_d = master.start(&master_conf);
+    master.wait_log(
+        &format!("Started new listener on '[127.0.0.1]:{mport}'"),
+        Duration::from_secs(30),
+    );
+    eventually(
+        "agent1 reconnected through Gatehouse after the master restart",
+        Duration::from_secs(60),
+        || async {
+            api(gport, &ca_crt, "/v1/status/ApiListener")
+                .await
+                .is_some_and(|v| {
+                    v["results"][0]["status"]["api"]["conn_endpoints"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|e| e == "agent1"))
+                })
+        },
+        diag,
+    )
+    .await;
 }

@@ -7,6 +7,8 @@ use common::kea::{Kea, KeaTls};
 use common::*;
 use gatehouse::pki::CertSpec;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 const COMMANDS: &[&str] = &[
     r#"{"command":"version-get"}"#,
@@ -411,4 +413,128 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");
     }
     drop(gh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kea_restart_and_dead_peers_are_survived() {
+    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::new(tmp.path(), "edge");
+    edge.server("server", &[]);
+    edge.issue("ops", CertSpec::new("ops"));
+    let kea_dir = tmp.path().join("k");
+    let kea_port = free_port();
+    let mut k = Kea::start(&kea_dir, kea_port, None);
+    let (port, mport, dead) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: required, client_ca: {e}/ca.crt }}
+upstreams:
+  kea:
+    peers: ["127.0.0.1:{kea_port}", "127.0.0.1:{dead}"]
+    health_check: {{ kind: tcp, interval: 1s }}
+    connect_timeout: 1s
+routes: [ {{ name: kea, upstream: kea }} ]
+metrics: {{ address: "127.0.0.1:{mport}" }}
+"#,
+        e = edge.dir.display()
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml, SocketAddr::from(([127, 0, 0, 1], port)));
+    let gh_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let o = ClientOpts {
+        ca: Some(edge.ca_path()),
+        cert: Some(edge.paths("ops")),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let version = || {
+        let o = o.clone();
+        async move {
+            request(
+                gh_addr,
+                Some(&o),
+                "POST",
+                "/",
+                &[("Content-Type", "application/json")],
+                br#"{"command":"version-get"}"#,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let refused = || async {
+        let m = request(
+            SocketAddr::from(([127, 0, 0, 1], mport)),
+            None,
+            "GET",
+            "/metrics",
+            &[],
+            b"",
+        )
+        .await
+        .unwrap()
+        .text();
+        m.lines()
+            .find(|l| {
+                l.starts_with(r#"gatehouse_upstream_errors_total{kind="refused",upstream="kea"}"#)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+
+    // The dead peer leaves the rotation once the health check has run: no more connect attempts.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = refused().await;
+    for _ in 0..20 {
+        assert_eq!(version().await.status, 200);
+    }
+    assert_eq!(
+        refused().await,
+        before,
+        "the unhealthy peer was still tried"
+    );
+
+    // Kea goes away: 502/503, Kea-shaped, and nothing else breaks.
+    k.stop();
+    for _ in 0..5 {
+        let r = version().await;
+        assert!(
+            r.status == 502 || r.status == 503,
+            "got {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(
+            r.json()["text"].as_str().unwrap().starts_with("upstream"),
+            "{}",
+            r.text()
+        );
+    }
+    // Kea comes back on the same port: Gatehouse recovers by itself.
+    let k2 = Kea::start(&kea_dir, kea_port, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = version().await;
+        if r.status == 200 {
+            assert_eq!(r.json()[0]["result"], 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        Path::new(&format!("/proc/{}", gh.child.id())).exists(),
+        "same Gatehouse process"
+    );
+    drop(k2);
 }

@@ -296,7 +296,7 @@ impl Relay {
         // Buffers start small and grow with the traffic (see the read below), so an idle link
         // holds about 1 KiB per direction and a busy one reads 16 KiB at a time.
         let mut buf = BytesMut::new();
-        let mut last_read = 0usize;
+        let mut busy = false;
         // Frames checked in one pass go out in one write: one TLS record and syscall per batch
         // instead of per message. At most one read's worth of frames waits here.
         let mut out = Vec::new();
@@ -341,19 +341,17 @@ impl Relay {
             if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
                 buf = BytesMut::new();
             }
-            // A full read suggests more is coming: read big. Otherwise stay small.
-            let want = if last_read >= READ_IDLE {
-                READ_CHUNK
-            } else {
-                READ_IDLE
-            };
+            // Busy (the last read filled all the room it was given, or was large): read big.
+            // Quiet: stay small. A short read alone must not shrink a busy link's reads.
+            let want = if busy { READ_CHUNK } else { READ_IDLE };
             if buf.capacity() - buf.len() < want / 4 {
                 buf.reserve(want);
             }
+            let room = buf.capacity() - buf.len();
             match tokio::time::timeout_at(deadline, r.read_buf(&mut buf)).await {
                 Err(_) => return LinkEnd::Idle(dir, idle),
                 Ok(Ok(0)) => return LinkEnd::Closed(dir),
-                Ok(Ok(n)) => last_read = n,
+                Ok(Ok(n)) => busy = n == room || n >= READ_IDLE,
                 Ok(Err(e)) => return LinkEnd::Io(dir.sender(), format!("read: {e}")),
             }
         }

@@ -86,6 +86,11 @@ impl Kea {
         kea
     }
 
+    /// Stops both daemons (as on drop); `start` again on the same port brings Kea back.
+    pub fn stop(&mut self) {
+        self.shutdown();
+    }
+
     fn wait(&mut self, what: &str, ready: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !ready() {
@@ -124,7 +129,13 @@ impl Kea {
 
 impl Drop for Kea {
     fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
+        self.shutdown();
+    }
+}
+
+impl Kea {
+    fn shutdown(&mut self) {
+        for mut c in self.children.drain(..).rev() {
             // SIGTERM lets Kea remove its socket and pid files.
             sigterm(c.id());
             let deadline = Instant::now() + Duration::from_secs(3);
