@@ -5,7 +5,6 @@
 
 mod common;
 
-use boring::ssl::SslAcceptor;
 use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
@@ -36,23 +35,10 @@ struct Edge {
 impl Edge {
     async fn start() -> Edge {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::new(dir.path(), "pki");
-        pki.server("server", &["master1"]);
-        pki.issue("agent1", CertSpec::new("agent1"));
-        pki.issue("edge", CertSpec::new("edge"));
-        let ids = dir.path().join("ids");
-        std::fs::create_dir_all(&ids).unwrap();
-        pki.ca
-            .issue(&CertSpec::new("agent1"))
-            .unwrap()
-            .write(&ids, "agent1")
-            .unwrap();
-        let master = pki
-            .ca
-            .issue(&CertSpec::new("master1").dns(&["master1"]))
-            .unwrap();
-        let acc: SslAcceptor = acceptor(&master, Some(pki.ca.cert()), false);
-        let sink = Sink::start(acc, SinkMode::Echo).await;
+        let rp = RelayPki::new(dir.path());
+        let master_acc = rp.master_acceptor();
+        let RelayPki { pki, ids, .. } = rp;
+        let sink = Sink::start(master_acc, SinkMode::Echo).await;
         let web = Upstream::h1(None, Behavior::Echo).await;
         let (port, mport) = (free_port(), free_port());
         let p = pki.dir.display();

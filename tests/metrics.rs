@@ -19,26 +19,10 @@ fn addr(port: u16) -> SocketAddr {
 
 /// Gatehouse with an HTTP route and a relayed cluster link, after some traffic of each kind.
 async fn busy_gatehouse(dir: &std::path::Path) -> (Gatehouse, u16, Sink, Upstream) {
-    let pki = Pki::new(dir, "pki");
-    pki.server("server", &["master1"]);
-    pki.issue("agent1", CertSpec::new("agent1"));
-    pki.issue("edge", CertSpec::new("edge"));
-    let ids = dir.join("ids");
-    std::fs::create_dir_all(&ids).unwrap();
-    pki.ca
-        .issue(&CertSpec::new("agent1"))
-        .unwrap()
-        .write(&ids, "agent1")
-        .unwrap();
-    let master = pki
-        .ca
-        .issue(&CertSpec::new("master1").dns(&["master1"]))
-        .unwrap();
-    let sink = Sink::start(
-        acceptor(&master, Some(pki.ca.cert()), false),
-        SinkMode::Echo,
-    )
-    .await;
+    let rp = RelayPki::new(dir);
+    let master_acc = rp.master_acceptor();
+    let RelayPki { pki, ids, .. } = rp;
+    let sink = Sink::start(master_acc, SinkMode::Echo).await;
     let web = Upstream::h1(None, Behavior::Echo).await;
     let (port, mport) = (free_port(), free_port());
     let p = pki.dir.display();

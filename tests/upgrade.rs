@@ -6,7 +6,6 @@ mod common;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::CertSpec;
 use gatehouse::rpc::codec;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -22,26 +21,10 @@ fn addr(port: u16) -> SocketAddr {
 async fn graceful_upgrade_under_load_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pki = Pki::new(dir, "pki");
-    pki.server("server", &["master1"]);
-    pki.issue("agent1", CertSpec::new("agent1"));
-    pki.issue("edge", CertSpec::new("edge"));
-    let ids = dir.join("ids");
-    std::fs::create_dir_all(&ids).unwrap();
-    pki.ca
-        .issue(&CertSpec::new("agent1"))
-        .unwrap()
-        .write(&ids, "agent1")
-        .unwrap();
-    let master = pki
-        .ca
-        .issue(&CertSpec::new("master1").dns(&["master1"]))
-        .unwrap();
-    let sink = Sink::start(
-        acceptor(&master, Some(pki.ca.cert()), false),
-        SinkMode::Echo,
-    )
-    .await;
+    let rp = RelayPki::new(dir);
+    let master_acc = rp.master_acceptor();
+    let RelayPki { pki, ids, .. } = rp;
+    let sink = Sink::start(master_acc, SinkMode::Echo).await;
     let web = Upstream::h1(None, Behavior::Echo).await;
     let port = free_port();
     let p = pki.dir.display();

@@ -102,6 +102,41 @@ impl Pki {
     }
 }
 
+/// The PKI of a relay test: CA, `server` (localhost, master1), client `agent1`, the edge's own
+/// upstream certificate `edge`, `ids/agent1.*` (a `cert_dir` identity minted for the edge),
+/// and a `master1` certificate for a sink that requires client certificates.
+pub struct RelayPki {
+    pub pki: Pki,
+    pub ids: PathBuf,
+    master: Issued,
+}
+
+impl RelayPki {
+    pub fn new(dir: &Path) -> RelayPki {
+        let pki = Pki::new(dir, "pki");
+        pki.server("server", &["master1"]);
+        pki.issue("agent1", CertSpec::new("agent1"));
+        pki.issue("edge", CertSpec::new("edge"));
+        let ids = dir.join("ids");
+        std::fs::create_dir_all(&ids).unwrap();
+        pki.ca
+            .issue(&CertSpec::new("agent1"))
+            .unwrap()
+            .write(&ids, "agent1")
+            .unwrap();
+        let master = pki
+            .ca
+            .issue(&CertSpec::new("master1").dns(&["master1"]))
+            .unwrap();
+        RelayPki { pki, ids, master }
+    }
+
+    /// A server acceptor presenting `master1` and requiring a client certificate.
+    pub fn master_acceptor(&self) -> SslAcceptor {
+        acceptor(&self.master, Some(self.pki.ca.cert()), false)
+    }
+}
+
 // === Gatehouse process ===
 
 /// A running `gatehouse` binary; killed on drop.
