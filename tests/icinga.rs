@@ -66,6 +66,17 @@ async fn api(gh: u16, ca: &Path, path: &str) -> Option<serde_json::Value> {
     (r.status == 200).then(|| r.json())
 }
 
+/// Whether the master reports agent1 among its connected endpoints (asked through Gatehouse).
+async fn agent1_connected(gport: u16, ca: &Path) -> bool {
+    api(gport, ca, "/v1/status/ApiListener")
+        .await
+        .is_some_and(|v| {
+            v["results"][0]["status"]["api"]["conn_endpoints"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e == "agent1"))
+        })
+}
+
 async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F, diag: impl Fn() -> String)
 where
     F: FnMut() -> Fut,
@@ -261,15 +272,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     eventually(
         "agent1 in conn_endpoints",
         Duration::from_secs(60),
-        || async {
-            api(gport, &ca_crt, "/v1/status/ApiListener")
-                .await
-                .is_some_and(|v| {
-                    v["results"][0]["status"]["api"]["conn_endpoints"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|e| e == "agent1"))
-                })
-        },
+        || agent1_connected(gport, &ca_crt),
         diag,
     )
     .await;
@@ -450,15 +453,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     eventually(
         "agent1 reconnected through Gatehouse after the master restart",
         Duration::from_secs(60),
-        || async {
-            api(gport, &ca_crt, "/v1/status/ApiListener")
-                .await
-                .is_some_and(|v| {
-                    v["results"][0]["status"]["api"]["conn_endpoints"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|e| e == "agent1"))
-                })
-        },
+        || agent1_connected(gport, &ca_crt),
         diag,
     )
     .await;
