@@ -398,6 +398,10 @@ impl ProxyHttp for HttpGateway {
                 .with_label_values(&[route])
                 .observe(elapsed.as_secs_f64());
         }
+        // The line is built only if it will be written: this runs on every request.
+        if !log::log_enabled!(target: "gatehouse::access", log::Level::Info) {
+            return;
+        }
         let req = session.req_header();
         let client = session
             .client_addr()
