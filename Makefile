@@ -4,7 +4,7 @@ CONFIG   ?= conf/gatehouse.yaml
 DEV_CERTS = conf/dev-certs
 BIN       = target/debug/gatehouse
 
-.PHONY: run test check certs build deps bench clean-certs
+.PHONY: run test check certs build deps bench bench-deps fuzz clean-certs
 
 ## run: build, write dev certs if absent, start Gatehouse with conf/gatehouse.yaml
 run: deps build certs
@@ -39,3 +39,17 @@ bench: deps bench-deps
 
 bench-deps:
 	@BENCH=1 bash scripts/deps.sh
+
+## fuzz: each cargo-fuzz target for FUZZ_SECS seconds (seeds in fuzz/corpus, new inputs in fuzz/work)
+FUZZ_SECS ?= 60
+FUZZ_TARGETS = netstring envelope kea_command config
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t; \
+	  echo "== fuzz $$t ($(FUZZ_SECS)s)"; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $$t fuzz/work/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECS) -print_final_stats=1 > fuzz/work/$$t.log 2>&1; rc=$$?; \
+	  grep -E "stat::number_of_executed_units|stat::new_units_added" fuzz/work/$$t.log; \
+	  if [ $$rc -ne 0 ]; then tail -40 fuzz/work/$$t.log; echo "fuzz $$t FAILED (crash input in fuzz/artifacts/$$t)"; exit $$rc; fi; \
+	done

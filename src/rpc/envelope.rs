@@ -244,8 +244,26 @@ impl<'a> Scanner<'a> {
         self.i - start
     }
 
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, and within f64's range
+    /// (serde_json and Icinga's parser both refuse `1e400` or a 400-digit integer).
     fn number(&mut self) -> Res<()> {
+        let start = self.i;
+        self.number_grammar()?;
+        let lit = &self.b[start..self.i];
+        // Only a long literal or one with an exponent can overflow.
+        if lit.len() > 15 || lit.iter().any(|c| matches!(c, b'e' | b'E')) {
+            let finite = std::str::from_utf8(lit)
+                .ok()
+                .and_then(|t| t.parse::<f64>().ok())
+                .is_some_and(f64::is_finite);
+            if !finite {
+                return self.err("number out of range");
+            }
+        }
+        Ok(())
+    }
+
+    fn number_grammar(&mut self) -> Res<()> {
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
@@ -471,6 +489,19 @@ mod tests {
             m.truncate(cut.max(1).min(m.len()));
             proptest::prop_assert_eq!(ours(&m), serde_verdict(&m));
         }
+    }
+
+    #[test]
+    fn huge_integer_literal_is_out_of_range() {
+        let big = format!("{{\"a\":{}}}", "4".repeat(316));
+        assert!(
+            matches!(parse(big.as_bytes()), Err(MessageError::InvalidJson(e)) if e.contains("out of range"))
+        );
+        assert!(
+            parse(b"{\"a\":123456789012345678901234567890}").is_ok(),
+            "large but finite"
+        );
+        assert!(parse(b"{\"a\":1e308}").is_ok());
     }
 
     #[test]

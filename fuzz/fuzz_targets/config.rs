@@ -1,0 +1,13 @@
+//! The YAML configuration loader: parse and validate never panic, whatever the text.
+#![no_main]
+use gatehouse::config::Config;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(cfg) = Config::parse(text, std::path::Path::new("/nonexistent")) {
+        let _ = cfg.validate();
+    }
+});
