@@ -245,7 +245,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, and within f64's range
-    /// (serde_json and Icinga's parser both refuse `1e400` or a 400-digit integer).
+    /// (serde_json refuses `1e400` or a 400-digit integer; so does the relay).
     fn number(&mut self) -> Res<()> {
         let start = self.i;
         self.number_grammar()?;
