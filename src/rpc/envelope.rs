@@ -523,6 +523,9 @@ mod tests {
             b"{\"a\":\"\x01\"}",
             b"{} {}",
             b"{\"method\":null,\"method\":\"x\"}",
+            // Found by `make fuzz`: numbers beyond f64 are invalid for serde_json.
+            b"{\"a\":1e400}",
+            b"{\"a\":-1e309}",
         ] {
             assert!(
                 matches!(parse(bad), Err(MessageError::InvalidJson(_))),
