@@ -375,16 +375,28 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     req: &[u8],
 ) -> Result<Response, String> {
-    s.write_all(req).await.map_err(|e| format!("write: {e}"))?;
-    s.flush().await.map_err(|e| format!("flush: {e}"))?;
+    // A server may answer early (e.g. 413) and close while we are still sending: like curl,
+    // keep the write error but still read whatever answer arrived.
+    let sent = async {
+        s.write_all(req).await?;
+        s.flush().await
+    }
+    .await;
     let mut buf = Vec::new();
     // A peer may close without close_notify after a full response: keep what arrived.
     if let Err(e) = s.read_to_end(&mut buf).await {
         if buf.is_empty() {
-            return Err(format!("read: {e}"));
+            return Err(match sent {
+                Err(w) => format!("write: {w}"),
+                Ok(()) => format!("read: {e}"),
+            });
         }
     }
-    parse_response(&buf)
+    match (parse_response(&buf), sent) {
+        (Ok(r), _) => Ok(r),
+        (Err(_), Err(w)) => Err(format!("write: {w}")),
+        (Err(e), Ok(())) => Err(e),
+    }
 }
 
 /// Parses a complete HTTP/1.1 response (Content-Length, chunked, or read-to-close).
