@@ -37,6 +37,8 @@ pub struct HttpGateway {
     audit: Arc<Audit>,
     /// Pingora's HTTP connector and pool, for Kea commands forwarded from a buffer.
     connector: Connector,
+    /// Metrics of requests answered before a route was found (404), label `route="-"`.
+    unrouted: metrics::RouteMetrics,
 }
 
 impl HttpGateway {
@@ -55,6 +57,7 @@ impl HttpGateway {
             upstreams,
             audit,
             connector: Connector::new(None),
+            unrouted: metrics::RouteMetrics::new("-"),
         }
     }
 
@@ -391,12 +394,10 @@ impl ProxyHttp for HttpGateway {
         let route = ctx.route_name();
         let elapsed = ctx.start.elapsed();
         if status > 0 {
-            metrics::HTTP_REQUESTS
-                .with_label_values(&[route, metrics::status_class(status)])
-                .inc();
-            metrics::HTTP_DURATION
-                .with_label_values(&[route])
-                .observe(elapsed.as_secs_f64());
+            match &ctx.route {
+                Some(r) => r.metrics.observe(status, elapsed.as_secs_f64()),
+                None => self.unrouted.observe(status, elapsed.as_secs_f64()),
+            }
         }
         // The line is built only if it will be written: this runs on every request.
         if !log::log_enabled!(target: "gatehouse::access", log::Level::Info) {

@@ -2,6 +2,7 @@
 
 use super::kea::KeaPolicy;
 use crate::authz::Access;
+use crate::metrics::RouteMetrics;
 use std::sync::Arc;
 
 /// A host (or SNI) pattern: exact name, `*.example.org` (one or more labels), or `*`.
@@ -69,6 +70,8 @@ pub struct Route {
     pub forward_xfcc: bool,
     /// Kea command-level authorization, when the route has a `kea:` block.
     pub kea: Option<KeaPolicy>,
+    /// This route's request counters and histogram.
+    pub metrics: RouteMetrics,
 }
 
 impl Route {
@@ -82,6 +85,7 @@ impl Route {
             access: Access::default(),
             forward_xfcc: false,
             kea: None,
+            metrics: RouteMetrics::new(name),
         }
     }
 }

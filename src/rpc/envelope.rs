@@ -292,7 +292,7 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
-    /// Skips a string; returns whether it contained escapes.
+    /// Skips a string, validating its escapes.
     fn skip_string(&mut self) -> Res<()> {
         self.scan_string().map(|_| ())
     }
@@ -340,8 +340,8 @@ impl<'a> Scanner<'a> {
                         _ => return self.err("invalid escape"),
                     }
                 }
-                Some(c) if c < 0x20 => return self.err("control character in string"),
-                Some(_) => self.i += 1,
+                // The fast loop stops only at `"`, `\` or a control character.
+                Some(_) => return self.err("control character in string"),
             }
         }
     }

@@ -170,11 +170,11 @@ impl ListenerTlsMaterial {
                 }
             }
         }
-        let client_ca = match (&t.client_ca, t.client_auth) {
-            (Some(p), _) => load_certs(cfg, p, &format!("{at}.client_ca"))
+        let client_ca = match &t.client_ca {
+            Some(p) => load_certs(cfg, p, &format!("{at}.client_ca"))
                 .map_err(|e| errs.push(e))
                 .unwrap_or_default(),
-            (None, _) => Vec::new(),
+            None => Vec::new(),
         };
         let alpn = match t.alpn.as_deref() {
             None => ALPN::H2H1,
