@@ -4,9 +4,9 @@
 //! by SNI → the upstream identity (`cert_dir/<cn>.crt`, or the upstream's own cert for
 //! anonymous clients) → a fresh upstream TLS connection (never pooled: links are long-lived).
 //!
-//! Pumps: each direction reads, decodes whole frames, checks them, and writes them on before
-//! reading again, so a slow reader on one side stalls the other instead of growing memory; a
-//! link buffers at most one message per direction. Frames are forwarded as received; only
+//! Pumps: each direction reads, decodes whole frames, checks them, and writes them on in one
+//! write before reading again, so a slow reader on one side stalls the other instead of growing
+//! memory; a direction buffers at most one read's worth (or one message up to the size limit). Frames are forwarded as received; only
 //! `pki::RequestCertificate` is rewritten (the client's own certificate put into
 //! `params.cert_request`, so the master signs the agent's key, not ours).
 
