@@ -412,16 +412,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
             ))
         }
     };
-    let headers: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+    let headers: Vec<(String, String)> = owned_headers(r.headers);
     let status = r.code.unwrap_or(0);
     let rest = &buf[n..];
     let chunked = headers
@@ -437,6 +428,29 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
         headers,
         body,
     })
+}
+
+fn owned_headers(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    h.iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Appends what the peer sends next to `buf`; false once it closed or failed.
+async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -684,16 +698,7 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut hs);
             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let headers: Vec<(String, String)> = req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers: Vec<(String, String)> = owned_headers(req.headers);
                 break (
                     n,
                     req.method.unwrap_or("").to_string(),
@@ -701,10 +706,8 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
                     headers,
                 );
             }
-            let mut chunk = [0u8; 4096];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut s, &mut buf).await {
+                return;
             }
         };
         if behavior == Behavior::Hang {
@@ -723,10 +726,8 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
                     let body = dechunk(raw).unwrap_or_default();
                     break (body, head_len + end + 5);
                 }
-                let mut chunk = [0u8; 4096];
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                if !read_more(&mut s, &mut buf).await {
+                    return;
                 }
             }
         } else {
@@ -736,10 +737,8 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
                 .and_then(|(_, v)| v.parse().ok())
                 .unwrap_or(0);
             while buf.len() < head_len + len {
-                let mut chunk = [0u8; 4096];
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                if !read_more(&mut s, &mut buf).await {
+                    return;
                 }
             }
             (buf[head_len..head_len + len].to_vec(), head_len + len)
