@@ -154,18 +154,6 @@ async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S, t: Duration) -> 
     }
 }
 
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, t: Duration) -> bool {
-    let mut b = [0u8; 512];
-    let deadline = tokio::time::Instant::now() + t;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 /// Sends raw bytes over TCP (no TLS) and reads whatever comes back until close.
 async fn raw_tcp(port: u16, bytes: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr(port)).await.unwrap();

@@ -189,19 +189,6 @@ async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// Whether the server closed the connection within `t`.
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, t: Duration) -> bool {
-    let mut b = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + t;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 async fn metrics_text(mport: u16) -> String {
     request(addr(mport), None, "GET", "/metrics", &[], b"")
         .await

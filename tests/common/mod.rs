@@ -441,6 +441,19 @@ fn owned_headers(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether the server closed the connection within `t` (anything it sends first is skipped).
+pub async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, t: Duration) -> bool {
+    let mut b = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + t;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Appends what the peer sends next to `buf`; false once it closed or failed.
 async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 4096];
