@@ -20,6 +20,7 @@
 //!   the classification of upstream failures.
 //! - [`metrics`]: the Prometheus families.
 //! - [`server`]: assembly of all of the above into a Pingora `Server`.
+//! - [`reload`]: SIGHUP certificate reload (all TLS files re-read, swapped in all or nothing).
 //! - [`pki`]: throwaway CAs and certificates (`gatehouse dev-certs`, tests).
 //! - [`glob`]: `*` globs for method and CN patterns.
 //!
@@ -36,6 +37,7 @@ pub mod glob;
 pub mod http;
 pub mod metrics;
 pub mod pki;
+pub mod reload;
 pub mod rpc;
 pub mod server;
 pub mod tls;

@@ -40,6 +40,13 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Make a running instance re-read its certificates, keys and CAs (sends it SIGHUP).
+    /// The files are checked first; nothing is sent if any of them is broken.
+    Reload {
+        /// The configuration the instance runs with (its `server.pid_file` names the process).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Write a throwaway development PKI (CA, server, client, gatehouse) into DIR.
     DevCerts {
         /// Output folder (created if missing).
@@ -71,6 +78,16 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Reload { config } => match gatehouse::reload::request(&config) {
+            Ok(pid) => {
+                println!("sent SIGHUP to gatehouse (pid {pid}); it logs the outcome and counts it in gatehouse_tls_reloads_total");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("reload: {e}");
                 ExitCode::FAILURE
             }
         },

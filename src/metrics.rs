@@ -85,6 +85,27 @@ pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+/// `gatehouse_tls_reloads_total{result}` (success, failure): SIGHUP certificate reloads.
+pub static TLS_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_tls_reloads_total",
+        "Certificate reloads (SIGHUP), by result; a failed reload keeps the previous material.",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_tls_cert_not_after_timestamp_seconds{owner, cert}`: when each served or
+/// presented certificate expires (owner: `listener:<name>` or `upstream:<name>`).
+pub static TLS_CERT_NOT_AFTER: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "gatehouse_tls_cert_not_after_timestamp_seconds",
+        "Expiry (Unix time) of each certificate Gatehouse serves or presents, as last loaded.",
+        &["owner", "cert"]
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every family (so each shows up before its first event) and sets build info.
 pub fn init() {
     BUILD_INFO
@@ -100,6 +121,8 @@ pub fn init() {
     Lazy::force(&RPC_BYTES);
     Lazy::force(&RPC_LINKS);
     Lazy::force(&KEA_COMMANDS);
+    Lazy::force(&TLS_RELOADS);
+    Lazy::force(&TLS_CERT_NOT_AFTER);
 }
 
 /// One route's request metrics, resolved once when the route is built: a labelled lookup

@@ -9,11 +9,14 @@ use crate::http::kea::KeaPolicy;
 use crate::http::route::{HostPattern, Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics;
+use crate::reload::{LiveListener, Reloader};
 use crate::rpc::Relay;
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
+use arc_swap::ArcSwap;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::collections::HashMap;
 use std::path::Path;
@@ -146,7 +149,14 @@ impl Plan {
         metrics::init();
 
         let router = Arc::new(self.router);
-        for (l, tls) in self.config.listeners.iter().zip(self.listener_tls) {
+        let mut live = Vec::new();
+        for (i, (l, tls)) in self
+            .config
+            .listeners
+            .iter()
+            .zip(&self.listener_tls)
+            .enumerate()
+        {
             let http = l.protocols.contains(&Protocol::Http).then(|| {
                 let gateway = HttpGateway::new(
                     &l.name,
@@ -166,10 +176,15 @@ impl Plan {
             let mut svc = Service::new(format!("listener {}", l.name), app);
             match tls {
                 Some(t) => {
+                    let at = format!("listeners[{i}].tls");
+                    let contexts = Arc::new(ArcSwap::from_pointee(
+                        t.contexts(0).map_err(|e| ConfigError::new(&at, e))?,
+                    ));
                     let settings = t
-                        .settings()
-                        .map_err(|e| ConfigError::new(format!("listeners.{}.tls", l.name), e))?;
+                        .settings(contexts.clone())
+                        .map_err(|e| ConfigError::new(&at, e))?;
                     svc.add_tls_with_settings(&l.address, None, settings);
+                    live.push(LiveListener { index: i, contexts });
                 }
                 None => svc.add_tcp(&l.address),
             }
@@ -183,6 +198,9 @@ impl Plan {
             server.add_service(svc);
         }
         server.add_services(self.health);
+        let reloader = Reloader::new(self.config.clone(), live, self.upstreams.clone());
+        reloader.publish_initial(&self.listener_tls.iter().flatten().collect::<Vec<_>>());
+        server.add_service(background_service("certificate reload", reloader));
         if let Some(m) = &self.config.metrics {
             let mut prom = pingora_prometheus::prometheus_http_service();
             prom.add_tcp(&m.address);
@@ -213,5 +231,13 @@ pub fn run(file: &Path, opts: &RunOptions) -> Result<(), ConfigErrors> {
         file: file.to_path_buf(),
         errors: vec![e],
     })?;
+    if !opts.daemon {
+        // Pingora writes the pid file only when it daemonizes; `gatehouse reload` (and
+        // operators) find a foreground process, e.g. under systemd, by it too.
+        let pid_file = &server.configuration.pid_file;
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write the pid file {pid_file}: {e}; `gatehouse reload` will not find this process");
+        }
+    }
     server.run_forever()
 }

@@ -3,13 +3,15 @@
 
 use crate::config::{Config, ConfigError, HealthCheckKind, LoadBalancing, Upstream};
 use crate::tls::upstream::UpstreamTlsMaterial;
+use arc_swap::ArcSwap;
 use pingora_core::services::background::background_service;
 use pingora_core::services::ServiceWithDependents;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
-use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
+use pingora_load_balancing::Backend;
 use pingora_load_balancing::LoadBalancer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +28,8 @@ enum Selector {
 
 /// How every connection to this group's peers is made: timeouts and TLS.
 struct PeerTemplate {
-    tls: Option<UpstreamTlsMaterial>,
+    /// Swapped whole on reload; each new peer stamps the material current at that moment.
+    tls: Option<ArcSwap<UpstreamTlsMaterial>>,
     connect_timeout: Duration,
     read_timeout: Duration,
     idle_timeout: Duration,
@@ -36,7 +39,7 @@ impl PeerTemplate {
     fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut p = HttpPeer::new(addr, self.tls.is_some(), String::new());
         if let Some(t) = &self.tls {
-            t.apply(&mut p);
+            t.load().apply(&mut p);
         }
         let o = &mut p.options;
         o.connection_timeout = Some(self.connect_timeout);
@@ -56,6 +59,8 @@ pub struct UpstreamGroup {
     template: PeerTemplate,
     /// How many peers the group has (bounds connect retries).
     pub peer_count: usize,
+    /// The HTTP health check, rebuilt when the TLS material is reloaded.
+    http_check: Option<(crate::config::HealthCheck, LiveCheck)>,
 }
 
 /// A group's health-check loop, to be added to the server as a background service.
@@ -81,12 +86,27 @@ impl UpstreamGroup {
             )]);
         }
         let template = PeerTemplate {
-            tls,
+            tls: tls.map(ArcSwap::from_pointee),
             connect_timeout: u.connect_timeout.get(),
             read_timeout: u.read_timeout.get(),
             idle_timeout: u.idle_timeout.get(),
         };
-        let hc = u.health_check.as_ref().map(|h| (h, &template, name));
+        let http_check = u
+            .health_check
+            .as_ref()
+            .filter(|h| h.kind == HealthCheckKind::Http)
+            .map(|h| {
+                (
+                    h.clone(),
+                    Arc::new(ArcSwap::from_pointee(http_check(h, &template))),
+                )
+            });
+        let hc = u.health_check.as_ref().map(|h| HealthSetup {
+            config: h,
+            connect_timeout: template.connect_timeout,
+            name,
+            http: http_check.as_ref().map(|c| c.1.clone()),
+        });
         let (selector, service) = match u.load_balancing {
             LoadBalancing::RoundRobin => {
                 let (l, s) = with_health(lb::<RoundRobin>(&addrs, &at)?, hc);
@@ -107,6 +127,7 @@ impl UpstreamGroup {
                 selector,
                 template,
                 peer_count: addrs.len(),
+                http_check,
             },
             service,
         ))
@@ -131,52 +152,104 @@ impl UpstreamGroup {
     pub fn idle_timeout(&self) -> Duration {
         self.template.idle_timeout
     }
+
+    /// The TLS material new connections use (none for plaintext groups).
+    pub fn tls(&self) -> Option<Arc<UpstreamTlsMaterial>> {
+        self.template.tls.as_ref().map(|t| t.load_full())
+    }
+
+    /// Switches new connections (and the HTTP health check) to freshly loaded TLS material.
+    /// Pooled connections made with the old material are not reused: the pool key changes
+    /// with it (see [`UpstreamTlsMaterial`]'s `group_key`).
+    pub fn set_tls(&self, tls: UpstreamTlsMaterial) {
+        let Some(live) = &self.template.tls else {
+            return;
+        };
+        live.store(Arc::new(tls));
+        if let Some((hc, check)) = &self.http_check {
+            check.store(Arc::new(http_check(hc, &self.template)));
+        }
+    }
 }
+
+/// An HTTP health check with the same TLS, client identity and timeouts as real traffic.
+fn http_check(hc: &crate::config::HealthCheck, template: &PeerTemplate) -> HttpHealthCheck {
+    let host = hc
+        .host
+        .clone()
+        .or_else(|| template.tls.as_ref().map(|t| t.load().sni().to_string()))
+        .unwrap_or_else(|| "localhost".into());
+    let mut check = HttpHealthCheck::new(&host, template.tls.is_some());
+    check.peer_template = template.peer(SocketAddr::from(([0, 0, 0, 0], 1)));
+    check.req.set_uri(
+        hc.path
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/")),
+    );
+    check.validator = Some(Box::new(|resp: &ResponseHeader| {
+        if resp.status.is_success() {
+            Ok(())
+        } else {
+            pingora_error::Error::e_explain(
+                pingora_error::ErrorType::HTTPStatus(resp.status.as_u16()),
+                "health check expects 2xx",
+            )
+        }
+    }));
+    check
+}
+
+/// The current [`http_check`]; the load balancer owns this box, the group keeps the handle.
+struct LiveHttpCheck(LiveCheck);
+
+#[async_trait::async_trait]
+impl HealthCheck for LiveHttpCheck {
+    async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
+        let current = self.0.load_full();
+        current.check(target).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.0.load().health_threshold(success)
+    }
+}
+
+/// A group's health-check settings, as [`with_health`] needs them.
+struct HealthSetup<'a> {
+    config: &'a crate::config::HealthCheck,
+    connect_timeout: Duration,
+    name: &'a str,
+    /// The live HTTP check (None: TCP).
+    http: Option<LiveCheck>,
+}
+
+type LiveCheck = Arc<ArcSwap<HttpHealthCheck>>;
 
 /// Attaches the configured health check; a checked balancer runs as a background service.
 fn with_health<S>(
     mut lb: LoadBalancer<S>,
-    hc: Option<(&crate::config::HealthCheck, &PeerTemplate, &str)>,
+    setup: Option<HealthSetup<'_>>,
 ) -> (Arc<LoadBalancer<S>>, Option<HealthService>)
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
 {
-    let Some((hc, template, name)) = hc else {
+    let Some(HealthSetup {
+        config: hc,
+        connect_timeout,
+        name,
+        http,
+    }) = setup
+    else {
         return (Arc::new(lb), None);
     };
-    match hc.kind {
+    match http {
+        Some(live) => lb.set_health_check(Box::new(LiveHttpCheck(live))),
         // Liveness only: a TCP connect, no TLS (BasicPeer cannot carry a client cert).
-        HealthCheckKind::Tcp => {
+        None => {
             let mut check = TcpHealthCheck::new();
-            check.peer_template.options.connection_timeout = Some(template.connect_timeout);
+            check.peer_template.options.connection_timeout = Some(connect_timeout);
             lb.set_health_check(check);
-        }
-        // The same TLS, client identity and timeouts as real traffic.
-        HealthCheckKind::Http => {
-            let host = hc
-                .host
-                .clone()
-                .or_else(|| template.tls.as_ref().map(|t| t.sni().to_string()))
-                .unwrap_or_else(|| "localhost".into());
-            let mut check = HttpHealthCheck::new(&host, template.tls.is_some());
-            check.peer_template = template.peer(SocketAddr::from(([0, 0, 0, 0], 1)));
-            check.req.set_uri(
-                hc.path
-                    .parse()
-                    .unwrap_or_else(|_| http::Uri::from_static("/")),
-            );
-            check.validator = Some(Box::new(|resp: &ResponseHeader| {
-                if resp.status.is_success() {
-                    Ok(())
-                } else {
-                    pingora_error::Error::e_explain(
-                        pingora_error::ErrorType::HTTPStatus(resp.status.as_u16()),
-                        "health check expects 2xx",
-                    )
-                }
-            }));
-            lb.set_health_check(Box::new(check));
         }
     }
     lb.health_check_frequency = Some(hc.interval.get());

@@ -104,10 +104,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     }
 
     async fn metrics(&self) -> String {
-        request(addr(self.mport), None, "GET", "/metrics", &[], b"")
-            .await
-            .unwrap()
-            .text()
+        metrics_text(self.mport).await
     }
 
     /// The well-behaved neighbours still work: an HTTP request and a heartbeat on `link`.

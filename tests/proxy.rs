@@ -74,13 +74,6 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-async fn metrics(port: u16) -> String {
-    request(addr(port), None, "GET", "/metrics", &[], b"")
-        .await
-        .expect("metrics")
-        .text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_on_both_sides_forwards_identity_and_headers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -142,7 +135,7 @@ async fn mtls_on_both_sides_forwards_identity_and_headers() {
         "{line}"
     );
 
-    let m = metrics(mport).await;
+    let m = metrics_text(mport).await;
     assert!(m.contains("gatehouse_build_info{version=\""), "{m}");
     assert!(
         m.contains("gatehouse_http_requests_total{route=\"kea\",status=\"2xx\"} 1"),
@@ -237,7 +230,7 @@ async fn client_auth_required_and_optional() {
         "unverified cert must not authenticate: {line}"
     );
 
-    let m = metrics(mport).await;
+    let m = metrics_text(mport).await;
     assert!(
         m.contains(
             "gatehouse_tls_client_verify_failures_total{listener=\"edge\",reason=\"unknown_ca\"}"
@@ -337,7 +330,7 @@ metrics:
         line.contains(&good.addr.to_string()) && line.contains("invalid_cert"),
         "{line}"
     );
-    let m = metrics(mport).await;
+    let m = metrics_text(mport).await;
     for (up, kind) in [
         ("wrongca", "invalid_cert"),
         ("nocert", "handshake"),

@@ -189,13 +189,6 @@ async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-async fn metrics_text(mport: u16) -> String {
-    request(addr(mport), None, "GET", "/metrics", &[], b"")
-        .await
-        .unwrap()
-        .text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_both_ways_byte_exact_with_identity_and_policy() {
     let f = Fixture::start(SinkMode::Echo).await;

@@ -54,6 +54,16 @@ impl HostPattern {
     }
 }
 
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Any => f.write_str("*"),
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(sfx) => write!(f, "*{sfx}"),
+        }
+    }
+}
+
 /// One compiled route.
 pub struct Route {
     /// Route name (logs, metric labels).

@@ -12,15 +12,19 @@ pub use identity::{ClientCert, TlsInfo};
 use crate::config::{ClientAuth, Config, ConfigError, ListenerTls, TlsVersion};
 use crate::http::route::HostPattern;
 use crate::metrics;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use boring::pkey::{PKey, Private};
-use boring::ssl::{NameType, SslVerifyMode, SslVersion};
+use boring::ssl::{
+    NameType, SslAcceptor, SslAcceptorBuilder, SslMethod, SslVerifyMode, SslVersion,
+};
 use boring::x509::{X509StoreContextRef, X509VerifyError, X509};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::{TlsRef, ALPN};
-use pingora_core::tls::ext;
 use std::any::Any;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -117,8 +121,7 @@ fn io_reason(e: &std::io::Error) -> String {
 
 // === downstream listener ===
 
-/// Everything a listener's TLS needs, loaded and checked; builds fresh [`TlsSettings`]
-/// for each address (Pingora consumes one per address).
+/// Everything a listener's TLS needs, loaded from its files and checked.
 #[derive(Clone)]
 pub struct ListenerTlsMaterial {
     listener: Arc<str>,
@@ -202,7 +205,10 @@ impl ListenerTlsMaterial {
             alpn,
         };
         // Build once now so that bad curves and the like surface in `check`, not at start.
-        if let Err(e) = m.settings() {
+        if let Err(e) = m
+            .contexts(0)
+            .and_then(|c| m.settings(Arc::new(ArcSwap::from_pointee(c))))
+        {
             errs.push(ConfigError::new(at, e));
         }
         if errs.is_empty() {
@@ -212,24 +218,66 @@ impl ListenerTlsMaterial {
         }
     }
 
-    /// Fresh Pingora TLS settings for one listening address.
-    pub fn settings(&self) -> Result<TlsSettings, String> {
-        let cb = Callbacks {
-            sni: self.sni.clone(),
+    /// The per-certificate contexts of one load of this material (`generation` counts reloads).
+    pub fn contexts(&self, generation: u64) -> Result<ListenerContexts, String> {
+        let sid = self.session_id_context(generation);
+        let default = self.context(&self.default, &sid)?;
+        let mut sni = Vec::with_capacity(self.sni.len());
+        for (p, c) in &self.sni {
+            let acc = self
+                .context(c, &sid)
+                .map_err(|e| format!("sni certificate for {p}: {e}"))?;
+            sni.push((p.clone(), acc));
+        }
+        Ok(ListenerContexts { default, sni })
+    }
+
+    /// Sessions only resume within one listener and one load of its material: a client
+    /// verified under a CA that a reload removed must do a full handshake again.
+    fn session_id_context(&self, generation: u64) -> [u8; 16] {
+        let mut h = DefaultHasher::new();
+        (&*self.listener, generation).hash(&mut h);
+        let mut out = [0u8; 16];
+        for (o, b) in out.iter_mut().zip(format!("{:016x}", h.finish()).bytes()) {
+            *o = b;
+        }
+        out
+    }
+
+    /// One certificate's context: what BoringSSL reads from the context a handshake was
+    /// switched to (certificate, client CA names and store, ALPN, session id context).
+    fn context(&self, chain: &CertChain, sid: &[u8]) -> Result<SslAcceptor, String> {
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+            .map_err(|e| format!("cannot create TLS context: {e}"))?;
+        set_certificate(&mut b, chain)?;
+        b.set_session_id_context(sid)
+            .map_err(|e| format!("session id context: {e}"))?;
+        self.set_client_auth(&mut b);
+        for ca in &self.client_ca {
+            b.cert_store_mut()
+                .add_cert(ca.clone())
+                .map_err(|e| format!("client_ca: {e}"))?;
+            b.add_client_ca(ca).map_err(|e| format!("client_ca: {e}"))?;
+        }
+        let wire: &'static [u8] = match self.alpn {
+            ALPN::H2 => b"\x02h2",
+            ALPN::H1 => b"\x08http/1.1",
+            _ => b"\x02h2\x08http/1.1",
         };
+        b.set_alpn_select_callback(move |_, client| {
+            boring::ssl::select_next_proto(wire, client).ok_or(boring::ssl::AlpnError::NOACK)
+        });
+        Ok(b.build())
+    }
+
+    /// Pingora TLS settings for one listening address (Pingora consumes one per address).
+    /// Version, curves and client verification live here; every handshake then switches to
+    /// the current [`ListenerContexts`] for its certificate and trust, which is what reload swaps.
+    pub fn settings(&self, live: Arc<ArcSwap<ListenerContexts>>) -> Result<TlsSettings, String> {
+        let cb = Callbacks { live };
         let mut s = TlsSettings::with_callbacks(Box::new(cb))
             .map_err(|e| format!("cannot create TLS acceptor: {e}"))?;
-        // The callback only overrides per SNI; this default serves everything else.
-        s.set_certificate(self.default.leaf())
-            .map_err(|e| format!("cert: {e}"))?;
-        for c in &self.default.chain[1..] {
-            s.add_extra_chain_cert(c.clone())
-                .map_err(|e| format!("cert chain: {e}"))?;
-        }
-        s.set_private_key(&self.default.key)
-            .map_err(|e| format!("key: {e}"))?;
-        s.check_private_key()
-            .map_err(|e| format!("key does not match cert: {e}"))?;
+        set_certificate(&mut s, &self.default)?;
         if self.min_version == TlsVersion::Tls13 {
             s.set_min_proto_version(Some(SslVersion::TLS1_3))
                 .map_err(|e| format!("min_version: {e}"))?;
@@ -238,17 +286,18 @@ impl ListenerTlsMaterial {
             s.set_curves_list(c)
                 .map_err(|e| format!("curves: `{c}` is not a valid curve list: {e}"))?;
         }
-        // Resumed sessions with client certs need an id context, or resumption fails.
-        s.set_session_id_context(self.listener.as_bytes())
-            .map_err(|e| format!("session id context: {e}"))?;
-        for ca in &self.client_ca {
-            s.cert_store_mut()
-                .add_cert(ca.clone())
-                .map_err(|e| format!("client_ca: {e}"))?;
-            s.add_client_ca(ca).map_err(|e| format!("client_ca: {e}"))?;
-        }
+        self.set_client_auth(&mut s);
+        s.set_alpn(self.alpn.clone());
+        Ok(s)
+    }
+
+    /// Client verification, set on the Pingora context and on every switched-to context:
+    /// BoringSSL keeps the mode from the first, boring looks the callback up on the second.
+    fn set_client_auth(&self, b: &mut SslAcceptorBuilder) {
         let listener = self.listener.clone();
-        let count = move |ok: bool, ctx: &mut X509StoreContextRef| {
+        // Optional: accept anything; an unverified client is simply anonymous (Icinga's model).
+        let optional = self.client_auth == ClientAuth::Optional;
+        let verify = move |ok: bool, ctx: &mut X509StoreContextRef| {
             if !ok {
                 let reason = verify_reason(ctx.verify_result());
                 metrics::TLS_VERIFY_FAILURES
@@ -261,22 +310,53 @@ impl ListenerTlsMaterial {
                     ctx.verify_result()
                 );
             }
-            ok
+            ok || optional
         };
         match self.client_auth {
-            ClientAuth::Required => s.set_verify_callback(
+            ClientAuth::Required => b.set_verify_callback(
                 SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
-                count,
+                verify,
             ),
-            // Accept anything; an unverified client is simply anonymous (Icinga's model).
-            ClientAuth::Optional => s.set_verify_callback(SslVerifyMode::PEER, move |ok, ctx| {
-                count(ok, ctx);
-                true
-            }),
-            ClientAuth::None => s.set_verify(SslVerifyMode::NONE),
+            ClientAuth::Optional => b.set_verify_callback(SslVerifyMode::PEER, verify),
+            ClientAuth::None => b.set_verify(SslVerifyMode::NONE),
         }
-        s.set_alpn(self.alpn.clone());
-        Ok(s)
+    }
+
+    /// The listener's name.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// The leaf certificates served: `default`, then one per SNI pattern.
+    pub fn leaves(&self) -> Vec<(String, &X509)> {
+        let mut v = vec![("default".to_string(), self.default.leaf())];
+        v.extend(self.sni.iter().map(|(p, c)| (p.to_string(), c.leaf())));
+        v
+    }
+}
+
+fn set_certificate(b: &mut SslAcceptorBuilder, c: &CertChain) -> Result<(), String> {
+    b.set_certificate(c.leaf())
+        .map_err(|e| format!("cert: {e}"))?;
+    for x in &c.chain[1..] {
+        b.add_extra_chain_cert(x.clone())
+            .map_err(|e| format!("cert chain: {e}"))?;
+    }
+    b.set_private_key(&c.key).map_err(|e| format!("key: {e}"))?;
+    b.check_private_key()
+        .map_err(|e| format!("key does not match cert: {e}"))
+}
+
+/// The TLS contexts a listener's handshakes currently use: one per certificate.
+pub struct ListenerContexts {
+    default: SslAcceptor,
+    sni: Vec<(HostPattern, SslAcceptor)>,
+}
+
+impl ListenerContexts {
+    fn for_name(&self, name: Option<&str>) -> &SslAcceptor {
+        name.and_then(|n| self.sni.iter().find(|(p, _)| p.matches(n)))
+            .map_or(&self.default, |(_, a)| a)
     }
 }
 
@@ -301,30 +381,23 @@ fn verify_reason(r: Result<(), X509VerifyError>) -> &'static str {
     }
 }
 
-/// Per-handshake hooks: the certificate by SNI, and the identity read at the end.
+/// Per-handshake hooks: the certificate and trust of the moment, and the identity.
 struct Callbacks {
-    sni: Vec<(HostPattern, CertChain)>,
+    live: Arc<ArcSwap<ListenerContexts>>,
 }
 
 #[async_trait]
 impl TlsAccept for Callbacks {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let Some(name) = ssl
+        let name = ssl
             .servername(NameType::HOST_NAME)
-            .map(|s| s.to_ascii_lowercase())
-        else {
-            return;
-        };
-        let Some((_, c)) = self.sni.iter().find(|(p, _)| p.matches(&name)) else {
-            return;
-        };
-        let ok = ext::ssl_use_certificate(ssl, c.leaf()).is_ok()
-            && ext::ssl_use_private_key(ssl, &c.key).is_ok()
-            && c.chain[1..]
-                .iter()
-                .all(|x| ext::ssl_add_chain_cert(ssl, x).is_ok());
-        if !ok {
-            log::warn!(target: "gatehouse::tls", "could not apply the SNI certificate for {name}; serving the default");
+            .map(|s| s.to_ascii_lowercase());
+        let live = self.live.load();
+        let ctx = live.for_name(name.as_deref());
+        // Runs before BoringSSL picks the credential, the session to resume and the client
+        // CAs, so all of those come from the switched-to context.
+        if let Err(e) = ssl.set_ssl_context(ctx.context()) {
+            log::warn!(target: "gatehouse::tls", "could not switch to the certificate for {name:?}: {e}");
         }
     }
 

@@ -95,6 +95,11 @@ impl UpstreamTlsMaterial {
         })
     }
 
+    /// The client certificate presented to peers, if any.
+    pub fn client_leaf(&self) -> Option<&X509> {
+        self.client.as_ref().map(|c| c.leaf())
+    }
+
     /// The SNI sent to peers.
     pub fn sni(&self) -> &str {
         &self.sni

@@ -304,6 +304,21 @@ pub async fn tls_connect(
         .map_err(|e| format!("handshake: {e}"))
 }
 
+/// The text of Gatehouse's `/metrics` on plain `127.0.0.1:port`.
+pub async fn metrics_text(port: u16) -> String {
+    request(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .await
+    .expect("metrics endpoint answers")
+    .text()
+}
+
 /// A parsed HTTP response.
 #[derive(Debug)]
 pub struct Response {
@@ -529,6 +544,8 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// TCP connections accepted (to observe pooling).
     pub connections: Arc<Mutex<usize>>,
+    /// The TLS acceptor new connections get (h1 origins can swap it mid-test).
+    tls: Arc<Mutex<Option<Arc<SslAcceptor>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -544,21 +561,26 @@ impl Upstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Serves new TLS connections with `acc` from now on (a certificate rotation).
+    pub fn set_tls(&self, acc: SslAcceptor) {
+        *self.tls.lock().unwrap() = Some(Arc::new(acc));
+    }
+
     /// An HTTP/1.1 keep-alive origin; TLS when `tls` is given.
     pub async fn h1(tls: Option<SslAcceptor>, behavior: Behavior) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));
-        let tls = tls.map(Arc::new);
-        let (s2, c2) = (seen.clone(), connections.clone());
+        let tls = Arc::new(Mutex::new(tls.map(Arc::new)));
+        let (s2, c2, t2) = (seen.clone(), connections.clone(), tls.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
                     return;
                 };
                 *c2.lock().unwrap() += 1;
-                let (seen, tls) = (s2.clone(), tls.clone());
+                let (seen, tls) = (s2.clone(), t2.lock().unwrap().clone());
                 tokio::spawn(async move {
                     match tls {
                         Some(acc) => {
@@ -578,6 +600,7 @@ impl Upstream {
             addr,
             seen,
             connections,
+            tls,
             task,
         }
     }
@@ -654,6 +677,7 @@ impl Upstream {
             addr,
             seen,
             connections,
+            tls: Arc::new(Mutex::new(None)),
             task,
         }
     }
