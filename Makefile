@@ -4,7 +4,7 @@ CONFIG   ?= conf/gatehouse.yaml
 DEV_CERTS = conf/dev-certs
 BIN       = target/debug/gatehouse
 
-.PHONY: run test check certs build deps bench bench-deps fuzz clean-certs
+.PHONY: run test check certs build deps bench bench-deps fuzz soak clean-certs
 
 ## run: build, write dev certs if absent, start Gatehouse with conf/gatehouse.yaml
 run: deps build certs
@@ -36,6 +36,10 @@ clean-certs:
 bench: deps bench-deps
 	$(CARGO) bench --bench hot_paths
 	ulimit -n $$(ulimit -Hn); $(CARGO) bench --bench e2e
+
+## soak: 30 min of mixed HTTP + cluster load with reconnect storms and reloads (SOAK_SECS to change)
+soak: deps
+	ulimit -n $$(ulimit -Hn); $(CARGO) bench --bench soak
 
 bench-deps:
 	@BENCH=1 bash scripts/deps.sh

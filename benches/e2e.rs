@@ -17,126 +17,20 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::pki::CertSpec;
 use gatehouse::rpc::codec;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-// === processes ===
-
-/// A spawned proxy, killed on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    Proc { name, child }
-}
-
-fn wait_port(p: &mut Proc, port: u16, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect_timeout(&addr(port), Duration::from_millis(200)).is_err() {
-        if let Ok(Some(st)) = p.child.try_wait() {
-            panic!(
-                "{} exited ({st}):\n{}",
-                p.name,
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} does not listen on {port}",
-            p.name
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// PIDs of `pid` and all its descendants.
-fn tree(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                out.extend(
-                    kids.split_whitespace()
-                        .filter_map(|k| k.parse::<u32>().ok()),
-                );
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-/// CPU seconds (user + system) of a process tree.
-fn cpu_secs(pid: u32) -> f64 {
-    tree(pid)
-        .iter()
-        .map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let f: Vec<&str> = stat
-                .rsplit_once(')')
-                .map(|(_, r)| r)
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12)) / 100.0
-        })
-        .sum()
-}
-
-/// Resident memory of a process tree, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    tree(pid)
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/status"))
-                .unwrap_or_default()
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
-}
 
 // === configs ===
 

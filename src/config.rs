@@ -269,6 +269,9 @@ pub struct Listener {
     /// How long a client may take to send its first byte after the handshake.
     #[serde(default = "default_first_byte_timeout")]
     pub first_byte_timeout: Duration,
+    /// How long an HTTP/1 client may take to send one request head (slowloris guard).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
 }
 
 /// A protocol a listener accepts.
@@ -285,6 +288,9 @@ fn default_protocols() -> Vec<Protocol> {
     vec![Protocol::Http]
 }
 fn default_first_byte_timeout() -> Duration {
+    Duration::secs(10)
+}
+fn default_header_timeout() -> Duration {
     Duration::secs(10)
 }
 

@@ -85,6 +85,17 @@ pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+/// `gatehouse_http_header_timeouts_total{listener}`: HTTP/1 connections closed because a
+/// request head was not complete within `header_timeout` (slowloris).
+pub static HTTP_HEAD_TIMEOUTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_http_header_timeouts_total",
+        "HTTP/1 connections closed because a request head took longer than header_timeout.",
+        &["listener"]
+    )
+    .expect("metric registers once")
+});
+
 /// `gatehouse_tls_reloads_total{result}` (success, failure): SIGHUP certificate reloads.
 pub static TLS_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
@@ -121,6 +132,7 @@ pub fn init() {
     Lazy::force(&RPC_BYTES);
     Lazy::force(&RPC_LINKS);
     Lazy::force(&KEA_COMMANDS);
+    Lazy::force(&HTTP_HEAD_TIMEOUTS);
     Lazy::force(&TLS_RELOADS);
     Lazy::force(&TLS_CERT_NOT_AFTER);
 }

@@ -172,7 +172,13 @@ impl Plan {
                 .contains(&Protocol::Jsonrpc)
                 .then(|| self.relay.clone())
                 .flatten();
-            let app = ListenerApp::new(&l.name, http, rpc, l.first_byte_timeout.get());
+            let app = ListenerApp::new(
+                &l.name,
+                http,
+                rpc,
+                l.first_byte_timeout.get(),
+                l.header_timeout.get(),
+            );
             let mut svc = Service::new(format!("listener {}", l.name), app);
             match tls {
                 Some(t) => {

@@ -48,6 +48,7 @@ impl Edge {
     address: "127.0.0.1:{port}"
     protocols: [http, jsonrpc]
     first_byte_timeout: 1s
+    header_timeout: 1s
     tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
 upstreams:
   web: {{ peers: ["{web}"] }}
@@ -107,6 +108,16 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         metrics_text(self.mport).await
     }
 
+    /// An open cluster link that has spoken (a heartbeat, echoed by the master).
+    async fn neighbour(&self) -> tokio_boring::SslStream<TcpStream> {
+        let mut link = tls_connect(addr(self.port), &self.agent()).await.unwrap();
+        link.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
+        assert!(read_frame(&mut link, Duration::from_secs(5))
+            .await
+            .is_some());
+        link
+    }
+
     /// The well-behaved neighbours still work: an HTTP request and a heartbeat on `link`.
     async fn still_healthy(&self, link: &mut tokio_boring::SslStream<TcpStream>, case: &str) {
         let r = request(
@@ -163,14 +174,7 @@ async fn raw_tcp(port: u16, bytes: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netstring_and_message_corpus() {
     let e = Edge::start().await;
-    let mut neighbour = tls_connect(addr(e.port), &e.agent()).await.unwrap();
-    neighbour
-        .write_all(&codec::encode(HEARTBEAT))
-        .await
-        .unwrap();
-    assert!(read_frame(&mut neighbour, Duration::from_secs(5))
-        .await
-        .is_some());
+    let mut neighbour = e.neighbour().await;
 
     // Framing errors close even an authenticated link.
     let framing: &[(&str, &[u8], &str)] = &[
@@ -282,7 +286,7 @@ async fn netstring_and_message_corpus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_and_certificate_corpus() {
     let e = Edge::start().await;
-    let mut neighbour = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    let mut neighbour = e.neighbour().await;
 
     // TLS garbage and plain HTTP on the TLS port: no TLS, no answer but a close.
     let out = raw_tcp(
@@ -378,7 +382,7 @@ async fn transport_and_certificate_corpus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_corpus() {
     let e = Edge::start().await;
-    let mut neighbour = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    let mut neighbour = e.neighbour().await;
     let o = e.agent();
     let mut o_web = o.clone();
     o_web.sni = Some("localhost".into());
@@ -457,6 +461,85 @@ async fn http_corpus() {
     .unwrap();
     assert_eq!(r.status, 413);
     assert!(!e.web.seen().iter().any(|s| s.path == "/kea"));
+
+    // Slowloris: a head trickling in (a header line every 300 ms) is cut at header_timeout
+    // (1 s), on a fresh connection and on a keep-alive one after a complete request; a head
+    // sent slowly but whole within the limit is served.
+    let trickle = |s: tokio_boring::SslStream<TcpStream>, first: &'static [u8]| async move {
+        let mut s = s;
+        let t0 = std::time::Instant::now();
+        s.write_all(first).await.unwrap();
+        for i in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if s.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            if closed_within(&mut s, Duration::from_millis(1)).await {
+                break;
+            }
+        }
+        let closed = closed_within(&mut s, Duration::from_secs(2)).await;
+        (closed, t0.elapsed())
+    };
+    // (Links idle out after 2 s here: the neighbour speaks between the slower cases below.)
+    e.still_healthy(&mut neighbour, "smuggling, big headers, Kea body").await;
+    let s = tls_connect(addr(e.port), &o_web).await.unwrap();
+    let (closed, took) = trickle(s, b"GET /slow HTTP/1.1\r\nHost: localhost\r\n").await;
+    assert!(
+        closed && took < Duration::from_secs(4),
+        "slowloris head held the connection ({took:?})"
+    );
+    e.still_healthy(&mut neighbour, "slowloris").await;
+    let mut s = tls_connect(addr(e.port), &o_web).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let (closed, took) = trickle(s, b"GET /slow2 HTTP/1.1\r\nHost: localhost\r\n").await;
+    assert!(
+        closed && took < Duration::from_secs(4),
+        "keep-alive slowloris held the connection ({took:?})"
+    );
+    e.still_healthy(&mut neighbour, "keep-alive slowloris")
+        .await;
+    let mut s = tls_connect(addr(e.port), &o_web).await.unwrap();
+    for part in [
+        &b"GET /slow-but-fine HTTP/1.1\r\n"[..],
+        b"Host: localhost\r\n",
+        b"Connection: close\r\n\r\n",
+    ] {
+        s.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(!e
+        .web
+        .seen()
+        .iter()
+        .any(|s| s.path == "/slow" || s.path == "/slow2"));
+    e.gh.wait_log("did not finish a request head within 1s");
+    assert!(
+        e.metrics()
+            .await
+            .contains(r#"gatehouse_http_header_timeouts_total{listener="edge"} 2"#),
+        "{}",
+        e.metrics().await
+    );
 
     // A spoofed X-Forwarded-Client-Cert never reaches the origin.
     let r = request(

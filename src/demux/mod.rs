@@ -5,6 +5,7 @@
 //! An ASCII digit starts a netstring (Icinga cluster JSON-RPC); anything else is HTTP (an
 //! HTTP/2 preface starts with `P`). This is Icinga 2's own rule for its port 5665.
 
+mod head_deadline;
 mod prefixed;
 
 pub use prefixed::PrefixedIo;
@@ -15,6 +16,7 @@ use crate::metrics::{self, ActiveGuard};
 use crate::rpc::Relay;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::protocols::tls::ALPN;
 use pingora_core::protocols::{Shutdown, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -28,6 +30,7 @@ pub struct ListenerApp {
     http: Option<Arc<HttpProxy<HttpGateway>>>,
     rpc: Option<Arc<Relay>>,
     first_byte_timeout: Duration,
+    header_timeout: Duration,
 }
 
 impl ListenerApp {
@@ -37,12 +40,14 @@ impl ListenerApp {
         http: Option<HttpProxy<HttpGateway>>,
         rpc: Option<Arc<Relay>>,
         first_byte_timeout: Duration,
+        header_timeout: Duration,
     ) -> Self {
         ListenerApp {
             name: name.into(),
             http: http.map(Arc::new),
             rpc,
             first_byte_timeout,
+            header_timeout,
         }
     }
 
@@ -96,7 +101,14 @@ impl ServerApp for ListenerApp {
             refuse(&self.name, stream, "rejected").await;
             return None;
         }
-        let io: Stream = Box::new(PrefixedIo::new(first.to_vec(), stream));
+        // HTTP/2 frames its own headers; only HTTP/1 heads need the deadline.
+        let h1 = proto == Protocol::Http && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let who = h1.then(|| peer(&stream));
+        let mut io = PrefixedIo::new(first.to_vec(), stream);
+        if let Some(who) = who {
+            io = io.with_head_deadline(self.header_timeout, self.name.clone(), who);
+        }
+        let io: Stream = Box::new(io);
         match (proto, &self.http, &self.rpc) {
             (Protocol::Jsonrpc, _, Some(rpc)) => {
                 let _active = ActiveGuard::open(&self.name, "jsonrpc");

@@ -3,7 +3,11 @@
 //! Pingora's TLS stream cannot peek, so protocol detection reads the first byte and hands the
 //! connection on wrapped in [`PrefixedIo`]; the next layer never knows detection happened.
 //! Every `IO` trait is forwarded, so identity (`get_ssl`, `get_ssl_digest`) and ALPN survive.
+//! For HTTP/1 it also keeps the request-head deadline ([`HeadDeadline`]), since it sees every
+//! byte read and written.
 
+use super::head_deadline::HeadDeadline;
+use crate::metrics;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -24,6 +28,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct PrefixedIo {
     prefix: Bytes,
     inner: Stream,
+    head: Option<Box<WatchedHeads>>,
+}
+
+/// An HTTP/1 connection's [`HeadDeadline`] and what to say when it passes.
+#[derive(Debug)]
+struct WatchedHeads {
+    deadline: HeadDeadline,
+    listener: Arc<str>,
+    peer: String,
+    expired: bool,
 }
 
 impl PrefixedIo {
@@ -32,7 +46,35 @@ impl PrefixedIo {
         PrefixedIo {
             prefix: prefix.into(),
             inner,
+            head: None,
         }
+    }
+
+    /// Ends the connection (a read error) when an HTTP/1 request head takes longer than
+    /// `limit`; the prefix is the start of the first head.
+    pub fn with_head_deadline(mut self, limit: Duration, listener: Arc<str>, peer: String) -> Self {
+        let mut deadline = HeadDeadline::started(limit);
+        deadline.on_read(&self.prefix);
+        self.head = Some(Box::new(WatchedHeads {
+            deadline,
+            listener,
+            peer,
+            expired: false,
+        }));
+        self
+    }
+}
+
+impl WatchedHeads {
+    fn overdue(&mut self) -> io::Error {
+        if !self.expired {
+            self.expired = true;
+            metrics::HTTP_HEAD_TIMEOUTS
+                .with_label_values(&[&self.listener])
+                .inc();
+            log::info!(target: "gatehouse::demux", "listener {}: {} did not finish a request head within {:?}; closing", self.listener, self.peer, self.deadline.limit());
+        }
+        io::Error::new(io::ErrorKind::TimedOut, "request head not complete in time")
     }
 }
 
@@ -48,7 +90,19 @@ impl AsyncRead for PrefixedIo {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut *self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(head) = &mut this.head else {
+            return Pin::new(&mut *this.inner).poll_read(cx, buf);
+        };
+        if head.deadline.poll_expired(cx) {
+            return Poll::Ready(Err(head.overdue()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            head.deadline.on_read(&buf.filled()[before..]);
+        }
+        r
     }
 }
 
@@ -58,7 +112,11 @@ impl AsyncWrite for PrefixedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let (Some(head), Poll::Ready(Ok(n))) = (&mut self.head, &r) {
+            head.deadline.on_write(&buf[..*n]);
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -74,7 +132,17 @@ impl AsyncWrite for PrefixedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
+        if let (Some(head), Poll::Ready(Ok(n))) = (&mut self.head, &r) {
+            if *n > 0 {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                head.deadline.on_write(&first[..first.len().min(*n)]);
+            }
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,0 +1,367 @@
+//! `make soak`: a long run of mixed load against one Gatehouse process, watching its memory
+//! and file descriptors.
+//!
+//! Load, all through one TLS port on 127.0.0.1, for `SOAK_SECS` (default 1800):
+//! - HTTP: 4 clients, each request on a new mTLS connection, to an in-process origin that
+//!   requires Gatehouse's client certificate (pooled upstream connections);
+//! - JSON-RPC: 8 authenticated links, each sending ~600-byte `event::CheckResult` frames at
+//!   ~200/s to an echoing in-process master and reading the echoes;
+//! - a reconnect storm every `SOAK_STORM_SECS` (default 60): 500 links open at once (Hello
+//!   and a heartbeat each), held 5 s, then dropped together;
+//! - a certificate reload (SIGHUP) every 5 minutes.
+//!
+//! RSS (VmRSS) and open fds are sampled every 10 s. Pass: RSS at the end is within 10 % of
+//! its value after warm-up (the first 10 % of the run, at least 60 s), and the fd count
+//! returns to its pre-load baseline within 30 s after the load stops. Samples go to
+//! `target/soak.csv`. Exit status 1 when a criterion fails.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use common::sink::{Sink, SinkMode};
+use common::*;
+use gatehouse::pki::CertSpec;
+use gatehouse::rpc::codec;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Counters the load tasks share.
+#[derive(Default)]
+struct Tally {
+    http_ok: AtomicU64,
+    http_failed: AtomicU64,
+    rpc_sent: AtomicU64,
+    /// Bytes echoed back (frames may arrive split across reads).
+    rpc_echoed_bytes: AtomicU64,
+    link_failures: AtomicU64,
+    storm_links: AtomicU64,
+    /// Set from a storm's first connect until 2 s after its links are dropped.
+    storming: AtomicBool,
+}
+
+fn check_result() -> Vec<u8> {
+    let output = "x".repeat(430);
+    codec::encode(format!(
+        r#"{{"jsonrpc":"2.0","method":"event::CheckResult","params":{{"host":"agent1-host","cr":{{"output":"{output}","state":0.0,"exit_status":0.0,"execution_start":1795320932.5}}}},"ts":1795320932.5}}"#
+    ).as_bytes())
+}
+
+fn main() {
+    let secs = env_num("SOAK_SECS", 1800.0);
+    let storm_every = env_num("SOAK_STORM_SECS", 60.0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pass = rt.block_on(run(
+        Duration::from_secs_f64(secs),
+        Duration::from_secs_f64(storm_every),
+    ));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    std::process::exit(if pass { 0 } else { 1 });
+}
+
+async fn run(total: Duration, storm_every: Duration) -> bool {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rp = RelayPki::new(dir);
+    let master_acc = rp.master_acceptor();
+    let RelayPki { pki, ids, .. } = rp;
+    let origin_cert = pki.server("origin", &[]);
+    pki.issue("agent1", CertSpec::new("agent1"));
+    let sink = Sink::start(master_acc, SinkMode::Echo).await;
+    let origin = Upstream::h1(
+        Some(acceptor(&origin_cert, Some(&pki.ca.issued.cert), false)),
+        Behavior::Echo,
+    )
+    .await;
+    let port = free_port();
+    let p = pki.dir.display();
+    let yaml = format!(
+        r#"server: {{ threads: 2, pid_file: {d}/gh.pid, upgrade_sock: {d}/gh.sock }}
+listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    protocols: [http, jsonrpc]
+    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
+upstreams:
+  web: {{ peers: ["{web}"], idle_timeout: 5s, tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: localhost }} }}
+  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
+routes: [ {{ name: web, upstream: web }} ]
+jsonrpc:
+  routes: [ {{ sni: master1, upstream: master }} ]
+  upstream_identity: {{ cert_dir: {ids} }}
+"#,
+        d = dir.display(),
+        web = origin.addr,
+        sink = sink.addr,
+        ids = ids.display(),
+    );
+    let conf = dir.join("gatehouse.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    let log = dir.join("gatehouse.log");
+    let mut gh = spawn(
+        "gatehouse",
+        Command::new(gatehouse_bin())
+            .args(["run", "-c"])
+            .arg(&conf)
+            .env("RUST_LOG", "warn,gatehouse::reload=info"),
+        &log,
+    );
+    wait_port(&mut gh, port, &log);
+    let pid = gh.child.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss0, fd0) = (rss_kib(pid), fd_count(pid));
+    println!("soak: {} s, storms every {} s; gatehouse pid {pid}, before load: RSS {rss0} KiB, {fd0} fds",
+        total.as_secs(), storm_every.as_secs());
+
+    let agent = ClientOpts {
+        ca: Some(pki.ca_path()),
+        cert: Some(pki.paths("agent1")),
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let web = ClientOpts {
+        sni: Some("localhost".into()),
+        ..agent.clone()
+    };
+    let frame_len = check_result().len() as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (stop, tally, web) = (stop.clone(), tally.clone(), web.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match request(addr(port), Some(&web), "GET", "/soak", &[], b"").await {
+                    Ok(r) if r.status == 200 => tally.http_ok.fetch_add(1, Ordering::Relaxed),
+                    _ => tally.http_failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for _ in 0..8 {
+        let (stop, tally, agent) = (stop.clone(), tally.clone(), agent.clone());
+        tasks.push(tokio::spawn(async move {
+            steady_link(port, &agent, &stop, &tally).await;
+        }));
+    }
+    {
+        let (stop, tally, agent) = (stop.clone(), tally.clone(), agent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut next = Instant::now() + storm_every;
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    tally.storming.store(true, Ordering::Relaxed);
+                    storm(port, &agent, 500, &tally).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tally.storming.store(false, Ordering::Relaxed);
+                    next = Instant::now() + storm_every;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+
+    let warmup = (total / 10).max(Duration::from_secs(60)).min(total);
+    let start = Instant::now();
+    // (secs, RSS KiB, fds, storm in progress)
+    let mut samples: Vec<(u64, u64, usize, bool)> = Vec::new();
+    let mut csv = String::from("secs,rss_kib,fds,storm,http_ok,http_failed,rpc_sent,rpc_echoed\n");
+    let mut next_reload = Duration::from_secs(300);
+    let mut reloads = 0;
+    while start.elapsed() < total {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let t = start.elapsed();
+        if t >= next_reload {
+            let _ = Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status();
+            reloads += 1;
+            next_reload += Duration::from_secs(300);
+        }
+        // The in-process peers record what they see (for tests); a soak only needs counts.
+        sink.frames.lock().unwrap().clear();
+        origin.seen.lock().unwrap().clear();
+        let storming = tally.storming.load(Ordering::Relaxed);
+        let (rss, fds) = (rss_kib(pid), fd_count(pid));
+        samples.push((t.as_secs(), rss, fds, storming));
+        let line = format!(
+            "{},{rss},{fds},{},{},{},{},{}",
+            t.as_secs(),
+            u8::from(storming),
+            tally.http_ok.load(Ordering::Relaxed),
+            tally.http_failed.load(Ordering::Relaxed),
+            tally.rpc_sent.load(Ordering::Relaxed),
+            tally.rpc_echoed_bytes.load(Ordering::Relaxed) / frame_len,
+        );
+        csv.push_str(&line);
+        csv.push('\n');
+        if samples.len() % 6 == 0 {
+            println!("  t={:>5}s RSS {rss:>7} KiB  fds {fds:>5}  http {} ok / {} failed  rpc {} sent / {} echoed  storm links {}",
+                t.as_secs(),
+                tally.http_ok.load(Ordering::Relaxed),
+                tally.http_failed.load(Ordering::Relaxed),
+                tally.rpc_sent.load(Ordering::Relaxed),
+                tally.rpc_echoed_bytes.load(Ordering::Relaxed) / frame_len,
+                tally.storm_links.load(Ordering::Relaxed));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+    }
+    // Compare like with like: the mean of the samples between storms in the minute after
+    // warm-up against the same in the last minute.
+    let calm_mean = |from: u64, to: u64| {
+        let v: Vec<u64> = samples
+            .iter()
+            .filter(|s| !s.3 && s.0 >= from && s.0 <= to)
+            .map(|s| s.1)
+            .collect();
+        v.iter().sum::<u64>() / (v.len() as u64).max(1)
+    };
+    let (w, end) = (warmup.as_secs(), total.as_secs());
+    let rss_warm = calm_mean(w, w + 60);
+    let rss_end = calm_mean(end.saturating_sub(60), end);
+    let rss_max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+
+    // After the load: links close at once, pooled upstream connections after idle_timeout (5 s).
+    let settle = Instant::now();
+    let mut fd_end = fd_count(pid);
+    while fd_end > fd0 && settle.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fd_end = fd_count(pid);
+    }
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/soak.csv");
+    let _ = std::fs::write(&target, csv);
+
+    let drift = (rss_end as f64 - rss_warm as f64) / rss_warm.max(1) as f64;
+    let rss_ok = drift.abs() <= 0.10;
+    let fd_ok = fd_end <= fd0;
+    let reload_lines = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("new handshakes use"))
+        .count();
+    println!("\n#### Soak ({} s, `make soak`)", total.as_secs());
+    println!("| measure | value |\n|---|---:|");
+    println!(
+        "| HTTP requests ok / failed | {} / {} |",
+        tally.http_ok.load(Ordering::Relaxed),
+        tally.http_failed.load(Ordering::Relaxed)
+    );
+    println!(
+        "| cluster messages sent / echoed back | {} / {} |",
+        tally.rpc_sent.load(Ordering::Relaxed),
+        tally.rpc_echoed_bytes.load(Ordering::Relaxed) / frame_len
+    );
+    println!(
+        "| storm links opened / steady-link failures | {} / {} |",
+        tally.storm_links.load(Ordering::Relaxed),
+        tally.link_failures.load(Ordering::Relaxed)
+    );
+    println!("| reloads signalled / logged | {reloads} / {reload_lines} |");
+    println!("| RSS before load | {rss0} KiB |");
+    println!(
+        "| RSS after warm-up ({w}–{} s, between storms) | {rss_warm} KiB |",
+        w + 60
+    );
+    println!("| RSS in the last minute (between storms) | {rss_end} KiB |");
+    println!("| RSS max (any sample) | {rss_max} KiB |");
+    println!(
+        "| RSS drift end vs warm-up | {:+.1} % ({}) |",
+        drift * 100.0,
+        if rss_ok { "within 10 %: ok" } else { "FAIL" }
+    );
+    println!(
+        "| fds before load / after load stopped | {fd0} / {fd_end} ({}) |",
+        if fd_ok { "ok" } else { "FAIL" }
+    );
+    println!("samples: {}", target.display());
+    if tally.http_failed.load(Ordering::Relaxed) > 0 {
+        println!(
+            "note: failed HTTP requests during the soak; see {}",
+            log.display()
+        );
+    }
+    drop(gh);
+    rss_ok && fd_ok
+}
+
+/// A long-lived agent link: ~200 messages/s, each echoed back by the master.
+async fn steady_link(port: u16, agent: &ClientOpts, stop: &AtomicBool, tally: &Tally) {
+    let frame = check_result();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(s) = tls_connect(addr(port), agent).await else {
+            tally.link_failures.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let (mut r, mut w) = tokio::io::split(s);
+        let reader = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        tally
+                            .rpc_echoed_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        let writer = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let batch = frame.repeat(10);
+                if w.write_all(&batch).await.is_err() {
+                    return;
+                }
+                tally.rpc_sent.fetch_add(10, Ordering::Relaxed);
+            }
+            let _ = w.shutdown().await;
+        };
+        tokio::select! {
+            _ = reader => tally.link_failures.fetch_add(1, Ordering::Relaxed),
+            _ = writer => 0,
+        };
+    }
+}
+
+/// `n` links at once: Hello and a heartbeat each, held 5 s, then all dropped together.
+async fn storm(port: u16, agent: &ClientOpts, n: usize, tally: &Tally) {
+    let hello = codec::encode(
+        br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#,
+    );
+    let hb = codec::encode(br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#);
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (agent, hello, hb) = (agent.clone(), hello.clone(), hb.clone());
+        handles.push(tokio::spawn(async move {
+            let mut s = tls_connect(addr(port), &agent).await.ok()?;
+            s.write_all(&hello).await.ok()?;
+            s.write_all(&hb).await.ok()?;
+            Some(s)
+        }));
+    }
+    let mut links = Vec::with_capacity(n);
+    for h in handles {
+        if let Ok(Some(s)) = h.await {
+            links.push(s);
+        }
+    }
+    tally
+        .storm_links
+        .fetch_add(links.len() as u64, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(links);
+}

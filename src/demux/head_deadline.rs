@@ -1,0 +1,135 @@
+//! A deadline on each HTTP/1 request head, which Pingora does not have: it times out every
+//! single read (60 s) but not the head as a whole, so a slowloris client sending a byte now
+//! and then could hold a connection (and a task) forever.
+//!
+//! The clock starts with the first byte of a request head and stops at the blank line that
+//! ends it. It starts again with the first byte read after the response began (a 1xx interim
+//! answer does not count), so keep-alive requests get the same deadline. Bytes read between
+//! a head and its response (the body, pipelined requests) are not scanned: the deadline can
+//! only ever end a connection that is still sending a head.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Context;
+use std::time::Duration;
+use tokio::time::Sleep;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a head; `newlines` counts line ends in a row (`\r` is skipped).
+    Head { newlines: u8 },
+    /// Head complete, the response not yet begun.
+    AwaitingResponse,
+    /// Response begun; the next byte read starts a new head.
+    Idle,
+}
+
+/// The per-connection state; [`super::PrefixedIo`] feeds it what is read and written.
+#[derive(Debug)]
+pub struct HeadDeadline {
+    limit: Duration,
+    phase: Phase,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl HeadDeadline {
+    /// For a connection whose first head has just begun (the demux read its first byte).
+    pub fn started(limit: Duration) -> Self {
+        HeadDeadline {
+            limit,
+            phase: Phase::Head { newlines: 0 },
+            timer: Some(Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+
+    /// The configured limit.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Whether the head being read is overdue; registers `cx` to be woken when it will be.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.timer {
+            Some(t) => t.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
+    }
+
+    /// Accounts for bytes just read.
+    pub fn on_read(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut newlines = match self.phase {
+            Phase::AwaitingResponse => return,
+            Phase::Idle => {
+                self.timer = Some(Box::pin(tokio::time::sleep(self.limit)));
+                0
+            }
+            Phase::Head { newlines } => newlines,
+        };
+        for &b in data {
+            match b {
+                b'\n' => {
+                    newlines += 1;
+                    if newlines == 2 {
+                        self.phase = Phase::AwaitingResponse;
+                        self.timer = None;
+                        return;
+                    }
+                }
+                b'\r' => {}
+                _ => newlines = 0,
+            }
+        }
+        self.phase = Phase::Head { newlines };
+    }
+
+    /// Accounts for bytes just written.
+    pub fn on_write(&mut self, data: &[u8]) {
+        let interim = data.starts_with(b"HTTP/1.1 1") || data.starts_with(b"HTTP/1.0 1");
+        if self.phase == Phase::AwaitingResponse && !data.is_empty() && !interim {
+            self.phase = Phase::Idle;
+        }
+    }
+
+    #[cfg(test)]
+    fn armed(&self) -> bool {
+        self.timer.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_head_arms_until_its_blank_line_and_again_after_the_response() {
+        let mut d = HeadDeadline::started(Duration::from_secs(1));
+        d.on_read(b"GET / HTTP/1.1\r\nHost: a\r");
+        assert!(d.armed());
+        d.on_read(b"\n\r\nBODY\r\n\r\n");
+        assert!(!d.armed(), "head complete");
+        d.on_read(b"more body");
+        assert!(!d.armed(), "body bytes are not a head");
+        d.on_write(b"HTTP/1.1 100 Continue\r\n\r\n");
+        d.on_read(b"still body");
+        assert!(!d.armed(), "an interim answer is not the response");
+        d.on_write(b"HTTP/1.1 200 OK\r\n");
+        assert!(!d.armed(), "idle keep-alive is Pingora's business");
+        d.on_read(b"G");
+        assert!(d.armed(), "the next head started");
+        d.on_read(b"ET / HTTP/1.1\n\n");
+        assert!(!d.armed(), "bare line feeds end a head too");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overdue_head_expires() {
+        let mut d = HeadDeadline::started(Duration::from_secs(1));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        d.on_read(b"GET / HTTP/1.1\r\n");
+        assert!(!d.poll_expired(&mut cx));
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert!(d.poll_expired(&mut cx));
+    }
+}
