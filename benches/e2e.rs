@@ -13,7 +13,8 @@
 //!   growth of the proxy's process tree per link.
 //!
 //! Environment: `BENCH_SECS` (wrk duration, default 15), `BENCH_RELAY_SECS` (default 5),
-//! `BENCH_IDLE` (comma list, default `2000,5000`; `0` skips). Everything targets 127.0.0.1.
+//! `BENCH_IDLE` (comma list, default `2000,5000`; `0` skips), `BENCH_WRAP` (a command to run
+//! Gatehouse under, e.g. `heaptrack -o /tmp/gh`). Everything targets 127.0.0.1.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -254,6 +255,20 @@ async fn idle_links(target: SocketAddr, o: &ClientOpts, n: usize, pid: u32) -> f
     after.saturating_sub(before) as f64 / opened.max(1) as f64
 }
 
+/// `gatehouse`, or under `BENCH_WRAP` (e.g. `heaptrack -o /tmp/gh`, `perf record -g --`) for
+/// profiling it under the bench's load.
+fn gatehouse_cmd_wrapped(bin: &str) -> Command {
+    match std::env::var("BENCH_WRAP") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or_default());
+            c.args(parts).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
 fn main() {
     for tool in ["wrk", "nginx", "haproxy"] {
         if !require_binary(tool) {
@@ -377,7 +392,7 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     wait_port(&mut hap, hport, &dir.join("haproxy-http.log"));
     let mut gh = spawn(
         "gatehouse",
-        Command::new(gh_bin)
+        gatehouse_cmd_wrapped(gh_bin)
             .args(["run", "-c"])
             .arg(dir.join("gh-http.yaml"))
             .env("RUST_LOG", "warn"),
@@ -432,7 +447,7 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     std::fs::write(dir.join("stream.conf"), nginx_stream).unwrap();
     let mut gh = spawn(
         "gatehouse",
-        Command::new(gh_bin)
+        gatehouse_cmd_wrapped(gh_bin)
             .args(["run", "-c"])
             .arg(dir.join("gh-relay.yaml"))
             .env("RUST_LOG", "warn"),

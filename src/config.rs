@@ -272,6 +272,10 @@ pub struct Listener {
     /// How long an HTTP/1 client may take to send one request head (slowloris guard).
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Duration,
+    /// Per-connection read buffer below TLS. Pingora's default is 64 KiB, which an idle
+    /// cluster link keeps resident; reads larger than the buffer bypass it anyway.
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer: Size,
 }
 
 /// A protocol a listener accepts.
@@ -292,6 +296,9 @@ fn default_first_byte_timeout() -> Duration {
 }
 fn default_header_timeout() -> Duration {
     Duration::secs(10)
+}
+fn default_read_buffer() -> Size {
+    Size(4 * 1024)
 }
 
 /// Whether and how clients must present a certificate.

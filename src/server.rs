@@ -14,6 +14,7 @@ use crate::rpc::Relay;
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
 use arc_swap::ArcSwap;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -180,6 +181,7 @@ impl Plan {
                 l.header_timeout.get(),
             );
             let mut svc = Service::new(format!("listener {}", l.name), app);
+            let buffers = L4BufferSettings::default().read(l.read_buffer.0 as usize);
             match tls {
                 Some(t) => {
                     let at = format!("listeners[{i}].tls");
@@ -189,10 +191,14 @@ impl Plan {
                     let settings = t
                         .settings(contexts.clone())
                         .map_err(|e| ConfigError::new(&at, e))?;
-                    svc.add_tls_with_settings(&l.address, None, settings);
+                    svc.add_listener(
+                        ListenerConfig::tcp(&l.address)
+                            .tls(settings)
+                            .l4_buffer(buffers),
+                    );
                     live.push(LiveListener { index: i, contexts });
                 }
-                None => svc.add_tcp(&l.address),
+                None => svc.add_listener(ListenerConfig::tcp(&l.address).l4_buffer(buffers)),
             }
             log::info!(
                 "listener {} on {} ({}, {:?})",

@@ -485,7 +485,8 @@ async fn http_corpus() {
         (closed, t0.elapsed())
     };
     // (Links idle out after 2 s here: the neighbour speaks between the slower cases below.)
-    e.still_healthy(&mut neighbour, "smuggling, big headers, Kea body").await;
+    e.still_healthy(&mut neighbour, "smuggling, big headers, Kea body")
+        .await;
     let s = tls_connect(addr(e.port), &o_web).await.unwrap();
     let (closed, took) = trickle(s, b"GET /slow HTTP/1.1\r\nHost: localhost\r\n").await;
     assert!(
