@@ -23,7 +23,6 @@ mod support;
 use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::pki::CertSpec;
-use gatehouse::rpc::codec;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -143,13 +142,6 @@ fn wrk(name: &'static str, port: u16, secs: f64, pid: Option<u32>) -> HttpRow {
 
 // === relay ===
 
-fn check_result() -> Vec<u8> {
-    let output = "x".repeat(430);
-    codec::encode(format!(
-        r#"{{"jsonrpc":"2.0","method":"event::CheckResult","params":{{"host":"agent1-host","cr":{{"output":"{output}","state":0.0,"exit_status":0.0,"execution_start":1795320932.5}}}},"ts":1795320932.5}}"#
-    ).as_bytes())
-}
-
 async fn relay_throughput(
     target: SocketAddr,
     o: &ClientOpts,
@@ -226,24 +218,7 @@ async fn ping_pong(target: SocketAddr, o: &ClientOpts, n: usize) -> (f64, f64) {
 /// Opens `n` links (Hello, then silence) and returns the proxy's RSS growth per link, KiB.
 async fn idle_links(target: SocketAddr, o: &ClientOpts, n: usize, pid: u32) -> f64 {
     let before = rss_kib(pid);
-    let hello = codec::encode(br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#);
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut handles = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (o, hello, sem) = (o.clone(), hello.clone(), sem.clone());
-        handles.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await.ok()?;
-            let mut s = tls_connect(target, &o).await.ok()?;
-            s.write_all(&hello).await.ok()?;
-            Some(s)
-        }));
-    }
-    let mut links = Vec::with_capacity(n);
-    for h in handles {
-        if let Ok(Some(s)) = h.await {
-            links.push(s);
-        }
-    }
+    let links = open_links(target, o, n, 32, &hello()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid);
     let opened = links.len();

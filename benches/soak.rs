@@ -44,13 +44,6 @@ struct Tally {
     storming: AtomicBool,
 }
 
-fn check_result() -> Vec<u8> {
-    let output = "x".repeat(430);
-    codec::encode(format!(
-        r#"{{"jsonrpc":"2.0","method":"event::CheckResult","params":{{"host":"agent1-host","cr":{{"output":"{output}","state":0.0,"exit_status":0.0,"execution_start":1795320932.5}}}},"ts":1795320932.5}}"#
-    ).as_bytes())
-}
-
 fn main() {
     let secs = env_num("SOAK_SECS", 1800.0);
     let storm_every = env_num("SOAK_STORM_SECS", 60.0);
@@ -339,26 +332,11 @@ async fn steady_link(port: u16, agent: &ClientOpts, stop: &AtomicBool, tally: &T
 
 /// `n` links at once: Hello and a heartbeat each, held 5 s, then all dropped together.
 async fn storm(port: u16, agent: &ClientOpts, n: usize, tally: &Tally) {
-    let hello = codec::encode(
-        br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#,
-    );
-    let hb = codec::encode(br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#);
-    let mut handles = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (agent, hello, hb) = (agent.clone(), hello.clone(), hb.clone());
-        handles.push(tokio::spawn(async move {
-            let mut s = tls_connect(addr(port), &agent).await.ok()?;
-            s.write_all(&hello).await.ok()?;
-            s.write_all(&hb).await.ok()?;
-            Some(s)
-        }));
-    }
-    let mut links = Vec::with_capacity(n);
-    for h in handles {
-        if let Ok(Some(s)) = h.await {
-            links.push(s);
-        }
-    }
+    let mut first = hello();
+    first.extend_from_slice(&codec::encode(
+        br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#,
+    ));
+    let links = open_links(addr(port), agent, n, n, &first).await;
     tally
         .storm_links
         .fetch_add(links.len() as u64, Ordering::Relaxed);

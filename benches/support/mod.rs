@@ -3,10 +3,14 @@
 
 #![allow(dead_code)]
 
+use crate::common::{tls_connect, ClientOpts};
+use gatehouse::rpc::codec;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 /// A number from the environment, or `default`.
 pub fn env_num(name: &str, default: f64) -> f64 {
@@ -125,4 +129,49 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// A real-sized (~600 bytes) `event::CheckResult` netstring.
+pub fn check_result() -> Vec<u8> {
+    let output = "x".repeat(430);
+    codec::encode(format!(
+        r#"{{"jsonrpc":"2.0","method":"event::CheckResult","params":{{"host":"agent1-host","cr":{{"output":"{output}","state":0.0,"exit_status":0.0,"execution_start":1795320932.5}}}},"ts":1795320932.5}}"#
+    ).as_bytes())
+}
+
+/// An `icinga::Hello` netstring, as an agent sends first.
+pub fn hello() -> Vec<u8> {
+    codec::encode(
+        br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#,
+    )
+}
+
+/// Opens up to `n` links to `target` (at most `parallel` handshakes at once), each sending
+/// `first`; returns the links that opened.
+pub async fn open_links(
+    target: SocketAddr,
+    o: &ClientOpts,
+    n: usize,
+    parallel: usize,
+    first: &[u8],
+) -> Vec<tokio_boring::SslStream<tokio::net::TcpStream>> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let first: Arc<[u8]> = first.into();
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (o, first, sem) = (o.clone(), first.clone(), sem.clone());
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.ok()?;
+            let mut s = tls_connect(target, &o).await.ok()?;
+            s.write_all(&first).await.ok()?;
+            Some(s)
+        }));
+    }
+    let mut links = Vec::with_capacity(n);
+    for h in handles {
+        if let Ok(Some(s)) = h.await {
+            links.push(s);
+        }
+    }
+    links
 }

@@ -29,7 +29,8 @@ enum Phase {
 pub struct HeadDeadline {
     limit: Duration,
     phase: Phase,
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Allocated once per connection and reset for each head; only polled in `Head`.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl HeadDeadline {
@@ -38,7 +39,7 @@ impl HeadDeadline {
         HeadDeadline {
             limit,
             phase: Phase::Head { newlines: 0 },
-            timer: Some(Box::pin(tokio::time::sleep(limit))),
+            timer: Box::pin(tokio::time::sleep(limit)),
         }
     }
 
@@ -49,10 +50,7 @@ impl HeadDeadline {
 
     /// Whether the head being read is overdue; registers `cx` to be woken when it will be.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        match &mut self.timer {
-            Some(t) => t.as_mut().poll(cx).is_ready(),
-            None => false,
-        }
+        matches!(self.phase, Phase::Head { .. }) && self.timer.as_mut().poll(cx).is_ready()
     }
 
     /// Accounts for bytes just read.
@@ -63,7 +61,9 @@ impl HeadDeadline {
         let mut newlines = match self.phase {
             Phase::AwaitingResponse => return,
             Phase::Idle => {
-                self.timer = Some(Box::pin(tokio::time::sleep(self.limit)));
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.limit);
                 0
             }
             Phase::Head { newlines } => newlines,
@@ -74,7 +74,6 @@ impl HeadDeadline {
                     newlines += 1;
                     if newlines == 2 {
                         self.phase = Phase::AwaitingResponse;
-                        self.timer = None;
                         return;
                     }
                 }
@@ -95,7 +94,7 @@ impl HeadDeadline {
 
     #[cfg(test)]
     fn armed(&self) -> bool {
-        self.timer.is_some()
+        matches!(self.phase, Phase::Head { .. })
     }
 }
 
