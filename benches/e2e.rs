@@ -14,7 +14,8 @@
 //!
 //! Environment: `BENCH_SECS` (wrk duration, default 15), `BENCH_RELAY_SECS` (default 5),
 //! `BENCH_IDLE` (comma list, default `2000,5000`; `0` skips), `BENCH_WRAP` (a command to run
-//! Gatehouse under, e.g. `heaptrack -o /tmp/gh`). Everything targets 127.0.0.1.
+//! Gatehouse under, e.g. `heaptrack -o /tmp/gh`), `BENCH_READ_BUFFER` (Gatehouse listeners'
+//! `read_buffer`, e.g. `64KiB`; default: the config default). Everything targets 127.0.0.1.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -278,6 +279,7 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             .status();
         let _ = Command::new("chmod").args(["a+rx"]).arg(&dir).status();
     }
+    let rb = std::env::var("BENCH_READ_BUFFER").ok();
     let pki = Pki::new(&dir, "pki");
     let server = pki.server("server", &[]);
     pki.issue("client", CertSpec::new("agent1"));
@@ -330,9 +332,10 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         f.p("server.pem"), f.p("ca.crt"), f.p("client.pem")
     );
     let gh_http = format!(
-        "server: {{ threads: 2, pid_file: {d}/gh-http.pid, upgrade_sock: {d}/gh-http.sock }}\nlisteners:\n  - name: http\n    address: \"127.0.0.1:{gport}\"\n    tls: {{ cert: {}, key: {}, client_auth: none, alpn: [http/1.1] }}\nupstreams:\n  b: {{ peers: [\"127.0.0.1:{bport}\"], tls: {{ ca: {}, client_cert: {}, client_key: {}, sni: localhost }} }}\nroutes: [ {{ name: b, upstream: b }} ]\n",
+        "server: {{ threads: 2, pid_file: {d}/gh-http.pid, upgrade_sock: {d}/gh-http.sock }}\nlisteners:\n  - name: http\n    address: \"127.0.0.1:{gport}\"\n    tls: {{ cert: {}, key: {}, client_auth: none, alpn: [http/1.1] }}\n{rb_block}upstreams:\n  b: {{ peers: [\"127.0.0.1:{bport}\"], tls: {{ ca: {}, client_cert: {}, client_key: {}, sni: localhost }} }}\nroutes: [ {{ name: b, upstream: b }} ]\n",
         f.p("server.crt"), f.p("server.key"), f.p("ca.crt"), f.p("gatehouse.crt"), f.p("gatehouse.key"),
-        d = dir.display()
+        d = dir.display(),
+        rb_block = rb.as_deref().map(|v| format!("    read_buffer: {v}\n")).unwrap_or_default(),
     );
     for (name, text) in [
         ("backend.conf", &backend_conf),
@@ -397,9 +400,10 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     let (g_count, g_echo) = (free_port(), free_port());
     let (h_count, h_echo, n_count, n_echo) = (free_port(), free_port(), free_port(), free_port());
     let gh_relay = format!(
-        "server: {{ threads: 2, pid_file: {d}/gh-relay.pid, upgrade_sock: {d}/gh-relay.sock }}\nlisteners:\n  - {{ name: count, address: \"127.0.0.1:{g_count}\", protocols: [jsonrpc], tls: {{ cert: {c}, key: {k}, client_auth: required, client_ca: {ca} }} }}\n  - {{ name: echo, address: \"127.0.0.1:{g_echo}\", protocols: [jsonrpc], tls: {{ cert: {c}, key: {k}, client_auth: required, client_ca: {ca} }} }}\nupstreams:\n  count: {{ peers: [\"{cs}\"], tls: {{ ca: {ca}, client_cert: {gc}, client_key: {gk}, sni: localhost }} }}\n  echo: {{ peers: [\"{es}\"], tls: {{ ca: {ca}, client_cert: {gc}, client_key: {gk}, sni: localhost }} }}\njsonrpc:\n  routes: [ {{ sni: count, upstream: count }}, {{ sni: echo, upstream: echo }} ]\n  upstream_identity: {{ cert_dir: {ids} }}\n  limits: {{ idle_timeout: 600s }}\n",
+        "server: {{ threads: 2, pid_file: {d}/gh-relay.pid, upgrade_sock: {d}/gh-relay.sock }}\nlisteners:\n  - {{ name: count, address: \"127.0.0.1:{g_count}\", protocols: [jsonrpc], {rb_flow}tls: {{ cert: {c}, key: {k}, client_auth: required, client_ca: {ca} }} }}\n  - {{ name: echo, address: \"127.0.0.1:{g_echo}\", protocols: [jsonrpc], {rb_flow}tls: {{ cert: {c}, key: {k}, client_auth: required, client_ca: {ca} }} }}\nupstreams:\n  count: {{ peers: [\"{cs}\"], tls: {{ ca: {ca}, client_cert: {gc}, client_key: {gk}, sni: localhost }} }}\n  echo: {{ peers: [\"{es}\"], tls: {{ ca: {ca}, client_cert: {gc}, client_key: {gk}, sni: localhost }} }}\njsonrpc:\n  routes: [ {{ sni: count, upstream: count }}, {{ sni: echo, upstream: echo }} ]\n  upstream_identity: {{ cert_dir: {ids} }}\n  limits: {{ idle_timeout: 600s }}\n",
         d = dir.display(), c = f.p("server.crt"), k = f.p("server.key"), ca = f.p("ca.crt"), gc = f.p("gatehouse.crt"), gk = f.p("gatehouse.key"),
-        cs = count_sink.addr, es = echo_sink.addr, ids = ids.display()
+        cs = count_sink.addr, es = echo_sink.addr, ids = ids.display(),
+        rb_flow = rb.as_deref().map(|v| format!("read_buffer: {v}, ")).unwrap_or_default(),
     );
     let hap_relay = format!(
         "global\n  nbthread 2\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\nfrontend count\n  bind 127.0.0.1:{h_count} ssl crt {sp} ca-file {ca} verify required\n  default_backend count\nfrontend echo\n  bind 127.0.0.1:{h_echo} ssl crt {sp} ca-file {ca} verify required\n  default_backend echo\nbackend count\n  server s 127.0.0.1:{cp} ssl verify required ca-file {ca} crt {cl} sni str(localhost)\nbackend echo\n  server s 127.0.0.1:{ep} ssl verify required ca-file {ca} crt {cl} sni str(localhost)\n",

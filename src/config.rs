@@ -876,6 +876,14 @@ impl Config {
                     "must name http, jsonrpc or both".into(),
                 );
             }
+            // Below 1 KiB most TLS records take several reads; above 1 MiB it is resident
+            // memory per idle connection for no gain (larger reads bypass the buffer anyway).
+            if !(1024..=1024 * 1024).contains(&l.read_buffer.0) {
+                e(
+                    format!("{at}.read_buffer"),
+                    format!("{} bytes is outside 1KiB..=1MiB", l.read_buffer.0),
+                );
+            }
             if l.protocols.contains(&Protocol::Jsonrpc) && self.jsonrpc.is_none() {
                 e(
                     format!("{at}.protocols"),

@@ -102,6 +102,21 @@ fn bad_duration() {
 }
 
 #[test]
+fn read_buffer_out_of_range() {
+    for (size, bytes) in [("512", "512"), ("2MiB", "2097152")] {
+        expect_error(
+            |s| {
+                s.replace(
+                    "    tls:\n      cert:",
+                    &format!("    read_buffer: {size}\n    tls:\n      cert:"),
+                )
+            },
+            &format!("listeners[0].read_buffer: {bytes} bytes is outside 1KiB..=1MiB"),
+        );
+    }
+}
+
+#[test]
 fn route_to_unknown_upstream() {
     expect_error(
         |s| s.replace("upstream: kea }", "upstream: dhcp }"),

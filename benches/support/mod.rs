@@ -27,22 +27,40 @@ pub fn addr(port: u16) -> SocketAddr {
 
 // === processes ===
 
-/// A spawned proxy, killed on drop.
+/// A spawned proxy, stopped on drop.
 pub struct Proc {
     pub name: &'static str,
     pub child: Child,
 }
 
+/// The whole process group gets SIGINT (fast shutdown for nginx, HAProxy and Pingora alike;
+/// under `BENCH_WRAP`, `perf record` and Gatehouse both stop and perf writes its data), then
+/// SIGKILL after 5 s. Killing only the leader left nginx workers running, orphans that
+/// skewed every later run on the machine.
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        let Ok(pid) = i32::try_from(self.child.id()) else {
+            return;
+        };
+        let group = Pid::from_raw(pid);
+        let _ = killpg(group, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Also reaps workers that outlived their master.
+        let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
 
-/// Starts `cmd` with stderr to `log`.
+/// Starts `cmd` in a process group of its own, with stderr to `log`.
 pub fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
+    use std::os::unix::process::CommandExt;
     let child = cmd
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

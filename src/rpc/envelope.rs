@@ -86,6 +86,40 @@ static STOP: [bool; 256] = {
     t
 };
 
+/// The end of the run of plain string bytes starting at `i`: the index of the first `"`, `\`
+/// or control character, or `b.len()`.
+///
+/// Strings are most of a check result's bytes, so they are skipped eight bytes per step
+/// (SWAR): each mask flags, in a byte's high bit, a byte that is `"`, `\` or below 0x20. A
+/// flag can be spurious only in a byte *after* a genuine one in the same mask (borrows move
+/// upwards), so the lowest flag of the union is always the first stop byte.
+fn plain_run(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    const fn has_zero(x: u64) -> u64 {
+        x.wrapping_sub(ONES) & !x & HIGH
+    }
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let stops = has_zero(w ^ (ONES * b'"' as u64))
+            | has_zero(w ^ (ONES * b'\\' as u64))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if STOP[c as usize] {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
@@ -303,13 +337,7 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Plain bytes are skipped by table lookup; only `"`, `\` and controls stop it.
-            while let Some(&c) = self.b.get(self.i) {
-                if STOP[c as usize] {
-                    break;
-                }
-                self.i += 1;
-            }
+            self.i = plain_run(self.b, self.i);
             match self.peek() {
                 None => return self.err("unterminated string"),
                 Some(b'"') => {
@@ -389,6 +417,32 @@ mod tests {
         assert!(e.has_id);
         let e = parse(br#"{"method":"a\u003a\u003ab"}"#).unwrap();
         assert_eq!(e.method.as_deref(), Some("a::b"));
+    }
+
+    #[test]
+    fn plain_run_stops_at_the_first_stop_byte() {
+        // Every stop byte at every offset, after plain bytes that include high (UTF-8) bytes
+        // and bytes just above the stop values, with more stop bytes after it.
+        let stops: Vec<u8> = (0u8..0x20).chain([b'"', b'\\']).collect();
+        for &stop in &stops {
+            for at in 0..20 {
+                for start in 0..3.min(at + 1) {
+                    let mut b: Vec<u8> = (0..at)
+                        .map(|k| [b'a', 0xc3, b'#', b']', 0x20, 0xff][k % 6])
+                        .collect();
+                    b.push(stop);
+                    b.extend_from_slice(b"x\"\x01yz");
+                    assert_eq!(
+                        plain_run(&b, start),
+                        at,
+                        "stop {stop:#x} at {at} from {start}"
+                    );
+                }
+            }
+        }
+        assert_eq!(plain_run(b"abcdefghijk", 0), 11);
+        assert_eq!(plain_run(b"abcdefghijk", 11), 11);
+        assert_eq!(plain_run(b"", 0), 0);
     }
 
     #[test]

@@ -300,15 +300,16 @@ impl Relay {
         // Frames checked in one pass go out in one write: one TLS record and syscall per batch
         // instead of per message. At most one read's worth of frames waits here.
         let mut out = Vec::new();
-        let counters = Counters::new(dir);
+        let mut counters = Counters::new(dir, &link.forwarded[dir as usize]);
         // Idle = no complete message for `idle`, so trickling bytes cannot keep a link alive.
         let mut deadline = tokio::time::Instant::now() + idle;
         loop {
+            let mut complete = false;
             loop {
                 match codec::decode(&mut buf, limit) {
                     Ok(Some(frame)) => {
-                        deadline = tokio::time::Instant::now() + idle;
-                        if let Err(end) = self.check(link, dir, &frame, &mut out, &counters) {
+                        complete = true;
+                        if let Err(end) = self.check(link, dir, &frame, &mut out, &mut counters) {
                             return end;
                         }
                     }
@@ -320,6 +321,11 @@ impl Relay {
                         return LinkEnd::Frame(dir, e);
                     }
                 }
+            }
+            if complete {
+                // Once per read, not per message: both cost a clock read or shared atomics.
+                deadline = tokio::time::Instant::now() + idle;
+                counters.flush();
             }
             if !out.is_empty() {
                 let written = w.write_all(&out).await;
@@ -364,7 +370,7 @@ impl Relay {
         dir: Direction,
         frame: &Frame,
         out: &mut Vec<u8>,
-        counters: &Counters,
+        counters: &mut Counters,
     ) -> Result<(), LinkEnd> {
         let env = match envelope::parse(frame.payload()) {
             Ok(e) => e,
@@ -411,8 +417,7 @@ impl Relay {
         } else {
             out.extend_from_slice(frame.raw());
         }
-        counters.forwarded[idx].inc();
-        link.forwarded[dir as usize].fetch_add(1, Ordering::Relaxed);
+        counters.pending[idx] += 1;
         Ok(())
     }
 
@@ -480,21 +485,48 @@ fn with_cert_request(
 }
 
 /// The hot-path metric children of one direction, resolved once per link (a labelled lookup
-/// hashes and locks; an `IntCounter` is one atomic add).
-struct Counters {
+/// hashes and locks), with per-method counts added up locally and published once per read:
+/// all links share these counters, and an atomic add per message made their cache lines
+/// bounce between the worker threads.
+struct Counters<'l> {
     forwarded: Vec<IntCounter>,
+    pending: Vec<u64>,
+    link_total: &'l AtomicU64,
     bytes: IntCounter,
 }
 
-impl Counters {
-    fn new(dir: Direction) -> Counters {
+impl<'l> Counters<'l> {
+    fn new(dir: Direction, link_total: &'l AtomicU64) -> Counters<'l> {
         Counters {
             forwarded: METHOD_LABELS
                 .iter()
                 .map(|m| metrics::RPC_MESSAGES.with_label_values(&[dir.label(), m, "forwarded"]))
                 .collect(),
+            pending: vec![0; METHOD_LABELS.len()],
+            link_total,
             bytes: metrics::RPC_BYTES.with_label_values(&[dir.label()]),
         }
+    }
+
+    /// Publishes the pending counts.
+    fn flush(&mut self) {
+        let mut total = 0;
+        for (counter, n) in self.forwarded.iter().zip(&mut self.pending) {
+            if *n > 0 {
+                counter.inc_by(*n);
+                total += std::mem::take(n);
+            }
+        }
+        if total > 0 {
+            self.link_total.fetch_add(total, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts of a pump that ends mid-read (a denial, a bad frame) are not lost.
+impl Drop for Counters<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
