@@ -9,8 +9,8 @@
 //!   terminating TLS with client certs required and re-originating mTLS) to an in-process sink
 //!   that requires client certs; counted at the sink. Proxy CPU per message = the proxy's
 //!   process-tree CPU time ÷ messages. Ping-pong: one message in flight to an echoing sink.
-//! - Idle links: 2,000 and 5,000 authenticated links per proxy (Hello, then silence); RSS
-//!   growth of the proxy's process tree per link.
+//! - Idle links: 2,000 and 5,000 authenticated links per proxy (Hello, then silence), each
+//!   count in freshly started proxies; RSS growth of the proxy's process tree per link.
 //!
 //! Environment: `BENCH_SECS` (wrk duration, default 15), `BENCH_RELAY_SECS` (default 5),
 //! `BENCH_IDLE` (comma list, default `2000,5000`; `0` skips), `BENCH_WRAP` (a command to run
@@ -360,23 +360,34 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     wait_port(&mut backend, bport, &dir.join("nginx-backend.log"));
     let mut front = nginx("nginx-front", "front.conf");
     wait_port(&mut front, nport, &dir.join("nginx-front.log"));
-    let mut hap = spawn(
-        "haproxy",
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(dir.join("haproxy-http.cfg")),
-        &dir.join("haproxy-http.log"),
-    );
-    wait_port(&mut hap, hport, &dir.join("haproxy-http.log"));
-    let mut gh = spawn(
-        "gatehouse",
-        gatehouse_cmd_wrapped(gh_bin)
-            .args(["run", "-c"])
-            .arg(dir.join("gh-http.yaml"))
-            .env("RUST_LOG", "warn"),
-        &dir.join("gh-http.log"),
-    );
-    wait_port(&mut gh, gport, &dir.join("gh-http.log"));
+    // `stem`.cfg / `stem`.yaml in `dir`, logging to `stem`.log; returns once `port` listens.
+    let haproxy = |stem: &str, port: u16| {
+        let log = dir.join(format!("{stem}.log"));
+        let mut p = spawn(
+            "haproxy",
+            Command::new("haproxy")
+                .args(["-db", "-f"])
+                .arg(dir.join(format!("{stem}.cfg"))),
+            &log,
+        );
+        wait_port(&mut p, port, &log);
+        p
+    };
+    let gatehouse = |stem: &str, port: u16| {
+        let log = dir.join(format!("{stem}.log"));
+        let mut p = spawn(
+            "gatehouse",
+            gatehouse_cmd_wrapped(gh_bin)
+                .args(["run", "-c"])
+                .arg(dir.join(format!("{stem}.yaml")))
+                .env("RUST_LOG", "warn"),
+            &log,
+        );
+        wait_port(&mut p, port, &log);
+        p
+    };
+    let hap = haproxy("haproxy-http", hport);
+    let gh = gatehouse("gh-http", gport);
 
     let mut http = Vec::new();
     eprintln!("HTTP: wrk -t2 -c64 -d{http_secs}s keep-alive against each front ...");
@@ -424,25 +435,21 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     std::fs::write(dir.join("gh-relay.yaml"), gh_relay).unwrap();
     std::fs::write(dir.join("haproxy-relay.cfg"), hap_relay).unwrap();
     std::fs::write(dir.join("stream.conf"), nginx_stream).unwrap();
-    let mut gh = spawn(
-        "gatehouse",
-        gatehouse_cmd_wrapped(gh_bin)
-            .args(["run", "-c"])
-            .arg(dir.join("gh-relay.yaml"))
-            .env("RUST_LOG", "warn"),
-        &dir.join("gh-relay.log"),
-    );
-    wait_port(&mut gh, g_count, &dir.join("gh-relay.log"));
-    let mut hap = spawn(
-        "haproxy",
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(dir.join("haproxy-relay.cfg")),
-        &dir.join("haproxy-relay.log"),
-    );
-    wait_port(&mut hap, h_count, &dir.join("haproxy-relay.log"));
-    let mut stream = nginx("nginx-stream", "stream.conf");
-    wait_port(&mut stream, n_count, &dir.join("nginx-stream.log"));
+    let start_relays = || {
+        let gh = gatehouse("gh-relay", g_count);
+        let hap = haproxy("haproxy-relay", h_count);
+        let mut stream = nginx("nginx-stream", "stream.conf");
+        wait_port(&mut stream, n_count, &dir.join("nginx-stream.log"));
+        [gh, hap, stream]
+    };
+    let with_ports = |procs: &[Proc; 3]| -> [(&'static str, u16, u16, u32); 3] {
+        [
+            ("gatehouse", g_count, g_echo, procs[0].child.id()),
+            ("haproxy", h_count, h_echo, procs[1].child.id()),
+            ("nginx", n_count, n_echo, procs[2].child.id()),
+        ]
+    };
+    let mut relays = Some(start_relays());
 
     // The client does not verify the proxies (its CPU is not what is measured); SNI picks
     // Gatehouse's route. Every proxy requires and verifies the client certificate.
@@ -455,11 +462,10 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     let count_o = agent("count");
     let echo_o = agent("echo");
     let local = agent("localhost");
-    let proxies: [(&str, u16, u16, u32); 3] = [
-        ("gatehouse", g_count, g_echo, gh.child.id()),
-        ("haproxy", h_count, h_echo, hap.child.id()),
-        ("nginx", n_count, n_echo, stream.child.id()),
-    ];
+    let proxies = relays
+        .as_ref()
+        .map(with_ports)
+        .expect("relay proxies running");
     eprintln!("relay: 1 and 16 links, {relay_secs} s each ...");
     let mut relay = Vec::new();
     for links in [1usize, 16] {
@@ -493,7 +499,11 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     let mut idle_rows = Vec::new();
     for n in &idle {
         eprintln!("idle: {n} links per proxy ...");
-        for (name, cport, _, pid) in proxies {
+        // Fresh processes for each count: memory an allocator kept from the previous count
+        // (or from the throughput runs) must not flatter the next.
+        relays = None;
+        let procs = relays.insert(start_relays());
+        for (name, cport, _, pid) in with_ports(procs) {
             let o = if name == "gatehouse" {
                 &count_o
             } else {
@@ -604,5 +614,5 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             verdict(added <= 30.0)
         );
     }
-    drop((gh, hap, stream));
+    drop(relays);
 }
