@@ -345,7 +345,8 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     ] {
         std::fs::write(dir.join(name), text).unwrap();
     }
-    let nginx = |name: &'static str, conf: &str| {
+    // Each helper starts a proxy on its config in `dir`, logging to `dir`/`name`.log.
+    let nginx = |name: &'static str, conf: &str, port: u16| {
         let log = dir.join(format!("{name}.log"));
         spawn(
             name,
@@ -354,37 +355,33 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
                 .arg(dir.join(conf))
                 .args(["-g", "daemon off;"]),
             &log,
+            port,
         )
     };
-    let mut backend = nginx("nginx-backend", "backend.conf");
-    wait_port(&mut backend, bport, &dir.join("nginx-backend.log"));
-    let mut front = nginx("nginx-front", "front.conf");
-    wait_port(&mut front, nport, &dir.join("nginx-front.log"));
-    // `stem`.cfg / `stem`.yaml in `dir`, logging to `stem`.log; returns once `port` listens.
+    let backend = nginx("nginx-backend", "backend.conf", bport);
+    let front = nginx("nginx-front", "front.conf", nport);
     let haproxy = |stem: &str, port: u16| {
         let log = dir.join(format!("{stem}.log"));
-        let mut p = spawn(
+        spawn(
             "haproxy",
             Command::new("haproxy")
                 .args(["-db", "-f"])
                 .arg(dir.join(format!("{stem}.cfg"))),
             &log,
-        );
-        wait_port(&mut p, port, &log);
-        p
+            port,
+        )
     };
     let gatehouse = |stem: &str, port: u16| {
         let log = dir.join(format!("{stem}.log"));
-        let mut p = spawn(
+        spawn(
             "gatehouse",
             gatehouse_cmd_wrapped(gh_bin)
                 .args(["run", "-c"])
                 .arg(dir.join(format!("{stem}.yaml")))
                 .env("RUST_LOG", "warn"),
             &log,
-        );
-        wait_port(&mut p, port, &log);
-        p
+            port,
+        )
     };
     let hap = haproxy("haproxy-http", hport);
     let gh = gatehouse("gh-http", gport);
@@ -436,11 +433,11 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     std::fs::write(dir.join("haproxy-relay.cfg"), hap_relay).unwrap();
     std::fs::write(dir.join("stream.conf"), nginx_stream).unwrap();
     let start_relays = || {
-        let gh = gatehouse("gh-relay", g_count);
-        let hap = haproxy("haproxy-relay", h_count);
-        let mut stream = nginx("nginx-stream", "stream.conf");
-        wait_port(&mut stream, n_count, &dir.join("nginx-stream.log"));
-        [gh, hap, stream]
+        [
+            gatehouse("gh-relay", g_count),
+            haproxy("haproxy-relay", h_count),
+            nginx("nginx-stream", "stream.conf", n_count),
+        ]
     };
     let with_ports = |procs: &[Proc; 3]| -> [(&'static str, u16, u16, u32); 3] {
         [
@@ -449,7 +446,7 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             ("nginx", n_count, n_echo, procs[2].child.id()),
         ]
     };
-    let mut relays = Some(start_relays());
+    let mut relays = start_relays();
 
     // The client does not verify the proxies (its CPU is not what is measured); SNI picks
     // Gatehouse's route. Every proxy requires and verifies the client certificate.
@@ -462,10 +459,7 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     let count_o = agent("count");
     let echo_o = agent("echo");
     let local = agent("localhost");
-    let proxies = relays
-        .as_ref()
-        .map(with_ports)
-        .expect("relay proxies running");
+    let proxies = with_ports(&relays);
     eprintln!("relay: 1 and 16 links, {relay_secs} s each ...");
     let mut relay = Vec::new();
     for links in [1usize, 16] {
@@ -501,9 +495,9 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         eprintln!("idle: {n} links per proxy ...");
         // Fresh processes for each count: memory an allocator kept from the previous count
         // (or from the throughput runs) must not flatter the next.
-        relays = None;
-        let procs = relays.insert(start_relays());
-        for (name, cport, _, pid) in with_ports(procs) {
+        drop(relays); // stopped before the new ones bind the same ports
+        relays = start_relays();
+        for (name, cport, _, pid) in with_ports(&relays) {
             let o = if name == "gatehouse" {
                 &count_o
             } else {

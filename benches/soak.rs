@@ -99,15 +99,15 @@ jsonrpc:
     let conf = dir.join("gatehouse.yaml");
     std::fs::write(&conf, yaml).unwrap();
     let log = dir.join("gatehouse.log");
-    let mut gh = spawn(
+    let gh = spawn(
         "gatehouse",
         Command::new(gatehouse_bin())
             .args(["run", "-c"])
             .arg(&conf)
             .env("RUST_LOG", "warn,gatehouse::reload=info"),
         &log,
+        port,
     );
-    wait_port(&mut gh, port, &log);
     let pid = gh.child.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss0, fd0) = (rss_kib(pid), fd_count(pid));

@@ -56,8 +56,9 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `cmd` in a process group of its own, with stderr to `log`.
-pub fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
+/// Starts `cmd` in a process group of its own, with stderr to `log`, and returns once it
+/// listens on `port`.
+pub fn spawn(name: &'static str, cmd: &mut Command, log: &Path, port: u16) -> Proc {
     use std::os::unix::process::CommandExt;
     let child = cmd
         .process_group(0)
@@ -65,11 +66,13 @@ pub fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    Proc { name, child }
+    let mut p = Proc { name, child };
+    wait_port(&mut p, port, log);
+    p
 }
 
 /// Waits until `port` accepts connections; panics with the log if `p` exits first.
-pub fn wait_port(p: &mut Proc, port: u16, log: &Path) {
+fn wait_port(p: &mut Proc, port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect_timeout(&addr(port), Duration::from_millis(200)).is_err() {
         if let Ok(Some(st)) = p.child.try_wait() {

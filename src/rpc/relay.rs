@@ -300,7 +300,7 @@ impl Relay {
         // Frames checked in one pass go out in one write: one TLS record and syscall per batch
         // instead of per message. At most one read's worth of frames waits here.
         let mut out = Vec::new();
-        let mut counters = Counters::new(dir, &link.forwarded[dir as usize]);
+        let counters = Counters::new(dir);
         // Idle = no complete message for `idle`, so trickling bytes cannot keep a link alive.
         let mut deadline = tokio::time::Instant::now() + idle;
         loop {
@@ -309,7 +309,7 @@ impl Relay {
                 match codec::decode(&mut buf, limit) {
                     Ok(Some(frame)) => {
                         complete = true;
-                        if let Err(end) = self.check(link, dir, &frame, &mut out, &mut counters) {
+                        if let Err(end) = self.check(link, dir, &frame, &mut out, &counters) {
                             return end;
                         }
                     }
@@ -323,9 +323,8 @@ impl Relay {
                 }
             }
             if complete {
-                // Once per read, not per message: both cost a clock read or shared atomics.
+                // One clock read per read, not per message.
                 deadline = tokio::time::Instant::now() + idle;
-                counters.flush();
             }
             if !out.is_empty() {
                 let written = w.write_all(&out).await;
@@ -370,7 +369,7 @@ impl Relay {
         dir: Direction,
         frame: &Frame,
         out: &mut Vec<u8>,
-        counters: &mut Counters,
+        counters: &Counters,
     ) -> Result<(), LinkEnd> {
         let env = match envelope::parse(frame.payload()) {
             Ok(e) => e,
@@ -417,7 +416,8 @@ impl Relay {
         } else {
             out.extend_from_slice(frame.raw());
         }
-        counters.pending[idx] += 1;
+        counters.forwarded[idx].inc();
+        link.forwarded[dir as usize].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -485,48 +485,21 @@ fn with_cert_request(
 }
 
 /// The hot-path metric children of one direction, resolved once per link (a labelled lookup
-/// hashes and locks), with per-method counts added up locally and published once per read:
-/// all links share these counters, and an atomic add per message made their cache lines
-/// bounce between the worker threads.
-struct Counters<'l> {
+/// hashes and locks; an `IntCounter` is one atomic add).
+struct Counters {
     forwarded: Vec<IntCounter>,
-    pending: Vec<u64>,
-    link_total: &'l AtomicU64,
     bytes: IntCounter,
 }
 
-impl<'l> Counters<'l> {
-    fn new(dir: Direction, link_total: &'l AtomicU64) -> Counters<'l> {
+impl Counters {
+    fn new(dir: Direction) -> Counters {
         Counters {
             forwarded: METHOD_LABELS
                 .iter()
                 .map(|m| metrics::RPC_MESSAGES.with_label_values(&[dir.label(), m, "forwarded"]))
                 .collect(),
-            pending: vec![0; METHOD_LABELS.len()],
-            link_total,
             bytes: metrics::RPC_BYTES.with_label_values(&[dir.label()]),
         }
-    }
-
-    /// Publishes the pending counts.
-    fn flush(&mut self) {
-        let mut total = 0;
-        for (counter, n) in self.forwarded.iter().zip(&mut self.pending) {
-            if *n > 0 {
-                counter.inc_by(*n);
-                total += std::mem::take(n);
-            }
-        }
-        if total > 0 {
-            self.link_total.fetch_add(total, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Counts of a pump that ends mid-read (a denial, a bad frame) are not lost.
-impl Drop for Counters<'_> {
-    fn drop(&mut self) {
-        self.flush();
     }
 }
 
