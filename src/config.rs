@@ -272,8 +272,8 @@ pub struct Listener {
     /// How long an HTTP/1 client may take to send one request head (slowloris guard).
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Duration,
-    /// Per-connection read buffer below TLS. Pingora's default is 64 KiB, which an idle
-    /// cluster link keeps resident; reads larger than the buffer bypass it anyway.
+    /// Per-connection read buffer below TLS. It only has to hold a record header and a small
+    /// record: larger reads bypass it. Pingora's default (64 KiB) stays resident per idle link.
     #[serde(default = "default_read_buffer")]
     pub read_buffer: Size,
 }
@@ -298,7 +298,7 @@ fn default_header_timeout() -> Duration {
     Duration::secs(10)
 }
 fn default_read_buffer() -> Size {
-    Size(4 * 1024)
+    Size(1024)
 }
 
 /// Whether and how clients must present a certificate.
@@ -350,6 +350,20 @@ pub struct ListenerTls {
     /// ALPN protocols offered, in preference order: `h2`, `http/1.1`.
     #[serde(default)]
     pub alpn: Option<Vec<String>>,
+    /// Session tickets and the session cache. Default: on when the listener carries `http`,
+    /// off for `jsonrpc` only (see [`ListenerTls::resumption`]).
+    #[serde(default)]
+    pub session_resumption: Option<bool>,
+}
+
+impl ListenerTls {
+    /// Whether clients of a listener carrying `protocols` may resume TLS sessions. Icinga 2
+    /// never resumes, so on a cluster-only port a ticket would be minted on every handshake and,
+    /// BoringSSL sending TLS 1.3 tickets with the server's first write, held by every idle link.
+    pub fn resumption(&self, protocols: &[Protocol]) -> bool {
+        self.session_resumption
+            .unwrap_or_else(|| protocols.contains(&Protocol::Http))
+    }
 }
 
 fn default_client_auth() -> ClientAuth {

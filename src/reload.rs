@@ -97,7 +97,7 @@ impl Reloader {
             let l = &cfg.listeners[live.index];
             let Some(t) = &l.tls else { continue };
             let at = format!("listeners[{}].tls", live.index);
-            match ListenerTlsMaterial::load(cfg, &l.name, t, &at) {
+            match ListenerTlsMaterial::load(cfg, l, t, &at) {
                 Ok(m) => match m.contexts(generation) {
                     Ok(c) => listeners.push((i, m, c)),
                     Err(e) => errs.push(ConfigError::new(at, e)),

@@ -51,7 +51,7 @@ impl Plan {
         let mut listener_tls = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             listener_tls.push(l.tls.as_ref().and_then(|t| {
-                ListenerTlsMaterial::load(&config, &l.name, t, &format!("listeners[{i}].tls"))
+                ListenerTlsMaterial::load(&config, l, t, &format!("listeners[{i}].tls"))
                     .map_err(|e| errs.extend(e))
                     .ok()
             }));
@@ -181,7 +181,12 @@ impl Plan {
                 l.header_timeout.get(),
             );
             let mut svc = Service::new(format!("listener {}", l.name), app);
-            let buffers = L4BufferSettings::default().read(l.read_buffer.0 as usize);
+            let mut buffers = L4BufferSettings::default().read(l.read_buffer.0 as usize);
+            if !l.protocols.contains(&Protocol::Http) {
+                // The relay writes whole batches and flushes each: a write buffer below TLS
+                // would coalesce nothing and cost every idle cluster link its 1460 bytes.
+                buffers = buffers.write(0);
+            }
             match tls {
                 Some(t) => {
                     let at = format!("listeners[{i}].tls");

@@ -548,3 +548,58 @@ async fn xfcc_is_built_by_gatehouse_and_never_passed_through() {
         "refused requests never reach the origin"
     );
 }
+
+/// How many TLS 1.3 session tickets a listener hands one client. BoringSSL sends them with the
+/// server's first write, so the client sends an HTTP request and reads to the end: an HTTP
+/// listener answers it, a cluster-only one closes (close_notify).
+async fn tickets_offered(port: u16, ca: &Path) -> usize {
+    use boring::ssl::{SslConnector, SslMethod, SslSessionCacheMode, SslVersion};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = Arc::new(AtomicUsize::new(0));
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_ca_file(ca).unwrap();
+    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    let seen = n.clone();
+    b.set_new_session_callback(move |_, _| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    });
+    let tcp = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+    let cfg = b.build().configure().unwrap();
+    let mut s = tokio_boring::connect(cfg, "localhost", tcp).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink).await;
+    n.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resumption_is_off_on_cluster_only_listeners() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let (edge, cluster, resume, mport) = (free_port(), free_port(), free_port(), free_port());
+    let tls = |extra: &str| {
+        format!(
+            "{{ cert: {d}/server.crt, key: {d}/server.key, client_auth: none{extra} }}",
+            d = w.edge.dir.display()
+        )
+    };
+    let yaml = format!(
+        "listeners:\n  - {{ name: edge, address: \"127.0.0.1:{edge}\", tls: {} }}\n  - {{ name: cluster, address: \"127.0.0.1:{cluster}\", protocols: [jsonrpc], tls: {} }}\n  - {{ name: resume, address: \"127.0.0.1:{resume}\", protocols: [jsonrpc], tls: {} }}\nupstreams:\n  web:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: all, upstream: web }}\njsonrpc:\n  routes:\n    - {{ sni: \"*\", upstream: web }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
+        tls(""),
+        tls(""),
+        tls(", session_resumption: true"),
+        origin.addr
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml, addr(resume));
+    let ca = w.edge.ca_path();
+    // HTTP clients get tickets; a cluster-only port issues none unless told to.
+    assert!(tickets_offered(edge, &ca).await >= 1, "{}", gh.log_text());
+    assert_eq!(tickets_offered(cluster, &ca).await, 0);
+    assert!(tickets_offered(resume, &ca).await >= 1);
+}

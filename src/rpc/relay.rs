@@ -20,6 +20,7 @@ use crate::http::route::HostPattern;
 use crate::metrics::{self, ActiveGuard};
 use crate::tls::{self, TlsInfo};
 use crate::upstream::{FailureKind, UpstreamGroup};
+use boring::x509::X509;
 use bytes::BytesMut;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::{Shutdown, Stream};
@@ -242,11 +243,7 @@ impl Relay {
             },
             anonymous: cn.is_none(),
             who: &who,
-            client_pem: info
-                .client
-                .as_ref()
-                .and_then(|c| c.cert.to_pem().ok())
-                .and_then(|p| String::from_utf8(p).ok()),
+            client_cert: info.client.as_ref().map(|c| &c.cert),
             violations: AtomicU32::new(0),
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
         };
@@ -397,7 +394,7 @@ impl Relay {
             );
         }
         if dir == Direction::Upstream && method == Some("pki::RequestCertificate") {
-            match with_cert_request(frame.payload(), link.client_pem.as_deref()) {
+            match with_cert_request(frame.payload(), link.client_cert) {
                 Ok(Some(rewritten)) => {
                     log::info!(target: "gatehouse::rpc", "{}: pki::RequestCertificate forwarded with the client's own certificate", link.who);
                     out.extend_from_slice(&rewritten);
@@ -458,7 +455,7 @@ impl Relay {
 /// `Ok(None)`: forward unchanged. `Err`: must not be forwarded.
 fn with_cert_request(
     payload: &[u8],
-    client_pem: Option<&str>,
+    client_cert: Option<&X509>,
 ) -> Result<Option<Vec<u8>>, &'static str> {
     let mut v: serde_json::Value =
         serde_json::from_slice(payload).map_err(|_| "unparseable certificate request")?;
@@ -474,12 +471,14 @@ fn with_cert_request(
         return Ok(None);
     }
     // Without the client's certificate the master would judge (and maybe sign) ours.
-    let pem =
-        client_pem.ok_or("certificate request from a client that presented no certificate")?;
-    params.insert(
-        "cert_request".into(),
-        serde_json::Value::String(pem.to_string()),
-    );
+    let cert =
+        client_cert.ok_or("certificate request from a client that presented no certificate")?;
+    let pem = cert
+        .to_pem()
+        .ok()
+        .and_then(|p| String::from_utf8(p).ok())
+        .ok_or("cannot encode the client's certificate")?;
+    params.insert("cert_request".into(), serde_json::Value::String(pem));
     let payload = serde_json::to_vec(&v).map_err(|_| "cannot re-encode certificate request")?;
     Ok(Some(codec::encode(&payload)))
 }
@@ -511,7 +510,9 @@ struct Link<'a> {
     caller: Caller<'a>,
     anonymous: bool,
     who: &'a str,
-    client_pem: Option<String>,
+    /// Encoded only when a certificate request needs it: thousands of idle links would
+    /// otherwise each hold a PEM copy of a certificate the TLS session already keeps.
+    client_cert: Option<&'a X509>,
     violations: AtomicU32,
     forwarded: [AtomicU64; 2],
 }
@@ -618,20 +619,23 @@ mod tests {
 
     #[test]
     fn cert_request_rewrite() {
+        let agent = crate::pki::self_signed(&crate::pki::CertSpec::new("agent1")).unwrap();
+        let pem = String::from_utf8(agent.cert_pem()).unwrap();
+        let cert = Some(&agent.cert);
         let req = br#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":"abc"},"id":"1"}"#;
-        let out = with_cert_request(req, Some("PEM")).unwrap().unwrap();
+        let out = with_cert_request(req, cert).unwrap().unwrap();
         let mut b = BytesMut::from(&out[..]);
         let f = codec::decode(&mut b, 1 << 20).unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_slice(f.payload()).unwrap();
-        assert_eq!(v["params"]["cert_request"], "PEM");
+        assert_eq!(v["params"]["cert_request"], pem.as_str());
         assert_eq!(v["params"]["ticket"], "abc");
         assert_eq!(v["id"], "1");
         // A client-set cert_request is left alone.
         let own = br#"{"method":"pki::RequestCertificate","params":{"cert_request":"X"}}"#;
-        assert_eq!(with_cert_request(own, Some("PEM")), Ok(None));
+        assert_eq!(with_cert_request(own, cert), Ok(None));
         // No params at all: added.
         let bare = br#"{"method":"pki::RequestCertificate"}"#;
-        assert!(with_cert_request(bare, Some("PEM")).unwrap().is_some());
+        assert!(with_cert_request(bare, cert).unwrap().is_some());
         // No client certificate: refused rather than letting the master judge ours.
         assert!(with_cert_request(req, None).is_err());
     }

@@ -9,14 +9,15 @@ pub mod upstream;
 
 pub use identity::{ClientCert, TlsInfo};
 
-use crate::config::{ClientAuth, Config, ConfigError, ListenerTls, TlsVersion};
+use crate::config::{ClientAuth, Config, ConfigError, Listener, ListenerTls, TlsVersion};
 use crate::http::route::HostPattern;
 use crate::metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use boring::pkey::{PKey, Private};
 use boring::ssl::{
-    NameType, SslAcceptor, SslAcceptorBuilder, SslMethod, SslVerifyMode, SslVersion,
+    NameType, SslAcceptor, SslAcceptorBuilder, SslMethod, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
 };
 use boring::x509::{X509StoreContextRef, X509VerifyError, X509};
 use pingora_core::listeners::tls::TlsSettings;
@@ -132,16 +133,18 @@ pub struct ListenerTlsMaterial {
     min_version: TlsVersion,
     curves: Option<String>,
     alpn: ALPN,
+    resumption: bool,
 }
 
 impl ListenerTlsMaterial {
-    /// Loads the files `t` names; `at` is the key path of `t` (`listeners[0].tls`).
+    /// Loads the files `l.tls` names; `at` is its key path (`listeners[0].tls`).
     pub fn load(
         cfg: &Config,
-        listener: &str,
+        l: &Listener,
         t: &ListenerTls,
         at: &str,
     ) -> Result<Self, Vec<ConfigError>> {
+        let listener = l.name.as_str();
         let mut errs = Vec::new();
         let default = load_chain(
             cfg,
@@ -203,6 +206,7 @@ impl ListenerTlsMaterial {
             min_version: t.min_version,
             curves: t.curves.clone(),
             alpn,
+            resumption: t.resumption(&l.protocols),
         };
         // Build once now so that bad curves and the like surface in `check`, not at start.
         if let Err(e) = m
@@ -287,6 +291,12 @@ impl ListenerTlsMaterial {
                 .map_err(|e| format!("curves: `{c}` is not a valid curve list: {e}"))?;
         }
         self.set_client_auth(&mut s);
+        if !self.resumption {
+            // BoringSSL copies options into each `SSL` from this, the first context, and keeps
+            // the session cache of the first context, so switching contexts later keeps both off.
+            s.set_options(SslOptions::NO_TICKET);
+            s.set_session_cache_mode(SslSessionCacheMode::OFF);
+        }
         s.set_alpn(self.alpn.clone());
         Ok(s)
     }
