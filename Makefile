@@ -35,6 +35,7 @@ clean-certs:
 ## bench: micro-benchmarks, then Gatehouse vs nginx and HAProxy end to end (release build)
 bench: deps bench-deps
 	$(CARGO) bench --bench hot_paths
+	$(CARGO) build --release --example bare_pingora
 	ulimit -n $$(ulimit -Hn); $(CARGO) bench --bench e2e
 
 ## soak: 30 min of mixed HTTP + cluster load with reconnect storms and reloads (SOAK_SECS to change)

@@ -3,7 +3,9 @@
 //!
 //! - HTTP: backend = nginx requiring client certs, returning a small JSON 200; fronts =
 //!   Gatehouse, nginx (2 workers, upstream keepalive), HAProxy (2 threads, `http-reuse
-//!   always`), each with upstream mTLS; load = wrk, 2 threads × 64 connections × 15 s.
+//!   always`), each with upstream mTLS; load = wrk, 2 threads × 64 connections × 15 s. Also
+//!   `examples/bare_pingora` (when built): Pingora with the same TLS work and nothing else,
+//!   the floor under Gatehouse's figures.
 //! - JSON-RPC relay: this process pushes ~600-byte `event::CheckResult` frames, pipelined, over
 //!   1 and 16 mTLS links through Gatehouse, HAProxy `mode tcp` and nginx `stream` (each
 //!   terminating TLS with client certs required and re-originating mTLS) to an in-process sink
@@ -385,14 +387,40 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     };
     let hap = haproxy("haproxy-http", hport);
     let gh = gatehouse("gh-http", gport);
+    // The Pingora floor: examples/bare_pingora, built by `make bench`.
+    let bare_bin = std::path::Path::new(gh_bin)
+        .with_file_name("examples")
+        .join("bare_pingora");
+    let bare = if bare_bin.exists() {
+        let xport = free_port();
+        let mut c = Command::new(&bare_bin);
+        c.arg(format!("127.0.0.1:{xport}"))
+            .args([f.p("server.crt"), f.p("server.key")])
+            .arg(format!("127.0.0.1:{bport}"))
+            .arg("localhost")
+            .args([f.p("ca.crt"), f.p("gatehouse.crt"), f.p("gatehouse.key")]);
+        Some((
+            spawn("bare_pingora", &mut c, &dir.join("bare.log"), xport),
+            xport,
+        ))
+    } else {
+        eprintln!(
+            "note: {} is missing, the bare Pingora row is skipped (cargo build --release --example bare_pingora)",
+            bare_bin.display()
+        );
+        None
+    };
 
     let mut http = Vec::new();
     eprintln!("HTTP: wrk -t2 -c64 -d{http_secs}s keep-alive against each front ...");
     http.push(wrk("direct", pport, http_secs, None));
     http.push(wrk("nginx", nport, http_secs, Some(front.child.id())));
     http.push(wrk("haproxy", hport, http_secs, Some(hap.child.id())));
+    if let Some((p, port)) = &bare {
+        http.push(wrk("pingora (bare)", *port, http_secs, Some(p.child.id())));
+    }
     http.push(wrk("gatehouse", gport, http_secs, Some(gh.child.id())));
-    drop((gh, hap, front, backend));
+    drop((gh, bare, hap, front, backend));
 
     // --- relay ---
     let count_sink = Sink::start(
@@ -515,12 +543,12 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         .unwrap_or((f64::NAN, f64::NAN));
     println!("\n## HTTP (wrk -t2 -c64 -d{http_secs}s, keep-alive; backend nginx with mTLS; fronts re-originate mTLS)");
     println!(
-        "| front | req/s | p50 ms | p99 ms | errors | front CPU | req/s vs nginx | p99 vs nginx |"
+        "| front | req/s | p50 ms | p99 ms | errors | front CPU | CPU µs/req | req/s vs nginx | p99 vs nginx |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &http {
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.2}× | {:.2}× |",
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.2}× | {:.2}× |",
             r.name,
             r.rps,
             r.p50_ms,
@@ -528,6 +556,9 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             r.errors,
             r.cpu_pct
                 .map(|c| format!("{c:.0}%"))
+                .unwrap_or_else(|| "-".into()),
+            r.cpu_pct
+                .map(|c| format!("{:.1}", c / 100.0 / r.rps * 1e6))
                 .unwrap_or_else(|| "-".into()),
             r.rps / nginx_http.0,
             r.p99_ms / nginx_http.1
