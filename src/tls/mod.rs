@@ -137,7 +137,9 @@ pub struct ListenerTlsMaterial {
 }
 
 impl ListenerTlsMaterial {
-    /// Loads the files `l.tls` names; `at` is its key path (`listeners[0].tls`).
+    /// Loads the files `t` (the unwrapped `l.tls`) names; `at` is its key path
+    /// (`listeners[0].tls`). `l` supplies the name for logs and the protocols that decide
+    /// session resumption.
     pub fn load(
         cfg: &Config,
         l: &Listener,
