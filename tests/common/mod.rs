@@ -153,7 +153,9 @@ pub fn gatehouse_bin() -> &'static str {
 
 impl Gatehouse {
     /// Writes `yaml` (with `{dir}` replaced by `dir`) to `dir/gatehouse.yaml`, starts the
-    /// binary, and waits until `ready_addr` accepts connections.
+    /// binary, and waits until `ready_addr` and every `address: "…"` in `yaml` accept
+    /// connections: Pingora binds each listener on its own service thread, so one port being
+    /// up says nothing about the others.
     pub fn start(dir: &Path, yaml: &str, ready_addr: SocketAddr) -> Gatehouse {
         let file = dir.join("gatehouse.yaml");
         let yaml = yaml.replace("{dir}", &dir.display().to_string());
@@ -161,7 +163,7 @@ impl Gatehouse {
             "server:\n  threads: 2\n  pid_file: {d}/gh.pid\n  upgrade_sock: {d}/gh_upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n{yaml}",
             d = dir.display()
         );
-        std::fs::write(&file, yaml).unwrap();
+        std::fs::write(&file, &yaml).unwrap();
         let log = dir.join("gatehouse.log");
         let child = Command::new(gatehouse_bin())
             .args(["run", "-c"])
@@ -177,22 +179,33 @@ impl Gatehouse {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut ready = vec![ready_addr];
+        ready.extend(
+            yaml.split("address: \"")
+                .skip(1)
+                .filter_map(|rest| rest.split('"').next()?.parse::<SocketAddr>().ok()),
+        );
+        for a in ready {
+            gh.wait_listening(a, deadline);
+        }
+        gh
+    }
+
+    fn wait_listening(&mut self, a: SocketAddr, deadline: Instant) {
         loop {
-            if std::net::TcpStream::connect_timeout(&ready_addr, Duration::from_millis(200)).is_ok()
-            {
-                break;
+            if std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok() {
+                return;
             }
-            if let Ok(Some(status)) = gh.child.try_wait() {
-                panic!("gatehouse exited with {status}:\n{}", gh.log_text());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gatehouse exited with {status}:\n{}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
-                "gatehouse did not listen on {ready_addr}:\n{}",
-                gh.log_text()
+                "gatehouse did not listen on {a}:\n{}",
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        gh
     }
 
     /// Everything the process logged so far.
