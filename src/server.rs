@@ -158,7 +158,8 @@ impl Plan {
             .zip(&self.listener_tls)
             .enumerate()
         {
-            let http = l.protocols.contains(&Protocol::Http).then(|| {
+            let carries_http = l.protocols.contains(&Protocol::Http);
+            let http = carries_http.then(|| {
                 let gateway = HttpGateway::new(
                     &l.name,
                     tls.is_some(),
@@ -182,7 +183,7 @@ impl Plan {
             );
             let mut svc = Service::new(format!("listener {}", l.name), app);
             let mut buffers = L4BufferSettings::default().read(l.read_buffer.0 as usize);
-            if !l.protocols.contains(&Protocol::Http) {
+            if !carries_http {
                 // The relay writes whole batches and flushes each: a write buffer below TLS
                 // would coalesce nothing and cost every idle cluster link its 1460 bytes.
                 buffers = buffers.write(0);

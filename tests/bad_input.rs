@@ -66,7 +66,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
             sink = sink.addr,
             ids = ids.display(),
         );
-        let gh = Gatehouse::start(dir.path(), &yaml, addr(port));
+        let gh = Gatehouse::start(dir.path(), &yaml);
         Edge {
             pki,
             gh,

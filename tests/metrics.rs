@@ -51,7 +51,7 @@ metrics:
         dead = free_port(),
         ids = ids.display(),
     );
-    let gh = Gatehouse::start(dir, &yaml, addr(port));
+    let gh = Gatehouse::start(dir, &yaml);
     let o = ClientOpts {
         ca: Some(pki.ca_path()),
         cert: Some(pki.paths("agent1")),

@@ -148,7 +148,7 @@ impl Fixture {
         let web = Upstream::h1(None, Behavior::Echo).await;
         let (port, mport) = (free_port(), free_port());
         let yaml = c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS);
-        let gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+        let gh = Gatehouse::start(tmp.path(), &yaml);
         Fixture {
             c,
             sink,
@@ -435,7 +435,7 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
     let web = Upstream::h1(None, Behavior::Echo).await;
     let (port, mport) = (free_port(), free_port());
     let yaml = c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS);
-    let gh = Gatehouse::start(tmp.path(), &yaml, addr(port));
+    let gh = Gatehouse::start(tmp.path(), &yaml);
 
     // No route for this SNI.
     let mut o = c.agent(Some("agent1"));
@@ -462,7 +462,6 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
     let gh = Gatehouse::start(
         tmp.path(),
         &yaml.replace(&sink.addr.to_string(), &format!("127.0.0.1:{dead}")),
-        addr(port),
     );
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
         .await

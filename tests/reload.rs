@@ -117,7 +117,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
 "#,
         origin = origin.addr
     );
-    let gh = Gatehouse::start(dir, &yaml, addr(port));
+    let gh = Gatehouse::start(dir, &yaml);
     let cfg = dir.join("gatehouse.yaml");
     let cfg = cfg.to_str().unwrap();
     let client = |pki: &Pki| ClientOpts {

@@ -46,7 +46,7 @@ jsonrpc:
         sink = sink.addr,
         ids = ids.display()
     );
-    let old = Gatehouse::start(dir, &yaml, addr(port));
+    let old = Gatehouse::start(dir, &yaml);
     let agent = ClientOpts {
         ca: Some(pki.ca_path()),
         cert: Some(pki.paths("agent1")),

@@ -67,28 +67,9 @@ pub fn spawn(name: &'static str, cmd: &mut Command, log: &Path, port: u16) -> Pr
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let mut p = Proc { name, child };
-    wait_port(&mut p, port, log);
-    p
-}
-
-/// Waits until `port` accepts connections; panics with the log if `p` exits first.
-fn wait_port(p: &mut Proc, port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect_timeout(&addr(port), Duration::from_millis(200)).is_err() {
-        if let Ok(Some(st)) = p.child.try_wait() {
-            panic!(
-                "{} exited ({st}):\n{}",
-                p.name,
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} does not listen on {port}",
-            p.name
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::common::wait_listening(name, &mut p.child, addr(port), deadline, log);
+    p
 }
 
 /// PIDs of `pid` and all its descendants.

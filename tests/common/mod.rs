@@ -53,6 +53,23 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Waits until `a` accepts connections; panics with `name`'s log (`log`) if the process exits
+/// first or `deadline` passes.
+pub fn wait_listening(name: &str, child: &mut Child, a: SocketAddr, deadline: Instant, log: &Path) {
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    while std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{name} exited with {status}:\n{}", log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not listen on {a}:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A test PKI written to a folder: CA, server cert for localhost/127.0.0.1, and leaves.
 pub struct Pki {
     pub dir: PathBuf,
@@ -153,10 +170,10 @@ pub fn gatehouse_bin() -> &'static str {
 
 impl Gatehouse {
     /// Writes `yaml` (with `{dir}` replaced by `dir`) to `dir/gatehouse.yaml`, starts the
-    /// binary, and waits until `ready_addr` and every `address: "…"` in `yaml` accept
+    /// binary, and waits until every `address: "…"` in `yaml` (listeners and metrics) accepts
     /// connections: Pingora binds each listener on its own service thread, so one port being
     /// up says nothing about the others.
-    pub fn start(dir: &Path, yaml: &str, ready_addr: SocketAddr) -> Gatehouse {
+    pub fn start(dir: &Path, yaml: &str) -> Gatehouse {
         let file = dir.join("gatehouse.yaml");
         let yaml = yaml.replace("{dir}", &dir.display().to_string());
         let yaml = format!(
@@ -164,6 +181,15 @@ impl Gatehouse {
             d = dir.display()
         );
         std::fs::write(&file, &yaml).unwrap();
+        let addresses: Vec<SocketAddr> = yaml
+            .split("address: \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next()?.parse().ok())
+            .collect();
+        assert!(
+            !addresses.is_empty(),
+            "no quoted `address:` to wait for in:\n{yaml}"
+        );
         let log = dir.join("gatehouse.log");
         let child = Command::new(gatehouse_bin())
             .args(["run", "-c"])
@@ -179,33 +205,10 @@ impl Gatehouse {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        let mut ready = vec![ready_addr];
-        ready.extend(
-            yaml.split("address: \"")
-                .skip(1)
-                .filter_map(|rest| rest.split('"').next()?.parse::<SocketAddr>().ok()),
-        );
-        for a in ready {
-            gh.wait_listening(a, deadline);
+        for a in addresses {
+            wait_listening("gatehouse", &mut gh.child, a, deadline, &gh.log);
         }
         gh
-    }
-
-    fn wait_listening(&mut self, a: SocketAddr, deadline: Instant) {
-        loop {
-            if std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("gatehouse exited with {status}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gatehouse did not listen on {a}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Everything the process logged so far.
