@@ -17,7 +17,8 @@
 //! Environment: `BENCH_SECS` (wrk duration, default 15), `BENCH_RELAY_SECS` (default 5),
 //! `BENCH_IDLE` (comma list, default `2000,5000`; `0` skips), `BENCH_WRAP` (a command to run
 //! Gatehouse under, e.g. `heaptrack -o /tmp/gh`), `BENCH_READ_BUFFER` (Gatehouse listeners'
-//! `read_buffer`, e.g. `64KiB`; default: the config default). Everything targets 127.0.0.1.
+//! `read_buffer`, e.g. `64KiB`; default: the config default), `BENCH_WORK_STEALING` (`false`
+//! turns `server.work_stealing` off in Gatehouse and bare Pingora). Everything targets 127.0.0.1.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -334,10 +335,11 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         f.p("server.pem"), f.p("ca.crt"), f.p("client.pem")
     );
     let gh_http = format!(
-        "server: {{ threads: 2, pid_file: {d}/gh-http.pid, upgrade_sock: {d}/gh-http.sock }}\nlisteners:\n  - name: http\n    address: \"127.0.0.1:{gport}\"\n    tls: {{ cert: {}, key: {}, client_auth: none, alpn: [http/1.1] }}\n{rb_block}upstreams:\n  b: {{ peers: [\"127.0.0.1:{bport}\"], tls: {{ ca: {}, client_cert: {}, client_key: {}, sni: localhost }} }}\nroutes: [ {{ name: b, upstream: b }} ]\n",
+        "server: {{ threads: 2, work_stealing: {ws}, pid_file: {d}/gh-http.pid, upgrade_sock: {d}/gh-http.sock }}\nlisteners:\n  - name: http\n    address: \"127.0.0.1:{gport}\"\n    keepalive_requests: 1000000\n    tls: {{ cert: {}, key: {}, client_auth: none, alpn: [http/1.1] }}\n{rb_block}upstreams:\n  b: {{ peers: [\"127.0.0.1:{bport}\"], tls: {{ ca: {}, client_cert: {}, client_key: {}, sni: localhost }} }}\nroutes: [ {{ name: b, upstream: b }} ]\n",
         f.p("server.crt"), f.p("server.key"), f.p("ca.crt"), f.p("gatehouse.crt"), f.p("gatehouse.key"),
         d = dir.display(),
         rb_block = rb.as_deref().map(|v| format!("    read_buffer: {v}\n")).unwrap_or_default(),
+        ws = std::env::var("BENCH_WORK_STEALING").map_or(true, |v| v != "false"),
     );
     for (name, text) in [
         ("backend.conf", &backend_conf),

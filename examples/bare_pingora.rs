@@ -66,10 +66,12 @@ fn main() {
             PKey::private_key_from_pem(&read(client_key)).expect("CLIENT_KEY"),
         )),
     };
-    // Gatehouse's defaults: two threads per listener, no work stealing.
+    // Gatehouse's defaults: two threads per listener, work stealing on (Pingora's default);
+    // BENCH_WORK_STEALING=false turns it off here as in the bench's Gatehouse config.
+    let work_stealing = std::env::var("BENCH_WORK_STEALING").map_or(true, |v| v != "false");
     let conf = ServerConf {
         threads: 2,
-        work_stealing: false,
+        work_stealing,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

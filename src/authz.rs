@@ -113,7 +113,7 @@ impl Access {
 pub fn describe(tls: Option<&TlsInfo>) -> String {
     match tls.and_then(|t| t.authenticated()) {
         Some(c) => match &c.cn {
-            Some(cn) => format!("cn={}", crate::tls::identity::log_safe(cn)),
+            Some(cn) => format!("cn={}", crate::logsafe::Esc(cn)),
             None => format!("fingerprint={}", c.fingerprint),
         },
         None => "anonymous".into(),

@@ -6,7 +6,7 @@
 //! reports *every* problem, each naming its key path. Loading the certificates the config
 //! names is the TLS module's job ([`crate::tls`]), reported the same way.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -111,6 +111,12 @@ impl Duration {
     }
 }
 
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+    }
+}
+
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -198,7 +204,10 @@ pub struct Config {
 }
 
 /// `server:` — process settings handed to Pingora.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Serialize` lists the keys for the test that every one of them reaches Pingora's
+/// `ServerConf` (see `server::server_conf`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// Worker threads per service.
@@ -219,9 +228,10 @@ pub struct ServerSection {
     /// Where the process logs when daemonized.
     #[serde(default)]
     pub error_log: Option<PathBuf>,
-    /// Let idle worker threads steal connections from busy ones. Off by default: a connection
-    /// stays on the thread that accepted it (fewer cross-thread wake-ups, as in nginx/HAProxy).
-    #[serde(default)]
+    /// Let idle worker threads steal tasks from busy ones (Pingora's default). Off pins each
+    /// connection to the thread that accepted it, which under load piles connections onto one
+    /// thread (README, Performance: p99 several times worse measured off).
+    #[serde(default = "yes")]
     pub work_stealing: bool,
 }
 
@@ -247,7 +257,7 @@ impl Default for ServerSection {
             grace_period: default_grace(),
             graceful_shutdown_timeout: default_grace(),
             error_log: None,
-            work_stealing: false,
+            work_stealing: true,
         }
     }
 }
@@ -276,6 +286,15 @@ pub struct Listener {
     /// record: larger reads bypass it. Pingora's default (64 KiB) stays resident per idle link.
     #[serde(default = "default_read_buffer")]
     pub read_buffer: Size,
+    /// An HTTP/1 keep-alive connection idle this long between requests, or an HTTP/2
+    /// connection with no open stream this long, is closed. Whole seconds (rounded up).
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Duration,
+    /// Requests served on one HTTP/1 connection before it is closed (`Connection: close` on
+    /// the last answer), so per-connection memory is freed now and then (nginx's
+    /// `keepalive_requests`).
+    #[serde(default = "default_keepalive_requests")]
+    pub keepalive_requests: u32,
 }
 
 /// A protocol a listener accepts.
@@ -299,6 +318,12 @@ fn default_header_timeout() -> Duration {
 }
 fn default_read_buffer() -> Size {
     Size(1024)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::secs(60)
+}
+fn default_keepalive_requests() -> u32 {
+    1000
 }
 
 /// Whether and how clients must present a certificate.
@@ -694,6 +719,14 @@ pub struct RpcLimits {
     /// Most anonymous links open at once; more are refused.
     #[serde(default = "default_anon_clients")]
     pub anonymous_max_clients: usize,
+    /// Most anonymous links open at once from one client IP, so one host cannot take every
+    /// anonymous slot; more are refused.
+    #[serde(default = "default_anon_per_ip")]
+    pub anonymous_max_per_ip: usize,
+    /// Largest `pki::RequestCertificate` (a CSR message is a few KiB); larger ones are denied
+    /// before the client's certificate is spliced in.
+    #[serde(default = "default_cert_request_size")]
+    pub certificate_request_size: Size,
     /// Largest message from an anonymous client.
     #[serde(default = "default_anon_size")]
     pub anonymous_message_size: Size,
@@ -710,6 +743,12 @@ pub struct RpcLimits {
 
 fn default_anon_clients() -> usize {
     16
+}
+fn default_anon_per_ip() -> usize {
+    2
+}
+fn default_cert_request_size() -> Size {
+    Size(64 << 10)
 }
 fn default_anon_size() -> Size {
     Size(1 << 20)
@@ -728,6 +767,8 @@ impl Default for RpcLimits {
     fn default() -> Self {
         RpcLimits {
             anonymous_max_clients: default_anon_clients(),
+            anonymous_max_per_ip: default_anon_per_ip(),
+            certificate_request_size: default_cert_request_size(),
             anonymous_message_size: default_anon_size(),
             message_size: default_msg_size(),
             idle_timeout: default_rpc_idle(),
@@ -898,6 +939,18 @@ impl Config {
                     format!("{} bytes is outside 1KiB..=1MiB", l.read_buffer.0),
                 );
             }
+            if l.keepalive_timeout.get() < std::time::Duration::from_secs(1) {
+                e(
+                    format!("{at}.keepalive_timeout"),
+                    "must be at least 1s".into(),
+                );
+            }
+            if l.keepalive_requests == 0 {
+                e(
+                    format!("{at}.keepalive_requests"),
+                    "must be at least 1".into(),
+                );
+            }
             if l.protocols.contains(&Protocol::Jsonrpc) && self.jsonrpc.is_none() {
                 e(
                     format!("{at}.protocols"),
@@ -1066,6 +1119,19 @@ impl Config {
                         "needs `allow`, `deny` or both".into(),
                     );
                 }
+            }
+            if j.limits.anonymous_max_per_ip == 0 {
+                e(
+                    "jsonrpc.limits.anonymous_max_per_ip".into(),
+                    "must be at least 1 (set anonymous_max_clients: 0 to refuse anonymous links)"
+                        .into(),
+                );
+            }
+            if j.limits.certificate_request_size < Size(1024) {
+                e(
+                    "jsonrpc.limits.certificate_request_size".into(),
+                    "must be at least 1KiB".into(),
+                );
             }
             if j.limits.anonymous_message_size > j.limits.message_size {
                 e(

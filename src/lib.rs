@@ -9,7 +9,7 @@
 //!   the caller's identity ([`tls::TlsInfo`]), and upstream trust ([`tls::upstream`]).
 //! - [`demux`]: the per-listener Pingora app: reads the first byte, replays it
 //!   ([`demux::PrefixedIo`]) into the HTTP proxy or the JSON-RPC relay.
-//! - [`http`]: the `ProxyHttp` — routing ([`http::route`]), route access, identity
+//! - [`http`]: the `ProxyHttp` — path normalisation ([`http::path`]), routing ([`http::route`]), route access, identity
 //!   forwarding, Kea command authorization ([`http::kea`]), failure answers, access log.
 //! - [`authz`]: identity matchers (`cn:`, `dns:`, `spiffe://`, `fingerprint:`, `anonymous`)
 //!   and route admission.
@@ -23,6 +23,7 @@
 //! - [`reload`]: SIGHUP certificate reload (all TLS files re-read, swapped in all or nothing).
 //! - [`pki`]: throwaway CAs and certificates (`gatehouse dev-certs`, tests).
 //! - [`glob`]: `*` globs for method and CN patterns.
+//! - [`logsafe`]: [`logsafe::Esc`], how every client-chosen string is written into a log line.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over [`server::run`] and [`server::Plan`].
 
@@ -35,6 +36,7 @@ pub mod config;
 pub mod demux;
 pub mod glob;
 pub mod http;
+pub mod logsafe;
 pub mod metrics;
 pub mod pki;
 pub mod reload;

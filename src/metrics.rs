@@ -131,6 +131,7 @@ pub fn init() {
     Lazy::force(&RPC_MESSAGES);
     Lazy::force(&RPC_BYTES);
     Lazy::force(&RPC_LINKS);
+    Lazy::force(&RPC_LINKS_REFUSED);
     Lazy::force(&KEA_COMMANDS);
     Lazy::force(&HTTP_HEAD_TIMEOUTS);
     Lazy::force(&TLS_RELOADS);
@@ -218,6 +219,17 @@ pub static RPC_LINKS: Lazy<IntGaugeVec> = Lazy::new(|| {
         "gatehouse_rpc_links_active",
         "Relayed cluster links currently open.",
         &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_rpc_links_refused_total{reason}`: cluster links closed before any upstream
+/// connection (reason: anonymous_max_clients, anonymous_max_per_ip, no_route, identity).
+pub static RPC_LINKS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_rpc_links_refused_total",
+        "Cluster links refused before connecting upstream, by reason.",
+        &["reason"]
     )
     .expect("metric registers once")
 });

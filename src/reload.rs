@@ -228,6 +228,8 @@ pub fn request(file: &Path) -> Result<i32, String> {
             text.trim()
         )
     })?;
+    check_target(pid, &Path::new("/proc").join(pid.to_string()).join("exe"))
+        .map_err(|e| format!("{}: {e}", pid_file.display()))?;
     kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
         format!(
             "cannot signal gatehouse (pid {pid} from {}): {e}",
@@ -235,4 +237,57 @@ pub fn request(file: &Path) -> Result<i32, String> {
         )
     })?;
     Ok(pid)
+}
+
+/// Whether `pid` may be sent SIGHUP: a pid file is only a number someone wrote, and
+/// `kill(-1, …)` signals every process we may signal, `0` our own group, `1` init. Only a
+/// process running a `gatehouse` binary (`exe`, its `/proc/<pid>/exe`) is signalled; after a
+/// package upgrade the link reads `…/gatehouse (deleted)`, which still counts.
+fn check_target(pid: i32, exe: &Path) -> Result<(), String> {
+    if pid <= 1 {
+        return Err(format!(
+            "refusing to signal pid {pid}: not a gatehouse process"
+        ));
+    }
+    let target = std::fs::read_link(exe)
+        .map_err(|e| format!("pid {pid}: no such process, or it cannot be inspected ({e})"))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = name.strip_suffix(" (deleted)").unwrap_or(&name);
+    if name == "gatehouse" || name.starts_with("gatehouse-") {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to signal pid {pid}: it runs {}, not gatehouse (stale pid file?)",
+            target.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_gatehouse_processes_are_signalled() {
+        for pid in [-1, 0, 1] {
+            let e = check_target(pid, Path::new("/proc/self/exe")).unwrap_err();
+            assert!(e.contains(&format!("pid {pid}")), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let link = |name: &str| {
+            let l = dir
+                .path()
+                .join(format!("link-{}", name.replace(['/', ' '], "_")));
+            std::os::unix::fs::symlink(format!("/usr/bin/{name}"), &l).unwrap();
+            l
+        };
+        assert!(check_target(4242, &link("gatehouse")).is_ok());
+        assert!(check_target(4242, &link("gatehouse (deleted)")).is_ok());
+        let e = check_target(4242, &link("sleep")).unwrap_err();
+        assert!(e.contains("/usr/bin/sleep, not gatehouse"), "{e}");
+        assert!(check_target(4242, &dir.path().join("missing")).is_err());
+    }
 }

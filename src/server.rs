@@ -3,7 +3,9 @@
 
 use crate::audit::Audit;
 use crate::authz::Access;
-use crate::config::{Config, ConfigError, ConfigErrors, ForwardIdentity, Protocol};
+use crate::config::{
+    Config, ConfigError, ConfigErrors, ForwardIdentity, Listener, Protocol, ServerSection,
+};
 use crate::demux::ListenerApp;
 use crate::http::kea::KeaPolicy;
 use crate::http::route::{HostPattern, Route, Router};
@@ -14,6 +16,7 @@ use crate::rpc::Relay;
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
 use arc_swap::ArcSwap;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -120,26 +123,14 @@ impl Plan {
 
     /// Builds the Pingora server (not yet running).
     pub fn into_server(self, opts: &RunOptions) -> Result<Server, ConfigError> {
-        let s = &self.config.server;
-        let mut conf = ServerConf {
-            threads: s.threads,
-            pid_file: s.pid_file.to_string_lossy().into_owned(),
-            upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
-            grace_period_seconds: Some(ceil_secs(s.grace_period.get())),
-            graceful_shutdown_timeout_seconds: Some(ceil_secs(s.graceful_shutdown_timeout.get())),
-            error_log: s
-                .error_log
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-            ..ServerConf::default()
-        };
         // Only connect failures are retried (see HttpGateway::fail_to_connect).
-        conf.max_retries = self
+        let max_retries = self
             .upstreams
             .iter()
             .map(|u| u.peer_count)
             .max()
             .unwrap_or(1);
+        let conf = server_conf(&self.config.server, max_retries);
         let opt = Opt {
             upgrade: opts.upgrade,
             daemon: opts.daemon,
@@ -166,8 +157,11 @@ impl Plan {
                     router.clone(),
                     self.upstreams.clone(),
                     self.audit.clone(),
+                    l.keepalive_timeout.get(),
                 );
-                pingora_proxy::http_proxy(&server.configuration, gateway)
+                let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
+                proxy.server_options = Some(http_options(l));
+                proxy
             });
             let rpc = l
                 .protocols
@@ -229,6 +223,37 @@ impl Plan {
     }
 }
 
+/// Pingora's process settings from `server:`. Every key of the section lands here; the test
+/// below fails for a key that does not.
+pub fn server_conf(s: &ServerSection, max_retries: usize) -> ServerConf {
+    ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        pid_file: s.pid_file.to_string_lossy().into_owned(),
+        upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
+        grace_period_seconds: Some(ceil_secs(s.grace_period.get())),
+        graceful_shutdown_timeout_seconds: Some(ceil_secs(s.graceful_shutdown_timeout.get())),
+        error_log: s
+            .error_log
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        max_retries,
+        ..ServerConf::default()
+    }
+}
+
+/// Pingora's per-connection HTTP options from a listener: the request cap of an HTTP/1
+/// connection and the idle limit of an HTTP/2 one (HTTP/1 idle keep-alive is bounded per
+/// request, see `HttpGateway::request_filter`).
+fn http_options(l: &Listener) -> HttpServerOptions {
+    let mut o = HttpServerOptions::default();
+    o.keepalive_request_limit = Some(l.keepalive_requests);
+    o.h2_idle_timeout = Some(std::time::Duration::from_secs(ceil_secs(
+        l.keepalive_timeout.get(),
+    )));
+    o
+}
+
 fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -258,4 +283,66 @@ pub fn run(file: &Path, opts: &RunOptions) -> Result<(), ConfigErrors> {
         }
     }
     server.run_forever()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `server:` key, set away from its default, must show in Pingora's `ServerConf`:
+    /// a key that is parsed and documented but never applied fails here.
+    #[test]
+    fn every_server_key_reaches_pingora() {
+        let yaml = "threads: 3\nwork_stealing: false\npid_file: /run/gh/x.pid\n\
+                    upgrade_sock: /run/gh/x.sock\ngrace_period: 7s\n\
+                    graceful_shutdown_timeout: 1500ms\nerror_log: /var/log/gh.log\n";
+        let s: ServerSection = serde_yaml::from_str(yaml).unwrap();
+        let c = server_conf(&s, 4);
+        type Check = fn(&ServerConf) -> bool;
+        let table: &[(&str, Check)] = &[
+            ("threads", |c| c.threads == 3),
+            ("work_stealing", |c| !c.work_stealing),
+            ("pid_file", |c| c.pid_file == "/run/gh/x.pid"),
+            ("upgrade_sock", |c| c.upgrade_sock == "/run/gh/x.sock"),
+            ("grace_period", |c| c.grace_period_seconds == Some(7)),
+            ("graceful_shutdown_timeout", |c| {
+                c.graceful_shutdown_timeout_seconds == Some(2)
+            }),
+            ("error_log", |c| {
+                c.error_log.as_deref() == Some("/var/log/gh.log")
+            }),
+        ];
+        for (key, check) in table {
+            assert!(check(&c), "server.{key} does not reach ServerConf: {c:?}");
+        }
+        assert_eq!(c.max_retries, 4);
+        // The table covers the whole section: a new key needs a row (and a wire).
+        let keys: Vec<String> = match serde_yaml::to_value(&s).unwrap() {
+            serde_yaml::Value::Mapping(m) => m
+                .keys()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        let mut covered: Vec<&str> = table.iter().map(|(k, _)| *k).collect();
+        covered.sort_unstable();
+        let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, covered, "server: keys without a row in this table");
+        // The defaults are Pingora's where Gatehouse has no reason to differ.
+        let d = server_conf(&ServerSection::default(), 1);
+        assert!(d.work_stealing);
+        assert_eq!(d.threads, 2);
+    }
+
+    #[test]
+    fn listener_http_options() {
+        let l: Listener = serde_yaml::from_str(
+            "{ name: a, address: '127.0.0.1:1', keepalive_timeout: 1500ms, keepalive_requests: 7 }",
+        )
+        .unwrap();
+        let o = http_options(&l);
+        assert_eq!(o.keepalive_request_limit, Some(7));
+        assert_eq!(o.h2_idle_timeout, Some(std::time::Duration::from_secs(2)));
+    }
 }

@@ -148,6 +148,15 @@ impl UpstreamGroup {
         self.template.peer(addr)
     }
 
+    /// The `Host` a request built by Gatehouse itself names: the group's TLS SNI when set,
+    /// else the peer address.
+    pub fn host_header(&self, addr: SocketAddr) -> String {
+        match self.template.tls.as_ref().map(|t| t.load()) {
+            Some(t) if !t.sni().is_empty() => t.sni().to_string(),
+            _ => addr.to_string(),
+        }
+    }
+
     /// How long pooled idle connections to this group are kept.
     pub fn idle_timeout(&self) -> Duration {
         self.template.idle_timeout

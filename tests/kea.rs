@@ -230,8 +230,8 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     // dashboard-1: read-only commands on dhcp4 pass and return Kea's own answers.
     for cmd in [
         r#"{"command":"config-get","service":["dhcp4"]}"#,
-        r#"{"command":"list-commands"}"#,
-        r#"{"command":"version-get"}"#,
+        r#"{"command":"list-commands","service":["dhcp4"]}"#,
+        r#"{"command":"version-get","service":["dhcp4"]}"#,
     ] {
         let r = send("dashboard-1", cmd.into()).await;
         assert_eq!(r.status, 200, "{cmd}: {}", r.text());
@@ -254,6 +254,15 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         (
             r#"{"command":"config-get","service":["dhcp6"]}"#,
             "service 'dhcp6' is not allowed for cn=dashboard-1",
+        ),
+        // No service = the Control Agent itself (its config lists sockets and auth clients).
+        (
+            r#"{"command":"config-get"}"#,
+            "service 'ca' is not allowed for cn=dashboard-1",
+        ),
+        (
+            r#"{"command":"config-get","service":[]}"#,
+            "service 'ca' is not allowed for cn=dashboard-1",
         ),
     ] {
         let r = send("dashboard-1", cmd.into()).await;
@@ -317,7 +326,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     );
 
     // A chunked POST is re-framed with Content-Length: Kea alone answers 400 to it.
-    let chunked = b"19\r\n{\"command\":\"version-get\"}\r\n0\r\n\r\n";
+    let chunked = b"2d\r\n{\"command\":\"version-get\",\"service\":[\"dhcp4\"]}\r\n0\r\n\r\n";
     let te = [
         ("Content-Type", "application/json"),
         ("Transfer-Encoding", "chunked"),

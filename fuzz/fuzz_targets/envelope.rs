@@ -29,10 +29,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(env.has_id, o.get("id").is_some_and(|i| !i.is_null()));
         }
         // serde_json accepts duplicate keys (last wins); the scanner refuses a second
-        // `method` on purpose, and a non-string `method` is ours to refuse.
+        // `method` or `params` on purpose, and a non-string `method` is ours to refuse.
         (Err(MessageError::InvalidJson(e)), Ok(_)) => {
             assert!(
-                e.contains("duplicate field `method`") || e.contains("`method` must be a string"),
+                e.contains("duplicate field `method`")
+                    || e.contains("duplicate field `params`")
+                    || e.contains("`method` must be a string"),
                 "{e}"
             )
         }

@@ -3,7 +3,8 @@
 //! and then could hold a connection (and a task) forever.
 //!
 //! The clock starts with the first byte of a request head and stops at the blank line that
-//! ends it. It starts again with the first byte read after the response began (a 1xx interim
+//! ends it. Empty lines before a request line (which HTTP/1 parsers skip, RFC 9112 §2.2) are
+//! part of the head's time, not its end: `\r\n\r\n` first must not disarm the deadline. It starts again with the first byte read after the response began (a 1xx interim
 //! answer does not count), so keep-alive requests get the same deadline. Bytes read between
 //! a head and its response (the body, pipelined requests) are not scanned: the deadline can
 //! only ever end a connection that is still sending a head.
@@ -16,8 +17,9 @@ use tokio::time::Sleep;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Reading a head; `newlines` counts line ends in a row (`\r` is skipped).
-    Head { newlines: u8 },
+    /// Reading a head; `newlines` counts line ends in a row (`\r` is skipped) once `started`,
+    /// i.e. once a byte other than CR or LF arrived.
+    Head { newlines: u8, started: bool },
     /// Head complete, the response not yet begun.
     AwaitingResponse,
     /// Response begun; the next byte read starts a new head.
@@ -38,7 +40,10 @@ impl HeadDeadline {
     pub fn started(limit: Duration) -> Self {
         HeadDeadline {
             limit,
-            phase: Phase::Head { newlines: 0 },
+            phase: Phase::Head {
+                newlines: 0,
+                started: false,
+            },
             timer: Box::pin(tokio::time::sleep(limit)),
         }
     }
@@ -58,30 +63,33 @@ impl HeadDeadline {
         if data.is_empty() {
             return;
         }
-        let mut newlines = match self.phase {
+        let (mut newlines, mut started) = match self.phase {
             Phase::AwaitingResponse => return,
             Phase::Idle => {
                 self.timer
                     .as_mut()
                     .reset(tokio::time::Instant::now() + self.limit);
-                0
+                (0, false)
             }
-            Phase::Head { newlines } => newlines,
+            Phase::Head { newlines, started } => (newlines, started),
         };
         for &b in data {
             match b {
-                b'\n' => {
+                b'\n' if started => {
                     newlines += 1;
                     if newlines == 2 {
                         self.phase = Phase::AwaitingResponse;
                         return;
                     }
                 }
-                b'\r' => {}
-                _ => newlines = 0,
+                b'\n' | b'\r' => {}
+                _ => {
+                    started = true;
+                    newlines = 0;
+                }
             }
         }
-        self.phase = Phase::Head { newlines };
+        self.phase = Phase::Head { newlines, started };
     }
 
     /// Accounts for bytes just written.
@@ -120,6 +128,23 @@ mod tests {
         assert!(d.armed(), "the next head started");
         d.on_read(b"ET / HTTP/1.1\n\n");
         assert!(!d.armed(), "bare line feeds end a head too");
+    }
+
+    #[tokio::test]
+    async fn leading_empty_lines_do_not_end_a_head() {
+        let mut d = HeadDeadline::started(Duration::from_secs(1));
+        d.on_read(b"\r\n\r\n\n\n");
+        assert!(d.armed(), "empty lines before the request line");
+        d.on_read(b"GET / HTTP/1.1\r\n");
+        assert!(d.armed());
+        d.on_read(b"\r\n");
+        assert!(
+            !d.armed(),
+            "a blank line after the request line ends the head"
+        );
+        d.on_write(b"HTTP/1.1 200 OK\r\n");
+        d.on_read(b"\r\n\r\n");
+        assert!(d.armed(), "and before the next one too");
     }
 
     #[tokio::test(start_paused = true)]

@@ -130,8 +130,26 @@ pub fn command_label(command: &str) -> &'static str {
 pub struct Command {
     /// `command`.
     pub command: String,
-    /// `service`; empty = the Control Agent itself.
+    /// `service` as sent; empty = the Control Agent itself (see [`Command::effective_services`]).
     pub services: Vec<String>,
+}
+
+/// The service name standing for the Control Agent itself: a command with no `service` runs
+/// there (`config-get` then returns the agent's own config, sockets and auth clients).
+pub const CONTROL_AGENT: &str = "ca";
+
+impl Command {
+    /// The services the command runs on: as sent, or [`CONTROL_AGENT`] when none is named, so
+    /// a `services` allow list without `ca` refuses commands aimed at the agent itself.
+    pub fn effective_services(&self) -> &[String] {
+        static CA: once_cell::sync::Lazy<[String; 1]> =
+            once_cell::sync::Lazy::new(|| [CONTROL_AGENT.to_string()]);
+        if self.services.is_empty() {
+            &CA[..]
+        } else {
+            &self.services
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -225,7 +243,7 @@ impl KeaPolicy {
             }
         }
         if let Some(s) = &rule.services {
-            if let Some(bad) = cmd.services.iter().find(|svc| !permits(s, svc)) {
+            if let Some(bad) = cmd.effective_services().iter().find(|svc| !permits(s, svc)) {
                 return Err(format!("service '{bad}' is not allowed for {who}"));
             }
         }
@@ -309,7 +327,11 @@ default: deny
         let d = cert("dashboard-1");
         let ok = |c: &ClientCert, command: Command| p.decide(Some(c), "who", &command);
         assert!(ok(&d, cmd("config-get", &["dhcp4"])).is_ok());
-        assert!(ok(&d, cmd("list-commands", &[])).is_ok());
+        assert_eq!(
+            ok(&d, cmd("list-commands", &[])),
+            Err("service 'ca' is not allowed for who".into()),
+            "no service = the Control Agent itself"
+        );
         assert!(ok(&d, cmd("lease4-get-all", &["dhcp4"])).is_ok());
         assert_eq!(
             ok(&d, cmd("config-set", &["dhcp4"])),
@@ -319,6 +341,10 @@ default: deny
             ok(&d, cmd("config-get", &["dhcp6"])),
             Err("service 'dhcp6' is not allowed for who".into())
         );
+        let ca_too = policy("rules: [{ identity: ['cn:*'], services: { allow: [ca, dhcp4] } }]\n");
+        assert!(ca_too
+            .decide(Some(&d), "who", &cmd("config-get", &[]))
+            .is_ok());
         let admin = cert("ops-admin");
         assert!(ok(&admin, cmd("config-write", &["dhcp4"])).is_ok());
         assert!(

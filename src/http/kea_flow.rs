@@ -10,11 +10,12 @@
 use super::kea::{self, command_label, KeaPolicy};
 use super::route::Route;
 use super::{balance_key, respond, HttpGateway, RequestCtx};
+use crate::logsafe::Esc;
 use crate::metrics;
 use crate::upstream::FailureKind;
 use bytes::{Bytes, BytesMut};
 use pingora_error::Result;
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use serde_json::{json, Map, Value};
 
@@ -67,7 +68,7 @@ impl HttpGateway {
                 respond(session, status, &text).await?;
                 audit.insert("status".into(), status.into());
                 audit.insert("reason".into(), text.clone().into());
-                log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {text}", self.listener, route.name);
+                log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {}", self.listener, route.name, Esc(&text));
                 (cmd, verdict)
             }
             Decision::Allowed(cmd, body) => {
@@ -88,7 +89,8 @@ impl HttpGateway {
         audit.insert("command".into(), command.into());
         audit.insert(
             "services".into(),
-            cmd.map(|c| Value::from(c.services)).unwrap_or(Value::Null),
+            cmd.map(|c| Value::from(c.effective_services().to_vec()))
+                .unwrap_or(Value::Null),
         );
         audit.insert("verdict".into(), verdict.into());
         audit.insert(
@@ -160,12 +162,7 @@ impl HttpGateway {
         ctx.peer = Some(addr);
         let peer = group.peer(addr);
 
-        let mut req = session.req_header().clone();
-        for h in HOP_BY_HOP {
-            req.remove_header(*h);
-        }
-        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        let mut req = upstream_request(session.req_header(), &group.host_header(addr), &body)?;
         self.forwarding_headers(session, route, ctx.client(), &mut req)?;
 
         let sent = async {
@@ -261,6 +258,25 @@ enum Decision {
     },
 }
 
+/// The HTTP/1.1 request Kea gets for a downstream request of any version: Kea's HTTP/1 parser
+/// answers 400 to an `HTTP/2` request line, a missing `Host` or a chunked body, which is what
+/// an h2 client (curl's default over TLS) or a chunked upload would otherwise send it.
+/// End-to-end headers are copied; `Host` names the upstream (its SNI, else the peer).
+fn upstream_request(down: &RequestHeader, host: &str, body: &Bytes) -> Result<RequestHeader> {
+    let target = down.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = RequestHeader::build(down.method.clone(), target.as_bytes(), None)?;
+    for (name, value) in down.headers.iter() {
+        if name == http::header::HOST || HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())?;
+    }
+    req.insert_header(http::header::HOST, host)?;
+    req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    Ok(req)
+}
+
 /// Reads the whole request body; `None` if it exceeds `max` (nothing more is read then).
 async fn read_body(session: &mut Session, max: usize) -> Result<Option<Bytes>> {
     let expects_continue = session
@@ -283,4 +299,30 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Option<Bytes>> {
         buf.extend_from_slice(&chunk);
     }
     Ok(Some(buf.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kea_gets_http11_with_host_and_length_whatever_the_client_spoke() {
+        let mut down = RequestHeader::build("POST", b"/", None).unwrap();
+        down.set_version(http::Version::HTTP_2);
+        down.set_uri("https://edge.example:5665/?x=1".parse().unwrap());
+        down.insert_header("content-type", "application/json")
+            .unwrap();
+        down.insert_header("te", "trailers").unwrap();
+        down.insert_header("authorization", "Basic eA==").unwrap();
+        let body = Bytes::from_static(br#"{"command":"version-get"}"#);
+        let up = upstream_request(&down, "kea.internal", &body).unwrap();
+        assert_eq!(up.version, http::Version::HTTP_11);
+        assert_eq!(up.uri.to_string(), "/?x=1");
+        let h = |n: &str| up.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(h("host").as_deref(), Some("kea.internal"));
+        assert_eq!(h("content-length"), Some(body.len().to_string()));
+        assert_eq!(h("authorization").as_deref(), Some("Basic eA=="));
+        assert_eq!(h("te"), None, "hop-by-hop headers stay on this hop");
+        assert_eq!(h("transfer-encoding"), None);
+    }
 }

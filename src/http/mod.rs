@@ -9,9 +9,11 @@
 
 pub mod kea;
 mod kea_flow;
+pub mod path;
 pub mod route;
 
 use crate::audit::Audit;
+use crate::logsafe::Esc;
 use crate::metrics;
 use crate::tls::{ClientCert, TlsInfo};
 use crate::upstream::{FailureKind, UpstreamGroup};
@@ -39,6 +41,8 @@ pub struct HttpGateway {
     connector: Connector,
     /// Metrics of requests answered before a route was found (404), label `route="-"`.
     unrouted: metrics::RouteMetrics,
+    /// Seconds an HTTP/1 keep-alive connection may sit idle between requests.
+    keepalive_secs: u64,
 }
 
 impl HttpGateway {
@@ -49,6 +53,7 @@ impl HttpGateway {
         router: Arc<Router>,
         upstreams: Arc<[UpstreamGroup]>,
         audit: Arc<Audit>,
+        keepalive: std::time::Duration,
     ) -> Self {
         HttpGateway {
             listener: listener.into(),
@@ -58,12 +63,13 @@ impl HttpGateway {
             audit,
             connector: Connector::new(None),
             unrouted: metrics::RouteMetrics::new("-"),
+            keepalive_secs: keepalive.as_secs().max(1),
         }
     }
 
     /// The headers every upstream request gets: `X-Forwarded-For`/`-Proto` (overwritten: the
     /// edge is where the client is known) and, if the route asks, `X-Forwarded-Client-Cert`.
-    /// Any incoming `X-Forwarded-Client-Cert` is removed on every route.
+    /// Any incoming `X-Forwarded-Client-Cert`, in any spelling, is removed on every route.
     fn forwarding_headers(
         &self,
         session: &Session,
@@ -82,7 +88,15 @@ impl HttpGateway {
             "x-forwarded-proto",
             if self.https { "https" } else { "http" },
         )?;
-        req.remove_header("x-forwarded-client-cert");
+        let spellings: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| is_xfcc_spelling(n.as_str()))
+            .cloned()
+            .collect();
+        for name in spellings {
+            req.remove_header(&name);
+        }
         if let (true, Some(c)) = (route.forward_xfcc, client) {
             if req
                 .insert_header("x-forwarded-client-cert", xfcc(c))
@@ -97,32 +111,58 @@ impl HttpGateway {
 
 /// Envoy's `X-Forwarded-Client-Cert` element for `c`:
 /// `Hash=<sha256>;Subject="<DN>";URI=<uri>;DNS=<name>` (URI and DNS repeated per SAN).
+///
+/// The Subject is RFC 4514-escaped ([`ClientCert::subject`]) and always quoted; URI and DNS
+/// values are quoted when they hold a separator. Inside quotes `"` and `\` are
+/// backslash-escaped and control characters written as `\xHH`, so no field can end early,
+/// add an element, or break the header.
 pub fn xfcc(c: &ClientCert) -> String {
-    // Control characters never reach a header; quotes and backslashes are escaped.
-    fn escaped(v: &str) -> String {
-        v.chars()
-            .filter(|ch| !ch.is_control())
-            .flat_map(|ch| match ch {
-                '"' | '\\' => vec!['\\', ch],
-                _ => vec![ch],
-            })
-            .collect()
+    fn quoted(v: &str) -> String {
+        let mut out = String::with_capacity(v.len() + 2);
+        out.push('"');
+        for ch in v.chars() {
+            match ch {
+                '"' | '\\' => {
+                    out.push('\\');
+                    out.push(ch);
+                }
+                ch if ch.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in ch.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                ch => out.push(ch),
+            }
+        }
+        out.push('"');
+        out
     }
     fn value(v: &str) -> String {
-        let e = escaped(v);
-        if e.contains([',', ';', '=', '"', ' ']) {
-            format!("\"{e}\"")
+        if v.contains([',', ';', '=', '"', '\\', ' ']) || v.chars().any(char::is_control) {
+            quoted(v)
         } else {
-            e
+            v.to_string()
         }
     }
     let mut parts = vec![
         format!("Hash={}", c.fingerprint),
-        format!("Subject=\"{}\"", escaped(&c.subject)),
+        format!("Subject={}", quoted(&c.subject)),
     ];
     parts.extend(c.uris.iter().map(|u| format!("URI={}", value(u))));
     parts.extend(c.dns.iter().map(|d| format!("DNS={}", value(d))));
     parts.join(";")
+}
+
+/// Whether a request header name is a spelling of `X-Forwarded-Client-Cert` that a backend
+/// might fold into it (any case, `_` for `-`: nginx, CGI and some frameworks treat them alike).
+fn is_xfcc_spelling(name: &str) -> bool {
+    const XFCC: &[u8] = b"x-forwarded-client-cert";
+    name.len() == XFCC.len()
+        && name.bytes().zip(XFCC).all(|(a, &b)| {
+            let a = a.to_ascii_lowercase();
+            a == b || (a == b'_' && b == b'-')
+        })
 }
 
 /// Per-request state shared across the filters.
@@ -148,6 +188,37 @@ impl RequestCtx {
 
     fn route_name(&self) -> &str {
         self.route.as_ref().map(|r| &*r.name).unwrap_or("-")
+    }
+}
+
+fn req_method(session: &Session) -> &str {
+    session.req_header().method.as_str()
+}
+
+/// Routes and forwards the normal form of the request path ([`path::normalize`]).
+fn normalize_request_path(session: &mut Session) -> std::result::Result<(), path::PathError> {
+    let req = session.req_header();
+    if !req.raw_path_is_utf8() {
+        return Err(path::PathError::BadEscape);
+    }
+    let uri = &req.uri;
+    let normal = match path::normalize(uri.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => return Err(e),
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = pq.parse().ok();
+    match http::Uri::from_parts(parts) {
+        Ok(u) => {
+            session.req_header_mut().set_uri(u);
+            Ok(())
+        }
+        Err(_) => Err(path::PathError::BadEscape),
     }
 }
 
@@ -210,6 +281,13 @@ impl ProxyHttp for HttpGateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.tls = session.digest().and_then(|d| d.ssl_digest.clone());
+        // Pingora reads the next request head with no time limit once a client asked for
+        // keep-alive: bound the idle wait (ignored for HTTP/2, closed by h2_idle_timeout).
+        session.set_keepalive(Some(self.keepalive_secs));
+        if let Err(e) = normalize_request_path(session) {
+            respond(session, 400, &e.to_string()).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         // HTTP/2 carries the host in :authority (the URI), HTTP/1 in the Host header.
         let host = req
@@ -230,7 +308,7 @@ impl ProxyHttp for HttpGateway {
         ctx.route = Some(route.clone());
         if !route.access.admits(ctx.tls_info()) {
             let who = crate::authz::describe(ctx.tls_info());
-            log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who}", self.listener, route.name);
+            log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
             respond(
                 session,
                 403,
@@ -411,7 +489,7 @@ impl ProxyHttp for HttpGateway {
         let cn = ctx
             .tls_info()
             .map(|t| t.cn_or_dash())
-            .unwrap_or(std::borrow::Cow::Borrowed("-"));
+            .unwrap_or(crate::logsafe::EscOpt(None));
         let peer = ctx
             .peer
             .map(|p| p.to_string())
@@ -422,12 +500,58 @@ impl ProxyHttp for HttpGateway {
             self.listener,
             client,
             cn,
-            req.method,
-            req.uri.path(),
+            Esc(req.method.as_str()),
+            Esc(req.uri.path()),
             route,
             peer,
             status,
             elapsed.as_secs_f64() * 1000.0
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, CertSpec};
+
+    #[test]
+    fn xfcc_fields_cannot_break_out() {
+        let ca = Ca::new("t").unwrap();
+        let leaf = ca
+            .issue(
+                &CertSpec::new(r#"a,b;c="d"\e"#)
+                    .dns(&["x.example.org"])
+                    .uris(&["spiffe://example.org/a;b"]),
+            )
+            .unwrap();
+        let c = ClientCert::from_x509(leaf.cert, true);
+        let h = xfcc(&c);
+        assert!(
+            h.contains(r#";Subject="CN=a\\,b\\;c=\\\"d\\\"\\\\e";"#),
+            "{h}"
+        );
+        assert!(h.contains(r#";URI="spiffe://example.org/a;b";"#), "{h}");
+        assert!(h.ends_with(";DNS=x.example.org"), "{h}");
+        assert!(http::HeaderValue::from_str(&h).is_ok());
+    }
+
+    #[test]
+    fn every_xfcc_spelling_is_recognised() {
+        for n in [
+            "x-forwarded-client-cert",
+            "x_forwarded_client_cert",
+            "x_forwarded-client_cert",
+            "X-Forwarded-Client-Cert",
+        ] {
+            assert!(is_xfcc_spelling(n), "{n}");
+        }
+        for n in [
+            "x-forwarded-client-certs",
+            "x-forwarded-for",
+            "xforwardedclientcert",
+        ] {
+            assert!(!is_xfcc_spelling(n), "{n}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 /// Icinga's maximum JSON nesting depth.
 pub const MAX_DEPTH: usize = 32;
@@ -20,6 +21,65 @@ pub struct Envelope<'a> {
     pub method: Option<Cow<'a, str>>,
     /// Whether the message carries a non-null `id` (a request expecting a reply, or a reply).
     pub has_id: bool,
+    /// Where the top-level `params` value sits in the payload, if there is one: lets a
+    /// rewrite (the relay's `cert_request`) splice one field without building a tree.
+    pub params: Option<Range<usize>>,
+    /// Offset of the top-level object's closing `}`.
+    pub close: usize,
+}
+
+/// One member of a JSON object, located in the object's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member<'a> {
+    /// The key, unescaped.
+    pub key: Cow<'a, str>,
+    /// From the key's opening quote to the end of the value.
+    pub span: Range<usize>,
+    /// The value alone.
+    pub value: Range<usize>,
+}
+
+/// The members of the JSON object `obj` (e.g. a message's `params`), in order, without
+/// parsing their values into a tree.
+pub fn members(obj: &[u8]) -> Result<Vec<Member<'_>>, MessageError> {
+    let text = std::str::from_utf8(obj).map_err(|e| {
+        MessageError::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+    })?;
+    let mut s = Scanner { b: obj, i: 0 };
+    let mut out = Vec::new();
+    s.ws();
+    s.eat(b'{', "expected an object")?;
+    s.ws();
+    if s.peek() == Some(b'}') {
+        s.i += 1;
+        s.end()?;
+        return Ok(out);
+    }
+    loop {
+        s.ws();
+        let start = s.i;
+        let key = s.string(text)?;
+        s.ws();
+        s.eat(b':', "expected ':'")?;
+        s.ws();
+        let value = s.i;
+        s.value(2)?;
+        out.push(Member {
+            key,
+            span: start..s.i,
+            value: value..s.i,
+        });
+        s.ws();
+        match s.peek() {
+            Some(b',') => s.i += 1,
+            Some(b'}') => {
+                s.i += 1;
+                s.end()?;
+                return Ok(out);
+            }
+            _ => return s.err("expected ',' or '}'"),
+        }
+    }
 }
 
 /// Why a payload is not an acceptable JSON-RPC message.
@@ -168,11 +228,14 @@ impl<'a> Scanner<'a> {
         let mut env = Envelope {
             method: None,
             has_id: false,
+            params: None,
+            close: 0,
         };
         let mut seen_method = false;
         self.i += 1;
         self.ws();
         if self.peek() == Some(b'}') {
+            env.close = self.i;
             self.i += 1;
             return Ok(env);
         }
@@ -200,12 +263,22 @@ impl<'a> Scanner<'a> {
                     env.has_id = self.peek() != Some(b'n');
                     self.value(2)?;
                 }
+                "params" => {
+                    // As with `method`: which of two would Icinga read?
+                    if env.params.is_some() {
+                        return self.err("duplicate field `params`");
+                    }
+                    let start = self.i;
+                    self.value(2)?;
+                    env.params = Some(start..self.i);
+                }
                 _ => self.value(2)?,
             }
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
+                    env.close = self.i;
                     self.i += 1;
                     return Ok(env);
                 }
@@ -465,6 +538,10 @@ mod tests {
             ),
             "duplicate method keys are ambiguous"
         );
+        assert!(matches!(
+            parse(br#"{"method":"a","params":{},"params":{"x":1}}"#),
+            Err(MessageError::InvalidJson(_))
+        ));
         assert!(matches!(
             parse(br#"{"method":5}"#),
             Err(MessageError::InvalidJson(_))

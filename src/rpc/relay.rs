@@ -11,12 +11,13 @@
 //! `params.cert_request`, so the master signs the agent's key, not ours).
 
 use super::codec::{self, Frame, FrameError};
-use super::envelope::{self, MessageError};
+use super::envelope::{self, Envelope, MessageError};
 use super::policy::{Caller, Direction, Policy, Verdict};
 use super::{method_index, METHOD_LABELS};
 use crate::audit::Audit;
 use crate::config::{Config, ConfigError, JsonRpc, MissingIdentity};
 use crate::http::route::HostPattern;
+use crate::logsafe::{Esc, EscOpt};
 use crate::metrics::{self, ActiveGuard};
 use crate::tls::{self, TlsInfo};
 use crate::upstream::{FailureKind, UpstreamGroup};
@@ -29,9 +30,10 @@ use pingora_core::utils::tls::CertKey;
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -44,7 +46,9 @@ const READ_IDLE: usize = 1024;
 
 struct Limits {
     anonymous_max: usize,
+    anonymous_per_ip: usize,
     anonymous_size: usize,
+    cert_request_size: usize,
     size: usize,
     idle: Duration,
     anonymous_idle: Duration,
@@ -65,10 +69,7 @@ impl IdentityStore {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
         if !safe {
-            return Err(format!(
-                "CN `{}` is not usable as a file name",
-                cn.escape_debug()
-            ));
+            return Err(format!("CN `{}` is not usable as a file name", Esc(cn)));
         }
         let crt = self.dir.join(format!("{cn}.crt"));
         if !crt.exists() {
@@ -94,7 +95,7 @@ pub struct Relay {
     limits: Limits,
     policy: Policy,
     max_violations: u32,
-    anonymous: AtomicUsize,
+    anonymous: AnonLinks,
     connector: TransportConnector,
     audit: Arc<Audit>,
 }
@@ -133,7 +134,10 @@ impl Relay {
             }),
             limits: Limits {
                 anonymous_max: l.anonymous_max_clients,
+                anonymous_per_ip: l.anonymous_max_per_ip,
                 anonymous_size: l.anonymous_message_size.0 as usize,
+                cert_request_size: usize::try_from(l.certificate_request_size.0)
+                    .unwrap_or(usize::MAX),
                 size: l.message_size.0 as usize,
                 idle: l.idle_timeout.get(),
                 anonymous_idle: l.anonymous_idle_timeout.get(),
@@ -143,7 +147,7 @@ impl Relay {
                 None => Policy::icinga_defaults(),
             },
             max_violations: j.max_violations,
-            anonymous: AtomicUsize::new(0),
+            anonymous: AnonLinks::default(),
             connector: TransportConnector::new(None),
             audit,
         })
@@ -159,31 +163,39 @@ impl Relay {
                 sni: None,
                 client: None,
             });
-        let addr = down
+        let peer = down
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .and_then(|d| d.peer_addr().cloned());
+        let addr = peer
+            .as_ref()
+            .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into());
+        let ip = peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         let auth = info.authenticated();
         let cn = auth.and_then(|c| c.cn.as_deref());
         let who = match cn {
-            Some(cn) => format!("{}@{addr}", crate::tls::identity::log_safe(cn)),
+            Some(cn) => format!("{}@{addr}", Esc(cn)),
             None => format!("anonymous@{addr}"),
         };
 
         let _anon_slot = match cn {
             Some(_) => None,
-            None => match AnonSlot::take(&self.anonymous, self.limits.anonymous_max) {
-                Some(slot) => Some(slot),
-                None => {
+            None => match self.anonymous.take(ip, &self.limits) {
+                Ok(slot) => Some(slot),
+                Err(AnonRefusal::Total) => {
                     log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {} anonymous links open (jsonrpc.limits.anonymous_max_clients)", self.limits.anonymous_max);
-                    return reject(listener, down).await;
+                    return reject(listener, down, "anonymous_max_clients").await;
+                }
+                Err(AnonRefusal::PerIp) => {
+                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {} anonymous links open from {} (jsonrpc.limits.anonymous_max_per_ip)", self.limits.anonymous_per_ip, ip.map_or_else(|| "-".to_string(), |i| i.to_string()));
+                    return reject(listener, down, "anonymous_max_per_ip").await;
                 }
             },
         };
         let sni = info.sni.as_deref().unwrap_or("");
         let Some(&(_, up_idx)) = self.routes.iter().find(|(p, _)| p.matches(sni)) else {
-            log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no jsonrpc route for SNI `{}`", sni.escape_debug());
-            return reject(listener, down).await;
+            log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no jsonrpc route for SNI {}", EscOpt(Some(sni)));
+            return reject(listener, down, "no_route").await;
         };
         let group = &self.upstreams[up_idx];
 
@@ -192,12 +204,12 @@ impl Relay {
                 Ok(Some(ck)) => Some(ck),
                 Ok(None) if store.missing == MissingIdentity::Own => None,
                 Ok(None) => {
-                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no {cn}.crt in jsonrpc.upstream_identity.cert_dir (missing: reject)");
-                    return reject(listener, down).await;
+                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no {}.crt in jsonrpc.upstream_identity.cert_dir (missing: reject)", Esc(cn));
+                    return reject(listener, down, "identity").await;
                 }
                 Err(e) => {
                     log::error!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: upstream identity: {e}");
-                    return reject(listener, down).await;
+                    return reject(listener, down, "identity").await;
                 }
             },
             _ => None,
@@ -247,7 +259,7 @@ impl Relay {
             violations: AtomicU32::new(0),
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
         };
-        log::info!(target: "gatehouse::rpc", "link open: {who} sni={} → upstream {} peer {peer_addr}", if sni.is_empty() { "-" } else { sni }, group.name);
+        log::info!(target: "gatehouse::rpc", "link open: {who} sni={} → upstream {} peer {peer_addr}", EscOpt(Some(sni)), group.name);
         let started = Instant::now();
 
         let (mut dr, mut dw) = tokio::io::split(down);
@@ -394,21 +406,21 @@ impl Relay {
             );
         }
         if dir == Direction::Upstream && method == Some("pki::RequestCertificate") {
-            match with_cert_request(frame.payload(), link.client_cert) {
+            let label = METHOD_LABELS[idx];
+            if frame.payload().len() > self.limits.cert_request_size {
+                let why = format!(
+                    "larger than {} bytes (jsonrpc.limits.certificate_request_size)",
+                    self.limits.cert_request_size
+                );
+                return self.deny(link, dir, "pki::RequestCertificate", label, &why);
+            }
+            match with_cert_request(frame.payload(), &env, link.client_cert) {
                 Ok(Some(rewritten)) => {
                     log::info!(target: "gatehouse::rpc", "{}: pki::RequestCertificate forwarded with the client's own certificate", link.who);
                     out.extend_from_slice(&rewritten);
                 }
                 Ok(None) => out.extend_from_slice(frame.raw()),
-                Err(why) => {
-                    return self.deny(
-                        link,
-                        dir,
-                        "pki::RequestCertificate",
-                        METHOD_LABELS[idx],
-                        why,
-                    )
-                }
+                Err(why) => return self.deny(link, dir, "pki::RequestCertificate", label, why),
             }
         } else {
             out.extend_from_slice(frame.raw());
@@ -443,7 +455,7 @@ impl Relay {
         rec.insert("verdict".into(), "denied".into());
         rec.insert("reason".into(), why.into());
         self.audit.record(rec);
-        log::warn!(target: "gatehouse::rpc", "{}: denied {} {} message ({why}); violation {n}/{}", link.who, method.escape_debug(), dir.label(), self.max_violations);
+        log::warn!(target: "gatehouse::rpc", "{}: denied {} {} message ({why}); violation {n}/{}", link.who, Esc(method), dir.label(), self.max_violations);
         if n >= self.max_violations {
             return Err(LinkEnd::Violations(n));
         }
@@ -451,26 +463,35 @@ impl Relay {
     }
 }
 
-/// Puts the client's certificate into `params.cert_request` unless the client set one.
-/// `Ok(None)`: forward unchanged. `Err`: must not be forwarded.
+/// Puts the client's certificate into `params.cert_request` unless the client set a
+/// non-empty one (a satellite forwarding a request does): `null`, `""` or any non-string
+/// counts as not set, or the master would judge (and maybe sign) the edge's own certificate.
+/// Only that field is spliced, from the envelope's offsets: the message is never parsed into
+/// a tree. `Ok(None)`: forward unchanged. `Err`: must not be forwarded.
 fn with_cert_request(
     payload: &[u8],
+    env: &Envelope<'_>,
     client_cert: Option<&X509>,
 ) -> Result<Option<Vec<u8>>, &'static str> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|_| "unparseable certificate request")?;
-    let obj = v
-        .as_object_mut()
-        .ok_or("certificate request is not an object")?;
-    let params = obj
-        .entry("params")
-        .or_insert_with(|| serde_json::Value::Object(Default::default()))
-        .as_object_mut()
-        .ok_or("certificate request params is not an object")?;
-    if params.contains_key("cert_request") {
-        return Ok(None);
-    }
-    // Without the client's certificate the master would judge (and maybe sign) ours.
+    let params = match &env.params {
+        None => None,
+        Some(span) => {
+            let obj = &payload[span.clone()];
+            if obj.first() != Some(&b'{') {
+                return Err("certificate request params is not an object");
+            }
+            let members =
+                envelope::members(obj).map_err(|_| "unparseable certificate request params")?;
+            let set = members.iter().any(|m| {
+                let v = &obj[m.value.clone()];
+                m.key == "cert_request" && v.len() > 2 && v[0] == b'"'
+            });
+            if set {
+                return Ok(None);
+            }
+            Some((span.clone(), obj, members))
+        }
+    };
     let cert =
         client_cert.ok_or("certificate request from a client that presented no certificate")?;
     let pem = cert
@@ -478,9 +499,30 @@ fn with_cert_request(
         .ok()
         .and_then(|p| String::from_utf8(p).ok())
         .ok_or("cannot encode the client's certificate")?;
-    params.insert("cert_request".into(), serde_json::Value::String(pem));
-    let payload = serde_json::to_vec(&v).map_err(|_| "cannot re-encode certificate request")?;
-    Ok(Some(codec::encode(&payload)))
+    let field = format!("\"cert_request\":{}", serde_json::Value::String(pem));
+    let mut out = Vec::with_capacity(payload.len() + field.len() + 16);
+    match params {
+        // The method is a member, so the object is not empty: a comma goes first.
+        None => {
+            out.extend_from_slice(&payload[..env.close]);
+            out.extend_from_slice(b",\"params\":{");
+            out.extend_from_slice(field.as_bytes());
+            out.push(b'}');
+            out.extend_from_slice(&payload[env.close..]);
+        }
+        Some((span, obj, members)) => {
+            out.extend_from_slice(&payload[..span.start]);
+            out.push(b'{');
+            for m in members.iter().filter(|m| m.key != "cert_request") {
+                out.extend_from_slice(&obj[m.span.clone()]);
+                out.push(b',');
+            }
+            out.extend_from_slice(field.as_bytes());
+            out.push(b'}');
+            out.extend_from_slice(&payload[span.end..]);
+        }
+    }
+    Ok(Some(codec::encode(&out)))
 }
 
 /// The hot-path metric children of one direction, resolved once per link (a labelled lookup
@@ -572,23 +614,54 @@ impl fmt::Display for LinkEnd {
     }
 }
 
-/// One of the capped anonymous-link slots; released on drop.
-struct AnonSlot<'a>(&'a AtomicUsize);
+/// Open anonymous links, in total and per client IP (entries leave the map at zero, so it
+/// holds at most `anonymous_max_clients` addresses).
+#[derive(Default)]
+struct AnonLinks(Mutex<AnonCount>);
 
-impl<'a> AnonSlot<'a> {
-    fn take(count: &'a AtomicUsize, max: usize) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| AnonSlot(count))
+#[derive(Default)]
+struct AnonCount {
+    total: usize,
+    per_ip: HashMap<Option<IpAddr>, usize>,
+}
+
+enum AnonRefusal {
+    Total,
+    PerIp,
+}
+
+impl AnonLinks {
+    fn take(&self, ip: Option<IpAddr>, l: &Limits) -> Result<AnonSlot<'_>, AnonRefusal> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if c.total >= l.anonymous_max {
+            return Err(AnonRefusal::Total);
+        }
+        let from_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= l.anonymous_per_ip {
+            return Err(AnonRefusal::PerIp);
+        }
+        c.per_ip.insert(ip, from_ip + 1);
+        c.total += 1;
+        Ok(AnonSlot { links: self, ip })
     }
+}
+
+/// One anonymous link's place in [`AnonLinks`]; released on drop.
+struct AnonSlot<'a> {
+    links: &'a AnonLinks,
+    ip: Option<IpAddr>,
 }
 
 impl Drop for AnonSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut c = self.links.0.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -606,9 +679,12 @@ pub(crate) async fn close(mut s: Stream) {
     Shutdown::shutdown(&mut *s).await;
 }
 
-async fn reject(listener: &str, down: Stream) {
+async fn reject(listener: &str, down: Stream, reason: &str) {
     metrics::CONNECTIONS
         .with_label_values(&[listener, "rejected"])
+        .inc();
+    metrics::RPC_LINKS_REFUSED
+        .with_label_values(&[reason])
         .inc();
     close(down).await
 }
@@ -617,36 +693,92 @@ async fn reject(listener: &str, down: Stream) {
 mod tests {
     use super::*;
 
+    fn rewrite(req: &[u8], cert: Option<&X509>) -> Result<Option<Vec<u8>>, &'static str> {
+        let env = envelope::parse(req).unwrap();
+        with_cert_request(req, &env, cert)
+    }
+
+    fn payload_of(framed: &[u8]) -> serde_json::Value {
+        let mut b = BytesMut::from(framed);
+        let f = codec::decode(&mut b, 1 << 20).unwrap().unwrap();
+        serde_json::from_slice(f.payload()).unwrap()
+    }
+
     #[test]
     fn cert_request_rewrite() {
         let agent = crate::pki::self_signed(&crate::pki::CertSpec::new("agent1")).unwrap();
         let pem = String::from_utf8(agent.cert_pem()).unwrap();
         let cert = Some(&agent.cert);
         let req = br#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":"abc"},"id":"1"}"#;
-        let out = with_cert_request(req, cert).unwrap().unwrap();
-        let mut b = BytesMut::from(&out[..]);
-        let f = codec::decode(&mut b, 1 << 20).unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(f.payload()).unwrap();
+        let v = payload_of(&rewrite(req, cert).unwrap().unwrap());
         assert_eq!(v["params"]["cert_request"], pem.as_str());
         assert_eq!(v["params"]["ticket"], "abc");
         assert_eq!(v["id"], "1");
         // A client-set cert_request is left alone.
         let own = br#"{"method":"pki::RequestCertificate","params":{"cert_request":"X"}}"#;
-        assert_eq!(with_cert_request(own, cert), Ok(None));
-        // No params at all: added.
-        let bare = br#"{"method":"pki::RequestCertificate"}"#;
-        assert!(with_cert_request(bare, cert).unwrap().is_some());
+        assert_eq!(rewrite(own, cert), Ok(None));
+        // null, "" or a non-string count as absent, and the result has one cert_request.
+        for unset in [
+            &br#"{"method":"pki::RequestCertificate","params":{"cert_request":null,"ticket":"t"}}"#[..],
+            br#"{"method":"pki::RequestCertificate","params":{"ticket":"t", "cert_request" : ""}}"#,
+            br#"{"method":"pki::RequestCertificate","params":{"cert_\u0072equest":5,"ticket":"t"}}"#,
+        ] {
+            let out = rewrite(unset, cert).unwrap().unwrap();
+            let text = String::from_utf8_lossy(&out);
+            assert_eq!(text.matches("cert_").count(), 1, "{text}");
+            let v = payload_of(&out);
+            assert_eq!(v["params"]["cert_request"], pem.as_str());
+            assert_eq!(v["params"]["ticket"], "t");
+        }
+        // No params, or empty params: added.
+        for bare in [
+            &br#"{"method":"pki::RequestCertificate"}"#[..],
+            br#"{"method":"pki::RequestCertificate","params":{}}"#,
+        ] {
+            let v = payload_of(&rewrite(bare, cert).unwrap().unwrap());
+            assert_eq!(v["params"]["cert_request"], pem.as_str());
+        }
         // No client certificate: refused rather than letting the master judge ours.
-        assert!(with_cert_request(req, None).is_err());
+        assert!(rewrite(req, None).is_err());
+        let null = br#"{"method":"pki::RequestCertificate","params":{"cert_request":null}}"#;
+        assert!(rewrite(null, None).is_err());
+        // params that are not an object cannot carry a certificate.
+        let odd = br#"{"method":"pki::RequestCertificate","params":[1]}"#;
+        assert!(rewrite(odd, cert).is_err());
+    }
+
+    fn limits(max: usize, per_ip: usize) -> Limits {
+        Limits {
+            anonymous_max: max,
+            anonymous_per_ip: per_ip,
+            anonymous_size: 0,
+            cert_request_size: 0,
+            size: 0,
+            idle: Duration::ZERO,
+            anonymous_idle: Duration::ZERO,
+        }
     }
 
     #[test]
     fn anonymous_slots() {
-        let n = AtomicUsize::new(0);
-        let a = AnonSlot::take(&n, 2).unwrap();
-        let _b = AnonSlot::take(&n, 2).unwrap();
-        assert!(AnonSlot::take(&n, 2).is_none());
-        drop(a);
-        assert!(AnonSlot::take(&n, 2).is_some());
+        let links = AnonLinks::default();
+        let l = limits(3, 2);
+        let (a, b) = (
+            Some(IpAddr::from([10, 0, 0, 1])),
+            Some(IpAddr::from([10, 0, 0, 2])),
+        );
+        let a1 = links.take(a, &l).ok().unwrap();
+        let _a2 = links.take(a, &l).ok().unwrap();
+        assert!(matches!(links.take(a, &l), Err(AnonRefusal::PerIp)));
+        let _b1 = links.take(b, &l).ok().unwrap();
+        assert!(matches!(links.take(b, &l), Err(AnonRefusal::Total)));
+        drop(a1);
+        assert!(links.take(a, &l).is_ok());
+        let c = links.0.lock().unwrap();
+        assert_eq!(
+            (c.total, c.per_ip.len()),
+            (2, 2),
+            "released slots leave the map"
+        );
     }
 }

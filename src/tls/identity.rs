@@ -4,11 +4,11 @@
 //! `SslDigest`, so every request on the connection (HTTP/1 keep-alive and HTTP/2 streams
 //! alike) sees the same parsed [`TlsInfo`] without touching the certificate again.
 
+use crate::logsafe::EscOpt;
 use boring::hash::MessageDigest;
 use boring::nid::Nid;
 use boring::ssl::{NameType, SslRef};
 use boring::x509::{X509NameRef, X509};
-use std::borrow::Cow;
 use std::fmt::Write;
 
 /// What the handshake told us about a downstream connection.
@@ -58,12 +58,9 @@ impl TlsInfo {
         self.client.as_ref().filter(|c| c.verified)
     }
 
-    /// The authenticated CN for logs (escaped, see [`log_safe`]), or `-`.
-    pub fn cn_or_dash(&self) -> Cow<'_, str> {
-        self.authenticated()
-            .and_then(|c| c.cn.as_deref())
-            .map(log_safe)
-            .unwrap_or(Cow::Borrowed("-"))
+    /// The authenticated CN for logs (escaped), or `-`.
+    pub fn cn_or_dash(&self) -> EscOpt<'_> {
+        EscOpt(self.authenticated().and_then(|c| c.cn.as_deref()))
     }
 }
 
@@ -103,7 +100,8 @@ impl ClientCert {
     }
 }
 
-/// Formats a DN most-specific first (`CN=x,OU=y,O=z`), as RFC 4514 and Envoy's XFCC do.
+/// Formats a DN most-specific first (`CN=x,OU=y,O=z`), as RFC 4514 and Envoy's XFCC do, with
+/// each value escaped per RFC 4514 so a CN like `a,O=admin` cannot pose as another attribute.
 fn dn_string(name: &X509NameRef) -> String {
     let mut parts: Vec<String> = name
         .entries()
@@ -112,7 +110,7 @@ fn dn_string(name: &X509NameRef) -> String {
             let val = e
                 .data()
                 .as_utf8()
-                .map(|s| s.to_string())
+                .map(|s| rfc4514_value(&s))
                 .unwrap_or_default();
             format!("{key}={val}")
         })
@@ -121,16 +119,30 @@ fn dn_string(name: &X509NameRef) -> String {
     parts.join(",")
 }
 
-/// A certificate-supplied string made safe for one log line: control characters, spaces
-/// and quotes are escaped, so a CN like `agent\n1` cannot forge a second line.
-pub fn log_safe(s: &str) -> Cow<'_, str> {
-    if s.chars()
-        .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\')
-    {
-        Cow::Owned(s.escape_debug().to_string().replace(' ', "\\x20"))
-    } else {
-        Cow::Borrowed(s)
+/// An attribute value escaped per RFC 4514 §2.4: `"+,;<>\` and a leading `#` or space or a
+/// trailing space get a backslash; control characters (which §2.4 would allow raw) become
+/// `\XX` hex so the DN fits in a header and a log line.
+pub fn rfc4514_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 4);
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\{b:02X}");
+                }
+            }
+            c => out.push(c),
+        }
     }
+    out
 }
 
 /// Lowercase hex.
@@ -148,14 +160,6 @@ mod tests {
     use crate::pki::{Ca, CertSpec};
 
     #[test]
-    fn log_safe_escapes_line_breaks() {
-        assert_eq!(log_safe("agent1"), "agent1");
-        assert_eq!(log_safe("agent\n1"), "agent\\n1");
-        assert_eq!(log_safe("a b\"c"), "a\\x20b\\\"c");
-        assert!(!log_safe("x\r\ninjected=1").contains('\n'));
-    }
-
-    #[test]
     fn reads_cn_sans_and_fingerprint() {
         let ca = Ca::new("t").unwrap();
         let leaf = ca
@@ -170,6 +174,9 @@ mod tests {
         assert_eq!(c.dns, vec!["admin.example.org"]);
         assert_eq!(c.uris, vec!["spiffe://example.org/ops/admin"]);
         assert_eq!(c.subject, "CN=ops-admin");
+        assert_eq!(rfc4514_value(r#"a,b;c="d"\e"#), r#"a\,b\;c=\"d\"\\e"#);
+        assert_eq!(rfc4514_value("#x y "), "\\#x y\\ ");
+        assert_eq!(rfc4514_value("a\nb"), "a\\0Ab");
         assert_eq!(c.fingerprint.len(), 64);
         let again = ClientCert::from_x509(leaf.cert, true);
         assert_eq!(c.fingerprint, again.fingerprint);
