@@ -41,6 +41,35 @@ impl fmt::Display for Esc<'_> {
     }
 }
 
+/// A sentence that embeds client-chosen values (a refusal text such as
+/// `command '…' is not allowed for cn=…`), escaped for one log line: control characters and
+/// `\` as [`Esc`] writes them, spaces and quotes kept so the sentence stays readable.
+///
+/// ```
+/// use gatehouse::logsafe::EscText;
+/// assert_eq!(EscText("command 'x\ny' is not allowed").to_string(), "command 'x\\ny' is not allowed");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct EscText<'a>(pub &'a str);
+
+impl fmt::Display for EscText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let special = |c: char| c.is_control() || c == '\\' || (c.is_whitespace() && c != ' ');
+        if !s.chars().any(special) {
+            return f.write_str(s);
+        }
+        for c in s.chars() {
+            if special(c) {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// [`Esc`] for an optional value: `-` when absent or empty.
 #[derive(Debug, Clone, Copy)]
 pub struct EscOpt<'a>(pub Option<&'a str>);
@@ -73,6 +102,10 @@ mod tests {
             let out = Esc(evil).to_string();
             assert!(!out.chars().any(|c| c.is_control()), "{out:?}");
         }
+        assert_eq!(
+            EscText("service 'a\r\nb' is \"x\"").to_string(),
+            "service 'a\\r\\nb' is \"x\""
+        );
         assert_eq!(EscOpt(None).to_string(), "-");
         assert_eq!(EscOpt(Some("")).to_string(), "-");
         assert_eq!(EscOpt(Some("a\nb")).to_string(), "a\\nb");

@@ -247,7 +247,8 @@ pub fn server_conf(s: &ServerSection, max_retries: usize) -> ServerConf {
 /// request, see `HttpGateway::request_filter`).
 fn http_options(l: &Listener) -> HttpServerOptions {
     let mut o = HttpServerOptions::default();
-    o.keepalive_request_limit = Some(l.keepalive_requests);
+    // Pingora counts reuses: a limit of N serves N + 1 requests.
+    o.keepalive_request_limit = Some(l.keepalive_requests.saturating_sub(1));
     o.h2_idle_timeout = Some(std::time::Duration::from_secs(ceil_secs(
         l.keepalive_timeout.get(),
     )));
@@ -342,7 +343,7 @@ mod tests {
         )
         .unwrap();
         let o = http_options(&l);
-        assert_eq!(o.keepalive_request_limit, Some(7));
+        assert_eq!(o.keepalive_request_limit, Some(6), "7 requests = 6 reuses");
         assert_eq!(o.h2_idle_timeout, Some(std::time::Duration::from_secs(2)));
     }
 }

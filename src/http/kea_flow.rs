@@ -10,7 +10,7 @@
 use super::kea::{self, command_label, KeaPolicy};
 use super::route::Route;
 use super::{balance_key, respond, HttpGateway, RequestCtx};
-use crate::logsafe::Esc;
+use crate::logsafe::EscText;
 use crate::metrics;
 use crate::upstream::FailureKind;
 use bytes::{Bytes, BytesMut};
@@ -68,7 +68,7 @@ impl HttpGateway {
                 respond(session, status, &text).await?;
                 audit.insert("status".into(), status.into());
                 audit.insert("reason".into(), text.clone().into());
-                log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {}", self.listener, route.name, Esc(&text));
+                log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {}", self.listener, route.name, EscText(&text));
                 (cmd, verdict)
             }
             Decision::Allowed(cmd, body) => {

@@ -1,0 +1,1012 @@
+//! HTTP-side hardening, end to end over real TLS: the request-head deadline with leading
+//! empty lines, idle keep-alive limits (HTTP/1.1 and HTTP/2), path normalisation before
+//! routing, RFC 4514 subjects in `X-Forwarded-Client-Cert` and forged XFCC spellings, and
+//! log lines that no client-controlled value can split.
+
+mod common;
+
+use boring::hash::MessageDigest;
+use bytes::Bytes;
+use common::*;
+use gatehouse::pki::CertSpec;
+use serde_json::Value;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every await of a test is bounded by this.
+const T: Duration = Duration::from_secs(20);
+
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(T, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: timed out after {T:?}"))
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Edge PKI: a server certificate for localhost/127.0.0.1 and client certificates.
+fn edge_pki(dir: &Path) -> Pki {
+    let pki = Pki::new(dir, "edge");
+    pki.server("server", &[]);
+    for cn in ["alice", "admin", "viewer"] {
+        pki.issue(cn, CertSpec::new(cn));
+    }
+    pki
+}
+
+/// One TLS listener named `name` (client certificates optional) plus `extra` listener keys.
+fn listener(name: &str, port: u16, pki: &Pki, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    address: \"127.0.0.1:{port}\"\n{extra}    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}\n",
+        p = pki.dir.display()
+    )
+}
+
+fn client(pki: &Pki, who: Option<&str>) -> ClientOpts {
+    ClientOpts {
+        ca: Some(pki.ca_path()),
+        cert: who.map(|w| pki.paths(w)),
+        sni: Some("localhost".into()),
+        tls12: false,
+    }
+}
+
+async fn connect(port: u16, o: &ClientOpts) -> tokio_boring::SslStream<TcpStream> {
+    within("TLS connect", tls_connect(addr(port), o))
+        .await
+        .expect("TLS connection to Gatehouse")
+}
+
+async fn get(port: u16, o: &ClientOpts, path: &str, headers: &[(&str, &str)]) -> Response {
+    within(
+        path,
+        request(addr(port), Some(o), "GET", path, headers, b""),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// Reads one complete HTTP/1.1 response off a kept-alive connection (`buf` keeps leftovers).
+async fn read_response<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<Response, String> {
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut hs);
+        if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
+            let header = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+            };
+            let total = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                buf[n..]
+                    .windows(5)
+                    .position(|w| w == b"0\r\n\r\n")
+                    .map(|e| n + e + 5)
+            } else {
+                let len: usize = header("content-length")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                (buf.len() >= n + len).then_some(n + len)
+            };
+            if let Some(total) = total {
+                let resp = parse_response(&buf[..total])?;
+                buf.drain(..total);
+                return Ok(resp);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(T, s.read(&mut chunk)).await {
+            Err(_) => return Err("timed out waiting for a response".into()),
+            Ok(Ok(0)) => return Err("connection closed".into()),
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Writes one keep-alive GET (no `Connection: close`) and reads its response.
+async fn keepalive_get<S: AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    path: &str,
+) -> Result<Response, String> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    match tokio::time::timeout(T, s.write_all(req.as_bytes())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("write: {e}")),
+        Err(_) => return Err("write timed out".into()),
+    }
+    read_response(s, buf).await
+}
+
+/// An HTTP/2 connection (TLS, ALPN h2, no client certificate); the connection runs in a task.
+async fn h2_connect(
+    port: u16,
+    pki: &Pki,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    use boring::ssl::{SslConnector, SslMethod};
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_ca_file(pki.ca_path()).unwrap();
+    b.set_alpn_protos(b"\x02h2").unwrap();
+    let cfg = b.build().configure().unwrap();
+    let tcp = within("tcp connect", TcpStream::connect(addr(port)))
+        .await
+        .unwrap();
+    let tls = within(
+        "tls handshake",
+        tokio_boring::connect(cfg, "localhost", tcp),
+    )
+    .await
+    .expect("TLS handshake with Gatehouse");
+    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = within("h2 handshake", h2::client::handshake(tls))
+        .await
+        .expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+/// An HTTP/2 GET; returns the status after reading the whole body.
+async fn h2_get(send: &h2::client::SendRequest<Bytes>, port: u16, path: &str) -> u16 {
+    let mut send = within("h2 ready", send.clone().ready())
+        .await
+        .expect("h2 connection ready");
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(format!("https://localhost:{port}{path}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).expect("h2 send_request");
+    let resp = within("h2 response", resp).await.expect("h2 response");
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(chunk) = within("h2 body", body.data()).await {
+        let chunk = chunk.expect("h2 body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    status
+}
+
+/// `gatehouse_http_header_timeouts_total{listener="<listener>"}` (the README's name; 0 when
+/// absent). `gatehouse_http_head_timeouts_total` is read too, should the family be renamed.
+async fn head_timeouts(mport: u16, listener: &str) -> u64 {
+    let m = within("metrics", metrics_text(mport)).await;
+    [
+        "gatehouse_http_head_timeouts_total",
+        "gatehouse_http_header_timeouts_total",
+    ]
+    .iter()
+    .filter_map(|family| {
+        let prefix = format!("{family}{{listener=\"{listener}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    })
+    .map(|v| v as u64)
+    .sum()
+}
+
+// === 3. request-head deadline ===
+
+/// Empty lines before a request line must not disarm `header_timeout`: a client that sends
+/// `\r\n\r\n` and then trickles a head one byte every 300 ms is closed at the deadline (1 s),
+/// not earlier, logged and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leading_empty_lines_do_not_disarm_the_head_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let yaml = format!(
+        "listeners:\n{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: rest, path_prefix: /, upstream: web }}\nmetrics: {{ address: \"127.0.0.1:{mport}\" }}\n",
+        listener("edge", port, &pki, "    header_timeout: 1s\n"),
+        web.addr
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let before = head_timeouts(mport, "edge").await;
+
+    let mut s = connect(port, &client(&pki, None)).await;
+    let t0 = Instant::now();
+    within("write", s.write_all(b"\r\n\r\n")).await.unwrap();
+    let mut closed_at = None;
+    for &b in b"GET /trickle HTTP/1.1\r\nHost: x\r\n" {
+        if closed_within(&mut s, Duration::from_millis(300)).await {
+            closed_at = Some(t0.elapsed());
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        if within("write", s.write_all(&[b])).await.is_err() {
+            closed_at = Some(t0.elapsed());
+            break;
+        }
+    }
+    let Some(took) = closed_at else {
+        panic!(
+            "a head after two empty lines, trickled a byte every 300 ms, was still open after {:?} (header_timeout: 1s)\nlog:\n{}",
+            t0.elapsed(),
+            gh.log_text()
+        );
+    };
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}: before header_timeout (1s), so by something else"
+    );
+    assert!(took <= Duration::from_secs(4), "closed only after {took:?}");
+    gh.wait_log("did not finish a request head within 1s");
+    assert_eq!(
+        head_timeouts(mport, "edge").await,
+        before + 1,
+        "head timeout not counted:\n{}",
+        within("metrics", metrics_text(mport)).await
+    );
+    assert!(
+        !web.seen().iter().any(|s| s.path == "/trickle"),
+        "the unfinished head reached the origin"
+    );
+}
+
+// === 4. idle keep-alive connections ===
+
+/// `keepalive_timeout: 2s`: an idle HTTP/1.1 keep-alive connection and an idle HTTP/2
+/// connection are ended by the server 2–6 s after their last response; on a listener with
+/// the defaults (60 s) an idle HTTP/1.1 connection is still usable after 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_end_after_keepalive_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, dport) = (free_port(), free_port());
+    let yaml = format!(
+        "listeners:\n{}{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: rest, path_prefix: /, upstream: web }}\n",
+        listener("edge", port, &pki, "    keepalive_timeout: 2s\n"),
+        listener("dflt", dport, &pki, ""),
+        web.addr
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let anon = client(&pki, None);
+
+    // HTTP/1.1, keepalive_timeout 2s.
+    let mut s = connect(port, &anon).await;
+    let mut buf = Vec::new();
+    let r = keepalive_get(&mut s, &mut buf, "/idle-h1").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_ne!(
+        r.header("connection").map(str::to_ascii_lowercase),
+        Some("close".into()),
+        "the first response already closes"
+    );
+    let t = Instant::now();
+    let closed = closed_within(&mut s, Duration::from_millis(6500)).await;
+    let idle = t.elapsed();
+    assert!(
+        closed,
+        "idle HTTP/1.1 connection still open {idle:?} after its response (keepalive_timeout: 2s)"
+    );
+    assert!(
+        idle >= Duration::from_millis(1500) && idle <= Duration::from_secs(6),
+        "idle HTTP/1.1 connection closed after {idle:?}, want 2–6 s"
+    );
+
+    // HTTP/2, keepalive_timeout 2s: the client connection future ends (GOAWAY / EOF).
+    let (send, conn) = h2_connect(port, &pki).await;
+    assert_eq!(h2_get(&send, port, "/idle-h2").await, 200);
+    let t = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_millis(6500), conn).await;
+    let idle = t.elapsed();
+    assert!(
+        ended.is_ok(),
+        "idle HTTP/2 connection still open {idle:?} after its response (keepalive_timeout: 2s)"
+    );
+    assert!(
+        idle >= Duration::from_millis(1500),
+        "idle HTTP/2 connection ended after {idle:?}, before keepalive_timeout"
+    );
+    drop(send);
+
+    // Defaults: still open after 3 s idle, and still serving.
+    let mut s = connect(dport, &anon).await;
+    let mut buf = Vec::new();
+    let r = keepalive_get(&mut s, &mut buf, "/idle-default")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        !closed_within(&mut s, Duration::from_secs(3)).await,
+        "with the default keepalive_timeout (60s) an idle connection was closed within 3 s"
+    );
+    let r = keepalive_get(&mut s, &mut buf, "/idle-default-2")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    drop(gh);
+}
+
+/// `keepalive_requests: 3`: the third response on one HTTP/1.1 connection says
+/// `Connection: close` and the server closes; a fourth request on it gets no answer. With the
+/// defaults (1000) five requests share one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_requests_caps_requests_per_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, dport) = (free_port(), free_port());
+    let yaml = format!(
+        "listeners:\n{}{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: rest, path_prefix: /, upstream: web }}\n",
+        listener("edge", port, &pki, "    keepalive_requests: 3\n"),
+        listener("dflt", dport, &pki, ""),
+        web.addr
+    );
+    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let anon = client(&pki, None);
+    let closes = |r: &Response| {
+        r.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    };
+
+    let mut s = connect(port, &anon).await;
+    let mut buf = Vec::new();
+    for i in 1..=3 {
+        let r = keepalive_get(&mut s, &mut buf, &format!("/capped/{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on one connection: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(
+            closes(&r),
+            i == 3,
+            "request {i} of keepalive_requests: 3: Connection header {:?}",
+            r.header("connection")
+        );
+    }
+    assert!(
+        closed_within(&mut s, Duration::from_secs(2)).await,
+        "the server kept the connection open after the 3rd response"
+    );
+    let fourth = keepalive_get(&mut s, &mut buf, "/capped/4").await;
+    assert!(fourth.is_err(), "a 4th request was answered: {fourth:?}");
+    let capped: Vec<String> = web
+        .seen()
+        .into_iter()
+        .map(|s| s.path)
+        .filter(|p| p.starts_with("/capped/"))
+        .collect();
+    assert_eq!(capped, vec!["/capped/1", "/capped/2", "/capped/3"]);
+
+    let mut s = connect(dport, &anon).await;
+    let mut buf = Vec::new();
+    for i in 1..=5 {
+        let r = keepalive_get(&mut s, &mut buf, &format!("/many/{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("default listener, request {i}: {e}"));
+        assert_eq!(r.status, 200);
+        assert!(!closes(&r), "default listener closed after request {i}");
+    }
+}
+
+// === 5. path normalisation ===
+
+/// Routing sees the normalised path: `/v1//actions`, `/v1/%61ctions`, `/v1/./actions`,
+/// `/v1/foo/../actions` and `//v1/actions` are the `actions` route (admin only); the origin
+/// gets the normalised path with the query untouched; `%2F` stays encoded; `/../etc` is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_before_routing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = free_port();
+    let yaml = format!(
+        "listeners:\n{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: actions, path_prefix: /v1/actions, upstream: web, allow: [\"cn:admin\"] }}\n  - {{ name: rest, path_prefix: /, upstream: web }}\n",
+        listener("edge", port, &pki, ""),
+        web.addr
+    );
+    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let viewer = client(&pki, Some("viewer"));
+    let admin = client(&pki, Some("admin"));
+    let mut failures = Vec::new();
+
+    // Sanity: the plain spelling is refused to the viewer.
+    let r = get(port, &viewer, "/v1/actions/x", &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    for path in [
+        "/v1//actions/x",
+        "/v1/%61ctions/x",
+        "/v1/./actions/x",
+        "/v1/foo/../actions/x",
+        "//v1/actions",
+    ] {
+        let r = get(port, &viewer, path, &[]).await;
+        if r.status != 403
+            || !r
+                .text()
+                .contains("route 'actions' is not allowed for cn=viewer")
+        {
+            failures.push(format!(
+                "viewer {path}: {} {:?}, want 403 route 'actions' is not allowed for cn=viewer",
+                r.status,
+                r.text().trim()
+            ));
+        }
+    }
+    let reached: Vec<String> = web.seen().into_iter().map(|s| s.path).collect();
+    if !reached.is_empty() {
+        failures.push(format!("the origin saw viewer requests: {reached:?}"));
+    }
+
+    // admin passes; the origin sees the normalised path, query as sent.
+    let n = web.seen().len();
+    let r = get(port, &admin, "/v1//actions/x?a=%2F", &[]).await;
+    let seen = web.seen();
+    match (r.status, seen.get(n)) {
+        (200, Some(s)) if s.path == "/v1/actions/x?a=%2F" => {}
+        (status, s) => failures.push(format!(
+            "admin /v1//actions/x?a=%2F: {status}, origin saw {:?}, want \"/v1/actions/x?a=%2F\"",
+            s.map(|s| &s.path)
+        )),
+    }
+
+    // An encoded reserved character stays encoded (it is not a path separator).
+    let n = web.seen().len();
+    let r = get(port, &viewer, "/v1/a%2Fb", &[]).await;
+    let seen = web.seen();
+    match (r.status, seen.get(n)) {
+        (200, Some(s)) if s.path == "/v1/a%2Fb" => {}
+        (status, s) => failures.push(format!(
+            "viewer /v1/a%2Fb: {status}, origin saw {:?}, want \"/v1/a%2Fb\"",
+            s.map(|s| &s.path)
+        )),
+    }
+
+    // Climbing above the root is a bad request, and never forwarded.
+    let n = web.seen().len();
+    let r = get(port, &admin, "/../etc", &[]).await;
+    if r.status != 400 || web.seen().len() != n {
+        failures.push(format!(
+            "/../etc: {} (origin saw {:?}), want 400 and nothing forwarded",
+            r.status,
+            web.seen().get(n).map(|s| &s.path)
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "path normalisation:\n{}",
+        failures.join("\n")
+    );
+}
+
+// === 6. X-Forwarded-Client-Cert ===
+
+/// RFC 4514: `,` `+` `"` `\` `<` `>` `;` get a backslash (a leading `#` or space and a
+/// trailing space too).
+fn rfc4514_escape(v: &str) -> String {
+    let mut out = String::new();
+    let n = v.chars().count();
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i + 1 == n && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Envoy's XFCC quoting: in double quotes, with `"` and `\` backslash-escaped.
+fn xfcc_quote(v: &str) -> String {
+    let mut out = String::from("\"");
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Splits one XFCC element into `key=value` pairs at `;` outside double quotes (values kept
+/// as sent). A `,` outside quotes would start a second element: an error here.
+fn xfcc_pairs(v: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    let mut push = |cur: &mut String| -> Result<(), String> {
+        let (k, val) = cur
+            .split_once('=')
+            .ok_or_else(|| format!("pair without '=': {cur:?}"))?;
+        pairs.push((k.to_string(), val.to_string()));
+        cur.clear();
+        Ok(())
+    };
+    for c in v.chars() {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && c == ';' {
+            push(&mut cur)?;
+            continue;
+        } else if !quoted && c == ',' {
+            return Err(format!("unquoted ',' splits the element: {v:?}"));
+        }
+        cur.push(c);
+    }
+    if quoted || escaped {
+        return Err(format!("unterminated quote: {v:?}"));
+    }
+    push(&mut cur)?;
+    Ok(pairs)
+}
+
+/// Undoes [`xfcc_quote`].
+fn xfcc_unquote(v: &str) -> Result<String, String> {
+    let inner = v
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .ok_or_else(|| format!("not a quoted value: {v:?}"))?;
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next().ok_or("trailing backslash")?),
+            '"' => return Err(format!("unescaped '\"' inside quotes: {v:?}")),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses an RFC 4514 DN strictly into `(type, value)` attributes; a multi-valued RDN (`+`)
+/// or a character that must be escaped but is not is an error.
+fn rfc4514_parse(dn: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let bytes = dn.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let eq = dn[i..]
+            .find('=')
+            .ok_or_else(|| format!("no '=' after byte {i} in {dn:?}"))?;
+        let key = dn[i..i + eq].to_string();
+        i += eq + 1;
+        let mut val = Vec::new();
+        loop {
+            match bytes.get(i) {
+                None => break,
+                Some(b',') => {
+                    i += 1;
+                    break;
+                }
+                Some(b'\\') => {
+                    let next = *bytes
+                        .get(i + 1)
+                        .ok_or_else(|| format!("trailing backslash in {dn:?}"))?;
+                    if b",+\"\\<>;=# ".contains(&next) {
+                        val.push(next);
+                        i += 2;
+                    } else {
+                        let hex = dn
+                            .get(i + 1..i + 3)
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                            .ok_or_else(|| {
+                                format!("invalid escape '\\{}' in {dn:?}", char::from(next))
+                            })?;
+                        val.push(hex);
+                        i += 3;
+                    }
+                }
+                Some(&b) if b"+\";<>".contains(&b) => {
+                    return Err(format!(
+                        "unescaped '{}' at byte {i} of {dn:?}",
+                        char::from(b)
+                    ))
+                }
+                Some(&b) => {
+                    val.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out.push((
+            key,
+            String::from_utf8(val).map_err(|e| format!("value is not UTF-8: {e}"))?,
+        ));
+    }
+    Ok(out)
+}
+
+fn fingerprint(pki: &Pki, who: &str) -> String {
+    let pem = std::fs::read(pki.paths(who).0).unwrap();
+    let cert = boring::x509::X509::from_pem(&pem).unwrap();
+    cert.digest(MessageDigest::sha256())
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every header the origin saw whose name is `x-forwarded-client-cert` once `_` is read as
+/// `-` and case is ignored.
+fn xfcc_like(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.to_ascii_lowercase().replace('_', "-") == "x-forwarded-client-cert")
+        .cloned()
+        .collect()
+}
+
+/// A subject CN full of DN syntax reaches the origin as one XFCC header whose Subject is the
+/// RFC 4514 DN (`CN=a\,b\;c=\"d\"\\e…`), then quoted Envoy-style; parsed back it is the CN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfcc_subject_is_rfc4514_escaped_then_quoted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let odd_cn = r#"a,b;c="d"\e+f<g>h"#;
+    pki.issue("odd", CertSpec::new(odd_cn));
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = free_port();
+    let yaml = format!(
+        "listeners:\n{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: xfcc, path_prefix: /, upstream: web, forward_identity: xfcc }}\n",
+        listener("edge", port, &pki, ""),
+        web.addr
+    );
+    let _gh = Gatehouse::start(tmp.path(), &yaml);
+
+    for (who, cn) in [("alice", "alice"), ("odd", odd_cn)] {
+        let path = format!("/who/{who}");
+        let r = get(port, &client(&pki, Some(who)), &path, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let seen = web.seen().into_iter().rfind(|s| s.path == path).unwrap();
+        let headers = xfcc_like(&seen.headers);
+        assert_eq!(
+            headers.len(),
+            1,
+            "{who}: want exactly one XFCC header: {headers:?}"
+        );
+        let value = &headers[0].1;
+        let pairs = xfcc_pairs(value).unwrap_or_else(|e| panic!("{who}: XFCC {value:?}: {e}"));
+        let field = |k: &str| {
+            pairs
+                .iter()
+                .filter(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(field("Hash"), vec![fingerprint(&pki, who)], "{value}");
+        let subject = field("Subject");
+        assert_eq!(subject.len(), 1, "{who}: one Subject in {value}");
+        let dn = xfcc_unquote(&subject[0]).unwrap_or_else(|e| panic!("{who}: {value}: {e}"));
+        let attrs = rfc4514_parse(&dn).unwrap_or_else(|e| {
+            panic!("{who}: Subject is not an RFC 4514 DN ({e}); XFCC: {value}")
+        });
+        assert_eq!(
+            attrs,
+            vec![("CN".to_string(), cn.to_string())],
+            "{who}: Subject parsed back; XFCC: {value}"
+        );
+        assert_eq!(
+            subject[0],
+            xfcc_quote(&format!("CN={}", rfc4514_escape(cn))),
+            "{who}: Subject as sent; XFCC: {value}"
+        );
+    }
+}
+
+/// `X-Forwarded-Client-Cert` in any spelling (`_` for `-`, any case) never reaches the
+/// origin from a client: on a route with `forward_identity: xfcc` only Gatehouse's own
+/// header arrives, on a route without it none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_xfcc_in_any_spelling_never_reaches_the_origin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = free_port();
+    let yaml = format!(
+        "listeners:\n{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: xfcc, path_prefix: /xfcc, upstream: web, forward_identity: xfcc }}\n  - {{ name: plain, path_prefix: /, upstream: web }}\n",
+        listener("edge", port, &pki, ""),
+        web.addr
+    );
+    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let alice = client(&pki, Some("alice"));
+    let hash = fingerprint(&pki, "alice");
+    let forged: &[(&str, &str)] = &[
+        ("X_Forwarded_Client_Cert", "Hash=forged"),
+        ("x_forwarded_client_cert", "forged"),
+        ("X-FORWARDED-CLIENT-CERT", "forged"),
+    ];
+    let mut cases: Vec<Vec<(&str, &str)>> = forged.iter().map(|h| vec![*h]).collect();
+    cases.push(forged.to_vec());
+    let mut failures = Vec::new();
+    for (i, headers) in cases.iter().enumerate() {
+        for prefix in ["/xfcc", "/plain"] {
+            let path = format!("{prefix}/{i}");
+            let r = get(port, &alice, &path, headers).await;
+            if r.status != 200 {
+                failures.push(format!("{path} {headers:?}: status {}", r.status));
+                continue;
+            }
+            let Some(seen) = web.seen().into_iter().rfind(|s| s.path == path) else {
+                failures.push(format!("{path}: never reached the origin"));
+                continue;
+            };
+            let got = xfcc_like(&seen.headers);
+            let ok = if prefix == "/xfcc" {
+                got.len() == 1
+                    && got[0].1.starts_with(&format!("Hash={hash};"))
+                    && !got[0].1.contains("forged")
+            } else {
+                got.is_empty()
+            };
+            if !ok {
+                failures.push(format!("{path} sent {headers:?}: the origin saw {got:?}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "forged XFCC headers got through:\n{}",
+        failures.join("\n")
+    );
+}
+
+// === 7. log lines ===
+
+/// What a forged line would look like, appended after a line break in a value.
+const FORGED: &str = "[2026-01-01T00:00:00Z INFO  gatehouse::audit] {\"forged\":1}";
+
+/// Log lines that do not start the way env_logger starts a line (`[YYYY-MM-DDT…`), or that
+/// carry the forged timestamp at their start.
+fn foreign_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| !l.is_empty())
+        .filter(|l| {
+            let b = l.as_bytes();
+            let well_formed = b.len() > 12
+                && b[0] == b'['
+                && b[1..5].iter().all(u8::is_ascii_digit)
+                && b[5] == b'-'
+                && b[8] == b'-'
+                && b[11] == b'T';
+            !well_formed || l.starts_with("[2026-01-01T00:00:00Z")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The message of a log line whose target is `gatehouse::audit` (`[<time> INFO  <target>] `).
+fn audit_payload(line: &str) -> Option<&str> {
+    let end = line.find("] ")?;
+    line[..end]
+        .ends_with(" gatehouse::audit")
+        .then(|| &line[end + 2..])
+}
+
+/// Every audit record must be one JSON object with no `forged` member.
+fn check_audit_line(line: &str, problems: &mut Vec<String>) {
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(m)) if !m.contains_key("forged") => {}
+        Ok(v) => problems.push(format!("audit record with a forged member: {v}")),
+        Err(e) => problems.push(format!("audit line is not JSON ({e}): {line:?}")),
+    }
+}
+
+/// A TLS connection sending `sni` as the server name (the server certificate is not checked).
+async fn sni_connect(port: u16, sni: &str) -> tokio_boring::SslStream<TcpStream> {
+    use boring::ssl::{SslConnector, SslMethod};
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(boring::ssl::SslVerifyMode::NONE);
+    let mut cfg = b.build().configure().unwrap();
+    cfg.set_use_server_name_indication(true);
+    cfg.set_verify_hostname(false);
+    let tcp = within("tcp connect", TcpStream::connect(addr(port)))
+        .await
+        .unwrap();
+    within("tls handshake", tokio_boring::connect(cfg, sni, tcp))
+        .await
+        .unwrap_or_else(|e| panic!("handshake with SNI {sni:?}: {e}"))
+}
+
+/// Sends every vector to a running Gatehouse; returns how many reached a Kea route's
+/// decision (each writes exactly one audit record).
+async fn send_log_vectors(port: u16, pki: &Pki) -> usize {
+    let forged_command = format!("x\n{FORGED}");
+    let anon = client(pki, None);
+    let alice = client(pki, Some("alice"));
+    let evil = client(pki, Some("evil"));
+    let mut kea = 0;
+    let post = |o: ClientOpts, path: String, body: String| async move {
+        within(
+            "kea command",
+            request(
+                addr(port),
+                Some(&o),
+                "POST",
+                &path,
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    };
+    let cmd_body = serde_json::json!({ "command": forged_command }).to_string();
+    let svc_body =
+        serde_json::json!({ "command": "version-get", "service": [forged_command] }).to_string();
+    // kea-open forwards (to a dead peer: 502); kea refuses, naming the command or service
+    // (alice matches the rule, so the service is checked too).
+    for (route, who) in [("/kea-open", &anon), ("/kea", &alice)] {
+        for body in [&cmd_body, &svc_body] {
+            let r = post(who.clone(), route.into(), body.clone()).await;
+            assert!(r.status >= 400, "{route} answered {}", r.status);
+            kea += 1;
+        }
+    }
+    // A path with encoded CR LF, on a plain route and on a Kea route (served, or refused as
+    // a bad request: either way it is logged, and never decoded into the log).
+    let path = "/x%0d%0a[2026-01-01T00:00:00Z%20INFO%20%20gatehouse::audit]%20forged";
+    let r = get(port, &anon, &format!("/web{path}"), &[]).await;
+    assert!(matches!(r.status, 200 | 400), "{path}: {}", r.text());
+    let r = post(
+        anon.clone(),
+        format!("/kea{path}"),
+        r#"{"command":"version-get"}"#.into(),
+    )
+    .await;
+    assert!(matches!(r.status, 403 | 400), "{}", r.text());
+    if r.status == 403 {
+        kea += 1;
+    }
+    // Methods: an odd but valid token is proxied; line breaks in one are refused.
+    for raw in [
+        "F0RGE!#$%&'*+.^_|~ /web/method HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            .to_string(),
+        format!("GET\n{FORGED} /web/m2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        format!("GET\r{FORGED} /web/m3 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    ] {
+        let mut s = connect(port, &anon).await;
+        within("write", s.write_all(raw.as_bytes())).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    }
+    // SNI with a line break (BoringSSL's client and server accept anything but NUL).
+    let mut s = sni_connect(port, &format!("x\n{FORGED}")).await;
+    let raw = format!(
+        "POST /kea HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{cmd_body}",
+        cmd_body.len()
+    );
+    within("write", s.write_all(raw.as_bytes())).await.unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf)
+        .await
+        .expect("a client with a line break in its SNI is served");
+    assert_eq!(r.status, 403, "{}", r.text());
+    kea += 1;
+    // A verified client certificate whose CN has a line break.
+    let r = get(port, &evil, "/web/evil", &[]).await;
+    assert_eq!(r.status, 200);
+    let r = post(
+        evil.clone(),
+        "/kea".into(),
+        r#"{"command":"config-set","service":["dhcp4"]}"#.into(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    kea += 1;
+    kea
+}
+
+/// No client-controlled value (Kea command, service, path, method, SNI, certificate CN) can
+/// start a new line in the process log, and every audit record stays one JSON object —
+/// with audit records in the process log and in an `audit.path` file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_controlled_values_cannot_start_a_log_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    pki.issue("evil", CertSpec::new(&format!("evil\n{FORGED}")));
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let dead = free_port();
+    let mut problems = Vec::new();
+
+    for audit_file in [false, true] {
+        let dir = tmp.path().join(if audit_file { "file" } else { "target" });
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let audit = if audit_file {
+            format!("audit: {{ path: {}/audit.jsonl }}\n", dir.display())
+        } else {
+            String::new()
+        };
+        let yaml = format!(
+            r#"listeners:
+{}upstreams:
+  web: {{ peers: ["{}"] }}
+  dead: {{ peers: ["127.0.0.1:{dead}"], connect_timeout: 1s }}
+routes:
+  - {{ name: web, path_prefix: /web, upstream: web }}
+  - {{ name: kea-open, path_prefix: /kea-open, upstream: dead, kea: {{ default: allow }} }}
+  - name: kea
+    path_prefix: /kea
+    upstream: dead
+    kea:
+      rules: [ {{ identity: ["cn:*"], commands: {{ allow: [version-get] }}, services: {{ allow: [dhcp4] }} }} ]
+      default: deny
+{audit}"#,
+            listener("edge", port, &pki, ""),
+            web.addr
+        );
+        let gh = Gatehouse::start(&dir, &yaml);
+        let kea_requests = send_log_vectors(port, &pki).await;
+        // Let the last access lines reach the log.
+        gh.wait_log("/web/evil");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let log = gh.log_text();
+        let case = if audit_file {
+            "audit.path"
+        } else {
+            "audit in the log"
+        };
+
+        // The vectors were logged at all (escaped): a refusal naming the forged command,
+        // and the encoded path as sent.
+        if !log
+            .lines()
+            .any(|l| l.contains("is not allowed for") && l.contains("forged"))
+        {
+            problems.push(format!("{case}: no refusal line names the forged command"));
+        }
+        if !log
+            .lines()
+            .any(|l| l.contains("gatehouse::access") && l.to_ascii_lowercase().contains("/x%0d%0a"))
+        {
+            problems.push(format!(
+                "{case}: no access line with the percent-encoded path as sent"
+            ));
+        }
+        for l in foreign_lines(&log) {
+            problems.push(format!("{case}: a value started a log line: {l:?}"));
+        }
+        let audit_lines: Vec<String> = if audit_file {
+            std::fs::read_to_string(dir.join("audit.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        } else {
+            log.lines()
+                .filter_map(audit_payload)
+                .map(str::to_string)
+                .collect()
+        };
+        if audit_lines.len() != kea_requests {
+            problems.push(format!(
+                "{case}: {} audit records for {kea_requests} Kea requests: {audit_lines:#?}",
+                audit_lines.len()
+            ));
+        }
+        for l in &audit_lines {
+            check_audit_line(l, &mut problems);
+        }
+        drop(gh);
+    }
+    assert!(
+        problems.is_empty(),
+        "log injection:\n{}",
+        problems.join("\n")
+    );
+}
