@@ -10,14 +10,18 @@ BIN       = target/debug/gatehouse
 run: deps build certs
 	RUST_LOG=$${RUST_LOG:-info} $(BIN) run -c $(CONFIG)
 
-## test: install missing packages, then run the whole suite (unit, integration, real Kea)
+## test: install missing packages, then run the whole suite (unit, integration, real Kea);
+## the examples are built first because their tests run them
 test: deps
+	$(CARGO) build --examples
 	$(CARGO) test --lib --bins --tests --no-fail-fast
+	$(CARGO) test --doc
 
 ## check: formatting and lints, warnings are errors
 check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 ## certs: the throwaway development PKI (conf/dev-certs, git-ignored)
 certs: build

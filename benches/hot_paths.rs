@@ -3,10 +3,10 @@
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gatehouse::authz::Access;
+use gatehouse::authz::{Access, Identity};
 use gatehouse::http::route::{HostPattern, Route, Router};
 use gatehouse::pki::{Ca, CertSpec};
-use gatehouse::rpc::policy::{Caller, Direction, Policy};
+use gatehouse::rpc::policy::{Direction, Policy};
 use gatehouse::rpc::{codec, envelope};
 use gatehouse::tls::{ClientCert, TlsInfo};
 
@@ -109,17 +109,15 @@ fn policies(c: &mut Criterion) {
         &["cn:ops-intern".into()],
     );
     c.bench_function("route access (allow 3, deny 1)", |b| {
-        b.iter(|| black_box(access.admits(black_box(Some(&info)))))
+        b.iter(|| black_box(access.admits(Identity::of(black_box(Some(&info))))))
     });
     let policy = Policy::icinga_defaults();
-    let caller = Caller {
-        cn: Some("agent1"),
-        uris: &[],
-    };
+    let agent = ClientCert::from_x509(ca.issue(&CertSpec::new("agent1")).unwrap().cert, true);
+    let caller = Identity::Verified(&agent);
     c.bench_function("rpc policy (Icinga defaults, CheckResult)", |b| {
         b.iter(|| {
             black_box(policy.decide(
-                black_box(&caller),
+                black_box(caller),
                 Direction::Upstream,
                 black_box(Some("event::CheckResult")),
             ))

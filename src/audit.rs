@@ -1,45 +1,154 @@
-//! The audit log: one JSON object per line for every Kea command (allowed, denied or
-//! malformed) and every JSON-RPC message the relay denied.
+//! The audit trail: one typed [`AuditEvent`] for every Kea command (allowed, denied or
+//! malformed) and every cluster message the relay denied, handed to an [`AuditSink`].
 //!
-//! Destination: the file in `audit.path` (appended, one `write` per line so concurrent
-//! records never interleave), or the log target `gatehouse::audit`.
+//! The built-in sink, [`JsonLines`] (`audit.path`), writes one JSON object per line to a file
+//! (appended, one `write` per line so concurrent records never interleave) or to the log
+//! target `gatehouse::audit`. Embedders replace it with
+//! [`crate::Gatehouse::with_audit_sink`], e.g. to ship events to a SIEM.
 
-use serde_json::{Map, Value};
+use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// Where audit records go.
-pub struct Audit {
+/// Who a recorded caller was.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Caller {
+    /// Verified subject CN.
+    pub cn: Option<String>,
+    /// SHA-256 of the verified leaf, lowercase hex.
+    pub fingerprint: Option<String>,
+}
+
+/// A Kea command and what became of it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeaEvent {
+    /// Listener name.
+    pub listener: String,
+    /// Client address.
+    pub client: Option<String>,
+    /// Who sent it.
+    pub identity: Caller,
+    /// Route name.
+    pub route: String,
+    /// `command`; `None` when the body did not parse.
+    pub command: Option<String>,
+    /// The services it runs on (`["ca"]` when none was named); `None` when it did not parse.
+    pub services: Option<Vec<String>>,
+    /// `allowed`, `denied` or `malformed`.
+    pub verdict: &'static str,
+    /// HTTP status answered.
+    pub status: u16,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Kea's `result` codes, one per service, when it was forwarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<i64>>,
+    /// Time from request start to the answer.
+    pub duration_ms: f64,
+}
+
+/// A cluster message the relay refused.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RpcEvent {
+    /// Listener name.
+    pub listener: String,
+    /// Client address.
+    pub client: String,
+    /// Who the link belongs to.
+    pub identity: Caller,
+    /// `upstream` (client → master) or `downstream`.
+    pub direction: &'static str,
+    /// The message's method (`-` for a reply).
+    pub method: String,
+    /// `denied`.
+    pub verdict: &'static str,
+    /// The rule or filter that refused it.
+    pub reason: String,
+}
+
+/// One audited event. Serialized with a `kind` field: `kea` or `jsonrpc`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AuditEvent {
+    /// A Kea command.
+    Kea(KeaEvent),
+    /// A refused cluster message.
+    Jsonrpc(RpcEvent),
+}
+
+/// Where audit events go. Called on the request or link's own task: keep it quick, and
+/// queue anything slow (a network hop) behind it.
+///
+/// ```
+/// use gatehouse::audit::{AuditEvent, AuditSink};
+/// use std::sync::Mutex;
+///
+/// /// Keeps the last events in memory, e.g. for an admin page.
+/// #[derive(Default)]
+/// struct Recent(Mutex<Vec<AuditEvent>>);
+///
+/// impl AuditSink for Recent {
+///     fn record(&self, event: &AuditEvent) {
+///         let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+///         if v.len() == 100 {
+///             v.remove(0);
+///         }
+///         v.push(event.clone());
+///     }
+/// }
+/// ```
+pub trait AuditSink: Send + Sync + 'static {
+    /// Records one event; failures are the sink's to report, never the caller's.
+    fn record(&self, event: &AuditEvent);
+}
+
+/// The built-in sink: JSON lines with a `time` field first.
+pub struct JsonLines {
     file: Option<Mutex<File>>,
 }
 
-impl Audit {
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+}
+
+impl JsonLines {
     /// Appends to `path`, or logs to `gatehouse::audit` when `None`.
-    pub fn open(path: Option<&Path>) -> std::io::Result<Audit> {
+    pub fn open(path: Option<&Path>) -> std::io::Result<JsonLines> {
         let file = match path {
             Some(p) => Some(Mutex::new(
                 OpenOptions::new().create(true).append(true).open(p)?,
             )),
             None => None,
         };
-        Ok(Audit { file })
+        Ok(JsonLines { file })
     }
 
-    /// Records one event; `time` is added first. A failing write is logged, never fatal.
-    pub fn record(&self, fields: Map<String, Value>) {
-        let mut obj = Map::with_capacity(fields.len() + 1);
-        obj.insert(
-            "time".into(),
-            Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-        );
-        obj.extend(fields);
-        let line = Value::Object(obj).to_string();
+    /// The log target only (never fails).
+    pub fn log() -> JsonLines {
+        JsonLines { file: None }
+    }
+}
+
+impl AuditSink for JsonLines {
+    fn record(&self, event: &AuditEvent) {
+        let line = Line {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            event,
+        };
+        let Ok(text) = serde_json::to_string(&line) else {
+            log::error!(target: "gatehouse::audit", "cannot encode an audit event: {event:?}");
+            return;
+        };
         match &self.file {
             Some(f) => {
-                let mut buf = line.into_bytes();
+                let mut buf = text.into_bytes();
                 buf.push(b'\n');
                 let result = match f.lock() {
                     Ok(mut file) => file.write_all(&buf),
@@ -49,7 +158,42 @@ impl Audit {
                     log::error!(target: "gatehouse::audit", "cannot write the audit log: {e}");
                 }
             }
-            None => log::info!(target: "gatehouse::audit", "{line}"),
+            None => log::info!(target: "gatehouse::audit", "{text}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_have_time_and_kind_first_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let sink = JsonLines::open(Some(&path)).unwrap();
+        sink.record(&AuditEvent::Jsonrpc(RpcEvent {
+            listener: "l".into(),
+            client: "127.0.0.1:1".into(),
+            identity: Caller {
+                cn: Some("agent\n1".into()),
+                fingerprint: None,
+            },
+            direction: "upstream",
+            method: "config::Update".into(),
+            verdict: "denied",
+            reason: "jsonrpc.policy[1]".into(),
+        }));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "a newline in a value stays escaped"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["kind"], "jsonrpc");
+        assert_eq!(v["identity"]["cn"], "agent\n1");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert!(v.get("results").is_none());
     }
 }

@@ -1,32 +1,94 @@
-//! Who may use a route: identity matchers and the route-level allow/deny decision.
+//! Who is calling, and the one language every rule uses to name callers.
 //!
-//! Matchers: `cn:<glob>`, `dns:<glob>` (a DNS SAN), `spiffe://…` (a URI SAN prefix),
-//! `fingerprint:sha256:<hex>` (colons and case ignored), `anonymous`. Only a certificate that
-//! verified against the listener's `client_ca` is an identity; anything else is anonymous.
+//! [`Identity`] is the caller as authorization sees it: a client certificate that verified
+//! against the listener's `client_ca`, or anonymous (no certificate, self-signed, unknown CA).
+//! [`Matcher`]s name identities: `cn:<glob>`, `dns:<glob>` (a DNS SAN), `spiffe://…` (a URI SAN
+//! prefix), `fingerprint:sha256:<hex>` (colons and case ignored), `anonymous`, and `"*"`
+//! (everyone, anonymous included). Route access ([`Access`]), Kea command rules and the cluster
+//! method policy all use them, and ordered rule lists decide with [`FirstMatch`]. A bare glob
+//! (`agent-*`) is refused when the config loads, with the fix in the message: it used to be read
+//! as a CN glob in one place and as nothing in another.
 
 use crate::glob;
+use crate::logsafe::Esc;
 use crate::tls::{ClientCert, TlsInfo};
+use std::fmt;
+
+/// The caller of a request or a cluster link.
+#[derive(Debug, Clone, Copy)]
+pub enum Identity<'a> {
+    /// No verified certificate.
+    Anonymous,
+    /// A certificate that verified against the listener's `client_ca`.
+    Verified(&'a ClientCert),
+}
+
+impl<'a> Identity<'a> {
+    /// The identity of a connection: verified certificate, else anonymous.
+    pub fn of(tls: Option<&'a TlsInfo>) -> Identity<'a> {
+        Identity::from_cert(tls.and_then(|t| t.authenticated()))
+    }
+
+    /// From an already verified certificate (`None` = anonymous).
+    pub fn from_cert(cert: Option<&'a ClientCert>) -> Identity<'a> {
+        match cert {
+            Some(c) => Identity::Verified(c),
+            None => Identity::Anonymous,
+        }
+    }
+
+    /// The verified certificate, if any.
+    pub fn cert(self) -> Option<&'a ClientCert> {
+        match self {
+            Identity::Verified(c) => Some(c),
+            Identity::Anonymous => None,
+        }
+    }
+
+    /// The verified subject CN, if any.
+    pub fn cn(self) -> Option<&'a str> {
+        self.cert().and_then(|c| c.cn.as_deref())
+    }
+}
+
+/// How refusals and logs name a caller: `cn=<cn>` (escaped), `fingerprint=<hex>` for a
+/// certificate without CN, or `anonymous`.
+impl fmt::Display for Identity<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Verified(c) => match &c.cn {
+                Some(cn) => write!(f, "cn={}", Esc(cn)),
+                None => write!(f, "fingerprint={}", c.fingerprint),
+            },
+            Identity::Anonymous => f.write_str("anonymous"),
+        }
+    }
+}
 
 /// One identity matcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Matcher {
-    /// Subject CN glob.
-    Cn(String),
-    /// DNS SAN glob.
-    Dns(String),
-    /// URI SAN prefix (`spiffe://example.org/ops/`).
-    Spiffe(String),
-    /// SHA-256 of the leaf, lowercase hex.
-    Fingerprint(String),
-    /// No verified certificate.
+    /// `"*"`: everyone, anonymous included.
+    Everyone,
+    /// `anonymous`: no verified certificate.
     Anonymous,
+    /// `cn:<glob>`: subject CN.
+    Cn(String),
+    /// `dns:<glob>`: a DNS SAN (case-insensitive).
+    Dns(String),
+    /// `spiffe://…`: a URI SAN starting with this prefix.
+    Spiffe(String),
+    /// `fingerprint:sha256:<hex>`: SHA-256 of the leaf, stored as lowercase hex.
+    Fingerprint(String),
 }
 
 impl Matcher {
-    /// Parses one matcher; the error says which forms exist.
+    /// Parses one matcher; the error says which forms exist, and for a bare glob, the fix.
     pub fn parse(s: &str) -> Result<Matcher, String> {
-        if s == "anonymous" {
-            return Ok(Matcher::Anonymous);
+        match s {
+            "*" => return Ok(Matcher::Everyone),
+            "anonymous" => return Ok(Matcher::Anonymous),
+            _ => {}
         }
         if s.starts_with("spiffe://") {
             return Ok(Matcher::Spiffe(s.to_string()));
@@ -50,23 +112,33 @@ impl Matcher {
             }
             return Ok(Matcher::Fingerprint(hex));
         }
+        if !s.contains(':') && !s.is_empty() {
+            return Err(format!(
+                "`{s}` names no kind of identity: use \"cn:{s}\" for a certificate CN (or dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, anonymous, \"*\" for everyone)"
+            ));
+        }
         Err(format!(
-            "`{s}`: use cn:<glob>, dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex> or anonymous"
+            "`{s}`: use cn:<glob>, dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, anonymous or \"*\""
         ))
     }
 
-    /// Whether the (verified) client matches; `None` = anonymous.
-    pub fn matches(&self, client: Option<&ClientCert>) -> bool {
-        match (self, client) {
-            (Matcher::Anonymous, c) => c.is_none(),
-            (_, None) => false,
-            (Matcher::Cn(g), Some(c)) => c.cn.as_deref().is_some_and(|cn| glob::matches(g, cn)),
-            (Matcher::Dns(g), Some(c)) => c
+    /// Whether the caller matches.
+    pub fn matches(&self, id: Identity<'_>) -> bool {
+        let c = match (self, id) {
+            (Matcher::Everyone, _) => return true,
+            (Matcher::Anonymous, id) => return id.cert().is_none(),
+            (_, Identity::Anonymous) => return false,
+            (_, Identity::Verified(c)) => c,
+        };
+        match self {
+            Matcher::Cn(g) => c.cn.as_deref().is_some_and(|cn| glob::matches(g, cn)),
+            Matcher::Dns(g) => c
                 .dns
                 .iter()
                 .any(|d| glob::matches(g, &d.to_ascii_lowercase())),
-            (Matcher::Spiffe(p), Some(c)) => c.uris.iter().any(|u| u.starts_with(p.as_str())),
-            (Matcher::Fingerprint(f), Some(c)) => c.fingerprint == *f,
+            Matcher::Spiffe(p) => c.uris.iter().any(|u| u.starts_with(p.as_str())),
+            Matcher::Fingerprint(f) => c.fingerprint == *f,
+            Matcher::Everyone | Matcher::Anonymous => unreachable!("decided above"),
         }
     }
 }
@@ -77,8 +149,32 @@ pub fn parse_all(list: &[String]) -> Vec<Matcher> {
 }
 
 /// Whether any matcher in `list` matches.
-pub fn any_matches(list: &[Matcher], client: Option<&ClientCert>) -> bool {
-    list.iter().any(|m| m.matches(client))
+pub fn any_matches(list: &[Matcher], id: Identity<'_>) -> bool {
+    list.iter().any(|m| m.matches(id))
+}
+
+/// An ordered rule list in which the first rule whose identity matches (and whose own
+/// condition holds, e.g. the direction of a cluster message) decides. Kea command rules and
+/// the cluster method policy are both this.
+#[derive(Debug, Clone)]
+pub struct FirstMatch<T> {
+    rules: Vec<(Vec<Matcher>, T)>,
+}
+
+impl<T> FirstMatch<T> {
+    /// Rules in order: who each applies to, and what it says.
+    pub fn new(rules: Vec<(Vec<Matcher>, T)>) -> Self {
+        FirstMatch { rules }
+    }
+
+    /// The first rule that applies to `id` and satisfies `cond`, with its index.
+    pub fn find(&self, id: Identity<'_>, cond: impl Fn(&T) -> bool) -> Option<(usize, &T)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, (who, body))| any_matches(who, id) && cond(body))
+            .map(|(i, (_, body))| (i, body))
+    }
 }
 
 /// A route's admission rule: `deny` wins; with an `allow` list only matches get in.
@@ -97,26 +193,14 @@ impl Access {
         }
     }
 
-    /// Whether the connection's client may use the route.
-    pub fn admits(&self, tls: Option<&TlsInfo>) -> bool {
-        let client = tls.and_then(|t| t.authenticated());
-        if any_matches(&self.deny, client) {
+    /// Whether the caller may use the route.
+    pub fn admits(&self, id: Identity<'_>) -> bool {
+        if any_matches(&self.deny, id) {
             return false;
         }
         self.allow
             .as_ref()
-            .is_none_or(|allow| any_matches(allow, client))
-    }
-}
-
-/// How a client is named in refusals and the audit log: `cn=<cn>` or `anonymous`.
-pub fn describe(tls: Option<&TlsInfo>) -> String {
-    match tls.and_then(|t| t.authenticated()) {
-        Some(c) => match &c.cn {
-            Some(cn) => format!("cn={}", crate::logsafe::Esc(cn)),
-            None => format!("fingerprint={}", c.fingerprint),
-        },
-        None => "anonymous".into(),
+            .is_none_or(|allow| any_matches(allow, id))
     }
 }
 
@@ -134,6 +218,10 @@ mod tests {
         }
     }
 
+    fn m(s: &str) -> Matcher {
+        Matcher::parse(s).unwrap()
+    }
+
     #[test]
     fn matchers() {
         let ops = client(
@@ -142,35 +230,58 @@ mod tests {
             &["spiffe://example.org/ops/admin"],
             true,
         );
-        let c = ops.authenticated();
-        assert!(Matcher::parse("cn:ops-*").unwrap().matches(c));
-        assert!(!Matcher::parse("cn:dash*").unwrap().matches(c));
-        assert!(Matcher::parse("dns:*.example.org").unwrap().matches(c));
-        assert!(Matcher::parse("spiffe://example.org/ops/")
-            .unwrap()
-            .matches(c));
-        assert!(!Matcher::parse("spiffe://example.org/dev/")
-            .unwrap()
-            .matches(c));
-        let fp = c.unwrap().fingerprint.clone();
+        let c = Identity::of(Some(&ops));
+        assert!(m("cn:ops-*").matches(c));
+        assert!(!m("cn:dash*").matches(c));
+        assert!(m("dns:*.example.org").matches(c));
+        assert!(m("spiffe://example.org/ops/").matches(c));
+        assert!(!m("spiffe://example.org/dev/").matches(c));
+        let fp = c.cert().unwrap().fingerprint.clone();
         let colons: Vec<String> = fp
             .as_bytes()
             .chunks(2)
             .map(|p| String::from_utf8_lossy(p).to_uppercase())
             .collect();
+        assert!(m(&format!("fingerprint:sha256:{}", colons.join(":"))).matches(c));
+        assert!(!m("anonymous").matches(c));
+        assert!(m("anonymous").matches(Identity::Anonymous));
+        assert!(m("*").matches(c) && m("*").matches(Identity::Anonymous));
         assert!(
-            Matcher::parse(&format!("fingerprint:sha256:{}", colons.join(":")))
-                .unwrap()
-                .matches(c)
-        );
-        assert!(!Matcher::parse("anonymous").unwrap().matches(c));
-        assert!(Matcher::parse("anonymous").unwrap().matches(None));
-        assert!(
-            !Matcher::parse("cn:*").unwrap().matches(None),
+            !m("cn:*").matches(Identity::Anonymous),
             "globs never match anonymous"
         );
         assert!(Matcher::parse("fingerprint:sha256:abc").is_err());
-        assert!(Matcher::parse("ops-admin").is_err());
+        let bare = Matcher::parse("ops-admin").unwrap_err();
+        assert!(bare.contains("use \"cn:ops-admin\""), "{bare}");
+        assert!(Matcher::parse("uid:7").is_err());
+    }
+
+    #[test]
+    fn first_match_decides() {
+        let rules = FirstMatch::new(vec![
+            (vec![m("cn:agent-*")], "agents"),
+            (vec![m("anonymous")], "anonymous"),
+            (vec![m("*")], "everyone"),
+        ]);
+        let a = client("agent-1", &[], &[], true);
+        let o = client("other", &[], &[], true);
+        assert_eq!(
+            rules.find(Identity::of(Some(&a)), |_| true),
+            Some((0, &"agents"))
+        );
+        assert_eq!(
+            rules.find(Identity::of(Some(&o)), |_| true),
+            Some((2, &"everyone"))
+        );
+        assert_eq!(
+            rules.find(Identity::Anonymous, |_| true),
+            Some((1, &"anonymous"))
+        );
+        assert_eq!(
+            rules.find(Identity::of(Some(&a)), |b| *b != "agents"),
+            Some((2, &"everyone")),
+            "a rule whose own condition fails is skipped"
+        );
     }
 
     #[test]
@@ -182,30 +293,26 @@ mod tests {
             ]),
             &["cn:ops-intern".to_string()],
         );
-        assert!(a.admits(Some(&client("ops-admin", &[], &[], true))));
-        assert!(
-            !a.admits(Some(&client("ops-intern", &[], &[], true))),
-            "deny wins"
-        );
-        assert!(a.admits(Some(&client(
+        let id = |t: &TlsInfo| a.admits(Identity::of(Some(t)));
+        assert!(id(&client("ops-admin", &[], &[], true)));
+        assert!(!id(&client("ops-intern", &[], &[], true)), "deny wins");
+        assert!(id(&client(
             "alice",
             &[],
             &["spiffe://example.org/ops/alice"],
             true
-        ))));
-        assert!(!a.admits(Some(&client("dev", &[], &[], true))));
+        )));
+        assert!(!id(&client("dev", &[], &[], true)));
         assert!(
-            !a.admits(Some(&client("ops-admin", &[], &[], false))),
+            !id(&client("ops-admin", &[], &[], false)),
             "unverified = anonymous"
         );
-        assert!(!a.admits(None));
+        assert!(!a.admits(Identity::Anonymous));
         let open = Access::new(None, &["anonymous".to_string()]);
-        assert!(open.admits(Some(&client("x", &[], &[], true))));
-        assert!(!open.admits(None));
-        assert_eq!(
-            describe(Some(&client("dashboard-1", &[], &[], true))),
-            "cn=dashboard-1"
-        );
-        assert_eq!(describe(None), "anonymous");
+        assert!(open.admits(Identity::of(Some(&client("x", &[], &[], true)))));
+        assert!(!open.admits(Identity::Anonymous));
+        let dash = client("dashboard-1", &[], &[], true);
+        assert_eq!(Identity::of(Some(&dash)).to_string(), "cn=dashboard-1");
+        assert_eq!(Identity::Anonymous.to_string(), "anonymous");
     }
 }

@@ -794,7 +794,8 @@ pub enum PolicyDirection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RpcPolicyRule {
-    /// `anonymous`, `*`, a CN glob, or a `spiffe://` prefix.
+    /// An identity matcher, as everywhere: `cn:<glob>`, `dns:<glob>`, `spiffe://…`,
+    /// `fingerprint:sha256:<hex>`, `anonymous`, or `"*"` (everyone).
     pub identity: String,
     /// Default `both`.
     #[serde(default)]
@@ -1113,6 +1114,9 @@ impl Config {
                 }
             }
             for (i, r) in j.policy.iter().flatten().enumerate() {
+                if let Err(msg) = crate::authz::Matcher::parse(&r.identity) {
+                    e(format!("jsonrpc.policy[{i}].identity"), msg);
+                }
                 if r.allow.is_none() && r.deny.is_none() {
                     e(
                         format!("jsonrpc.policy[{i}]"),

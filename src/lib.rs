@@ -11,9 +11,9 @@
 //!   ([`demux::PrefixedIo`]) into the HTTP proxy or the JSON-RPC relay.
 //! - [`http`]: the `ProxyHttp` — path normalisation ([`http::path`]), routing ([`http::route`]), route access, identity
 //!   forwarding, Kea command authorization ([`http::kea`]), failure answers, access log.
-//! - [`authz`]: identity matchers (`cn:`, `dns:`, `spiffe://`, `fingerprint:`, `anonymous`)
-//!   and route admission.
-//! - [`audit`]: the audit log (Kea commands, denied cluster messages).
+//! - [`authz`]: [`authz::Identity`] and the one matcher language of every rule (`cn:`, `dns:`,
+//!   `spiffe://`, `fingerprint:`, `anonymous`, `*`), first-match rule lists, route admission.
+//! - [`audit`]: typed audit events and their sink (the JSON-lines file is the built-in one).
 //! - [`rpc`]: the Icinga 2 cluster relay — netstring codec ([`rpc::codec`]), envelope
 //!   ([`rpc::envelope`]), method policy ([`rpc::policy`]), the link itself ([`rpc::relay`]).
 //! - [`upstream`]: upstream groups (load balancing, health checks, peer settings) and
@@ -25,13 +25,18 @@
 //! - [`glob`]: `*` globs for method and CN patterns.
 //! - [`logsafe`]: [`logsafe::Esc`], how every client-chosen string is written into a log line.
 //!
-//! The binary (`src/main.rs`) is a thin CLI over [`server::run`] and [`server::Plan`].
+//! - [`builder`]: [`Gatehouse`], the builder: a config plus added extensions
+//!   ([`rpc::filter::RpcFilter`], [`rpc::identity::IdentityMapper`], [`audit::AuditSink`])
+//!   → a Pingora `Server`.
+//!
+//! The binary (`src/main.rs`) is the builder with nothing added.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod audit;
 pub mod authz;
+pub mod builder;
 pub mod config;
 pub mod demux;
 pub mod glob;
@@ -45,5 +50,6 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 
+pub use builder::Gatehouse;
 pub use config::{Config, ConfigError, ConfigErrors};
-pub use server::{run, Plan, RunOptions};
+pub use server::{Plan, RunOptions};

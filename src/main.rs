@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             daemon,
         } => {
             let opts = gatehouse::RunOptions { upgrade, daemon };
-            match gatehouse::run(&config, &opts) {
+            match gatehouse::Gatehouse::load(&config).and_then(|g| g.run(&opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprint!("{e}");
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { config } => match gatehouse::Plan::load(&config) {
+        Cmd::Check { config } => match gatehouse::Gatehouse::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS

@@ -1,7 +1,7 @@
 //! Assembly: configuration → loaded material → a Pingora `Server` with one service per
 //! listener, the upstream health checks and the metrics endpoint.
 
-use crate::audit::Audit;
+use crate::audit::{AuditSink, JsonLines};
 use crate::authz::Access;
 use crate::config::{
     Config, ConfigError, ConfigErrors, ForwardIdentity, Listener, Protocol, ServerSection,
@@ -34,8 +34,8 @@ pub struct Plan {
     upstreams: Arc<[UpstreamGroup]>,
     health: Vec<HealthService>,
     router: Router,
-    relay: Option<Arc<Relay>>,
-    audit: Arc<Audit>,
+    relay: Option<Relay>,
+    audit: Arc<dyn AuditSink>,
 }
 
 impl Plan {
@@ -91,21 +91,21 @@ impl Plan {
             .as_ref()
             .and_then(|a| a.path.as_ref())
             .map(|p| config.resolve(p));
-        let audit = Arc::new(Audit::open(audit_path.as_deref()).unwrap_or_else(|e| {
-            errs.push(ConfigError::new(
-                "audit.path",
-                format!(
-                    "cannot open {}: {e}",
-                    audit_path.as_deref().unwrap_or(Path::new("-")).display()
-                ),
-            ));
-            Audit::open(None).expect("the log target always opens")
-        }));
+        let audit: Arc<dyn AuditSink> =
+            Arc::new(JsonLines::open(audit_path.as_deref()).unwrap_or_else(|e| {
+                errs.push(ConfigError::new(
+                    "audit.path",
+                    format!(
+                        "cannot open {}: {e}",
+                        audit_path.as_deref().unwrap_or(Path::new("-")).display()
+                    ),
+                ));
+                JsonLines::log()
+            }));
         let relay = config.jsonrpc.as_ref().and_then(|j| {
             Relay::new(&config, j, upstreams.clone(), &index, audit.clone())
                 .map_err(|e| errs.extend(e))
                 .ok()
-                .map(Arc::new)
         });
         if !errs.is_empty() {
             return Err(errs);
@@ -119,6 +119,19 @@ impl Plan {
             relay,
             audit,
         })
+    }
+
+    /// The cluster relay, when the config has a `jsonrpc:` section.
+    pub(crate) fn relay_mut(&mut self) -> Option<&mut Relay> {
+        self.relay.as_mut()
+    }
+
+    /// Sends audit events to `sink` instead of `audit.path` / the log.
+    pub(crate) fn set_audit_sink(&mut self, sink: Arc<dyn AuditSink>) {
+        if let Some(r) = &mut self.relay {
+            r.set_audit_sink(sink.clone());
+        }
+        self.audit = sink;
     }
 
     /// Builds the Pingora server (not yet running).
@@ -141,6 +154,7 @@ impl Plan {
         metrics::init();
 
         let router = Arc::new(self.router);
+        let relay = self.relay.map(Arc::new);
         let mut live = Vec::new();
         for (i, (l, tls)) in self
             .config
@@ -166,7 +180,7 @@ impl Plan {
             let rpc = l
                 .protocols
                 .contains(&Protocol::Jsonrpc)
-                .then(|| self.relay.clone())
+                .then(|| relay.clone())
                 .flatten();
             let app = ListenerApp::new(
                 &l.name,
@@ -266,24 +280,6 @@ pub struct RunOptions {
     pub upgrade: bool,
     /// Detach and run in the background.
     pub daemon: bool,
-}
-
-/// Loads `file` and runs until a stop signal; returns only on configuration errors.
-pub fn run(file: &Path, opts: &RunOptions) -> Result<(), ConfigErrors> {
-    let plan = Plan::load(file)?;
-    let server = plan.into_server(opts).map_err(|e| ConfigErrors {
-        file: file.to_path_buf(),
-        errors: vec![e],
-    })?;
-    if !opts.daemon {
-        // Pingora writes the pid file only when it daemonizes; `gatehouse reload` (and
-        // operators) find a foreground process, e.g. under systemd, by it too.
-        let pid_file = &server.configuration.pid_file;
-        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
-            log::warn!("cannot write the pid file {pid_file}: {e}; `gatehouse reload` will not find this process");
-        }
-    }
-    server.run_forever()
 }
 
 #[cfg(test)]

@@ -228,6 +228,8 @@ fn jsonrpc_section_errors_name_their_keys() {
   limits: { message_size: 1MiB, anonymous_message_size: 2MiB }
   policy:
     - { identity: anonymous, direction: upstream }
+    - { identity: "agent-*", deny: ["config::*"] }
+    - { identity: "cn:agent-*", deny: ["config::*"] }
 "#,
         )
     });
@@ -238,9 +240,12 @@ fn jsonrpc_section_errors_name_their_keys() {
         "no-such-dir: not a directory",
         "jsonrpc.limits.anonymous_message_size: must not exceed message_size",
         "jsonrpc.policy[0]: needs `allow`, `deny` or both",
+        // One identity language: a bare glob is refused with the fix, the prefixed form passes.
+        "jsonrpc.policy[1].identity: `agent-*` names no kind of identity: use \"cn:agent-*\"",
     ] {
         assert!(out.contains(needle), "expected `{needle}` in:\n{out}");
     }
+    assert!(!out.contains("jsonrpc.policy[2]"), "{out}");
 }
 
 #[test]
@@ -270,7 +275,7 @@ fn authorization_keys_are_validated() {
     });
     assert!(!ok, "{out}");
     for needle in [
-        "routes[0].allow[0]: `ops-*`: use cn:<glob>",
+        "routes[0].allow[0]: `ops-*` names no kind of identity: use \"cn:ops-*\"",
         "routes[0].deny[0]: `fingerprint:sha256:xyz`: a SHA-256 fingerprint is 64 hex digits",
         "routes[0].kea.rules[0].identity: must list at least one identity",
         "routes[0].kea.rules[1].identity[1]: `role:admin`",

@@ -1,10 +1,9 @@
 //! Kea command-level authorization: parse `{"command", "service", "arguments"}`, decide
 //! per identity, and read the result codes out of Kea's answer for the audit log.
 
-use crate::authz::{any_matches, parse_all, Matcher};
+use crate::authz::{parse_all, FirstMatch, Identity};
 use crate::config::{AllowDeny, KeaDefault, KeaRoute};
 use crate::glob;
-use crate::tls::ClientCert;
 use serde::Deserialize;
 
 /// Kea 2.x commands: the bounded `command` label of `gatehouse_kea_commands_total`.
@@ -177,7 +176,6 @@ pub fn parse(body: &[u8]) -> Result<Command, String> {
 }
 
 struct Rule {
-    identity: Vec<Matcher>,
     commands: Option<AllowDeny>,
     services: Option<AllowDeny>,
 }
@@ -194,7 +192,7 @@ fn permits(list: &AllowDeny, name: &str) -> bool {
 pub struct KeaPolicy {
     /// Largest body read.
     pub max_body: usize,
-    rules: Vec<Rule>,
+    rules: FirstMatch<Rule>,
     default_allow: bool,
 }
 
@@ -203,28 +201,26 @@ impl KeaPolicy {
     pub fn new(k: &KeaRoute) -> KeaPolicy {
         KeaPolicy {
             max_body: usize::try_from(k.max_body.0).unwrap_or(usize::MAX),
-            rules: k
-                .rules
-                .iter()
-                .map(|r| Rule {
-                    identity: parse_all(&r.identity),
-                    commands: r.commands.clone(),
-                    services: r.services.clone(),
-                })
-                .collect(),
+            rules: FirstMatch::new(
+                k.rules
+                    .iter()
+                    .map(|r| {
+                        let rule = Rule {
+                            commands: r.commands.clone(),
+                            services: r.services.clone(),
+                        };
+                        (parse_all(&r.identity), rule)
+                    })
+                    .collect(),
+            ),
             default_allow: k.default == KeaDefault::Allow,
         }
     }
 
-    /// `Ok` to forward, or the refusal text (`who` names the client, e.g. `cn=dashboard-1`).
+    /// `Ok` to forward, or the refusal text (naming the caller, e.g. `cn=dashboard-1`).
     /// The first rule whose identity matches decides.
-    pub fn decide(
-        &self,
-        client: Option<&ClientCert>,
-        who: &str,
-        cmd: &Command,
-    ) -> Result<(), String> {
-        let Some(rule) = self.rules.iter().find(|r| any_matches(&r.identity, client)) else {
+    pub fn decide(&self, who: Identity<'_>, cmd: &Command) -> Result<(), String> {
+        let Some((_, rule)) = self.rules.find(who, |_| true) else {
             return if self.default_allow {
                 Ok(())
             } else {
@@ -274,6 +270,7 @@ pub fn result_codes(body: &[u8]) -> Vec<i64> {
 mod tests {
     use super::*;
     use crate::pki::{Ca, CertSpec};
+    use crate::tls::ClientCert;
 
     fn policy(yaml: &str) -> KeaPolicy {
         KeaPolicy::new(&serde_yaml::from_str(yaml).unwrap())
@@ -325,25 +322,25 @@ default: deny
 "#,
         );
         let d = cert("dashboard-1");
-        let ok = |c: &ClientCert, command: Command| p.decide(Some(c), "who", &command);
+        let ok = |c: &ClientCert, command: Command| p.decide(Identity::Verified(c), &command);
         assert!(ok(&d, cmd("config-get", &["dhcp4"])).is_ok());
         assert_eq!(
             ok(&d, cmd("list-commands", &[])),
-            Err("service 'ca' is not allowed for who".into()),
+            Err("service 'ca' is not allowed for cn=dashboard-1".into()),
             "no service = the Control Agent itself"
         );
         assert!(ok(&d, cmd("lease4-get-all", &["dhcp4"])).is_ok());
         assert_eq!(
             ok(&d, cmd("config-set", &["dhcp4"])),
-            Err("command 'config-set' is not allowed for who".into())
+            Err("command 'config-set' is not allowed for cn=dashboard-1".into())
         );
         assert_eq!(
             ok(&d, cmd("config-get", &["dhcp6"])),
-            Err("service 'dhcp6' is not allowed for who".into())
+            Err("service 'dhcp6' is not allowed for cn=dashboard-1".into())
         );
         let ca_too = policy("rules: [{ identity: ['cn:*'], services: { allow: [ca, dhcp4] } }]\n");
         assert!(ca_too
-            .decide(Some(&d), "who", &cmd("config-get", &[]))
+            .decide(Identity::Verified(&d), &cmd("config-get", &[]))
             .is_ok());
         let admin = cert("ops-admin");
         assert!(ok(&admin, cmd("config-write", &["dhcp4"])).is_ok());
@@ -354,13 +351,13 @@ default: deny
         // The first matching rule decides: ops-admin never falls through to `cn:*`.
         assert!(ok(&cert("someone"), cmd("shutdown", &[])).is_ok());
         assert!(
-            p.decide(None, "anonymous", &cmd("version-get", &[]))
+            p.decide(Identity::Anonymous, &cmd("version-get", &[]))
                 .is_err(),
             "default deny"
         );
         let open = policy("default: allow\n");
         assert!(open
-            .decide(None, "anonymous", &cmd("shutdown", &[]))
+            .decide(Identity::Anonymous, &cmd("shutdown", &[]))
             .is_ok());
     }
 

@@ -10,6 +10,7 @@
 use super::kea::{self, command_label, KeaPolicy};
 use super::route::Route;
 use super::{balance_key, respond, HttpGateway, RequestCtx};
+use crate::audit::{AuditEvent, Caller, KeaEvent};
 use crate::logsafe::EscText;
 use crate::metrics;
 use crate::upstream::FailureKind;
@@ -17,7 +18,6 @@ use bytes::{Bytes, BytesMut};
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
-use serde_json::{json, Map, Value};
 
 /// Kea's answer kept for reading result codes; the rest is streamed without a copy.
 const RESULT_CAPTURE: usize = 1 << 20;
@@ -43,22 +43,9 @@ impl HttpGateway {
         route: &Route,
         policy: &KeaPolicy,
     ) -> Result<()> {
-        let who = crate::authz::describe(ctx.tls_info());
-        let mut audit = Map::new();
-        audit.insert("kind".into(), "kea".into());
-        audit.insert("listener".into(), (*self.listener).into());
-        audit.insert(
-            "client".into(),
-            session.client_addr().map(|a| a.to_string()).into(),
-        );
-        audit.insert(
-            "identity".into(),
-            json!({ "cn": ctx.client().and_then(|c| c.cn.clone()), "fingerprint": ctx.client().map(|c| c.fingerprint.clone()) }),
-        );
-        audit.insert("route".into(), (*route.name).into());
-
-        let outcome = self.decide_kea(session, ctx, policy, &who).await?;
-        let (cmd, verdict) = match outcome {
+        let who = crate::authz::Identity::of(ctx.tls_info()).to_string();
+        let outcome = self.decide_kea(session, ctx, policy).await?;
+        let (cmd, verdict, status, reason, results) = match outcome {
             Decision::Refused {
                 status,
                 text,
@@ -66,16 +53,12 @@ impl HttpGateway {
                 verdict,
             } => {
                 respond(session, status, &text).await?;
-                audit.insert("status".into(), status.into());
-                audit.insert("reason".into(), text.clone().into());
                 log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {}", self.listener, route.name, EscText(&text));
-                (cmd, verdict)
+                (cmd, verdict, status, Some(text), None)
             }
             Decision::Allowed(cmd, body) => {
                 let (status, results) = self.forward_buffered(session, ctx, route, body).await?;
-                audit.insert("status".into(), status.into());
-                audit.insert("results".into(), results.into());
-                (Some(cmd), "allowed")
+                (Some(cmd), "allowed", status, None, Some(results))
             }
         };
         let command = cmd.as_ref().map(|c| c.command.as_str());
@@ -86,18 +69,22 @@ impl HttpGateway {
                 verdict,
             ])
             .inc();
-        audit.insert("command".into(), command.into());
-        audit.insert(
-            "services".into(),
-            cmd.map(|c| Value::from(c.effective_services().to_vec()))
-                .unwrap_or(Value::Null),
-        );
-        audit.insert("verdict".into(), verdict.into());
-        audit.insert(
-            "duration_ms".into(),
-            (ctx.start.elapsed().as_secs_f64() * 1000.0).into(),
-        );
-        self.audit.record(audit);
+        self.audit.record(&AuditEvent::Kea(KeaEvent {
+            listener: self.listener.to_string(),
+            client: session.client_addr().map(|a| a.to_string()),
+            identity: Caller {
+                cn: ctx.client().and_then(|c| c.cn.clone()),
+                fingerprint: ctx.client().map(|c| c.fingerprint.clone()),
+            },
+            route: route.name.to_string(),
+            command: command.map(str::to_string),
+            services: cmd.as_ref().map(|c| c.effective_services().to_vec()),
+            verdict,
+            status,
+            reason,
+            results,
+            duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
+        }));
         Ok(())
     }
 
@@ -106,7 +93,6 @@ impl HttpGateway {
         session: &mut Session,
         ctx: &RequestCtx,
         policy: &KeaPolicy,
-        who: &str,
     ) -> Result<Decision> {
         let body = match read_body(session, policy.max_body).await? {
             Some(b) => b,
@@ -133,7 +119,7 @@ impl HttpGateway {
                 })
             }
         };
-        match policy.decide(ctx.client(), who, &cmd) {
+        match policy.decide(crate::authz::Identity::of(ctx.tls_info()), &cmd) {
             Ok(()) => Ok(Decision::Allowed(cmd, body)),
             Err(text) => Ok(Decision::Refused {
                 status: 403,

@@ -3,7 +3,7 @@
 //! classifies upstream failures and writes one access-log line per request.
 //!
 //! Request path: `request_filter` (identity, route, 404, route access 403; Kea routes are
-//! served here, see [`kea_flow`]) → `upstream_peer` (load balancer) →
+//! served here, see `kea_flow`) → `upstream_peer` (load balancer) →
 //! `upstream_request_filter` (forwarding headers) → Pingora proxies → `logging`.
 //! Failures: `fail_to_connect` / `error_while_proxy` classify → `fail_to_proxy` answers.
 
@@ -12,7 +12,8 @@ mod kea_flow;
 pub mod path;
 pub mod route;
 
-use crate::audit::Audit;
+use crate::audit::AuditSink;
+use crate::authz::Identity;
 use crate::logsafe::Esc;
 use crate::metrics;
 use crate::tls::{ClientCert, TlsInfo};
@@ -36,7 +37,7 @@ pub struct HttpGateway {
     https: bool,
     router: Arc<Router>,
     upstreams: Arc<[UpstreamGroup]>,
-    audit: Arc<Audit>,
+    audit: Arc<dyn AuditSink>,
     /// Pingora's HTTP connector and pool, for Kea commands forwarded from a buffer.
     connector: Connector,
     /// Metrics of requests answered before a route was found (404), label `route="-"`.
@@ -52,7 +53,7 @@ impl HttpGateway {
         https: bool,
         router: Arc<Router>,
         upstreams: Arc<[UpstreamGroup]>,
-        audit: Arc<Audit>,
+        audit: Arc<dyn AuditSink>,
         keepalive: std::time::Duration,
     ) -> Self {
         HttpGateway {
@@ -306,8 +307,8 @@ impl ProxyHttp for HttpGateway {
             return Ok(true);
         };
         ctx.route = Some(route.clone());
-        if !route.access.admits(ctx.tls_info()) {
-            let who = crate::authz::describe(ctx.tls_info());
+        if !route.access.admits(Identity::of(ctx.tls_info())) {
+            let who = Identity::of(ctx.tls_info()).to_string();
             log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
             respond(
                 session,

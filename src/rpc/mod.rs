@@ -3,6 +3,10 @@
 //! - [`codec`]: netstring framing with Icinga's reader rules.
 //! - [`envelope`]: `method` / `id` and the depth limit, without building a tree.
 //! - [`policy`]: who may send which method in which direction.
+//! - [`filter`]: [`filter::RpcFilter`], the per-message extension point; the method policy and
+//!   the `cert_request` rewrite are built-in filters.
+//! - [`identity`]: [`identity::IdentityMapper`], which certificate goes upstream for a link
+//!   (`cert_dir` is the built-in one).
 //! - [`relay`]: one link — identity, routing by SNI, the upstream connection made with the
 //!   client's own identity, and the two pumps.
 //!
@@ -12,6 +16,8 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod filter;
+pub mod identity;
 pub mod policy;
 pub mod relay;
 

@@ -1,10 +1,12 @@
 //! Who may send which JSON-RPC method in which direction.
 //!
-//! Rules are tried in order; the **first rule whose identity and direction match decides**:
+//! Rules name callers with [`crate::authz::Matcher`]s like every other rule, and are tried in
+//! order; the **first rule whose identity and direction match decides** ([`FirstMatch`]):
 //! a method in its `deny` list is denied; otherwise, if it has an `allow` list, the method is
 //! allowed only if listed; a rule with only `deny` allows everything else. No matching rule
 //! → allowed. Replies (no `method`) are never filtered: they answer the other side's requests.
 
+use crate::authz::{FirstMatch, Identity, Matcher};
 use crate::config::{PolicyDirection, RpcPolicyRule};
 use crate::glob;
 
@@ -27,62 +29,28 @@ impl Direction {
     }
 }
 
-/// Who a rule applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdentityMatch {
-    /// Clients without a verified certificate.
-    Anonymous,
-    /// Everyone (`"*"`), anonymous included.
-    Any,
-    /// Authenticated clients whose CN matches the glob.
-    Cn(String),
-    /// Authenticated clients with a URI SAN starting with this `spiffe://` prefix.
-    Spiffe(String),
-}
-
-impl IdentityMatch {
-    /// `anonymous`, `*`, `spiffe://…` or a CN glob.
-    pub fn parse(s: &str) -> IdentityMatch {
-        match s {
-            "anonymous" => IdentityMatch::Anonymous,
-            "*" => IdentityMatch::Any,
-            s if s.starts_with("spiffe://") => IdentityMatch::Spiffe(s.to_string()),
-            s => IdentityMatch::Cn(s.to_string()),
-        }
-    }
-
-    fn matches(&self, who: &Caller<'_>) -> bool {
-        match (self, who.cn) {
-            (IdentityMatch::Any, _) => true,
-            (IdentityMatch::Anonymous, cn) => cn.is_none(),
-            (IdentityMatch::Cn(g), Some(cn)) => glob::matches(g, cn),
-            (IdentityMatch::Spiffe(p), Some(_)) => who.uris.iter().any(|u| u.starts_with(p)),
-            (_, None) => false,
-        }
-    }
-}
-
-/// The caller as policy sees it: a CN only when authenticated.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller<'a> {
-    /// Verified CN; `None` = anonymous.
-    pub cn: Option<&'a str>,
-    /// URI SANs of the verified certificate.
-    pub uris: &'a [String],
-}
-
 #[derive(Debug, Clone)]
 struct Rule {
-    identity: IdentityMatch,
     direction: PolicyDirection,
     allow: Option<Vec<String>>,
     deny: Vec<String>,
 }
 
+impl Rule {
+    fn applies(&self, dir: Direction) -> bool {
+        matches!(
+            (self.direction, dir),
+            (PolicyDirection::Both, _)
+                | (PolicyDirection::Upstream, Direction::Upstream)
+                | (PolicyDirection::Downstream, Direction::Downstream)
+        )
+    }
+}
+
 /// An ordered rule list.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    rules: Vec<Rule>,
+    rules: FirstMatch<Rule>,
 }
 
 /// The outcome for one message.
@@ -95,18 +63,24 @@ pub enum Verdict {
 }
 
 impl Policy {
-    /// Builds a policy from the configured rules.
+    /// Builds a policy from the configured rules (validated with the config: a rule whose
+    /// identity does not parse matches nobody).
     pub fn new(rules: &[RpcPolicyRule]) -> Policy {
         Policy {
-            rules: rules
-                .iter()
-                .map(|r| Rule {
-                    identity: IdentityMatch::parse(&r.identity),
-                    direction: r.direction,
-                    allow: r.allow.clone(),
-                    deny: r.deny.clone().unwrap_or_default(),
-                })
-                .collect(),
+            rules: FirstMatch::new(
+                rules
+                    .iter()
+                    .map(|r| {
+                        let who = Matcher::parse(&r.identity).into_iter().collect();
+                        let rule = Rule {
+                            direction: r.direction,
+                            allow: r.allow.clone(),
+                            deny: r.deny.clone().unwrap_or_default(),
+                        };
+                        (who, rule)
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -118,78 +92,64 @@ impl Policy {
     }
 
     /// Decides one message. `method` is `None` for replies, which always pass.
-    pub fn decide(&self, who: &Caller<'_>, dir: Direction, method: Option<&str>) -> Verdict {
+    pub fn decide(&self, who: Identity<'_>, dir: Direction, method: Option<&str>) -> Verdict {
         let Some(method) = method else {
             return Verdict::Allow;
         };
-        for (i, r) in self.rules.iter().enumerate() {
-            let dir_ok = matches!(
-                (r.direction, dir),
-                (PolicyDirection::Both, _)
-                    | (PolicyDirection::Upstream, Direction::Upstream)
-                    | (PolicyDirection::Downstream, Direction::Downstream)
-            );
-            if !dir_ok || !r.identity.matches(who) {
-                continue;
-            }
-            if r.deny.iter().any(|g| glob::matches(g, method)) {
-                return Verdict::Deny(i);
-            }
-            return match &r.allow {
-                Some(list) if !list.iter().any(|g| glob::matches(g, method)) => Verdict::Deny(i),
-                _ => Verdict::Allow,
-            };
+        let Some((i, r)) = self.rules.find(who, |r| r.applies(dir)) else {
+            return Verdict::Allow;
+        };
+        if r.deny.iter().any(|g| glob::matches(g, method)) {
+            return Verdict::Deny(i);
         }
-        Verdict::Allow
+        match &r.allow {
+            Some(list) if !list.iter().any(|g| glob::matches(g, method)) => Verdict::Deny(i),
+            _ => Verdict::Allow,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::{Ca, CertSpec};
+    use crate::tls::ClientCert;
 
-    const ANON: Caller<'static> = Caller {
-        cn: None,
-        uris: &[],
-    };
+    const ANON: Identity<'static> = Identity::Anonymous;
 
-    fn agent(cn: &'static str) -> Caller<'static> {
-        Caller {
-            cn: Some(cn),
-            uris: &[],
-        }
+    fn cert(cn: &str, uris: &[&str]) -> ClientCert {
+        let ca = Ca::new("t").unwrap();
+        ClientCert::from_x509(ca.issue(&CertSpec::new(cn).uris(uris)).unwrap().cert, true)
     }
 
     #[test]
     fn icinga_defaults() {
         let p = Policy::icinga_defaults();
         let up = Direction::Upstream;
-        assert_eq!(p.decide(&ANON, up, Some("icinga::Hello")), Verdict::Allow);
+        assert_eq!(p.decide(ANON, up, Some("icinga::Hello")), Verdict::Allow);
+        assert_eq!(p.decide(ANON, up, Some("event::Heartbeat")), Verdict::Allow);
         assert_eq!(
-            p.decide(&ANON, up, Some("event::Heartbeat")),
+            p.decide(ANON, up, Some("pki::RequestCertificate")),
             Verdict::Allow
         );
         assert_eq!(
-            p.decide(&ANON, up, Some("pki::RequestCertificate")),
-            Verdict::Allow
-        );
-        assert_eq!(
-            p.decide(&ANON, up, Some("event::CheckResult")),
+            p.decide(ANON, up, Some("event::CheckResult")),
             Verdict::Deny(0)
         );
-        assert_eq!(p.decide(&ANON, up, None), Verdict::Allow, "replies pass");
-        let a = agent("agent1");
-        assert_eq!(p.decide(&a, up, Some("event::CheckResult")), Verdict::Allow);
-        assert_eq!(p.decide(&a, up, Some("config::Update")), Verdict::Deny(1));
+        assert_eq!(p.decide(ANON, up, None), Verdict::Allow, "replies pass");
+        let c = cert("agent1", &[]);
+        let a = Identity::Verified(&c);
+        assert_eq!(p.decide(a, up, Some("event::CheckResult")), Verdict::Allow);
+        assert_eq!(p.decide(a, up, Some("config::Update")), Verdict::Deny(1));
         assert_eq!(
-            p.decide(&a, up, Some("event::ExecuteCommand")),
+            p.decide(a, up, Some("event::ExecuteCommand")),
             Verdict::Deny(1)
         );
         // Downstream is unrestricted by default: the master pushes config and commands down.
         let down = Direction::Downstream;
-        assert_eq!(p.decide(&a, down, Some("config::Update")), Verdict::Allow);
+        assert_eq!(p.decide(a, down, Some("config::Update")), Verdict::Allow);
         assert_eq!(
-            p.decide(&ANON, down, Some("pki::UpdateCertificate")),
+            p.decide(ANON, down, Some("pki::UpdateCertificate")),
             Verdict::Allow
         );
     }
@@ -198,7 +158,7 @@ mod tests {
     fn identity_matchers_and_first_match() {
         let rules: Vec<RpcPolicyRule> = serde_yaml::from_str(
             r#"
-- { identity: "agent-*", direction: both, deny: ["event::*"] }
+- { identity: "cn:agent-*", direction: both, deny: ["event::*"] }
 - { identity: "spiffe://example.org/ops/", direction: upstream, allow: ["config::*"] }
 - { identity: "*", direction: downstream, allow: ["icinga::Hello"] }
 "#,
@@ -206,31 +166,24 @@ mod tests {
         .unwrap();
         let p = Policy::new(&rules);
         let up = Direction::Upstream;
+        let a7 = cert("agent-7", &[]);
+        let agent = Identity::Verified(&a7);
         assert_eq!(
-            p.decide(&agent("agent-7"), up, Some("event::Heartbeat")),
+            p.decide(agent, up, Some("event::Heartbeat")),
             Verdict::Deny(0)
         );
+        assert_eq!(p.decide(agent, up, Some("config::Update")), Verdict::Allow);
+        let alice = cert("alice", &["spiffe://example.org/ops/alice"]);
+        let ops = Identity::Verified(&alice);
+        assert_eq!(p.decide(ops, up, Some("config::Update")), Verdict::Allow);
         assert_eq!(
-            p.decide(&agent("agent-7"), up, Some("config::Update")),
-            Verdict::Allow
-        );
-        let uris = ["spiffe://example.org/ops/alice".to_string()];
-        let ops = Caller {
-            cn: Some("alice"),
-            uris: &uris,
-        };
-        assert_eq!(p.decide(&ops, up, Some("config::Update")), Verdict::Allow);
-        assert_eq!(
-            p.decide(&ops, up, Some("event::Heartbeat")),
+            p.decide(ops, up, Some("event::Heartbeat")),
             Verdict::Deny(1)
         );
-        // SPIFFE and CN matchers never match anonymous clients; "*" does.
+        // CN and SPIFFE matchers never match anonymous clients; "*" does.
+        assert_eq!(p.decide(ANON, up, Some("event::Heartbeat")), Verdict::Allow);
         assert_eq!(
-            p.decide(&ANON, up, Some("event::Heartbeat")),
-            Verdict::Allow
-        );
-        assert_eq!(
-            p.decide(&ANON, Direction::Downstream, Some("x")),
+            p.decide(ANON, Direction::Downstream, Some("x")),
             Verdict::Deny(2)
         );
     }

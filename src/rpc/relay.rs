@@ -1,37 +1,39 @@
 //! One relayed cluster link: set-up, then two frame pumps until either side ends.
 //!
-//! Set-up: the client's identity (verified CN, or anonymous) → the anonymous cap → the route
-//! by SNI → the upstream identity (`cert_dir/<cn>.crt`, or the upstream's own cert for
-//! anonymous clients) → a fresh upstream TLS connection (never pooled: links are long-lived).
+//! Set-up: the client's identity (verified CN, or anonymous) → the anonymous caps → the route
+//! by SNI → the upstream identity ([`IdentityMapper`]: `cert_dir/<cn>.crt` by default, or the
+//! upstream's own cert for anonymous clients) → a fresh upstream TLS connection (never
+//! pooled: links are long-lived).
 //!
-//! Pumps: each direction reads, decodes whole frames, checks them, and writes them on in one
-//! write before reading again, so a slow reader on one side stalls the other instead of growing
-//! memory; a direction buffers at most one read's worth (or one message up to the size limit). Frames are forwarded as received; only
-//! `pki::RequestCertificate` is rewritten (the client's own certificate put into
-//! `params.cert_request`, so the master signs the agent's key, not ours).
+//! Pumps: each direction reads, decodes whole frames, runs each through the filter chain
+//! ([`super::filter`]: the method policy, the `cert_request` rewrite, then added filters), and
+//! writes what passes on in one write before reading again, so a slow reader on one side
+//! stalls the other instead of growing memory; a direction buffers at most one read's worth
+//! (or one message up to the size limit). Frames are forwarded as received unless a filter
+//! rewrote them; answers a filter gives at the edge go back through the other pump.
 
 use super::codec::{self, Frame, FrameError};
-use super::envelope::{self, Envelope, MessageError};
-use super::policy::{Caller, Direction, Policy, Verdict};
+use super::envelope::{self, MessageError};
+use super::filter::{Action, CertRequest, Chain, LinkInfo, Message, MethodPolicy, RpcFilter};
+use super::identity::{CertDir, IdentityMapper, Mapped, OwnIdentity};
+use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
-use crate::audit::Audit;
-use crate::config::{Config, ConfigError, JsonRpc, MissingIdentity};
+use crate::audit::{AuditEvent, AuditSink, Caller, RpcEvent};
+use crate::authz::Identity;
+use crate::config::{Config, ConfigError, JsonRpc};
 use crate::http::route::HostPattern;
-use crate::logsafe::{Esc, EscOpt};
+use crate::logsafe::{Esc, EscOpt, EscText};
 use crate::metrics::{self, ActiveGuard};
-use crate::tls::{self, TlsInfo};
+use crate::tls::TlsInfo;
 use crate::upstream::{FailureKind, UpstreamGroup};
-use boring::x509::X509;
 use bytes::BytesMut;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::{Shutdown, Stream};
 use pingora_core::server::ShutdownWatch;
-use pingora_core::utils::tls::CertKey;
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,56 +50,22 @@ struct Limits {
     anonymous_max: usize,
     anonymous_per_ip: usize,
     anonymous_size: usize,
-    cert_request_size: usize,
     size: usize,
     idle: Duration,
     anonymous_idle: Duration,
-}
-
-/// Where upstream client certificates for authenticated clients come from.
-struct IdentityStore {
-    dir: PathBuf,
-    missing: MissingIdentity,
-}
-
-impl IdentityStore {
-    /// `dir/<cn>.crt` + `.key`, read per link so rotated files take effect on the next link.
-    fn load(&self, cn: &str) -> Result<Option<Arc<CertKey>>, String> {
-        let safe = !cn.is_empty()
-            && !cn.starts_with('.')
-            && cn
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
-        if !safe {
-            return Err(format!("CN `{}` is not usable as a file name", Esc(cn)));
-        }
-        let crt = self.dir.join(format!("{cn}.crt"));
-        if !crt.exists() {
-            return Ok(None);
-        }
-        let chain = tls::read_certs(&crt)?;
-        let key = tls::read_key(&self.dir.join(format!("{cn}.key")))?;
-        if !tls::key_matches(&chain[0], &key) {
-            return Err(format!(
-                "{}: key does not match the certificate",
-                crt.display()
-            ));
-        }
-        Ok(Some(Arc::new(CertKey::new(chain, key))))
-    }
 }
 
 /// The relay shared by every listener that accepts `jsonrpc`.
 pub struct Relay {
     routes: Vec<(HostPattern, usize)>,
     upstreams: Arc<[UpstreamGroup]>,
-    identity: Option<IdentityStore>,
+    identity: Box<dyn IdentityMapper>,
     limits: Limits,
-    policy: Policy,
+    filters: Chain,
     max_violations: u32,
     anonymous: AnonLinks,
     connector: TransportConnector,
-    audit: Arc<Audit>,
+    audit: Arc<dyn AuditSink>,
 }
 
 impl Relay {
@@ -107,7 +75,7 @@ impl Relay {
         j: &JsonRpc,
         upstreams: Arc<[UpstreamGroup]>,
         index: &HashMap<String, usize>,
-        audit: Arc<Audit>,
+        audit: Arc<dyn AuditSink>,
     ) -> Result<Relay, Vec<ConfigError>> {
         let mut errs = Vec::new();
         let mut routes = Vec::new();
@@ -128,29 +96,47 @@ impl Relay {
         Ok(Relay {
             routes,
             upstreams,
-            identity: j.upstream_identity.as_ref().map(|id| IdentityStore {
-                dir: cfg.resolve(&id.cert_dir),
-                missing: id.missing,
-            }),
+            identity: match &j.upstream_identity {
+                Some(id) => Box::new(CertDir::new(cfg.resolve(&id.cert_dir), id.missing)),
+                None => Box::new(OwnIdentity),
+            },
             limits: Limits {
                 anonymous_max: l.anonymous_max_clients,
                 anonymous_per_ip: l.anonymous_max_per_ip,
                 anonymous_size: l.anonymous_message_size.0 as usize,
-                cert_request_size: usize::try_from(l.certificate_request_size.0)
-                    .unwrap_or(usize::MAX),
                 size: l.message_size.0 as usize,
                 idle: l.idle_timeout.get(),
                 anonymous_idle: l.anonymous_idle_timeout.get(),
             },
-            policy: match &j.policy {
-                Some(rules) => Policy::new(rules),
-                None => Policy::icinga_defaults(),
-            },
+            filters: Chain::new(
+                MethodPolicy::new(match &j.policy {
+                    Some(rules) => Policy::new(rules),
+                    None => Policy::icinga_defaults(),
+                }),
+                CertRequest::new(
+                    usize::try_from(l.certificate_request_size.0).unwrap_or(usize::MAX),
+                ),
+            ),
             max_violations: j.max_violations,
             anonymous: AnonLinks::default(),
             connector: TransportConnector::new(None),
             audit,
         })
+    }
+
+    /// Replaces the upstream identity mapping (`jsonrpc.upstream_identity` by default).
+    pub fn set_identity_mapper(&mut self, m: Box<dyn IdentityMapper>) {
+        self.identity = m;
+    }
+
+    /// Sends audit events to `sink`.
+    pub fn set_audit_sink(&mut self, sink: Arc<dyn AuditSink>) {
+        self.audit = sink;
+    }
+
+    /// Adds a cluster message filter after the built-in ones.
+    pub fn add_filter(&mut self, f: Box<dyn RpcFilter>) {
+        self.filters.add(f);
     }
 
     /// Serves one link on `down` (whose first byte was a digit) until it ends.
@@ -199,20 +185,21 @@ impl Relay {
         };
         let group = &self.upstreams[up_idx];
 
-        let client_cert = match (cn, &self.identity) {
-            (Some(cn), Some(store)) => match store.load(cn) {
-                Ok(Some(ck)) => Some(ck),
-                Ok(None) if store.missing == MissingIdentity::Own => None,
-                Ok(None) => {
-                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no {}.crt in jsonrpc.upstream_identity.cert_dir (missing: reject)", Esc(cn));
-                    return reject(listener, down, "identity").await;
-                }
-                Err(e) => {
-                    log::error!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: upstream identity: {e}");
-                    return reject(listener, down, "identity").await;
-                }
-            },
-            _ => None,
+        let info = LinkInfo {
+            listener,
+            // Icinga's rule: a certificate without a CN is no endpoint, so anonymous.
+            identity: Identity::from_cert(auth.filter(|c| c.cn.is_some())),
+            client_cert: info.client.as_ref().map(|c| &c.cert),
+            sni,
+            peer: &addr,
+        };
+        let client_cert = match self.identity.upstream_identity(&info).await {
+            Mapped::Present(c) => Some(c),
+            Mapped::Own => None,
+            Mapped::Refuse(why) => {
+                log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {}", EscText(&why));
+                return reject(listener, down, "identity").await;
+            }
         };
         let key = cn.unwrap_or(&addr);
         let Some(peer_addr) = group.select(key.as_bytes()) else {
@@ -246,18 +233,12 @@ impl Relay {
         };
         let _link_gauge = ActiveGuard::gauge(metrics::RPC_LINKS.with_label_values(&[kind]));
         let link = Link {
-            listener,
-            addr: &addr,
+            info,
             fingerprint: auth.map(|c| c.fingerprint.as_str()),
-            caller: Caller {
-                cn,
-                uris: auth.map(|c| c.uris.as_slice()).unwrap_or(&[]),
-            },
-            anonymous: cn.is_none(),
             who: &who,
-            client_cert: info.client.as_ref().map(|c| &c.cert),
             violations: AtomicU32::new(0),
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
+            answers: Default::default(),
         };
         log::info!(target: "gatehouse::rpc", "link open: {who} sni={} → upstream {} peer {peer_addr}", EscOpt(Some(sni)), group.name);
         let started = Instant::now();
@@ -291,7 +272,7 @@ impl Relay {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let anon = link.anonymous;
+        let anon = link.anonymous();
         let limit = if anon && dir == Direction::Upstream {
             self.limits.anonymous_size
         } else {
@@ -310,6 +291,8 @@ impl Relay {
         // instead of per message. At most one read's worth of frames waits here.
         let mut out = Vec::new();
         let counters = Counters::new(dir);
+        // Only added filters can answer at the edge; without them the read is awaited alone.
+        let answering = self.filters.has_added();
         // Idle = no complete message for `idle`, so trickling bytes cannot keep a link alive.
         let mut deadline = tokio::time::Instant::now() + idle;
         loop {
@@ -334,6 +317,9 @@ impl Relay {
             if complete {
                 // One clock read per read, not per message.
                 deadline = tokio::time::Instant::now() + idle;
+            }
+            if answering {
+                link.take_answers(dir, &mut out);
             }
             if !out.is_empty() {
                 let written = w.write_all(&out).await;
@@ -362,7 +348,17 @@ impl Relay {
                 buf.reserve(want);
             }
             let room = buf.capacity() - buf.len();
-            match tokio::time::timeout_at(deadline, r.read_buf(&mut buf)).await {
+            let read = tokio::time::timeout_at(deadline, r.read_buf(&mut buf));
+            let read = if answering {
+                // Filters may answer the other side's messages through this writer.
+                tokio::select! {
+                    r = read => r,
+                    _ = link.answers[dir as usize].ready.notified() => continue,
+                }
+            } else {
+                read.await
+            };
+            match read {
                 Err(_) => return LinkEnd::Idle(dir, idle),
                 Ok(Ok(0)) => return LinkEnd::Closed(dir),
                 Ok(Ok(n)) => busy = n == room || n >= READ_IDLE,
@@ -387,7 +383,7 @@ impl Relay {
                     .with_label_values(&[dir.label(), "other", "malformed"])
                     .inc();
                 // Icinga's semantics: anonymous peers are dropped, known peers are forgiven.
-                if link.anonymous {
+                if link.anonymous() {
                     return Err(LinkEnd::Malformed(dir, e));
                 }
                 log::warn!(target: "gatehouse::rpc", "{}: dropped a malformed {} message: {e}", link.who, dir.label());
@@ -396,34 +392,40 @@ impl Relay {
         };
         let method = env.method.as_deref();
         let idx = method_index(method);
-        if let Verdict::Deny(rule) = self.policy.decide(&link.caller, dir, method) {
-            return self.deny(
-                link,
-                dir,
-                method.unwrap_or("-"),
-                METHOD_LABELS[idx],
-                &format!("jsonrpc.policy[{rule}]"),
-            );
-        }
-        if dir == Direction::Upstream && method == Some("pki::RequestCertificate") {
-            let label = METHOD_LABELS[idx];
-            if frame.payload().len() > self.limits.cert_request_size {
-                let why = format!(
-                    "larger than {} bytes (jsonrpc.limits.certificate_request_size)",
-                    self.limits.cert_request_size
-                );
-                return self.deny(link, dir, "pki::RequestCertificate", label, &why);
+        let msg = Message::new(dir, frame.payload(), &env);
+        let outcome = self.filters.run(&link.info, &msg);
+        match outcome.action {
+            Action::Forward => out.extend_from_slice(frame.raw()),
+            Action::Rewrite(p) => {
+                log::debug!(target: "gatehouse::rpc", "{}: {} {} message rewritten by {}", link.who, Esc(method.unwrap_or("reply")), dir.label(), outcome.by);
+                out.extend_from_slice(&codec::encode(&p));
             }
-            match with_cert_request(frame.payload(), &env, link.client_cert) {
-                Ok(Some(rewritten)) => {
-                    log::info!(target: "gatehouse::rpc", "{}: pki::RequestCertificate forwarded with the client's own certificate", link.who);
-                    out.extend_from_slice(&rewritten);
-                }
-                Ok(None) => out.extend_from_slice(frame.raw()),
-                Err(why) => return self.deny(link, dir, "pki::RequestCertificate", label, why),
+            Action::Deny(why) => {
+                let why = if outcome.by == self.filters.policy.name()
+                    || outcome.by == self.filters.cert_request.name()
+                {
+                    why.into_owned()
+                } else {
+                    format!("filter {}: {why}", outcome.by)
+                };
+                return self.deny(link, dir, method.unwrap_or("-"), METHOD_LABELS[idx], &why);
             }
-        } else {
-            out.extend_from_slice(frame.raw());
+            Action::Drop => {
+                metrics::RPC_MESSAGES
+                    .with_label_values(&[dir.label(), METHOD_LABELS[idx], "dropped"])
+                    .inc();
+                return Ok(());
+            }
+            Action::Answer(p) => {
+                metrics::RPC_MESSAGES
+                    .with_label_values(&[dir.label(), METHOD_LABELS[idx], "answered"])
+                    .inc();
+                link.answer(dir, &p);
+                return Ok(());
+            }
+            Action::Close(why) => {
+                return Err(LinkEnd::Filter(outcome.by.to_string(), why.into_owned()))
+            }
         }
         counters.forwarded[idx].inc();
         link.forwarded[dir as usize].fetch_add(1, Ordering::Relaxed);
@@ -442,87 +444,24 @@ impl Relay {
             .with_label_values(&[dir.label(), label, "denied"])
             .inc();
         let n = link.violations.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut rec = serde_json::Map::new();
-        rec.insert("kind".into(), "jsonrpc".into());
-        rec.insert("listener".into(), link.listener.into());
-        rec.insert("client".into(), link.addr.into());
-        rec.insert(
-            "identity".into(),
-            serde_json::json!({ "cn": link.caller.cn, "fingerprint": link.fingerprint }),
-        );
-        rec.insert("direction".into(), dir.label().into());
-        rec.insert("method".into(), method.into());
-        rec.insert("verdict".into(), "denied".into());
-        rec.insert("reason".into(), why.into());
-        self.audit.record(rec);
-        log::warn!(target: "gatehouse::rpc", "{}: denied {} {} message ({why}); violation {n}/{}", link.who, Esc(method), dir.label(), self.max_violations);
+        self.audit.record(&AuditEvent::Jsonrpc(RpcEvent {
+            listener: link.info.listener.to_string(),
+            client: link.info.peer.to_string(),
+            identity: Caller {
+                cn: link.info.identity.cn().map(str::to_string),
+                fingerprint: link.fingerprint.map(str::to_string),
+            },
+            direction: dir.label(),
+            method: method.to_string(),
+            verdict: "denied",
+            reason: why.to_string(),
+        }));
+        log::warn!(target: "gatehouse::rpc", "{}: denied {} {} message ({}); violation {n}/{}", link.who, Esc(method), dir.label(), EscText(why), self.max_violations);
         if n >= self.max_violations {
             return Err(LinkEnd::Violations(n));
         }
         Ok(())
     }
-}
-
-/// Puts the client's certificate into `params.cert_request` unless the client set a
-/// non-empty one (a satellite forwarding a request does): `null`, `""` or any non-string
-/// counts as not set, or the master would judge (and maybe sign) the edge's own certificate.
-/// Only that field is spliced, from the envelope's offsets: the message is never parsed into
-/// a tree. `Ok(None)`: forward unchanged. `Err`: must not be forwarded.
-fn with_cert_request(
-    payload: &[u8],
-    env: &Envelope<'_>,
-    client_cert: Option<&X509>,
-) -> Result<Option<Vec<u8>>, &'static str> {
-    let params = match &env.params {
-        None => None,
-        Some(span) => {
-            let obj = &payload[span.clone()];
-            if obj.first() != Some(&b'{') {
-                return Err("certificate request params is not an object");
-            }
-            let members =
-                envelope::members(obj).map_err(|_| "unparseable certificate request params")?;
-            let set = members.iter().any(|m| {
-                let v = &obj[m.value.clone()];
-                m.key == "cert_request" && v.len() > 2 && v[0] == b'"'
-            });
-            if set {
-                return Ok(None);
-            }
-            Some((span.clone(), obj, members))
-        }
-    };
-    let cert =
-        client_cert.ok_or("certificate request from a client that presented no certificate")?;
-    let pem = cert
-        .to_pem()
-        .ok()
-        .and_then(|p| String::from_utf8(p).ok())
-        .ok_or("cannot encode the client's certificate")?;
-    let field = format!("\"cert_request\":{}", serde_json::Value::String(pem));
-    let mut out = Vec::with_capacity(payload.len() + field.len() + 16);
-    match params {
-        // The method is a member, so the object is not empty: a comma goes first.
-        None => {
-            out.extend_from_slice(&payload[..env.close]);
-            out.extend_from_slice(b",\"params\":{");
-            out.extend_from_slice(field.as_bytes());
-            out.push(b'}');
-            out.extend_from_slice(&payload[env.close..]);
-        }
-        Some((span, obj, members)) => {
-            out.extend_from_slice(&payload[..span.start]);
-            out.push(b'{');
-            for m in members.iter().filter(|m| m.key != "cert_request") {
-                out.extend_from_slice(&obj[m.span.clone()]);
-                out.push(b',');
-            }
-            out.extend_from_slice(field.as_bytes());
-            out.push(b'}');
-            out.extend_from_slice(&payload[span.end..]);
-        }
-    }
-    Ok(Some(codec::encode(&out)))
 }
 
 /// The hot-path metric children of one direction, resolved once per link (a labelled lookup
@@ -546,17 +485,48 @@ impl Counters {
 
 /// Per-link state shared by the two pumps.
 struct Link<'a> {
-    listener: &'a str,
-    addr: &'a str,
+    /// What filters see. The client certificate is encoded only when a certificate request
+    /// needs it: thousands of idle links would otherwise each hold a PEM copy of a
+    /// certificate the TLS session already keeps.
+    info: LinkInfo<'a>,
     fingerprint: Option<&'a str>,
-    caller: Caller<'a>,
-    anonymous: bool,
     who: &'a str,
-    /// Encoded only when a certificate request needs it: thousands of idle links would
-    /// otherwise each hold a PEM copy of a certificate the TLS session already keeps.
-    client_cert: Option<&'a X509>,
     violations: AtomicU32,
     forwarded: [AtomicU64; 2],
+    /// Framed answers from filters, by the direction whose writer sends them (an answer to
+    /// the client goes out with the downstream pump), and the wake-up of that pump.
+    answers: [Answers; 2],
+}
+
+#[derive(Default)]
+struct Answers {
+    frames: Mutex<Vec<u8>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Link<'_> {
+    fn anonymous(&self) -> bool {
+        self.info.identity.cert().is_none()
+    }
+
+    /// Queues `payload` (framed) back to the sender of messages travelling in `dir`.
+    fn answer(&self, dir: Direction, payload: &[u8]) {
+        let to = &self.answers[dir.reverse() as usize];
+        to.frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(&codec::encode(payload));
+        to.ready.notify_one();
+    }
+
+    /// Moves queued answers for the writer of `dir` into `out`.
+    fn take_answers(&self, dir: Direction, out: &mut Vec<u8>) {
+        let mut q = self.answers[dir as usize]
+            .frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        out.append(&mut q);
+    }
 }
 
 /// Why a link ended (logged when it closes).
@@ -566,12 +536,22 @@ enum LinkEnd {
     Frame(Direction, FrameError),
     Malformed(Direction, MessageError),
     Violations(u32),
+    /// A filter closed the link: its name and reason.
+    Filter(String, String),
     /// An I/O error on the named side (`client` or `upstream`).
     Io(&'static str, String),
     Shutdown,
 }
 
 impl Direction {
+    /// The other way.
+    fn reverse(self) -> Direction {
+        match self {
+            Direction::Upstream => Direction::Downstream,
+            Direction::Downstream => Direction::Upstream,
+        }
+    }
+
     /// The side messages in this direction come from.
     fn sender(self) -> &'static str {
         match self {
@@ -608,6 +588,7 @@ impl fmt::Display for LinkEnd {
                 )
             }
             LinkEnd::Violations(n) => write!(f, "{n} policy violations (jsonrpc.max_violations)"),
+            LinkEnd::Filter(by, why) => write!(f, "closed by filter {by}: {}", EscText(why)),
             LinkEnd::Io(side, e) => write!(f, "{side} side: {e}"),
             LinkEnd::Shutdown => f.write_str("shutting down"),
         }
@@ -693,66 +674,11 @@ async fn reject(listener: &str, down: Stream, reason: &str) {
 mod tests {
     use super::*;
 
-    fn rewrite(req: &[u8], cert: Option<&X509>) -> Result<Option<Vec<u8>>, &'static str> {
-        let env = envelope::parse(req).unwrap();
-        with_cert_request(req, &env, cert)
-    }
-
-    fn payload_of(framed: &[u8]) -> serde_json::Value {
-        let mut b = BytesMut::from(framed);
-        let f = codec::decode(&mut b, 1 << 20).unwrap().unwrap();
-        serde_json::from_slice(f.payload()).unwrap()
-    }
-
-    #[test]
-    fn cert_request_rewrite() {
-        let agent = crate::pki::self_signed(&crate::pki::CertSpec::new("agent1")).unwrap();
-        let pem = String::from_utf8(agent.cert_pem()).unwrap();
-        let cert = Some(&agent.cert);
-        let req = br#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":"abc"},"id":"1"}"#;
-        let v = payload_of(&rewrite(req, cert).unwrap().unwrap());
-        assert_eq!(v["params"]["cert_request"], pem.as_str());
-        assert_eq!(v["params"]["ticket"], "abc");
-        assert_eq!(v["id"], "1");
-        // A client-set cert_request is left alone.
-        let own = br#"{"method":"pki::RequestCertificate","params":{"cert_request":"X"}}"#;
-        assert_eq!(rewrite(own, cert), Ok(None));
-        // null, "" or a non-string count as absent, and the result has one cert_request.
-        for unset in [
-            &br#"{"method":"pki::RequestCertificate","params":{"cert_request":null,"ticket":"t"}}"#[..],
-            br#"{"method":"pki::RequestCertificate","params":{"ticket":"t", "cert_request" : ""}}"#,
-            br#"{"method":"pki::RequestCertificate","params":{"cert_\u0072equest":5,"ticket":"t"}}"#,
-        ] {
-            let out = rewrite(unset, cert).unwrap().unwrap();
-            let text = String::from_utf8_lossy(&out);
-            assert_eq!(text.matches("cert_").count(), 1, "{text}");
-            let v = payload_of(&out);
-            assert_eq!(v["params"]["cert_request"], pem.as_str());
-            assert_eq!(v["params"]["ticket"], "t");
-        }
-        // No params, or empty params: added.
-        for bare in [
-            &br#"{"method":"pki::RequestCertificate"}"#[..],
-            br#"{"method":"pki::RequestCertificate","params":{}}"#,
-        ] {
-            let v = payload_of(&rewrite(bare, cert).unwrap().unwrap());
-            assert_eq!(v["params"]["cert_request"], pem.as_str());
-        }
-        // No client certificate: refused rather than letting the master judge ours.
-        assert!(rewrite(req, None).is_err());
-        let null = br#"{"method":"pki::RequestCertificate","params":{"cert_request":null}}"#;
-        assert!(rewrite(null, None).is_err());
-        // params that are not an object cannot carry a certificate.
-        let odd = br#"{"method":"pki::RequestCertificate","params":[1]}"#;
-        assert!(rewrite(odd, cert).is_err());
-    }
-
     fn limits(max: usize, per_ip: usize) -> Limits {
         Limits {
             anonymous_max: max,
             anonymous_per_ip: per_ip,
             anonymous_size: 0,
-            cert_request_size: 0,
             size: 0,
             idle: Duration::ZERO,
             anonymous_idle: Duration::ZERO,

@@ -174,6 +174,12 @@ impl Gatehouse {
     /// connections: Pingora binds each listener on its own service thread, so one port being
     /// up says nothing about the others.
     pub fn start(dir: &Path, yaml: &str) -> Gatehouse {
+        Gatehouse::start_bin(Path::new(gatehouse_bin()), dir, yaml)
+    }
+
+    /// [`Gatehouse::start`] with another binary that takes `run -c FILE` or `-c FILE`, e.g.
+    /// one of `examples/` built on the library ([`example_bin`]).
+    pub fn start_bin(bin: &Path, dir: &Path, yaml: &str) -> Gatehouse {
         let file = dir.join("gatehouse.yaml");
         let yaml = yaml.replace("{dir}", &dir.display().to_string());
         let yaml = format!(
@@ -191,8 +197,12 @@ impl Gatehouse {
             "no quoted `address:` to wait for in:\n{yaml}"
         );
         let log = dir.join("gatehouse.log");
-        let child = Command::new(gatehouse_bin())
-            .args(["run", "-c"])
+        let mut cmd = Command::new(bin);
+        if bin == Path::new(gatehouse_bin()) {
+            cmd.arg("run");
+        }
+        let child = cmd
+            .arg("-c")
             .arg(&file)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -242,6 +252,22 @@ impl Drop for Gatehouse {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An example program built on the library, `target/<profile>/examples/<name>`. `make test`
+/// builds the examples first; a missing one fails with the command that builds it.
+pub fn example_bin(name: &str) -> PathBuf {
+    let p = Path::new(gatehouse_bin())
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --examples` (make test does)",
+        p.display()
+    );
+    p
 }
 
 /// Runs `gatehouse ARGS...`, returning (exit success, stdout + stderr).

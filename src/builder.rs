@@ -1,0 +1,138 @@
+//! [`Gatehouse`]: a configuration plus the extensions an embedder adds, built into a Pingora
+//! `Server`. The `gatehouse` binary is this builder with nothing added; the YAML features
+//! (the method policy, the `cert_request` rewrite, `cert_dir` identities, the audit file) are
+//! the built-in implementations of the same traits.
+
+use crate::audit::AuditSink;
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::rpc::filter::RpcFilter;
+use crate::rpc::identity::IdentityMapper;
+use crate::server::{Plan, RunOptions};
+use pingora_core::server::Server;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A Gatehouse about to be built.
+///
+/// ```no_run
+/// use gatehouse::rpc::filter::{Action, Interest, LinkInfo, Message, RpcFilter};
+/// use gatehouse::{Gatehouse, RunOptions};
+///
+/// struct NoExecute;
+///
+/// impl RpcFilter for NoExecute {
+///     fn name(&self) -> &str {
+///         "no-execute"
+///     }
+///     fn interest(&self) -> Interest {
+///         Interest::methods(["event::ExecuteCommand"])
+///     }
+///     fn on_message(&self, _: &LinkInfo<'_>, _: &Message<'_>) -> Action {
+///         Action::Deny("remote execution is off at this site".into())
+///     }
+/// }
+///
+/// let server = Gatehouse::load("/etc/gatehouse/gatehouse.yaml".as_ref())
+///     .expect("a valid config")
+///     .with_rpc_filter(NoExecute)
+///     .build(&RunOptions::default())
+///     .expect("the server");
+/// // Add your own Pingora services here, then:
+/// server.run_forever();
+/// ```
+pub struct Gatehouse {
+    file: PathBuf,
+    plan: Plan,
+    filters_without_relay: usize,
+}
+
+impl Gatehouse {
+    /// Loads `file` and every certificate, key and CA it names; reports every problem.
+    pub fn load(file: &Path) -> Result<Gatehouse, ConfigErrors> {
+        Ok(Gatehouse {
+            file: file.to_path_buf(),
+            plan: Plan::load(file)?,
+            filters_without_relay: 0,
+        })
+    }
+
+    /// From a configuration already parsed and validated ([`Config::load`], [`Config::parse`]
+    /// then [`Config::validate`]); loads the files it names.
+    pub fn from_config(config: Config) -> Result<Gatehouse, ConfigErrors> {
+        let file = config.base_dir.join("(config)");
+        let errs = config.validate();
+        let plan = if errs.is_empty() {
+            Plan::from_config(config)
+        } else {
+            Err(errs)
+        };
+        Ok(Gatehouse {
+            plan: plan.map_err(|errors| ConfigErrors {
+                file: file.clone(),
+                errors,
+            })?,
+            file,
+            filters_without_relay: 0,
+        })
+    }
+
+    /// The configuration being built.
+    pub fn config(&self) -> &Config {
+        &self.plan.config
+    }
+
+    /// Adds a cluster message filter; it runs after the built-in ones, in the order added.
+    pub fn with_rpc_filter(mut self, filter: impl RpcFilter) -> Self {
+        match self.plan.relay_mut() {
+            Some(r) => r.add_filter(Box::new(filter)),
+            None => self.filters_without_relay += 1,
+        }
+        self
+    }
+
+    /// Chooses the identity presented upstream for cluster links, replacing
+    /// `jsonrpc.upstream_identity`.
+    pub fn with_identity_mapper(mut self, mapper: impl IdentityMapper) -> Self {
+        if let Some(r) = self.plan.relay_mut() {
+            r.set_identity_mapper(Box::new(mapper));
+        }
+        self
+    }
+
+    /// Sends audit events to `sink`, replacing `audit.path` (or the log target).
+    pub fn with_audit_sink(mut self, sink: impl AuditSink) -> Self {
+        self.plan.set_audit_sink(Arc::new(sink));
+        self
+    }
+
+    /// The Pingora server, not yet running: add services, then `run_forever`.
+    pub fn build(self, opts: &RunOptions) -> Result<Server, ConfigErrors> {
+        if self.filters_without_relay > 0 {
+            log::warn!(
+                "{} cluster filter(s) added, but the configuration has no `jsonrpc:` section",
+                self.filters_without_relay
+            );
+        }
+        let file = self.file;
+        self.plan
+            .into_server(opts)
+            .map_err(|e: ConfigError| ConfigErrors {
+                file,
+                errors: vec![e],
+            })
+    }
+
+    /// Builds and runs until a stop signal; returns only on configuration errors.
+    pub fn run(self, opts: &RunOptions) -> Result<(), ConfigErrors> {
+        let server = self.build(opts)?;
+        if !opts.daemon {
+            // Pingora writes the pid file only when it daemonizes; `gatehouse reload` (and
+            // operators) find a foreground process, e.g. under systemd, by it too.
+            let pid_file = &server.configuration.pid_file;
+            if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+                log::warn!("cannot write the pid file {pid_file}: {e}; `gatehouse reload` will not find this process");
+            }
+        }
+        server.run_forever()
+    }
+}

@@ -1,0 +1,554 @@
+//! Cluster message filters: the relay's extension point, and how its own YAML features are
+//! built ([`MethodPolicy`] for `jsonrpc.policy`, [`CertRequest`] for the `cert_request`
+//! rewrite).
+//!
+//! A filter runs synchronously on every message it declared an [`Interest`] in, in both
+//! directions, and borrows what the relay already parsed (the frame's bytes and its
+//! [`Envelope`]): a relay moving a million messages a second cannot afford an allocation or a
+//! boxed future per message. Filters that do not want a message cost nothing for it. The
+//! built-in filters run first, called directly (static dispatch); filters added with
+//! [`crate::Gatehouse::with_rpc_filter`] run after them, in the order added. The first action
+//! other than [`Action::Forward`] / [`Action::Rewrite`] ends the chain; a rewrite is what the
+//! next filter sees.
+
+use super::envelope::{self, Envelope};
+use super::policy::{Direction, Policy, Verdict};
+use crate::authz::Identity;
+use boring::x509::X509;
+use std::borrow::Cow;
+
+/// The link a message travels on, as filters see it.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkInfo<'a> {
+    /// The listener's name.
+    pub listener: &'a str,
+    /// The client: its verified certificate, or anonymous.
+    pub identity: Identity<'a>,
+    /// The certificate the client presented, verified or not (enrolling agents present a
+    /// self-signed one).
+    pub client_cert: Option<&'a X509>,
+    /// The SNI the client sent (the endpoint it dialled), `""` when none.
+    pub sni: &'a str,
+    /// The client's address.
+    pub peer: &'a str,
+}
+
+/// One cluster message, framed and enveloped.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    direction: Direction,
+    payload: &'a [u8],
+    envelope: &'a Envelope<'a>,
+}
+
+impl<'a> Message<'a> {
+    /// A message travelling in `direction`; `envelope` must be `payload`'s.
+    pub fn new(direction: Direction, payload: &'a [u8], envelope: &'a Envelope<'a>) -> Self {
+        Message {
+            direction,
+            payload,
+            envelope,
+        }
+    }
+
+    /// Which way it travels.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// `method`; `None` for replies.
+    pub fn method(&self) -> Option<&str> {
+        self.envelope.method.as_deref()
+    }
+
+    /// Whether it carries a non-null `id` (a request expecting a reply, or a reply).
+    pub fn has_id(&self) -> bool {
+        self.envelope.has_id
+    }
+
+    /// The JSON payload as received (valid, an object, depth ≤ 32).
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// The bytes of the top-level `params` value, if present.
+    pub fn params(&self) -> Option<&'a [u8]> {
+        self.envelope
+            .params
+            .as_ref()
+            .map(|r| &self.payload[r.clone()])
+    }
+
+    /// The envelope (offsets of `params` and of the closing brace, for splicing).
+    pub fn envelope(&self) -> &'a Envelope<'a> {
+        self.envelope
+    }
+}
+
+/// What a filter decides for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Pass it on (to the next filter, then the other side).
+    Forward,
+    /// Pass on this payload instead (a JSON object; Gatehouse frames it). The next filter
+    /// sees the new payload; one that is not a valid message closes the link.
+    Rewrite(Vec<u8>),
+    /// Drop it silently (counted as `dropped`; not a policy violation).
+    Drop,
+    /// Refuse it: not forwarded, logged, audited and counted as `denied`, and counted
+    /// against `jsonrpc.max_violations`. The text is the reason.
+    Deny(Cow<'static, str>),
+    /// Answer it at the edge: this payload goes back to the sender, nothing goes on.
+    Answer(Vec<u8>),
+    /// Close the link, with the reason for the log.
+    Close(Cow<'static, str>),
+}
+
+/// Which messages a filter wants to see: directions and, optionally, methods.
+#[derive(Debug, Clone)]
+pub struct Interest {
+    upstream: bool,
+    downstream: bool,
+    methods: Option<Vec<String>>,
+    replies: bool,
+}
+
+impl Interest {
+    /// Every message, both ways, replies included.
+    pub fn all() -> Interest {
+        Interest {
+            upstream: true,
+            downstream: true,
+            methods: None,
+            replies: true,
+        }
+    }
+
+    /// Only these methods (exact names), both ways; no replies.
+    pub fn methods<I, S>(methods: I) -> Interest
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Interest {
+            methods: Some(methods.into_iter().map(Into::into).collect()),
+            replies: false,
+            ..Interest::all()
+        }
+    }
+
+    /// Only messages from the client toward the upstream.
+    pub fn upstream_only(mut self) -> Interest {
+        self.downstream = false;
+        self
+    }
+
+    /// Only messages from the upstream toward the client.
+    pub fn downstream_only(mut self) -> Interest {
+        self.upstream = false;
+        self
+    }
+
+    /// Whether a message in `direction` with `method` is wanted.
+    pub fn wants(&self, direction: Direction, method: Option<&str>) -> bool {
+        let dir = match direction {
+            Direction::Upstream => self.upstream,
+            Direction::Downstream => self.downstream,
+        };
+        dir && match (method, &self.methods) {
+            (None, _) => self.replies,
+            (Some(_), None) => true,
+            (Some(m), Some(list)) => list.iter().any(|l| l == m),
+        }
+    }
+}
+
+/// A cluster message filter.
+///
+/// ```
+/// use gatehouse::rpc::filter::{Action, Interest, LinkInfo, Message, RpcFilter};
+///
+/// /// Answers `example::Ping` at the edge; every other message is untouched.
+/// struct Ping;
+///
+/// impl RpcFilter for Ping {
+///     fn name(&self) -> &str {
+///         "ping"
+///     }
+///     fn interest(&self) -> Interest {
+///         Interest::methods(["example::Ping"]).upstream_only()
+///     }
+///     fn on_message(&self, _link: &LinkInfo<'_>, _msg: &Message<'_>) -> Action {
+///         Action::Answer(br#"{"jsonrpc":"2.0","method":"example::Pong","params":{}}"#.to_vec())
+///     }
+/// }
+/// ```
+pub trait RpcFilter: Send + Sync + 'static {
+    /// A short name for logs and audit records.
+    fn name(&self) -> &str;
+
+    /// The messages this filter wants; the relay asks once, when the filter is added.
+    fn interest(&self) -> Interest {
+        Interest::all()
+    }
+
+    /// Decides one message.
+    fn on_message(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Action;
+}
+
+/// `jsonrpc.policy` (or Icinga's own rules when it is absent) as a filter.
+pub struct MethodPolicy(Policy);
+
+impl MethodPolicy {
+    /// The given policy.
+    pub fn new(policy: Policy) -> Self {
+        MethodPolicy(policy)
+    }
+}
+
+impl RpcFilter for MethodPolicy {
+    fn name(&self) -> &str {
+        "jsonrpc.policy"
+    }
+
+    fn on_message(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Action {
+        match self.0.decide(link.identity, msg.direction, msg.method()) {
+            Verdict::Allow => Action::Forward,
+            Verdict::Deny(rule) => Action::Deny(Cow::Owned(format!("jsonrpc.policy[{rule}]"))),
+        }
+    }
+}
+
+/// The enrollment rewrite: `pki::RequestCertificate` goes upstream with the client's own
+/// certificate in `params.cert_request`, or the master would judge (and maybe sign) the
+/// edge's certificate; oversized requests and requests without a client certificate are
+/// denied.
+pub struct CertRequest {
+    max: usize,
+}
+
+impl CertRequest {
+    /// With `max` = `jsonrpc.limits.certificate_request_size`.
+    pub fn new(max: usize) -> Self {
+        CertRequest { max }
+    }
+}
+
+impl RpcFilter for CertRequest {
+    fn name(&self) -> &str {
+        "cert_request"
+    }
+
+    fn interest(&self) -> Interest {
+        Interest::methods(["pki::RequestCertificate"]).upstream_only()
+    }
+
+    fn on_message(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Action {
+        if msg.payload().len() > self.max {
+            return Action::Deny(Cow::Owned(format!(
+                "larger than {} bytes (jsonrpc.limits.certificate_request_size)",
+                self.max
+            )));
+        }
+        match with_cert_request(msg.payload(), msg.envelope(), link.client_cert) {
+            Ok(Some(p)) => Action::Rewrite(p),
+            Ok(None) => Action::Forward,
+            Err(why) => Action::Deny(Cow::Borrowed(why)),
+        }
+    }
+}
+
+/// Puts the client's certificate into `params.cert_request` unless the client set a
+/// non-empty one (a satellite forwarding a request does): `null`, `""` or any non-string
+/// counts as not set. Only that field is spliced, from the envelope's offsets: the message is
+/// never parsed into a tree. Returns the new payload; `Ok(None)`: forward unchanged;
+/// `Err`: must not be forwarded.
+pub fn with_cert_request(
+    payload: &[u8],
+    env: &Envelope<'_>,
+    client_cert: Option<&X509>,
+) -> Result<Option<Vec<u8>>, &'static str> {
+    let params = match &env.params {
+        None => None,
+        Some(span) => {
+            let obj = &payload[span.clone()];
+            if obj.first() != Some(&b'{') {
+                return Err("certificate request params is not an object");
+            }
+            let members =
+                envelope::members(obj).map_err(|_| "unparseable certificate request params")?;
+            let set = members.iter().any(|m| {
+                let v = &obj[m.value.clone()];
+                m.key == "cert_request" && v.len() > 2 && v[0] == b'"'
+            });
+            if set {
+                return Ok(None);
+            }
+            Some((span.clone(), obj, members))
+        }
+    };
+    let cert =
+        client_cert.ok_or("certificate request from a client that presented no certificate")?;
+    let pem = cert
+        .to_pem()
+        .ok()
+        .and_then(|p| String::from_utf8(p).ok())
+        .ok_or("cannot encode the client's certificate")?;
+    let field = format!("\"cert_request\":{}", serde_json::Value::String(pem));
+    let mut out = Vec::with_capacity(payload.len() + field.len() + 16);
+    match params {
+        // The method is a member, so the object is not empty: a comma goes first.
+        None => {
+            out.extend_from_slice(&payload[..env.close]);
+            out.extend_from_slice(b",\"params\":{");
+            out.extend_from_slice(field.as_bytes());
+            out.push(b'}');
+            out.extend_from_slice(&payload[env.close..]);
+        }
+        Some((span, obj, members)) => {
+            out.extend_from_slice(&payload[..span.start]);
+            out.push(b'{');
+            for m in members.iter().filter(|m| m.key != "cert_request") {
+                out.extend_from_slice(&obj[m.span.clone()]);
+                out.push(b',');
+            }
+            out.extend_from_slice(field.as_bytes());
+            out.push(b'}');
+            out.extend_from_slice(&payload[span.end..]);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The relay's filter chain: the built-ins (static dispatch), then the added ones.
+pub(crate) struct Chain {
+    pub(crate) policy: MethodPolicy,
+    pub(crate) cert_request: CertRequest,
+    cert_interest: Interest,
+    added: Vec<(Interest, Box<dyn RpcFilter>)>,
+}
+
+/// What the chain decided, and which filter decided it.
+pub(crate) struct Outcome<'f> {
+    pub(crate) action: Action,
+    pub(crate) by: &'f str,
+}
+
+impl Chain {
+    pub(crate) fn new(policy: MethodPolicy, cert_request: CertRequest) -> Chain {
+        let cert_interest = cert_request.interest();
+        Chain {
+            policy,
+            cert_request,
+            cert_interest,
+            added: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, f: Box<dyn RpcFilter>) {
+        self.added.push((f.interest(), f));
+    }
+
+    /// Whether any filter may answer at the edge (the relay then also watches for answers).
+    pub(crate) fn has_added(&self) -> bool {
+        !self.added.is_empty()
+    }
+
+    /// Runs the chain on one message. A rewrite is re-enveloped for the filters after it;
+    /// the returned action is `Forward`, the last `Rewrite`, or the first other action.
+    pub(crate) fn run(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Outcome<'_> {
+        let dir = msg.direction();
+        let mut rewritten: Option<Vec<u8>> = None;
+        let mut by = self.policy.name();
+        let a = self.policy.on_message(link, msg);
+        if a != Action::Forward {
+            return Outcome { action: a, by };
+        }
+        if self.cert_interest.wants(dir, msg.method()) {
+            by = self.cert_request.name();
+            match self.cert_request.on_message(link, msg) {
+                Action::Forward => {}
+                Action::Rewrite(p) => rewritten = Some(p),
+                a => return Outcome { action: a, by },
+            }
+        }
+        for (interest, f) in &self.added {
+            if !interest.wants(dir, msg.method()) {
+                continue;
+            }
+            let action = match &rewritten {
+                None => f.on_message(link, msg),
+                Some(p) => match envelope::parse(p) {
+                    Ok(env) => f.on_message(link, &Message::new(dir, p, &env)),
+                    Err(e) => {
+                        return Outcome {
+                            action: Action::Close(Cow::Owned(format!(
+                                "a filter's rewrite is not a valid message: {e}"
+                            ))),
+                            by,
+                        }
+                    }
+                },
+            };
+            by = f.name();
+            match action {
+                Action::Forward => {}
+                Action::Rewrite(p) => rewritten = Some(p),
+                a => return Outcome { action: a, by },
+            }
+        }
+        Outcome {
+            action: rewritten.map_or(Action::Forward, Action::Rewrite),
+            by,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::codec;
+    use bytes::BytesMut;
+
+    fn rewrite(req: &[u8], cert: Option<&X509>) -> Result<Option<Vec<u8>>, &'static str> {
+        let env = envelope::parse(req).unwrap();
+        with_cert_request(req, &env, cert)
+    }
+
+    fn json(p: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(p).unwrap()
+    }
+
+    #[test]
+    fn cert_request_rewrite() {
+        let agent = crate::pki::self_signed(&crate::pki::CertSpec::new("agent1")).unwrap();
+        let pem = String::from_utf8(agent.cert_pem()).unwrap();
+        let cert = Some(&agent.cert);
+        let req = br#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":"abc"},"id":"1"}"#;
+        let v = json(&rewrite(req, cert).unwrap().unwrap());
+        assert_eq!(v["params"]["cert_request"], pem.as_str());
+        assert_eq!(v["params"]["ticket"], "abc");
+        assert_eq!(v["id"], "1");
+        // A client-set cert_request is left alone.
+        let own = br#"{"method":"pki::RequestCertificate","params":{"cert_request":"X"}}"#;
+        assert_eq!(rewrite(own, cert), Ok(None));
+        // null, "" or a non-string count as absent, and the result has one cert_request.
+        for unset in [
+            &br#"{"method":"pki::RequestCertificate","params":{"cert_request":null,"ticket":"t"}}"#[..],
+            br#"{"method":"pki::RequestCertificate","params":{"ticket":"t", "cert_request" : ""}}"#,
+            br#"{"method":"pki::RequestCertificate","params":{"cert_\u0072equest":5,"ticket":"t"}}"#,
+        ] {
+            let out = rewrite(unset, cert).unwrap().unwrap();
+            let text = String::from_utf8_lossy(&out);
+            assert_eq!(text.matches("cert_").count(), 1, "{text}");
+            let v = json(&out);
+            assert_eq!(v["params"]["cert_request"], pem.as_str());
+            assert_eq!(v["params"]["ticket"], "t");
+        }
+        // No params, or empty params: added.
+        for bare in [
+            &br#"{"method":"pki::RequestCertificate"}"#[..],
+            br#"{"method":"pki::RequestCertificate","params":{}}"#,
+        ] {
+            let v = json(&rewrite(bare, cert).unwrap().unwrap());
+            assert_eq!(v["params"]["cert_request"], pem.as_str());
+        }
+        // No client certificate: refused rather than letting the master judge ours.
+        assert!(rewrite(req, None).is_err());
+        let null = br#"{"method":"pki::RequestCertificate","params":{"cert_request":null}}"#;
+        assert!(rewrite(null, None).is_err());
+        // params that are not an object cannot carry a certificate.
+        let odd = br#"{"method":"pki::RequestCertificate","params":[1]}"#;
+        assert!(rewrite(odd, cert).is_err());
+        // A framed rewrite decodes back.
+        let framed = codec::encode(&rewrite(req, cert).unwrap().unwrap());
+        assert!(codec::decode(&mut BytesMut::from(&framed[..]), 1 << 20)
+            .unwrap()
+            .is_some());
+    }
+
+    struct Redact;
+    impl RpcFilter for Redact {
+        fn name(&self) -> &str {
+            "redact"
+        }
+        fn interest(&self) -> Interest {
+            Interest::methods(["event::CheckResult"])
+        }
+        fn on_message(&self, _: &LinkInfo<'_>, msg: &Message<'_>) -> Action {
+            let text = String::from_utf8_lossy(msg.payload()).replace("secret", "******");
+            Action::Rewrite(text.into_bytes())
+        }
+    }
+
+    struct Refuse(&'static str);
+    impl RpcFilter for Refuse {
+        fn name(&self) -> &str {
+            "refuse"
+        }
+        fn on_message(&self, _: &LinkInfo<'_>, msg: &Message<'_>) -> Action {
+            if msg
+                .payload()
+                .windows(self.0.len())
+                .any(|w| w == self.0.as_bytes())
+            {
+                Action::Deny(Cow::Borrowed("saw it"))
+            } else {
+                Action::Forward
+            }
+        }
+    }
+
+    #[test]
+    fn chain_order_interest_and_rewrites() {
+        let mut chain = Chain::new(
+            MethodPolicy::new(Policy::icinga_defaults()),
+            CertRequest::new(64 << 10),
+        );
+        chain.add(Box::new(Redact));
+        // Sees the rewrite: "******" but never "secret".
+        chain.add(Box::new(Refuse("secret")));
+        let link = LinkInfo {
+            listener: "l",
+            identity: Identity::Anonymous,
+            client_cert: None,
+            sni: "",
+            peer: "-",
+        };
+        let run = |p: &[u8], dir| {
+            let env = envelope::parse(p).unwrap();
+            let o = chain.run(&link, &Message::new(dir, p, &env));
+            (o.action, o.by.to_string())
+        };
+        let cr = br#"{"method":"event::CheckResult","params":{"output":"secret"}}"#;
+        // Anonymous may not send check results: the built-in policy decides first.
+        assert_eq!(
+            run(cr, Direction::Upstream),
+            (
+                Action::Deny("jsonrpc.policy[0]".into()),
+                "jsonrpc.policy".into()
+            )
+        );
+        let (a, _) = run(cr, Direction::Downstream);
+        assert_eq!(
+            a,
+            Action::Rewrite(
+                br#"{"method":"event::CheckResult","params":{"output":"******"}}"#.to_vec()
+            )
+        );
+        // Not a CheckResult: Redact is not asked, Refuse is.
+        let hb = br#"{"method":"event::Heartbeat","params":{"x":"secret"}}"#;
+        assert_eq!(
+            run(hb, Direction::Downstream),
+            (Action::Deny("saw it".into()), "refuse".into())
+        );
+        assert!(Interest::methods(["a"])
+            .upstream_only()
+            .wants(Direction::Upstream, Some("a")));
+        assert!(!Interest::methods(["a"])
+            .upstream_only()
+            .wants(Direction::Downstream, Some("a")));
+        assert!(!Interest::methods(["a"]).wants(Direction::Upstream, None));
+        assert!(Interest::all().wants(Direction::Upstream, None));
+    }
+}
