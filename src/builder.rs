@@ -4,13 +4,18 @@
 //! the built-in implementations of the same traits.
 
 use crate::audit::AuditSink;
+use crate::authz::{Authorizer, Guarded};
 use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::http::filter::HttpFilter;
 use crate::rpc::filter::RpcFilter;
 use crate::rpc::identity::IdentityMapper;
 use crate::server::{Plan, RunOptions};
 use pingora_core::server::Server;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// How long an added [`Authorizer`] may take to answer before Gatehouse denies.
+pub const AUTHORIZER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A Gatehouse about to be built.
 ///
@@ -90,12 +95,31 @@ impl Gatehouse {
         self
     }
 
+    /// Adds an HTTP filter; filters run in the order added, after routing, the YAML rules and
+    /// the authorizer.
+    pub fn with_http_filter(mut self, filter: impl HttpFilter) -> Self {
+        self.plan.add_http_filter(Box::new(filter));
+        self
+    }
+
     /// Chooses the identity presented upstream for cluster links, replacing
     /// `jsonrpc.upstream_identity`.
     pub fn with_identity_mapper(mut self, mapper: impl IdentityMapper) -> Self {
         if let Some(r) = self.plan.relay_mut() {
             r.set_identity_mapper(Box::new(mapper));
         }
+        self
+    }
+
+    /// Asks `authorizer` about every HTTP request, Kea command and cluster link the YAML rules
+    /// allowed (both must allow). Each call may take [`AUTHORIZER_TIMEOUT`]; an error or a
+    /// timeout denies; decisions with a TTL are cached per identity and target, and a live
+    /// cluster link is re-checked when its TTL runs out and closed if the answer turned.
+    pub fn with_authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.plan.set_authorizer(Arc::new(Guarded::new(
+            Box::new(authorizer),
+            AUTHORIZER_TIMEOUT,
+        )));
         self
     }
 

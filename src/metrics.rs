@@ -132,6 +132,7 @@ pub fn init() {
     Lazy::force(&RPC_BYTES);
     Lazy::force(&RPC_LINKS);
     Lazy::force(&RPC_LINKS_REFUSED);
+    Lazy::force(&AUTHORIZER_CALLS);
     Lazy::force(&KEA_COMMANDS);
     Lazy::force(&HTTP_HEAD_TIMEOUTS);
     Lazy::force(&TLS_RELOADS);
@@ -193,7 +194,8 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// `gatehouse_rpc_messages_total{direction, method, verdict}` (verdict: forwarded, denied, malformed).
+/// `gatehouse_rpc_messages_total{direction, method, verdict}` (verdict: forwarded, denied,
+/// malformed, dropped, answered).
 pub static RPC_MESSAGES: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "gatehouse_rpc_messages_total",
@@ -234,7 +236,19 @@ pub static RPC_LINKS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-/// `gatehouse_kea_commands_total{route, command, verdict}` (verdict: allowed, denied, malformed).
+/// `gatehouse_authorizer_calls_total{target, result}`: decisions of an added authorizer
+/// (target: http, kea, link; result: allow, deny, cached, error, timeout).
+pub static AUTHORIZER_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "gatehouse_authorizer_calls_total",
+        "Decisions of the added authorizer, by target kind and result (errors and timeouts deny).",
+        &["target", "result"]
+    )
+    .expect("metric registers once")
+});
+
+/// `gatehouse_kea_commands_total{route, command, verdict}` (verdict: allowed, denied, malformed,
+/// answered at the edge by a filter).
 pub static KEA_COMMANDS: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "gatehouse_kea_commands_total",

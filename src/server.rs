@@ -2,11 +2,12 @@
 //! listener, the upstream health checks and the metrics endpoint.
 
 use crate::audit::{AuditSink, JsonLines};
-use crate::authz::Access;
+use crate::authz::{Access, Guarded};
 use crate::config::{
     Config, ConfigError, ConfigErrors, ForwardIdentity, Listener, Protocol, ServerSection,
 };
 use crate::demux::ListenerApp;
+use crate::http::filter::HttpFilter;
 use crate::http::kea::KeaPolicy;
 use crate::http::route::{HostPattern, Route, Router};
 use crate::http::HttpGateway;
@@ -36,6 +37,8 @@ pub struct Plan {
     router: Router,
     relay: Option<Relay>,
     audit: Arc<dyn AuditSink>,
+    authorizer: Option<Arc<Guarded>>,
+    http_filters: Vec<Box<dyn HttpFilter>>,
 }
 
 impl Plan {
@@ -118,12 +121,27 @@ impl Plan {
             router: Router::new(routes),
             relay,
             audit,
+            authorizer: None,
+            http_filters: Vec::new(),
         })
     }
 
     /// The cluster relay, when the config has a `jsonrpc:` section.
     pub(crate) fn relay_mut(&mut self) -> Option<&mut Relay> {
         self.relay.as_mut()
+    }
+
+    /// Asks `a` after the YAML rules: HTTP requests, Kea commands, cluster links.
+    pub(crate) fn set_authorizer(&mut self, a: Arc<Guarded>) {
+        if let Some(r) = &mut self.relay {
+            r.set_authorizer(a.clone());
+        }
+        self.authorizer = Some(a);
+    }
+
+    /// Runs `f` in every HTTP request's phases, after the filters added before it.
+    pub(crate) fn add_http_filter(&mut self, f: Box<dyn HttpFilter>) {
+        self.http_filters.push(f);
     }
 
     /// Sends audit events to `sink` instead of `audit.path` / the log.
@@ -155,6 +173,7 @@ impl Plan {
 
         let router = Arc::new(self.router);
         let relay = self.relay.map(Arc::new);
+        let http_filters: Arc<[Box<dyn HttpFilter>]> = self.http_filters.into();
         let mut live = Vec::new();
         for (i, (l, tls)) in self
             .config
@@ -172,7 +191,9 @@ impl Plan {
                     self.upstreams.clone(),
                     self.audit.clone(),
                     l.keepalive_timeout.get(),
-                );
+                )
+                .with_authorizer(self.authorizer.clone())
+                .with_filters(http_filters.clone());
                 let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
                 proxy.server_options = Some(http_options(l));
                 proxy

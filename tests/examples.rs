@@ -134,3 +134,316 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     assert_eq!(rec["reason"], "jsonrpc.policy[1]");
     drop(gh);
 }
+
+/// A decision service for `examples/decision_authorizer`: answers from a shared table
+/// (CN → allow, reason, ttl_ms), counts calls per target kind, and can be stopped.
+struct Decisions {
+    addr: SocketAddr,
+    table: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (bool, u64)>>>,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Decisions {
+    async fn start() -> Decisions {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let table = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (t, c) = (table.clone(), calls.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let (t, c) = (t.clone(), c.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Head, then Content-Length bytes of body.
+                    let body = loop {
+                        let Ok(Ok(n)) =
+                            tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await
+                        else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= len {
+                                break body.to_string();
+                            }
+                        }
+                    };
+                    let input: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    c.lock().unwrap().push(input.clone());
+                    let cn = input["input"]["identity"]["cn"]
+                        .as_str()
+                        .unwrap_or("-")
+                        .to_string();
+                    let (allow, ttl) = t.lock().unwrap().get(&cn).copied().unwrap_or((false, 0));
+                    let answer = serde_json::json!({ "result": { "allow": allow, "reason": format!("{cn} is not on the list"), "ttl_ms": ttl } });
+                    let text = answer.to_string();
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Decisions {
+            addr,
+            table,
+            calls,
+            task,
+        }
+    }
+
+    fn set(&self, cn: &str, allow: bool, ttl_ms: u64) {
+        self.table
+            .lock()
+            .unwrap()
+            .insert(cn.into(), (allow, ttl_ms));
+    }
+
+    fn calls(&self, kind: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["input"]["target"]["kind"] == kind)
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_authorizer_allows_caches_fails_closed_and_revokes_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rp = RelayPki::new(tmp.path());
+    rp.pki
+        .issue("alice", gatehouse::pki::CertSpec::new("alice"));
+    rp.pki.issue("bob", gatehouse::pki::CertSpec::new("bob"));
+    let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let decisions = Decisions::start().await;
+    let (port, mport) = (free_port(), free_port());
+    let p = rp.pki.dir.display();
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    protocols: [http, jsonrpc]
+    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
+upstreams:
+  web: {{ peers: ["{web}"] }}
+  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
+routes:
+  - {{ name: web, upstream: web, deny: [anonymous] }}
+jsonrpc:
+  routes: [ {{ sni: master1, upstream: master }} ]
+  upstream_identity: {{ cert_dir: {ids} }}
+metrics: {{ address: "127.0.0.1:{mport}" }}
+"#,
+        web = web.addr,
+        sink = sink.addr,
+        ids = rp.ids.display(),
+    );
+    let url = format!("http://{}/v1/data/gatehouse/decision", decisions.addr);
+    let gh = Gatehouse::start_bin_env(
+        &example_bin("decision_authorizer"),
+        &[("DECISION_URL", &url)],
+        tmp.path(),
+        &yaml,
+    );
+    let edge = SocketAddr::from(([127, 0, 0, 1], port));
+    let client = |cn: &str| ClientOpts {
+        ca: Some(rp.pki.ca_path()),
+        cert: Some(rp.pki.paths(cn)),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let get = |cn: &'static str, path: &'static str| {
+        let o = client(cn);
+        async move {
+            request(edge, Some(&o), "GET", path, &[], b"")
+                .await
+                .unwrap()
+        }
+    };
+
+    // Allowed (cached for a minute), denied with the service's reason, YAML deny first.
+    decisions.set("alice", true, 60_000);
+    decisions.set("bob", false, 0);
+    for _ in 0..3 {
+        assert_eq!(get("alice", "/a").await.status, 200);
+    }
+    assert_eq!(
+        decisions.calls("http"),
+        1,
+        "alice's answer came from the cache twice"
+    );
+    let r = get("bob", "/a").await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("bob is not on the list"), "{}", r.text());
+    assert_eq!(web.seen().len(), 3, "bob never reached the origin");
+
+    // A cluster link: allowed for 500 ms at a time, then revoked while open.
+    decisions.set("agent1", true, 500);
+    let agent = ClientOpts {
+        ca: Some(rp.pki.ca_path()),
+        cert: Some(rp.pki.paths("agent1")),
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let mut s = tls_connect(edge, &agent).await.unwrap();
+    s.write_all(&ns(
+        r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{}}"#,
+    ))
+    .await
+    .unwrap();
+    let hello = read_frames(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(hello.len(), 1, "the link is up and echoed");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        decisions.calls("link") >= 2,
+        "re-checked as the TTL ran out"
+    );
+    decisions.set("agent1", false, 0);
+    let t0 = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the link was not closed after the revocation"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    gh.wait_log("revoked by authorizer decision-service");
+
+    // The service goes away: fail closed (a path alice has no cached answer for).
+    decisions.task.abort();
+    drop(decisions);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = get("alice", "/b").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("failing closed"), "{}", r.text());
+    let m = metrics_text(mport).await;
+    for needle in [
+        r#"gatehouse_authorizer_calls_total{result="cached",target="http"} 2"#,
+        r#"gatehouse_authorizer_calls_total{result="deny",target="http"} 1"#,
+        r#"gatehouse_authorizer_calls_total{result="error",target="http"} 1"#,
+    ] {
+        assert!(m.contains(needle), "missing `{needle}`:\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kea_whoami_is_answered_at_the_edge_and_the_rest_goes_to_kea() {
+    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path(), "pki");
+    pki.server("server", &[]);
+    pki.issue(
+        "dash",
+        gatehouse::pki::CertSpec::new("dash-1").dns(&["dash.example.org"]),
+    );
+    let kea = common::kea::Kea::start(&tmp.path().join("k"), free_port(), None);
+    let (port, mport) = (free_port(), free_port());
+    let p = pki.dir.display();
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: required, client_ca: {p}/ca.crt }}
+upstreams:
+  kea: {{ peers: ["{k}"] }}
+routes:
+  - name: kea
+    upstream: kea
+    kea:
+      rules: [ {{ identity: ["cn:dash-*"], commands: {{ allow: [gatehouse-whoami, version-get] }} }} ]
+      default: deny
+audit: {{ path: {d}/audit.jsonl }}
+metrics: {{ address: "127.0.0.1:{mport}" }}
+"#,
+        k = kea.addr,
+        d = tmp.path().display(),
+    );
+    let _gh = Gatehouse::start_bin(&example_bin("kea_whoami"), tmp.path(), &yaml);
+    let o = ClientOpts {
+        ca: Some(pki.ca_path()),
+        cert: Some(pki.paths("dash")),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let post = |body: &'static str| {
+        let o = o.clone();
+        async move {
+            request(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Some(&o),
+                "POST",
+                "/",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let me = post(r#"{"command":"gatehouse-whoami"}"#).await;
+    assert_eq!(me.status, 200, "{}", me.text());
+    let v = me.json();
+    assert_eq!(v[0]["result"], 0);
+    assert_eq!(v[0]["text"], "cn=dash-1");
+    assert_eq!(v[0]["arguments"]["dns"][0], "dash.example.org");
+    assert_eq!(v[0]["arguments"]["fingerprint"].as_str().unwrap().len(), 64);
+    // Real Kea still answers the rest, and the YAML rules still refuse what they refuse.
+    let version = post(r#"{"command":"version-get"}"#).await;
+    assert_eq!(version.status, 200);
+    assert_eq!(version.json()[0]["result"], 0, "{}", version.text());
+    assert!(version.json()[0]["text"].as_str().unwrap().starts_with('2'));
+    let refused = post(r#"{"command":"config-set","arguments":{}}"#).await;
+    assert_eq!(refused.status, 403);
+    assert!(
+        !kea.logs().contains("gatehouse-whoami"),
+        "Kea never saw the edge-answered command"
+    );
+    let audit = std::fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let verdicts: Vec<(String, String)> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["command"].as_str().unwrap_or("-").to_string(),
+                v["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("gatehouse-whoami".to_string(), "answered".to_string()),
+            ("version-get".into(), "allowed".into()),
+            ("config-set".into(), "denied".into()),
+        ]
+    );
+    let m = metrics_text(mport).await;
+    assert!(
+        m.contains(
+            r#"gatehouse_kea_commands_total{command="other",route="kea",verdict="answered"} 1"#
+        ),
+        "{m}"
+    );
+}

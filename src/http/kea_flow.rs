@@ -57,8 +57,20 @@ impl HttpGateway {
                 (cmd, verdict, status, Some(text), None)
             }
             Decision::Allowed(cmd, body) => {
-                let (status, results) = self.forward_buffered(session, ctx, route, body).await?;
-                (Some(cmd), "allowed", status, None, Some(results))
+                match self.filter_command(session, ctx, &cmd, &body).await {
+                    Some((by, a)) => {
+                        let status = a.status;
+                        let results = kea::result_codes(&a.body);
+                        super::answer(session, a).await?;
+                        log::info!(target: "gatehouse::access", "listener {}: route {}: {who}: command answered by filter {by}", self.listener, route.name);
+                        (Some(cmd), "answered", status, None, Some(results))
+                    }
+                    None => {
+                        let (status, results) =
+                            self.forward_buffered(session, ctx, route, body).await?;
+                        (Some(cmd), "allowed", status, None, Some(results))
+                    }
+                }
             }
         };
         let command = cmd.as_ref().map(|c| c.command.as_str());
@@ -86,6 +98,23 @@ impl HttpGateway {
             duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
         }));
         Ok(())
+    }
+
+    /// The added filters' `kea_command` phase: the first answer, and who gave it.
+    async fn filter_command(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        cmd: &kea::Command,
+        body: &[u8],
+    ) -> Option<(String, super::filter::EdgeAnswer)> {
+        let view = self.view(session, ctx)?;
+        for f in self.filters.iter() {
+            if let super::filter::HttpAction::Answer(a) = f.kea_command(&view, cmd, body).await {
+                return Some((f.name().to_string(), a));
+            }
+        }
+        None
     }
 
     async fn decide_kea(
@@ -119,8 +148,31 @@ impl HttpGateway {
                 })
             }
         };
-        match policy.decide(crate::authz::Identity::of(ctx.tls_info()), &cmd) {
-            Ok(()) => Ok(Decision::Allowed(cmd, body)),
+        let who = crate::authz::Identity::of(ctx.tls_info());
+        match policy.decide(who, &cmd) {
+            Ok(()) => {
+                if let (Some(a), Some(route)) = (&self.authorizer, &ctx.route) {
+                    let q = crate::authz::Question {
+                        listener: &self.listener,
+                        identity: who,
+                        target: crate::authz::Target::Kea {
+                            route: &route.name,
+                            command: &cmd.command,
+                            services: cmd.effective_services(),
+                        },
+                    };
+                    let d = a.decide(&q).await;
+                    if !d.allow {
+                        return Ok(Decision::Refused {
+                            status: 403,
+                            text: d.reason.into_owned(),
+                            cmd: Some(cmd),
+                            verdict: "denied",
+                        });
+                    }
+                }
+                Ok(Decision::Allowed(cmd, body))
+            }
             Err(text) => Ok(Decision::Refused {
                 status: 403,
                 text,
@@ -150,6 +202,9 @@ impl HttpGateway {
 
         let mut req = upstream_request(session.req_header(), &group.host_header(addr), &body)?;
         self.forwarding_headers(session, route, ctx.client(), &mut req)?;
+        if !self.filters.is_empty() {
+            self.filter_upstream(session, ctx, &mut req)?;
+        }
 
         let sent = async {
             let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
@@ -178,6 +233,11 @@ impl HttpGateway {
         let status = resp.status.as_u16();
         resp.remove_header("connection");
         resp.remove_header("keep-alive");
+        if let Some(view) = self.view(session, ctx) {
+            for f in self.filters.iter() {
+                f.response(&view, &mut resp);
+            }
+        }
         session.write_response_header(Box::new(resp), false).await?;
         let mut captured = BytesMut::new();
         loop {

@@ -7,19 +7,21 @@
 //! `upstream_request_filter` (forwarding headers) → Pingora proxies → `logging`.
 //! Failures: `fail_to_connect` / `error_while_proxy` classify → `fail_to_proxy` answers.
 
+pub mod filter;
 pub mod kea;
 mod kea_flow;
 pub mod path;
 pub mod route;
 
 use crate::audit::AuditSink;
-use crate::authz::Identity;
-use crate::logsafe::Esc;
+use crate::authz::{Guarded, Identity, Question, Target};
+use crate::logsafe::{Esc, EscText};
 use crate::metrics;
 use crate::tls::{ClientCert, TlsInfo};
 use crate::upstream::{FailureKind, UpstreamGroup};
 use async_trait::async_trait;
 use bytes::Bytes;
+use filter::{EdgeAnswer, HttpAction, HttpFilter, Request as FilterRequest};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::tls::SslDigest;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -44,6 +46,10 @@ pub struct HttpGateway {
     unrouted: metrics::RouteMetrics,
     /// Seconds an HTTP/1 keep-alive connection may sit idle between requests.
     keepalive_secs: u64,
+    /// The added authorizer, asked after the route's own rules allowed a request.
+    authorizer: Option<Arc<Guarded>>,
+    /// Added HTTP filters, in order.
+    filters: Arc<[Box<dyn HttpFilter>]>,
 }
 
 impl HttpGateway {
@@ -65,7 +71,53 @@ impl HttpGateway {
             connector: Connector::new(None),
             unrouted: metrics::RouteMetrics::new("-"),
             keepalive_secs: keepalive.as_secs().max(1),
+            authorizer: None,
+            filters: Arc::from(Vec::new()),
         }
+    }
+
+    /// Runs `filters` in every request's phases.
+    pub fn with_filters(mut self, filters: Arc<[Box<dyn HttpFilter>]>) -> Self {
+        self.filters = filters;
+        self
+    }
+
+    /// The request as filters see it (`None` before routing).
+    fn view<'a>(&'a self, session: &'a Session, ctx: &'a RequestCtx) -> Option<FilterRequest<'a>> {
+        let route = ctx.route.as_ref()?;
+        Some(FilterRequest {
+            listener: &self.listener,
+            identity: Identity::of(ctx.tls_info()),
+            route: &route.name,
+            header: session.req_header(),
+        })
+    }
+
+    /// Applies the added filters' `upstream_request` phase.
+    fn filter_upstream(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        req: &mut RequestHeader,
+    ) -> Result<()> {
+        let Some(view) = self.view(session, ctx) else {
+            return Ok(());
+        };
+        for f in self.filters.iter() {
+            if let Err(e) = f.upstream_request(&view, req) {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    format!("filter {}: {e}", f.name()),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks `authorizer` about every request (and Kea command) the YAML rules allowed.
+    pub fn with_authorizer(mut self, authorizer: Option<Arc<Guarded>>) -> Self {
+        self.authorizer = authorizer;
+        self
     }
 
     /// The headers every upstream request gets: `X-Forwarded-For`/`-Proto` (overwritten: the
@@ -244,6 +296,17 @@ fn wants_json(session: &Session) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
+/// Writes a filter's answer.
+async fn answer(session: &mut Session, a: EdgeAnswer) -> Result<()> {
+    let mut resp = ResponseHeader::build(a.status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, a.content_type)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, a.body.len().to_string())?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, a.body)
+        .await
+}
+
 /// Answers with a short body; Kea-shaped JSON (`{"result": code, "text": ...}`) when the
 /// client speaks JSON, so kea-shell and scripts can parse Gatehouse's own errors.
 async fn respond(session: &mut Session, status: u16, text: &str) -> Result<()> {
@@ -318,6 +381,41 @@ impl ProxyHttp for HttpGateway {
             .await?;
             return Ok(true);
         }
+        if let Some(a) = &self.authorizer {
+            let req = session.req_header();
+            let q = Question {
+                listener: &self.listener,
+                identity: Identity::of(ctx.tls_info()),
+                target: Target::Http {
+                    route: &route.name,
+                    method: req.method.as_str(),
+                    path: req.uri.path(),
+                },
+            };
+            let d = a.decide(&q).await;
+            if !d.allow {
+                let who = Identity::of(ctx.tls_info()).to_string();
+                log::warn!(target: "gatehouse::access", "listener {}: route {}: authorizer {} refused {who}: {}", self.listener, route.name, a.name(), EscText(&d.reason));
+                respond(session, 403, &d.reason).await?;
+                return Ok(true);
+            }
+        }
+        if !self.filters.is_empty() {
+            let mut edge = None;
+            if let Some(view) = self.view(session, ctx) {
+                for f in self.filters.iter() {
+                    if let HttpAction::Answer(a) = f.request(&view).await {
+                        log::debug!(target: "gatehouse::access", "listener {}: route {}: answered by filter {}", self.listener, route.name, f.name());
+                        edge = Some(a);
+                        break;
+                    }
+                }
+            }
+            if let Some(a) = edge {
+                answer(session, a).await?;
+                return Ok(true);
+            }
+        }
         if let Some(kea) = &route.kea {
             self.serve_kea(session, ctx, &route, kea).await?;
             return Ok(true);
@@ -358,7 +456,27 @@ impl ProxyHttp for HttpGateway {
         let Some(route) = &ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
         };
-        self.forwarding_headers(session, route, ctx.client(), req)
+        self.forwarding_headers(session, route, ctx.client(), req)?;
+        if !self.filters.is_empty() {
+            self.filter_upstream(session, ctx, req)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !self.filters.is_empty() {
+            if let Some(view) = self.view(session, ctx) {
+                for f in self.filters.iter() {
+                    f.response(&view, resp);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -476,6 +594,13 @@ impl ProxyHttp for HttpGateway {
             match &ctx.route {
                 Some(r) => r.metrics.observe(status, elapsed.as_secs_f64()),
                 None => self.unrouted.observe(status, elapsed.as_secs_f64()),
+            }
+        }
+        if !self.filters.is_empty() {
+            if let Some(view) = self.view(session, ctx) {
+                for f in self.filters.iter() {
+                    f.logging(&view, status, elapsed);
+                }
             }
         }
         // The line is built only if it will be written: this runs on every request.

@@ -19,7 +19,7 @@ use super::identity::{CertDir, IdentityMapper, Mapped, OwnIdentity};
 use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
 use crate::audit::{AuditEvent, AuditSink, Caller, RpcEvent};
-use crate::authz::Identity;
+use crate::authz::{Guarded, Identity, Question, Target};
 use crate::config::{Config, ConfigError, JsonRpc};
 use crate::http::route::HostPattern;
 use crate::logsafe::{Esc, EscOpt, EscText};
@@ -60,6 +60,7 @@ pub struct Relay {
     routes: Vec<(HostPattern, usize)>,
     upstreams: Arc<[UpstreamGroup]>,
     identity: Box<dyn IdentityMapper>,
+    authorizer: Option<Arc<Guarded>>,
     limits: Limits,
     filters: Chain,
     max_violations: u32,
@@ -100,6 +101,7 @@ impl Relay {
                 Some(id) => Box::new(CertDir::new(cfg.resolve(&id.cert_dir), id.missing)),
                 None => Box::new(OwnIdentity),
             },
+            authorizer: None,
             limits: Limits {
                 anonymous_max: l.anonymous_max_clients,
                 anonymous_per_ip: l.anonymous_max_per_ip,
@@ -127,6 +129,11 @@ impl Relay {
     /// Replaces the upstream identity mapping (`jsonrpc.upstream_identity` by default).
     pub fn set_identity_mapper(&mut self, m: Box<dyn IdentityMapper>) {
         self.identity = m;
+    }
+
+    /// Asks `a` about every link (after routing), and again whenever its decision expires.
+    pub fn set_authorizer(&mut self, a: Arc<Guarded>) {
+        self.authorizer = Some(a);
     }
 
     /// Sends audit events to `sink`.
@@ -193,6 +200,25 @@ impl Relay {
             sni,
             peer: &addr,
         };
+        let link_q = Question {
+            listener,
+            identity: info.identity,
+            target: Target::Link {
+                sni,
+                upstream: &group.name,
+            },
+        };
+        let recheck = match &self.authorizer {
+            None => None,
+            Some(a) => {
+                let d = a.decide(&link_q).await;
+                if !d.allow {
+                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: authorizer {}: {}", a.name(), EscText(&d.reason));
+                    return reject(listener, down, "authorizer").await;
+                }
+                d.ttl.map(|ttl| (a, ttl))
+            }
+        };
         let client_cert = match self.identity.upstream_identity(&info).await {
             Mapped::Present(c) => Some(c),
             Mapped::Own => None,
@@ -249,6 +275,7 @@ impl Relay {
         let end = tokio::select! {
             e = self.pump(&link, Direction::Upstream, &mut dr, &mut uw) => e,
             e = self.pump(&link, Direction::Downstream, &mut ur, &mut dw) => e,
+            e = revoked(recheck, &link_q) => e,
             _ = shutting_down(&mut sd) => LinkEnd::Shutdown,
         };
         let down = dr.unsplit(dw);
@@ -538,6 +565,8 @@ enum LinkEnd {
     Violations(u32),
     /// A filter closed the link: its name and reason.
     Filter(String, String),
+    /// The authorizer withdrew its permission: its name and reason.
+    Revoked(String, String),
     /// An I/O error on the named side (`client` or `upstream`).
     Io(&'static str, String),
     Shutdown,
@@ -589,6 +618,7 @@ impl fmt::Display for LinkEnd {
             }
             LinkEnd::Violations(n) => write!(f, "{n} policy violations (jsonrpc.max_violations)"),
             LinkEnd::Filter(by, why) => write!(f, "closed by filter {by}: {}", EscText(why)),
+            LinkEnd::Revoked(by, why) => write!(f, "revoked by authorizer {by}: {}", EscText(why)),
             LinkEnd::Io(side, e) => write!(f, "{side} side: {e}"),
             LinkEnd::Shutdown => f.write_str("shutting down"),
         }
@@ -642,6 +672,26 @@ impl Drop for AnonSlot<'_> {
             if *n == 0 {
                 c.per_ip.remove(&self.ip);
             }
+        }
+    }
+}
+
+/// Resolves when the added authorizer, asked again each time its decision's TTL runs out,
+/// no longer allows the link (never, without an authorizer or a TTL).
+async fn revoked(recheck: Option<(&Arc<Guarded>, Duration)>, q: &Question<'_>) -> LinkEnd {
+    let Some((a, mut ttl)) = recheck else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(ttl).await;
+        let d = a.recheck(q).await;
+        if !d.allow {
+            return LinkEnd::Revoked(a.name().to_string(), d.reason.into_owned());
+        }
+        // A decision without a TTL holds for the rest of the link.
+        match d.ttl {
+            Some(t) => ttl = t,
+            None => return std::future::pending().await,
         }
     }
 }

@@ -180,6 +180,11 @@ impl Gatehouse {
     /// [`Gatehouse::start`] with another binary that takes `run -c FILE` or `-c FILE`, e.g.
     /// one of `examples/` built on the library ([`example_bin`]).
     pub fn start_bin(bin: &Path, dir: &Path, yaml: &str) -> Gatehouse {
+        Gatehouse::start_bin_env(bin, &[], dir, yaml)
+    }
+
+    /// [`Gatehouse::start_bin`] with extra environment variables.
+    pub fn start_bin_env(bin: &Path, env: &[(&str, &str)], dir: &Path, yaml: &str) -> Gatehouse {
         let file = dir.join("gatehouse.yaml");
         let yaml = yaml.replace("{dir}", &dir.display().to_string());
         let yaml = format!(
@@ -201,6 +206,7 @@ impl Gatehouse {
         if bin == Path::new(gatehouse_bin()) {
             cmd.arg("run");
         }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .arg("-c")
             .arg(&file)

@@ -8,6 +8,13 @@
 //! method policy all use them, and ordered rule lists decide with [`FirstMatch`]. A bare glob
 //! (`agent-*`) is refused when the config loads, with the fix in the message: it used to be read
 //! as a CN glob in one place and as nothing in another.
+//!
+//! [`Authorizer`] is the call-out an embedder adds next to these rules (an external decision
+//! service, say); Gatehouse wraps it in [`Guarded`]: time-bounded, fail-closed, TTL-cached.
+
+mod authorizer;
+
+pub use authorizer::{Authorizer, Decision, Guarded, Question, Target};
 
 use crate::glob;
 use crate::logsafe::Esc;
