@@ -6,6 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use gatehouse::authz::{Access, Identity};
 use gatehouse::http::route::{HostPattern, Route, Router};
 use gatehouse::pki::{Ca, CertSpec};
+use gatehouse::rpc::filter::{CertRequest, Interest, LinkInfo, Message, MethodPolicy, RpcFilter};
 use gatehouse::rpc::policy::{Direction, Policy};
 use gatehouse::rpc::{codec, envelope};
 use gatehouse::tls::{ClientCert, TlsInfo};
@@ -125,5 +126,32 @@ fn policies(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, netstrings, envelopes, routing, policies);
+/// The relay's built-in filter chain on a check result: the method policy as an `RpcFilter`,
+/// then the `cert_request` filter's interest check (it does not want a check result). Compare
+/// with `rpc policy` above: the trait layer must cost nothing measurable per message.
+fn filter_chain(c: &mut Criterion) {
+    let ca = Ca::new("bench").unwrap();
+    let agent = ClientCert::from_x509(ca.issue(&CertSpec::new("agent1")).unwrap().cert, true);
+    let link = LinkInfo {
+        listener: "cluster",
+        identity: Identity::Verified(&agent),
+        client_cert: None,
+        sni: "master1",
+        peer: "127.0.0.1:1",
+    };
+    let policy = MethodPolicy::new(Policy::icinga_defaults());
+    let cert = CertRequest::new(64 << 10);
+    let cert_interest: Interest = cert.interest();
+    let payload = check_result();
+    let env = envelope::parse(&payload).unwrap();
+    c.bench_function("rpc filter chain, built-ins (CheckResult)", |b| {
+        b.iter(|| {
+            let msg = Message::new(Direction::Upstream, black_box(&payload), &env);
+            let a = policy.on_message(black_box(&link), &msg);
+            black_box((a, cert_interest.wants(Direction::Upstream, msg.method())))
+        })
+    });
+}
+
+criterion_group!(benches, netstrings, envelopes, routing, policies, filter_chain);
 criterion_main!(benches);
