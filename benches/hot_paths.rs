@@ -153,5 +153,12 @@ fn filter_chain(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, netstrings, envelopes, routing, policies, filter_chain);
+criterion_group!(
+    benches,
+    netstrings,
+    envelopes,
+    routing,
+    policies,
+    filter_chain
+);
 criterion_main!(benches);
