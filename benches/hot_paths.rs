@@ -5,6 +5,7 @@ use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gatehouse::authz::{Access, Identity};
 use gatehouse::http::route::{HostPattern, Route, Router};
+use gatehouse::metrics::Metrics;
 use gatehouse::pki::{Ca, CertSpec};
 use gatehouse::rpc::filter::{CertRequest, Interest, LinkInfo, Message, MethodPolicy, RpcFilter};
 use gatehouse::rpc::policy::{Direction, Policy};
@@ -69,6 +70,7 @@ fn routing(c: &mut Criterion) {
                     HostPattern::parse(&host).unwrap(),
                     &format!("/api/v{i}/"),
                     0,
+                    &Metrics::global(),
                 )
             })
             .chain(std::iter::once(Route::plain(
@@ -76,6 +78,7 @@ fn routing(c: &mut Criterion) {
                 HostPattern::Any,
                 "/",
                 0,
+                &Metrics::global(),
             )))
             .collect();
         let router = Router::new(routes);

@@ -7,6 +7,7 @@ use crate::audit::AuditSink;
 use crate::authz::{Authorizer, Guarded};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::http::filter::HttpFilter;
+use crate::metrics::Metrics;
 use crate::rpc::filter::RpcFilter;
 use crate::rpc::identity::IdentityMapper;
 use crate::server::{Plan, RunOptions};
@@ -64,10 +65,19 @@ impl Gatehouse {
     /// From a configuration already parsed and validated ([`Config::load`], [`Config::parse`]
     /// then [`Config::validate`]); loads the files it names.
     pub fn from_config(config: Config) -> Result<Gatehouse, ConfigErrors> {
+        Gatehouse::from_config_in(config, Metrics::global())
+    }
+
+    /// [`Gatehouse::from_config`] counting in `metrics` (families registered in a registry
+    /// of the embedder's with [`Metrics::register`]; `/metrics` then serves that registry).
+    pub fn from_config_in(
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gatehouse, ConfigErrors> {
         let file = config.base_dir.join("(config)");
         let errs = config.validate();
         let plan = if errs.is_empty() {
-            Plan::from_config(config)
+            Plan::from_config_in(config, metrics)
         } else {
             Err(errs)
         };
@@ -116,10 +126,12 @@ impl Gatehouse {
     /// timeout denies; decisions with a TTL are cached per identity and target, and a live
     /// cluster link is re-checked when its TTL runs out and closed if the answer turned.
     pub fn with_authorizer(mut self, authorizer: impl Authorizer) -> Self {
-        self.plan.set_authorizer(Arc::new(Guarded::new(
+        let guarded = Guarded::new(
             Box::new(authorizer),
             AUTHORIZER_TIMEOUT,
-        )));
+            self.plan.metrics(),
+        );
+        self.plan.set_authorizer(Arc::new(guarded));
         self
     }
 

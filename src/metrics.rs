@@ -1,142 +1,230 @@
-//! Prometheus metric families, registered in the default registry that Pingora's
-//! prometheus service serves.
+//! Prometheus metric families, as one [`Metrics`] object registered into a given registry.
+//!
+//! The binary registers them once in Prometheus' default registry ([`Metrics::global`]); an
+//! embedder can register another set into a registry of its own ([`crate::Gatehouse::from_config_in`]), so two Gatehouse instances in one
+//! process never collide. [`http_service`] serves whichever registry the families are in.
 //!
 //! Names and labels are a contract with operators' dashboards. Every label value is drawn
 //! from a bounded set (listener and route names from the config, fixed enums otherwise), so
 //! a hostile client cannot blow up the series count.
 
-use once_cell::sync::Lazy;
-use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
-    IntCounterVec, IntGaugeVec,
-};
+use once_cell::sync::OnceCell;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::sync::Arc;
 
-/// `gatehouse_build_info{version}` — always 1; the version label says what runs.
-pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
-    register_int_gauge_vec!(
-        "gatehouse_build_info",
-        "Gatehouse build information (always 1).",
-        &["version"]
-    )
-    .expect("metric registers once")
-});
+use async_trait::async_trait;
+use pingora_core::apps::http_app::{HttpServer, ServeHttp};
+use pingora_core::modules::http::compression::ResponseCompressionBuilder;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::services::listening::Service;
+use prometheus::{Encoder, TextEncoder};
 
-/// `gatehouse_connections_total{listener, protocol}`.
-pub static CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_connections_total",
-        "Connections accepted after the TLS handshake, by the protocol they turned out to speak.",
-        &["listener", "protocol"]
-    )
-    .expect("metric registers once")
-});
+/// Serves a registry in the Prometheus text format on every path (gzip when asked), like
+/// Pingora's prometheus service, which only knows the default registry.
+pub struct MetricsApp(Registry);
 
-/// `gatehouse_connections_active{listener, protocol}`.
-pub static CONNECTIONS_ACTIVE: Lazy<IntGaugeVec> = Lazy::new(|| {
-    register_int_gauge_vec!(
-        "gatehouse_connections_active",
-        "Connections currently open, by protocol.",
-        &["listener", "protocol"]
-    )
-    .expect("metric registers once")
-});
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, _session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let encoder = TextEncoder::new();
+        let mut body = Vec::new();
+        if let Err(e) = encoder.encode(&self.0.gather(), &mut body) {
+            log::error!("cannot encode the metrics: {e}");
+        }
+        http::Response::builder()
+            .status(200)
+            .header(http::header::CONTENT_TYPE, encoder.format_type())
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}
 
-/// `gatehouse_tls_client_verify_failures_total{listener, reason}`.
-pub static TLS_VERIFY_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_tls_client_verify_failures_total",
-        "Client certificates that failed verification (reason: unknown_ca, expired, other).",
-        &["listener", "reason"]
-    )
-    .expect("metric registers once")
-});
+/// The `/metrics` service for `metrics`' registry; add listening addresses to it.
+pub fn http_service(metrics: &Metrics) -> Service<HttpServer<MetricsApp>> {
+    let mut app = HttpServer::new_app(MetricsApp(metrics.registry.clone()));
+    app.add_module(ResponseCompressionBuilder::enable(7));
+    Service::new("Prometheus metric HTTP".to_string(), app)
+}
 
-/// `gatehouse_http_requests_total{route, status}` with status a class: 2xx, 3xx, 4xx, 5xx.
-pub static HTTP_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_http_requests_total",
-        "HTTP requests answered, by route and status class.",
-        &["route", "status"]
-    )
-    .expect("metric registers once")
-});
+/// Every Gatehouse metric family, and the registry they are in.
+pub struct Metrics {
+    registry: Registry,
+    /// `gatehouse_build_info{version}` — always 1; the version label says what runs.
+    pub build_info: IntGaugeVec,
+    /// `gatehouse_connections_total{listener, protocol}`.
+    pub connections: IntCounterVec,
+    /// `gatehouse_connections_active{listener, protocol}`.
+    pub connections_active: IntGaugeVec,
+    /// `gatehouse_tls_client_verify_failures_total{listener, reason}`.
+    pub tls_verify_failures: IntCounterVec,
+    /// `gatehouse_http_requests_total{route, status}` with status a class: 2xx, 3xx, 4xx, 5xx.
+    pub http_requests: IntCounterVec,
+    /// `gatehouse_http_request_duration_seconds{route}`.
+    pub http_duration: HistogramVec,
+    /// `gatehouse_upstream_errors_total{upstream, kind}`.
+    pub upstream_errors: IntCounterVec,
+    /// `gatehouse_http_header_timeouts_total{listener}`: HTTP/1 connections closed because a
+    /// request head was not complete within `header_timeout` (slowloris).
+    pub http_head_timeouts: IntCounterVec,
+    /// `gatehouse_tls_reloads_total{result}` (success, failure): SIGHUP certificate reloads.
+    pub tls_reloads: IntCounterVec,
+    /// `gatehouse_tls_cert_not_after_timestamp_seconds{owner, cert}`: when each served or
+    /// presented certificate expires (owner: `listener:<name>` or `upstream:<name>`).
+    pub tls_cert_not_after: IntGaugeVec,
+    /// `gatehouse_rpc_messages_total{direction, method, verdict}` (verdict: forwarded, denied,
+    /// malformed, dropped, answered).
+    pub rpc_messages: IntCounterVec,
+    /// `gatehouse_rpc_bytes_total{direction}` — netstring bytes forwarded.
+    pub rpc_bytes: IntCounterVec,
+    /// `gatehouse_rpc_links_active{kind}` (authenticated, anonymous).
+    pub rpc_links: IntGaugeVec,
+    /// `gatehouse_rpc_links_refused_total{reason}`: cluster links closed before any upstream
+    /// connection (reason: anonymous_max_clients, anonymous_max_per_ip, no_route, identity).
+    pub rpc_links_refused: IntCounterVec,
+    /// `gatehouse_authorizer_calls_total{target, result}`: decisions of an added authorizer
+    /// (target: http, kea, link; result: allow, deny, cached, error, timeout).
+    pub authorizer_calls: IntCounterVec,
+    /// `gatehouse_kea_commands_total{route, command, verdict}` (verdict: allowed, denied, malformed,
+    /// answered at the edge by a filter).
+    pub kea_commands: IntCounterVec,
+}
 
-/// `gatehouse_http_request_duration_seconds{route}`.
-pub static HTTP_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
-    register_histogram_vec!(
-        "gatehouse_http_request_duration_seconds",
-        "Time from request start to the last response byte, by route.",
-        &["route"],
-        vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0
-        ]
-    )
-    .expect("metric registers once")
-});
+impl Metrics {
+    /// Creates every family and registers it in `registry` (fails if one is already there).
+    pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_build_info",
+                "Gatehouse build information (always 1).",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        let connections = IntCounterVec::new(Opts::new("gatehouse_connections_total", "Connections accepted after the TLS handshake, by the protocol they turned out to speak."), &["listener", "protocol"])?;
+        registry.register(Box::new(connections.clone()))?;
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_connections_active",
+                "Connections currently open, by protocol.",
+            ),
+            &["listener", "protocol"],
+        )?;
+        registry.register(Box::new(connections_active.clone()))?;
+        let tls_verify_failures = IntCounterVec::new(Opts::new("gatehouse_tls_client_verify_failures_total", "Client certificates that failed verification (reason: unknown_ca, expired, other)."), &["listener", "reason"])?;
+        registry.register(Box::new(tls_verify_failures.clone()))?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_http_requests_total",
+                "HTTP requests answered, by route and status class.",
+            ),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_http_request_duration_seconds",
+                "Time from request start to the last response byte, by route.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route"],
+        )?;
+        registry.register(Box::new(http_duration.clone()))?;
+        let upstream_errors = IntCounterVec::new(Opts::new("gatehouse_upstream_errors_total", "Failures talking to upstream peers (kind: invalid_cert, handshake, timeout, refused, other)."), &["upstream", "kind"])?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        let http_head_timeouts = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_http_header_timeouts_total",
+                "HTTP/1 connections closed because a request head took longer than header_timeout.",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(http_head_timeouts.clone()))?;
+        let tls_reloads = IntCounterVec::new(Opts::new("gatehouse_tls_reloads_total", "Certificate reloads (SIGHUP), by result; a failed reload keeps the previous material."), &["result"])?;
+        registry.register(Box::new(tls_reloads.clone()))?;
+        let tls_cert_not_after = IntGaugeVec::new(Opts::new("gatehouse_tls_cert_not_after_timestamp_seconds", "Expiry (Unix time) of each certificate Gatehouse serves or presents, as last loaded."), &["owner", "cert"])?;
+        registry.register(Box::new(tls_cert_not_after.clone()))?;
+        let rpc_messages = IntCounterVec::new(Opts::new("gatehouse_rpc_messages_total", "Cluster JSON-RPC messages by direction, method (known Icinga methods, reply, else other) and verdict."), &["direction", "method", "verdict"])?;
+        registry.register(Box::new(rpc_messages.clone()))?;
+        let rpc_bytes = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_rpc_bytes_total",
+                "Cluster JSON-RPC bytes forwarded, by direction.",
+            ),
+            &["direction"],
+        )?;
+        registry.register(Box::new(rpc_bytes.clone()))?;
+        let rpc_links = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_rpc_links_active",
+                "Relayed cluster links currently open.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(rpc_links.clone()))?;
+        let rpc_links_refused = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_rpc_links_refused_total",
+                "Cluster links refused before connecting upstream, by reason.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(rpc_links_refused.clone()))?;
+        let authorizer_calls = IntCounterVec::new(Opts::new("gatehouse_authorizer_calls_total", "Decisions of the added authorizer, by target kind and result (errors and timeouts deny)."), &["target", "result"])?;
+        registry.register(Box::new(authorizer_calls.clone()))?;
+        let kea_commands = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_kea_commands_total",
+                "Kea commands by route, command (Kea's known commands, else other) and verdict.",
+            ),
+            &["route", "command", "verdict"],
+        )?;
+        registry.register(Box::new(kea_commands.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(Metrics {
+            registry: registry.clone(),
+            build_info,
+            connections,
+            connections_active,
+            tls_verify_failures,
+            http_requests,
+            http_duration,
+            upstream_errors,
+            http_head_timeouts,
+            tls_reloads,
+            tls_cert_not_after,
+            rpc_messages,
+            rpc_bytes,
+            rpc_links,
+            rpc_links_refused,
+            authorizer_calls,
+            kea_commands,
+        })
+    }
 
-/// `gatehouse_upstream_errors_total{upstream, kind}`.
-pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_upstream_errors_total",
-        "Failures talking to upstream peers (kind: invalid_cert, handshake, timeout, refused, other).",
-        &["upstream", "kind"]
-    )
-    .expect("metric registers once")
-});
+    /// The registry the families are in (what [`http_service`] serves).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
 
-/// `gatehouse_http_header_timeouts_total{listener}`: HTTP/1 connections closed because a
-/// request head was not complete within `header_timeout` (slowloris).
-pub static HTTP_HEAD_TIMEOUTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_http_header_timeouts_total",
-        "HTTP/1 connections closed because a request head took longer than header_timeout.",
-        &["listener"]
-    )
-    .expect("metric registers once")
-});
-
-/// `gatehouse_tls_reloads_total{result}` (success, failure): SIGHUP certificate reloads.
-pub static TLS_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_tls_reloads_total",
-        "Certificate reloads (SIGHUP), by result; a failed reload keeps the previous material.",
-        &["result"]
-    )
-    .expect("metric registers once")
-});
-
-/// `gatehouse_tls_cert_not_after_timestamp_seconds{owner, cert}`: when each served or
-/// presented certificate expires (owner: `listener:<name>` or `upstream:<name>`).
-pub static TLS_CERT_NOT_AFTER: Lazy<IntGaugeVec> = Lazy::new(|| {
-    register_int_gauge_vec!(
-        "gatehouse_tls_cert_not_after_timestamp_seconds",
-        "Expiry (Unix time) of each certificate Gatehouse serves or presents, as last loaded.",
-        &["owner", "cert"]
-    )
-    .expect("metric registers once")
-});
-
-/// Registers every family (so each shows up before its first event) and sets build info.
-pub fn init() {
-    BUILD_INFO
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1);
-    Lazy::force(&CONNECTIONS);
-    Lazy::force(&CONNECTIONS_ACTIVE);
-    Lazy::force(&TLS_VERIFY_FAILURES);
-    Lazy::force(&HTTP_REQUESTS);
-    Lazy::force(&HTTP_DURATION);
-    Lazy::force(&UPSTREAM_ERRORS);
-    Lazy::force(&RPC_MESSAGES);
-    Lazy::force(&RPC_BYTES);
-    Lazy::force(&RPC_LINKS);
-    Lazy::force(&RPC_LINKS_REFUSED);
-    Lazy::force(&AUTHORIZER_CALLS);
-    Lazy::force(&KEA_COMMANDS);
-    Lazy::force(&HTTP_HEAD_TIMEOUTS);
-    Lazy::force(&TLS_RELOADS);
-    Lazy::force(&TLS_CERT_NOT_AFTER);
+    /// The families in Prometheus' default registry (what `/metrics` serves), registered on
+    /// first use.
+    pub fn global() -> Arc<Metrics> {
+        static GLOBAL: OnceCell<Arc<Metrics>> = OnceCell::new();
+        GLOBAL
+            .get_or_init(|| {
+                Arc::new(
+                    Metrics::register(prometheus::default_registry())
+                        .expect("gatehouse families register once in the default registry"),
+                )
+            })
+            .clone()
+    }
 }
 
 /// One route's request metrics, resolved once when the route is built: a labelled lookup
@@ -149,8 +237,8 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Handles for route `route` (`-` for requests answered before routing).
-    pub fn new(route: &str) -> Self {
-        let class = |c| HTTP_REQUESTS.with_label_values(&[route, c]);
+    pub fn new(m: &Metrics, route: &str) -> Self {
+        let class = |c| m.http_requests.with_label_values(&[route, c]);
         RouteMetrics {
             requests: [
                 class("1xx"),
@@ -159,7 +247,7 @@ impl RouteMetrics {
                 class("4xx"),
                 class("5xx"),
             ],
-            duration: HTTP_DURATION.with_label_values(&[route]),
+            duration: m.http_duration.with_label_values(&[route]),
         }
     }
 
@@ -176,9 +264,12 @@ pub struct ActiveGuard(prometheus::IntGauge);
 
 impl ActiveGuard {
     /// Counts one connection of `protocol` on `listener` as opened and active.
-    pub fn open(listener: &str, protocol: &str) -> Self {
-        CONNECTIONS.with_label_values(&[listener, protocol]).inc();
-        Self::gauge(CONNECTIONS_ACTIVE.with_label_values(&[listener, protocol]))
+    pub fn open(m: &Metrics, listener: &str, protocol: &str) -> Self {
+        m.connections.with_label_values(&[listener, protocol]).inc();
+        Self::gauge(
+            m.connections_active
+                .with_label_values(&[listener, protocol]),
+        )
     }
 
     /// Increments `g` now and decrements it on drop.
@@ -194,82 +285,21 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// `gatehouse_rpc_messages_total{direction, method, verdict}` (verdict: forwarded, denied,
-/// malformed, dropped, answered).
-pub static RPC_MESSAGES: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_rpc_messages_total",
-        "Cluster JSON-RPC messages by direction, method (known Icinga methods, reply, else other) and verdict.",
-        &["direction", "method", "verdict"]
-    )
-    .expect("metric registers once")
-});
-
-/// `gatehouse_rpc_bytes_total{direction}` — netstring bytes forwarded.
-pub static RPC_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_rpc_bytes_total",
-        "Cluster JSON-RPC bytes forwarded, by direction.",
-        &["direction"]
-    )
-    .expect("metric registers once")
-});
-
-/// `gatehouse_rpc_links_active{kind}` (authenticated, anonymous).
-pub static RPC_LINKS: Lazy<IntGaugeVec> = Lazy::new(|| {
-    register_int_gauge_vec!(
-        "gatehouse_rpc_links_active",
-        "Relayed cluster links currently open.",
-        &["kind"]
-    )
-    .expect("metric registers once")
-});
-
-/// `gatehouse_rpc_links_refused_total{reason}`: cluster links closed before any upstream
-/// connection (reason: anonymous_max_clients, anonymous_max_per_ip, no_route, identity).
-pub static RPC_LINKS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_rpc_links_refused_total",
-        "Cluster links refused before connecting upstream, by reason.",
-        &["reason"]
-    )
-    .expect("metric registers once")
-});
-
-/// `gatehouse_authorizer_calls_total{target, result}`: decisions of an added authorizer
-/// (target: http, kea, link; result: allow, deny, cached, error, timeout).
-pub static AUTHORIZER_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_authorizer_calls_total",
-        "Decisions of the added authorizer, by target kind and result (errors and timeouts deny).",
-        &["target", "result"]
-    )
-    .expect("metric registers once")
-});
-
-/// `gatehouse_kea_commands_total{route, command, verdict}` (verdict: allowed, denied, malformed,
-/// answered at the edge by a filter).
-pub static KEA_COMMANDS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "gatehouse_kea_commands_total",
-        "Kea commands by route, command (Kea's known commands, else other) and verdict.",
-        &["route", "command", "verdict"]
-    )
-    .expect("metric registers once")
-});
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn route_metrics_count_by_status_class() {
-        let m = RouteMetrics::new("unit-test-route");
+        let reg = Registry::new();
+        let metrics = Metrics::register(&reg).unwrap();
+        let m = RouteMetrics::new(&metrics, "unit-test-route");
         for s in [101, 204, 200, 302, 404, 503, 599] {
             m.observe(s, 0.001);
         }
         let get = |c| {
-            HTTP_REQUESTS
+            metrics
+                .http_requests
                 .with_label_values(&["unit-test-route", c])
                 .get()
         };
@@ -278,10 +308,31 @@ mod tests {
             [1, 2, 1, 1, 2]
         );
         assert_eq!(
-            HTTP_DURATION
+            metrics
+                .http_duration
                 .with_label_values(&["unit-test-route"])
                 .get_sample_count(),
             7
         );
+    }
+
+    #[test]
+    fn two_sets_in_two_registries_do_not_collide() {
+        let (a, b) = (Registry::new(), Registry::new());
+        let ma = Metrics::register(&a).unwrap();
+        let _mb = Metrics::register(&b).unwrap();
+        assert!(
+            Metrics::register(&a).is_err(),
+            "twice in one registry is refused, not a panic"
+        );
+        ma.rpc_links_refused.with_label_values(&["no_route"]).inc();
+        let count = |r: &Registry| {
+            r.gather()
+                .iter()
+                .filter(|f| f.name() == "gatehouse_rpc_links_refused_total")
+                .map(|f| f.get_metric().len())
+                .sum::<usize>()
+        };
+        assert_eq!((count(&a), count(&b)), (1, 0));
     }
 }

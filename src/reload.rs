@@ -8,7 +8,7 @@
 //! they take a graceful upgrade (`gatehouse run --upgrade`).
 
 use crate::config::{Config, ConfigError};
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::tls::upstream::UpstreamTlsMaterial;
 use crate::tls::{ListenerContexts, ListenerTlsMaterial};
 use crate::upstream::UpstreamGroup;
@@ -38,6 +38,7 @@ pub struct Reloader {
     listeners: Vec<LiveListener>,
     upstreams: Arc<[UpstreamGroup]>,
     generation: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// Freshly loaded material, not yet in use.
@@ -52,12 +53,14 @@ impl Reloader {
         config: Config,
         listeners: Vec<LiveListener>,
         upstreams: Arc<[UpstreamGroup]>,
+        metrics: Arc<Metrics>,
     ) -> Reloader {
         Reloader {
             config,
             listeners,
             upstreams,
             generation: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -71,12 +74,12 @@ impl Reloader {
         for (i, material, contexts) in loaded.listeners {
             let live = &self.listeners[i];
             live.contexts.store(Arc::new(contexts));
-            publish_listener(&material);
+            publish_listener(&self.metrics, &material);
             names.push(format!("listener {}", material.listener()));
         }
         for (i, material) in loaded.upstreams {
             let group = &self.upstreams[i];
-            publish_upstream(&group.name, &material);
+            publish_upstream(&self.metrics, &group.name, &material);
             group.set_tls(material);
             names.push(format!("upstream {}", group.name));
         }
@@ -97,7 +100,7 @@ impl Reloader {
             let l = &cfg.listeners[live.index];
             let Some(t) = &l.tls else { continue };
             let at = format!("listeners[{}].tls", live.index);
-            match ListenerTlsMaterial::load(cfg, l, t, &at) {
+            match ListenerTlsMaterial::load(cfg, l, t, &at, &self.metrics) {
                 Ok(m) => match m.contexts(generation) {
                     Ok(c) => listeners.push((i, m, c)),
                     Err(e) => errs.push(ConfigError::new(at, e)),
@@ -129,11 +132,11 @@ impl Reloader {
     /// Publishes the expiry of the material loaded at start.
     pub fn publish_initial(&self, listeners: &[&ListenerTlsMaterial]) {
         for m in listeners {
-            publish_listener(m);
+            publish_listener(&self.metrics, m);
         }
         for g in self.upstreams.iter() {
             if let Some(m) = g.tls() {
-                publish_upstream(&g.name, &m);
+                publish_upstream(&self.metrics, &g.name, &m);
             }
         }
     }
@@ -141,11 +144,17 @@ impl Reloader {
     fn on_signal(&self) {
         match self.reload() {
             Ok(summary) => {
-                metrics::TLS_RELOADS.with_label_values(&["success"]).inc();
+                self.metrics
+                    .tls_reloads
+                    .with_label_values(&["success"])
+                    .inc();
                 log::info!(target: "gatehouse::reload", "{summary}");
             }
             Err(errs) => {
-                metrics::TLS_RELOADS.with_label_values(&["failure"]).inc();
+                self.metrics
+                    .tls_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
                 for e in &errs {
                     log::error!(target: "gatehouse::reload", "reload failed, keeping the current certificates: {e}");
                 }
@@ -179,22 +188,23 @@ impl BackgroundService for Reloader {
     }
 }
 
-fn publish_listener(m: &ListenerTlsMaterial) {
+fn publish_listener(metrics: &Metrics, m: &ListenerTlsMaterial) {
     let owner = format!("listener:{}", m.listener());
     for (cert, leaf) in m.leaves() {
-        publish(&owner, &cert, leaf);
+        publish(metrics, &owner, &cert, leaf);
     }
 }
 
-fn publish_upstream(name: &str, m: &UpstreamTlsMaterial) {
+fn publish_upstream(metrics: &Metrics, name: &str, m: &UpstreamTlsMaterial) {
     if let Some(leaf) = m.client_leaf() {
-        publish(&format!("upstream:{name}"), "client", leaf);
+        publish(metrics, &format!("upstream:{name}"), "client", leaf);
     }
 }
 
-fn publish(owner: &str, cert: &str, leaf: &X509) {
+fn publish(metrics: &Metrics, owner: &str, cert: &str, leaf: &X509) {
     if let Some(t) = not_after_unix(leaf) {
-        metrics::TLS_CERT_NOT_AFTER
+        metrics
+            .tls_cert_not_after
             .with_label_values(&[owner, cert])
             .set(t);
     }

@@ -11,7 +11,7 @@ use crate::http::filter::HttpFilter;
 use crate::http::kea::KeaPolicy;
 use crate::http::route::{HostPattern, Route, Router};
 use crate::http::HttpGateway;
-use crate::metrics;
+use crate::metrics::{self, Metrics};
 use crate::reload::{LiveListener, Reloader};
 use crate::rpc::Relay;
 use crate::tls::ListenerTlsMaterial;
@@ -39,6 +39,7 @@ pub struct Plan {
     audit: Arc<dyn AuditSink>,
     authorizer: Option<Arc<Guarded>>,
     http_filters: Vec<Box<dyn HttpFilter>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Plan {
@@ -51,13 +52,20 @@ impl Plan {
         })
     }
 
-    /// Loads the certificates, keys and CAs a validated `config` names.
+    /// Loads the certificates, keys and CAs a validated `config` names; metrics go to
+    /// Prometheus' default registry.
     pub fn from_config(config: Config) -> Result<Plan, Vec<ConfigError>> {
+        Plan::from_config_in(config, Metrics::global())
+    }
+
+    /// [`Plan::from_config`] with the metric families in `metrics` (e.g. registered in a
+    /// registry of the embedder's, so two instances in one process count apart).
+    pub fn from_config_in(config: Config, metrics: Arc<Metrics>) -> Result<Plan, Vec<ConfigError>> {
         let mut errs = Vec::new();
         let mut listener_tls = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             listener_tls.push(l.tls.as_ref().and_then(|t| {
-                ListenerTlsMaterial::load(&config, l, t, &format!("listeners[{i}].tls"))
+                ListenerTlsMaterial::load(&config, l, t, &format!("listeners[{i}].tls"), &metrics)
                     .map_err(|e| errs.extend(e))
                     .ok()
             }));
@@ -81,7 +89,7 @@ impl Plan {
             if let (Some(&upstream), Ok(host)) =
                 (index.get(&r.upstream), HostPattern::parse(&r.host))
             {
-                let mut route = Route::plain(&r.name, host, &r.path_prefix, upstream);
+                let mut route = Route::plain(&r.name, host, &r.path_prefix, upstream, &metrics);
                 route.access = Access::new(r.allow.as_deref(), &r.deny);
                 route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
                 route.kea = r.kea.as_ref().map(KeaPolicy::new);
@@ -106,9 +114,16 @@ impl Plan {
                 JsonLines::log()
             }));
         let relay = config.jsonrpc.as_ref().and_then(|j| {
-            Relay::new(&config, j, upstreams.clone(), &index, audit.clone())
-                .map_err(|e| errs.extend(e))
-                .ok()
+            Relay::new(
+                &config,
+                j,
+                upstreams.clone(),
+                &index,
+                audit.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| errs.extend(e))
+            .ok()
         });
         if !errs.is_empty() {
             return Err(errs);
@@ -123,12 +138,18 @@ impl Plan {
             audit,
             authorizer: None,
             http_filters: Vec::new(),
+            metrics,
         })
     }
 
     /// The cluster relay, when the config has a `jsonrpc:` section.
     pub(crate) fn relay_mut(&mut self) -> Option<&mut Relay> {
         self.relay.as_mut()
+    }
+
+    /// The metric families this plan counts in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Asks `a` after the YAML rules: HTTP requests, Kea commands, cluster links.
@@ -169,7 +190,6 @@ impl Plan {
         };
         let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
-        metrics::init();
 
         let router = Arc::new(self.router);
         let relay = self.relay.map(Arc::new);
@@ -191,6 +211,7 @@ impl Plan {
                     self.upstreams.clone(),
                     self.audit.clone(),
                     l.keepalive_timeout.get(),
+                    self.metrics.clone(),
                 )
                 .with_authorizer(self.authorizer.clone())
                 .with_filters(http_filters.clone());
@@ -209,6 +230,7 @@ impl Plan {
                 rpc,
                 l.first_byte_timeout.get(),
                 l.header_timeout.get(),
+                self.metrics.clone(),
             );
             let mut svc = Service::new(format!("listener {}", l.name), app);
             let mut buffers = L4BufferSettings::default().read(l.read_buffer.0 as usize);
@@ -245,11 +267,16 @@ impl Plan {
             server.add_service(svc);
         }
         server.add_services(self.health);
-        let reloader = Reloader::new(self.config.clone(), live, self.upstreams.clone());
+        let reloader = Reloader::new(
+            self.config.clone(),
+            live,
+            self.upstreams.clone(),
+            self.metrics.clone(),
+        );
         reloader.publish_initial(&self.listener_tls.iter().flatten().collect::<Vec<_>>());
         server.add_service(background_service("certificate reload", reloader));
         if let Some(m) = &self.config.metrics {
-            let mut prom = pingora_prometheus::prometheus_http_service();
+            let mut prom = metrics::http_service(&self.metrics);
             prom.add_tcp(&m.address);
             log::info!("metrics on http://{}/metrics", m.address);
             server.add_service(prom);

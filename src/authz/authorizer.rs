@@ -8,6 +8,7 @@
 //! the answer has turned to deny (how Consul re-checks intentions).
 
 use super::Identity;
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -167,15 +168,17 @@ const CACHE_MAX: usize = 10_000;
 pub struct Guarded {
     inner: Box<dyn Authorizer>,
     timeout: Duration,
+    calls: prometheus::IntCounterVec,
     cache: Mutex<HashMap<String, (Instant, Decision)>>,
 }
 
 impl Guarded {
-    /// Wraps `inner`; each call may take at most `timeout`.
-    pub fn new(inner: Box<dyn Authorizer>, timeout: Duration) -> Guarded {
+    /// Wraps `inner`; each call may take at most `timeout`; outcomes are counted in `metrics`.
+    pub fn new(inner: Box<dyn Authorizer>, timeout: Duration, metrics: &Metrics) -> Guarded {
         Guarded {
             inner,
             timeout,
+            calls: metrics.authorizer_calls.clone(),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -189,7 +192,7 @@ impl Guarded {
     pub async fn decide(&self, q: &Question<'_>) -> Decision {
         let key = cache_key(q);
         if let Some(d) = self.cached(&key) {
-            crate::metrics::AUTHORIZER_CALLS
+            self.calls
                 .with_label_values(&[q.target.kind(), "cached"])
                 .inc();
             return d;
@@ -197,7 +200,7 @@ impl Guarded {
         let d = match tokio::time::timeout(self.timeout, self.inner.authorize(q)).await {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
-                crate::metrics::AUTHORIZER_CALLS
+                self.calls
                     .with_label_values(&[q.target.kind(), "error"])
                     .inc();
                 return Decision::deny(format!(
@@ -207,7 +210,7 @@ impl Guarded {
                 ));
             }
             Err(_) => {
-                crate::metrics::AUTHORIZER_CALLS
+                self.calls
                     .with_label_values(&[q.target.kind(), "timeout"])
                     .inc();
                 return Decision::deny(format!(
@@ -217,7 +220,7 @@ impl Guarded {
                 ));
             }
         };
-        crate::metrics::AUTHORIZER_CALLS
+        self.calls
             .with_label_values(&[q.target.kind(), if d.allow { "allow" } else { "deny" }])
             .inc();
         if let Some(ttl) = d.ttl {
@@ -293,6 +296,7 @@ mod tests {
                 delay,
             }),
             Duration::from_millis(200),
+            &Metrics::register(&prometheus::Registry::new()).unwrap(),
         );
         (g, calls)
     }

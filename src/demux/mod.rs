@@ -12,7 +12,7 @@ pub use prefixed::PrefixedIo;
 
 use crate::config::Protocol;
 use crate::http::HttpGateway;
-use crate::metrics::{self, ActiveGuard};
+use crate::metrics::{ActiveGuard, Metrics};
 use crate::rpc::Relay;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
@@ -31,6 +31,9 @@ pub struct ListenerApp {
     rpc: Option<Arc<Relay>>,
     first_byte_timeout: Duration,
     header_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// `gatehouse_http_header_timeouts_total{listener}`, resolved once.
+    head_timeouts: prometheus::IntCounter,
 }
 
 impl ListenerApp {
@@ -41,6 +44,7 @@ impl ListenerApp {
         rpc: Option<Arc<Relay>>,
         first_byte_timeout: Duration,
         header_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         ListenerApp {
             name: name.into(),
@@ -48,6 +52,8 @@ impl ListenerApp {
             rpc,
             first_byte_timeout,
             header_timeout,
+            head_timeouts: metrics.http_head_timeouts.with_label_values(&[name]),
+            metrics,
         }
     }
 
@@ -66,8 +72,9 @@ fn peer(stream: &Stream) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-async fn refuse(listener: &str, mut stream: Stream, label: &str) {
-    metrics::CONNECTIONS
+async fn refuse(metrics: &Metrics, listener: &str, mut stream: Stream, label: &str) {
+    metrics
+        .connections
         .with_label_values(&[listener, label])
         .inc();
     Shutdown::shutdown(&mut *stream).await;
@@ -84,7 +91,7 @@ impl ServerApp for ListenerApp {
         match tokio::time::timeout(self.first_byte_timeout, stream.read(&mut first)).await {
             Err(_) => {
                 log::info!(target: "gatehouse::demux", "listener {}: {} sent nothing within {:?} after the handshake; closing", self.name, peer(&stream), self.first_byte_timeout);
-                refuse(&self.name, stream, "timeout").await;
+                refuse(&self.metrics, &self.name, stream, "timeout").await;
                 return None;
             }
             // Closed (or broken) before saying anything, e.g. a TLS probe: nothing to serve.
@@ -98,7 +105,7 @@ impl ServerApp for ListenerApp {
         };
         if !self.accepts(proto) {
             log::info!(target: "gatehouse::demux", "listener {}: {} speaks {proto:?} (first byte 0x{:02x}), which this listener does not accept; closing", self.name, peer(&stream), first[0]);
-            refuse(&self.name, stream, "rejected").await;
+            refuse(&self.metrics, &self.name, stream, "rejected").await;
             return None;
         }
         // HTTP/2 frames its own headers; only HTTP/1 heads need the deadline.
@@ -106,17 +113,22 @@ impl ServerApp for ListenerApp {
         let who = h1.then(|| peer(&stream));
         let mut io = PrefixedIo::new(first.to_vec(), stream);
         if let Some(who) = who {
-            io = io.with_head_deadline(self.header_timeout, self.name.clone(), who);
+            io = io.with_head_deadline(
+                self.header_timeout,
+                self.head_timeouts.clone(),
+                self.name.clone(),
+                who,
+            );
         }
         let io: Stream = Box::new(io);
         match (proto, &self.http, &self.rpc) {
             (Protocol::Jsonrpc, _, Some(rpc)) => {
-                let _active = ActiveGuard::open(&self.name, "jsonrpc");
+                let _active = ActiveGuard::open(&self.metrics, &self.name, "jsonrpc");
                 rpc.serve(&self.name, io, shutdown).await;
                 None
             }
             (_, Some(http), _) => {
-                let _active = ActiveGuard::open(&self.name, "http");
+                let _active = ActiveGuard::open(&self.metrics, &self.name, "http");
                 // The HTTP app runs the whole keep-alive loop itself and returns None.
                 http.process_new(io, shutdown).await
             }

@@ -7,7 +7,6 @@
 //! byte read and written.
 
 use super::head_deadline::HeadDeadline;
-use crate::metrics;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -16,6 +15,7 @@ use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
 };
+use prometheus::IntCounter;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ pub struct PrefixedIo {
 #[derive(Debug)]
 struct WatchedHeads {
     deadline: HeadDeadline,
+    timeouts: IntCounter,
     listener: Arc<str>,
     peer: String,
     expired: bool,
@@ -51,12 +52,19 @@ impl PrefixedIo {
     }
 
     /// Ends the connection (a read error) when an HTTP/1 request head takes longer than
-    /// `limit`; the prefix is the start of the first head.
-    pub fn with_head_deadline(mut self, limit: Duration, listener: Arc<str>, peer: String) -> Self {
+    /// `limit`; the prefix is the start of the first head. `timeouts` counts it.
+    pub fn with_head_deadline(
+        mut self,
+        limit: Duration,
+        timeouts: IntCounter,
+        listener: Arc<str>,
+        peer: String,
+    ) -> Self {
         let mut deadline = HeadDeadline::started(limit);
         deadline.on_read(&self.prefix);
         self.head = Some(Box::new(WatchedHeads {
             deadline,
+            timeouts,
             listener,
             peer,
             expired: false,
@@ -69,9 +77,7 @@ impl WatchedHeads {
     fn overdue(&mut self) -> io::Error {
         if !self.expired {
             self.expired = true;
-            metrics::HTTP_HEAD_TIMEOUTS
-                .with_label_values(&[&self.listener])
-                .inc();
+            self.timeouts.inc();
             log::info!(target: "gatehouse::demux", "listener {}: {} did not finish a request head within {:?}; closing", self.listener, self.peer, self.deadline.limit());
         }
         io::Error::new(io::ErrorKind::TimedOut, "request head not complete in time")

@@ -12,7 +12,6 @@ use super::route::Route;
 use super::{balance_key, respond, HttpGateway, RequestCtx};
 use crate::audit::{AuditEvent, Caller, KeaEvent};
 use crate::logsafe::EscText;
-use crate::metrics;
 use crate::upstream::FailureKind;
 use bytes::{Bytes, BytesMut};
 use pingora_error::Result;
@@ -74,7 +73,8 @@ impl HttpGateway {
             }
         };
         let command = cmd.as_ref().map(|c| c.command.as_str());
-        metrics::KEA_COMMANDS
+        self.metrics
+            .kea_commands
             .with_label_values(&[
                 &route.name,
                 command.map(command_label).unwrap_or("other"),
@@ -252,7 +252,8 @@ impl HttpGateway {
                 Err(e) => {
                     // Headers are out: all that is left is to count, log and cut the response.
                     let kind = FailureKind::classify(&e);
-                    metrics::UPSTREAM_ERRORS
+                    self.metrics
+                        .upstream_errors
                         .with_label_values(&[&group.name, kind.label()])
                         .inc();
                     log::warn!(target: "gatehouse::upstream", "upstream {} peer {addr}: response body failed ({}): {e}", group.name, kind.label());
@@ -280,7 +281,8 @@ impl HttpGateway {
             .as_ref()
             .map(|r| &*self.upstreams[r.upstream].name)
             .unwrap_or("?");
-        metrics::UPSTREAM_ERRORS
+        self.metrics
+            .upstream_errors
             .with_label_values(&[group, kind.label()])
             .inc();
         let peer = ctx

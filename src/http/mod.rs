@@ -44,6 +44,7 @@ pub struct HttpGateway {
     connector: Connector,
     /// Metrics of requests answered before a route was found (404), label `route="-"`.
     unrouted: metrics::RouteMetrics,
+    metrics: Arc<metrics::Metrics>,
     /// Seconds an HTTP/1 keep-alive connection may sit idle between requests.
     keepalive_secs: u64,
     /// The added authorizer, asked after the route's own rules allowed a request.
@@ -61,6 +62,7 @@ impl HttpGateway {
         upstreams: Arc<[UpstreamGroup]>,
         audit: Arc<dyn AuditSink>,
         keepalive: std::time::Duration,
+        metrics: Arc<metrics::Metrics>,
     ) -> Self {
         HttpGateway {
             listener: listener.into(),
@@ -69,7 +71,8 @@ impl HttpGateway {
             upstreams,
             audit,
             connector: Connector::new(None),
-            unrouted: metrics::RouteMetrics::new("-"),
+            unrouted: metrics::RouteMetrics::new(&metrics, "-"),
+            metrics,
             keepalive_secs: keepalive.as_secs().max(1),
             authorizer: None,
             filters: Arc::from(Vec::new()),
@@ -435,7 +438,8 @@ impl ProxyHttp for HttpGateway {
         ctx.connect_attempts += 1;
         let Some(addr) = group.select(balance_key(session, ctx).as_bytes()) else {
             ctx.failure = Some(FailureKind::Unavailable);
-            metrics::UPSTREAM_ERRORS
+            self.metrics
+                .upstream_errors
                 .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
                 .inc();
             return Error::e_explain(
@@ -489,7 +493,8 @@ impl ProxyHttp for HttpGateway {
         let kind = FailureKind::classify(&e);
         let group = ctx.route.as_ref().map(|r| &self.upstreams[r.upstream]);
         let name = group.map(|g| &*g.name).unwrap_or("?");
-        metrics::UPSTREAM_ERRORS
+        self.metrics
+            .upstream_errors
             .with_label_values(&[name, kind.label()])
             .inc();
         log::warn!(
@@ -525,7 +530,8 @@ impl ProxyHttp for HttpGateway {
                 .as_ref()
                 .map(|r| &*self.upstreams[r.upstream].name)
                 .unwrap_or("?");
-            metrics::UPSTREAM_ERRORS
+            self.metrics
+                .upstream_errors
                 .with_label_values(&[name, kind.label()])
                 .inc();
             log::warn!(

@@ -2,7 +2,7 @@
 
 use super::kea::KeaPolicy;
 use crate::authz::{Access, Authorizer, Decision, Question, Target};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use std::sync::Arc;
 
 /// A host (or SNI) pattern: exact name, `*.example.org` (one or more labels), or `*`.
@@ -85,8 +85,15 @@ pub struct Route {
 }
 
 impl Route {
-    /// A route with no access rule, identity forwarding or Kea block.
-    pub fn plain(name: &str, host: HostPattern, prefix: &str, upstream: usize) -> Route {
+    /// A route with no access rule, identity forwarding or Kea block; its request metrics
+    /// are resolved in `metrics` now, once.
+    pub fn plain(
+        name: &str,
+        host: HostPattern,
+        prefix: &str,
+        upstream: usize,
+        metrics: &Metrics,
+    ) -> Route {
         Route {
             name: name.into(),
             host,
@@ -95,7 +102,7 @@ impl Route {
             access: Access::default(),
             forward_xfcc: false,
             kea: None,
-            metrics: RouteMetrics::new(name),
+            metrics: RouteMetrics::new(metrics, name),
         }
     }
 }
@@ -205,7 +212,13 @@ mod tests {
     use super::*;
 
     fn r(name: &str, host: &str, prefix: &str) -> Route {
-        Route::plain(name, HostPattern::parse(host).unwrap(), prefix, 0)
+        Route::plain(
+            name,
+            HostPattern::parse(host).unwrap(),
+            prefix,
+            0,
+            &Metrics::global(),
+        )
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::authz::{Guarded, Identity, Question, Target};
 use crate::config::{Config, ConfigError, JsonRpc};
 use crate::http::route::HostPattern;
 use crate::logsafe::{Esc, EscOpt, EscText};
-use crate::metrics::{self, ActiveGuard};
+use crate::metrics::{ActiveGuard, Metrics};
 use crate::tls::TlsInfo;
 use crate::upstream::{FailureKind, UpstreamGroup};
 use bytes::BytesMut;
@@ -61,6 +61,7 @@ pub struct Relay {
     upstreams: Arc<[UpstreamGroup]>,
     identity: Box<dyn IdentityMapper>,
     authorizer: Option<Arc<Guarded>>,
+    metrics: Arc<Metrics>,
     limits: Limits,
     filters: Chain,
     max_violations: u32,
@@ -77,6 +78,7 @@ impl Relay {
         upstreams: Arc<[UpstreamGroup]>,
         index: &HashMap<String, usize>,
         audit: Arc<dyn AuditSink>,
+        metrics: Arc<Metrics>,
     ) -> Result<Relay, Vec<ConfigError>> {
         let mut errs = Vec::new();
         let mut routes = Vec::new();
@@ -102,6 +104,7 @@ impl Relay {
                 None => Box::new(OwnIdentity),
             },
             authorizer: None,
+            metrics,
             limits: Limits {
                 anonymous_max: l.anonymous_max_clients,
                 anonymous_per_ip: l.anonymous_max_per_ip,
@@ -129,6 +132,19 @@ impl Relay {
     /// Replaces the upstream identity mapping (`jsonrpc.upstream_identity` by default).
     pub fn set_identity_mapper(&mut self, m: Box<dyn IdentityMapper>) {
         self.identity = m;
+    }
+
+    /// Counts a link refused before any upstream connection, and closes it.
+    async fn reject(&self, listener: &str, down: Stream, reason: &str) {
+        self.metrics
+            .connections
+            .with_label_values(&[listener, "rejected"])
+            .inc();
+        self.metrics
+            .rpc_links_refused
+            .with_label_values(&[reason])
+            .inc();
+        close(down).await
     }
 
     /// Asks `a` about every link (after routing), and again whenever its decision expires.
@@ -177,18 +193,18 @@ impl Relay {
                 Ok(slot) => Some(slot),
                 Err(AnonRefusal::Total) => {
                     log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {} anonymous links open (jsonrpc.limits.anonymous_max_clients)", self.limits.anonymous_max);
-                    return reject(listener, down, "anonymous_max_clients").await;
+                    return self.reject(listener, down, "anonymous_max_clients").await;
                 }
                 Err(AnonRefusal::PerIp) => {
                     log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {} anonymous links open from {} (jsonrpc.limits.anonymous_max_per_ip)", self.limits.anonymous_per_ip, ip.map_or_else(|| "-".to_string(), |i| i.to_string()));
-                    return reject(listener, down, "anonymous_max_per_ip").await;
+                    return self.reject(listener, down, "anonymous_max_per_ip").await;
                 }
             },
         };
         let sni = info.sni.as_deref().unwrap_or("");
         let Some(&(_, up_idx)) = self.routes.iter().find(|(p, _)| p.matches(sni)) else {
             log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no jsonrpc route for SNI {}", EscOpt(Some(sni)));
-            return reject(listener, down, "no_route").await;
+            return self.reject(listener, down, "no_route").await;
         };
         let group = &self.upstreams[up_idx];
 
@@ -214,7 +230,7 @@ impl Relay {
                 let d = a.decide(&link_q).await;
                 if !d.allow {
                     log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: authorizer {}: {}", a.name(), EscText(&d.reason));
-                    return reject(listener, down, "authorizer").await;
+                    return self.reject(listener, down, "authorizer").await;
                 }
                 d.ttl.map(|ttl| (a, ttl))
             }
@@ -224,12 +240,13 @@ impl Relay {
             Mapped::Own => None,
             Mapped::Refuse(why) => {
                 log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {}", EscText(&why));
-                return reject(listener, down, "identity").await;
+                return self.reject(listener, down, "identity").await;
             }
         };
         let key = cn.unwrap_or(&addr);
         let Some(peer_addr) = group.select(key.as_bytes()) else {
-            metrics::UPSTREAM_ERRORS
+            self.metrics
+                .upstream_errors
                 .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
                 .inc();
             log::warn!(target: "gatehouse::rpc", "{who}: upstream {}: no healthy peer", group.name);
@@ -243,7 +260,8 @@ impl Relay {
             Ok(s) => s,
             Err(e) => {
                 let kind = FailureKind::classify(&e);
-                metrics::UPSTREAM_ERRORS
+                self.metrics
+                    .upstream_errors
                     .with_label_values(&[&group.name, kind.label()])
                     .inc();
                 log::warn!(target: "gatehouse::upstream", "upstream {} peer {peer_addr}: connect for {who} failed ({}): {e}", group.name, kind.label());
@@ -257,7 +275,7 @@ impl Relay {
         } else {
             "anonymous"
         };
-        let _link_gauge = ActiveGuard::gauge(metrics::RPC_LINKS.with_label_values(&[kind]));
+        let _link_gauge = ActiveGuard::gauge(self.metrics.rpc_links.with_label_values(&[kind]));
         let link = Link {
             info,
             fingerprint: auth.map(|c| c.fingerprint.as_str()),
@@ -317,7 +335,7 @@ impl Relay {
         // Frames checked in one pass go out in one write: one TLS record and syscall per batch
         // instead of per message. At most one read's worth of frames waits here.
         let mut out = Vec::new();
-        let counters = Counters::new(dir);
+        let counters = Counters::new(&self.metrics, dir);
         // Only added filters can answer at the edge; without them the read is awaited alone.
         let answering = self.filters.has_added();
         // Idle = no complete message for `idle`, so trickling bytes cannot keep a link alive.
@@ -334,7 +352,8 @@ impl Relay {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        metrics::RPC_MESSAGES
+                        self.metrics
+                            .rpc_messages
                             .with_label_values(&[dir.label(), "other", "malformed"])
                             .inc();
                         return LinkEnd::Frame(dir, e);
@@ -406,7 +425,8 @@ impl Relay {
         let env = match envelope::parse(frame.payload()) {
             Ok(e) => e,
             Err(e) => {
-                metrics::RPC_MESSAGES
+                self.metrics
+                    .rpc_messages
                     .with_label_values(&[dir.label(), "other", "malformed"])
                     .inc();
                 // Icinga's semantics: anonymous peers are dropped, known peers are forgiven.
@@ -438,13 +458,15 @@ impl Relay {
                 return self.deny(link, dir, method.unwrap_or("-"), METHOD_LABELS[idx], &why);
             }
             Action::Drop => {
-                metrics::RPC_MESSAGES
+                self.metrics
+                    .rpc_messages
                     .with_label_values(&[dir.label(), METHOD_LABELS[idx], "dropped"])
                     .inc();
                 return Ok(());
             }
             Action::Answer(p) => {
-                metrics::RPC_MESSAGES
+                self.metrics
+                    .rpc_messages
                     .with_label_values(&[dir.label(), METHOD_LABELS[idx], "answered"])
                     .inc();
                 link.answer(dir, &p);
@@ -467,7 +489,8 @@ impl Relay {
         label: &str,
         why: &str,
     ) -> Result<(), LinkEnd> {
-        metrics::RPC_MESSAGES
+        self.metrics
+            .rpc_messages
             .with_label_values(&[dir.label(), label, "denied"])
             .inc();
         let n = link.violations.fetch_add(1, Ordering::Relaxed) + 1;
@@ -499,13 +522,16 @@ struct Counters {
 }
 
 impl Counters {
-    fn new(dir: Direction) -> Counters {
+    fn new(m: &Metrics, dir: Direction) -> Counters {
         Counters {
             forwarded: METHOD_LABELS
                 .iter()
-                .map(|m| metrics::RPC_MESSAGES.with_label_values(&[dir.label(), m, "forwarded"]))
+                .map(|l| {
+                    m.rpc_messages
+                        .with_label_values(&[dir.label(), l, "forwarded"])
+                })
                 .collect(),
-            bytes: metrics::RPC_BYTES.with_label_values(&[dir.label()]),
+            bytes: m.rpc_bytes.with_label_values(&[dir.label()]),
         }
     }
 }
@@ -708,16 +734,6 @@ async fn shutting_down(sd: &mut ShutdownWatch) {
 /// Sends TLS close_notify (a plain drop sends none) and drops the stream.
 pub(crate) async fn close(mut s: Stream) {
     Shutdown::shutdown(&mut *s).await;
-}
-
-async fn reject(listener: &str, down: Stream, reason: &str) {
-    metrics::CONNECTIONS
-        .with_label_values(&[listener, "rejected"])
-        .inc();
-    metrics::RPC_LINKS_REFUSED
-        .with_label_values(&[reason])
-        .inc();
-    close(down).await
 }
 
 #[cfg(test)]

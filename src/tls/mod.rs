@@ -11,7 +11,7 @@ pub use identity::{ClientCert, TlsInfo};
 
 use crate::config::{ClientAuth, Config, ConfigError, Listener, ListenerTls, TlsVersion};
 use crate::http::route::HostPattern;
-use crate::metrics;
+use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use boring::pkey::{PKey, Private};
@@ -134,6 +134,8 @@ pub struct ListenerTlsMaterial {
     curves: Option<String>,
     alpn: ALPN,
     resumption: bool,
+    /// `gatehouse_tls_client_verify_failures_total`, counted from the verify callback.
+    verify_failures: prometheus::IntCounterVec,
 }
 
 impl ListenerTlsMaterial {
@@ -145,6 +147,7 @@ impl ListenerTlsMaterial {
         l: &Listener,
         t: &ListenerTls,
         at: &str,
+        metrics: &Metrics,
     ) -> Result<Self, Vec<ConfigError>> {
         let listener = l.name.as_str();
         let mut errs = Vec::new();
@@ -209,6 +212,7 @@ impl ListenerTlsMaterial {
             curves: t.curves.clone(),
             alpn,
             resumption: t.resumption(&l.protocols),
+            verify_failures: metrics.tls_verify_failures.clone(),
         };
         // Build once now so that bad curves and the like surface in `check`, not at start.
         if let Err(e) = m
@@ -307,14 +311,13 @@ impl ListenerTlsMaterial {
     /// BoringSSL keeps the mode from the first, boring looks the callback up on the second.
     fn set_client_auth(&self, b: &mut SslAcceptorBuilder) {
         let listener = self.listener.clone();
+        let failures = self.verify_failures.clone();
         // Optional: accept anything; an unverified client is simply anonymous (Icinga's model).
         let optional = self.client_auth == ClientAuth::Optional;
         let verify = move |ok: bool, ctx: &mut X509StoreContextRef| {
             if !ok {
                 let reason = verify_reason(ctx.verify_result());
-                metrics::TLS_VERIFY_FAILURES
-                    .with_label_values(&[&listener, reason])
-                    .inc();
+                failures.with_label_values(&[&listener, reason]).inc();
                 log::info!(
                     target: "gatehouse::tls",
                     "listener {listener}: client certificate rejected at depth {}: {reason} ({:?})",
