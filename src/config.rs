@@ -1048,7 +1048,7 @@ impl Config {
             if !r.path_prefix.starts_with('/') {
                 e(format!("{at}.path_prefix"), "must start with /".into());
             }
-            if let Err(m) = crate::http::route::HostPattern::parse(&r.host) {
+            if let Err(m) = crate::host::HostPattern::parse(&r.host) {
                 e(format!("{at}.host"), m);
             }
             for (j, m) in r.allow.iter().flatten().enumerate() {
@@ -1101,7 +1101,7 @@ impl Config {
                         format!("unknown upstream `{}`", r.upstream),
                     );
                 }
-                if let Err(m) = crate::http::route::HostPattern::parse(&r.sni) {
+                if let Err(m) = crate::host::HostPattern::parse(&r.sni) {
                     e(format!("jsonrpc.routes[{i}].sni"), m);
                 }
             }

@@ -5,8 +5,11 @@
 //! The data path reads top-down: accept → TLS → demux → HTTP | JSON-RPC → upstream.
 //!
 //! - [`config`]: the YAML file — schema, units, validation with key paths.
-//! - [`tls`]: certificate material, downstream TLS settings (SNI certs, client auth),
-//!   the caller's identity ([`tls::TlsInfo`]), and upstream trust ([`tls::upstream`]).
+//! - [`identity`]: what a handshake says about the caller ([`identity::TlsInfo`]: SNI, CN,
+//!   SANs, SPIFFE URIs, fingerprint), read once per connection.
+//! - [`host`]: host and SNI patterns, shared by routes, `sni_certs` and cluster routes.
+//! - [`tls`]: certificate material, downstream TLS settings (SNI certs, client auth), and
+//!   upstream trust ([`tls::upstream`]).
 //! - [`demux`]: the per-listener Pingora app: reads the first byte, replays it
 //!   ([`demux::PrefixedIo`]) into the HTTP proxy or the JSON-RPC relay.
 //! - [`http`]: the `ProxyHttp` — path normalisation ([`http::path`]), routing ([`http::route`]), route access, identity
@@ -40,7 +43,9 @@ pub mod builder;
 pub mod config;
 pub mod demux;
 pub mod glob;
+pub mod host;
 pub mod http;
+pub mod identity;
 pub mod logsafe;
 pub mod metrics;
 pub mod pki;

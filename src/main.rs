@@ -81,7 +81,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Reload { config } => match gatehouse::reload::request(&config) {
+        Cmd::Reload { config } => match gatehouse::server::request_reload(&config) {
             Ok(pid) => {
                 println!("sent SIGHUP to gatehouse (pid {pid}); it logs the outcome and counts it in gatehouse_tls_reloads_total");
                 ExitCode::SUCCESS

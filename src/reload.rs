@@ -16,8 +16,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use boring::asn1::Asn1Time;
 use boring::x509::X509;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::path::Path;
@@ -217,43 +215,11 @@ pub fn not_after_unix(cert: &X509) -> Option<i64> {
     Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
 }
 
-/// `gatehouse reload`: checks that `file` and everything it names load, then sends SIGHUP to
-/// the instance whose pid is in its `server.pid_file`. Returns that pid.
-///
-/// Checking first means a broken certificate is reported to whoever ran the command rather
-/// than only in the running instance's log (which still refuses it if it changes meanwhile).
-pub fn request(file: &Path) -> Result<i32, String> {
-    let plan = crate::server::Plan::load(file).map_err(|e| e.to_string())?;
-    let pid_file = plan.config.resolve(&plan.config.server.pid_file);
-    let text = std::fs::read_to_string(&pid_file).map_err(|e| {
-        format!(
-            "cannot read the pid file {} (is gatehouse running with this configuration?): {e}",
-            pid_file.display()
-        )
-    })?;
-    let pid: i32 = text.trim().parse().map_err(|_| {
-        format!(
-            "{}: not a process id: {:?}",
-            pid_file.display(),
-            text.trim()
-        )
-    })?;
-    check_target(pid, &Path::new("/proc").join(pid.to_string()).join("exe"))
-        .map_err(|e| format!("{}: {e}", pid_file.display()))?;
-    kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
-        format!(
-            "cannot signal gatehouse (pid {pid} from {}): {e}",
-            pid_file.display()
-        )
-    })?;
-    Ok(pid)
-}
-
 /// Whether `pid` may be sent SIGHUP: a pid file is only a number someone wrote, and
 /// `kill(-1, …)` signals every process we may signal, `0` our own group, `1` init. Only a
 /// process running a `gatehouse` binary (`exe`, its `/proc/<pid>/exe`) is signalled; after a
 /// package upgrade the link reads `…/gatehouse (deleted)`, which still counts.
-fn check_target(pid: i32, exe: &Path) -> Result<(), String> {
+pub(crate) fn check_target(pid: i32, exe: &Path) -> Result<(), String> {
     if pid <= 1 {
         return Err(format!(
             "refusing to signal pid {pid}: not a gatehouse process"

@@ -7,9 +7,10 @@ use crate::config::{
     Config, ConfigError, ConfigErrors, ForwardIdentity, Listener, Protocol, ServerSection,
 };
 use crate::demux::ListenerApp;
+use crate::host::HostPattern;
 use crate::http::filter::HttpFilter;
 use crate::http::kea::KeaPolicy;
-use crate::http::route::{HostPattern, Route, Router};
+use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics::{self, Metrics};
 use crate::reload::{LiveListener, Reloader};
@@ -17,6 +18,8 @@ use crate::rpc::Relay;
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
 use arc_swap::ArcSwap;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -283,6 +286,38 @@ impl Plan {
         }
         Ok(server)
     }
+}
+
+/// `gatehouse reload`: checks that `file` and everything it names load, then sends SIGHUP to
+/// the instance whose pid is in its `server.pid_file`. Returns that pid.
+///
+/// Checking first means a broken certificate is reported to whoever ran the command rather
+/// than only in the running instance's log (which still refuses it if it changes meanwhile).
+pub fn request_reload(file: &Path) -> Result<i32, String> {
+    let plan = Plan::load(file).map_err(|e| e.to_string())?;
+    let pid_file = plan.config.resolve(&plan.config.server.pid_file);
+    let text = std::fs::read_to_string(&pid_file).map_err(|e| {
+        format!(
+            "cannot read the pid file {} (is gatehouse running with this configuration?): {e}",
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text.trim().parse().map_err(|_| {
+        format!(
+            "{}: not a process id: {:?}",
+            pid_file.display(),
+            text.trim()
+        )
+    })?;
+    crate::reload::check_target(pid, &Path::new("/proc").join(pid.to_string()).join("exe"))
+        .map_err(|e| format!("{}: {e}", pid_file.display()))?;
+    kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
+        format!(
+            "cannot signal gatehouse (pid {pid} from {}): {e}",
+            pid_file.display()
+        )
+    })?;
+    Ok(pid)
 }
 
 /// Pingora's process settings from `server:`. Every key of the section lands here; the test

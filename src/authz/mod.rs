@@ -17,8 +17,8 @@ mod authorizer;
 pub use authorizer::{Authorizer, Decision, Guarded, Question, Target};
 
 use crate::glob;
+use crate::identity::{ClientCert, TlsInfo};
 use crate::logsafe::Esc;
-use crate::tls::{ClientCert, TlsInfo};
 use std::fmt;
 
 /// The caller of a request or a cluster link.

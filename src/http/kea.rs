@@ -269,8 +269,8 @@ pub fn result_codes(body: &[u8]) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::ClientCert;
     use crate::pki::{Ca, CertSpec};
-    use crate::tls::ClientCert;
 
     fn policy(yaml: &str) -> KeaPolicy {
         KeaPolicy::new(&serde_yaml::from_str(yaml).unwrap())

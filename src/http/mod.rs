@@ -15,9 +15,9 @@ pub mod route;
 
 use crate::audit::AuditSink;
 use crate::authz::{Guarded, Identity, Question, Target};
+use crate::identity::{ClientCert, TlsInfo};
 use crate::logsafe::{Esc, EscText};
 use crate::metrics;
-use crate::tls::{ClientCert, TlsInfo};
 use crate::upstream::{FailureKind, UpstreamGroup};
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -177,8 +177,8 @@ impl IdentityMapper for OwnIdentity {
 mod tests {
     use super::*;
     use crate::authz::Identity;
+    use crate::identity::ClientCert;
     use crate::pki::{Ca, CertSpec};
-    use crate::tls::ClientCert;
 
     #[tokio::test]
     async fn cert_dir_caches_until_the_files_change() {

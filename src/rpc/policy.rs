@@ -112,8 +112,8 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::ClientCert;
     use crate::pki::{Ca, CertSpec};
-    use crate::tls::ClientCert;
 
     const ANON: Identity<'static> = Identity::Anonymous;
 

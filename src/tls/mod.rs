@@ -4,13 +4,12 @@
 //! Loading is separate from use so that `gatehouse check` can load every file and report
 //! every problem, each under the key path that named the file.
 
-pub mod identity;
 pub mod upstream;
 
-pub use identity::{ClientCert, TlsInfo};
+pub use crate::identity::{ClientCert, TlsInfo};
 
 use crate::config::{ClientAuth, Config, ConfigError, Listener, ListenerTls, TlsVersion};
-use crate::http::route::HostPattern;
+use crate::host::HostPattern;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
