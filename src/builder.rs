@@ -54,7 +54,7 @@ pub struct Gatehouse {
 
 impl Gatehouse {
     /// Loads `file` and every certificate, key and CA it names; reports every problem.
-    pub fn load(file: &Path) -> Result<Gatehouse, ConfigErrors> {
+    pub fn load(file: &Path) -> crate::Result<Gatehouse> {
         Ok(Gatehouse {
             file: file.to_path_buf(),
             plan: Plan::load(file)?,
@@ -64,16 +64,13 @@ impl Gatehouse {
 
     /// From a configuration already parsed and validated ([`Config::load`], [`Config::parse`]
     /// then [`Config::validate`]); loads the files it names.
-    pub fn from_config(config: Config) -> Result<Gatehouse, ConfigErrors> {
+    pub fn from_config(config: Config) -> crate::Result<Gatehouse> {
         Gatehouse::from_config_in(config, Metrics::global())
     }
 
     /// [`Gatehouse::from_config`] counting in `metrics` (families registered in a registry
     /// of the embedder's with [`Metrics::register`]; `/metrics` then serves that registry).
-    pub fn from_config_in(
-        config: Config,
-        metrics: Arc<Metrics>,
-    ) -> Result<Gatehouse, ConfigErrors> {
+    pub fn from_config_in(config: Config, metrics: Arc<Metrics>) -> crate::Result<Gatehouse> {
         let file = config.base_dir.join("(config)");
         let errs = config.validate();
         let plan = if errs.is_empty() {
@@ -142,7 +139,7 @@ impl Gatehouse {
     }
 
     /// The Pingora server, not yet running: add services, then `run_forever`.
-    pub fn build(self, opts: &RunOptions) -> Result<Server, ConfigErrors> {
+    pub fn build(self, opts: &RunOptions) -> crate::Result<Server> {
         if self.filters_without_relay > 0 {
             log::warn!(
                 "{} cluster filter(s) added, but the configuration has no `jsonrpc:` section",
@@ -150,16 +147,17 @@ impl Gatehouse {
             );
         }
         let file = self.file;
-        self.plan
-            .into_server(opts)
-            .map_err(|e: ConfigError| ConfigErrors {
+        self.plan.into_server(opts).map_err(|e: ConfigError| {
+            ConfigErrors {
                 file,
                 errors: vec![e],
-            })
+            }
+            .into()
+        })
     }
 
     /// Builds and runs until a stop signal; returns only on configuration errors.
-    pub fn run(self, opts: &RunOptions) -> Result<(), ConfigErrors> {
+    pub fn run(self, opts: &RunOptions) -> crate::Result<()> {
         let server = self.build(opts)?;
         if !opts.daemon {
             // Pingora writes the pid file only when it daemonizes; `gatehouse reload` (and

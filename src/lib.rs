@@ -28,6 +28,8 @@
 //! - [`glob`]: `*` globs for method and CN patterns.
 //! - [`logsafe`]: [`logsafe::Esc`], how every client-chosen string is written into a log line.
 //!
+//! - [`error`]: [`Error`], the one error type of the public entry points (kind, context, cause;
+//!   every configuration problem at once).
 //! - [`builder`]: [`Gatehouse`], the builder: a config plus added extensions
 //!   ([`rpc::filter::RpcFilter`], [`rpc::identity::IdentityMapper`], [`audit::AuditSink`])
 //!   → a Pingora `Server`.
@@ -42,6 +44,7 @@ pub mod authz;
 pub mod builder;
 pub mod config;
 pub mod demux;
+pub mod error;
 pub mod glob;
 pub mod host;
 pub mod http;
@@ -57,4 +60,5 @@ pub mod upstream;
 
 pub use builder::Gatehouse;
 pub use config::{Config, ConfigError, ConfigErrors};
+pub use error::{Error, ErrorKind, Result};
 pub use server::{Plan, RunOptions};

@@ -254,16 +254,25 @@ fn build(
 /// Writes the development PKI used by `make run`: `ca`, `server` (localhost, 127.0.0.1, ::1),
 /// `client` (CN=dev-client) and `gatehouse` (CN=gatehouse, Gatehouse's own upstream client
 /// identity), each as `.crt` + `.key`. Returns the files written.
-pub fn write_dev_pki(dir: &Path) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(dir)?;
-    let ca = Ca::new("Gatehouse dev CA")?;
-    let server = ca.issue(
-        &CertSpec::new("localhost")
-            .dns(&["localhost"])
-            .ips(&["127.0.0.1", "::1"]),
-    )?;
-    let client = ca.issue(&CertSpec::new("dev-client"))?;
-    let gatehouse = ca.issue(&CertSpec::new("gatehouse"))?;
+pub fn write_dev_pki(dir: &Path) -> crate::Result<Vec<PathBuf>> {
+    use crate::error::{Error, ErrorKind};
+    let io = |what: String| move |e: std::io::Error| Error::new(ErrorKind::Io, what).because(e);
+    let pki = |what: &'static str| move |e: ErrorStack| Error::new(ErrorKind::Pki, what).because(e);
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let ca = Ca::new("Gatehouse dev CA").map_err(pki("making the dev CA"))?;
+    let server = ca
+        .issue(
+            &CertSpec::new("localhost")
+                .dns(&["localhost"])
+                .ips(&["127.0.0.1", "::1"]),
+        )
+        .map_err(pki("issuing the server certificate"))?;
+    let client = ca
+        .issue(&CertSpec::new("dev-client"))
+        .map_err(pki("issuing the client certificate"))?;
+    let gatehouse = ca
+        .issue(&CertSpec::new("gatehouse"))
+        .map_err(pki("issuing gatehouse's upstream certificate"))?;
     let mut out = Vec::new();
     for (issued, stem) in [
         (&ca.issued, "ca"),
@@ -271,7 +280,9 @@ pub fn write_dev_pki(dir: &Path) -> Result<Vec<PathBuf>, Box<dyn std::error::Err
         (&client, "client"),
         (&gatehouse, "gatehouse"),
     ] {
-        let (c, k) = issued.write(dir, stem)?;
+        let (c, k) = issued
+            .write(dir, stem)
+            .map_err(io(format!("writing {stem} into {}", dir.display())))?;
         out.push(c);
         out.push(k);
     }

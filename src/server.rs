@@ -7,6 +7,7 @@ use crate::config::{
     Config, ConfigError, ConfigErrors, ForwardIdentity, Listener, Protocol, ServerSection,
 };
 use crate::demux::ListenerApp;
+use crate::error::{Error, ErrorKind};
 use crate::host::HostPattern;
 use crate::http::filter::HttpFilter;
 use crate::http::kea::KeaPolicy;
@@ -293,29 +294,32 @@ impl Plan {
 ///
 /// Checking first means a broken certificate is reported to whoever ran the command rather
 /// than only in the running instance's log (which still refuses it if it changes meanwhile).
-pub fn request_reload(file: &Path) -> Result<i32, String> {
-    let plan = Plan::load(file).map_err(|e| e.to_string())?;
+pub fn request_reload(file: &Path) -> crate::Result<i32> {
+    let plan = Plan::load(file)?;
     let pid_file = plan.config.resolve(&plan.config.server.pid_file);
+    let signal = |context: String| Error::new(ErrorKind::Signal, context);
     let text = std::fs::read_to_string(&pid_file).map_err(|e| {
-        format!(
-            "cannot read the pid file {} (is gatehouse running with this configuration?): {e}",
+        signal(format!(
+            "cannot read the pid file {} (is gatehouse running with this configuration?)",
             pid_file.display()
-        )
+        ))
+        .because(e)
     })?;
     let pid: i32 = text.trim().parse().map_err(|_| {
-        format!(
+        signal(format!(
             "{}: not a process id: {:?}",
             pid_file.display(),
             text.trim()
-        )
+        ))
     })?;
     crate::reload::check_target(pid, &Path::new("/proc").join(pid.to_string()).join("exe"))
-        .map_err(|e| format!("{}: {e}", pid_file.display()))?;
+        .map_err(|e| signal(format!("{}: {e}", pid_file.display())))?;
     kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
-        format!(
-            "cannot signal gatehouse (pid {pid} from {}): {e}",
+        signal(format!(
+            "cannot signal gatehouse (pid {pid} from {})",
             pid_file.display()
-        )
+        ))
+        .because(e)
     })?;
     Ok(pid)
 }
