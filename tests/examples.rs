@@ -14,31 +14,6 @@ fn ns(s: &str) -> Vec<u8> {
     codec::encode(s.as_bytes())
 }
 
-/// Reads frames until `n` arrived or `t` passed.
-async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
-    s: &mut S,
-    n: usize,
-    t: Duration,
-) -> Vec<Vec<u8>> {
-    let mut buf = bytes::BytesMut::new();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + t;
-    while out.len() < n {
-        while let Ok(Some(f)) = codec::decode(&mut buf, 1 << 20) {
-            out.push(f.payload().to_vec());
-        }
-        if out.len() >= n {
-            break;
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Ok(Ok(k)) if k > 0 => buf.extend_from_slice(&chunk[..k]),
-            _ => break,
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redact_filter_rewrites_answers_and_passes_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
@@ -98,19 +73,15 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     let at_master: Vec<String> = sink
         .frames()
         .iter()
-        .map(|f| {
-            let mut b = bytes::BytesMut::from(&f[..]);
-            let frame = codec::decode(&mut b, 1 << 20).unwrap().unwrap();
-            String::from_utf8(frame.payload().to_vec()).unwrap()
-        })
+        .map(|f| String::from_utf8(frame_payload(f)).unwrap())
         .collect();
     assert_eq!(at_master, want, "what reached the master");
 
     // Back at the agent: the edge's answer to the ping (with its id), then the master's echoes.
-    let back = read_frames(&mut s, 4, Duration::from_secs(10)).await;
+    let (back, _) = read_frames(&mut s, 4, Duration::from_secs(10)).await;
     let answers: Vec<serde_json::Value> = back
         .iter()
-        .map(|f| serde_json::from_slice(f).unwrap())
+        .map(|f| serde_json::from_slice(&frame_payload(f)).unwrap())
         .filter(|v: &serde_json::Value| v.get("result").is_some())
         .collect();
     assert_eq!(answers.len(), 1, "{back:?}");
@@ -311,7 +282,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     ))
     .await
     .unwrap();
-    let hello = read_frames(&mut s, 1, Duration::from_secs(5)).await;
+    let (hello, _) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
     assert_eq!(hello.len(), 1, "the link is up and echoed");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(

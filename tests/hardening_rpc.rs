@@ -81,16 +81,6 @@ async fn eventually(t: Duration, cond: impl Fn() -> bool) -> bool {
     }
 }
 
-/// The payload of one raw netstring frame.
-fn payload(raw: &[u8]) -> Vec<u8> {
-    let mut b = BytesMut::from(raw);
-    codec::decode(&mut b, 64 << 20)
-        .expect("a valid frame")
-        .expect("a complete frame")
-        .payload()
-        .to_vec()
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -109,25 +99,6 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .then(|| value.parse::<f64>().ok())?
         })
         .fold(0.0, |a, b| a + b)
-}
-
-/// Reads netstrings until `n` frames arrived, EOF, or the timeout.
-async fn read_frames(s: &mut Tls, n: usize, t: Duration) -> Vec<Vec<u8>> {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + t;
-    loop {
-        while let Ok(Some(f)) = codec::decode(&mut buf, 64 << 20) {
-            out.push(f.raw().to_vec());
-        }
-        if out.len() >= n {
-            return out;
-        }
-        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return out,
-        }
-    }
 }
 
 /// Opens a link with a blocking boring client (whose `get_shutdown` tells whether a TLS
@@ -295,7 +266,7 @@ jsonrpc:
     async fn hello_link(&self, cert: Option<&str>, who: &str) -> Tls {
         let mut s = self.connect(cert).await;
         within("write", T, s.write_all(&ns(HELLO))).await.unwrap();
-        let got = read_frames(&mut s, 1, T).await;
+        let got = read_frames(&mut s, 1, T).await.0;
         assert_eq!(
             got,
             vec![ns(HELLO)],
@@ -536,7 +507,7 @@ async fn null_or_empty_cert_request_gets_the_clients_certificate() {
             failures.push(format!("{case}: never reached the master"));
             continue;
         };
-        let text = String::from_utf8(payload(&raw)).unwrap();
+        let text = String::from_utf8(frame_payload(&raw)).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let got = &v["params"]["cert_request"];
         if got.as_str() != Some(pem.as_str()) {
@@ -769,7 +740,7 @@ async fn oversized_certificate_request_is_denied_without_building_a_tree() {
         .flatten()
     {
         Some(raw) => {
-            let v: serde_json::Value = serde_json::from_slice(&payload(&raw)).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&frame_payload(&raw)).unwrap();
             if v["params"]["cert_request"].as_str() != Some(pem.as_str()) {
                 failures.push("the 10 KiB request lacks the client's certificate".into());
             }
@@ -891,7 +862,7 @@ async fn cluster_log_lines_escape_sni_cn_and_method() {
                 let echoed = s.ssl().servername(boring::ssl::NameType::HOST_NAME);
                 println!("SNI case {case}: handshake ok (client-side servername {echoed:?})");
                 within("write", T, s.write_all(&ns(HELLO))).await.unwrap();
-                let got = read_frames(&mut s, 1, Duration::from_secs(2)).await;
+                let got = read_frames(&mut s, 1, Duration::from_secs(2)).await.0;
                 if routed && got.is_empty() {
                     failures.push(format!("SNI {case}: the link was not relayed"));
                 }

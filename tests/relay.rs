@@ -12,7 +12,7 @@ use gatehouse::rpc::codec;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const HELLO: &str =
     r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#;
@@ -163,30 +163,6 @@ impl Fixture {
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Reads netstrings until `n` frames arrived, EOF, or the timeout.
-async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
-    s: &mut S,
-    n: usize,
-    t: Duration,
-) -> (Vec<Vec<u8>>, bool) {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + t;
-    loop {
-        while let Ok(Some(f)) = codec::decode(&mut buf, 64 << 20) {
-            out.push(f.raw().to_vec());
-        }
-        if out.len() >= n {
-            return (out, false);
-        }
-        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
-            Ok(Ok(_)) => {}
-            Err(_) => return (out, false),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

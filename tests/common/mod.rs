@@ -260,6 +260,41 @@ impl Drop for Gatehouse {
     }
 }
 
+/// Reads netstrings from `s` until `n` frames arrived, the stream ends, or `t` passes.
+/// Returns the frames as received (`len:payload,`) and whether the stream ended.
+pub async fn read_frames<S: AsyncRead + Unpin>(
+    s: &mut S,
+    n: usize,
+    t: Duration,
+) -> (Vec<Vec<u8>>, bool) {
+    let mut buf = bytes::BytesMut::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + t;
+    loop {
+        while let Ok(Some(f)) = gatehouse::rpc::codec::decode(&mut buf, 64 << 20) {
+            out.push(f.raw().to_vec());
+        }
+        if out.len() >= n {
+            return (out, false);
+        }
+        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(_)) => {}
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// The payload of one complete netstring (`len:payload,`).
+pub fn frame_payload(raw: &[u8]) -> Vec<u8> {
+    let mut b = bytes::BytesMut::from(raw);
+    gatehouse::rpc::codec::decode(&mut b, 64 << 20)
+        .expect("a valid frame")
+        .expect("a complete frame")
+        .payload()
+        .to_vec()
+}
+
 /// An example program built on the library, `target/<profile>/examples/<name>`. `make test`
 /// builds the examples first; a missing one fails with the command that builds it.
 pub fn example_bin(name: &str) -> PathBuf {
