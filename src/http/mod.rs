@@ -255,7 +255,7 @@ fn req_method(session: &Session) -> &str {
 fn normalize_request_path(session: &mut Session) -> std::result::Result<(), path::PathError> {
     let req = session.req_header();
     if !req.raw_path_is_utf8() {
-        return Err(path::PathError::BadEscape);
+        return Err(path::PathError::NotUtf8);
     }
     let uri = &req.uri;
     let normal = match path::normalize(uri.path()) {

@@ -19,6 +19,8 @@ pub enum PathError {
     BadEscape,
     /// `..` would climb above `/`.
     AboveRoot,
+    /// The path's bytes are not UTF-8.
+    NotUtf8,
 }
 
 impl fmt::Display for PathError {
@@ -26,6 +28,7 @@ impl fmt::Display for PathError {
         match self {
             PathError::BadEscape => f.write_str("invalid path: broken percent-encoding"),
             PathError::AboveRoot => f.write_str("invalid path: `..` above the root"),
+            PathError::NotUtf8 => f.write_str("invalid path: not UTF-8"),
         }
     }
 }

@@ -322,8 +322,8 @@ pub fn with_cert_request(
 
 /// The relay's filter chain: the built-ins (static dispatch), then the added ones.
 pub(crate) struct Chain {
-    pub(crate) policy: MethodPolicy,
-    pub(crate) cert_request: CertRequest,
+    policy: MethodPolicy,
+    cert_request: CertRequest,
     cert_interest: Interest,
     added: Vec<(Interest, Box<dyn RpcFilter>)>,
 }
@@ -394,6 +394,13 @@ impl Chain {
             match action {
                 Action::Forward => {}
                 Action::Rewrite(p) => rewritten = Some(p),
+                // The audit and the log say which added filter refused it.
+                Action::Deny(why) => {
+                    return Outcome {
+                        action: Action::Deny(Cow::Owned(format!("filter {by}: {why}"))),
+                        by,
+                    }
+                }
                 a => return Outcome { action: a, by },
             }
         }
@@ -540,7 +547,7 @@ mod tests {
         let hb = br#"{"method":"event::Heartbeat","params":{"x":"secret"}}"#;
         assert_eq!(
             run(hb, Direction::Downstream),
-            (Action::Deny("saw it".into()), "refuse".into())
+            (Action::Deny("filter refuse: saw it".into()), "refuse".into())
         );
         assert!(Interest::methods(["a"])
             .upstream_only()

@@ -448,13 +448,6 @@ impl Relay {
                 out.extend_from_slice(&codec::encode(&p));
             }
             Action::Deny(why) => {
-                let why = if outcome.by == self.filters.policy.name()
-                    || outcome.by == self.filters.cert_request.name()
-                {
-                    why.into_owned()
-                } else {
-                    format!("filter {}: {why}", outcome.by)
-                };
                 return self.deny(link, dir, method.unwrap_or("-"), METHOD_LABELS[idx], &why);
             }
             Action::Drop => {
