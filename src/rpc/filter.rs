@@ -547,7 +547,10 @@ mod tests {
         let hb = br#"{"method":"event::Heartbeat","params":{"x":"secret"}}"#;
         assert_eq!(
             run(hb, Direction::Downstream),
-            (Action::Deny("filter refuse: saw it".into()), "refuse".into())
+            (
+                Action::Deny("filter refuse: saw it".into()),
+                "refuse".into()
+            )
         );
         assert!(Interest::methods(["a"])
             .upstream_only()
