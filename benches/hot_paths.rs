@@ -7,9 +7,9 @@ use gatehouse::authz::{Access, Identity};
 use gatehouse::http::route::{HostPattern, Route, Router};
 use gatehouse::metrics::Metrics;
 use gatehouse::pki::{Ca, CertSpec};
-use gatehouse::rpc::filter::{CertRequest, Interest, LinkInfo, Message, MethodPolicy, RpcFilter};
-use gatehouse::rpc::policy::{Direction, Policy};
-use gatehouse::rpc::{codec, envelope};
+use gatehouse::cluster::filter::{CertRequest, Interest, LinkInfo, Message, MethodPolicy, RpcFilter};
+use gatehouse::cluster::policy::{Direction, Policy};
+use gatehouse::cluster::{codec, envelope};
 use gatehouse::tls::{ClientCert, TlsInfo};
 
 fn check_result() -> Vec<u8> {

@@ -22,7 +22,7 @@ mod support;
 use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::pki::CertSpec;
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -81,13 +81,13 @@ async fn run(total: Duration, storm_every: Duration) -> bool {
 listeners:
   - name: edge
     address: "127.0.0.1:{port}"
-    protocols: [http, jsonrpc]
+    protocols: [http, cluster]
     tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
 upstreams:
   web: {{ peers: ["{web}"], idle_timeout: 5s, tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: localhost }} }}
   master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
 routes: [ {{ name: web, upstream: web }} ]
-jsonrpc:
+cluster:
   routes: [ {{ sni: master1, upstream: master }} ]
   upstream_identity: {{ cert_dir: {ids} }}
 "#,

@@ -12,8 +12,8 @@
 //! cargo run --example redact_filter -- -c conf/icinga-edge.yaml
 //! ```
 
-use gatehouse::rpc::envelope;
-use gatehouse::rpc::filter::{Action, Interest, LinkInfo, Message, RpcFilter};
+use gatehouse::cluster::envelope;
+use gatehouse::cluster::filter::{Action, Interest, LinkInfo, Message, RpcFilter};
 use gatehouse::{Gatehouse, RunOptions};
 use std::process::ExitCode;
 

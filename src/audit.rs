@@ -53,7 +53,7 @@ pub struct KeaEvent {
 
 /// A cluster message the relay refused.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RpcEvent {
+pub struct ClusterEvent {
     /// Listener name.
     pub listener: String,
     /// Client address.
@@ -70,14 +70,14 @@ pub struct RpcEvent {
     pub reason: String,
 }
 
-/// One audited event. Serialized with a `kind` field: `kea` or `jsonrpc`.
+/// One audited event. Serialized with a `kind` field: `kea` or `cluster`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum AuditEvent {
     /// A Kea command.
     Kea(KeaEvent),
     /// A refused cluster message.
-    Jsonrpc(RpcEvent),
+    Cluster(ClusterEvent),
 }
 
 /// Where audit events go. Called on the request or link's own task: keep it quick, and
@@ -172,7 +172,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
         let sink = JsonLines::open(Some(&path)).unwrap();
-        sink.record(&AuditEvent::Jsonrpc(RpcEvent {
+        sink.record(&AuditEvent::Cluster(ClusterEvent {
             listener: "l".into(),
             client: "127.0.0.1:1".into(),
             identity: Caller {
@@ -182,7 +182,7 @@ mod tests {
             direction: "upstream",
             method: "config::Update".into(),
             verdict: "denied",
-            reason: "jsonrpc.policy[1]".into(),
+            reason: "cluster.policy[1]".into(),
         }));
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
@@ -191,7 +191,7 @@ mod tests {
             "a newline in a value stays escaped"
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["kind"], "jsonrpc");
+        assert_eq!(v["kind"], "cluster");
         assert_eq!(v["identity"]["cn"], "agent\n1");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
         assert!(v.get("results").is_none());

@@ -8,8 +8,8 @@ use crate::authz::{Authorizer, Guarded};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::http::filter::HttpFilter;
 use crate::metrics::Metrics;
-use crate::rpc::filter::RpcFilter;
-use crate::rpc::identity::IdentityMapper;
+use crate::cluster::filter::RpcFilter;
+use crate::cluster::identity::IdentityMapper;
 use crate::server::{Plan, RunOptions};
 use pingora_core::server::Server;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ pub const AUTHORIZER_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// A Gatehouse about to be built.
 ///
 /// ```no_run
-/// use gatehouse::rpc::filter::{Action, Interest, LinkInfo, Message, RpcFilter};
+/// use gatehouse::cluster::filter::{Action, Interest, LinkInfo, Message, RpcFilter};
 /// use gatehouse::{Gatehouse, RunOptions};
 ///
 /// struct NoExecute;
@@ -110,7 +110,7 @@ impl Gatehouse {
     }
 
     /// Chooses the identity presented upstream for cluster links, replacing
-    /// `jsonrpc.upstream_identity`.
+    /// `cluster.upstream_identity`.
     pub fn with_identity_mapper(mut self, mapper: impl IdentityMapper) -> Self {
         if let Some(r) = self.plan.relay_mut() {
             r.set_identity_mapper(Box::new(mapper));
@@ -142,7 +142,7 @@ impl Gatehouse {
     pub fn build(self, opts: &RunOptions) -> crate::Result<Server> {
         if self.filters_without_relay > 0 {
             log::warn!(
-                "{} cluster filter(s) added, but the configuration has no `jsonrpc:` section",
+                "{} cluster filter(s) added, but the configuration has no `cluster:` section",
                 self.filters_without_relay
             );
         }

@@ -17,8 +17,8 @@
 //! - [`authz`]: [`authz::Identity`] and the one matcher language of every rule (`cn:`, `dns:`,
 //!   `spiffe://`, `fingerprint:`, `anonymous`, `*`), first-match rule lists, route admission.
 //! - [`audit`]: typed audit events and their sink (the JSON-lines file is the built-in one).
-//! - [`rpc`]: the Icinga 2 cluster relay — netstring codec ([`rpc::codec`]), envelope
-//!   ([`rpc::envelope`]), method policy ([`rpc::policy`]), the link itself ([`rpc::relay`]).
+//! - [`cluster`]: the Icinga 2 cluster relay — netstring codec ([`cluster::codec`]), envelope
+//!   ([`cluster::envelope`]), method policy ([`cluster::policy`]), the link itself ([`cluster::relay`]).
 //! - [`upstream`]: upstream groups (load balancing, health checks, peer settings) and
 //!   the classification of upstream failures.
 //! - [`metrics`]: the Prometheus families.
@@ -31,7 +31,7 @@
 //! - [`error`]: [`Error`], the one error type of the public entry points (kind, context, cause;
 //!   every configuration problem at once).
 //! - [`builder`]: [`Gatehouse`], the builder: a config plus added extensions
-//!   ([`rpc::filter::RpcFilter`], [`rpc::identity::IdentityMapper`], [`audit::AuditSink`])
+//!   ([`cluster::filter::RpcFilter`], [`cluster::identity::IdentityMapper`], [`audit::AuditSink`])
 //!   → a Pingora `Server`.
 //!
 //! The binary (`src/main.rs`) is the builder with nothing added.
@@ -53,7 +53,7 @@ pub mod logsafe;
 pub mod metrics;
 pub mod pki;
 pub mod reload;
-pub mod rpc;
+pub mod cluster;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -72,16 +72,16 @@ pub struct Metrics {
     /// `gatehouse_tls_cert_not_after_timestamp_seconds{owner, cert}`: when each served or
     /// presented certificate expires (owner: `listener:<name>` or `upstream:<name>`).
     pub tls_cert_not_after: IntGaugeVec,
-    /// `gatehouse_rpc_messages_total{direction, method, verdict}` (verdict: forwarded, denied,
+    /// `gatehouse_cluster_messages_total{direction, method, verdict}` (verdict: forwarded, denied,
     /// malformed, dropped, answered).
-    pub rpc_messages: IntCounterVec,
-    /// `gatehouse_rpc_bytes_total{direction}` — netstring bytes forwarded.
-    pub rpc_bytes: IntCounterVec,
-    /// `gatehouse_rpc_links_active{kind}` (authenticated, anonymous).
-    pub rpc_links: IntGaugeVec,
-    /// `gatehouse_rpc_links_refused_total{reason}`: cluster links closed before any upstream
+    pub cluster_messages: IntCounterVec,
+    /// `gatehouse_cluster_bytes_total{direction}` — netstring bytes forwarded.
+    pub cluster_bytes: IntCounterVec,
+    /// `gatehouse_cluster_links_active{kind}` (authenticated, anonymous).
+    pub cluster_links: IntGaugeVec,
+    /// `gatehouse_cluster_links_refused_total{reason}`: cluster links closed before any upstream
     /// connection (reason: anonymous_max_clients, anonymous_max_per_ip, no_route, identity).
-    pub rpc_links_refused: IntCounterVec,
+    pub cluster_links_refused: IntCounterVec,
     /// `gatehouse_authorizer_calls_total{target, result}`: decisions of an added authorizer
     /// (target: http, kea, link; result: allow, deny, cached, error, timeout).
     pub authorizer_calls: IntCounterVec,
@@ -147,32 +147,32 @@ impl Metrics {
         registry.register(Box::new(tls_reloads.clone()))?;
         let tls_cert_not_after = IntGaugeVec::new(Opts::new("gatehouse_tls_cert_not_after_timestamp_seconds", "Expiry (Unix time) of each certificate Gatehouse serves or presents, as last loaded."), &["owner", "cert"])?;
         registry.register(Box::new(tls_cert_not_after.clone()))?;
-        let rpc_messages = IntCounterVec::new(Opts::new("gatehouse_rpc_messages_total", "Cluster JSON-RPC messages by direction, method (known Icinga methods, reply, else other) and verdict."), &["direction", "method", "verdict"])?;
-        registry.register(Box::new(rpc_messages.clone()))?;
-        let rpc_bytes = IntCounterVec::new(
+        let cluster_messages = IntCounterVec::new(Opts::new("gatehouse_cluster_messages_total", "Cluster JSON-RPC messages by direction, method (known Icinga methods, reply, else other) and verdict."), &["direction", "method", "verdict"])?;
+        registry.register(Box::new(cluster_messages.clone()))?;
+        let cluster_bytes = IntCounterVec::new(
             Opts::new(
-                "gatehouse_rpc_bytes_total",
+                "gatehouse_cluster_bytes_total",
                 "Cluster JSON-RPC bytes forwarded, by direction.",
             ),
             &["direction"],
         )?;
-        registry.register(Box::new(rpc_bytes.clone()))?;
-        let rpc_links = IntGaugeVec::new(
+        registry.register(Box::new(cluster_bytes.clone()))?;
+        let cluster_links = IntGaugeVec::new(
             Opts::new(
-                "gatehouse_rpc_links_active",
+                "gatehouse_cluster_links_active",
                 "Relayed cluster links currently open.",
             ),
             &["kind"],
         )?;
-        registry.register(Box::new(rpc_links.clone()))?;
-        let rpc_links_refused = IntCounterVec::new(
+        registry.register(Box::new(cluster_links.clone()))?;
+        let cluster_links_refused = IntCounterVec::new(
             Opts::new(
-                "gatehouse_rpc_links_refused_total",
+                "gatehouse_cluster_links_refused_total",
                 "Cluster links refused before connecting upstream, by reason.",
             ),
             &["reason"],
         )?;
-        registry.register(Box::new(rpc_links_refused.clone()))?;
+        registry.register(Box::new(cluster_links_refused.clone()))?;
         let authorizer_calls = IntCounterVec::new(Opts::new("gatehouse_authorizer_calls_total", "Decisions of the added authorizer, by target kind and result (errors and timeouts deny)."), &["target", "result"])?;
         registry.register(Box::new(authorizer_calls.clone()))?;
         let kea_commands = IntCounterVec::new(
@@ -198,10 +198,10 @@ impl Metrics {
             http_head_timeouts,
             tls_reloads,
             tls_cert_not_after,
-            rpc_messages,
-            rpc_bytes,
-            rpc_links,
-            rpc_links_refused,
+            cluster_messages,
+            cluster_bytes,
+            cluster_links,
+            cluster_links_refused,
             authorizer_calls,
             kea_commands,
         })
@@ -325,11 +325,11 @@ mod tests {
             Metrics::register(&a).is_err(),
             "twice in one registry is refused, not a panic"
         );
-        ma.rpc_links_refused.with_label_values(&["no_route"]).inc();
+        ma.cluster_links_refused.with_label_values(&["no_route"]).inc();
         let count = |r: &Registry| {
             r.gather()
                 .iter()
-                .filter(|f| f.name() == "gatehouse_rpc_links_refused_total")
+                .filter(|f| f.name() == "gatehouse_cluster_links_refused_total")
                 .map(|f| f.get_metric().len())
                 .sum::<usize>()
         };

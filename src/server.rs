@@ -15,7 +15,7 @@ use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics::{self, Metrics};
 use crate::reload::{LiveListener, Reloader};
-use crate::rpc::Relay;
+use crate::cluster::Relay;
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
 use arc_swap::ArcSwap;
@@ -117,7 +117,7 @@ impl Plan {
                 ));
                 JsonLines::log()
             }));
-        let relay = config.jsonrpc.as_ref().and_then(|j| {
+        let relay = config.cluster.as_ref().and_then(|j| {
             Relay::new(
                 &config,
                 j,
@@ -146,7 +146,7 @@ impl Plan {
         })
     }
 
-    /// The cluster relay, when the config has a `jsonrpc:` section.
+    /// The cluster relay, when the config has a `cluster:` section.
     pub(crate) fn relay_mut(&mut self) -> Option<&mut Relay> {
         self.relay.as_mut()
     }
@@ -223,15 +223,15 @@ impl Plan {
                 proxy.server_options = Some(http_options(l));
                 proxy
             });
-            let rpc = l
+            let cluster = l
                 .protocols
-                .contains(&Protocol::Jsonrpc)
+                .contains(&Protocol::Cluster)
                 .then(|| relay.clone())
                 .flatten();
             let app = ListenerApp::new(
                 &l.name,
                 http,
-                rpc,
+                cluster,
                 l.first_byte_timeout.get(),
                 l.header_timeout.get(),
                 self.metrics.clone(),

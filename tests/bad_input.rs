@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::pki::{self, CertSpec};
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -46,7 +46,7 @@ impl Edge {
             r#"listeners:
   - name: edge
     address: "127.0.0.1:{port}"
-    protocols: [http, jsonrpc]
+    protocols: [http, cluster]
     first_byte_timeout: 1s
     header_timeout: 1s
     tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
@@ -56,7 +56,7 @@ upstreams:
 routes:
   - {{ name: web, upstream: web }}
   - {{ name: kea, path_prefix: /kea, upstream: web, kea: {{ max_body: 4KiB, default: allow }} }}
-jsonrpc:
+cluster:
   routes: [ {{ sni: master1, upstream: master }} ]
   upstream_identity: {{ cert_dir: {ids} }}
   limits: {{ message_size: 64KiB, anonymous_message_size: 4KiB, idle_timeout: 2s, anonymous_idle_timeout: 2s }}
@@ -259,7 +259,7 @@ async fn netstring_and_message_corpus() {
         e.still_healthy(&mut neighbour, case).await;
     }
     let m = e.metrics().await;
-    assert!(m.contains(r#"gatehouse_rpc_messages_total{direction="upstream",method="other",verdict="malformed"}"#), "{m}");
+    assert!(m.contains(r#"gatehouse_cluster_messages_total{direction="upstream",method="other",verdict="malformed"}"#), "{m}");
 
     // Last (it outlasts the 2 s idle limit that would also close the quiet neighbour): a length
     // that promises more than is ever sent is closed by the idle limit.

@@ -196,32 +196,32 @@ fn shipped_configs_pass_check() {
 }
 
 #[test]
-fn jsonrpc_listener_needs_jsonrpc_section() {
+fn cluster_listener_needs_cluster_section() {
     expect_error(
         |s| {
             s.replace(
                 "    tls:\n      cert: certs/server.crt",
-                "    protocols: [http, jsonrpc]\n    tls:\n      cert: certs/server.crt",
+                "    protocols: [http, cluster]\n    tls:\n      cert: certs/server.crt",
             )
         },
-        "listeners[0].protocols: jsonrpc needs a top-level `jsonrpc:` section",
+        "listeners[0].protocols: cluster needs a top-level `cluster:` section",
     );
 }
 
-fn with_jsonrpc(s: String, jsonrpc: &str) -> String {
+fn with_cluster(s: String, cluster: &str) -> String {
     s.replace(
         "    tls:\n      cert: certs/server.crt",
-        "    protocols: [http, jsonrpc]\n    tls:\n      cert: certs/server.crt",
-    ) + jsonrpc
+        "    protocols: [http, cluster]\n    tls:\n      cert: certs/server.crt",
+    ) + cluster
 }
 
 #[test]
-fn jsonrpc_section_errors_name_their_keys() {
+fn cluster_section_errors_name_their_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let (ok, out) = check_with(tmp.path(), |s| {
-        with_jsonrpc(
+        with_cluster(
             s,
-            r#"jsonrpc:
+            r#"cluster:
   routes:
     - { sni: master1, upstream: nope }
   upstream_identity: { cert_dir: no-such-dir }
@@ -235,32 +235,32 @@ fn jsonrpc_section_errors_name_their_keys() {
     });
     assert!(!ok, "{out}");
     for needle in [
-        "jsonrpc.routes[0].upstream: unknown upstream `nope`",
-        "jsonrpc.upstream_identity.cert_dir:",
+        "cluster.routes[0].upstream: unknown upstream `nope`",
+        "cluster.upstream_identity.cert_dir:",
         "no-such-dir: not a directory",
-        "jsonrpc.limits.anonymous_message_size: must not exceed message_size",
-        "jsonrpc.policy[0]: needs `allow`, `deny` or both",
+        "cluster.limits.anonymous_message_size: must not exceed message_size",
+        "cluster.policy[0]: needs `allow`, `deny` or both",
         // One identity language: a bare glob is refused with the fix, the prefixed form passes.
-        "jsonrpc.policy[1].identity: `agent-*` names no kind of identity: use \"cn:agent-*\"",
+        "cluster.policy[1].identity: `agent-*` names no kind of identity: use \"cn:agent-*\"",
     ] {
         assert!(out.contains(needle), "expected `{needle}` in:\n{out}");
     }
-    assert!(!out.contains("jsonrpc.policy[2]"), "{out}");
+    assert!(!out.contains("cluster.policy[2]"), "{out}");
 }
 
 #[test]
-fn jsonrpc_bad_size_and_direction() {
+fn cluster_bad_size_and_direction() {
     expect_error(
         |s| {
-            with_jsonrpc(s, "jsonrpc:\n  routes: [ { sni: \"*\", upstream: kea } ]\n  limits: { message_size: 16 MiBs }\n")
+            with_cluster(s, "cluster:\n  routes: [ { sni: \"*\", upstream: kea } ]\n  limits: { message_size: 16 MiBs }\n")
         },
-        "jsonrpc.limits.message_size: invalid size `16 MiBs`",
+        "cluster.limits.message_size: invalid size `16 MiBs`",
     );
     expect_error(
         |s| {
-            with_jsonrpc(s, "jsonrpc:\n  routes: [ { sni: \"*\", upstream: kea } ]\n  policy: [ { identity: \"*\", direction: sideways, deny: [x] } ]\n")
+            with_cluster(s, "cluster:\n  routes: [ { sni: \"*\", upstream: kea } ]\n  policy: [ { identity: \"*\", direction: sideways, deny: [x] } ]\n")
         },
-        "jsonrpc.policy[0].direction: unknown variant `sideways`",
+        "cluster.policy[0].direction: unknown variant `sideways`",
     );
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,11 +25,11 @@ async fn redact_filter_rewrites_answers_and_passes_the_rest() {
         r#"listeners:
   - name: cluster
     address: "127.0.0.1:{port}"
-    protocols: [jsonrpc]
+    protocols: [cluster]
     tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
 upstreams:
   master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
-jsonrpc:
+cluster:
   routes: [ {{ sni: master1, upstream: master }} ]
   upstream_identity: {{ cert_dir: {ids} }}
 audit: {{ path: {d}/audit.jsonl }}
@@ -91,18 +91,18 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
 
     let m = metrics_text(mport).await;
     for needle in [
-        r#"gatehouse_rpc_messages_total{direction="upstream",method="other",verdict="answered"} 1"#,
-        r#"gatehouse_rpc_messages_total{direction="upstream",method="config::Update",verdict="denied"} 1"#,
-        r#"gatehouse_rpc_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"} 2"#,
+        r#"gatehouse_cluster_messages_total{direction="upstream",method="other",verdict="answered"} 1"#,
+        r#"gatehouse_cluster_messages_total{direction="upstream",method="config::Update",verdict="denied"} 1"#,
+        r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"} 2"#,
     ] {
         assert!(m.contains(needle), "missing `{needle}`:\n{m}");
     }
     // The built-in audit sink still records the policy's refusal.
     let audit = std::fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
     let rec: serde_json::Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
-    assert_eq!(rec["kind"], "jsonrpc");
+    assert_eq!(rec["kind"], "cluster");
     assert_eq!(rec["method"], "config::Update");
-    assert_eq!(rec["reason"], "jsonrpc.policy[1]");
+    assert_eq!(rec["reason"], "cluster.policy[1]");
     drop(gh);
 }
 
@@ -213,14 +213,14 @@ async fn decision_authorizer_allows_caches_fails_closed_and_revokes_links() {
         r#"listeners:
   - name: edge
     address: "127.0.0.1:{port}"
-    protocols: [http, jsonrpc]
+    protocols: [http, cluster]
     tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
 upstreams:
   web: {{ peers: ["{web}"] }}
   master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
 routes:
   - {{ name: web, upstream: web, deny: [anonymous] }}
-jsonrpc:
+cluster:
   routes: [ {{ sni: master1, upstream: master }} ]
   upstream_identity: {{ cert_dir: {ids} }}
 metrics: {{ address: "127.0.0.1:{mport}" }}

@@ -212,7 +212,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
         r#"listeners:
   - name: cluster
     address: "127.0.0.1:{gport}"
-    protocols: [http, jsonrpc]
+    protocols: [http, cluster]
     tls:
       cert: {e}/edge.crt
       key: {e}/edge.key
@@ -229,7 +229,7 @@ upstreams:
       sni: master1
 routes:
   - {{ name: icinga-api, upstream: icinga-master1 }}
-jsonrpc:
+cluster:
   routes:
     - {{ sni: master1, upstream: icinga-master1 }}
     - {{ sni: "*", upstream: icinga-master1 }}
@@ -303,7 +303,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
         .text();
     let forwarded = m
         .lines()
-        .find(|l| l.starts_with(r#"gatehouse_rpc_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"}"#))
+        .find(|l| l.starts_with(r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"}"#))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);

@@ -7,7 +7,7 @@ mod common;
 use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::pki::CertSpec;
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ async fn busy_gatehouse(dir: &std::path::Path) -> (Gatehouse, u16, Sink, Upstrea
         r#"listeners:
   - name: edge
     address: "127.0.0.1:{port}"
-    protocols: [http, jsonrpc]
+    protocols: [http, cluster]
     tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
 upstreams:
   web: {{ peers: ["{web}"] }}
@@ -40,7 +40,7 @@ routes:
   - {{ name: web, upstream: web }}
   - {{ name: down, path_prefix: /down, upstream: down }}
   - {{ name: kea, path_prefix: /kea, upstream: web, kea: {{ default: allow }} }}
-jsonrpc:
+cluster:
   routes: [ {{ sni: master1, upstream: master }} ]
   upstream_identity: {{ cert_dir: {ids} }}
 metrics:
@@ -114,9 +114,9 @@ async fn promtool_finds_nothing_to_complain_about() {
         "gatehouse_http_requests_total",
         "gatehouse_http_request_duration_seconds",
         "gatehouse_upstream_errors_total",
-        "gatehouse_rpc_messages_total",
-        "gatehouse_rpc_bytes_total",
-        "gatehouse_rpc_links_active",
+        "gatehouse_cluster_messages_total",
+        "gatehouse_cluster_bytes_total",
+        "gatehouse_cluster_links_active",
         "gatehouse_kea_commands_total",
     ] {
         assert!(
@@ -253,7 +253,7 @@ async fn a_real_prometheus_scrapes_gatehouse() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (_, denied) = prom
-        .query(r#"gatehouse_rpc_messages_total{direction="upstream",method="config::Update",verdict="denied"}"#)
+        .query(r#"gatehouse_cluster_messages_total{direction="upstream",method="config::Update",verdict="denied"}"#)
         .await;
     assert_eq!(value(&denied), 1.0);
 

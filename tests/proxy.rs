@@ -590,7 +590,7 @@ async fn session_resumption_is_off_on_cluster_only_listeners() {
         )
     };
     let yaml = format!(
-        "listeners:\n  - {{ name: edge, address: \"127.0.0.1:{edge}\", tls: {} }}\n  - {{ name: cluster, address: \"127.0.0.1:{cluster}\", protocols: [jsonrpc], tls: {} }}\n  - {{ name: resume, address: \"127.0.0.1:{resume}\", protocols: [jsonrpc], tls: {} }}\nupstreams:\n  web:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: all, upstream: web }}\njsonrpc:\n  routes:\n    - {{ sni: \"*\", upstream: web }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
+        "listeners:\n  - {{ name: edge, address: \"127.0.0.1:{edge}\", tls: {} }}\n  - {{ name: cluster, address: \"127.0.0.1:{cluster}\", protocols: [cluster], tls: {} }}\n  - {{ name: resume, address: \"127.0.0.1:{resume}\", protocols: [cluster], tls: {} }}\nupstreams:\n  web:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: all, upstream: web }}\ncluster:\n  routes:\n    - {{ sni: \"*\", upstream: web }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
         tls(""),
         tls(""),
         tls(", session_resumption: true"),

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::pki::{self, CertSpec};
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -65,7 +65,7 @@ impl Cluster {
         acceptor(&m, Some(self.icinga.ca.cert()), false)
     }
 
-    /// Config: listener `cluster` on `port` (http + jsonrpc), jsonrpc → `sink`, HTTP → `web`.
+    /// Config: listener `cluster` on `port` (http + cluster), cluster → `sink`, HTTP → `web`.
     fn yaml(
         &self,
         dir: &Path,
@@ -79,7 +79,7 @@ impl Cluster {
             r#"listeners:
   - name: cluster
     address: "127.0.0.1:{port}"
-    protocols: [http, jsonrpc]
+    protocols: [http, cluster]
     first_byte_timeout: 1s
     tls:
       cert: {w}/server.crt
@@ -99,7 +99,7 @@ upstreams:
     peers: ["{web}"]
 routes:
   - {{ name: web, upstream: web }}
-jsonrpc:
+cluster:
   routes:
     - {{ sni: master1, upstream: icinga-master1 }}
   upstream_identity:
@@ -129,7 +129,7 @@ metrics:
 
 const LIMITS: &str = "    anonymous_max_clients: 2\n    anonymous_message_size: 2KiB\n    idle_timeout: 3s\n    anonymous_idle_timeout: 1s\n";
 
-/// A Gatehouse with listener `cluster` (http + jsonrpc) in front of a sink and a web origin.
+/// A Gatehouse with listener `cluster` (http + cluster) in front of a sink and a web origin.
 struct Fixture {
     c: Cluster,
     sink: Sink,
@@ -215,18 +215,18 @@ async fn relays_both_ways_byte_exact_with_identity_and_policy() {
 
     let m = metrics_text(mport).await;
     for needle in [
-        r#"gatehouse_rpc_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"} 1"#,
-        r#"gatehouse_rpc_messages_total{direction="upstream",method="config::Update",verdict="denied"} 1"#,
-        r#"gatehouse_rpc_messages_total{direction="downstream",method="event::Heartbeat",verdict="forwarded"} 2"#,
-        r#"gatehouse_rpc_links_active{kind="authenticated"} 1"#,
-        r#"gatehouse_connections_total{listener="cluster",protocol="jsonrpc"} 1"#,
+        r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"} 1"#,
+        r#"gatehouse_cluster_messages_total{direction="upstream",method="config::Update",verdict="denied"} 1"#,
+        r#"gatehouse_cluster_messages_total{direction="downstream",method="event::Heartbeat",verdict="forwarded"} 2"#,
+        r#"gatehouse_cluster_links_active{kind="authenticated"} 1"#,
+        r#"gatehouse_connections_total{listener="cluster",protocol="cluster"} 1"#,
         r#"gatehouse_connections_total{listener="cluster",protocol="http"} 1"#,
     ] {
         assert!(m.contains(needle), "missing `{needle}`:\n{m}");
     }
     let line = gh.wait_log("denied config::Update");
     assert!(
-        line.contains("agent1@") && line.contains("jsonrpc.policy[1]"),
+        line.contains("agent1@") && line.contains("cluster.policy[1]"),
         "{line}"
     );
 
@@ -368,7 +368,7 @@ async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
         "bad JSON dropped, link kept"
     );
     let m = metrics_text(mport).await;
-    assert!(m.contains(r#"gatehouse_rpc_messages_total{direction="upstream",method="other",verdict="malformed"} 3"#), "{m}");
+    assert!(m.contains(r#"gatehouse_cluster_messages_total{direction="upstream",method="other",verdict="malformed"} 3"#), "{m}");
 
     // A framing error closes even an authenticated link; another link is unaffected.
     let mut other = tls_connect(addr(port), &c.agent(Some("agent1")))
@@ -420,7 +420,7 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
     let mut s = tls_connect(addr(port), &o).await.unwrap();
     s.write_all(&ns(HELLO)).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
-    gh.wait_log("no jsonrpc route for SNI localhost");
+    gh.wait_log("no cluster route for SNI localhost");
 
     // Authenticated as a CN with no certificate in cert_dir (missing: reject).
     c.icinga.issue("agent9", CertSpec::new("agent9"));
@@ -429,7 +429,7 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
         .unwrap();
     s.write_all(&ns(HELLO)).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
-    gh.wait_log("no agent9.crt in jsonrpc.upstream_identity.cert_dir");
+    gh.wait_log("no agent9.crt in cluster.upstream_identity.cert_dir");
     assert!(sink.frames().is_empty());
 
     // Upstream down: the link is closed so the agent reconnects; classified and counted.

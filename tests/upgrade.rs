@@ -6,7 +6,7 @@ mod common;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,13 +32,13 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         r#"listeners:
   - name: edge
     address: "127.0.0.1:{port}"
-    protocols: [http, jsonrpc]
+    protocols: [http, cluster]
     tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
 upstreams:
   web: {{ peers: ["{web}"] }}
   master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
 routes: [ {{ name: web, upstream: web }} ]
-jsonrpc:
+cluster:
   routes: [ {{ sni: master1, upstream: master }} ]
   upstream_identity: {{ cert_dir: {ids} }}
 "#,

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use crate::common::{tls_connect, ClientOpts};
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,6 @@
 //! Differential: the single-pass envelope scanner must agree with serde_json on every input.
 #![no_main]
-use gatehouse::rpc::envelope::{parse, MessageError, MAX_DEPTH};
+use gatehouse::cluster::envelope::{parse, MessageError, MAX_DEPTH};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -2,7 +2,7 @@
 //! frame it yields re-encodes to exactly the bytes it was cut from.
 #![no_main]
 use bytes::BytesMut;
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -22,9 +22,9 @@ pub struct Config {
     /// HTTP routes, matched by host and longest path prefix.
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// The Icinga cluster relay; needed when a listener accepts `jsonrpc`.
+    /// The Icinga cluster relay; needed when a listener accepts `cluster`.
     #[serde(default)]
-    pub jsonrpc: Option<JsonRpc>,
+    pub cluster: Option<ClusterSection>,
     /// The Prometheus endpoint; absent = no metrics listener.
     #[serde(default)]
     pub metrics: Option<Metrics>,
@@ -106,7 +106,7 @@ pub struct Listener {
     /// TLS termination; absent = plaintext (for tests and local sidecars only).
     #[serde(default)]
     pub tls: Option<ListenerTls>,
-    /// What the listener accepts, told apart by the first byte: `http`, `jsonrpc`.
+    /// What the listener accepts, told apart by the first byte: `http`, `cluster`.
     #[serde(default = "default_protocols")]
     pub protocols: Vec<Protocol>,
     /// How long a client may take to send its first byte after the handshake.
@@ -137,7 +137,7 @@ pub enum Protocol {
     /// HTTP/1.1 or HTTP/2 (anything whose first byte is not a digit).
     Http,
     /// Icinga 2 cluster JSON-RPC in netstrings (first byte is a digit).
-    Jsonrpc,
+    Cluster,
 }
 
 fn default_protocols() -> Vec<Protocol> {
@@ -209,7 +209,7 @@ pub struct ListenerTls {
     #[serde(default)]
     pub alpn: Option<Vec<String>>,
     /// Session tickets and the session cache. Default: on when the listener carries `http`,
-    /// off for `jsonrpc` only (see [`ListenerTls::resumption`]).
+    /// off for `cluster` only (see [`ListenerTls::resumption`]).
     #[serde(default)]
     pub session_resumption: Option<bool>,
 }
@@ -489,21 +489,21 @@ fn root_path() -> String {
     "/".into()
 }
 
-/// `jsonrpc:` — the Icinga 2 cluster relay.
+/// `cluster:` — the Icinga 2 cluster relay.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JsonRpc {
+pub struct ClusterSection {
     /// Which upstream a link goes to, by the SNI the client sent; first match wins.
-    pub routes: Vec<RpcRoute>,
+    pub routes: Vec<ClusterRoute>,
     /// Client certificates presented upstream on behalf of authenticated clients.
     #[serde(default)]
     pub upstream_identity: Option<UpstreamIdentity>,
     /// Sizes, caps and idle timeouts.
     #[serde(default)]
-    pub limits: RpcLimits,
-    /// Method policy; absent = Icinga's own rules (see `default_rpc_policy`).
+    pub limits: ClusterLimits,
+    /// Method policy; absent = Icinga's own rules (see `default_cluster_policy`).
     #[serde(default)]
-    pub policy: Option<Vec<RpcPolicyRule>>,
+    pub policy: Option<Vec<ClusterPolicyRule>>,
     /// Denied messages tolerated on one link before it is closed.
     #[serde(default = "default_max_violations")]
     pub max_violations: u32,
@@ -513,10 +513,10 @@ fn default_max_violations() -> u32 {
     10
 }
 
-/// `jsonrpc.routes[]`.
+/// `cluster.routes[]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RpcRoute {
+pub struct ClusterRoute {
     /// Exact name, `*.example.org`, or `*` (anything, including no SNI).
     pub sni: String,
     /// Key of `upstreams:`.
@@ -534,7 +534,7 @@ pub enum MissingIdentity {
     Own,
 }
 
-/// `jsonrpc.upstream_identity`.
+/// `cluster.upstream_identity`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamIdentity {
@@ -545,10 +545,10 @@ pub struct UpstreamIdentity {
     pub missing: MissingIdentity,
 }
 
-/// `jsonrpc.limits`.
+/// `cluster.limits`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RpcLimits {
+pub struct ClusterLimits {
     /// Most anonymous links open at once; more are refused.
     #[serde(default = "default_anon_clients")]
     pub anonymous_max_clients: usize,
@@ -567,7 +567,7 @@ pub struct RpcLimits {
     #[serde(default = "default_msg_size")]
     pub message_size: Size,
     /// An authenticated link with no message from one side for this long is closed.
-    #[serde(default = "default_rpc_idle")]
+    #[serde(default = "default_cluster_idle")]
     pub idle_timeout: Duration,
     /// The same for anonymous links.
     #[serde(default = "default_anon_idle")]
@@ -589,22 +589,22 @@ fn default_anon_size() -> Size {
 fn default_msg_size() -> Size {
     Size(16 << 20)
 }
-fn default_rpc_idle() -> Duration {
+fn default_cluster_idle() -> Duration {
     Duration::secs(60)
 }
 fn default_anon_idle() -> Duration {
     Duration::secs(10)
 }
 
-impl Default for RpcLimits {
+impl Default for ClusterLimits {
     fn default() -> Self {
-        RpcLimits {
+        ClusterLimits {
             anonymous_max_clients: default_anon_clients(),
             anonymous_max_per_ip: default_anon_per_ip(),
             certificate_request_size: default_cert_request_size(),
             anonymous_message_size: default_anon_size(),
             message_size: default_msg_size(),
-            idle_timeout: default_rpc_idle(),
+            idle_timeout: default_cluster_idle(),
             anonymous_idle_timeout: default_anon_idle(),
         }
     }
@@ -623,10 +623,10 @@ pub enum PolicyDirection {
     Both,
 }
 
-/// `jsonrpc.policy[]`.
+/// `cluster.policy[]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RpcPolicyRule {
+pub struct ClusterPolicyRule {
     /// An identity matcher, as everywhere: `cn:<glob>`, `dns:<glob>`, `spiffe://…`,
     /// `fingerprint:sha256:<hex>`, `anonymous`, or `"*"` (everyone).
     pub identity: String,
@@ -643,10 +643,10 @@ pub struct RpcPolicyRule {
 
 /// Icinga's own rules as a policy: anonymous clients may only say hello, heartbeat and ask for
 /// a certificate; nobody pushes config, certificates or commands toward its parent.
-pub fn default_rpc_policy() -> Vec<RpcPolicyRule> {
+pub fn default_cluster_policy() -> Vec<ClusterPolicyRule> {
     let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
     vec![
-        RpcPolicyRule {
+        ClusterPolicyRule {
             identity: "anonymous".into(),
             direction: PolicyDirection::Upstream,
             allow: list(&[
@@ -656,7 +656,7 @@ pub fn default_rpc_policy() -> Vec<RpcPolicyRule> {
             ]),
             deny: None,
         },
-        RpcPolicyRule {
+        ClusterPolicyRule {
             identity: "*".into(),
             direction: PolicyDirection::Upstream,
             allow: None,

@@ -88,7 +88,7 @@ impl Config {
             if l.protocols.is_empty() {
                 e(
                     format!("{at}.protocols"),
-                    "must name http, jsonrpc or both".into(),
+                    "must name http, cluster or both".into(),
                 );
             }
             // Below 1 KiB most TLS records take several reads; above 1 MiB it is resident
@@ -111,10 +111,10 @@ impl Config {
                     "must be at least 1".into(),
                 );
             }
-            if l.protocols.contains(&Protocol::Jsonrpc) && self.jsonrpc.is_none() {
+            if l.protocols.contains(&Protocol::Cluster) && self.cluster.is_none() {
                 e(
                     format!("{at}.protocols"),
-                    "jsonrpc needs a top-level `jsonrpc:` section".into(),
+                    "cluster needs a top-level `cluster:` section".into(),
                 );
             }
             if let Some(t) = &l.tls {
@@ -246,59 +246,59 @@ impl Config {
             }
         }
 
-        if let Some(j) = &self.jsonrpc {
+        if let Some(j) = &self.cluster {
             if j.routes.is_empty() {
                 e(
-                    "jsonrpc.routes".into(),
+                    "cluster.routes".into(),
                     "at least one route is needed".into(),
                 );
             }
             for (i, r) in j.routes.iter().enumerate() {
                 if !self.upstreams.contains_key(&r.upstream) {
                     e(
-                        format!("jsonrpc.routes[{i}].upstream"),
+                        format!("cluster.routes[{i}].upstream"),
                         format!("unknown upstream `{}`", r.upstream),
                     );
                 }
                 if let Err(m) = crate::host::HostPattern::parse(&r.sni) {
-                    e(format!("jsonrpc.routes[{i}].sni"), m);
+                    e(format!("cluster.routes[{i}].sni"), m);
                 }
             }
             if let Some(id) = &j.upstream_identity {
                 if !self.resolve(&id.cert_dir).is_dir() {
                     e(
-                        "jsonrpc.upstream_identity.cert_dir".into(),
+                        "cluster.upstream_identity.cert_dir".into(),
                         format!("{}: not a directory", self.resolve(&id.cert_dir).display()),
                     );
                 }
             }
             for (i, r) in j.policy.iter().flatten().enumerate() {
                 if let Err(msg) = crate::authz::Matcher::parse(&r.identity) {
-                    e(format!("jsonrpc.policy[{i}].identity"), msg);
+                    e(format!("cluster.policy[{i}].identity"), msg);
                 }
                 if r.allow.is_none() && r.deny.is_none() {
                     e(
-                        format!("jsonrpc.policy[{i}]"),
+                        format!("cluster.policy[{i}]"),
                         "needs `allow`, `deny` or both".into(),
                     );
                 }
             }
             if j.limits.anonymous_max_per_ip == 0 {
                 e(
-                    "jsonrpc.limits.anonymous_max_per_ip".into(),
+                    "cluster.limits.anonymous_max_per_ip".into(),
                     "must be at least 1 (set anonymous_max_clients: 0 to refuse anonymous links)"
                         .into(),
                 );
             }
             if j.limits.certificate_request_size < Size(1024) {
                 e(
-                    "jsonrpc.limits.certificate_request_size".into(),
+                    "cluster.limits.certificate_request_size".into(),
                     "must be at least 1KiB".into(),
                 );
             }
             if j.limits.anonymous_message_size > j.limits.message_size {
                 e(
-                    "jsonrpc.limits.anonymous_message_size".into(),
+                    "cluster.limits.anonymous_message_size".into(),
                     "must not exceed message_size".into(),
                 );
             }

@@ -13,7 +13,7 @@ pub use prefixed::PrefixedIo;
 use crate::config::Protocol;
 use crate::http::HttpGateway;
 use crate::metrics::{ActiveGuard, Metrics};
-use crate::rpc::Relay;
+use crate::cluster::Relay;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::tls::ALPN;
@@ -28,7 +28,7 @@ use tokio::io::AsyncReadExt;
 pub struct ListenerApp {
     name: Arc<str>,
     http: Option<Arc<HttpProxy<HttpGateway>>>,
-    rpc: Option<Arc<Relay>>,
+    cluster: Option<Arc<Relay>>,
     first_byte_timeout: Duration,
     header_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -37,11 +37,11 @@ pub struct ListenerApp {
 }
 
 impl ListenerApp {
-    /// An app for listener `name`; `http` / `rpc` are set for the protocols it accepts.
+    /// An app for listener `name`; `http` / `cluster` are set for the protocols it accepts.
     pub fn new(
         name: &str,
         http: Option<HttpProxy<HttpGateway>>,
-        rpc: Option<Arc<Relay>>,
+        cluster: Option<Arc<Relay>>,
         first_byte_timeout: Duration,
         header_timeout: Duration,
         metrics: Arc<Metrics>,
@@ -49,7 +49,7 @@ impl ListenerApp {
         ListenerApp {
             name: name.into(),
             http: http.map(Arc::new),
-            rpc,
+            cluster,
             first_byte_timeout,
             header_timeout,
             head_timeouts: metrics.http_head_timeouts.with_label_values(&[name]),
@@ -60,7 +60,7 @@ impl ListenerApp {
     fn accepts(&self, p: Protocol) -> bool {
         match p {
             Protocol::Http => self.http.is_some(),
-            Protocol::Jsonrpc => self.rpc.is_some(),
+            Protocol::Cluster => self.cluster.is_some(),
         }
     }
 }
@@ -99,7 +99,7 @@ impl ServerApp for ListenerApp {
             Ok(Ok(_)) => {}
         }
         let proto = if first[0].is_ascii_digit() {
-            Protocol::Jsonrpc
+            Protocol::Cluster
         } else {
             Protocol::Http
         };
@@ -121,10 +121,10 @@ impl ServerApp for ListenerApp {
             );
         }
         let io: Stream = Box::new(io);
-        match (proto, &self.http, &self.rpc) {
-            (Protocol::Jsonrpc, _, Some(rpc)) => {
-                let _active = ActiveGuard::open(&self.metrics, &self.name, "jsonrpc");
-                rpc.serve(&self.name, io, shutdown).await;
+        match (proto, &self.http, &self.cluster) {
+            (Protocol::Cluster, _, Some(cluster)) => {
+                let _active = ActiveGuard::open(&self.metrics, &self.name, "cluster");
+                cluster.serve(&self.name, io, shutdown).await;
                 None
             }
             (_, Some(http), _) => {

@@ -271,7 +271,7 @@ pub async fn read_frames<S: AsyncRead + Unpin>(
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + t;
     loop {
-        while let Ok(Some(f)) = gatehouse::rpc::codec::decode(&mut buf, 64 << 20) {
+        while let Ok(Some(f)) = gatehouse::cluster::codec::decode(&mut buf, 64 << 20) {
             out.push(f.raw().to_vec());
         }
         if out.len() >= n {
@@ -288,7 +288,7 @@ pub async fn read_frames<S: AsyncRead + Unpin>(
 /// The payload of one complete netstring (`len:payload,`).
 pub fn frame_payload(raw: &[u8]) -> Vec<u8> {
     let mut b = bytes::BytesMut::from(raw);
-    gatehouse::rpc::codec::decode(&mut b, 64 << 20)
+    gatehouse::cluster::codec::decode(&mut b, 64 << 20)
         .expect("a valid frame")
         .expect("a complete frame")
         .payload()

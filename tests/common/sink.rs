@@ -3,7 +3,7 @@
 
 use boring::ssl::SslAcceptor;
 use bytes::BytesMut;
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,12 +1,12 @@
 //! Hardening of the cluster relay and of `gatehouse reload`, end to end: real TLS, certificates
 //! generated at test time, the real binary, an in-process netstring "master" (the sink).
 //!
-//! - anonymous links per client IP (`jsonrpc.limits.anonymous_max_per_ip`, default 2):
+//! - anonymous links per client IP (`cluster.limits.anonymous_max_per_ip`, default 2):
 //!   `anonymous_links_are_capped_per_ip`, `anonymous_max_per_ip_key_takes_effect`;
 //! - `pki::RequestCertificate` with `cert_request: null` / `""`:
 //!   `null_or_empty_cert_request_gets_the_clients_certificate`,
 //!   `anonymous_client_without_certificate_cannot_send_a_null_cert_request`;
-//! - oversized `pki::RequestCertificate` (`jsonrpc.limits.certificate_request_size`, default
+//! - oversized `pki::RequestCertificate` (`cluster.limits.certificate_request_size`, default
 //!   64KiB): `oversized_certificate_request_is_denied_without_building_a_tree`,
 //!   `certificate_request_size_key_takes_effect`;
 //! - log escaping of SNI, CN and method on the cluster side:
@@ -16,7 +16,7 @@
 //!   the binary proved it refuses a non-gatehouse pid: on a binary without the check,
 //!   `kill(-1, SIGHUP)` would hit every process of the user);
 //! - a 2,000-link burst, measured: `burst_2000_authenticated_links` (`#[ignore]`; run with
-//!   `ulimit -n 65536; cargo test --test hardening_rpc -- --ignored burst --nocapture`).
+//!   `ulimit -n 65536; cargo test --test hardening_cluster -- --ignored burst --nocapture`).
 
 mod common;
 
@@ -25,7 +25,7 @@ use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::pki::CertSpec;
-use gatehouse::rpc::codec;
+use gatehouse::cluster::codec;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -184,8 +184,8 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A Gatehouse with one TLS listener `edge` ([jsonrpc], client_auth optional) in front of a
-/// sink; jsonrpc routes `master1` and `*.example.org` both go to the sink.
+/// A Gatehouse with one TLS listener `edge` ([cluster], client_auth optional) in front of a
+/// sink; cluster routes `master1` and `*.example.org` both go to the sink.
 struct Edge {
     pki: Pki,
     sink: Sink,
@@ -196,7 +196,7 @@ struct Edge {
 }
 
 impl Edge {
-    /// `limits`: lines under `jsonrpc.limits` (indented 4; empty = no `limits` key);
+    /// `limits`: lines under `cluster.limits` (indented 4; empty = no `limits` key);
     /// `cert_dir`: whether `upstream_identity.cert_dir` (holding `agent1`) is configured.
     async fn start(limits: &str, cert_dir: bool, mode: SinkMode) -> Edge {
         let dir = tempfile::tempdir().unwrap();
@@ -219,11 +219,11 @@ impl Edge {
             r#"listeners:
   - name: edge
     address: "127.0.0.1:{port}"
-    protocols: [jsonrpc]
+    protocols: [cluster]
     tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
 upstreams:
   master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
-jsonrpc:
+cluster:
   routes:
     - {{ sni: master1, upstream: master }}
     - {{ sni: "*.example.org", upstream: master }}
@@ -389,15 +389,15 @@ async fn anonymous_links_are_capped_per_ip() {
     let line = e.log_line(&["anonymous_max_per_ip"], T).await;
     assert!(
         line.as_deref()
-            .is_some_and(|l| l.contains("gatehouse::rpc") && l.contains("anonymous@127.0.0.1")),
-        "a gatehouse::rpc line naming the client and anonymous_max_per_ip: {line:?}\n{}",
+            .is_some_and(|l| l.contains("gatehouse::cluster") && l.contains("anonymous@127.0.0.1")),
+        "a gatehouse::cluster line naming the client and anonymous_max_per_ip: {line:?}\n{}",
         e.gh.log_text()
     );
     let m = e.metrics().await;
     assert_eq!(
         metric(
             &m,
-            "gatehouse_rpc_links_refused_total",
+            "gatehouse_cluster_links_refused_total",
             &[("reason", "anonymous_max_per_ip")]
         ),
         1.0,
@@ -415,7 +415,7 @@ async fn anonymous_links_are_capped_per_ip() {
     let mut freed = false;
     for _ in 0..100 {
         let m = e.metrics().await;
-        if metric(&m, "gatehouse_rpc_links_active", &[("kind", "anonymous")]) == 1.0 {
+        if metric(&m, "gatehouse_cluster_links_active", &[("kind", "anonymous")]) == 1.0 {
             freed = true;
             break;
         }
@@ -433,7 +433,7 @@ async fn anonymous_links_are_capped_per_ip() {
     assert_eq!(
         metric(
             &m,
-            "gatehouse_rpc_links_refused_total",
+            "gatehouse_cluster_links_refused_total",
             &[("reason", "anonymous_max_per_ip")]
         ),
         1.0,
@@ -457,14 +457,14 @@ async fn anonymous_max_per_ip_key_takes_effect() {
     assert_eq!(e.sink.frames().len(), 1);
     assert_eq!(e.sink.client_cns.lock().unwrap().len(), 1);
     assert!(e
-        .log_line(&["gatehouse::rpc", "anonymous_max_per_ip"], T)
+        .log_line(&["gatehouse::cluster", "anonymous_max_per_ip"], T)
         .await
         .is_some());
     let m = e.metrics().await;
     assert_eq!(
         metric(
             &m,
-            "gatehouse_rpc_links_refused_total",
+            "gatehouse_cluster_links_refused_total",
             &[("reason", "anonymous_max_per_ip")]
         ),
         1.0,
@@ -588,7 +588,7 @@ async fn anonymous_client_without_certificate_cannot_send_a_null_cert_request() 
     assert_eq!(
         metric(
             &m,
-            "gatehouse_rpc_messages_total",
+            "gatehouse_cluster_messages_total",
             &[
                 ("direction", "upstream"),
                 ("method", "pki::RequestCertificate"),
@@ -709,7 +709,7 @@ async fn oversized_certificate_request_is_denied_without_building_a_tree() {
     let m = e.metrics().await;
     let denied = metric(
         &m,
-        "gatehouse_rpc_messages_total",
+        "gatehouse_cluster_messages_total",
         &[
             ("direction", "upstream"),
             ("method", "pki::RequestCertificate"),
@@ -718,7 +718,7 @@ async fn oversized_certificate_request_is_denied_without_building_a_tree() {
     );
     if denied != 1.0 {
         failures.push(format!(
-            "gatehouse_rpc_messages_total{{direction=\"upstream\",method=\"pki::RequestCertificate\",verdict=\"denied\"}} is {denied}, not 1"
+            "gatehouse_cluster_messages_total{{direction=\"upstream\",method=\"pki::RequestCertificate\",verdict=\"denied\"}} is {denied}, not 1"
         ));
     }
     if growth_mib >= 64 {
@@ -780,7 +780,7 @@ async fn certificate_request_size_key_takes_effect() {
     assert_eq!(
         metric(
             &m,
-            "gatehouse_rpc_messages_total",
+            "gatehouse_cluster_messages_total",
             &[
                 ("direction", "upstream"),
                 ("method", "pki::RequestCertificate"),
@@ -793,7 +793,7 @@ async fn certificate_request_size_key_takes_effect() {
 }
 
 /// Item 4: the SNI and certificate CN of a cluster client and the method of a denied message
-/// appear escaped in `gatehouse::rpc` lines; none of them can start a forged log line.
+/// appear escaped in `gatehouse::cluster` lines; none of them can start a forged log line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_log_lines_escape_sni_cn_and_method() {
     // No cert_dir: an authenticated client goes upstream with the edge's own certificate, so
@@ -842,7 +842,7 @@ async fn cluster_log_lines_escape_sni_cn_and_method() {
 
     // 3. SNIs with control characters. BoringSSL's client sends any byte but NUL; the server
     // refuses only empty or NUL-containing names. Routed ones (*.example.org) open a link and
-    // are logged in `link open:`; the others are refused with `no jsonrpc route for SNI`.
+    // are logged in `link open:`; the others are refused with `no cluster route for SNI`.
     // The client is agent1 (authenticated), so these links do not count as anonymous ones.
     let any = connector(None, Some(e.pki.paths("agent1")));
     let mut sent = Vec::new();
@@ -881,7 +881,7 @@ async fn cluster_log_lines_escape_sni_cn_and_method() {
         let line_kind = if *routed {
             "link open: agent1@"
         } else {
-            "no jsonrpc route for SNI"
+            "no cluster route for SNI"
         };
         // The part after the last control character or space, as plain text.
         let tail = sni
@@ -1089,7 +1089,7 @@ fn open_files_limit() -> u64 {
 /// 60 s. Needs ~4,000 fds here (clients + sink side) and ~4,000 in Gatehouse (which inherits
 /// the limit): run under `ulimit -n 65536`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: `ulimit -n 65536; cargo test --test hardening_rpc -- --ignored burst --nocapture`"]
+#[ignore = "measurement: `ulimit -n 65536; cargo test --test hardening_cluster -- --ignored burst --nocapture`"]
 async fn burst_2000_authenticated_links() {
     const LINKS: usize = 2000;
     const IN_FLIGHT: usize = 200;

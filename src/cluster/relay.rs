@@ -18,9 +18,9 @@ use super::filter::{Action, CertRequest, Chain, LinkInfo, Message, MethodPolicy,
 use super::identity::{CertDir, IdentityMapper, Mapped, OwnIdentity};
 use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
-use crate::audit::{AuditEvent, AuditSink, Caller, RpcEvent};
+use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent};
 use crate::authz::{Guarded, Identity, Question, Target};
-use crate::config::{Config, ConfigError, JsonRpc};
+use crate::config::{Config, ConfigError, ClusterSection};
 use crate::host::HostPattern;
 use crate::identity::TlsInfo;
 use crate::logsafe::{Esc, EscOpt, EscText};
@@ -55,7 +55,7 @@ struct Limits {
     anonymous_idle: Duration,
 }
 
-/// The relay shared by every listener that accepts `jsonrpc`.
+/// The relay shared by every listener that accepts `cluster`.
 pub struct Relay {
     routes: Vec<(HostPattern, usize)>,
     upstreams: Arc<[UpstreamGroup]>,
@@ -71,10 +71,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Builds the relay from `jsonrpc:`; `index` maps upstream names to `upstreams`.
+    /// Builds the relay from `cluster:`; `index` maps upstream names to `upstreams`.
     pub fn new(
         cfg: &Config,
-        j: &JsonRpc,
+        j: &ClusterSection,
         upstreams: Arc<[UpstreamGroup]>,
         index: &HashMap<String, usize>,
         audit: Arc<dyn AuditSink>,
@@ -85,9 +85,9 @@ impl Relay {
         for (i, r) in j.routes.iter().enumerate() {
             match (HostPattern::parse(&r.sni), index.get(&r.upstream)) {
                 (Ok(p), Some(&u)) => routes.push((p, u)),
-                (Err(m), _) => errs.push(ConfigError::new(format!("jsonrpc.routes[{i}].sni"), m)),
+                (Err(m), _) => errs.push(ConfigError::new(format!("cluster.routes[{i}].sni"), m)),
                 (_, None) => errs.push(ConfigError::new(
-                    format!("jsonrpc.routes[{i}].upstream"),
+                    format!("cluster.routes[{i}].upstream"),
                     format!("unknown upstream `{}`", r.upstream),
                 )),
             }
@@ -129,7 +129,7 @@ impl Relay {
         })
     }
 
-    /// Replaces the upstream identity mapping (`jsonrpc.upstream_identity` by default).
+    /// Replaces the upstream identity mapping (`cluster.upstream_identity` by default).
     pub fn set_identity_mapper(&mut self, m: Box<dyn IdentityMapper>) {
         self.identity = m;
     }
@@ -141,7 +141,7 @@ impl Relay {
             .with_label_values(&[listener, "rejected"])
             .inc();
         self.metrics
-            .rpc_links_refused
+            .cluster_links_refused
             .with_label_values(&[reason])
             .inc();
         close(down).await
@@ -192,18 +192,18 @@ impl Relay {
             None => match self.anonymous.take(ip, &self.limits) {
                 Ok(slot) => Some(slot),
                 Err(AnonRefusal::Total) => {
-                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {} anonymous links open (jsonrpc.limits.anonymous_max_clients)", self.limits.anonymous_max);
+                    log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {} anonymous links open (cluster.limits.anonymous_max_clients)", self.limits.anonymous_max);
                     return self.reject(listener, down, "anonymous_max_clients").await;
                 }
                 Err(AnonRefusal::PerIp) => {
-                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {} anonymous links open from {} (jsonrpc.limits.anonymous_max_per_ip)", self.limits.anonymous_per_ip, ip.map_or_else(|| "-".to_string(), |i| i.to_string()));
+                    log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {} anonymous links open from {} (cluster.limits.anonymous_max_per_ip)", self.limits.anonymous_per_ip, ip.map_or_else(|| "-".to_string(), |i| i.to_string()));
                     return self.reject(listener, down, "anonymous_max_per_ip").await;
                 }
             },
         };
         let sni = info.sni.as_deref().unwrap_or("");
         let Some(&(_, up_idx)) = self.routes.iter().find(|(p, _)| p.matches(sni)) else {
-            log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: no jsonrpc route for SNI {}", EscOpt(Some(sni)));
+            log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: no cluster route for SNI {}", EscOpt(Some(sni)));
             return self.reject(listener, down, "no_route").await;
         };
         let group = &self.upstreams[up_idx];
@@ -229,7 +229,7 @@ impl Relay {
             Some(a) => {
                 let d = a.decide(&link_q).await;
                 if !d.allow {
-                    log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: authorizer {}: {}", a.name(), EscText(&d.reason));
+                    log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: authorizer {}: {}", a.name(), EscText(&d.reason));
                     return self.reject(listener, down, "authorizer").await;
                 }
                 d.ttl.map(|ttl| (a, ttl))
@@ -239,7 +239,7 @@ impl Relay {
             Mapped::Present(c) => Some(c),
             Mapped::Own => None,
             Mapped::Refuse(why) => {
-                log::warn!(target: "gatehouse::rpc", "listener {listener}: refusing {who}: {}", EscText(&why));
+                log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {}", EscText(&why));
                 return self.reject(listener, down, "identity").await;
             }
         };
@@ -249,7 +249,7 @@ impl Relay {
                 .upstream_errors
                 .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
                 .inc();
-            log::warn!(target: "gatehouse::rpc", "{who}: upstream {}: no healthy peer", group.name);
+            log::warn!(target: "gatehouse::cluster", "{who}: upstream {}: no healthy peer", group.name);
             return close(down).await;
         };
         let mut peer = group.peer(peer_addr);
@@ -275,7 +275,7 @@ impl Relay {
         } else {
             "anonymous"
         };
-        let _link_gauge = ActiveGuard::gauge(self.metrics.rpc_links.with_label_values(&[kind]));
+        let _link_gauge = ActiveGuard::gauge(self.metrics.cluster_links.with_label_values(&[kind]));
         let link = Link {
             info,
             fingerprint: auth.map(|c| c.fingerprint.as_str()),
@@ -284,7 +284,7 @@ impl Relay {
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
             answers: Default::default(),
         };
-        log::info!(target: "gatehouse::rpc", "link open: {who} sni={} → upstream {} peer {peer_addr}", EscOpt(Some(sni)), group.name);
+        log::info!(target: "gatehouse::cluster", "link open: {who} sni={} → upstream {} peer {peer_addr}", EscOpt(Some(sni)), group.name);
         let started = Instant::now();
 
         let (mut dr, mut dw) = tokio::io::split(down);
@@ -303,7 +303,7 @@ impl Relay {
         })
         .await;
         log::info!(
-            target: "gatehouse::rpc",
+            target: "gatehouse::cluster",
             "link closed: {who} after {:.1}s, {} up / {} down messages: {end}",
             started.elapsed().as_secs_f64(),
             link.forwarded[0].load(Ordering::Relaxed),
@@ -353,7 +353,7 @@ impl Relay {
                     Ok(None) => break,
                     Err(e) => {
                         self.metrics
-                            .rpc_messages
+                            .cluster_messages
                             .with_label_values(&[dir.label(), "other", "malformed"])
                             .inc();
                         return LinkEnd::Frame(dir, e);
@@ -426,14 +426,14 @@ impl Relay {
             Ok(e) => e,
             Err(e) => {
                 self.metrics
-                    .rpc_messages
+                    .cluster_messages
                     .with_label_values(&[dir.label(), "other", "malformed"])
                     .inc();
                 // Icinga's semantics: anonymous peers are dropped, known peers are forgiven.
                 if link.anonymous() {
                     return Err(LinkEnd::Malformed(dir, e));
                 }
-                log::warn!(target: "gatehouse::rpc", "{}: dropped a malformed {} message: {e}", link.who, dir.label());
+                log::warn!(target: "gatehouse::cluster", "{}: dropped a malformed {} message: {e}", link.who, dir.label());
                 return Ok(());
             }
         };
@@ -444,7 +444,7 @@ impl Relay {
         match outcome.action {
             Action::Forward => out.extend_from_slice(frame.raw()),
             Action::Rewrite(p) => {
-                log::debug!(target: "gatehouse::rpc", "{}: {} {} message rewritten by {}", link.who, Esc(method.unwrap_or("reply")), dir.label(), outcome.by);
+                log::debug!(target: "gatehouse::cluster", "{}: {} {} message rewritten by {}", link.who, Esc(method.unwrap_or("reply")), dir.label(), outcome.by);
                 out.extend_from_slice(&codec::encode(&p));
             }
             Action::Deny(why) => {
@@ -452,14 +452,14 @@ impl Relay {
             }
             Action::Drop => {
                 self.metrics
-                    .rpc_messages
+                    .cluster_messages
                     .with_label_values(&[dir.label(), METHOD_LABELS[idx], "dropped"])
                     .inc();
                 return Ok(());
             }
             Action::Answer(p) => {
                 self.metrics
-                    .rpc_messages
+                    .cluster_messages
                     .with_label_values(&[dir.label(), METHOD_LABELS[idx], "answered"])
                     .inc();
                 link.answer(dir, &p);
@@ -483,11 +483,11 @@ impl Relay {
         why: &str,
     ) -> Result<(), LinkEnd> {
         self.metrics
-            .rpc_messages
+            .cluster_messages
             .with_label_values(&[dir.label(), label, "denied"])
             .inc();
         let n = link.violations.fetch_add(1, Ordering::Relaxed) + 1;
-        self.audit.record(&AuditEvent::Jsonrpc(RpcEvent {
+        self.audit.record(&AuditEvent::Cluster(ClusterEvent {
             listener: link.info.listener.to_string(),
             client: link.info.peer.to_string(),
             identity: Caller {
@@ -499,7 +499,7 @@ impl Relay {
             verdict: "denied",
             reason: why.to_string(),
         }));
-        log::warn!(target: "gatehouse::rpc", "{}: denied {} {} message ({}); violation {n}/{}", link.who, Esc(method), dir.label(), EscText(why), self.max_violations);
+        log::warn!(target: "gatehouse::cluster", "{}: denied {} {} message ({}); violation {n}/{}", link.who, Esc(method), dir.label(), EscText(why), self.max_violations);
         if n >= self.max_violations {
             return Err(LinkEnd::Violations(n));
         }
@@ -520,11 +520,11 @@ impl Counters {
             forwarded: METHOD_LABELS
                 .iter()
                 .map(|l| {
-                    m.rpc_messages
+                    m.cluster_messages
                         .with_label_values(&[dir.label(), l, "forwarded"])
                 })
                 .collect(),
-            bytes: m.rpc_bytes.with_label_values(&[dir.label()]),
+            bytes: m.cluster_bytes.with_label_values(&[dir.label()]),
         }
     }
 }
@@ -635,7 +635,7 @@ impl fmt::Display for LinkEnd {
                     d.sender()
                 )
             }
-            LinkEnd::Violations(n) => write!(f, "{n} policy violations (jsonrpc.max_violations)"),
+            LinkEnd::Violations(n) => write!(f, "{n} policy violations (cluster.max_violations)"),
             LinkEnd::Filter(by, why) => write!(f, "closed by filter {by}: {}", EscText(why)),
             LinkEnd::Revoked(by, why) => write!(f, "revoked by authorizer {by}: {}", EscText(why)),
             LinkEnd::Io(side, e) => write!(f, "{side} side: {e}"),

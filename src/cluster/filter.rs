@@ -1,5 +1,5 @@
 //! Cluster message filters: the relay's extension point, and how its own YAML features are
-//! built ([`MethodPolicy`] for `jsonrpc.policy`, [`CertRequest`] for the `cert_request`
+//! built ([`MethodPolicy`] for `cluster.policy`, [`CertRequest`] for the `cert_request`
 //! rewrite).
 //!
 //! A filter runs synchronously on every message it declared an [`Interest`] in, in both
@@ -96,7 +96,7 @@ pub enum Action {
     /// Drop it silently (counted as `dropped`; not a policy violation).
     Drop,
     /// Refuse it: not forwarded, logged, audited and counted as `denied`, and counted
-    /// against `jsonrpc.max_violations`. The text is the reason.
+    /// against `cluster.max_violations`. The text is the reason.
     Deny(Cow<'static, str>),
     /// Answer it at the edge: this payload goes back to the sender, nothing goes on.
     Answer(Vec<u8>),
@@ -166,7 +166,7 @@ impl Interest {
 /// A cluster message filter.
 ///
 /// ```
-/// use gatehouse::rpc::filter::{Action, Interest, LinkInfo, Message, RpcFilter};
+/// use gatehouse::cluster::filter::{Action, Interest, LinkInfo, Message, RpcFilter};
 ///
 /// /// Answers `example::Ping` at the edge; every other message is untouched.
 /// struct Ping;
@@ -196,7 +196,7 @@ pub trait RpcFilter: Send + Sync + 'static {
     fn on_message(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Action;
 }
 
-/// `jsonrpc.policy` (or Icinga's own rules when it is absent) as a filter.
+/// `cluster.policy` (or Icinga's own rules when it is absent) as a filter.
 pub struct MethodPolicy(Policy);
 
 impl MethodPolicy {
@@ -208,13 +208,13 @@ impl MethodPolicy {
 
 impl RpcFilter for MethodPolicy {
     fn name(&self) -> &str {
-        "jsonrpc.policy"
+        "cluster.policy"
     }
 
     fn on_message(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Action {
         match self.0.decide(link.identity, msg.direction, msg.method()) {
             Verdict::Allow => Action::Forward,
-            Verdict::Deny(rule) => Action::Deny(Cow::Owned(format!("jsonrpc.policy[{rule}]"))),
+            Verdict::Deny(rule) => Action::Deny(Cow::Owned(format!("cluster.policy[{rule}]"))),
         }
     }
 }
@@ -228,7 +228,7 @@ pub struct CertRequest {
 }
 
 impl CertRequest {
-    /// With `max` = `jsonrpc.limits.certificate_request_size`.
+    /// With `max` = `cluster.limits.certificate_request_size`.
     pub fn new(max: usize) -> Self {
         CertRequest { max }
     }
@@ -246,7 +246,7 @@ impl RpcFilter for CertRequest {
     fn on_message(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Action {
         if msg.payload().len() > self.max {
             return Action::Deny(Cow::Owned(format!(
-                "larger than {} bytes (jsonrpc.limits.certificate_request_size)",
+                "larger than {} bytes (cluster.limits.certificate_request_size)",
                 self.max
             )));
         }
@@ -414,7 +414,7 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::codec;
+    use crate::cluster::codec;
     use bytes::BytesMut;
 
     fn rewrite(req: &[u8], cert: Option<&X509>) -> Result<Option<Vec<u8>>, &'static str> {
@@ -532,8 +532,8 @@ mod tests {
         assert_eq!(
             run(cr, Direction::Upstream),
             (
-                Action::Deny("jsonrpc.policy[0]".into()),
-                "jsonrpc.policy".into()
+                Action::Deny("cluster.policy[0]".into()),
+                "cluster.policy".into()
             )
         );
         let (a, _) = run(cr, Direction::Downstream);

@@ -7,7 +7,7 @@
 //! → allowed. Replies (no `method`) are never filtered: they answer the other side's requests.
 
 use crate::authz::{FirstMatch, Identity, Matcher};
-use crate::config::{PolicyDirection, RpcPolicyRule};
+use crate::config::{PolicyDirection, ClusterPolicyRule};
 use crate::glob;
 
 /// Which way a message travels.
@@ -65,7 +65,7 @@ pub enum Verdict {
 impl Policy {
     /// Builds a policy from the configured rules (validated with the config: a rule whose
     /// identity does not parse matches nobody).
-    pub fn new(rules: &[RpcPolicyRule]) -> Policy {
+    pub fn new(rules: &[ClusterPolicyRule]) -> Policy {
         Policy {
             rules: FirstMatch::new(
                 rules
@@ -88,7 +88,7 @@ impl Policy {
     /// may only say hello, heartbeat and ask for a certificate; no client may push config,
     /// certificates or commands toward its parent.
     pub fn icinga_defaults() -> Policy {
-        Policy::new(&crate::config::default_rpc_policy())
+        Policy::new(&crate::config::default_cluster_policy())
     }
 
     /// Decides one message. `method` is `None` for replies, which always pass.
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn identity_matchers_and_first_match() {
-        let rules: Vec<RpcPolicyRule> = serde_yaml::from_str(
+        let rules: Vec<ClusterPolicyRule> = serde_yaml::from_str(
             r#"
 - { identity: "cn:agent-*", direction: both, deny: ["event::*"] }
 - { identity: "spiffe://example.org/ops/", direction: upstream, allow: ["config::*"] }

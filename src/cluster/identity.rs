@@ -2,7 +2,7 @@
 //!
 //! Icinga knows a peer by the certificate of the directly connected TLS peer, so a link from
 //! agent `a1` must reach the master with a certificate for `a1`. [`IdentityMapper`] decides
-//! which; the built-in [`CertDir`] (`jsonrpc.upstream_identity`) reads `<cn>.crt`/`<cn>.key`
+//! which; the built-in [`CertDir`] (`cluster.upstream_identity`) reads `<cn>.crt`/`<cn>.key`
 //! from a folder. It runs once per link, asynchronously, and caches what it parsed: file reads
 //! happen off the worker threads, and a reconnect storm parses each identity once.
 
@@ -33,8 +33,8 @@ pub enum Mapped {
 /// Chooses the upstream identity of a cluster link.
 ///
 /// ```
-/// use gatehouse::rpc::filter::LinkInfo;
-/// use gatehouse::rpc::identity::{IdentityMapper, Mapped};
+/// use gatehouse::cluster::filter::LinkInfo;
+/// use gatehouse::cluster::identity::{IdentityMapper, Mapped};
 ///
 /// /// Every link goes upstream with the upstream's own certificate, except `root`'s.
 /// struct NoRoot;
@@ -55,7 +55,7 @@ pub trait IdentityMapper: Send + Sync + 'static {
     async fn upstream_identity(&self, link: &LinkInfo<'_>) -> Mapped;
 }
 
-/// `jsonrpc.upstream_identity`: `<dir>/<cn>.crt` + `<cn>.key` for an authenticated client
+/// `cluster.upstream_identity`: `<dir>/<cn>.crt` + `<cn>.key` for an authenticated client
 /// `<cn>`; anonymous clients go with the upstream's own certificate.
 pub struct CertDir {
     dir: PathBuf,
@@ -155,7 +155,7 @@ impl IdentityMapper for CertDir {
             Ok(Some(c)) => Mapped::Present(c),
             Ok(None) if self.missing == MissingIdentity::Own => Mapped::Own,
             Ok(None) => Mapped::Refuse(format!(
-                "no {}.crt in jsonrpc.upstream_identity.cert_dir (missing: reject)",
+                "no {}.crt in cluster.upstream_identity.cert_dir (missing: reject)",
                 Esc(cn)
             )),
             Err(e) => Mapped::Refuse(format!("upstream identity: {e}")),

@@ -23,7 +23,7 @@ pub mod relay;
 
 pub use relay::Relay;
 
-/// The bounded `method` label values of `gatehouse_rpc_messages_total`: Icinga's cluster
+/// The bounded `method` label values of `gatehouse_cluster_messages_total`: Icinga's cluster
 /// methods, then `reply` (no method) and `other`.
 pub const METHOD_LABELS: &[&str] = &[
     "icinga::Hello",
