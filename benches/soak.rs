@@ -21,8 +21,8 @@ mod support;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::CertSpec;
 use gatehouse::cluster::codec;
+use gatehouse::pki::CertSpec;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -325,7 +325,9 @@ mod tests {
             Metrics::register(&a).is_err(),
             "twice in one registry is refused, not a panic"
         );
-        ma.cluster_links_refused.with_label_values(&["no_route"]).inc();
+        ma.cluster_links_refused
+            .with_label_values(&["no_route"])
+            .inc();
         let count = |r: &Registry| {
             r.gather()
                 .iter()

@@ -24,8 +24,8 @@ use boring::ssl::{ShutdownState, SslConnector, SslFiletype, SslMethod, SslVerify
 use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::CertSpec;
 use gatehouse::cluster::codec;
+use gatehouse::pki::CertSpec;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -415,7 +415,12 @@ async fn anonymous_links_are_capped_per_ip() {
     let mut freed = false;
     for _ in 0..100 {
         let m = e.metrics().await;
-        if metric(&m, "gatehouse_cluster_links_active", &[("kind", "anonymous")]) == 1.0 {
+        if metric(
+            &m,
+            "gatehouse_cluster_links_active",
+            &[("kind", "anonymous")],
+        ) == 1.0
+        {
             freed = true;
             break;
         }

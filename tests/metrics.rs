@@ -6,8 +6,8 @@ mod common;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::CertSpec;
 use gatehouse::cluster::codec;
+use gatehouse::pki::CertSpec;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -20,7 +20,7 @@ use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
 use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent};
 use crate::authz::{Guarded, Identity, Question, Target};
-use crate::config::{Config, ConfigError, ClusterSection};
+use crate::config::ClusterSettings;
 use crate::host::HostPattern;
 use crate::identity::TlsInfo;
 use crate::logsafe::{Esc, EscOpt, EscText};
@@ -71,36 +71,19 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Builds the relay from `cluster:`; `index` maps upstream names to `upstreams`.
+    /// Builds the relay from `cluster:`; its routes index `upstreams`.
     pub fn new(
-        cfg: &Config,
-        j: &ClusterSection,
+        j: &ClusterSettings,
         upstreams: Arc<[UpstreamGroup]>,
-        index: &HashMap<String, usize>,
         audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
-    ) -> Result<Relay, Vec<ConfigError>> {
-        let mut errs = Vec::new();
-        let mut routes = Vec::new();
-        for (i, r) in j.routes.iter().enumerate() {
-            match (HostPattern::parse(&r.sni), index.get(&r.upstream)) {
-                (Ok(p), Some(&u)) => routes.push((p, u)),
-                (Err(m), _) => errs.push(ConfigError::new(format!("cluster.routes[{i}].sni"), m)),
-                (_, None) => errs.push(ConfigError::new(
-                    format!("cluster.routes[{i}].upstream"),
-                    format!("unknown upstream `{}`", r.upstream),
-                )),
-            }
-        }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
+    ) -> Relay {
         let l = &j.limits;
-        Ok(Relay {
-            routes,
+        Relay {
+            routes: j.routes.clone(),
             upstreams,
             identity: match &j.upstream_identity {
-                Some(id) => Box::new(CertDir::new(cfg.resolve(&id.cert_dir), id.missing)),
+                Some(id) => Box::new(CertDir::new(id.cert_dir.clone(), id.missing)),
                 None => Box::new(OwnIdentity),
             },
             authorizer: None,
@@ -108,25 +91,20 @@ impl Relay {
             limits: Limits {
                 anonymous_max: l.anonymous_max_clients,
                 anonymous_per_ip: l.anonymous_max_per_ip,
-                anonymous_size: l.anonymous_message_size.0 as usize,
-                size: l.message_size.0 as usize,
-                idle: l.idle_timeout.get(),
-                anonymous_idle: l.anonymous_idle_timeout.get(),
+                anonymous_size: l.anonymous_message_size,
+                size: l.message_size,
+                idle: l.idle_timeout,
+                anonymous_idle: l.anonymous_idle_timeout,
             },
             filters: Chain::new(
-                MethodPolicy::new(match &j.policy {
-                    Some(rules) => Policy::new(rules),
-                    None => Policy::icinga_defaults(),
-                }),
-                CertRequest::new(
-                    usize::try_from(l.certificate_request_size.0).unwrap_or(usize::MAX),
-                ),
+                MethodPolicy::new(Policy::new(&j.policy)),
+                CertRequest::new(l.certificate_request_size),
             ),
             max_violations: j.max_violations,
             anonymous: AnonLinks::default(),
             connector: TransportConnector::new(None),
             audit,
-        })
+        }
     }
 
     /// Replaces the upstream identity mapping (`cluster.upstream_identity` by default).

@@ -10,10 +10,10 @@ mod prefixed;
 
 pub use prefixed::PrefixedIo;
 
+use crate::cluster::Relay;
 use crate::config::Protocol;
 use crate::http::HttpGateway;
 use crate::metrics::{ActiveGuard, Metrics};
-use crate::cluster::Relay;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::tls::ALPN;

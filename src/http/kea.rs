@@ -1,8 +1,8 @@
 //! Kea command-level authorization: parse `{"command", "service", "arguments"}`, decide
 //! per identity, and read the result codes out of Kea's answer for the audit log.
 
-use crate::authz::{parse_all, FirstMatch, Identity};
-use crate::config::{AllowDeny, KeaDefault, KeaRoute};
+use crate::authz::{FirstMatch, Identity};
+use crate::config::{AllowDeny, KeaDefault, KeaSettings};
 use crate::glob;
 use serde::Deserialize;
 
@@ -197,10 +197,10 @@ pub struct KeaPolicy {
 }
 
 impl KeaPolicy {
-    /// From the route's `kea:` block (validated with the config).
-    pub fn new(k: &KeaRoute) -> KeaPolicy {
+    /// From the route's `kea:` settings.
+    pub fn new(k: &KeaSettings) -> KeaPolicy {
         KeaPolicy {
-            max_body: usize::try_from(k.max_body.0).unwrap_or(usize::MAX),
+            max_body: k.max_body,
             rules: FirstMatch::new(
                 k.rules
                     .iter()
@@ -209,7 +209,7 @@ impl KeaPolicy {
                             commands: r.commands.clone(),
                             services: r.services.clone(),
                         };
-                        (parse_all(&r.identity), rule)
+                        (r.identity.clone(), rule)
                     })
                     .collect(),
             ),
@@ -273,7 +273,7 @@ mod tests {
     use crate::pki::{Ca, CertSpec};
 
     fn policy(yaml: &str) -> KeaPolicy {
-        KeaPolicy::new(&serde_yaml::from_str(yaml).unwrap())
+        KeaPolicy::new(&crate::config::kea_from_yaml(yaml))
     }
 
     fn cert(cn: &str) -> ClientCert {

@@ -171,7 +171,10 @@ mod tests {
     #[tokio::test]
     async fn yaml_rules_are_an_authorizer() {
         let mut admins = r("admins", "*", "/admin");
-        admins.access = Access::new(Some(&["cn:admin".to_string()]), &[]);
+        admins.access = Access::new(
+            Some(vec![crate::authz::Matcher::Cn("admin".into())]),
+            Vec::new(),
+        );
         let router = Router::new(vec![admins, r("open", "*", "/")]);
         let q = |route| Question {
             listener: "l",
