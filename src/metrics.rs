@@ -91,6 +91,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts one failure talking to `upstream`, of class `kind` (`FailureKind::label`).
+    pub fn upstream_error(&self, upstream: &str, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[upstream, kind])
+            .inc();
+    }
+
     /// Creates every family and registers it in `registry` (fails if one is already there).
     pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
         let build_info = IntGaugeVec::new(

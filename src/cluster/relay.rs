@@ -224,9 +224,7 @@ impl Relay {
         let key = cn.unwrap_or(&addr);
         let Some(peer_addr) = group.select(key.as_bytes()) else {
             self.metrics
-                .upstream_errors
-                .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
-                .inc();
+                .upstream_error(&group.name, FailureKind::Unavailable.label());
             log::warn!(target: "gatehouse::cluster", "{who}: upstream {}: no healthy peer", group.name);
             return close(down).await;
         };
@@ -238,10 +236,7 @@ impl Relay {
             Ok(s) => s,
             Err(e) => {
                 let kind = FailureKind::classify(&e);
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[&group.name, kind.label()])
-                    .inc();
+                self.metrics.upstream_error(&group.name, kind.label());
                 log::warn!(target: "gatehouse::upstream", "upstream {} peer {peer_addr}: connect for {who} failed ({}): {e}", group.name, kind.label());
                 // Closing makes the agent retry (every 10 s), possibly via a healthier peer.
                 return close(down).await;

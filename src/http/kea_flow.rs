@@ -252,10 +252,7 @@ impl HttpGateway {
                 Err(e) => {
                     // Headers are out: all that is left is to count, log and cut the response.
                     let kind = FailureKind::classify(&e);
-                    self.metrics
-                        .upstream_errors
-                        .with_label_values(&[&group.name, kind.label()])
-                        .inc();
+                    self.metrics.upstream_error(&group.name, kind.label());
                     log::warn!(target: "gatehouse::upstream", "upstream {} peer {addr}: response body failed ({}): {e}", group.name, kind.label());
                     return Err(e);
                 }
@@ -281,10 +278,7 @@ impl HttpGateway {
             .as_ref()
             .map(|r| &*self.upstreams[r.upstream].name)
             .unwrap_or("?");
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[group, kind.label()])
-            .inc();
+        self.metrics.upstream_error(group, kind.label());
         let peer = ctx
             .peer
             .map(|p| p.to_string())

@@ -439,9 +439,7 @@ impl ProxyHttp for HttpGateway {
         let Some(addr) = group.select(balance_key(session, ctx).as_bytes()) else {
             ctx.failure = Some(FailureKind::Unavailable);
             self.metrics
-                .upstream_errors
-                .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
-                .inc();
+                .upstream_error(&group.name, FailureKind::Unavailable.label());
             return Error::e_explain(
                 ErrorType::ConnectNoRoute,
                 format!("upstream {}: no healthy peer", group.name),
@@ -493,10 +491,7 @@ impl ProxyHttp for HttpGateway {
         let kind = FailureKind::classify(&e);
         let group = ctx.route.as_ref().map(|r| &self.upstreams[r.upstream]);
         let name = group.map(|g| &*g.name).unwrap_or("?");
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[name, kind.label()])
-            .inc();
+        self.metrics.upstream_error(name, kind.label());
         log::warn!(
             target: "gatehouse::upstream",
             "upstream {name} peer {}: connect failed ({}): {e}",
@@ -530,10 +525,7 @@ impl ProxyHttp for HttpGateway {
                 .as_ref()
                 .map(|r| &*self.upstreams[r.upstream].name)
                 .unwrap_or("?");
-            self.metrics
-                .upstream_errors
-                .with_label_values(&[name, kind.label()])
-                .inc();
+            self.metrics.upstream_error(name, kind.label());
             log::warn!(
                 target: "gatehouse::upstream",
                 "upstream {name} peer {}: failed while proxying ({}): {e}",
