@@ -10,7 +10,7 @@ use crate::config::{
 use crate::demux::ListenerApp;
 use crate::error::{Error, ErrorKind};
 use crate::http::filter::HttpFilter;
-use crate::http::kea::KeaPolicy;
+use crate::http::kea::{CommandList, KeaPolicy};
 use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics::{self, Metrics};
@@ -100,7 +100,7 @@ impl Plan {
                 );
                 route.access = Access::new(r.allow.clone(), r.deny.clone());
                 route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
-                route.kea = r.kea.as_ref().map(KeaPolicy::new);
+                route.kea = r.kea.as_ref().map(|k| Arc::new(KeaPolicy::new(k)));
                 route
             })
             .collect();
@@ -124,16 +124,27 @@ impl Plan {
         if !errs.is_empty() {
             return Err(errs);
         }
+        let router = Router::new(routes);
+        let kea_routes: Vec<_> = router
+            .routes()
+            .iter()
+            .filter_map(|r| Some((r.name.to_string(), r.kea.clone()?)))
+            .collect();
+        // Built-in filters run before any an embedder adds.
+        let mut http_filters: Vec<Box<dyn HttpFilter>> = Vec::new();
+        if !kea_routes.is_empty() {
+            http_filters.push(Box::new(CommandList::new(kea_routes)));
+        }
         Ok(Plan {
             config,
             listener_tls,
             upstreams,
             health,
-            router: Router::new(routes),
+            router,
             relay,
             audit,
             authorizer: None,
-            http_filters: Vec::new(),
+            http_filters,
             metrics,
         })
     }

@@ -7,6 +7,9 @@
 //! - [`HttpFilter::kea_command`] sees a parsed Kea command on a `kea:` route and may answer it
 //!   (the answer is audited and counted like any command);
 //! - [`HttpFilter::upstream_request`] may change the request going upstream;
+//! - [`HttpFilter::kea_answer`] may edit Kea's (parsed) answer to a command, for the commands
+//!   the filter declares with [`HttpFilter::wants_kea_answer`] (only those answers are
+//!   buffered; the others stream through untouched);
 //! - [`HttpFilter::response`] may change the response header going downstream;
 //! - [`HttpFilter::logging`] sees every finished request.
 //!
@@ -111,6 +114,17 @@ pub trait HttpFilter: Send + Sync + 'static {
     async fn kea_command(&self, _req: &Request<'_>, _cmd: &Command, _body: &[u8]) -> HttpAction {
         HttpAction::Continue
     }
+
+    /// Whether [`HttpFilter::kea_answer`] should see Kea's answer to `cmd`. Answers no filter
+    /// wants are streamed, not parsed.
+    fn wants_kea_answer(&self, _req: &Request<'_>, _cmd: &Command) -> bool {
+        false
+    }
+
+    /// Kea's answer to `cmd` (a list with one element per service, or one object), to edit in
+    /// place; it is sent with its new length. Called only when [`HttpFilter::wants_kea_answer`]
+    /// said so and the answer is JSON.
+    fn kea_answer(&self, _req: &Request<'_>, _cmd: &Command, _answer: &mut serde_json::Value) {}
 
     /// The request about to go upstream. An `Err` fails the request with 500.
     fn upstream_request(

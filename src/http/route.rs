@@ -22,7 +22,7 @@ pub struct Route {
     /// Send `X-Forwarded-Client-Cert` upstream.
     pub forward_xfcc: bool,
     /// Kea command-level authorization, when the route has a `kea:` block.
-    pub kea: Option<KeaPolicy>,
+    pub kea: Option<Arc<KeaPolicy>>,
     /// This route's request counters and histogram.
     pub metrics: RouteMetrics,
 }
@@ -81,6 +81,11 @@ impl Router {
         Router {
             routes: routes.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    /// Every route, in matching order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
     }
 
     /// The route for `host` (lowercase, no port; empty when absent) and `path`.
