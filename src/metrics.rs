@@ -88,6 +88,8 @@ pub struct Metrics {
     /// `gatehouse_kea_commands_total{route, command, verdict}` (verdict: allowed, denied, malformed,
     /// answered at the edge by a filter).
     pub kea_commands: IntCounterVec,
+    /// `gatehouse_http_rate_limited_total{route}`: requests answered 429 by `rate_limit`.
+    pub http_rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -190,6 +192,14 @@ impl Metrics {
             &["route", "command", "verdict"],
         )?;
         registry.register(Box::new(kea_commands.clone()))?;
+        let http_rate_limited = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_http_rate_limited_total",
+                "Requests answered 429 by a route's per-identity rate_limit, by route.",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(http_rate_limited.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -211,6 +221,7 @@ impl Metrics {
             cluster_links_refused,
             authorizer_calls,
             kea_commands,
+            http_rate_limited,
         })
     }
 

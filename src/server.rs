@@ -11,6 +11,7 @@ use crate::demux::ListenerApp;
 use crate::error::{Error, ErrorKind};
 use crate::http::filter::HttpFilter;
 use crate::http::kea::{CommandList, KeaPolicy};
+use crate::http::limit::RateLimit;
 use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics::{self, Metrics};
@@ -132,6 +133,18 @@ impl Plan {
             .collect();
         // Built-in filters run before any an embedder adds.
         let mut http_filters: Vec<Box<dyn HttpFilter>> = Vec::new();
+        let limited: Vec<_> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let limit = r.rate_limit?;
+                let counter = metrics.http_rate_limited.with_label_values(&[&r.name]);
+                Some((r.name.clone(), limit, counter))
+            })
+            .collect();
+        if !limited.is_empty() {
+            http_filters.push(Box::new(RateLimit::new(limited)));
+        }
         if !kea_routes.is_empty() {
             http_filters.push(Box::new(CommandList::new(kea_routes)));
         }

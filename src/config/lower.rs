@@ -457,6 +457,24 @@ fn lower_routes(
             .kea
             .as_ref()
             .map(|k| lower_kea(cx, &format!("{at}.kea"), k));
+        let rate_limit = r.rate_limit.as_ref().map(|l| {
+            let rps = l.requests_per_second;
+            if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) {
+                cx.err(
+                    format!("{at}.rate_limit.requests_per_second"),
+                    "must be a number above 0",
+                );
+            }
+            if l.burst == Some(0) {
+                cx.err(format!("{at}.rate_limit.burst"), "must be at least 1");
+            }
+            RateLimitSettings {
+                requests_per_second: rps,
+                burst: l
+                    .burst
+                    .unwrap_or_else(|| rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
+            }
+        });
         if !keys.insert((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
             cx.err(
                 at.clone(),
@@ -476,6 +494,7 @@ fn lower_routes(
                 deny,
                 forward_identity: r.forward_identity,
                 kea,
+                rate_limit,
             });
         }
     }
@@ -743,5 +762,30 @@ audit: { path: audit.jsonl }
             "no policy key = Icinga's"
         );
         assert_eq!(c.audit_path, Some(d.join("audit.jsonl")));
+    }
+
+    #[test]
+    fn rate_limit_values_are_checked_and_burst_defaults_to_a_second() {
+        let doc = |rl: &str| {
+            format!("listeners: [{{ name: a, address: \"127.0.0.1:1\" }}]\nupstreams: {{ u: {{ peers: [\"127.0.0.1:2\"] }} }}\nroutes: [{{ name: r, upstream: u, rate_limit: {rl} }}]\n")
+        };
+        let c = Config::parse(&doc("{ requests_per_second: 2.5 }"), Path::new(".")).unwrap();
+        assert_eq!(
+            c.routes[0].rate_limit,
+            Some(RateLimitSettings {
+                requests_per_second: 2.5,
+                burst: 3
+            })
+        );
+        let errs = Config::parse(&doc("{ requests_per_second: 0, burst: 0 }"), Path::new("."))
+            .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].rate_limit.requests_per_second",
+                "routes[0].rate_limit.burst"
+            ]
+        );
     }
 }

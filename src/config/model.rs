@@ -208,6 +208,17 @@ pub struct RouteSettings {
     pub forward_identity: ForwardIdentity,
     /// Kea command authorization, for routes to a Kea Control Agent.
     pub kea: Option<KeaSettings>,
+    /// Per-caller request rate.
+    pub rate_limit: Option<RateLimitSettings>,
+}
+
+/// A route's per-caller token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitSettings {
+    /// Sustained requests per second (> 0).
+    pub requests_per_second: f64,
+    /// Bucket size (≥ 1).
+    pub burst: u32,
 }
 
 /// A route's Kea command rules.

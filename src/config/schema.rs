@@ -327,6 +327,20 @@ pub struct RouteSection {
     /// Kea command-level authorization for this route.
     #[serde(default)]
     pub kea: Option<KeaSection>,
+    /// Requests per caller (CN when verified, else client IP) on this route.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSection>,
+}
+
+/// `routes[].rate_limit` — a token bucket per caller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Sustained rate.
+    pub requests_per_second: f64,
+    /// Requests allowed at once after a quiet spell (default: one second's worth, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// `routes[].kea` — what each identity may ask a Kea Control Agent.

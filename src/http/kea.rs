@@ -451,6 +451,7 @@ default: deny
         let req = |route| Request {
             listener: "l",
             identity: Identity::Verified(&dash),
+            client: None,
             route,
             header: &header,
         };

@@ -10,6 +10,7 @@
 pub mod filter;
 pub mod kea;
 mod kea_flow;
+pub mod limit;
 pub mod path;
 pub mod route;
 
@@ -91,6 +92,10 @@ impl HttpGateway {
         Some(FilterRequest {
             listener: &self.listener,
             identity: Identity::of(ctx.tls_info()),
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
             route: &route.name,
             header: session.req_header(),
         })
@@ -304,6 +309,9 @@ async fn answer(session: &mut Session, a: EdgeAnswer) -> Result<()> {
     let mut resp = ResponseHeader::build(a.status, Some(3))?;
     resp.insert_header(http::header::CONTENT_TYPE, a.content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, a.body.len().to_string())?;
+    for (name, value) in a.headers {
+        resp.insert_header(name, value)?;
+    }
     session
         .as_downstream_mut()
         .write_error_response(resp, a.body)
