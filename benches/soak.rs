@@ -90,6 +90,7 @@ routes: [ {{ name: web, upstream: web }} ]
 cluster:
   routes: [ {{ sni: master1, upstream: master }} ]
   upstream_identity: {{ cert_dir: {ids} }}
+  limits: {{ max_links_per_identity: 1000000 }}
 "#,
         d = dir.display(),
         web = origin.addr,

@@ -90,6 +90,9 @@ pub struct Metrics {
     pub kea_commands: IntCounterVec,
     /// `gatehouse_http_rate_limited_total{route}`: requests answered 429 by `rate_limit`.
     pub http_rate_limited: IntCounterVec,
+    /// `gatehouse_cluster_links_replaced_total`: authenticated links closed because a newer one
+    /// of the same identity exceeded `cluster.limits.max_links_per_identity`.
+    pub cluster_links_replaced: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -200,6 +203,11 @@ impl Metrics {
             &["route"],
         )?;
         registry.register(Box::new(http_rate_limited.clone()))?;
+        let cluster_links_replaced = prometheus::IntCounter::new(
+            "gatehouse_cluster_links_replaced_total",
+            "Authenticated cluster links closed for a newer link of the same identity (cluster.limits.max_links_per_identity).",
+        )?;
+        registry.register(Box::new(cluster_links_replaced.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -222,6 +230,7 @@ impl Metrics {
             authorizer_calls,
             kea_commands,
             http_rate_limited,
+            cluster_links_replaced,
         })
     }
 

@@ -38,6 +38,14 @@ impl Edge {
         let rp = RelayPki::new(dir.path());
         let master_acc = rp.master_acceptor();
         let RelayPki { pki, ids, .. } = rp;
+        // The neighbour is another agent: a second link of agent1 would replace the first
+        // (cluster.limits.max_links_per_identity).
+        pki.issue("agent2", CertSpec::new("agent2"));
+        pki.ca
+            .issue(&CertSpec::new("agent2"))
+            .unwrap()
+            .write(&ids, "agent2")
+            .unwrap();
         let sink = Sink::start(master_acc, SinkMode::Echo).await;
         let web = Upstream::h1(None, Behavior::Echo).await;
         let (port, mport) = (free_port(), free_port());
@@ -108,9 +116,14 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         metrics_text(self.mport).await
     }
 
-    /// An open cluster link that has spoken (a heartbeat, echoed by the master).
+    /// An open cluster link of another agent (agent2) that has spoken (a heartbeat, echoed by
+    /// the master).
     async fn neighbour(&self) -> tokio_boring::SslStream<TcpStream> {
-        let mut link = tls_connect(addr(self.port), &self.agent()).await.unwrap();
+        let agent2 = ClientOpts {
+            cert: Some(self.pki.paths("agent2")),
+            ..self.agent()
+        };
+        let mut link = tls_connect(addr(self.port), &agent2).await.unwrap();
         link.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
         assert!(read_frame(&mut link, Duration::from_secs(5))
             .await

@@ -127,3 +127,99 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     // Refused requests never reached the origin: 3 + 3 + 3 allowed, 1 on the open route.
     assert_eq!(origin.seen().len(), 10);
 }
+
+const HELLO: &str =
+    r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#;
+
+/// A cluster-only edge in front of an echoing sink, with `limits` under `cluster.limits`.
+async fn cluster_edge(
+    dir: &std::path::Path,
+    limits: &str,
+) -> (Gatehouse, common::sink::Sink, RelayPki, u16, u16) {
+    let rp = RelayPki::new(dir);
+    let sink = common::sink::Sink::start(rp.master_acceptor(), common::sink::SinkMode::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let p = rp.pki.dir.display();
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    protocols: [cluster]
+    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
+upstreams:
+  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
+cluster:
+  routes: [ {{ sni: master1, upstream: master }} ]
+  limits: {{ {limits} }}
+metrics: {{ address: "127.0.0.1:{mport}" }}
+"#,
+        sink = sink.addr,
+    );
+    let gh = Gatehouse::start(dir, &yaml);
+    (gh, sink, rp, port, mport)
+}
+
+/// A link as `cn` that sent a Hello and got it echoed (so it is relayed end to end).
+async fn hello_link(
+    rp: &RelayPki,
+    port: u16,
+    cn: &str,
+) -> tokio_boring::SslStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let o = ClientOpts {
+        ca: Some(rp.pki.ca_path()),
+        cert: Some(rp.pki.paths(cn)),
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let mut s = tls_connect(addr(port), &o).await.unwrap();
+    let hello = gatehouse::cluster::codec::encode(HELLO.as_bytes());
+    s.write_all(&hello).await.unwrap();
+    let (got, _) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(got, vec![hello], "{cn}: Hello relayed and echoed");
+    s
+}
+
+/// Icinga keeps every connection an endpoint makes, and a second link for the same CN is an
+/// agent reconnecting past a dead one: with the default limit (1) the newer link stays and
+/// the older is closed with close_notify; a raised limit keeps both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_link_of_the_same_identity_replaces_the_older() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gh, _sink, rp, port, mport) = cluster_edge(tmp.path(), "").await;
+    let mut old = hello_link(&rp, port, "agent1").await;
+    let edge = hello_link(&rp, port, "edge").await;
+    let mut new = hello_link(&rp, port, "agent1").await;
+    assert!(
+        closed_within(&mut old, Duration::from_secs(5)).await,
+        "the older agent1 link must be closed\n{}",
+        gh.log_text()
+    );
+    gh.wait_log("replaced by a newer link of the same identity");
+    // The newer link and the other identity's link still relay.
+    use tokio::io::AsyncWriteExt;
+    let hb = gatehouse::cluster::codec::encode(
+        br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#,
+    );
+    new.write_all(&hb).await.unwrap();
+    assert_eq!(
+        read_frames(&mut new, 1, Duration::from_secs(5)).await.0,
+        vec![hb]
+    );
+    drop(edge);
+    let m = metrics_text(mport).await;
+    assert!(
+        m.contains("gatehouse_cluster_links_replaced_total 1"),
+        "{m}"
+    );
+
+    let tmp2 = tempfile::tempdir().unwrap();
+    let (gh2, _sink2, rp2, port2, _) = cluster_edge(tmp2.path(), "max_links_per_identity: 2").await;
+    let mut a = hello_link(&rp2, port2, "agent1").await;
+    let _b = hello_link(&rp2, port2, "agent1").await;
+    assert!(
+        !closed_within(&mut a, Duration::from_secs(1)).await,
+        "two links allowed\n{}",
+        gh2.log_text()
+    );
+}

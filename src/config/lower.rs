@@ -583,7 +583,14 @@ fn lower_cluster(
             "must not exceed message_size",
         );
     }
+    if l.max_links_per_identity == 0 {
+        cx.err(
+            "cluster.limits.max_links_per_identity",
+            "must be at least 1 (a newer link replaces the oldest)",
+        );
+    }
     let limits = ClusterLimits {
+        max_links_per_identity: l.max_links_per_identity,
         anonymous_max_clients: l.anonymous_max_clients,
         anonymous_max_per_ip: l.anonymous_max_per_ip,
         certificate_request_size: cx.bytes(

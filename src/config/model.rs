@@ -270,6 +270,8 @@ pub struct UpstreamIdentitySettings {
 /// `cluster.limits`, in bytes and durations.
 #[derive(Debug, Clone)]
 pub struct ClusterLimits {
+    /// Authenticated links open at once per CN (≥ 1); a newer link closes the oldest.
+    pub max_links_per_identity: usize,
     /// Anonymous links open at once, all clients.
     pub anonymous_max_clients: usize,
     /// Anonymous links open at once from one IP.

@@ -441,6 +441,9 @@ pub struct UpstreamIdentitySection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterLimitsSection {
+    /// Authenticated links open at once per identity (CN); a newer one closes the oldest.
+    #[serde(default = "one")]
+    pub max_links_per_identity: usize,
     /// Most anonymous links open at once; more are refused.
     #[serde(default = "default_anon_clients")]
     pub anonymous_max_clients: usize,
@@ -466,6 +469,9 @@ pub struct ClusterLimitsSection {
     pub anonymous_idle_timeout: HumanDuration,
 }
 
+fn one() -> usize {
+    1
+}
 fn default_anon_clients() -> usize {
     16
 }
@@ -491,6 +497,7 @@ fn default_anon_idle() -> HumanDuration {
 impl Default for ClusterLimitsSection {
     fn default() -> Self {
         ClusterLimitsSection {
+            max_links_per_identity: one(),
             anonymous_max_clients: default_anon_clients(),
             anonymous_max_per_ip: default_anon_per_ip(),
             certificate_request_size: default_cert_request_size(),
