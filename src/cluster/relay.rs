@@ -689,10 +689,13 @@ impl Drop for AnonSlot<'_> {
     }
 }
 
+/// A live link's id and the signal that closes it.
+type LiveLink = (u64, Arc<Notify>);
+
 /// Open authenticated links per CN, oldest first, for `max_links_per_identity`.
 #[derive(Default)]
 struct LiveLinks {
-    by_cn: Mutex<HashMap<String, VecDeque<(u64, Arc<Notify>)>>>,
+    by_cn: Mutex<HashMap<String, VecDeque<LiveLink>>>,
     next: AtomicU64,
 }
 
