@@ -250,7 +250,8 @@ impl Plan {
                 l.first_byte_timeout,
                 l.header_timeout,
                 self.metrics.clone(),
-            );
+            )
+            .with_max_per_identity(l.max_connections_per_identity);
             let mut svc = Service::new(format!("listener {}", l.name), app);
             let mut buffers = L4BufferSettings::default().read(l.read_buffer);
             if !carries_http {

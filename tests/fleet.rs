@@ -223,3 +223,75 @@ async fn a_newer_link_of_the_same_identity_replaces_the_older() {
         gh2.log_text()
     );
 }
+
+/// `max_connections_per_identity`: a caller's connection beyond the cap is closed right after
+/// the handshake; other callers and the caller's own open connections are untouched, and a
+/// closed connection frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::new(tmp.path(), "edge");
+    edge.server("server", &[]);
+    for cn in ["a", "b"] {
+        edge.issue(cn, CertSpec::new(cn));
+    }
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let (port, mport) = (free_port(), free_port());
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    max_connections_per_identity: 2
+    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: optional, client_ca: {e}/ca.crt }}
+upstreams:
+  web: {{ peers: ["{origin}"] }}
+routes: [ {{ name: web, upstream: web }} ]
+metrics: {{ address: "127.0.0.1:{mport}" }}
+"#,
+        e = edge.dir.display(),
+        origin = origin.addr,
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let who = |cn: &str| ClientOpts {
+        ca: Some(edge.ca_path()),
+        cert: Some(edge.paths(cn)),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let first = tls_connect(addr(port), &who("a")).await.unwrap();
+    let _second = tls_connect(addr(port), &who("a")).await.unwrap();
+    // Both are held open (idle) before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tls_connect(addr(port), &who("a")).await.unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(3)).await,
+        "a's third connection must be closed\n{}",
+        gh.log_text()
+    );
+    let r = request(addr(port), Some(&who("b")), "GET", "/", &[], b"").await;
+    assert_eq!(r.map(|r| r.status).ok(), Some(200), "b is not limited by a");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(r) = request(addr(port), Some(&who("a")), "GET", "/", &[], b"").await {
+            ok = r.status == 200;
+            if ok {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "a closed connection frees its place\n{}", gh.log_text());
+    // At least the third connection (retries above may add more while `first` closes).
+    let m = metrics_text(mport).await;
+    let refused = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"gatehouse_connections_total{listener="edge",protocol="over_identity_limit"} "#,
+            )
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(refused.is_some_and(|n| n >= 1), "{m}");
+}

@@ -44,6 +44,19 @@ impl<'a> Identity<'a> {
         }
     }
 
+    /// What per-caller limits count by: `cn:<cn>` (else `fingerprint:<hex>`) when verified,
+    /// `ip:<address>` for anonymous callers (`ip:-` without one).
+    pub fn limit_key(self, ip: Option<std::net::IpAddr>) -> String {
+        match (self, ip) {
+            (Identity::Verified(c), _) => match &c.cn {
+                Some(cn) => format!("cn:{cn}"),
+                None => format!("fingerprint:{}", c.fingerprint),
+            },
+            (Identity::Anonymous, Some(ip)) => format!("ip:{ip}"),
+            (Identity::Anonymous, None) => "ip:-".to_string(),
+        }
+    }
+
     /// The verified certificate, if any.
     pub fn cert(self) -> Option<&'a ClientCert> {
         match self {

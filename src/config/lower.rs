@@ -267,6 +267,12 @@ fn lower_listeners(
         if l.keepalive_requests == 0 {
             cx.err(format!("{at}.keepalive_requests"), "must be at least 1");
         }
+        if l.max_connections_per_identity == Some(0) {
+            cx.err(
+                format!("{at}.max_connections_per_identity"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
         let tls = l
             .tls
             .as_ref()
@@ -282,6 +288,7 @@ fn lower_listeners(
                 read_buffer: cx.bytes(&format!("{at}.read_buffer"), l.read_buffer),
                 keepalive_timeout: l.keepalive_timeout.get(),
                 keepalive_requests: l.keepalive_requests,
+                max_connections_per_identity: l.max_connections_per_identity,
             });
         }
     }

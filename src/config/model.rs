@@ -93,6 +93,8 @@ pub struct ListenerSettings {
     pub keepalive_timeout: Duration,
     /// Requests served on one HTTP/1 connection.
     pub keepalive_requests: u32,
+    /// Connections open at once per caller (CN, else client IP); `None` = no limit.
+    pub max_connections_per_identity: Option<usize>,
 }
 
 impl ListenerSettings {

@@ -130,6 +130,9 @@ pub struct ListenerSection {
     /// `keepalive_requests`).
     #[serde(default = "default_keepalive_requests")]
     pub keepalive_requests: u32,
+    /// Connections open at once per caller (CN, else client IP); absent = no limit.
+    #[serde(default)]
+    pub max_connections_per_identity: Option<usize>,
 }
 
 fn default_protocols() -> Vec<Protocol> {

@@ -9,7 +9,6 @@
 //! than refused for someone else's load.
 
 use super::filter::{EdgeAnswer, HttpAction, HttpFilter, Request};
-use crate::authz::Identity;
 use crate::config::RateLimitSettings;
 use prometheus::IntCounter;
 use std::collections::HashMap;
@@ -97,20 +96,6 @@ impl Limiter {
     }
 }
 
-/// The caller's bucket key: `cn:…` / `fingerprint:…` when verified, `ip:…` otherwise.
-pub fn caller_key(req: &Request<'_>) -> String {
-    match req.identity {
-        Identity::Verified(c) => match &c.cn {
-            Some(cn) => format!("cn:{cn}"),
-            None => format!("fingerprint:{}", c.fingerprint),
-        },
-        Identity::Anonymous => match req.client {
-            Some(ip) => format!("ip:{ip}"),
-            None => "ip:-".to_string(),
-        },
-    }
-}
-
 /// The built-in filter behind `routes[].rate_limit`: 429 with `Retry-After` (Kea-shaped for
 /// JSON clients) once a caller's bucket is empty; counted per route.
 pub struct RateLimit {
@@ -141,7 +126,7 @@ impl HttpFilter for RateLimit {
         let Some((limiter, counter)) = self.routes.get(req.route) else {
             return HttpAction::Continue;
         };
-        let key = caller_key(req);
+        let key = req.identity.limit_key(req.client);
         match limiter.take(&key, Instant::now()) {
             Ok(()) => HttpAction::Continue,
             Err(wait) => {
