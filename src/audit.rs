@@ -47,8 +47,23 @@ pub struct KeaEvent {
     /// Kea's `result` codes, one per service, when it was forwarded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<i64>>,
+    /// Per-peer outcomes when the answer came from several peers (`fan_out: all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<PeerResult>>,
     /// Time from request start to the answer.
     pub duration_ms: f64,
+}
+
+/// One peer's part of a fanned-out Kea command.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PeerResult {
+    /// The peer's address.
+    pub peer: String,
+    /// Its `result` codes (one per service), or `[1]` when it failed.
+    pub results: Vec<i64>,
+    /// `upstream error: <class>` when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A cluster message the relay refused.

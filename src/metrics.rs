@@ -93,6 +93,9 @@ pub struct Metrics {
     /// `gatehouse_cluster_links_replaced_total`: authenticated links closed because a newer one
     /// of the same identity exceeded `cluster.limits.max_links_per_identity`.
     pub cluster_links_replaced: prometheus::IntCounter,
+    /// `gatehouse_kea_fanout_peer_total{route, peer, outcome}`: per-peer outcome of fanned-out
+    /// Kea commands (`ok`, or the failure class).
+    pub kea_fanout_peers: IntCounterVec,
 }
 
 impl Metrics {
@@ -208,6 +211,14 @@ impl Metrics {
             "Authenticated cluster links closed for a newer link of the same identity (cluster.limits.max_links_per_identity).",
         )?;
         registry.register(Box::new(cluster_links_replaced.clone()))?;
+        let kea_fanout_peers = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_kea_fanout_peer_total",
+                "Per-peer outcomes of Kea commands fanned out to a whole upstream group (ok, or the failure class).",
+            ),
+            &["route", "peer", "outcome"],
+        )?;
+        registry.register(Box::new(kea_fanout_peers.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -231,6 +242,7 @@ impl Metrics {
             kea_commands,
             http_rate_limited,
             cluster_links_replaced,
+            kea_fanout_peers,
         })
     }
 

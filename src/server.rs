@@ -5,10 +5,12 @@ use crate::audit::{AuditSink, JsonLines};
 use crate::authz::{Access, Guarded};
 use crate::cluster::Relay;
 use crate::config::{
-    Config, ConfigError, ConfigErrors, ForwardIdentity, ListenerSettings, Protocol, ServerSettings,
+    Config, ConfigError, ConfigErrors, FanOut, ForwardIdentity, ListenerSettings, Protocol,
+    ServerSettings,
 };
 use crate::demux::ListenerApp;
 use crate::error::{Error, ErrorKind};
+use crate::http::fanout::KeaFanOut;
 use crate::http::filter::HttpFilter;
 use crate::http::kea::{CommandList, KeaPolicy};
 use crate::http::limit::RateLimit;
@@ -42,6 +44,8 @@ pub struct Plan {
     audit: Arc<dyn AuditSink>,
     authorizer: Option<Arc<Guarded>>,
     http_filters: Vec<Box<dyn HttpFilter>>,
+    /// Built-in filters that run after the added ones (they forward, so they go last).
+    last_filters: Vec<Box<dyn HttpFilter>>,
     metrics: Arc<Metrics>,
 }
 
@@ -148,6 +152,20 @@ impl Plan {
         if !kea_routes.is_empty() {
             http_filters.push(Box::new(CommandList::new(kea_routes)));
         }
+        let fanned: Vec<_> = config
+            .routes
+            .iter()
+            .filter(|r| r.kea.as_ref().is_some_and(|k| k.fan_out == FanOut::All))
+            .map(|r| (r.name.clone(), r.upstream))
+            .collect();
+        let mut last_filters: Vec<Box<dyn HttpFilter>> = Vec::new();
+        if !fanned.is_empty() {
+            last_filters.push(Box::new(KeaFanOut::new(
+                fanned,
+                upstreams.clone(),
+                metrics.clone(),
+            )));
+        }
         Ok(Plan {
             config,
             listener_tls,
@@ -158,6 +176,7 @@ impl Plan {
             audit,
             authorizer: None,
             http_filters,
+            last_filters,
             metrics,
         })
     }
@@ -213,7 +232,9 @@ impl Plan {
 
         let router = Arc::new(self.router);
         let relay = self.relay.map(Arc::new);
-        let http_filters: Arc<[Box<dyn HttpFilter>]> = self.http_filters.into();
+        let mut http_filters = self.http_filters;
+        http_filters.extend(self.last_filters);
+        let http_filters: Arc<[Box<dyn HttpFilter>]> = http_filters.into();
         let mut live = Vec::new();
         for (i, (l, tls)) in self
             .config

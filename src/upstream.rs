@@ -59,6 +59,8 @@ pub struct UpstreamGroup {
     template: PeerTemplate,
     /// How many peers the group has (bounds connect retries).
     pub peer_count: usize,
+    /// The peers, in configuration order.
+    addrs: Vec<SocketAddr>,
     /// The HTTP health check, rebuilt when the TLS material is reloaded.
     http_check: Option<(HealthProbe, LiveCheck)>,
 }
@@ -120,6 +122,7 @@ impl UpstreamGroup {
                 selector,
                 template,
                 peer_count: addrs.len(),
+                addrs: addrs.clone(),
                 http_check,
             },
             service,
@@ -148,6 +151,16 @@ impl UpstreamGroup {
             Some(t) if !t.sni().is_empty() => t.sni().to_string(),
             _ => addr.to_string(),
         }
+    }
+
+    /// Every peer, in configuration order (healthy or not).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The bound on each read and write to a peer.
+    pub fn read_timeout(&self) -> Duration {
+        self.template.read_timeout
     }
 
     /// How long pooled idle connections to this group are kept.

@@ -295,3 +295,234 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         .and_then(|n| n.parse::<u64>().ok());
     assert!(refused.is_some_and(|n| n >= 1), "{m}");
 }
+
+/// Kea fan-out across a fleet of real Control Agents: one list in peer order, each element
+/// tagged with its peer; a hanging peer costs at most the group's read_timeout and a stopped
+/// one is reported, never failing the others; a denied command reaches no agent; over mutual
+/// TLS too, and with curl's defaults (HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kea_commands_fan_out_to_every_agent() {
+    use common::kea::{Kea, KeaTls};
+    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::new(tmp.path(), "edge");
+    edge.server("server", &[]);
+    edge.issue("dashboard-1", CertSpec::new("dashboard-1"));
+    let up = Pki::new(tmp.path(), "up");
+    up.server("kea", &["kea.internal"]);
+    up.issue("gatehouse", CertSpec::new("gatehouse"));
+    let k1 = Kea::start(&tmp.path().join("k1"), free_port(), None);
+    let mut k2 = Kea::start(&tmp.path().join("k2"), free_port(), None);
+    let hang = Upstream::h1(None, Behavior::Hang).await;
+    let tls = || {
+        let (cert, key) = up.paths("kea");
+        Some(KeaTls {
+            cert,
+            key,
+            trust_anchor: up.ca_path(),
+        })
+    };
+    let t1 = Kea::start(&tmp.path().join("t1"), free_port(), tls());
+    let t2 = Kea::start(&tmp.path().join("t2"), free_port(), tls());
+    let (port, mport) = (free_port(), free_port());
+    let yaml = format!(
+        r#"listeners:
+  - name: edge
+    address: "127.0.0.1:{port}"
+    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: required, client_ca: {e}/ca.crt }}
+upstreams:
+  fleet: {{ peers: ["{k1}", "{k2}", "{hang}"], read_timeout: 1s }}
+  fleet-tls:
+    peers: ["{t1}", "{t2}"]
+    tls: {{ ca: {u}/ca.crt, client_cert: {u}/gatehouse.crt, client_key: {u}/gatehouse.key, sni: kea.internal }}
+routes:
+  - name: fleet
+    host: localhost
+    upstream: fleet
+    kea: &kea
+      fan_out: all
+      rules: [ {{ identity: ["cn:dashboard-*"], commands: {{ allow: ["*-get", "version-get"] }} }} ]
+  - {{ name: fleet-tls, host: "*", upstream: fleet-tls, kea: *kea }}
+audit: {{ path: {d}/audit.jsonl }}
+metrics: {{ address: "127.0.0.1:{mport}" }}
+"#,
+        e = edge.dir.display(),
+        u = up.dir.display(),
+        d = tmp.path().display(),
+        k1 = k1.addr,
+        k2 = k2.addr,
+        hang = hang.addr,
+        t1 = t1.addr,
+        t2 = t2.addr,
+    );
+    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let client = |sni: &str| ClientOpts {
+        ca: Some(edge.ca_path()),
+        cert: Some(edge.paths("dashboard-1")),
+        sni: Some(sni.into()),
+        tls12: false,
+    };
+    let send = |sni: &'static str, body: &'static str| {
+        let o = client(sni);
+        async move {
+            let t0 = std::time::Instant::now();
+            let r = request(
+                addr(port),
+                Some(&o),
+                "POST",
+                "/",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            (r, t0.elapsed())
+        }
+    };
+    let peers = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["peer"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+
+    // version-get: both agents answer, the hanging peer is a timeout after ~read_timeout.
+    let (r, took) = send("localhost", r#"{"command":"version-get"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        peers(&v),
+        [
+            k1.addr.to_string(),
+            k2.addr.to_string(),
+            hang.addr.to_string()
+        ],
+        "{v}"
+    );
+    assert_eq!(v[0]["result"], 0, "{v}");
+    assert_eq!(v[1]["result"], 0, "{v}");
+    assert!(v[0]["text"].as_str().unwrap().starts_with("2."), "{v}");
+    assert_eq!(
+        v[2],
+        serde_json::json!({"result": 1, "text": "upstream error: timeout", "peer": hang.addr.to_string()})
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "bounded by read_timeout: {took:?}"
+    );
+
+    // config-get on dhcp4: each agent's own configuration, in peer order.
+    let (r, _) = send(
+        "localhost",
+        r#"{"command":"config-get","service":["dhcp4"]}"#,
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(peers(&v)[..2], [k1.addr.to_string(), k2.addr.to_string()]);
+    for e in &v.as_array().unwrap()[..2] {
+        assert_eq!(e["result"], 0, "{e}");
+        assert!(e["arguments"]["Dhcp4"].is_object(), "{e}");
+    }
+
+    // A denied command reaches no agent.
+    let (r, _) = send(
+        "localhost",
+        r#"{"command":"config-set","service":["dhcp4"],"arguments":{}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    for k in [&k1, &k2] {
+        assert!(
+            !k.logs().contains("Received command 'config-set'"),
+            "{}",
+            k.logs()
+        );
+    }
+
+    // One agent stopped mid-test: reported as refused, the other still answers.
+    k2.stop();
+    let (r, _) = send("localhost", r#"{"command":"version-get"}"#).await;
+    let v = r.json();
+    assert_eq!(v[0]["result"], 0, "{v}");
+    assert_eq!(v[1]["text"], "upstream error: refused", "{v}");
+    assert_eq!(v[1]["peer"], k2.addr.to_string());
+
+    // The mutual-TLS fleet, through curl with its defaults (HTTP/2).
+    let (cert, key) = edge.paths("dashboard-1");
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code} %{http_version}",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                r#"{"command":"version-get"}"#,
+                "--cacert",
+            ])
+            .arg(edge.ca_path())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(format!("https://127.0.0.1:{port}/"))
+            .output(),
+    )
+    .await
+    .expect("curl finished")
+    .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, tail) = text.rsplit_once('\n').unwrap();
+    assert_eq!(tail, "200 2", "{text} {:?}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(peers(&v), [t1.addr.to_string(), t2.addr.to_string()], "{v}");
+    assert!(
+        v.as_array().unwrap().iter().all(|e| e["result"] == 0),
+        "{v}"
+    );
+
+    // One audit record per command, with each peer's outcome; per-peer metrics.
+    let audit: Vec<serde_json::Value> = std::fs::read_to_string(tmp.path().join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = &audit[0];
+    assert_eq!(
+        (first["command"].as_str(), first["verdict"].as_str()),
+        (Some("version-get"), Some("allowed"))
+    );
+    assert_eq!(
+        first["peers"],
+        serde_json::json!([
+            {"peer": k1.addr.to_string(), "results": [0]},
+            {"peer": k2.addr.to_string(), "results": [0]},
+            {"peer": hang.addr.to_string(), "results": [1], "error": "upstream error: timeout"},
+        ])
+    );
+    assert_eq!(audit.iter().filter(|a| a["verdict"] == "denied").count(), 1);
+    let m = metrics_text(mport).await;
+    for needle in [
+        format!(
+            r#"gatehouse_kea_fanout_peer_total{{outcome="timeout",peer="{}",route="fleet"}} 3"#,
+            hang.addr
+        ),
+        format!(
+            r#"gatehouse_kea_fanout_peer_total{{outcome="refused",peer="{}",route="fleet"}} 1"#,
+            k2.addr
+        ),
+        format!(
+            r#"gatehouse_kea_fanout_peer_total{{outcome="ok",peer="{}",route="fleet-tls"}} 1"#,
+            t1.addr
+        ),
+    ] {
+        assert!(m.contains(&needle), "{needle}\n{m}\n{}", gh.log_text());
+    }
+}

@@ -526,6 +526,7 @@ fn lower_kea(cx: &mut Lowering<'_>, at: &str, k: &KeaSection) -> KeaSettings {
         })
         .collect();
     KeaSettings {
+        fan_out: k.fan_out,
         max_body: cx.bytes(&format!("{at}.max_body"), k.max_body),
         rules,
         default: k.default,

@@ -226,12 +226,25 @@ pub struct RateLimitSettings {
 /// A route's Kea command rules.
 #[derive(Debug, Clone)]
 pub struct KeaSettings {
+    /// Whether commands go to one peer or to all of them.
+    pub fan_out: FanOut,
     /// Largest request body read, in bytes.
     pub max_body: usize,
     /// Rules, first identity match decides.
     pub rules: Vec<KeaRule>,
     /// Verdict when no rule matches.
     pub default: KeaDefault,
+}
+
+/// Where a Kea route sends an allowed command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FanOut {
+    /// One peer, picked by the load balancer.
+    #[default]
+    None,
+    /// Every peer of the group, in parallel; the answers are merged into one list.
+    All,
 }
 
 /// One Kea rule.

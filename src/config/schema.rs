@@ -4,8 +4,8 @@
 //! `config/`; the value enums they share with the model live in [`super::model`].
 
 use super::model::{
-    AllowDeny, Alpn, ClientAuth, ForwardIdentity, KeaDefault, LoadBalancing, MissingIdentity,
-    PolicyDirection, ProbeKind, Protocol, TlsVersion,
+    AllowDeny, Alpn, ClientAuth, FanOut, ForwardIdentity, KeaDefault, LoadBalancing,
+    MissingIdentity, PolicyDirection, ProbeKind, Protocol, TlsVersion,
 };
 use super::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
@@ -350,6 +350,10 @@ pub struct RateLimitSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeaSection {
+    /// `all`: send each allowed command to every peer of the upstream, in parallel, and
+    /// answer one list (default `none`: one peer, picked by the load balancer).
+    #[serde(default)]
+    pub fan_out: FanOut,
     /// Largest command body read (413 beyond).
     #[serde(default = "default_kea_body")]
     pub max_body: ByteSize,

@@ -309,6 +309,33 @@ impl HttpFilter for CommandList {
     }
 }
 
+/// Per-peer results of an answer whose elements carry `"peer"` (a fan-out), in order;
+/// `None` for an ordinary answer.
+pub fn peer_results(body: &[u8]) -> Option<Vec<crate::audit::PeerResult>> {
+    let Ok(Value::Array(elements)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    let mut out: Vec<crate::audit::PeerResult> = Vec::new();
+    for e in &elements {
+        let peer = e.get("peer")?.as_str()?;
+        let result = e.get("result").and_then(Value::as_i64).unwrap_or(1);
+        let error = e
+            .get("text")
+            .and_then(Value::as_str)
+            .filter(|t| t.starts_with("upstream error: "))
+            .map(str::to_string);
+        match out.last_mut() {
+            Some(last) if last.peer == peer => last.results.push(result),
+            _ => out.push(crate::audit::PeerResult {
+                peer: peer.to_string(),
+                results: vec![result],
+                error,
+            }),
+        }
+    }
+    Some(out)
+}
+
 /// The `result` codes of Kea's answer: a list (one per service), or one object.
 pub fn result_codes(body: &[u8]) -> Vec<i64> {
     #[derive(Deserialize)]

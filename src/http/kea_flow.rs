@@ -19,7 +19,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 /// Kea's answer kept for reading result codes; the rest is streamed without a copy.
-const RESULT_CAPTURE: usize = 1 << 20;
+pub(super) const RESULT_CAPTURE: usize = 1 << 20;
 
 /// Request headers that describe this hop only, never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -44,6 +44,7 @@ impl HttpGateway {
     ) -> Result<()> {
         let who = crate::authz::Identity::of(ctx.tls_info()).to_string();
         let outcome = self.decide_kea(session, ctx, policy).await?;
+        let mut peers = None;
         let (cmd, verdict, status, reason, results) = match outcome {
             Decision::Refused {
                 status,
@@ -60,9 +61,17 @@ impl HttpGateway {
                     Some((by, a)) => {
                         let status = a.status;
                         let results = kea::result_codes(&a.body);
+                        peers = kea::peer_results(&a.body);
                         super::answer(session, a).await?;
                         log::info!(target: "gatehouse::access", "listener {}: route {}: {who}: command answered by filter {by}", self.listener, route.name);
-                        (Some(cmd), "answered", status, None, Some(results))
+                        // The fan-out forwards the command (to every peer): it is allowed,
+                        // not answered in Kea's place.
+                        let verdict = if by == super::fanout::NAME {
+                            "allowed"
+                        } else {
+                            "answered"
+                        };
+                        (Some(cmd), verdict, status, None, Some(results))
                     }
                     None => {
                         let (status, results) = self
@@ -96,6 +105,7 @@ impl HttpGateway {
             status,
             reason,
             results,
+            peers,
             duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
         }));
         Ok(())
@@ -374,7 +384,11 @@ enum Decision {
 /// answers 400 to an `HTTP/2` request line, a missing `Host` or a chunked body, which is what
 /// an h2 client (curl's default over TLS) or a chunked upload would otherwise send it.
 /// End-to-end headers are copied; `Host` names the upstream (its SNI, else the peer).
-fn upstream_request(down: &RequestHeader, host: &str, body: &Bytes) -> Result<RequestHeader> {
+pub(super) fn upstream_request(
+    down: &RequestHeader,
+    host: &str,
+    body: &Bytes,
+) -> Result<RequestHeader> {
     let target = down.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut req = RequestHeader::build(down.method.clone(), target.as_bytes(), None)?;
     for (name, value) in down.headers.iter() {

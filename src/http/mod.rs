@@ -7,6 +7,7 @@
 //! `upstream_request_filter` (forwarding headers) → Pingora proxies → `logging`.
 //! Failures: `fail_to_connect` / `error_while_proxy` classify → `fail_to_proxy` answers.
 
+pub mod fanout;
 pub mod filter;
 pub mod kea;
 mod kea_flow;
