@@ -144,6 +144,7 @@ fn filter_chain(c: &mut Criterion) {
         client_cert: None,
         sni: "master1",
         peer: "127.0.0.1:1",
+        toward: Default::default(),
     };
     let policy = MethodPolicy::new(Policy::icinga_defaults());
     let cert = CertRequest::new(64 << 10);

@@ -14,6 +14,7 @@
 use super::envelope::{self, Envelope};
 use super::policy::{Direction, Policy, Verdict};
 use crate::authz::Identity;
+use crate::config::Toward;
 use boring::x509::X509;
 use std::borrow::Cow;
 
@@ -31,6 +32,21 @@ pub struct LinkInfo<'a> {
     pub sni: &'a str,
     /// The client's address.
     pub peer: &'a str,
+    /// Where the upstream sits in Icinga's hierarchy (`cluster.routes[].toward`): with
+    /// `Child`, messages from the client travel down the hierarchy.
+    pub toward: Toward,
+}
+
+impl LinkInfo<'_> {
+    /// `dir` (client → upstream or back) as a way through Icinga's hierarchy: `Upstream` =
+    /// toward the parent.
+    pub fn hierarchy(&self, dir: Direction) -> Direction {
+        match (self.toward, dir) {
+            (Toward::Parent, d) => d,
+            (Toward::Child, Direction::Upstream) => Direction::Downstream,
+            (Toward::Child, Direction::Downstream) => Direction::Upstream,
+        }
+    }
 }
 
 /// One cluster message, framed and enveloped.
@@ -212,7 +228,10 @@ impl RpcFilter for MethodPolicy {
     }
 
     fn on_message(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Action {
-        match self.0.decide(link.identity, msg.direction, msg.method()) {
+        match self
+            .0
+            .decide(link.identity, link.hierarchy(msg.direction), msg.method())
+        {
             Verdict::Allow => Action::Forward,
             Verdict::Deny(rule) => Action::Deny(Cow::Owned(format!("cluster.policy[{rule}]"))),
         }
@@ -506,6 +525,49 @@ mod tests {
         }
     }
 
+    /// On a `toward: child` route (a master dialled an agent through Gatehouse) the policy's
+    /// directions follow the hierarchy: the master's config::Update flows down to the agent,
+    /// the agent still cannot push one up.
+    #[test]
+    fn policy_directions_follow_the_hierarchy() {
+        let ca = crate::pki::Ca::new("t").unwrap();
+        let master = crate::identity::ClientCert::from_x509(
+            ca.issue(&crate::pki::CertSpec::new("master1"))
+                .unwrap()
+                .cert,
+            true,
+        );
+        let policy = MethodPolicy::new(Policy::icinga_defaults());
+        let update = br#"{"jsonrpc":"2.0","method":"config::Update","params":{}}"#;
+        let env = envelope::parse(update).unwrap();
+        let link = |toward| LinkInfo {
+            listener: "l",
+            identity: Identity::Verified(&master),
+            client_cert: None,
+            sni: "agent1",
+            peer: "-",
+            toward,
+        };
+        let decide = |toward, dir| {
+            matches!(
+                policy.on_message(&link(toward), &Message::new(dir, update, &env)),
+                Action::Forward
+            )
+        };
+        assert!(
+            !decide(Toward::Parent, Direction::Upstream),
+            "child → parent: denied"
+        );
+        assert!(
+            decide(Toward::Child, Direction::Upstream),
+            "master → agent: allowed"
+        );
+        assert!(
+            !decide(Toward::Child, Direction::Downstream),
+            "agent → master: denied"
+        );
+    }
+
     #[test]
     fn chain_order_interest_and_rewrites() {
         let mut chain = Chain::new(
@@ -521,6 +583,7 @@ mod tests {
             client_cert: None,
             sni: "",
             peer: "-",
+            toward: Default::default(),
         };
         let run = |p: &[u8], dir| {
             let env = envelope::parse(p).unwrap();

@@ -198,6 +198,7 @@ mod tests {
             client_cert: None,
             sni: "",
             peer: "-",
+            toward: Default::default(),
         };
         let first = match m.upstream_identity(&link(&a1)).await {
             Mapped::Present(c) => c,

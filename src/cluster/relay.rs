@@ -20,8 +20,7 @@ use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
 use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent};
 use crate::authz::{Guarded, Identity, Question, Target};
-use crate::config::ClusterSettings;
-use crate::host::HostPattern;
+use crate::config::{ClusterRouteSettings, ClusterSettings};
 use crate::identity::TlsInfo;
 use crate::logsafe::{Esc, EscOpt, EscText};
 use crate::metrics::{ActiveGuard, Metrics};
@@ -59,7 +58,7 @@ struct Limits {
 
 /// The relay shared by every listener that accepts `cluster`.
 pub struct Relay {
-    routes: Vec<(HostPattern, usize)>,
+    routes: Vec<ClusterRouteSettings>,
     upstreams: Arc<[UpstreamGroup]>,
     identity: Box<dyn IdentityMapper>,
     authorizer: Option<Arc<Guarded>>,
@@ -185,11 +184,11 @@ impl Relay {
             },
         };
         let sni = info.sni.as_deref().unwrap_or("");
-        let Some(&(_, up_idx)) = self.routes.iter().find(|(p, _)| p.matches(sni)) else {
+        let Some(route) = self.routes.iter().find(|r| r.sni.matches(sni)) else {
             log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: no cluster route for SNI {}", EscOpt(Some(sni)));
             return self.reject(listener, down, "no_route").await;
         };
-        let group = &self.upstreams[up_idx];
+        let group = &self.upstreams[route.upstream];
 
         let info = LinkInfo {
             listener,
@@ -198,6 +197,7 @@ impl Relay {
             client_cert: info.client.as_ref().map(|c| &c.cert),
             sni,
             peer: &addr,
+            toward: route.toward,
         };
         let link_q = Question {
             listener,

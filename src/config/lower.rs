@@ -551,8 +551,12 @@ fn lower_cluster(
             );
         }
         let sni = cx.host(format!("cluster.routes[{i}].sni"), &r.sni);
-        if let (Some(sni), Some(u)) = (sni, upstream) {
-            routes.push((sni, u));
+        if let (Some(sni), Some(upstream)) = (sni, upstream) {
+            routes.push(ClusterRouteSettings {
+                sni,
+                upstream,
+                toward: r.toward,
+            });
         }
     }
     let upstream_identity = c.upstream_identity.as_ref().map(|id| {
@@ -766,7 +770,8 @@ audit: { path: audit.jsonl }
         assert_eq!(tls.ca.as_deref(), Some(d.join("pki/ca.crt").as_path()));
         assert_eq!(tls.client.as_ref().unwrap().key, d.join("a.key"));
         let cl = c.cluster.as_ref().unwrap();
-        assert_eq!(cl.routes[0].1, 0);
+        assert_eq!(cl.routes[0].upstream, 0);
+        assert_eq!(cl.routes[0].toward, Toward::Parent);
         assert_eq!(
             cl.upstream_identity.as_ref().unwrap().cert_dir,
             d.join("ids")

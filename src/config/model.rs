@@ -261,8 +261,8 @@ pub struct KeaRule {
 /// The cluster relay.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    /// Upstream by the client's SNI, first match wins: (pattern, index into [`Config::upstreams`]).
-    pub routes: Vec<(HostPattern, usize)>,
+    /// Upstream by the client's SNI, first match wins.
+    pub routes: Vec<ClusterRouteSettings>,
     /// Certificates presented upstream per agent, if not Gatehouse's own.
     pub upstream_identity: Option<UpstreamIdentitySettings>,
     /// Size, time and count limits.
@@ -271,6 +271,28 @@ pub struct ClusterSettings {
     pub policy: Vec<PolicyRule>,
     /// Denied messages after which a link is closed.
     pub max_violations: u32,
+}
+
+/// One `cluster.routes` entry.
+#[derive(Debug, Clone)]
+pub struct ClusterRouteSettings {
+    /// The SNI it serves (the endpoint name the client dialled).
+    pub sni: HostPattern,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Where the upstream sits in Icinga's hierarchy, relative to the client.
+    pub toward: Toward,
+}
+
+/// Where a cluster route's upstream sits relative to the client that dialled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Toward {
+    /// The upstream is the parent (an agent dialling its master): the usual way.
+    #[default]
+    Parent,
+    /// The upstream is a child (a master dialling an agent whose Endpoint has no `host`).
+    Child,
 }
 
 /// `cluster.upstream_identity`.

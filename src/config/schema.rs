@@ -5,7 +5,7 @@
 
 use super::model::{
     AllowDeny, Alpn, ClientAuth, FanOut, ForwardIdentity, KeaDefault, LoadBalancing,
-    MissingIdentity, PolicyDirection, ProbeKind, Protocol, TlsVersion,
+    MissingIdentity, PolicyDirection, ProbeKind, Protocol, TlsVersion, Toward,
 };
 use super::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
@@ -427,6 +427,10 @@ fn default_max_violations() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterRouteSection {
+    /// `parent` (default: the client is a child dialling its parent) or `child` (a parent
+    /// dialling a child through Gatehouse); the method policy's directions follow it.
+    #[serde(default)]
+    pub toward: Toward,
     /// Exact name, `*.example.org`, or `*` (anything, including no SNI).
     pub sni: String,
     /// Key of `upstreams:`.
