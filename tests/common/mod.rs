@@ -6,9 +6,12 @@
 //! - [`request`] is an HTTPS client that speaks raw HTTP/1.1 bytes.
 #![allow(dead_code)]
 
+pub mod conf;
 pub mod icinga;
 pub mod kea;
 pub mod sink;
+
+pub use conf::*;
 
 use boring::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
 use boring::x509::X509;
