@@ -8,8 +8,8 @@ mod common;
 use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::{self, CertSpec};
 use gatehouse::cluster::codec;
+use gatehouse::pki::{self, CertSpec};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -66,7 +66,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
             sink = sink.addr,
             ids = ids.display(),
         );
-        let gh = Gatehouse::start(dir.path(), &yaml);
+        let gh = Gatehouse::start_yaml(dir.path(), &yaml);
         Edge {
             pki,
             gh,
@@ -142,7 +142,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
             "{case}: JSON-RPC neighbour broke"
         );
         assert!(
-            Path::new(&format!("/proc/{}", self.gh.child.id())).exists(),
+            Path::new(&format!("/proc/{}", self.gh.pid())).exists(),
             "{case}: the process died"
         );
     }

@@ -39,7 +39,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         ids = rp.ids.display(),
         d = tmp.path().display(),
     );
-    let gh = Gatehouse::start_bin(&example_bin("redact_filter"), tmp.path(), &yaml);
+    let gh = Gatehouse::start_bin_yaml(&example_bin("redact_filter"), tmp.path(), &yaml);
     let agent = ClientOpts {
         ca: Some(rp.pki.ca_path()),
         cert: Some(rp.pki.paths("agent1")),
@@ -230,7 +230,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         ids = rp.ids.display(),
     );
     let url = format!("http://{}/v1/data/gatehouse/decision", decisions.addr);
-    let gh = Gatehouse::start_bin_env(
+    let gh = Gatehouse::start_bin_env_yaml(
         &example_bin("decision_authorizer"),
         &[("DECISION_URL", &url)],
         tmp.path(),
@@ -351,7 +351,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         k = kea.addr,
         d = tmp.path().display(),
     );
-    let _gh = Gatehouse::start_bin(&example_bin("kea_whoami"), tmp.path(), &yaml);
+    let _gh = Gatehouse::start_bin_yaml(&example_bin("kea_whoami"), tmp.path(), &yaml);
     let o = ClientOpts {
         ca: Some(pki.ca_path()),
         cert: Some(pki.paths("dash")),

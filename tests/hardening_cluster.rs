@@ -24,8 +24,8 @@ use boring::ssl::{ShutdownState, SslConnector, SslFiletype, SslMethod, SslVerify
 use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::CertSpec;
 use gatehouse::cluster::codec;
+use gatehouse::pki::CertSpec;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -231,7 +231,7 @@ cluster:
 "#,
             sink = sink.addr,
         );
-        let gh = Gatehouse::start(dir.path(), &yaml);
+        let gh = Gatehouse::start_yaml(dir.path(), &yaml);
         Edge {
             pki,
             sink,
@@ -415,7 +415,12 @@ async fn anonymous_links_are_capped_per_ip() {
     let mut freed = false;
     for _ in 0..100 {
         let m = e.metrics().await;
-        if metric(&m, "gatehouse_cluster_links_active", &[("kind", "anonymous")]) == 1.0 {
+        if metric(
+            &m,
+            "gatehouse_cluster_links_active",
+            &[("kind", "anonymous")],
+        ) == 1.0
+        {
             freed = true;
             break;
         }
@@ -653,7 +658,7 @@ impl Drop for ReadingLink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_certificate_request_is_denied_without_building_a_tree() {
     let e = Edge::start("", true, SinkMode::Echo).await;
-    let pid = e.gh.child.id();
+    let pid = e.gh.pid();
     let pem = std::fs::read_to_string(e.pki.paths("agent1").0).unwrap();
     let mut link = ReadingLink::new(e.hello_link(Some("agent1"), "agent1").await);
 
@@ -1013,14 +1018,14 @@ async fn reload_refuses_a_pid_that_is_not_gatehouse() {
     let tmp = tempfile::tempdir().unwrap();
     // Positive: a running Gatehouse (its pid file written by itself) is signalled.
     let port = free_port();
-    let gh = Gatehouse::start(
+    let gh = Gatehouse::start_yaml(
         tmp.path(),
         &format!(
             "listeners:\n  - name: edge\n    address: \"127.0.0.1:{port}\"\nupstreams:\n  web: {{ peers: [\"127.0.0.1:9\"] }}\nroutes:\n  - {{ name: web, upstream: web }}\n"
         ),
     );
     let pid_file = tmp.path().join("gh.pid");
-    let pid = gh.child.id().to_string();
+    let pid = gh.pid().to_string();
     assert!(
         eventually(T, || std::fs::read_to_string(&pid_file)
             .is_ok_and(|p| p.trim() == pid))
@@ -1141,7 +1146,7 @@ async fn burst_2000_authenticated_links() {
     let all = eventually(Duration::from_secs(60), || count() >= LINKS).await;
     let elapsed = t0.elapsed();
     let n = count();
-    let rss = status_kib(e.gh.child.id(), "VmRSS:");
+    let rss = status_kib(e.gh.pid(), "VmRSS:");
     println!(
         "burst: {n}/{LINKS} Hellos at the master after {:.2}s ({} client-side failures {:?}); \
          Gatehouse RSS {} MiB",

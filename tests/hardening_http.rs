@@ -214,7 +214,7 @@ async fn leading_empty_lines_do_not_disarm_the_head_deadline() {
         listener("edge", port, &pki, "    header_timeout: 1s\n"),
         web.addr
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let before = head_timeouts(mport, "edge").await;
 
     let mut s = connect(port, &client(&pki, None)).await;
@@ -276,7 +276,7 @@ async fn idle_connections_end_after_keepalive_timeout() {
         listener("dflt", dport, &pki, ""),
         web.addr
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let anon = client(&pki, None);
 
     // HTTP/1.1, keepalive_timeout 2s.
@@ -350,7 +350,7 @@ async fn keepalive_requests_caps_requests_per_connection() {
         listener("dflt", dport, &pki, ""),
         web.addr
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let anon = client(&pki, None);
     let closes = |r: &Response| {
         r.header("connection")
@@ -412,7 +412,7 @@ async fn paths_are_normalised_before_routing() {
         listener("edge", port, &pki, ""),
         web.addr
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let viewer = client(&pki, Some("viewer"));
     let admin = client(&pki, Some("admin"));
     let mut failures = Vec::new();
@@ -666,7 +666,7 @@ async fn xfcc_subject_is_rfc4514_escaped_then_quoted() {
         listener("edge", port, &pki, ""),
         web.addr
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
 
     for (who, cn) in [("alice", "alice"), ("odd", odd_cn)] {
         let path = format!("/who/{who}");
@@ -722,7 +722,7 @@ async fn forged_xfcc_in_any_spelling_never_reaches_the_origin() {
         listener("edge", port, &pki, ""),
         web.addr
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let alice = client(&pki, Some("alice"));
     let hash = fingerprint(&pki, "alice");
     let forged: &[(&str, &str)] = &[
@@ -950,7 +950,7 @@ routes:
             listener("edge", port, &pki, ""),
             web.addr
         );
-        let gh = Gatehouse::start(&dir, &yaml);
+        let gh = Gatehouse::start_yaml(&dir, &yaml);
         let kea_requests = send_log_vectors(port, &pki).await;
         // Let the last access lines reach the log.
         gh.wait_log("/web/evil");

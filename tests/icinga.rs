@@ -240,7 +240,7 @@ metrics:
 "#,
         ca = ca_crt.display()
     );
-    let gh = Gatehouse::start(root, &yaml);
+    let gh = Gatehouse::start_yaml(root, &yaml);
 
     // --- agent1, whose only way to the master is Gatehouse ---
     let agent_conf = format!(

@@ -104,7 +104,7 @@ routes:
         plain = plain.addr,
         secure = secure.addr,
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let gh_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let client = ClientOpts {
         ca: Some(edge.ca_path()),
@@ -203,7 +203,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         kea = k.addr,
         d = tmp.path().display(),
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let gh_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let as_ = |cn: &str| ClientOpts {
         ca: Some(edge.ca_path()),
@@ -452,7 +452,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
 "#,
         e = edge.dir.display()
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let gh_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let o = ClientOpts {
         ca: Some(edge.ca_path()),
@@ -542,7 +542,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(
-        Path::new(&format!("/proc/{}", gh.child.id())).exists(),
+        Path::new(&format!("/proc/{}", gh.pid())).exists(),
         "same Gatehouse process"
     );
     drop(k2);

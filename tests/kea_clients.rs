@@ -314,7 +314,7 @@ async fn curl_over_http2_and_http11_reaches_plain_kea() {
         listener_yaml(port, &edge),
         kea.addr
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let curl = CurlClient::new(port, &edge, "client", tmp.path());
 
     // Allowed commands over h2: Kea's own answer, as if asked directly.
@@ -395,7 +395,7 @@ async fn h2_crate_client_posts_kea_commands() {
         listener_yaml(port, &edge),
         kea.addr
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let (send, _conn) = h2_connect(port, &edge, "client").await;
 
     for (cmd, length) in [
@@ -449,7 +449,7 @@ async fn curl_over_http2_reaches_kea_over_mutual_tls() {
         kea.addr,
         u = up.dir.display()
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let as_gatehouse = ClientOpts {
         ca: Some(up.ca_path()),
         cert: Some(up.paths("gatehouse")),
@@ -623,7 +623,7 @@ routes:
         secure.addr,
         u = up.dir.display()
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
 
     // curl with its defaults (h2; -d sends a length, -T - streams without one) and the h2
     // crate without a length.
@@ -766,7 +766,7 @@ routes:
         listener_yaml(port, &edge),
         kea.addr
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let send = |who: &str, body: &'static str| {
         let o = ClientOpts {
             ca: Some(edge.ca_path()),

@@ -6,8 +6,8 @@ mod common;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::CertSpec;
 use gatehouse::cluster::codec;
+use gatehouse::pki::CertSpec;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ metrics:
         dead = free_port(),
         ids = ids.display(),
     );
-    let gh = Gatehouse::start(dir, &yaml);
+    let gh = Gatehouse::start_yaml(dir, &yaml);
     let o = ClientOpts {
         ca: Some(pki.ca_path()),
         cert: Some(pki.paths("agent1")),

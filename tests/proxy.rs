@@ -86,7 +86,7 @@ async fn mtls_on_both_sides_forwards_identity_and_headers() {
         origin.addr,
         w.up_tls(&w.up.ca_path(), true, "")
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
 
     let r = request(
         addr(port),
@@ -160,7 +160,7 @@ async fn client_auth_required_and_optional() {
         "{listeners}upstreams:\n  plain:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: all, upstream: plain }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
         origin.addr
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
 
     // required: no cert → no response (TLS 1.2: handshake fails; 1.3: alert on first read).
     let mut o = w.client(None);
@@ -276,7 +276,7 @@ metrics:
         wrong_tls = w.up_tls(&w.other.ca_path(), true, ""),
         nocert_tls = w.up_tls(&w.up.ca_path(), false, ""),
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let c = w.client(Some("alice"));
     let get = |path: &'static str| {
         let c = c.clone();
@@ -359,7 +359,7 @@ async fn pools_never_mix_trust_settings() {
         w.up_tls(&w.other.ca_path(), true, ""),
         o = origin.addr,
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let c = w.client(Some("alice"));
     for _ in 0..2 {
         let r = request(addr(port), Some(&c), "GET", "/right", &[], b"")
@@ -396,7 +396,7 @@ async fn h2_upstream_with_configured_sni_and_h2_downstream() {
         origin.addr,
         w.up_tls(&w.up.ca_path(), true, "      alpn: h2\n"),
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
 
     // HTTP/1.1 in, HTTP/2 out.
     let r = request(
@@ -473,7 +473,7 @@ async fn xfcc_is_built_by_gatehouse_and_never_passed_through() {
         w.listener(port, "optional"),
         origin.addr
     );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let _gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let spoof = [("X-Forwarded-Client-Cert", "Hash=0000;Subject=\"CN=root\"")];
     let mut o = w.client(None);
     o.cert = Some(w.edge.paths("ops"));
@@ -596,7 +596,7 @@ async fn session_resumption_is_off_on_cluster_only_listeners() {
         tls(", session_resumption: true"),
         origin.addr
     );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
     let ca = w.edge.ca_path();
     // HTTP clients get tickets; a cluster-only port issues none unless told to.
     assert!(tickets_offered(edge, &ca).await >= 1, "{}", gh.log_text());

@@ -7,8 +7,8 @@ use boring::ssl::SslAcceptor;
 use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::{self, CertSpec};
 use gatehouse::cluster::codec;
+use gatehouse::pki::{self, CertSpec};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -148,7 +148,7 @@ impl Fixture {
         let web = Upstream::h1(None, Behavior::Echo).await;
         let (port, mport) = (free_port(), free_port());
         let yaml = c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS);
-        let gh = Gatehouse::start(tmp.path(), &yaml);
+        let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
         Fixture {
             c,
             sink,
@@ -411,7 +411,7 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
     let web = Upstream::h1(None, Behavior::Echo).await;
     let (port, mport) = (free_port(), free_port());
     let yaml = c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS);
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let gh = Gatehouse::start_yaml(tmp.path(), &yaml);
 
     // No route for this SNI.
     let mut o = c.agent(Some("agent1"));
@@ -435,7 +435,7 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
     // Upstream down: the link is closed so the agent reconnects; classified and counted.
     drop(gh);
     let dead = free_port();
-    let gh = Gatehouse::start(
+    let gh = Gatehouse::start_yaml(
         tmp.path(),
         &yaml.replace(&sink.addr.to_string(), &format!("127.0.0.1:{dead}")),
     );
@@ -468,7 +468,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn a_stalled_upstream_applies_backpressure() {
     let f = Fixture::start(SinkMode::Stall).await;
     let (c, sink, gh, port) = (&f.c, &f.sink, &f.gh, f.port);
-    let pid = gh.child.id();
+    let pid = gh.pid();
 
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
         .await
@@ -529,7 +529,7 @@ async fn shutdown_closes_links_with_close_notify() {
     // Wait until the link is up, then SIGTERM: graceful stop (grace_period 1s in tests).
     gh.wait_log("link open: agent1@");
     std::process::Command::new("kill")
-        .args(["-TERM", &gh.child.id().to_string()])
+        .args(["-TERM", &gh.pid().to_string()])
         .status()
         .unwrap();
     let state = tokio::task::spawn_blocking(move || client.join().unwrap())

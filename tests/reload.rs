@@ -58,7 +58,7 @@ async fn get_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut
 
 fn sighup(gh: &Gatehouse) {
     let ok = std::process::Command::new("kill")
-        .args(["-HUP", &gh.child.id().to_string()])
+        .args(["-HUP", &gh.pid().to_string()])
         .status()
         .unwrap()
         .success();
@@ -117,7 +117,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
 "#,
         origin = origin.addr
     );
-    let gh = Gatehouse::start(dir, &yaml);
+    let gh = Gatehouse::start_yaml(dir, &yaml);
     let cfg = dir.join("gatehouse.yaml");
     let cfg = cfg.to_str().unwrap();
     let client = |pki: &Pki| ClientOpts {

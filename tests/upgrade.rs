@@ -46,7 +46,7 @@ cluster:
         sink = sink.addr,
         ids = ids.display()
     );
-    let old = Gatehouse::start(dir, &yaml);
+    let old = Gatehouse::start_yaml(dir, &yaml);
     let agent = ClientOpts {
         ca: Some(pki.ca_path()),
         cert: Some(pki.paths("agent1")),
@@ -108,7 +108,7 @@ cluster:
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     Command::new("kill")
-        .args(["-QUIT", &old.child.id().to_string()])
+        .args(["-QUIT", &old.pid().to_string()])
         .status()
         .unwrap();
     let before_switch = ok.load(Ordering::Relaxed);
