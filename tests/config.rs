@@ -265,7 +265,7 @@ fn authorization_keys_are_validated() {
             .allow(["ops-*"])
             .deny(["fingerprint:sha256:xyz"])
             .kea(
-                Kea::default()
+                KeaRoute::default()
                     .rule(KeaRule::new(Vec::<String>::new()))
                     .rule(KeaRule::new(["cn:a", "role:admin"])),
             );
@@ -352,7 +352,7 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 .deny(["cn:intern"])
                 .xfcc()
                 .kea(
-                    Kea::deny_by_default().max_body("64KiB").rule(
+                    KeaRoute::deny_by_default().max_body("64KiB").rule(
                         KeaRule::new(["cn:ops"])
                             .commands(AllowDeny::only(["*"]).deny(["shutdown"]))
                             .services(AllowDeny::only(["dhcp4"])),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{request, reserved_port, Behavior, Conf, Group, Kea, Listener, Route, Upstream};
+use common::{request, reserved_port, Behavior, Conf, Group, KeaRoute, Listener, Route, Upstream};
 use gatehouse::config::Config;
 use gatehouse::metrics::Metrics;
 use gatehouse::{Gatehouse, RunOptions};
@@ -67,7 +67,7 @@ async fn two_instances_run_in_one_process_and_stop_apart() {
         let conf = Conf::new()
             .listener(Listener::new("edge", port))
             .upstream("web", Group::new(web.addr))
-            .route(Route::new("kea", "web").kea(Kea::allow_all()));
+            .route(Route::new("kea", "web").kea(KeaRoute::allow_all()));
         (common::Gatehouse::in_process(&dir, &conf), port)
     };
     let ((a, a_port), (b, b_port)) = (start("a"), start("b"));

@@ -919,7 +919,7 @@ async fn client_controlled_values_cannot_start_a_log_line() {
         let dir = tmp.path().join(if audit_file { "file" } else { "target" });
         std::fs::create_dir_all(&dir).unwrap();
         let port = reserved_port();
-        let kea = Kea::deny_by_default().rule(
+        let kea = KeaRoute::deny_by_default().rule(
             KeaRule::new(["cn:*"])
                 .commands(AllowDeny::only(["version-get"]))
                 .services(AllowDeny::only(["dhcp4"])),
@@ -930,7 +930,7 @@ async fn client_controlled_values_cannot_start_a_log_line() {
             .route(
                 Route::new("kea-open", "dead")
                     .path("/kea-open")
-                    .kea(Kea::allow_all()),
+                    .kea(KeaRoute::allow_all()),
             )
             .route(Route::new("kea", "dead").path("/kea").kea(kea));
         if audit_file {

@@ -533,7 +533,7 @@ pub struct Route {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub forward_identity: Option<String>,
-    pub kea: Option<Kea>,
+    pub kea: Option<KeaRoute>,
 }
 
 impl Route {
@@ -555,7 +555,7 @@ impl Route {
         self.forward_identity("xfcc")
     }
 
-    pub fn kea(mut self, k: Kea) -> Route {
+    pub fn kea(mut self, k: KeaRoute) -> Route {
         self.kea = Some(k);
         self
     }
@@ -571,30 +571,30 @@ impl Route {
 
 /// `routes[].kea`.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Kea {
+pub struct KeaRoute {
     pub max_body: Option<String>,
     pub rules: Option<Vec<KeaRule>>,
     pub default: Option<String>,
 }
 
-impl Kea {
+impl KeaRoute {
     /// `{ default: allow }`: every command passes (and is audited).
-    pub fn allow_all() -> Kea {
-        Kea {
+    pub fn allow_all() -> KeaRoute {
+        KeaRoute {
             default: Some("allow".into()),
-            ..Kea::default()
+            ..KeaRoute::default()
         }
     }
 
-    /// `{ default: deny }` plus rules added with [`Kea::rule`].
-    pub fn deny_by_default() -> Kea {
-        Kea {
+    /// `{ default: deny }` plus rules added with [`KeaRoute::rule`].
+    pub fn deny_by_default() -> KeaRoute {
+        KeaRoute {
             default: Some("deny".into()),
-            ..Kea::default()
+            ..KeaRoute::default()
         }
     }
 
-    pub fn rule(mut self, r: KeaRule) -> Kea {
+    pub fn rule(mut self, r: KeaRule) -> KeaRoute {
         self.rules.get_or_insert_with(Vec::new).push(r);
         self
     }
