@@ -434,6 +434,21 @@ impl Gatehouse {
         }
     }
 
+    /// Waits up to 5 s until [`Gatehouse::metrics_text`] has a line starting with `series`
+    /// (`family{labels} value`, labels in Prometheus' order); returns the text. The in-process
+    /// counterpart of [`Gatehouse::wait_log`] for what is counted.
+    pub async fn wait_metric(&self, series: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics_text().await;
+            if m.lines().any(|l| l.starts_with(series)) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "no `{series}` in:\n{m}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The audit events recorded so far, in order (in process only: the binary writes them to
     /// `audit.path` or its log).
     pub fn audit(&self) -> Vec<AuditEvent> {
