@@ -217,28 +217,20 @@ impl Edge {
         let dir = tempfile::tempdir().unwrap();
         let rp = RelayPki::new(dir.path());
         let sink = Sink::start(rp.master_acceptor(), mode).await;
-        let RelayPki { pki, ids, .. } = rp;
         let port = reserved_port();
-        let mut cluster = Cluster::new("master1", "master").route("*.example.org", "master");
-        if cert_dir {
-            cluster = cluster.cert_dir(ids);
+        let mut cluster = rp.cluster("master").route("*.example.org", "master");
+        if !cert_dir {
+            cluster.upstream_identity = None;
         }
         cluster.limits = limits;
         let conf = Conf::new()
-            .listener(
-                Listener::new("edge", port)
-                    .protocols(&[Protocol::Cluster])
-                    .tls(ListenerTls::from_pki(&pki, "server", ClientAuth::Optional)),
-            )
-            .upstream(
-                "master",
-                Group::new(sink.addr).tls(UpstreamTls::mutual("master1", &pki, "edge")),
-            )
+            .listener(rp.listener("edge", port, &[Protocol::Cluster]))
+            .upstream("master", rp.master(sink.addr))
             .cluster(cluster)
             .metrics(reserved_port());
         let gh = run(dir.path(), &conf);
         Edge {
-            pki,
+            pki: rp.pki,
             sink,
             gh,
             port,

@@ -208,6 +208,28 @@ impl RelayPki {
     pub fn master_acceptor(&self) -> SslAcceptor {
         acceptor(&self.master, Some(self.pki.ca.cert()), false)
     }
+
+    /// Listener `name` on `port` for `protocols`, presenting `server`; client certificates of
+    /// this CA optional.
+    pub fn listener(&self, name: &str, port: u16, protocols: &[Protocol]) -> Listener {
+        Listener::new(name, port)
+            .protocols(protocols)
+            .tls(ListenerTls::from_pki(
+                &self.pki,
+                "server",
+                ClientAuth::Optional,
+            ))
+    }
+
+    /// The master's upstream group: `sink` over TLS, SNI `master1`, as `edge`.
+    pub fn master(&self, sink: SocketAddr) -> Group {
+        Group::new(sink).tls(UpstreamTls::mutual("master1", &self.pki, "edge"))
+    }
+
+    /// A relay sending SNI `master1` to `upstream`, presenting the `ids` identities upstream.
+    pub fn cluster(&self, upstream: &str) -> Cluster {
+        Cluster::new("master1", upstream).cert_dir(&self.ids)
+    }
 }
 
 // === Gatehouse ===
