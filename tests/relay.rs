@@ -69,7 +69,7 @@ impl Icinga {
     fn conf(&self, dir: &Path, port: u16, sink: SocketAddr, web: SocketAddr) -> Conf {
         let (cert, key) = self.edge_pki.paths("server");
         let tls = ListenerTls::new(cert, key)
-            .sni_cert(&["master1"], &self.icinga, "master1")
+            .sni_cert(&["master1"], self.icinga.paths("master1"))
             .client_auth(ClientAuth::Optional)
             .client_ca(self.icinga.ca_path());
         let limits = Limits::default()

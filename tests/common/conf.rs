@@ -379,9 +379,8 @@ impl ListenerTls {
         self
     }
 
-    /// Adds an `sni_certs` entry: `pki`'s `<stem>.crt`/`.key` for `names`.
-    pub fn sni_cert(mut self, names: &[&str], pki: &Pki, stem: &str) -> ListenerTls {
-        let (cert, key) = pki.paths(stem);
+    /// Adds an `sni_certs` entry: `(cert, key)` for `names`.
+    pub fn sni_cert(mut self, names: &[&str], (cert, key): (PathBuf, PathBuf)) -> ListenerTls {
         self.sni_certs.get_or_insert_with(Vec::new).push(SniCert {
             names: strings(names.iter().copied()),
             cert,
