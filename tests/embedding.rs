@@ -13,15 +13,19 @@ use std::sync::Arc;
 #[test]
 fn two_instances_in_one_process_build_and_count_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = |port: u16| {
-        format!(
-            "server: {{ pid_file: {d}/{port}.pid, upgrade_sock: {d}/{port}.sock }}\nlisteners:\n  - {{ name: edge, address: \"127.0.0.1:{port}\" }}\nupstreams:\n  web: {{ peers: [\"127.0.0.1:9\"] }}\nroutes: [ {{ name: web, upstream: web }} ]\n",
-            d = dir.path().display()
-        )
+    let conf = |port: u16| {
+        let server = common::conf::Server::default()
+            .pid_file(dir.path().join(format!("{port}.pid")))
+            .upgrade_sock(dir.path().join(format!("{port}.sock")));
+        Conf::new()
+            .server(server)
+            .listener(Listener::new("edge", port))
+            .upstream("web", Group::new("127.0.0.1:9"))
+            .route(Route::new("web", "web"))
     };
     let mut registries = Vec::new();
     for port in [1, 2] {
-        let config = Config::parse(&yaml(port), dir.path()).unwrap();
+        let config = Config::parse(&conf(port).to_yaml(), dir.path()).unwrap();
         let registry = Registry::new();
         let metrics = Arc::new(Metrics::register(&registry).unwrap());
         let gh = Gatehouse::from_config_in(config, metrics.clone()).unwrap();

@@ -319,59 +319,6 @@ impl Gatehouse {
         gh
     }
 
-    /// The old entry point, on YAML text; removed once every suite builds a [`Conf`].
-    pub fn start_yaml(dir: &Path, yaml: &str) -> Gatehouse {
-        Gatehouse::start_bin_env_yaml(Path::new(gatehouse_bin()), &[], dir, yaml)
-    }
-
-    /// See [`Gatehouse::start_yaml`].
-    pub fn start_bin_yaml(bin: &Path, dir: &Path, yaml: &str) -> Gatehouse {
-        Gatehouse::start_bin_env_yaml(bin, &[], dir, yaml)
-    }
-
-    /// See [`Gatehouse::start_yaml`].
-    pub fn start_bin_env_yaml(
-        bin: &Path,
-        env: &[(&str, &str)],
-        dir: &Path,
-        yaml: &str,
-    ) -> Gatehouse {
-        let file = dir.join("gatehouse.yaml");
-        let yaml = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/gh.pid\n  upgrade_sock: {d}/gh_upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n{yaml}",
-            d = dir.display()
-        );
-        std::fs::write(&file, &yaml).unwrap();
-        let addresses: Vec<SocketAddr> = yaml
-            .split("address: \"")
-            .skip(1)
-            .filter_map(|rest| rest.split('"').next()?.parse().ok())
-            .collect();
-        let log = dir.join("gatehouse.log");
-        let mut cmd = Command::new(bin);
-        if bin == Path::new(gatehouse_bin()) {
-            cmd.arg("run");
-        }
-        cmd.envs(env.iter().copied());
-        let mut child = cmd
-            .arg("-c")
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn gatehouse");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for a in addresses {
-            wait_listening("gatehouse", &mut child, a, deadline, &log);
-        }
-        Gatehouse {
-            dir: dir.to_path_buf(),
-            conf: Conf::new(),
-            run: Run::Process { child, log },
-        }
-    }
-
     fn wait_ready(&mut self) {
         let addresses = self.conf.addresses();
         assert!(
