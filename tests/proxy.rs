@@ -33,6 +33,16 @@ impl World {
         Listener::new(name, port).tls(ListenerTls::from_pki(&self.edge, "server", client_auth))
     }
 
+    /// A config with listener `edge` on `port` (see [`World::listener`]).
+    fn edge(&self, port: u16, client_auth: ClientAuth) -> Conf {
+        Conf::new().listener(self.listener("edge", port, client_auth))
+    }
+
+    /// `peer` over [`World::up_tls`].
+    fn up(&self, peer: SocketAddr, ca: &Path, with_cert: bool) -> Group {
+        Group::new(peer).tls(self.up_tls(ca, with_cert))
+    }
+
     /// Upstream TLS to `kea.internal` trusting `ca`, presenting Gatehouse's client cert when
     /// `with_cert`.
     fn up_tls(&self, ca: &Path, with_cert: bool) -> UpstreamTls {
@@ -73,12 +83,9 @@ async fn mtls_on_both_sides_forwards_identity_and_headers() {
     let w = World::new(tmp.path());
     let origin = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
     let port = reserved_port();
-    let conf = Conf::new()
-        .listener(w.listener("edge", port, ClientAuth::Required))
-        .upstream(
-            "kea",
-            Group::new(origin.addr).tls(w.up_tls(&w.up.ca_path(), true)),
-        )
+    let conf = w
+        .edge(port, ClientAuth::Required)
+        .upstream("kea", w.up(origin.addr, &w.up.ca_path(), true))
         .route(Route::new("kea", "kea").host("*").path("/"))
         .metrics(reserved_port());
     let gh = Gatehouse::start(tmp.path(), &conf);
@@ -144,8 +151,8 @@ async fn client_auth_required_and_optional() {
     let w = World::new(tmp.path());
     let origin = Upstream::h1(None, Behavior::Echo).await;
     let (req_port, opt_port) = (reserved_port(), reserved_port());
-    let conf = Conf::new()
-        .listener(w.listener("edge", req_port, ClientAuth::Required))
+    let conf = w
+        .edge(req_port, ClientAuth::Required)
         .listener(w.listener("edge-optional", opt_port, ClientAuth::Optional))
         .upstream("plain", Group::new(origin.addr))
         .route(Route::new("all", "plain"))
@@ -240,16 +247,10 @@ async fn upstream_failures_are_classified() {
     let good = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
     let hang = Upstream::h1(None, Behavior::Hang).await;
     let (dead, port) = (reserved_port(), reserved_port());
-    let conf = Conf::new()
-        .listener(w.listener("edge", port, ClientAuth::Optional))
-        .upstream(
-            "wrongca",
-            Group::new(good.addr).tls(w.up_tls(&w.other.ca_path(), true)),
-        )
-        .upstream(
-            "nocert",
-            Group::new(good.addr).tls(w.up_tls(&w.up.ca_path(), false)),
-        )
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream("wrongca", w.up(good.addr, &w.other.ca_path(), true))
+        .upstream("nocert", w.up(good.addr, &w.up.ca_path(), false))
         .upstream("down", Group::new(local(dead)))
         .upstream("hang", Group::new(hang.addr).read_timeout("1s"))
         .route(Route::new("wrongca", "wrongca").path("/wrongca"))
@@ -333,16 +334,10 @@ async fn pools_never_mix_trust_settings() {
     let w = World::new(tmp.path());
     let origin = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
     let port = reserved_port();
-    let conf = Conf::new()
-        .listener(w.listener("edge", port, ClientAuth::Optional))
-        .upstream(
-            "right",
-            Group::new(origin.addr).tls(w.up_tls(&w.up.ca_path(), true)),
-        )
-        .upstream(
-            "wrong",
-            Group::new(origin.addr).tls(w.up_tls(&w.other.ca_path(), true)),
-        )
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream("right", w.up(origin.addr, &w.up.ca_path(), true))
+        .upstream("wrong", w.up(origin.addr, &w.other.ca_path(), true))
         .route(Route::new("right", "right").path("/right"))
         .route(Route::new("wrong", "wrong").path("/wrong"));
     let _gh = Gatehouse::start(tmp.path(), &conf);
@@ -376,8 +371,8 @@ async fn h2_upstream_with_configured_sni_and_h2_downstream() {
     let w = World::new(tmp.path());
     let origin = Upstream::h2(w.origin_acceptor(true)).await;
     let port = reserved_port();
-    let conf = Conf::new()
-        .listener(w.listener("edge", port, ClientAuth::Optional))
+    let conf = w
+        .edge(port, ClientAuth::Optional)
         .upstream(
             "h2",
             Group::new(origin.addr).tls(w.up_tls(&w.up.ca_path(), true).alpn("h2")),
@@ -455,8 +450,8 @@ async fn xfcc_is_built_by_gatehouse_and_never_passed_through() {
     );
     let origin = Upstream::h1(None, Behavior::Echo).await;
     let port = reserved_port();
-    let conf = Conf::new()
-        .listener(w.listener("edge", port, ClientAuth::Optional))
+    let conf = w
+        .edge(port, ClientAuth::Optional)
         .upstream("o", Group::new(origin.addr))
         .route(Route::new("xfcc", "o").path("/xfcc").xfcc())
         .route(Route::new("plain", "o").path("/plain"))
