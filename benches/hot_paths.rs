@@ -3,13 +3,15 @@
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gatehouse::authz::{Access, Identity};
+use gatehouse::authz::{Access, Identity, Matcher};
+use gatehouse::cluster::filter::{
+    CertRequest, Interest, LinkInfo, Message, MethodPolicy, RpcFilter,
+};
+use gatehouse::cluster::policy::{Direction, Policy};
+use gatehouse::cluster::{codec, envelope};
 use gatehouse::http::route::{HostPattern, Route, Router};
 use gatehouse::metrics::Metrics;
 use gatehouse::pki::{Ca, CertSpec};
-use gatehouse::cluster::filter::{CertRequest, Interest, LinkInfo, Message, MethodPolicy, RpcFilter};
-use gatehouse::cluster::policy::{Direction, Policy};
-use gatehouse::cluster::{codec, envelope};
 use gatehouse::tls::{ClientCert, TlsInfo};
 
 fn check_result() -> Vec<u8> {
@@ -104,13 +106,14 @@ fn policies(c: &mut Criterion) {
         sni: None,
         client: Some(ClientCert::from_x509(leaf.cert, true)),
     };
+    let m = |s: &str| Matcher::parse(s).unwrap();
     let access = Access::new(
-        Some(&[
-            "cn:ops-*".into(),
-            "cn:dashboard-*".into(),
-            "spiffe://example.org/ops/".into(),
+        Some(vec![
+            m("cn:ops-*"),
+            m("cn:dashboard-*"),
+            m("spiffe://example.org/ops/"),
         ]),
-        &["cn:ops-intern".into()],
+        vec![m("cn:ops-intern")],
     );
     c.bench_function("route access (allow 3, deny 1)", |b| {
         b.iter(|| black_box(access.admits(Identity::of(black_box(Some(&info))))))

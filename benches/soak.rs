@@ -21,8 +21,8 @@ mod support;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::pki::CertSpec;
 use gatehouse::cluster::codec;
+use gatehouse::pki::CertSpec;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,6 +90,7 @@ routes: [ {{ name: web, upstream: web }} ]
 cluster:
   routes: [ {{ sni: master1, upstream: master }} ]
   upstream_identity: {{ cert_dir: {ids} }}
+  limits: {{ max_links_per_identity: 1000000 }}
 "#,
         d = dir.display(),
         web = origin.addr,

@@ -5,11 +5,11 @@
 
 use crate::audit::AuditSink;
 use crate::authz::{Authorizer, Guarded};
+use crate::cluster::filter::RpcFilter;
+use crate::cluster::identity::IdentityMapper;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::http::filter::HttpFilter;
 use crate::metrics::Metrics;
-use crate::cluster::filter::RpcFilter;
-use crate::cluster::identity::IdentityMapper;
 use crate::server::{Plan, RunOptions};
 use pingora_core::server::Server;
 use std::path::{Path, PathBuf};
@@ -62,8 +62,8 @@ impl Gatehouse {
         })
     }
 
-    /// From a configuration already parsed and validated ([`Config::load`], [`Config::parse`]
-    /// then [`Config::validate`]); loads the files it names.
+    /// From a validated configuration ([`Config::load`], [`Config::parse`]); loads the
+    /// files it names.
     pub fn from_config(config: Config) -> crate::Result<Gatehouse> {
         Gatehouse::from_config_in(config, Metrics::global())
     }
@@ -72,14 +72,8 @@ impl Gatehouse {
     /// of the embedder's with [`Metrics::register`]; `/metrics` then serves that registry).
     pub fn from_config_in(config: Config, metrics: Arc<Metrics>) -> crate::Result<Gatehouse> {
         let file = config.base_dir.join("(config)");
-        let errs = config.validate();
-        let plan = if errs.is_empty() {
-            Plan::from_config_in(config, metrics)
-        } else {
-            Err(errs)
-        };
         Ok(Gatehouse {
-            plan: plan.map_err(|errors| ConfigErrors {
+            plan: Plan::from_config_in(config, metrics).map_err(|errors| ConfigErrors {
                 file: file.clone(),
                 errors,
             })?,

@@ -2,16 +2,17 @@
 //!
 //! # Layout
 //!
-//! The data path reads top-down: accept → TLS → demux → HTTP | JSON-RPC → upstream.
+//! The data path reads top-down: accept → TLS → demux → HTTP | cluster → upstream.
 //!
-//! - [`config`]: the YAML file — schema, units, validation with key paths.
+//! - [`config`]: the YAML file lowered into the validated runtime model ([`Config`]); the serde
+//!   schema stays private inside it, errors carry key paths.
 //! - [`identity`]: what a handshake says about the caller ([`identity::TlsInfo`]: SNI, CN,
 //!   SANs, SPIFFE URIs, fingerprint), read once per connection.
 //! - [`host`]: host and SNI patterns, shared by routes, `sni_certs` and cluster routes.
 //! - [`tls`]: certificate material, downstream TLS settings (SNI certs, client auth), and
 //!   upstream trust ([`tls::upstream`]).
 //! - [`demux`]: the per-listener Pingora app: reads the first byte, replays it
-//!   ([`demux::PrefixedIo`]) into the HTTP proxy or the JSON-RPC relay.
+//!   ([`demux::PrefixedIo`]) into the HTTP proxy or the cluster relay.
 //! - [`http`]: the `ProxyHttp` — path normalisation ([`http::path`]), routing ([`http::route`]), route access, identity
 //!   forwarding, Kea command authorization ([`http::kea`]), failure answers, access log.
 //! - [`authz`]: [`authz::Identity`] and the one matcher language of every rule (`cn:`, `dns:`,
@@ -42,6 +43,7 @@
 pub mod audit;
 pub mod authz;
 pub mod builder;
+pub mod cluster;
 pub mod config;
 pub mod demux;
 pub mod error;
@@ -53,7 +55,6 @@ pub mod logsafe;
 pub mod metrics;
 pub mod pki;
 pub mod reload;
-pub mod cluster;
 pub mod server;
 pub mod tls;
 pub mod upstream;

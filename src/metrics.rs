@@ -88,9 +88,21 @@ pub struct Metrics {
     /// `gatehouse_kea_commands_total{route, command, verdict}` (verdict: allowed, denied, malformed,
     /// answered at the edge by a filter).
     pub kea_commands: IntCounterVec,
+    /// `gatehouse_http_rate_limited_total{route}`: requests answered 429 by `rate_limit`.
+    pub http_rate_limited: IntCounterVec,
+    /// `gatehouse_cluster_links_replaced_total`: authenticated links closed because a newer one
+    /// of the same identity exceeded `cluster.limits.max_links_per_identity`.
+    pub cluster_links_replaced: prometheus::IntCounter,
 }
 
 impl Metrics {
+    /// Counts one failure talking to `upstream`, of class `kind` (`FailureKind::label`).
+    pub fn upstream_error(&self, upstream: &str, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[upstream, kind])
+            .inc();
+    }
+
     /// Creates every family and registers it in `registry` (fails if one is already there).
     pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
         let build_info = IntGaugeVec::new(
@@ -183,6 +195,19 @@ impl Metrics {
             &["route", "command", "verdict"],
         )?;
         registry.register(Box::new(kea_commands.clone()))?;
+        let http_rate_limited = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_http_rate_limited_total",
+                "Requests answered 429 by a route's per-identity rate_limit, by route.",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(http_rate_limited.clone()))?;
+        let cluster_links_replaced = prometheus::IntCounter::new(
+            "gatehouse_cluster_links_replaced_total",
+            "Authenticated cluster links closed for a newer link of the same identity (cluster.limits.max_links_per_identity).",
+        )?;
+        registry.register(Box::new(cluster_links_replaced.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -204,6 +229,8 @@ impl Metrics {
             cluster_links_refused,
             authorizer_calls,
             kea_commands,
+            http_rate_limited,
+            cluster_links_replaced,
         })
     }
 
@@ -325,7 +352,9 @@ mod tests {
             Metrics::register(&a).is_err(),
             "twice in one registry is refused, not a panic"
         );
-        ma.cluster_links_refused.with_label_values(&["no_route"]).inc();
+        ma.cluster_links_refused
+            .with_label_values(&["no_route"])
+            .inc();
         let count = |r: &Registry| {
             r.gather()
                 .iter()

@@ -98,7 +98,7 @@ impl Reloader {
             let l = &cfg.listeners[live.index];
             let Some(t) = &l.tls else { continue };
             let at = format!("listeners[{}].tls", live.index);
-            match ListenerTlsMaterial::load(cfg, l, t, &at, &self.metrics) {
+            match ListenerTlsMaterial::load(l, t, &at, &self.metrics) {
                 Ok(m) => match m.contexts(generation) {
                     Ok(c) => listeners.push((i, m, c)),
                     Err(e) => errs.push(ConfigError::new(at, e)),
@@ -108,11 +108,11 @@ impl Reloader {
         }
         let mut upstreams = Vec::new();
         for (i, group) in self.upstreams.iter().enumerate() {
-            let Some(t) = cfg.upstreams.get(&*group.name).and_then(|u| u.tls.as_ref()) else {
+            let Some(t) = cfg.upstreams.get(i).and_then(|u| u.tls.as_ref()) else {
                 continue;
             };
             let at = format!("upstreams.{}.tls", group.name);
-            match UpstreamTlsMaterial::load(cfg, t, &at) {
+            match UpstreamTlsMaterial::load(t, &at) {
                 Ok(m) => upstreams.push((i, m)),
                 Err(e) => errs.extend(e),
             }

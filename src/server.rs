@@ -3,19 +3,19 @@
 
 use crate::audit::{AuditSink, JsonLines};
 use crate::authz::{Access, Guarded};
+use crate::cluster::Relay;
 use crate::config::{
-    Config, ConfigError, ConfigErrors, ForwardIdentity, Listener, Protocol, ServerSection,
+    Config, ConfigError, ConfigErrors, ForwardIdentity, ListenerSettings, Protocol, ServerSettings,
 };
 use crate::demux::ListenerApp;
 use crate::error::{Error, ErrorKind};
-use crate::host::HostPattern;
 use crate::http::filter::HttpFilter;
-use crate::http::kea::KeaPolicy;
+use crate::http::kea::{CommandList, KeaPolicy};
+use crate::http::limit::RateLimit;
 use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics::{self, Metrics};
 use crate::reload::{LiveListener, Reloader};
-use crate::cluster::Relay;
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
 use arc_swap::ArcSwap;
@@ -27,7 +27,6 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -69,43 +68,45 @@ impl Plan {
         let mut listener_tls = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             listener_tls.push(l.tls.as_ref().and_then(|t| {
-                ListenerTlsMaterial::load(&config, l, t, &format!("listeners[{i}].tls"), &metrics)
+                ListenerTlsMaterial::load(l, t, &format!("listeners[{i}].tls"), &metrics)
                     .map_err(|e| errs.extend(e))
                     .ok()
             }));
         }
         let mut upstreams = Vec::new();
         let mut health = Vec::new();
-        let mut index = HashMap::new();
-        for (name, u) in &config.upstreams {
-            match UpstreamGroup::build(&config, name, u) {
+        for u in &config.upstreams {
+            match UpstreamGroup::build(u) {
                 Ok((g, hc)) => {
-                    index.insert(name.clone(), upstreams.len());
                     upstreams.push(g);
                     health.extend(hc);
                 }
                 Err(e) => errs.extend(e),
             }
         }
-        let mut routes = Vec::new();
-        for r in &config.routes {
-            // Unknown upstreams and bad hosts were reported by validation.
-            if let (Some(&upstream), Ok(host)) =
-                (index.get(&r.upstream), HostPattern::parse(&r.host))
-            {
-                let mut route = Route::plain(&r.name, host, &r.path_prefix, upstream, &metrics);
-                route.access = Access::new(r.allow.as_deref(), &r.deny);
-                route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
-                route.kea = r.kea.as_ref().map(KeaPolicy::new);
-                routes.push(route);
-            }
+        if !errs.is_empty() {
+            // Routes index the groups: with one missing, they would point at the wrong one.
+            return Err(errs);
         }
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let mut route = Route::plain(
+                    &r.name,
+                    r.host.clone(),
+                    &r.path_prefix,
+                    r.upstream,
+                    &metrics,
+                );
+                route.access = Access::new(r.allow.clone(), r.deny.clone());
+                route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
+                route.kea = r.kea.as_ref().map(|k| Arc::new(KeaPolicy::new(k)));
+                route
+            })
+            .collect();
         let upstreams: Arc<[UpstreamGroup]> = upstreams.into();
-        let audit_path = config
-            .audit
-            .as_ref()
-            .and_then(|a| a.path.as_ref())
-            .map(|p| config.resolve(p));
+        let audit_path = config.audit_path.clone();
         let audit: Arc<dyn AuditSink> =
             Arc::new(JsonLines::open(audit_path.as_deref()).unwrap_or_else(|e| {
                 errs.push(ConfigError::new(
@@ -117,31 +118,46 @@ impl Plan {
                 ));
                 JsonLines::log()
             }));
-        let relay = config.cluster.as_ref().and_then(|j| {
-            Relay::new(
-                &config,
-                j,
-                upstreams.clone(),
-                &index,
-                audit.clone(),
-                metrics.clone(),
-            )
-            .map_err(|e| errs.extend(e))
-            .ok()
-        });
+        let relay = config
+            .cluster
+            .as_ref()
+            .map(|c| Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone()));
         if !errs.is_empty() {
             return Err(errs);
+        }
+        let router = Router::new(routes);
+        let kea_routes: Vec<_> = router
+            .routes()
+            .iter()
+            .filter_map(|r| Some((r.name.to_string(), r.kea.clone()?)))
+            .collect();
+        // Built-in filters run before any an embedder adds.
+        let mut http_filters: Vec<Box<dyn HttpFilter>> = Vec::new();
+        let limited: Vec<_> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let limit = r.rate_limit?;
+                let counter = metrics.http_rate_limited.with_label_values(&[&r.name]);
+                Some((r.name.clone(), limit, counter))
+            })
+            .collect();
+        if !limited.is_empty() {
+            http_filters.push(Box::new(RateLimit::new(limited)));
+        }
+        if !kea_routes.is_empty() {
+            http_filters.push(Box::new(CommandList::new(kea_routes)));
         }
         Ok(Plan {
             config,
             listener_tls,
             upstreams,
             health,
-            router: Router::new(routes),
+            router,
             relay,
             audit,
             authorizer: None,
-            http_filters: Vec::new(),
+            http_filters,
             metrics,
         })
     }
@@ -206,7 +222,7 @@ impl Plan {
             .zip(&self.listener_tls)
             .enumerate()
         {
-            let carries_http = l.protocols.contains(&Protocol::Http);
+            let carries_http = l.accepts(Protocol::Http);
             let http = carries_http.then(|| {
                 let gateway = HttpGateway::new(
                     &l.name,
@@ -214,7 +230,7 @@ impl Plan {
                     router.clone(),
                     self.upstreams.clone(),
                     self.audit.clone(),
-                    l.keepalive_timeout.get(),
+                    l.keepalive_timeout,
                     self.metrics.clone(),
                 )
                 .with_authorizer(self.authorizer.clone())
@@ -224,20 +240,20 @@ impl Plan {
                 proxy
             });
             let cluster = l
-                .protocols
-                .contains(&Protocol::Cluster)
+                .accepts(Protocol::Cluster)
                 .then(|| relay.clone())
                 .flatten();
             let app = ListenerApp::new(
                 &l.name,
                 http,
                 cluster,
-                l.first_byte_timeout.get(),
-                l.header_timeout.get(),
+                l.first_byte_timeout,
+                l.header_timeout,
                 self.metrics.clone(),
-            );
+            )
+            .with_max_per_identity(l.max_connections_per_identity);
             let mut svc = Service::new(format!("listener {}", l.name), app);
-            let mut buffers = L4BufferSettings::default().read(l.read_buffer.0 as usize);
+            let mut buffers = L4BufferSettings::default().read(l.read_buffer);
             if !carries_http {
                 // The relay writes whole batches and flushes each: a write buffer below TLS
                 // would coalesce nothing and cost every idle cluster link its 1460 bytes.
@@ -253,13 +269,15 @@ impl Plan {
                         .settings(contexts.clone())
                         .map_err(|e| ConfigError::new(&at, e))?;
                     svc.add_listener(
-                        ListenerConfig::tcp(&l.address)
+                        ListenerConfig::tcp(l.address.to_string())
                             .tls(settings)
                             .l4_buffer(buffers),
                     );
                     live.push(LiveListener { index: i, contexts });
                 }
-                None => svc.add_listener(ListenerConfig::tcp(&l.address).l4_buffer(buffers)),
+                None => {
+                    svc.add_listener(ListenerConfig::tcp(l.address.to_string()).l4_buffer(buffers))
+                }
             }
             log::info!(
                 "listener {} on {} ({}, {:?})",
@@ -279,10 +297,10 @@ impl Plan {
         );
         reloader.publish_initial(&self.listener_tls.iter().flatten().collect::<Vec<_>>());
         server.add_service(background_service("certificate reload", reloader));
-        if let Some(m) = &self.config.metrics {
+        if let Some(address) = self.config.metrics {
             let mut prom = metrics::http_service(&self.metrics);
-            prom.add_tcp(&m.address);
-            log::info!("metrics on http://{}/metrics", m.address);
+            prom.add_tcp(&address.to_string());
+            log::info!("metrics on http://{address}/metrics");
             server.add_service(prom);
         }
         Ok(server)
@@ -296,9 +314,9 @@ impl Plan {
 /// than only in the running instance's log (which still refuses it if it changes meanwhile).
 pub fn request_reload(file: &Path) -> crate::Result<i32> {
     let plan = Plan::load(file)?;
-    let pid_file = plan.config.resolve(&plan.config.server.pid_file);
+    let pid_file = &plan.config.server.pid_file;
     let signal = |context: String| Error::new(ErrorKind::Signal, context);
-    let text = std::fs::read_to_string(&pid_file).map_err(|e| {
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
         signal(format!(
             "cannot read the pid file {} (is gatehouse running with this configuration?)",
             pid_file.display()
@@ -326,14 +344,14 @@ pub fn request_reload(file: &Path) -> crate::Result<i32> {
 
 /// Pingora's process settings from `server:`. Every key of the section lands here; the test
 /// below fails for a key that does not.
-pub fn server_conf(s: &ServerSection, max_retries: usize) -> ServerConf {
+pub fn server_conf(s: &ServerSettings, max_retries: usize) -> ServerConf {
     ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
         pid_file: s.pid_file.to_string_lossy().into_owned(),
         upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
-        grace_period_seconds: Some(ceil_secs(s.grace_period.get())),
-        graceful_shutdown_timeout_seconds: Some(ceil_secs(s.graceful_shutdown_timeout.get())),
+        grace_period_seconds: Some(ceil_secs(s.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(ceil_secs(s.graceful_shutdown_timeout)),
         error_log: s
             .error_log
             .as_ref()
@@ -346,12 +364,12 @@ pub fn server_conf(s: &ServerSection, max_retries: usize) -> ServerConf {
 /// Pingora's per-connection HTTP options from a listener: the request cap of an HTTP/1
 /// connection and the idle limit of an HTTP/2 one (HTTP/1 idle keep-alive is bounded per
 /// request, see `HttpGateway::request_filter`).
-fn http_options(l: &Listener) -> HttpServerOptions {
+fn http_options(l: &ListenerSettings) -> HttpServerOptions {
     let mut o = HttpServerOptions::default();
     // Pingora counts reuses: a limit of N serves N + 1 requests.
     o.keepalive_request_limit = Some(l.keepalive_requests.saturating_sub(1));
     o.h2_idle_timeout = Some(std::time::Duration::from_secs(ceil_secs(
-        l.keepalive_timeout.get(),
+        l.keepalive_timeout,
     )));
     o
 }
@@ -380,7 +398,7 @@ mod tests {
         let yaml = "threads: 3\nwork_stealing: false\npid_file: /run/gh/x.pid\n\
                     upgrade_sock: /run/gh/x.sock\ngrace_period: 7s\n\
                     graceful_shutdown_timeout: 1500ms\nerror_log: /var/log/gh.log\n";
-        let s: ServerSection = serde_yaml::from_str(yaml).unwrap();
+        let s = crate::config::server_from_yaml(yaml);
         let c = server_conf(&s, 4);
         type Check = fn(&ServerConf) -> bool;
         let table: &[(&str, Check)] = &[
@@ -401,30 +419,23 @@ mod tests {
         }
         assert_eq!(c.max_retries, 4);
         // The table covers the whole section: a new key needs a row (and a wire).
-        let keys: Vec<String> = match serde_yaml::to_value(&s).unwrap() {
-            serde_yaml::Value::Mapping(m) => m
-                .keys()
-                .filter_map(|k| k.as_str().map(str::to_string))
-                .collect(),
-            other => panic!("{other:?}"),
-        };
+        let keys = crate::config::server_keys();
         let mut covered: Vec<&str> = table.iter().map(|(k, _)| *k).collect();
         covered.sort_unstable();
         let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, covered, "server: keys without a row in this table");
         // The defaults are Pingora's where Gatehouse has no reason to differ.
-        let d = server_conf(&ServerSection::default(), 1);
+        let d = server_conf(&crate::config::server_from_yaml("{}"), 1);
         assert!(d.work_stealing);
         assert_eq!(d.threads, 2);
     }
 
     #[test]
     fn listener_http_options() {
-        let l: Listener = serde_yaml::from_str(
+        let l = crate::config::listener_from_yaml(
             "{ name: a, address: '127.0.0.1:1', keepalive_timeout: 1500ms, keepalive_requests: 7 }",
-        )
-        .unwrap();
+        );
         let o = http_options(&l);
         assert_eq!(o.keepalive_request_limit, Some(6), "7 requests = 6 reuses");
         assert_eq!(o.h2_idle_timeout, Some(std::time::Duration::from_secs(2)));

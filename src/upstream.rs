@@ -1,7 +1,7 @@
 //! Upstream groups: Pingora load balancers with optional health checks, and the
 //! `HttpPeer` each request is sent to (timeouts and the group's own TLS settings).
 
-use crate::config::{Config, ConfigError, HealthCheckKind, LoadBalancing, Upstream};
+use crate::config::{ConfigError, HealthProbe, LoadBalancing, ProbeKind, UpstreamSettings};
 use crate::tls::upstream::UpstreamTlsMaterial;
 use arc_swap::ArcSwap;
 use pingora_core::services::background::background_service;
@@ -60,41 +60,34 @@ pub struct UpstreamGroup {
     /// How many peers the group has (bounds connect retries).
     pub peer_count: usize,
     /// The HTTP health check, rebuilt when the TLS material is reloaded.
-    http_check: Option<(crate::config::HealthCheck, LiveCheck)>,
+    http_check: Option<(HealthProbe, LiveCheck)>,
 }
 
 /// A group's health-check loop, to be added to the server as a background service.
 pub type HealthService = Box<dyn ServiceWithDependents>;
 
 impl UpstreamGroup {
-    /// Builds the group `name`; returns it with its health-check service, if any.
+    /// Builds the group `u`; returns it with its health-check service, if any.
     pub fn build(
-        cfg: &Config,
-        name: &str,
-        u: &Upstream,
+        u: &UpstreamSettings,
     ) -> Result<(UpstreamGroup, Option<HealthService>), Vec<ConfigError>> {
+        let name = u.name.as_str();
         let at = format!("upstreams.{name}");
         let tls = match &u.tls {
-            Some(t) => Some(UpstreamTlsMaterial::load(cfg, t, &format!("{at}.tls"))?),
+            Some(t) => Some(UpstreamTlsMaterial::load(t, &format!("{at}.tls"))?),
             None => None,
         };
-        let addrs: Vec<SocketAddr> = u.peers.iter().filter_map(|p| p.parse().ok()).collect();
-        if addrs.len() != u.peers.len() || addrs.is_empty() {
-            return Err(vec![ConfigError::new(
-                format!("{at}.peers"),
-                "needs one or more IP:port addresses",
-            )]);
-        }
+        let addrs = &u.peers;
         let template = PeerTemplate {
             tls: tls.map(ArcSwap::from_pointee),
-            connect_timeout: u.connect_timeout.get(),
-            read_timeout: u.read_timeout.get(),
-            idle_timeout: u.idle_timeout.get(),
+            connect_timeout: u.connect_timeout,
+            read_timeout: u.read_timeout,
+            idle_timeout: u.idle_timeout,
         };
         let http_check = u
             .health_check
             .as_ref()
-            .filter(|h| h.kind == HealthCheckKind::Http)
+            .filter(|h| h.kind == ProbeKind::Http)
             .map(|h| {
                 (
                     h.clone(),
@@ -109,15 +102,15 @@ impl UpstreamGroup {
         });
         let (selector, service) = match u.load_balancing {
             LoadBalancing::RoundRobin => {
-                let (l, s) = with_health(lb::<RoundRobin>(&addrs, &at)?, hc);
+                let (l, s) = with_health(lb::<RoundRobin>(addrs, &at)?, hc);
                 (Selector::RoundRobin(l), s)
             }
             LoadBalancing::Random => {
-                let (l, s) = with_health(lb::<Random>(&addrs, &at)?, hc);
+                let (l, s) = with_health(lb::<Random>(addrs, &at)?, hc);
                 (Selector::Random(l), s)
             }
             LoadBalancing::ConsistentHash => {
-                let (l, s) = with_health(lb::<Consistent>(&addrs, &at)?, hc);
+                let (l, s) = with_health(lb::<Consistent>(addrs, &at)?, hc);
                 (Selector::Hash(l), s)
             }
         };
@@ -182,7 +175,7 @@ impl UpstreamGroup {
 }
 
 /// An HTTP health check with the same TLS, client identity and timeouts as real traffic.
-fn http_check(hc: &crate::config::HealthCheck, template: &PeerTemplate) -> HttpHealthCheck {
+fn http_check(hc: &HealthProbe, template: &PeerTemplate) -> HttpHealthCheck {
     let host = hc
         .host
         .clone()
@@ -190,11 +183,7 @@ fn http_check(hc: &crate::config::HealthCheck, template: &PeerTemplate) -> HttpH
         .unwrap_or_else(|| "localhost".into());
     let mut check = HttpHealthCheck::new(&host, template.tls.is_some());
     check.peer_template = template.peer(SocketAddr::from(([0, 0, 0, 0], 1)));
-    check.req.set_uri(
-        hc.path
-            .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("/")),
-    );
+    check.req.set_uri(hc.path.clone());
     check.validator = Some(Box::new(|resp: &ResponseHeader| {
         if resp.status.is_success() {
             Ok(())
@@ -225,7 +214,7 @@ impl HealthCheck for LiveHttpCheck {
 
 /// A group's health-check settings, as [`with_health`] needs them.
 struct HealthSetup<'a> {
-    config: &'a crate::config::HealthCheck,
+    config: &'a HealthProbe,
     connect_timeout: Duration,
     name: &'a str,
     /// The live HTTP check (None: TCP).
@@ -261,7 +250,7 @@ where
             lb.set_health_check(check);
         }
     }
-    lb.health_check_frequency = Some(hc.interval.get());
+    lb.health_check_frequency = Some(hc.interval);
     let svc = background_service(&format!("health check {name}"), lb);
     let task = svc.task();
     (task, Some(Box::new(svc)))

@@ -35,6 +35,15 @@ impl Edge {
     async fn start() -> Edge {
         let dir = tempfile::tempdir().unwrap();
         let rp = RelayPki::new(dir.path());
+        // The neighbour is another agent: a second link of agent1 would replace the first
+        // (cluster.limits.max_links_per_identity).
+        rp.pki.issue("agent2", CertSpec::new("agent2"));
+        rp.pki
+            .ca
+            .issue(&CertSpec::new("agent2"))
+            .unwrap()
+            .write(&rp.ids, "agent2")
+            .unwrap();
         let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
         let web = Upstream::h1(None, Behavior::Echo).await;
         let port = reserved_port();
@@ -100,9 +109,14 @@ impl Edge {
         self.gh.metrics_text().await
     }
 
-    /// An open cluster link that has spoken (a heartbeat, echoed by the master).
+    /// An open cluster link of another agent (agent2) that has spoken (a heartbeat, echoed by
+    /// the master).
     async fn neighbour(&self) -> tokio_boring::SslStream<TcpStream> {
-        let mut link = tls_connect(addr(self.port), &self.agent()).await.unwrap();
+        let agent2 = ClientOpts {
+            cert: Some(self.pki.paths("agent2")),
+            ..self.agent()
+        };
+        let mut link = tls_connect(addr(self.port), &agent2).await.unwrap();
         link.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
         assert!(read_frame(&mut link, Duration::from_secs(5))
             .await

@@ -308,6 +308,7 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 .read_buffer("4KiB")
                 .keepalive_timeout("2s")
                 .keepalive_requests(3)
+                .max_connections_per_identity(2)
                 .tls(
                     ListenerTls::new("s.crt", "s.key")
                         .client_auth(ClientAuth::Optional)
@@ -351,6 +352,7 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 .allow(["cn:ops"])
                 .deny(["cn:intern"])
                 .xfcc()
+                .rate_limit(0.5, Some(3))
                 .kea(
                     KeaRoute::deny_by_default().max_body("64KiB").rule(
                         KeaRule::new(["cn:ops"])
@@ -366,6 +368,7 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 .max_violations(3)
                 .limits(
                     Limits::default()
+                        .max_links_per_identity(2)
                         .anonymous_max_clients(2)
                         .anonymous_max_per_ip(1)
                         .certificate_request_size("4KiB")
@@ -384,7 +387,9 @@ fn the_typed_test_config_writes_only_schema_keys() {
         .metrics(9090)
         .audit_path("audit.jsonl");
     let text = every.to_yaml();
-    let config = gatehouse::Config::parse(&text, Path::new("/tmp"))
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("ids")).unwrap();
+    let config = gatehouse::Config::parse(&text, tmp.path())
+        .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
     assert_eq!(config.listeners[0].keepalive_requests, 3, "{text}");
 }

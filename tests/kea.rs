@@ -224,6 +224,42 @@ async fn kea_commands_are_authorized_per_identity_and_audited() {
         assert_eq!(r.status, 200, "{cmd}: {}", r.text());
         assert_eq!(r.json()[0]["result"], 0, "{cmd}: {}", r.text());
     }
+    // list-commands lists what the caller may run, not everything Kea knows: the answer's
+    // `arguments` are cut by the caller's rule (and re-framed with their new length).
+    let lc = r#"{"command":"list-commands","service":["dhcp4"]}"#;
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v[0]["arguments"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let all = names(&post(k.addr, None, lc).await.json());
+    assert!(
+        ["config-get", "config-set", "shutdown"]
+            .iter()
+            .all(|c| all.iter().any(|a| a == c)),
+        "Kea's own list: {all:?}"
+    );
+    let dashboard_may = |c: &str| {
+        c.ends_with("-get")
+            || c.starts_with("lease4-get")
+            || ["list-commands", "status-get", "version-get"].contains(&c)
+    };
+    let seen = names(&send("dashboard-1", lc.into()).await.json());
+    let want: Vec<String> = all.iter().filter(|c| dashboard_may(c)).cloned().collect();
+    assert!(want.iter().any(|c| c == "config-get") && !want.is_empty());
+    assert_eq!(
+        seen, want,
+        "dashboard-1 sees exactly what its rule allows, in Kea's order"
+    );
+    let seen = names(&send("ops-admin", lc.into()).await.json());
+    let want: Vec<String> = all.iter().filter(|c| *c != "shutdown").cloned().collect();
+    assert_eq!(seen, want, "ops-admin sees all but the denied shutdown");
+
     // ...everything else is refused Kea-shaped, and Kea never sees it.
     for (cmd, text) in [
         (

@@ -44,6 +44,19 @@ impl<'a> Identity<'a> {
         }
     }
 
+    /// What per-caller limits count by: `cn:<cn>` (else `fingerprint:<hex>`) when verified,
+    /// `ip:<address>` for anonymous callers (`ip:-` without one).
+    pub fn limit_key(self, ip: Option<std::net::IpAddr>) -> String {
+        match (self, ip) {
+            (Identity::Verified(c), _) => match &c.cn {
+                Some(cn) => format!("cn:{cn}"),
+                None => format!("fingerprint:{}", c.fingerprint),
+            },
+            (Identity::Anonymous, Some(ip)) => format!("ip:{ip}"),
+            (Identity::Anonymous, None) => "ip:-".to_string(),
+        }
+    }
+
     /// The verified certificate, if any.
     pub fn cert(self) -> Option<&'a ClientCert> {
         match self {
@@ -150,11 +163,6 @@ impl Matcher {
     }
 }
 
-/// Parses a list of matchers (validated with the config; invalid entries are skipped).
-pub fn parse_all(list: &[String]) -> Vec<Matcher> {
-    list.iter().filter_map(|m| Matcher::parse(m).ok()).collect()
-}
-
 /// Whether any matcher in `list` matches.
 pub fn any_matches(list: &[Matcher], id: Identity<'_>) -> bool {
     list.iter().any(|m| m.matches(id))
@@ -192,12 +200,9 @@ pub struct Access {
 }
 
 impl Access {
-    /// From the route's `allow` / `deny` lists.
-    pub fn new(allow: Option<&[String]>, deny: &[String]) -> Access {
-        Access {
-            allow: allow.map(parse_all),
-            deny: parse_all(deny),
-        }
+    /// From the route's `allow` / `deny` lists (`None`: everyone not denied).
+    pub fn new(allow: Option<Vec<Matcher>>, deny: Vec<Matcher>) -> Access {
+        Access { allow, deny }
     }
 
     /// Whether the caller may use the route.
@@ -293,12 +298,10 @@ mod tests {
 
     #[test]
     fn access_deny_wins_and_unverified_is_anonymous() {
+        let m = |s: &str| Matcher::parse(s).unwrap();
         let a = Access::new(
-            Some(&[
-                "cn:ops-*".to_string(),
-                "spiffe://example.org/ops/".to_string(),
-            ]),
-            &["cn:ops-intern".to_string()],
+            Some(vec![m("cn:ops-*"), m("spiffe://example.org/ops/")]),
+            vec![m("cn:ops-intern")],
         );
         let id = |t: &TlsInfo| a.admits(Identity::of(Some(t)));
         assert!(id(&client("ops-admin", &[], &[], true)));
@@ -315,7 +318,7 @@ mod tests {
             "unverified = anonymous"
         );
         assert!(!a.admits(Identity::Anonymous));
-        let open = Access::new(None, &["anonymous".to_string()]);
+        let open = Access::new(None, vec![Matcher::Anonymous]);
         assert!(open.admits(Identity::of(Some(&client("x", &[], &[], true)))));
         assert!(!open.admits(Identity::Anonymous));
         let dash = client("dashboard-1", &[], &[], true);

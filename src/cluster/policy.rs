@@ -6,8 +6,8 @@
 //! allowed only if listed; a rule with only `deny` allows everything else. No matching rule
 //! → allowed. Replies (no `method`) are never filtered: they answer the other side's requests.
 
-use crate::authz::{FirstMatch, Identity, Matcher};
-use crate::config::{PolicyDirection, ClusterPolicyRule};
+use crate::authz::{FirstMatch, Identity};
+use crate::config::{PolicyDirection, PolicyRule};
 use crate::glob;
 
 /// Which way a message travels.
@@ -63,21 +63,19 @@ pub enum Verdict {
 }
 
 impl Policy {
-    /// Builds a policy from the configured rules (validated with the config: a rule whose
-    /// identity does not parse matches nobody).
-    pub fn new(rules: &[ClusterPolicyRule]) -> Policy {
+    /// Builds a policy from the configured rules.
+    pub fn new(rules: &[PolicyRule]) -> Policy {
         Policy {
             rules: FirstMatch::new(
                 rules
                     .iter()
                     .map(|r| {
-                        let who = Matcher::parse(&r.identity).into_iter().collect();
                         let rule = Rule {
                             direction: r.direction,
                             allow: r.allow.clone(),
-                            deny: r.deny.clone().unwrap_or_default(),
+                            deny: r.deny.clone(),
                         };
-                        (who, rule)
+                        (vec![r.identity.clone()], rule)
                     })
                     .collect(),
             ),
@@ -88,7 +86,7 @@ impl Policy {
     /// may only say hello, heartbeat and ask for a certificate; no client may push config,
     /// certificates or commands toward its parent.
     pub fn icinga_defaults() -> Policy {
-        Policy::new(&crate::config::default_cluster_policy())
+        Policy::new(&crate::config::icinga_policy())
     }
 
     /// Decides one message. `method` is `None` for replies, which always pass.
@@ -156,14 +154,13 @@ mod tests {
 
     #[test]
     fn identity_matchers_and_first_match() {
-        let rules: Vec<ClusterPolicyRule> = serde_yaml::from_str(
+        let rules = crate::config::policy_from_yaml(
             r#"
 - { identity: "cn:agent-*", direction: both, deny: ["event::*"] }
 - { identity: "spiffe://example.org/ops/", direction: upstream, allow: ["config::*"] }
 - { identity: "*", direction: downstream, allow: ["icinga::Hello"] }
 "#,
-        )
-        .unwrap();
+        );
         let p = Policy::new(&rules);
         let up = Direction::Upstream;
         let a7 = cert("agent-7", &[]);

@@ -20,7 +20,7 @@ use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
 use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent};
 use crate::authz::{Guarded, Identity, Question, Target};
-use crate::config::{Config, ConfigError, ClusterSection};
+use crate::config::ClusterSettings;
 use crate::host::HostPattern;
 use crate::identity::TlsInfo;
 use crate::logsafe::{Esc, EscOpt, EscText};
@@ -31,13 +31,14 @@ use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::{Shutdown, Stream};
 use pingora_core::server::ShutdownWatch;
 use prometheus::IntCounter;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 
 /// How long closing a link (TLS close_notify both ways) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,6 +48,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_IDLE: usize = 1024;
 
 struct Limits {
+    per_identity: usize,
     anonymous_max: usize,
     anonymous_per_ip: usize,
     anonymous_size: usize,
@@ -66,67 +68,48 @@ pub struct Relay {
     filters: Chain,
     max_violations: u32,
     anonymous: AnonLinks,
+    live: LiveLinks,
     connector: TransportConnector,
     audit: Arc<dyn AuditSink>,
 }
 
 impl Relay {
-    /// Builds the relay from `cluster:`; `index` maps upstream names to `upstreams`.
+    /// Builds the relay from `cluster:`; its routes index `upstreams`.
     pub fn new(
-        cfg: &Config,
-        j: &ClusterSection,
+        j: &ClusterSettings,
         upstreams: Arc<[UpstreamGroup]>,
-        index: &HashMap<String, usize>,
         audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
-    ) -> Result<Relay, Vec<ConfigError>> {
-        let mut errs = Vec::new();
-        let mut routes = Vec::new();
-        for (i, r) in j.routes.iter().enumerate() {
-            match (HostPattern::parse(&r.sni), index.get(&r.upstream)) {
-                (Ok(p), Some(&u)) => routes.push((p, u)),
-                (Err(m), _) => errs.push(ConfigError::new(format!("cluster.routes[{i}].sni"), m)),
-                (_, None) => errs.push(ConfigError::new(
-                    format!("cluster.routes[{i}].upstream"),
-                    format!("unknown upstream `{}`", r.upstream),
-                )),
-            }
-        }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
+    ) -> Relay {
         let l = &j.limits;
-        Ok(Relay {
-            routes,
+        Relay {
+            routes: j.routes.clone(),
             upstreams,
             identity: match &j.upstream_identity {
-                Some(id) => Box::new(CertDir::new(cfg.resolve(&id.cert_dir), id.missing)),
+                Some(id) => Box::new(CertDir::new(id.cert_dir.clone(), id.missing)),
                 None => Box::new(OwnIdentity),
             },
             authorizer: None,
             metrics,
             limits: Limits {
+                per_identity: l.max_links_per_identity,
                 anonymous_max: l.anonymous_max_clients,
                 anonymous_per_ip: l.anonymous_max_per_ip,
-                anonymous_size: l.anonymous_message_size.0 as usize,
-                size: l.message_size.0 as usize,
-                idle: l.idle_timeout.get(),
-                anonymous_idle: l.anonymous_idle_timeout.get(),
+                anonymous_size: l.anonymous_message_size,
+                size: l.message_size,
+                idle: l.idle_timeout,
+                anonymous_idle: l.anonymous_idle_timeout,
             },
             filters: Chain::new(
-                MethodPolicy::new(match &j.policy {
-                    Some(rules) => Policy::new(rules),
-                    None => Policy::icinga_defaults(),
-                }),
-                CertRequest::new(
-                    usize::try_from(l.certificate_request_size.0).unwrap_or(usize::MAX),
-                ),
+                MethodPolicy::new(Policy::new(&j.policy)),
+                CertRequest::new(l.certificate_request_size),
             ),
             max_violations: j.max_violations,
             anonymous: AnonLinks::default(),
+            live: LiveLinks::default(),
             connector: TransportConnector::new(None),
             audit,
-        })
+        }
     }
 
     /// Replaces the upstream identity mapping (`cluster.upstream_identity` by default).
@@ -246,9 +229,7 @@ impl Relay {
         let key = cn.unwrap_or(&addr);
         let Some(peer_addr) = group.select(key.as_bytes()) else {
             self.metrics
-                .upstream_errors
-                .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
-                .inc();
+                .upstream_error(&group.name, FailureKind::Unavailable.label());
             log::warn!(target: "gatehouse::cluster", "{who}: upstream {}: no healthy peer", group.name);
             return close(down).await;
         };
@@ -260,10 +241,7 @@ impl Relay {
             Ok(s) => s,
             Err(e) => {
                 let kind = FailureKind::classify(&e);
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[&group.name, kind.label()])
-                    .inc();
+                self.metrics.upstream_error(&group.name, kind.label());
                 log::warn!(target: "gatehouse::upstream", "upstream {} peer {peer_addr}: connect for {who} failed ({}): {e}", group.name, kind.label());
                 // Closing makes the agent retry (every 10 s), possibly via a healthier peer.
                 return close(down).await;
@@ -276,6 +254,16 @@ impl Relay {
             "anonymous"
         };
         let _link_gauge = ActiveGuard::gauge(self.metrics.cluster_links.with_label_values(&[kind]));
+        // Icinga keeps every connection an endpoint makes; a second one for the same CN is
+        // almost always an agent reconnecting past a link that died silently, so the newest
+        // link wins and the oldest beyond the limit is closed.
+        let slot = cn.map(|cn| self.live.open(cn, self.limits.per_identity));
+        if let Some(s) = &slot {
+            if s.replaced > 0 {
+                self.metrics.cluster_links_replaced.inc_by(s.replaced);
+                log::info!(target: "gatehouse::cluster", "{who}: closing {} older link(s) of the same identity (cluster.limits.max_links_per_identity: {})", s.replaced, self.limits.per_identity);
+            }
+        }
         let link = Link {
             info,
             fingerprint: auth.map(|c| c.fingerprint.as_str()),
@@ -294,6 +282,7 @@ impl Relay {
             e = self.pump(&link, Direction::Upstream, &mut dr, &mut uw) => e,
             e = self.pump(&link, Direction::Downstream, &mut ur, &mut dw) => e,
             e = revoked(recheck, &link_q) => e,
+            _ = replaced(slot.as_ref()) => LinkEnd::Replaced,
             _ = shutting_down(&mut sd) => LinkEnd::Shutdown,
         };
         let down = dr.unsplit(dw);
@@ -589,6 +578,8 @@ enum LinkEnd {
     /// An I/O error on the named side (`client` or `upstream`).
     Io(&'static str, String),
     Shutdown,
+    /// A newer link of the same identity took its place.
+    Replaced,
 }
 
 impl Direction {
@@ -640,6 +631,9 @@ impl fmt::Display for LinkEnd {
             LinkEnd::Revoked(by, why) => write!(f, "revoked by authorizer {by}: {}", EscText(why)),
             LinkEnd::Io(side, e) => write!(f, "{side} side: {e}"),
             LinkEnd::Shutdown => f.write_str("shutting down"),
+            LinkEnd::Replaced => f.write_str(
+                "replaced by a newer link of the same identity (cluster.limits.max_links_per_identity)",
+            ),
         }
     }
 }
@@ -695,6 +689,73 @@ impl Drop for AnonSlot<'_> {
     }
 }
 
+/// A live link's id and the signal that closes it.
+type LiveLink = (u64, Arc<Notify>);
+
+/// Open authenticated links per CN, oldest first, for `max_links_per_identity`.
+#[derive(Default)]
+struct LiveLinks {
+    by_cn: Mutex<HashMap<String, VecDeque<LiveLink>>>,
+    next: AtomicU64,
+}
+
+impl LiveLinks {
+    /// Registers a link of `cn`; the oldest ones beyond `max` are told to close.
+    fn open(&self, cn: &str, max: usize) -> LiveSlot<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        let mut m = self.by_cn.lock().unwrap_or_else(|p| p.into_inner());
+        let links = m.entry(cn.to_string()).or_default();
+        links.push_back((id, close.clone()));
+        let mut replaced = 0;
+        while links.len() > max.max(1) {
+            if let Some((_, old)) = links.pop_front() {
+                // A stored permit: the old link sees it even if it is not waiting yet.
+                old.notify_one();
+                replaced += 1;
+            }
+        }
+        LiveSlot {
+            links: self,
+            cn: cn.to_string(),
+            id,
+            close,
+            replaced,
+        }
+    }
+}
+
+/// One authenticated link's place in [`LiveLinks`]; released on drop.
+struct LiveSlot<'a> {
+    links: &'a LiveLinks,
+    cn: String,
+    id: u64,
+    close: Arc<Notify>,
+    /// How many older links this one displaced.
+    replaced: u64,
+}
+
+impl Drop for LiveSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.links.by_cn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(links) = m.get_mut(&self.cn) {
+            links.retain(|(id, _)| *id != self.id);
+            if links.is_empty() {
+                m.remove(&self.cn);
+            }
+        }
+    }
+}
+
+/// Resolves when a newer link of the same identity displaced this one (never for anonymous
+/// links, which have no slot).
+async fn replaced(slot: Option<&LiveSlot<'_>>) {
+    match slot {
+        Some(s) => s.close.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the added authorizer, asked again each time its decision's TTL runs out,
 /// no longer allows the link (never, without an authorizer or a TTL).
 async fn revoked(recheck: Option<(&Arc<Guarded>, Duration)>, q: &Question<'_>) -> LinkEnd {
@@ -735,6 +796,7 @@ mod tests {
 
     fn limits(max: usize, per_ip: usize) -> Limits {
         Limits {
+            per_identity: 1,
             anonymous_max: max,
             anonymous_per_ip: per_ip,
             anonymous_size: 0,

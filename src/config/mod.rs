@@ -1,18 +1,22 @@
-//! The YAML configuration: [`schema`] (serde types and defaults), [`units`] (durations,
-//! sizes) and `validate` (loading, parsing, and everything serde cannot check).
-//!
-//! Parsing and validation are separate steps (as in River): serde turns the file into
-//! [`Config`], rejecting unknown keys with the key path and line; [`Config::validate`] then
-//! checks what serde cannot (references between sections, duplicates, combinations) and
-//! reports *every* problem, each naming its key path. Loading the certificates the config
-//! names is the TLS module's job ([`crate::tls`]), reported the same way.
+//! The YAML configuration, in three layers (as in River): `schema` (serde types and
+//! defaults; unknown keys rejected with key path and line), `lower` (everything serde cannot
+//! check — references, duplicates, combinations, each value's syntax — reporting *every*
+//! problem under its key path, while building the model) and [`model`], the validated
+//! runtime [`Config`] the rest of the crate works on. Schema types never leave this module.
+//! Loading the certificates the config names is the TLS module's job ([`crate::tls`]),
+//! reported the same way.
 
-pub mod schema;
-pub mod units;
-mod validate;
+mod lower;
+pub mod model;
+mod schema;
+mod units;
 
-pub use schema::*;
-pub use units::{Duration, Size};
+pub use lower::icinga_policy;
+#[cfg(test)]
+pub(crate) use lower::{
+    kea_from_yaml, listener_from_yaml, policy_from_yaml, server_from_yaml, server_keys,
+};
+pub use model::*;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -1,8 +1,13 @@
 //! The serde schema of the YAML file: what each key is, its default, and nothing else.
-//! Unknown keys are rejected (`deny_unknown_fields`); what serde cannot check is
-//! validation's job (`Config::validate`).
+//! Unknown keys are rejected (`deny_unknown_fields`); what serde cannot check is `lower`'s
+//! job, which turns a [`Document`] into the runtime [`super::Config`]. These types never leave
+//! `config/`; the value enums they share with the model live in [`super::model`].
 
-use super::units::{Duration, Size};
+use super::model::{
+    AllowDeny, Alpn, ClientAuth, ForwardIdentity, KeaDefault, LoadBalancing, MissingIdentity,
+    PolicyDirection, ProbeKind, Protocol, TlsVersion,
+};
+use super::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,30 +15,27 @@ use std::path::PathBuf;
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct Document {
     /// Process-level settings.
     #[serde(default)]
     pub server: ServerSection,
     /// Where Gatehouse accepts connections.
-    pub listeners: Vec<Listener>,
+    pub listeners: Vec<ListenerSection>,
     /// Named groups of upstream peers.
     #[serde(default)]
-    pub upstreams: BTreeMap<String, Upstream>,
+    pub upstreams: BTreeMap<String, UpstreamSection>,
     /// HTTP routes, matched by host and longest path prefix.
     #[serde(default)]
-    pub routes: Vec<Route>,
+    pub routes: Vec<RouteSection>,
     /// The Icinga cluster relay; needed when a listener accepts `cluster`.
     #[serde(default)]
     pub cluster: Option<ClusterSection>,
     /// The Prometheus endpoint; absent = no metrics listener.
     #[serde(default)]
-    pub metrics: Option<Metrics>,
+    pub metrics: Option<MetricsSection>,
     /// The audit log; absent = the log target `gatehouse::audit`.
     #[serde(default)]
-    pub audit: Option<Audit>,
-    /// The folder relative paths resolve against (the config file's folder); set by the loader.
-    #[serde(skip)]
-    pub base_dir: PathBuf,
+    pub audit: Option<AuditSection>,
 }
 
 /// `server:` — process settings handed to Pingora.
@@ -54,10 +56,10 @@ pub struct ServerSection {
     pub upgrade_sock: PathBuf,
     /// After a stop signal, how long to keep accepting before closing listeners.
     #[serde(default = "default_grace")]
-    pub grace_period: Duration,
+    pub grace_period: HumanDuration,
     /// After listeners close, how long in-flight work may take to finish.
     #[serde(default = "default_grace")]
-    pub graceful_shutdown_timeout: Duration,
+    pub graceful_shutdown_timeout: HumanDuration,
     /// Where the process logs when daemonized.
     #[serde(default)]
     pub error_log: Option<PathBuf>,
@@ -77,8 +79,8 @@ fn default_pid_file() -> PathBuf {
 fn default_upgrade_sock() -> PathBuf {
     PathBuf::from("/tmp/gatehouse_upgrade.sock")
 }
-fn default_grace() -> Duration {
-    Duration::secs(5)
+fn default_grace() -> HumanDuration {
+    HumanDuration::secs(5)
 }
 
 impl Default for ServerSection {
@@ -98,101 +100,71 @@ impl Default for ServerSection {
 /// One listening address.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Listener {
+pub struct ListenerSection {
     /// Name used in logs and metric labels.
     pub name: String,
     /// `127.0.0.1:5665` or `[::1]:5665`.
     pub address: String,
     /// TLS termination; absent = plaintext (for tests and local sidecars only).
     #[serde(default)]
-    pub tls: Option<ListenerTls>,
+    pub tls: Option<ListenerTlsSection>,
     /// What the listener accepts, told apart by the first byte: `http`, `cluster`.
     #[serde(default = "default_protocols")]
     pub protocols: Vec<Protocol>,
     /// How long a client may take to send its first byte after the handshake.
     #[serde(default = "default_first_byte_timeout")]
-    pub first_byte_timeout: Duration,
+    pub first_byte_timeout: HumanDuration,
     /// How long an HTTP/1 client may take to send one request head (slowloris guard).
     #[serde(default = "default_header_timeout")]
-    pub header_timeout: Duration,
+    pub header_timeout: HumanDuration,
     /// Per-connection read buffer below TLS. It only has to hold a record header and a small
     /// record: larger reads bypass it. Pingora's default (64 KiB) stays resident per idle link.
     #[serde(default = "default_read_buffer")]
-    pub read_buffer: Size,
+    pub read_buffer: ByteSize,
     /// An HTTP/1 keep-alive connection idle this long between requests, or an HTTP/2
     /// connection with no open stream this long, is closed. Whole seconds (rounded up).
     #[serde(default = "default_keepalive_timeout")]
-    pub keepalive_timeout: Duration,
+    pub keepalive_timeout: HumanDuration,
     /// Requests served on one HTTP/1 connection before it is closed (`Connection: close` on
     /// the last answer), so per-connection memory is freed now and then (nginx's
     /// `keepalive_requests`).
     #[serde(default = "default_keepalive_requests")]
     pub keepalive_requests: u32,
-}
-
-/// A protocol a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP/1.1 or HTTP/2 (anything whose first byte is not a digit).
-    Http,
-    /// Icinga 2 cluster JSON-RPC in netstrings (first byte is a digit).
-    Cluster,
+    /// Connections open at once per caller (CN, else client IP); absent = no limit.
+    #[serde(default)]
+    pub max_connections_per_identity: Option<usize>,
 }
 
 fn default_protocols() -> Vec<Protocol> {
     vec![Protocol::Http]
 }
-fn default_first_byte_timeout() -> Duration {
-    Duration::secs(10)
+fn default_first_byte_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
-fn default_header_timeout() -> Duration {
-    Duration::secs(10)
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
-fn default_read_buffer() -> Size {
-    Size(1024)
+fn default_read_buffer() -> ByteSize {
+    ByteSize(1024)
 }
-fn default_keepalive_timeout() -> Duration {
-    Duration::secs(60)
+fn default_keepalive_timeout() -> HumanDuration {
+    HumanDuration::secs(60)
 }
 fn default_keepalive_requests() -> u32 {
     1000
 }
 
-/// Whether and how clients must present a certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// The handshake fails without a certificate signed by `client_ca`.
-    Required,
-    /// Any certificate (or none) is accepted; only a verified one makes the client authenticated.
-    Optional,
-    /// No certificate is requested.
-    None,
-}
-
-/// Lowest TLS version accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum TlsVersion {
-    /// TLS 1.2 and 1.3.
-    #[serde(rename = "tls1.2")]
-    Tls12,
-    /// TLS 1.3 only.
-    #[serde(rename = "tls1.3")]
-    Tls13,
-}
-
 /// `listeners[].tls:` — downstream TLS.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerTls {
+pub struct ListenerTlsSection {
     /// PEM chain, leaf first: used when no `sni_certs` entry matches.
     pub cert: PathBuf,
     /// PEM private key of `cert`.
     pub key: PathBuf,
     /// Certificates chosen by the SNI the client sent.
     #[serde(default)]
-    pub sni_certs: Vec<SniCert>,
+    pub sni_certs: Vec<SniCertSection>,
     /// Client certificate policy.
     #[serde(default = "default_client_auth")]
     pub client_auth: ClientAuth,
@@ -209,19 +181,9 @@ pub struct ListenerTls {
     #[serde(default)]
     pub alpn: Option<Vec<String>>,
     /// Session tickets and the session cache. Default: on when the listener carries `http`,
-    /// off for `cluster` only (see [`ListenerTls::resumption`]).
+    /// off for `cluster` only (resolved by `lower`).
     #[serde(default)]
     pub session_resumption: Option<bool>,
-}
-
-impl ListenerTls {
-    /// Whether clients of a listener carrying `protocols` may resume TLS sessions. Icinga 2
-    /// never resumes, so on a cluster-only port a ticket would be minted on every handshake and,
-    /// BoringSSL sending TLS 1.3 tickets with the server's first write, held by every idle link.
-    pub fn resumption(&self, protocols: &[Protocol]) -> bool {
-        self.session_resumption
-            .unwrap_or_else(|| protocols.contains(&Protocol::Http))
-    }
 }
 
 fn default_client_auth() -> ClientAuth {
@@ -234,7 +196,7 @@ fn default_min_version() -> TlsVersion {
 /// A certificate served for the listed SNI names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SniCert {
+pub struct SniCertSection {
     /// Exact names (case-insensitive) or `*.example.org` globs.
     pub names: Vec<String>,
     /// PEM chain, leaf first.
@@ -243,23 +205,10 @@ pub struct SniCert {
     pub key: PathBuf,
 }
 
-/// How a peer is picked from an upstream group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LoadBalancing {
-    /// Each peer in turn.
-    #[default]
-    RoundRobin,
-    /// A peer at random.
-    Random,
-    /// The same client identity (CN, else address) sticks to the same peer.
-    ConsistentHash,
-}
-
 /// `upstreams.<name>:` — a group of equivalent peers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Upstream {
+pub struct UpstreamSection {
     /// `host:port` socket addresses.
     pub peers: Vec<String>,
     /// Peer selection.
@@ -267,50 +216,40 @@ pub struct Upstream {
     pub load_balancing: LoadBalancing,
     /// Active health checking; absent = every peer is assumed healthy.
     #[serde(default)]
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<HealthCheckSection>,
     /// TCP connect plus TLS handshake budget.
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: HumanDuration,
     /// Longest wait for any read from the peer (response headers or body).
     #[serde(default = "default_read_timeout")]
-    pub read_timeout: Duration,
+    pub read_timeout: HumanDuration,
     /// Longest time a pooled idle connection is kept (keep under the peer's own).
     #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: Duration,
-    /// Upstream TLS; absent = plaintext.
+    pub idle_timeout: HumanDuration,
+    /// UpstreamSection TLS; absent = plaintext.
     #[serde(default)]
-    pub tls: Option<UpstreamTls>,
+    pub tls: Option<UpstreamTlsSection>,
 }
 
-fn default_connect_timeout() -> Duration {
-    Duration::secs(2)
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::secs(2)
 }
-fn default_read_timeout() -> Duration {
-    Duration::secs(30)
+fn default_read_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
 }
-fn default_idle_timeout() -> Duration {
-    Duration::secs(20)
-}
-
-/// Kind of active health check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthCheckKind {
-    /// A TCP connect succeeds.
-    Tcp,
-    /// `GET path` over the upstream's own TLS settings answers 2xx.
-    Http,
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::secs(20)
 }
 
 /// `upstreams.<name>.health_check:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HealthCheck {
+pub struct HealthCheckSection {
     /// `tcp` or `http`.
-    pub kind: HealthCheckKind,
+    pub kind: ProbeKind,
     /// Time between checks.
     #[serde(default = "default_hc_interval")]
-    pub interval: Duration,
+    pub interval: HumanDuration,
     /// Path requested by `http` checks.
     #[serde(default = "default_hc_path")]
     pub path: String,
@@ -319,30 +258,17 @@ pub struct HealthCheck {
     pub host: Option<String>,
 }
 
-fn default_hc_interval() -> Duration {
-    Duration::secs(5)
+fn default_hc_interval() -> HumanDuration {
+    HumanDuration::secs(5)
 }
 fn default_hc_path() -> String {
     "/".into()
 }
 
-/// Upstream ALPN choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamAlpn {
-    /// HTTP/1.1 only.
-    #[default]
-    H1,
-    /// HTTP/2 only.
-    H2,
-    /// HTTP/2 preferred, HTTP/1.1 accepted.
-    H2h1,
-}
-
 /// `upstreams.<name>.tls:` — this upstream's own trust and client identity.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamTls {
+pub struct UpstreamTlsSection {
     /// CA bundle the peer's certificate is verified against (default: system store).
     #[serde(default)]
     pub ca: Option<PathBuf>,
@@ -371,7 +297,7 @@ pub struct UpstreamTls {
     pub second_keyshare: bool,
     /// Application protocol spoken to the peer.
     #[serde(default)]
-    pub alpn: UpstreamAlpn,
+    pub alpn: Alpn,
 }
 
 fn yes() -> bool {
@@ -381,7 +307,7 @@ fn yes() -> bool {
 /// `routes[]:` — which upstream serves a host and path prefix.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Route {
+pub struct RouteSection {
     /// Name used in logs and metric labels.
     pub name: String,
     /// Exact host, `*.example.org`, or `*` (any).
@@ -403,54 +329,46 @@ pub struct Route {
     pub forward_identity: ForwardIdentity,
     /// Kea command-level authorization for this route.
     #[serde(default)]
-    pub kea: Option<KeaRoute>,
+    pub kea: Option<KeaSection>,
+    /// Requests per caller (CN when verified, else client IP) on this route.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSection>,
 }
 
-/// How the client identity is passed upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ForwardIdentity {
-    /// Nothing (any incoming `X-Forwarded-Client-Cert` is still removed).
-    #[default]
-    None,
-    /// Envoy's `X-Forwarded-Client-Cert: Hash=…;Subject="…";URI=…;DNS=…`.
-    Xfcc,
+/// `routes[].rate_limit` — a token bucket per caller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Sustained rate.
+    pub requests_per_second: f64,
+    /// Requests allowed at once after a quiet spell (default: one second's worth, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// `routes[].kea` — what each identity may ask a Kea Control Agent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeaRoute {
+pub struct KeaSection {
     /// Largest command body read (413 beyond).
     #[serde(default = "default_kea_body")]
-    pub max_body: Size,
+    pub max_body: ByteSize,
     /// The first rule whose identity matches decides.
     #[serde(default)]
-    pub rules: Vec<KeaRule>,
+    pub rules: Vec<KeaRuleSection>,
     /// For identities no rule matches.
     #[serde(default)]
     pub default: KeaDefault,
 }
 
-fn default_kea_body() -> Size {
-    Size(1 << 20)
-}
-
-/// Verdict for identities no rule matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum KeaDefault {
-    /// Refuse (403).
-    #[default]
-    Deny,
-    /// Forward.
-    Allow,
+fn default_kea_body() -> ByteSize {
+    ByteSize(1 << 20)
 }
 
 /// `routes[].kea.rules[]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeaRule {
+pub struct KeaRuleSection {
     /// Identity matchers (`cn:`, `dns:`, `spiffe://`, `fingerprint:sha256:`, `anonymous`).
     pub identity: Vec<String>,
     /// Commands (globs); absent = any command.
@@ -461,22 +379,10 @@ pub struct KeaRule {
     pub services: Option<AllowDeny>,
 }
 
-/// A glob allow list and deny list; deny wins, and an absent allow list allows everything.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct AllowDeny {
-    /// Only these pass.
-    #[serde(default)]
-    pub allow: Option<Vec<String>>,
-    /// These never pass.
-    #[serde(default)]
-    pub deny: Vec<String>,
-}
-
 /// `audit:` — where the audit log of Kea commands and denied cluster messages goes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Audit {
+pub struct AuditSection {
     /// JSON-lines file, appended to; absent = the log target `gatehouse::audit`.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -494,16 +400,16 @@ fn root_path() -> String {
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// Which upstream a link goes to, by the SNI the client sent; first match wins.
-    pub routes: Vec<ClusterRoute>,
+    pub routes: Vec<ClusterRouteSection>,
     /// Client certificates presented upstream on behalf of authenticated clients.
     #[serde(default)]
-    pub upstream_identity: Option<UpstreamIdentity>,
+    pub upstream_identity: Option<UpstreamIdentitySection>,
     /// Sizes, caps and idle timeouts.
     #[serde(default)]
-    pub limits: ClusterLimits,
-    /// Method policy; absent = Icinga's own rules (see `default_cluster_policy`).
+    pub limits: ClusterLimitsSection,
+    /// Method policy; absent = Icinga's own rules (`lower::icinga_policy`).
     #[serde(default)]
-    pub policy: Option<Vec<ClusterPolicyRule>>,
+    pub policy: Option<Vec<PolicyRuleSection>>,
     /// Denied messages tolerated on one link before it is closed.
     #[serde(default = "default_max_violations")]
     pub max_violations: u32,
@@ -516,28 +422,17 @@ fn default_max_violations() -> u32 {
 /// `cluster.routes[]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterRoute {
+pub struct ClusterRouteSection {
     /// Exact name, `*.example.org`, or `*` (anything, including no SNI).
     pub sni: String,
     /// Key of `upstreams:`.
     pub upstream: String,
 }
 
-/// What to do when `cert_dir` has no certificate for an authenticated client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MissingIdentity {
-    /// Close the link (the master would otherwise see the wrong identity).
-    #[default]
-    Reject,
-    /// Connect with the upstream's own client certificate.
-    Own,
-}
-
 /// `cluster.upstream_identity`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamIdentity {
+pub struct UpstreamIdentitySection {
     /// Folder of `<cn>.crt` + `<cn>.key`, presented upstream for client `<cn>`.
     pub cert_dir: PathBuf,
     /// When `<cn>.crt` is absent.
@@ -548,7 +443,10 @@ pub struct UpstreamIdentity {
 /// `cluster.limits`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterLimits {
+pub struct ClusterLimitsSection {
+    /// Authenticated links open at once per identity (CN); a newer one closes the oldest.
+    #[serde(default = "one")]
+    pub max_links_per_identity: usize,
     /// Most anonymous links open at once; more are refused.
     #[serde(default = "default_anon_clients")]
     pub anonymous_max_clients: usize,
@@ -559,46 +457,50 @@ pub struct ClusterLimits {
     /// Largest `pki::RequestCertificate` (a CSR message is a few KiB); larger ones are denied
     /// before the client's certificate is spliced in.
     #[serde(default = "default_cert_request_size")]
-    pub certificate_request_size: Size,
+    pub certificate_request_size: ByteSize,
     /// Largest message from an anonymous client.
     #[serde(default = "default_anon_size")]
-    pub anonymous_message_size: Size,
+    pub anonymous_message_size: ByteSize,
     /// Largest message otherwise (either direction).
     #[serde(default = "default_msg_size")]
-    pub message_size: Size,
+    pub message_size: ByteSize,
     /// An authenticated link with no message from one side for this long is closed.
     #[serde(default = "default_cluster_idle")]
-    pub idle_timeout: Duration,
+    pub idle_timeout: HumanDuration,
     /// The same for anonymous links.
     #[serde(default = "default_anon_idle")]
-    pub anonymous_idle_timeout: Duration,
+    pub anonymous_idle_timeout: HumanDuration,
 }
 
+fn one() -> usize {
+    1
+}
 fn default_anon_clients() -> usize {
     16
 }
 fn default_anon_per_ip() -> usize {
     2
 }
-fn default_cert_request_size() -> Size {
-    Size(64 << 10)
+fn default_cert_request_size() -> ByteSize {
+    ByteSize(64 << 10)
 }
-fn default_anon_size() -> Size {
-    Size(1 << 20)
+fn default_anon_size() -> ByteSize {
+    ByteSize(1 << 20)
 }
-fn default_msg_size() -> Size {
-    Size(16 << 20)
+fn default_msg_size() -> ByteSize {
+    ByteSize(16 << 20)
 }
-fn default_cluster_idle() -> Duration {
-    Duration::secs(60)
+fn default_cluster_idle() -> HumanDuration {
+    HumanDuration::secs(60)
 }
-fn default_anon_idle() -> Duration {
-    Duration::secs(10)
+fn default_anon_idle() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 
-impl Default for ClusterLimits {
+impl Default for ClusterLimitsSection {
     fn default() -> Self {
-        ClusterLimits {
+        ClusterLimitsSection {
+            max_links_per_identity: one(),
             anonymous_max_clients: default_anon_clients(),
             anonymous_max_per_ip: default_anon_per_ip(),
             certificate_request_size: default_cert_request_size(),
@@ -610,23 +512,10 @@ impl Default for ClusterLimits {
     }
 }
 
-/// Which messages a policy rule looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyDirection {
-    /// Client → upstream.
-    Upstream,
-    /// Upstream → client.
-    Downstream,
-    /// Either way.
-    #[default]
-    Both,
-}
-
 /// `cluster.policy[]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterPolicyRule {
+pub struct PolicyRuleSection {
     /// An identity matcher, as everywhere: `cn:<glob>`, `dns:<glob>`, `spiffe://…`,
     /// `fingerprint:sha256:<hex>`, `anonymous`, or `"*"` (everyone).
     pub identity: String,
@@ -641,41 +530,10 @@ pub struct ClusterPolicyRule {
     pub deny: Option<Vec<String>>,
 }
 
-/// Icinga's own rules as a policy: anonymous clients may only say hello, heartbeat and ask for
-/// a certificate; nobody pushes config, certificates or commands toward its parent.
-pub fn default_cluster_policy() -> Vec<ClusterPolicyRule> {
-    let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
-    vec![
-        ClusterPolicyRule {
-            identity: "anonymous".into(),
-            direction: PolicyDirection::Upstream,
-            allow: list(&[
-                "icinga::Hello",
-                "event::Heartbeat",
-                "pki::RequestCertificate",
-            ]),
-            deny: None,
-        },
-        ClusterPolicyRule {
-            identity: "*".into(),
-            direction: PolicyDirection::Upstream,
-            allow: None,
-            deny: list(&[
-                "config::Update",
-                "config::UpdateObject",
-                "config::DeleteObject",
-                "pki::UpdateCertificate",
-                "event::SetRemovalInfo",
-                "event::ExecuteCommand",
-            ]),
-        },
-    ]
-}
-
 /// `metrics:` — the Prometheus scrape endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Metrics {
+pub struct MetricsSection {
     /// Plain-HTTP address serving the metrics on every path.
     pub address: String,
 }

@@ -5,9 +5,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A duration written as `500ms`, `10s`, `5m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Duration(pub std::time::Duration);
+pub struct HumanDuration(pub std::time::Duration);
 
-impl Duration {
+impl HumanDuration {
     /// Parses `500ms`, `10s`, `1.5s`, `5m`, `1h`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
@@ -32,7 +32,7 @@ impl Duration {
         if !secs.is_finite() || secs > 1e9 {
             return Err(format!("invalid duration `{s}`: out of range"));
         }
-        Ok(Duration(std::time::Duration::from_secs_f64(secs)))
+        Ok(HumanDuration(std::time::Duration::from_secs_f64(secs)))
     }
 
     /// The value as a `std` duration.
@@ -41,28 +41,28 @@ impl Duration {
     }
 
     pub(crate) const fn secs(s: u64) -> Self {
-        Duration(std::time::Duration::from_secs(s))
+        HumanDuration(std::time::Duration::from_secs(s))
     }
 }
 
-impl Serialize for Duration {
+impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", self.0.as_millis()))
     }
 }
 
-impl<'de> Deserialize<'de> for Duration {
+impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Duration::parse(&s).map_err(serde::de::Error::custom)
+        HumanDuration::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
 /// A byte size written as `1024`, `512KiB`, `1MiB`, `1GiB` (or decimal `kB`/`MB`/`GB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Size(pub u64);
+pub struct ByteSize(pub u64);
 
-impl Size {
+impl ByteSize {
     /// Parses a size with an optional binary or decimal unit.
     pub fn parse(s: &str) -> Result<Self, String> {
         let t = s.trim();
@@ -86,12 +86,12 @@ impl Size {
             }
         };
         n.checked_mul(mult)
-            .map(Size)
+            .map(ByteSize)
             .ok_or_else(|| format!("invalid size `{s}`: too large"))
     }
 }
 
-impl<'de> Deserialize<'de> for Size {
+impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -100,8 +100,8 @@ impl<'de> Deserialize<'de> for Size {
             S(String),
         }
         match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => Size::parse(&s).map_err(serde::de::Error::custom),
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -112,24 +112,36 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(Duration::parse("500ms").unwrap().get().as_millis(), 500);
-        assert_eq!(Duration::parse("10s").unwrap().get().as_secs(), 10);
-        assert_eq!(Duration::parse("1.5s").unwrap().get().as_millis(), 1500);
-        assert_eq!(Duration::parse("2m").unwrap().get().as_secs(), 120);
-        assert_eq!(Duration::parse("1h").unwrap().get().as_secs(), 3600);
-        assert!(Duration::parse("10").unwrap_err().contains("missing unit"));
-        assert!(Duration::parse("10x").unwrap_err().contains("unknown unit"));
-        assert!(Duration::parse("s").unwrap_err().contains("not a number"));
+        assert_eq!(
+            HumanDuration::parse("500ms").unwrap().get().as_millis(),
+            500
+        );
+        assert_eq!(HumanDuration::parse("10s").unwrap().get().as_secs(), 10);
+        assert_eq!(
+            HumanDuration::parse("1.5s").unwrap().get().as_millis(),
+            1500
+        );
+        assert_eq!(HumanDuration::parse("2m").unwrap().get().as_secs(), 120);
+        assert_eq!(HumanDuration::parse("1h").unwrap().get().as_secs(), 3600);
+        assert!(HumanDuration::parse("10")
+            .unwrap_err()
+            .contains("missing unit"));
+        assert!(HumanDuration::parse("10x")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(HumanDuration::parse("s")
+            .unwrap_err()
+            .contains("not a number"));
     }
 
     #[test]
     fn sizes() {
-        assert_eq!(Size::parse("1MiB").unwrap().0, 1 << 20);
-        assert_eq!(Size::parse("512KiB").unwrap().0, 512 << 10);
-        assert_eq!(Size::parse("1000").unwrap().0, 1000);
-        assert_eq!(Size::parse("2MB").unwrap().0, 2_000_000);
-        assert!(Size::parse("1 parsec").is_err());
-        assert!(Size::parse("99999999999GiB")
+        assert_eq!(ByteSize::parse("1MiB").unwrap().0, 1 << 20);
+        assert_eq!(ByteSize::parse("512KiB").unwrap().0, 512 << 10);
+        assert_eq!(ByteSize::parse("1000").unwrap().0, 1000);
+        assert_eq!(ByteSize::parse("2MB").unwrap().0, 2_000_000);
+        assert!(ByteSize::parse("1 parsec").is_err());
+        assert!(ByteSize::parse("99999999999GiB")
             .unwrap_err()
             .contains("too large"));
     }

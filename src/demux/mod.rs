@@ -10,17 +10,20 @@ mod prefixed;
 
 pub use prefixed::PrefixedIo;
 
+use crate::authz::Identity;
+use crate::cluster::Relay;
 use crate::config::Protocol;
 use crate::http::HttpGateway;
+use crate::identity::TlsInfo;
 use crate::metrics::{ActiveGuard, Metrics};
-use crate::cluster::Relay;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::tls::ALPN;
 use pingora_core::protocols::{Shutdown, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
@@ -34,6 +37,45 @@ pub struct ListenerApp {
     metrics: Arc<Metrics>,
     /// `gatehouse_http_header_timeouts_total{listener}`, resolved once.
     head_timeouts: prometheus::IntCounter,
+    /// `max_connections_per_identity`, with the connections open per caller.
+    per_identity: Option<PerIdentity>,
+}
+
+/// Connections open per caller key, capped.
+struct PerIdentity {
+    max: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl PerIdentity {
+    /// A place for one more connection of `key`, or `None` at the cap.
+    fn take(&self, key: String) -> Option<PerIdentitySlot<'_>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIdentitySlot { of: self, key })
+    }
+}
+
+/// One connection's place in [`PerIdentity`]; released on drop (keys leave the map at zero).
+struct PerIdentitySlot<'a> {
+    of: &'a PerIdentity,
+    key: String,
+}
+
+impl Drop for PerIdentitySlot<'_> {
+    fn drop(&mut self) {
+        let mut open = self.of.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl ListenerApp {
@@ -54,7 +96,18 @@ impl ListenerApp {
             header_timeout,
             head_timeouts: metrics.http_head_timeouts.with_label_values(&[name]),
             metrics,
+            per_identity: None,
         }
+    }
+
+    /// Caps the connections each caller (CN, else client IP) may hold open at once; one more
+    /// is closed right after the handshake.
+    pub fn with_max_per_identity(mut self, max: Option<usize>) -> Self {
+        self.per_identity = max.map(|max| PerIdentity {
+            max,
+            open: Mutex::default(),
+        });
+        self
     }
 
     fn accepts(&self, p: Protocol) -> bool {
@@ -87,6 +140,26 @@ impl ServerApp for ListenerApp {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _slot = match &self.per_identity {
+            None => None,
+            Some(cap) => {
+                let info = stream
+                    .get_ssl_digest()
+                    .and_then(|d| d.extension.get::<TlsInfo>().cloned());
+                let ip = stream
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+                let key = Identity::of(info.as_ref()).limit_key(ip);
+                match cap.take(key) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        log::warn!(target: "gatehouse::demux", "listener {}: {} ({}) already has {} connections open (max_connections_per_identity); closing", self.name, peer(&stream), Identity::of(info.as_ref()), cap.max);
+                        refuse(&self.metrics, &self.name, stream, "over_identity_limit").await;
+                        return None;
+                    }
+                }
+            }
+        };
         let mut first = [0u8; 1];
         match tokio::time::timeout(self.first_byte_timeout, stream.read(&mut first)).await {
             Err(_) => {

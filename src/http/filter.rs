@@ -7,6 +7,9 @@
 //! - [`HttpFilter::kea_command`] sees a parsed Kea command on a `kea:` route and may answer it
 //!   (the answer is audited and counted like any command);
 //! - [`HttpFilter::upstream_request`] may change the request going upstream;
+//! - [`HttpFilter::kea_answer`] may edit Kea's (parsed) answer to a command, for the commands
+//!   the filter declares with [`HttpFilter::wants_kea_answer`] (only those answers are
+//!   buffered; the others stream through untouched);
 //! - [`HttpFilter::response`] may change the response header going downstream;
 //! - [`HttpFilter::logging`] sees every finished request.
 //!
@@ -18,6 +21,7 @@ use crate::authz::Identity;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// A request as filters see it.
@@ -27,6 +31,8 @@ pub struct Request<'a> {
     pub listener: &'a str,
     /// The caller.
     pub identity: Identity<'a>,
+    /// The caller's address, when the connection has one.
+    pub client: Option<IpAddr>,
     /// The route it matched.
     pub route: &'a str,
     /// The downstream request header (path already normalised).
@@ -42,6 +48,8 @@ pub struct EdgeAnswer {
     pub content_type: &'static str,
     /// The body.
     pub body: Bytes,
+    /// More response headers (e.g. `Retry-After`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl EdgeAnswer {
@@ -51,6 +59,7 @@ impl EdgeAnswer {
             status,
             content_type: "application/json",
             body: Bytes::from(value.to_string()),
+            headers: Vec::new(),
         }
     }
 
@@ -60,7 +69,33 @@ impl EdgeAnswer {
             status,
             content_type: "text/plain; charset=utf-8",
             body: Bytes::from(text.into()),
+            headers: Vec::new(),
         }
+    }
+
+    /// A refusal the way Gatehouse's own are written: Kea-shaped JSON
+    /// (`{"result": status, "text": …}`) when the request is JSON, else a line of text.
+    pub fn refusal(req: &Request<'_>, status: u16, text: &str) -> EdgeAnswer {
+        let json = req
+            .header
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if json {
+            EdgeAnswer::json(
+                status,
+                &serde_json::json!({ "result": status, "text": text }),
+            )
+        } else {
+            EdgeAnswer::text(status, format!("{text}\n"))
+        }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> EdgeAnswer {
+        self.headers.push((name, value.into()));
+        self
     }
 }
 
@@ -111,6 +146,17 @@ pub trait HttpFilter: Send + Sync + 'static {
     async fn kea_command(&self, _req: &Request<'_>, _cmd: &Command, _body: &[u8]) -> HttpAction {
         HttpAction::Continue
     }
+
+    /// Whether [`HttpFilter::kea_answer`] should see Kea's answer to `cmd`. Answers no filter
+    /// wants are streamed, not parsed.
+    fn wants_kea_answer(&self, _req: &Request<'_>, _cmd: &Command) -> bool {
+        false
+    }
+
+    /// Kea's answer to `cmd` (a list with one element per service, or one object), to edit in
+    /// place; it is sent with its new length. Called only when [`HttpFilter::wants_kea_answer`]
+    /// said so and the answer is JSON.
+    fn kea_answer(&self, _req: &Request<'_>, _cmd: &Command, _answer: &mut serde_json::Value) {}
 
     /// The request about to go upstream. An `Err` fails the request with 500.
     fn upstream_request(

@@ -65,8 +65,9 @@ impl HttpGateway {
                         (Some(cmd), "answered", status, None, Some(results))
                     }
                     None => {
-                        let (status, results) =
-                            self.forward_buffered(session, ctx, route, body).await?;
+                        let (status, results) = self
+                            .forward_buffered(session, ctx, route, &cmd, body)
+                            .await?;
                         (Some(cmd), "allowed", status, None, Some(results))
                     }
                 }
@@ -189,6 +190,7 @@ impl HttpGateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: &Route,
+        cmd: &kea::Command,
         body: Bytes,
     ) -> Result<(u16, Vec<i64>)> {
         let group = &self.upstreams[route.upstream];
@@ -233,11 +235,34 @@ impl HttpGateway {
         let status = resp.status.as_u16();
         resp.remove_header("connection");
         resp.remove_header("keep-alive");
-        if let Some(view) = self.view(session, ctx) {
-            for f in self.filters.iter() {
-                f.response(&view, &mut resp);
-            }
+        let editors: Vec<usize> = match self.view(session, ctx) {
+            Some(view) => (0..self.filters.len())
+                .filter(|&i| self.filters[i].wants_kea_answer(&view, cmd))
+                .collect(),
+            None => Vec::new(),
+        };
+        if !editors.is_empty() {
+            let answer = match self.edit_answer(session, ctx, cmd, &editors, &mut up).await {
+                Ok(a) => a,
+                Err(kind) => {
+                    return self
+                        .upstream_failed(session, ctx, kind, "answer unreadable for the filters")
+                        .await
+                }
+            };
+            resp.remove_header("transfer-encoding");
+            resp.insert_header("content-length", answer.len().to_string())?;
+            self.filter_response(session, ctx, &mut resp);
+            session.write_response_header(Box::new(resp), false).await?;
+            session
+                .write_response_body(Some(answer.clone()), true)
+                .await?;
+            self.connector
+                .release_http_session(up, &peer, Some(group.idle_timeout()))
+                .await;
+            return Ok((status, kea::result_codes(&answer)));
         }
+        self.filter_response(session, ctx, &mut resp);
         session.write_response_header(Box::new(resp), false).await?;
         let mut captured = BytesMut::new();
         loop {
@@ -252,10 +277,7 @@ impl HttpGateway {
                 Err(e) => {
                     // Headers are out: all that is left is to count, log and cut the response.
                     let kind = FailureKind::classify(&e);
-                    self.metrics
-                        .upstream_errors
-                        .with_label_values(&[&group.name, kind.label()])
-                        .inc();
+                    self.metrics.upstream_error(&group.name, kind.label());
                     log::warn!(target: "gatehouse::upstream", "upstream {} peer {addr}: response body failed ({}): {e}", group.name, kind.label());
                     return Err(e);
                 }
@@ -266,6 +288,51 @@ impl HttpGateway {
             .release_http_session(up, &peer, Some(group.idle_timeout()))
             .await;
         Ok((status, kea::result_codes(&captured)))
+    }
+
+    /// Applies the added filters' `response` phase.
+    fn filter_response(&self, session: &Session, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        if let Some(view) = self.view(session, ctx) {
+            for f in self.filters.iter() {
+                f.response(&view, resp);
+            }
+        }
+    }
+
+    /// Reads Kea's whole answer (at most [`RESULT_CAPTURE`] bytes) and lets the filters at
+    /// `editors` edit it; an answer that is not JSON goes back as it came.
+    async fn edit_answer(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        cmd: &kea::Command,
+        editors: &[usize],
+        up: &mut pingora_core::protocols::http::client::HttpSession,
+    ) -> std::result::Result<Bytes, FailureKind> {
+        let mut body = BytesMut::new();
+        loop {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > RESULT_CAPTURE {
+                        return Err(FailureKind::Other);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(FailureKind::classify(&e)),
+            }
+        }
+        let body = body.freeze();
+        let (Ok(mut answer), Some(view)) = (
+            serde_json::from_slice::<serde_json::Value>(&body),
+            self.view(session, ctx),
+        ) else {
+            return Ok(body);
+        };
+        for &i in editors {
+            self.filters[i].kea_answer(&view, cmd, &mut answer);
+        }
+        Ok(Bytes::from(answer.to_string()))
     }
 
     /// Counts, logs and answers an upstream failure on the buffered path.
@@ -281,10 +348,7 @@ impl HttpGateway {
             .as_ref()
             .map(|r| &*self.upstreams[r.upstream].name)
             .unwrap_or("?");
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[group, kind.label()])
-            .inc();
+        self.metrics.upstream_error(group, kind.label());
         let peer = ctx
             .peer
             .map(|p| p.to_string())

@@ -10,6 +10,7 @@
 pub mod filter;
 pub mod kea;
 mod kea_flow;
+pub mod limit;
 pub mod path;
 pub mod route;
 
@@ -91,6 +92,10 @@ impl HttpGateway {
         Some(FilterRequest {
             listener: &self.listener,
             identity: Identity::of(ctx.tls_info()),
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
             route: &route.name,
             header: session.req_header(),
         })
@@ -304,6 +309,9 @@ async fn answer(session: &mut Session, a: EdgeAnswer) -> Result<()> {
     let mut resp = ResponseHeader::build(a.status, Some(3))?;
     resp.insert_header(http::header::CONTENT_TYPE, a.content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, a.body.len().to_string())?;
+    for (name, value) in a.headers {
+        resp.insert_header(name, value)?;
+    }
     session
         .as_downstream_mut()
         .write_error_response(resp, a.body)
@@ -439,9 +447,7 @@ impl ProxyHttp for HttpGateway {
         let Some(addr) = group.select(balance_key(session, ctx).as_bytes()) else {
             ctx.failure = Some(FailureKind::Unavailable);
             self.metrics
-                .upstream_errors
-                .with_label_values(&[&group.name, FailureKind::Unavailable.label()])
-                .inc();
+                .upstream_error(&group.name, FailureKind::Unavailable.label());
             return Error::e_explain(
                 ErrorType::ConnectNoRoute,
                 format!("upstream {}: no healthy peer", group.name),
@@ -493,10 +499,7 @@ impl ProxyHttp for HttpGateway {
         let kind = FailureKind::classify(&e);
         let group = ctx.route.as_ref().map(|r| &self.upstreams[r.upstream]);
         let name = group.map(|g| &*g.name).unwrap_or("?");
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[name, kind.label()])
-            .inc();
+        self.metrics.upstream_error(name, kind.label());
         log::warn!(
             target: "gatehouse::upstream",
             "upstream {name} peer {}: connect failed ({}): {e}",
@@ -530,10 +533,7 @@ impl ProxyHttp for HttpGateway {
                 .as_ref()
                 .map(|r| &*self.upstreams[r.upstream].name)
                 .unwrap_or("?");
-            self.metrics
-                .upstream_errors
-                .with_label_values(&[name, kind.label()])
-                .inc();
+            self.metrics.upstream_error(name, kind.label());
             log::warn!(
                 target: "gatehouse::upstream",
                 "upstream {name} peer {}: failed while proxying ({}): {e}",

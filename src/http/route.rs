@@ -22,7 +22,7 @@ pub struct Route {
     /// Send `X-Forwarded-Client-Cert` upstream.
     pub forward_xfcc: bool,
     /// Kea command-level authorization, when the route has a `kea:` block.
-    pub kea: Option<KeaPolicy>,
+    pub kea: Option<Arc<KeaPolicy>>,
     /// This route's request counters and histogram.
     pub metrics: RouteMetrics,
 }
@@ -81,6 +81,11 @@ impl Router {
         Router {
             routes: routes.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    /// Every route, in matching order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
     }
 
     /// The route for `host` (lowercase, no port; empty when absent) and `path`.
@@ -171,7 +176,10 @@ mod tests {
     #[tokio::test]
     async fn yaml_rules_are_an_authorizer() {
         let mut admins = r("admins", "*", "/admin");
-        admins.access = Access::new(Some(&["cn:admin".to_string()]), &[]);
+        admins.access = Access::new(
+            Some(vec![crate::authz::Matcher::Cn("admin".into())]),
+            Vec::new(),
+        );
         let router = Router::new(vec![admins, r("open", "*", "/")]);
         let q = |route| Question {
             listener: "l",

@@ -8,7 +8,9 @@ pub mod upstream;
 
 pub use crate::identity::{ClientCert, TlsInfo};
 
-use crate::config::{ClientAuth, Config, ConfigError, Listener, ListenerTls, TlsVersion};
+use crate::config::{
+    Alpn, CertKeyFiles, ClientAuth, ConfigError, ListenerSettings, ListenerTlsSettings, TlsVersion,
+};
 use crate::host::HostPattern;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
@@ -72,29 +74,24 @@ pub fn key_matches(cert: &X509, key: &PKey<Private>) -> bool {
 }
 
 /// Reads certificates named by the config; errors are reported under `at`.
-pub fn load_certs(cfg: &Config, file: &Path, at: &str) -> Result<Vec<X509>, ConfigError> {
-    read_certs(&cfg.resolve(file)).map_err(|m| ConfigError::new(at, m))
+pub fn load_certs(file: &Path, at: &str) -> Result<Vec<X509>, ConfigError> {
+    read_certs(file).map_err(|m| ConfigError::new(at, m))
 }
 
-/// Reads a private key named by the config; errors are reported under `at`.
-pub fn load_key(cfg: &Config, file: &Path, at: &str) -> Result<PKey<Private>, ConfigError> {
-    read_key(&cfg.resolve(file)).map_err(|m| ConfigError::new(at, m))
-}
-
-/// Reads a chain and its key and checks that they belong together.
+/// Reads a chain and its key and checks that they belong together; `at` is the key path of
+/// the block naming them (`listeners[0].tls`), whose `cert` / `key` keys get the errors.
 pub fn load_chain(
-    cfg: &Config,
-    cert: &Path,
-    key_file: &Path,
-    at_cert: &str,
-    at_key: &str,
+    files: &CertKeyFiles,
+    at: &str,
+    (cert_key, key_key): (&str, &str),
     errs: &mut Vec<ConfigError>,
 ) -> Option<CertChain> {
-    let chain = load_certs(cfg, cert, at_cert)
+    let chain = load_certs(&files.cert, &format!("{at}.{cert_key}"))
         .map_err(|e| errs.push(e))
         .ok();
-    let key = load_key(cfg, key_file, at_key)
-        .map_err(|e| errs.push(e))
+    let at_key = format!("{at}.{key_key}");
+    let key = read_key(&files.key)
+        .map_err(|m| errs.push(ConfigError::new(&at_key, m)))
         .ok();
     let (chain, key) = (chain?, key?);
     if !key_matches(&chain[0], &key) {
@@ -102,8 +99,8 @@ pub fn load_chain(
             at_key,
             format!(
                 "{} does not belong to the certificate in {}",
-                cfg.resolve(key_file).display(),
-                cfg.resolve(cert).display()
+                files.key.display(),
+                files.cert.display()
             ),
         ));
         return None;
@@ -138,66 +135,31 @@ pub struct ListenerTlsMaterial {
 }
 
 impl ListenerTlsMaterial {
-    /// Loads the files `t` (the unwrapped `l.tls`) names; `at` is its key path
-    /// (`listeners[0].tls`). `l` supplies the name for logs and the protocols that decide
-    /// session resumption.
+    /// Loads the files `l`'s TLS settings `t` name; `at` is their key path
+    /// (`listeners[0].tls`). `l` supplies the name for logs and metric labels.
     pub fn load(
-        cfg: &Config,
-        l: &Listener,
-        t: &ListenerTls,
+        l: &ListenerSettings,
+        t: &ListenerTlsSettings,
         at: &str,
         metrics: &Metrics,
     ) -> Result<Self, Vec<ConfigError>> {
         let listener = l.name.as_str();
         let mut errs = Vec::new();
-        let default = load_chain(
-            cfg,
-            &t.cert,
-            &t.key,
-            &format!("{at}.cert"),
-            &format!("{at}.key"),
-            &mut errs,
-        );
+        let default = load_chain(&t.default_cert, at, ("cert", "key"), &mut errs);
         let mut sni = Vec::new();
         for (j, s) in t.sni_certs.iter().enumerate() {
             let sat = format!("{at}.sni_certs[{j}]");
-            let chain = load_chain(
-                cfg,
-                &s.cert,
-                &s.key,
-                &format!("{sat}.cert"),
-                &format!("{sat}.key"),
-                &mut errs,
-            );
-            for (k, n) in s.names.iter().enumerate() {
-                match HostPattern::parse(n) {
-                    Ok(p) => {
-                        if let Some(c) = &chain {
-                            sni.push((p, c.clone()));
-                        }
-                    }
-                    Err(m) => errs.push(ConfigError::new(format!("{sat}.names[{k}]"), m)),
-                }
+            if let Some(chain) = load_chain(&s.files, &sat, ("cert", "key"), &mut errs) {
+                sni.extend(s.names.iter().map(|p| (p.clone(), chain.clone())));
             }
         }
         let client_ca = match &t.client_ca {
-            Some(p) => load_certs(cfg, p, &format!("{at}.client_ca"))
+            Some(p) => load_certs(p, &format!("{at}.client_ca"))
                 .map_err(|e| errs.push(e))
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        let alpn = match t.alpn.as_deref() {
-            None => ALPN::H2H1,
-            Some(list) => {
-                let h2 = list.iter().any(|p| p == "h2");
-                let h1 = list.iter().any(|p| p == "http/1.1");
-                match (h2, h1) {
-                    (true, true) => ALPN::H2H1,
-                    (true, false) => ALPN::H2,
-                    _ => ALPN::H1,
-                }
-            }
-        };
+        let alpn = alpn(t.alpn);
         let Some(default) = default else {
             return Err(errs);
         };
@@ -210,7 +172,7 @@ impl ListenerTlsMaterial {
             min_version: t.min_version,
             curves: t.curves.clone(),
             alpn,
-            resumption: t.resumption(&l.protocols),
+            resumption: t.session_resumption,
             verify_failures: metrics.tls_verify_failures.clone(),
         };
         // Build once now so that bad curves and the like surface in `check`, not at start.
@@ -346,6 +308,15 @@ impl ListenerTlsMaterial {
         let mut v = vec![("default".to_string(), self.default.leaf())];
         v.extend(self.sni.iter().map(|(p, c)| (p.to_string(), c.leaf())));
         v
+    }
+}
+
+/// Pingora's ALPN setting for the model's.
+pub fn alpn(a: Alpn) -> ALPN {
+    match a {
+        Alpn::H1 => ALPN::H1,
+        Alpn::H2 => ALPN::H2,
+        Alpn::H2H1 => ALPN::H2H1,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Upstream TLS: one upstream's own trust store, client identity and handshake options,
 //! applied to every `HttpPeer` Gatehouse builds for it.
 
-use crate::config::{Config, ConfigError, UpstreamAlpn, UpstreamTls};
+use crate::config::{ConfigError, UpstreamTlsSettings};
 use boring::ssl::{SslConnector, SslMethod};
 use boring::x509::X509;
 use pingora_core::protocols::tls::ALPN;
@@ -31,24 +31,16 @@ pub struct UpstreamTlsMaterial {
 
 impl UpstreamTlsMaterial {
     /// Loads the files `t` names; `at` is its key path (`upstreams.kea.tls`).
-    pub fn load(cfg: &Config, t: &UpstreamTls, at: &str) -> Result<Self, Vec<ConfigError>> {
+    pub fn load(t: &UpstreamTlsSettings, at: &str) -> Result<Self, Vec<ConfigError>> {
         let mut errs = Vec::new();
         let ca = t.ca.as_ref().and_then(|p| {
-            super::load_certs(cfg, p, &format!("{at}.ca"))
+            super::load_certs(p, &format!("{at}.ca"))
                 .map_err(|e| errs.push(e))
                 .ok()
         });
-        let client = match (&t.client_cert, &t.client_key) {
-            (Some(c), Some(k)) => super::load_chain(
-                cfg,
-                c,
-                k,
-                &format!("{at}.client_cert"),
-                &format!("{at}.client_key"),
-                &mut errs,
-            ),
-            _ => None,
-        };
+        let client = t.client.as_ref().and_then(|files| {
+            super::load_chain(files, at, ("client_cert", "client_key"), &mut errs)
+        });
         if let Some(c) = &t.curves {
             let ok = SslConnector::builder(SslMethod::tls())
                 .map(|mut b| b.set_curves_list(c).is_ok())
@@ -86,11 +78,7 @@ impl UpstreamTlsMaterial {
             alt_cn: t.alt_cn.clone(),
             curves: t.curves.clone().map(Cow::Owned),
             second_keyshare: t.second_keyshare,
-            alpn: match t.alpn {
-                UpstreamAlpn::H1 => ALPN::H1,
-                UpstreamAlpn::H2 => ALPN::H2,
-                UpstreamAlpn::H2h1 => ALPN::H2H1,
-            },
+            alpn: super::alpn(t.alpn),
             group_key: h.finish(),
         })
     }

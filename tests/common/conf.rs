@@ -294,6 +294,7 @@ pub struct Listener {
     pub read_buffer: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub keepalive_requests: Option<u32>,
+    pub max_connections_per_identity: Option<usize>,
     pub tls: Option<ListenerTls>,
 }
 
@@ -323,6 +324,7 @@ impl Listener {
         str read_buffer,
         str keepalive_timeout,
         val keepalive_requests: u32,
+        val max_connections_per_identity: usize,
     );
 }
 
@@ -528,6 +530,7 @@ pub struct Route {
     pub deny: Option<Vec<String>>,
     pub forward_identity: Option<String>,
     pub kea: Option<KeaRoute>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Route {
@@ -554,6 +557,15 @@ impl Route {
         self
     }
 
+    /// `rate_limit: { requests_per_second, burst }`.
+    pub fn rate_limit(mut self, requests_per_second: f64, burst: Option<u32>) -> Route {
+        self.rate_limit = Some(RateLimit {
+            requests_per_second,
+            burst,
+        });
+        self
+    }
+
     setters!(
         str host,
         str path_prefix,
@@ -561,6 +573,13 @@ impl Route {
         list deny,
         str forward_identity,
     );
+}
+
+/// `routes[].rate_limit`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: Option<u32>,
 }
 
 /// `routes[].kea`.
@@ -714,6 +733,7 @@ pub struct UpstreamIdentity {
 /// `cluster.limits`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Limits {
+    pub max_links_per_identity: Option<usize>,
     pub anonymous_max_clients: Option<usize>,
     pub anonymous_max_per_ip: Option<usize>,
     pub certificate_request_size: Option<String>,
@@ -725,6 +745,7 @@ pub struct Limits {
 
 impl Limits {
     setters!(
+        val max_links_per_identity: usize,
         val anonymous_max_clients: usize,
         val anonymous_max_per_ip: usize,
         str certificate_request_size,

@@ -467,7 +467,7 @@ impl InProcess {
             let _ = env_logger::try_init();
         }
         let config = gatehouse::Config::parse(yaml, dir)
-            .unwrap_or_else(|e| panic!("the config does not parse: {e}\n{yaml}"));
+            .unwrap_or_else(|e| panic!("the config does not parse: {e:?}\n{yaml}"));
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(gatehouse::metrics::Metrics::register(&registry).unwrap());
         let audit = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,805 @@
+//! From the schema to the runtime model, in one pass: every value parsed once, every path
+//! resolved once, every reference turned into an index — and every problem found on the
+//! way reported under its key path (serde's parse errors too, located).
+
+use super::model::*;
+use super::schema::*;
+use super::units::ByteSize;
+use super::{ConfigError, ConfigErrors};
+use crate::authz::Matcher;
+use crate::host::HostPattern;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+impl Config {
+    /// Reads, parses and validates `file`; every problem is reported at once.
+    pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            file: file.to_path_buf(),
+            errors,
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| fail(vec![ConfigError::new("", format!("cannot read file: {e}"))]))?;
+        let base = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, &base).map_err(fail)
+    }
+
+    /// Parses and validates YAML text; `base_dir` is where relative paths resolve.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let doc: Document =
+            serde_path_to_error::deserialize(de).map_err(|e| vec![yaml_error(e)])?;
+        lower(doc, base_dir)
+    }
+}
+
+/// The `server:` keys, for the test that each of them reaches Pingora.
+#[cfg(test)]
+pub(crate) fn server_keys() -> Vec<String> {
+    match serde_yaml::to_value(ServerSection::default()) {
+        Ok(serde_yaml::Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Icinga's own rules, the policy when the file has none: anonymous clients may only say
+/// hello, heartbeat and ask for a certificate; nobody pushes config, certificates or
+/// commands toward its parent.
+pub fn icinga_policy() -> Vec<PolicyRule> {
+    let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        PolicyRule {
+            identity: Matcher::Anonymous,
+            direction: PolicyDirection::Upstream,
+            allow: Some(list(&[
+                "icinga::Hello",
+                "event::Heartbeat",
+                "pki::RequestCertificate",
+            ])),
+            deny: Vec::new(),
+        },
+        PolicyRule {
+            identity: Matcher::Everyone,
+            direction: PolicyDirection::Upstream,
+            allow: None,
+            deny: list(&[
+                "config::Update",
+                "config::UpdateObject",
+                "config::DeleteObject",
+                "pki::UpdateCertificate",
+                "event::SetRemovalInfo",
+                "event::ExecuteCommand",
+            ]),
+        },
+    ]
+}
+
+/// Collects problems while the model is built.
+struct Lowering<'a> {
+    base: &'a Path,
+    errs: Vec<ConfigError>,
+}
+
+impl Lowering<'_> {
+    fn err(&mut self, at: impl Into<String>, msg: impl Into<String>) {
+        self.errs.push(ConfigError::new(at, msg));
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn files(&self, cert: &Path, key: &Path) -> CertKeyFiles {
+        CertKeyFiles {
+            cert: self.path(cert),
+            key: self.path(key),
+        }
+    }
+
+    fn addr(&mut self, at: String, s: &str, what: &str) -> Option<SocketAddr> {
+        s.parse()
+            .map_err(|_| self.err(at, format!("`{s}` is not an IP:port address{what}")))
+            .ok()
+    }
+
+    fn host(&mut self, at: String, s: &str) -> Option<HostPattern> {
+        HostPattern::parse(s).map_err(|m| self.err(at, m)).ok()
+    }
+
+    fn matchers(&mut self, at: &str, list: &[String]) -> Vec<Matcher> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(j, m)| {
+                Matcher::parse(m)
+                    .map_err(|msg| self.err(format!("{at}[{j}]"), msg))
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn bytes(&mut self, at: &str, s: ByteSize) -> usize {
+        usize::try_from(s.0).unwrap_or_else(|_| {
+            self.err(at, "too large for this machine");
+            usize::MAX
+        })
+    }
+}
+
+/// Builds the model from a parsed document, checking what the schema cannot: references,
+/// duplicates, combinations and every value's own syntax.
+fn lower(doc: Document, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut cx = Lowering {
+        base,
+        errs: Vec::new(),
+    };
+    let server = lower_server(&mut cx, &doc.server);
+    let mut taken: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let listeners = lower_listeners(&mut cx, &doc, &mut taken);
+    let upstreams: Vec<UpstreamSettings> = doc
+        .upstreams
+        .iter()
+        .map(|(name, u)| lower_upstream(&mut cx, name, u))
+        .collect();
+    // Groups keep the (sorted) order of the map, so a name's index there is its index in
+    // the model.
+    let index = |name: &str| doc.upstreams.keys().position(|k| k == name);
+    let routes = lower_routes(&mut cx, &doc.routes, &index);
+    let cluster = doc
+        .cluster
+        .as_ref()
+        .map(|c| lower_cluster(&mut cx, c, &index));
+    let metrics = doc.metrics.as_ref().and_then(|m| {
+        let a = cx.addr("metrics.address".into(), &m.address, "")?;
+        if let Some(prev) = taken.get(&a) {
+            cx.err("metrics.address", format!("{a} is already used by {prev}"));
+        }
+        Some(a)
+    });
+    let audit_path = doc
+        .audit
+        .as_ref()
+        .and_then(|a| a.path.as_deref())
+        .map(|p| cx.path(p));
+    if let Some(p) = &audit_path {
+        if !p
+            .parent()
+            .is_some_and(|d| d.as_os_str().is_empty() || d.is_dir())
+        {
+            cx.err(
+                "audit.path",
+                format!("{}: the folder does not exist", p.display()),
+            );
+        }
+    }
+    if cluster.is_none() {
+        for (i, l) in doc.listeners.iter().enumerate() {
+            if l.protocols.contains(&Protocol::Cluster) {
+                cx.err(
+                    format!("listeners[{i}].protocols"),
+                    "cluster needs a top-level `cluster:` section",
+                );
+            }
+        }
+    }
+    if !cx.errs.is_empty() {
+        return Err(cx.errs);
+    }
+    Ok(Config {
+        base_dir: base.to_path_buf(),
+        server,
+        listeners,
+        upstreams,
+        routes,
+        cluster,
+        metrics,
+        audit_path,
+    })
+}
+
+fn lower_server(cx: &mut Lowering<'_>, s: &ServerSection) -> ServerSettings {
+    if s.threads == 0 {
+        cx.err("server.threads", "must be at least 1");
+    }
+    ServerSettings {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        pid_file: cx.path(&s.pid_file),
+        upgrade_sock: cx.path(&s.upgrade_sock),
+        grace_period: s.grace_period.get(),
+        graceful_shutdown_timeout: s.graceful_shutdown_timeout.get(),
+        error_log: s.error_log.as_deref().map(|p| cx.path(p)),
+    }
+}
+
+fn lower_listeners(
+    cx: &mut Lowering<'_>,
+    doc: &Document,
+    taken: &mut BTreeMap<SocketAddr, String>,
+) -> Vec<ListenerSettings> {
+    if doc.listeners.is_empty() {
+        cx.err("listeners", "at least one listener is needed");
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, l) in doc.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        if l.name.is_empty() || !names.insert(l.name.as_str()) {
+            cx.err(
+                format!("{at}.name"),
+                format!("listener name `{}` is empty or used twice", l.name),
+            );
+        }
+        let address = cx.addr(format!("{at}.address"), &l.address, " (IPv6 as [::1]:5665)");
+        if let Some(a) = address {
+            if let Some(prev) = taken.insert(a, at.clone()) {
+                cx.err(
+                    format!("{at}.address"),
+                    format!("{a} is already used by {prev}"),
+                );
+            }
+        }
+        if l.protocols.is_empty() {
+            cx.err(format!("{at}.protocols"), "must name http, cluster or both");
+        }
+        // Below 1 KiB most TLS records take several reads; above 1 MiB it is resident
+        // memory per idle connection for no gain (larger reads bypass the buffer anyway).
+        if !(1024..=1024 * 1024).contains(&l.read_buffer.0) {
+            cx.err(
+                format!("{at}.read_buffer"),
+                format!("{} bytes is outside 1KiB..=1MiB", l.read_buffer.0),
+            );
+        }
+        if l.keepalive_timeout.get() < Duration::from_secs(1) {
+            cx.err(format!("{at}.keepalive_timeout"), "must be at least 1s");
+        }
+        if l.keepalive_requests == 0 {
+            cx.err(format!("{at}.keepalive_requests"), "must be at least 1");
+        }
+        if l.max_connections_per_identity == Some(0) {
+            cx.err(
+                format!("{at}.max_connections_per_identity"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
+        let tls = l
+            .tls
+            .as_ref()
+            .map(|t| lower_listener_tls(cx, &format!("{at}.tls"), t, &l.protocols));
+        if let Some(address) = address {
+            out.push(ListenerSettings {
+                name: l.name.clone(),
+                address,
+                tls,
+                protocols: l.protocols.clone(),
+                first_byte_timeout: l.first_byte_timeout.get(),
+                header_timeout: l.header_timeout.get(),
+                read_buffer: cx.bytes(&format!("{at}.read_buffer"), l.read_buffer),
+                keepalive_timeout: l.keepalive_timeout.get(),
+                keepalive_requests: l.keepalive_requests,
+                max_connections_per_identity: l.max_connections_per_identity,
+            });
+        }
+    }
+    out
+}
+
+fn lower_listener_tls(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    t: &ListenerTlsSection,
+    protocols: &[Protocol],
+) -> ListenerTlsSettings {
+    if t.client_auth != ClientAuth::None && t.client_ca.is_none() {
+        cx.err(
+            format!("{at}.client_ca"),
+            format!("required when client_auth is {:?}", t.client_auth).to_lowercase(),
+        );
+    }
+    let alpn = match &t.alpn {
+        None => Alpn::H2H1,
+        Some(list) => {
+            if list.is_empty() {
+                cx.err(format!("{at}.alpn"), "must name at least one protocol");
+            }
+            for (j, p) in list.iter().enumerate() {
+                if p != "h2" && p != "http/1.1" {
+                    cx.err(
+                        format!("{at}.alpn[{j}]"),
+                        format!("unknown protocol `{p}` (use h2 or http/1.1)"),
+                    );
+                }
+            }
+            let h2 = list.iter().any(|p| p == "h2");
+            let h1 = list.iter().any(|p| p == "http/1.1");
+            match (h2, h1) {
+                (true, true) => Alpn::H2H1,
+                (true, false) => Alpn::H2,
+                _ => Alpn::H1,
+            }
+        }
+    };
+    let mut sni_certs = Vec::new();
+    for (j, s) in t.sni_certs.iter().enumerate() {
+        let sat = format!("{at}.sni_certs[{j}]");
+        if s.names.is_empty() {
+            cx.err(format!("{sat}.names"), "must list at least one name");
+        }
+        let names = s
+            .names
+            .iter()
+            .enumerate()
+            .filter_map(|(k, n)| cx.host(format!("{sat}.names[{k}]"), n))
+            .collect();
+        sni_certs.push(SniCertSettings {
+            names,
+            files: cx.files(&s.cert, &s.key),
+        });
+    }
+    ListenerTlsSettings {
+        default_cert: cx.files(&t.cert, &t.key),
+        sni_certs,
+        client_auth: t.client_auth,
+        client_ca: t.client_ca.as_deref().map(|p| cx.path(p)),
+        min_version: t.min_version,
+        curves: t.curves.clone(),
+        alpn,
+        session_resumption: t
+            .session_resumption
+            .unwrap_or_else(|| protocols.contains(&Protocol::Http)),
+    }
+}
+
+fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> UpstreamSettings {
+    let at = format!("upstreams.{name}");
+    if u.peers.is_empty() {
+        cx.err(format!("{at}.peers"), "at least one peer is needed");
+    }
+    let peers: Vec<SocketAddr> = u
+        .peers
+        .iter()
+        .enumerate()
+        .filter_map(|(j, p)| cx.addr(format!("{at}.peers[{j}]"), p, ""))
+        .collect();
+    let health_check = u.health_check.as_ref().and_then(|hc| {
+        let path = if hc.path.starts_with('/') {
+            hc.path.parse::<http::Uri>().map_err(|e| e.to_string())
+        } else {
+            Err("must start with /".to_string())
+        };
+        let path = path
+            .map_err(|m| cx.err(format!("{at}.health_check.path"), m))
+            .ok()?;
+        Some(HealthProbe {
+            kind: hc.kind,
+            interval: hc.interval.get(),
+            path,
+            host: hc.host.clone(),
+        })
+    });
+    let tls = u.tls.as_ref().map(|t| {
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            cx.err(
+                format!("{at}.tls"),
+                "client_cert and client_key go together",
+            );
+        }
+        if t.sni.is_empty() && (t.verify_cert || t.verify_hostname) {
+            cx.err(
+                format!("{at}.tls.sni"),
+                "an empty SNI disables verification: set it, or set verify_cert and verify_hostname to false",
+            );
+        }
+        UpstreamTlsSettings {
+            ca: t.ca.as_deref().map(|p| cx.path(p)),
+            client: match (&t.client_cert, &t.client_key) {
+                (Some(c), Some(k)) => Some(cx.files(c, k)),
+                _ => None,
+            },
+            sni: t.sni.clone(),
+            verify_cert: t.verify_cert,
+            verify_hostname: t.verify_hostname,
+            alt_cn: t.alt_cn.clone(),
+            curves: t.curves.clone(),
+            second_keyshare: t.second_keyshare,
+            alpn: t.alpn,
+        }
+    });
+    UpstreamSettings {
+        name: name.to_string(),
+        peers,
+        load_balancing: u.load_balancing,
+        health_check,
+        connect_timeout: u.connect_timeout.get(),
+        read_timeout: u.read_timeout.get(),
+        idle_timeout: u.idle_timeout.get(),
+        tls,
+    }
+}
+
+fn lower_routes(
+    cx: &mut Lowering<'_>,
+    routes: &[RouteSection],
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> Vec<RouteSettings> {
+    let mut names = HashSet::new();
+    let mut keys = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if !names.insert(r.name.as_str()) {
+            cx.err(
+                format!("{at}.name"),
+                format!("route name `{}` is used twice", r.name),
+            );
+        }
+        let upstream = index(&r.upstream);
+        if upstream.is_none() {
+            cx.err(
+                format!("{at}.upstream"),
+                format!("unknown upstream `{}`", r.upstream),
+            );
+        }
+        if !r.path_prefix.starts_with('/') {
+            cx.err(format!("{at}.path_prefix"), "must start with /");
+        }
+        let host = cx.host(format!("{at}.host"), &r.host);
+        let allow = r
+            .allow
+            .as_ref()
+            .map(|a| cx.matchers(&format!("{at}.allow"), a));
+        let deny = cx.matchers(&format!("{at}.deny"), &r.deny);
+        let kea = r
+            .kea
+            .as_ref()
+            .map(|k| lower_kea(cx, &format!("{at}.kea"), k));
+        let rate_limit = r.rate_limit.as_ref().map(|l| {
+            let rps = l.requests_per_second;
+            if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) {
+                cx.err(
+                    format!("{at}.rate_limit.requests_per_second"),
+                    "must be a number above 0",
+                );
+            }
+            if l.burst == Some(0) {
+                cx.err(format!("{at}.rate_limit.burst"), "must be at least 1");
+            }
+            RateLimitSettings {
+                requests_per_second: rps,
+                burst: l
+                    .burst
+                    .unwrap_or_else(|| rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
+            }
+        });
+        if !keys.insert((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
+            cx.err(
+                at.clone(),
+                format!(
+                    "host `{}` and path_prefix `{}` are already routed by an earlier route",
+                    r.host, r.path_prefix
+                ),
+            );
+        }
+        if let (Some(host), Some(upstream)) = (host, upstream) {
+            out.push(RouteSettings {
+                name: r.name.clone(),
+                host,
+                path_prefix: r.path_prefix.clone(),
+                upstream,
+                allow,
+                deny,
+                forward_identity: r.forward_identity,
+                kea,
+                rate_limit,
+            });
+        }
+    }
+    out
+}
+
+fn lower_kea(cx: &mut Lowering<'_>, at: &str, k: &KeaSection) -> KeaSettings {
+    let rules = k
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(j, rule)| {
+            let rat = format!("{at}.rules[{j}].identity");
+            if rule.identity.is_empty() {
+                cx.err(&rat, "must list at least one identity");
+            }
+            KeaRule {
+                identity: cx.matchers(&rat, &rule.identity),
+                commands: rule.commands.clone(),
+                services: rule.services.clone(),
+            }
+        })
+        .collect();
+    KeaSettings {
+        max_body: cx.bytes(&format!("{at}.max_body"), k.max_body),
+        rules,
+        default: k.default,
+    }
+}
+
+fn lower_cluster(
+    cx: &mut Lowering<'_>,
+    c: &ClusterSection,
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> ClusterSettings {
+    if c.routes.is_empty() {
+        cx.err("cluster.routes", "at least one route is needed");
+    }
+    let mut routes = Vec::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let upstream = index(&r.upstream);
+        if upstream.is_none() {
+            cx.err(
+                format!("cluster.routes[{i}].upstream"),
+                format!("unknown upstream `{}`", r.upstream),
+            );
+        }
+        let sni = cx.host(format!("cluster.routes[{i}].sni"), &r.sni);
+        if let (Some(sni), Some(u)) = (sni, upstream) {
+            routes.push((sni, u));
+        }
+    }
+    let upstream_identity = c.upstream_identity.as_ref().map(|id| {
+        let cert_dir = cx.path(&id.cert_dir);
+        if !cert_dir.is_dir() {
+            cx.err(
+                "cluster.upstream_identity.cert_dir",
+                format!("{}: not a directory", cert_dir.display()),
+            );
+        }
+        UpstreamIdentitySettings {
+            cert_dir,
+            missing: id.missing,
+        }
+    });
+    let policy = match &c.policy {
+        None => icinga_policy(),
+        Some(rules) => lower_policy(cx, rules),
+    };
+    let l = &c.limits;
+    if l.anonymous_max_per_ip == 0 {
+        cx.err(
+            "cluster.limits.anonymous_max_per_ip",
+            "must be at least 1 (set anonymous_max_clients: 0 to refuse anonymous links)",
+        );
+    }
+    if l.certificate_request_size < ByteSize(1024) {
+        cx.err(
+            "cluster.limits.certificate_request_size",
+            "must be at least 1KiB",
+        );
+    }
+    if l.anonymous_message_size > l.message_size {
+        cx.err(
+            "cluster.limits.anonymous_message_size",
+            "must not exceed message_size",
+        );
+    }
+    if l.max_links_per_identity == 0 {
+        cx.err(
+            "cluster.limits.max_links_per_identity",
+            "must be at least 1 (a newer link replaces the oldest)",
+        );
+    }
+    let limits = ClusterLimits {
+        max_links_per_identity: l.max_links_per_identity,
+        anonymous_max_clients: l.anonymous_max_clients,
+        anonymous_max_per_ip: l.anonymous_max_per_ip,
+        certificate_request_size: cx.bytes(
+            "cluster.limits.certificate_request_size",
+            l.certificate_request_size,
+        ),
+        anonymous_message_size: cx.bytes(
+            "cluster.limits.anonymous_message_size",
+            l.anonymous_message_size,
+        ),
+        message_size: cx.bytes("cluster.limits.message_size", l.message_size),
+        idle_timeout: l.idle_timeout.get(),
+        anonymous_idle_timeout: l.anonymous_idle_timeout.get(),
+    };
+    ClusterSettings {
+        routes,
+        upstream_identity,
+        limits,
+        policy,
+        max_violations: c.max_violations,
+    }
+}
+
+fn lower_policy(cx: &mut Lowering<'_>, rules: &[PolicyRuleSection]) -> Vec<PolicyRule> {
+    rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            if r.allow.is_none() && r.deny.is_none() {
+                cx.err(
+                    format!("cluster.policy[{i}]"),
+                    "needs `allow`, `deny` or both",
+                );
+            }
+            let identity = Matcher::parse(&r.identity)
+                .map_err(|msg| cx.err(format!("cluster.policy[{i}].identity"), msg))
+                .ok()?;
+            Some(PolicyRule {
+                identity,
+                direction: r.direction,
+                allow: r.allow.clone(),
+                deny: r.deny.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Lowers a YAML fragment with `f`, for unit tests of the modules that use the model.
+#[cfg(test)]
+fn fragment<S: serde::de::DeserializeOwned, T>(
+    yaml: &str,
+    f: impl FnOnce(&mut Lowering<'_>, &S) -> T,
+) -> T {
+    let section: S = serde_yaml::from_str(yaml).expect("fragment parses");
+    let mut cx = Lowering {
+        base: Path::new("."),
+        errs: Vec::new(),
+    };
+    let out = f(&mut cx, &section);
+    assert!(cx.errs.is_empty(), "fragment does not lower: {:?}", cx.errs);
+    out
+}
+
+/// A `cluster.policy` list from YAML (unit tests).
+#[cfg(test)]
+pub(crate) fn policy_from_yaml(yaml: &str) -> Vec<PolicyRule> {
+    fragment(yaml, |cx, rules: &Vec<PolicyRuleSection>| {
+        lower_policy(cx, rules)
+    })
+}
+
+/// A route's `kea:` block from YAML (unit tests).
+#[cfg(test)]
+pub(crate) fn kea_from_yaml(yaml: &str) -> KeaSettings {
+    fragment(yaml, |cx, k: &KeaSection| lower_kea(cx, "kea", k))
+}
+
+/// One listener from YAML (unit tests).
+#[cfg(test)]
+pub(crate) fn listener_from_yaml(yaml: &str) -> ListenerSettings {
+    let doc = format!("listeners: [{yaml}]");
+    let mut c = Config::parse(&doc, Path::new(".")).expect("listener lowers");
+    c.listeners.remove(0)
+}
+
+/// `server:` from YAML (unit tests).
+#[cfg(test)]
+pub(crate) fn server_from_yaml(yaml: &str) -> ServerSettings {
+    fragment(yaml, |cx, s: &ServerSection| lower_server(cx, s))
+}
+
+/// Reports a parse error under its full key path (serde_yaml alone stops at the parent map
+/// for errors raised inside a value), with the line where the parser gives one.
+fn yaml_error(err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let line = inner.location().map(|l| l.line());
+    let mut msg = inner.to_string();
+    // serde_yaml prefixes its own (shorter) path and suffixes the position: drop both.
+    if let Some((head, rest)) = msg.split_once(": ") {
+        if !head.contains(' ') {
+            msg = rest.to_string();
+        }
+    }
+    if let Some(i) = msg.find(" at line ") {
+        msg.truncate(i);
+    }
+    if let Some(l) = line {
+        msg.push_str(&format!(" (line {l})"));
+    }
+    let path = if path == "." { String::new() } else { path };
+    ConfigError::new(path, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative paths resolve against the file's folder once, here; values arrive parsed.
+    #[test]
+    fn paths_resolve_once_and_values_arrive_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ids")).unwrap();
+        let yaml = r#"
+server: { pid_file: run/gh.pid, upgrade_sock: /abs/gh.sock }
+listeners:
+  - name: edge
+    address: "127.0.0.1:5665"
+    protocols: [cluster]
+    read_buffer: 2KiB
+    tls: { cert: certs/server.crt, key: certs/server.key, client_ca: certs/ca.crt, client_auth: optional }
+upstreams:
+  zz: { peers: ["127.0.0.1:2"] }
+  master: { peers: ["127.0.0.1:1"], tls: { sni: master1, ca: pki/ca.crt, client_cert: a.crt, client_key: a.key } }
+routes: [ { name: r, host: "*.example.org", upstream: zz, allow: ["cn:ops-*"] } ]
+cluster:
+  routes: [ { sni: "*", upstream: master } ]
+  upstream_identity: { cert_dir: ids }
+audit: { path: audit.jsonl }
+"#;
+        let c = Config::parse(yaml, dir.path()).unwrap();
+        let d = dir.path();
+        assert_eq!(c.server.pid_file, d.join("run/gh.pid"));
+        assert_eq!(c.server.upgrade_sock, Path::new("/abs/gh.sock"));
+        let l = &c.listeners[0];
+        assert_eq!(l.address, "127.0.0.1:5665".parse::<SocketAddr>().unwrap());
+        assert_eq!(l.read_buffer, 2048);
+        let t = l.tls.as_ref().unwrap();
+        assert_eq!(t.default_cert.cert, d.join("certs/server.crt"));
+        assert_eq!(
+            t.client_ca.as_deref(),
+            Some(d.join("certs/ca.crt").as_path())
+        );
+        assert!(
+            !t.session_resumption,
+            "cluster-only listeners default to no resumption"
+        );
+        // Upstreams are sorted by name; references are indices into that order.
+        assert_eq!(c.upstreams[0].name, "master");
+        assert_eq!(c.upstream_index("zz"), Some(1));
+        assert_eq!(c.routes[0].upstream, 1);
+        assert!(c.routes[0].host.matches("a.example.org"));
+        assert_eq!(c.routes[0].allow, Some(vec![Matcher::Cn("ops-*".into())]));
+        let tls = c.upstreams[0].tls.as_ref().unwrap();
+        assert_eq!(tls.ca.as_deref(), Some(d.join("pki/ca.crt").as_path()));
+        assert_eq!(tls.client.as_ref().unwrap().key, d.join("a.key"));
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(cl.routes[0].1, 0);
+        assert_eq!(
+            cl.upstream_identity.as_ref().unwrap().cert_dir,
+            d.join("ids")
+        );
+        assert_eq!(
+            cl.policy.len(),
+            icinga_policy().len(),
+            "no policy key = Icinga's"
+        );
+        assert_eq!(c.audit_path, Some(d.join("audit.jsonl")));
+    }
+
+    #[test]
+    fn rate_limit_values_are_checked_and_burst_defaults_to_a_second() {
+        let doc = |rl: &str| {
+            format!("listeners: [{{ name: a, address: \"127.0.0.1:1\" }}]\nupstreams: {{ u: {{ peers: [\"127.0.0.1:2\"] }} }}\nroutes: [{{ name: r, upstream: u, rate_limit: {rl} }}]\n")
+        };
+        let c = Config::parse(&doc("{ requests_per_second: 2.5 }"), Path::new(".")).unwrap();
+        assert_eq!(
+            c.routes[0].rate_limit,
+            Some(RateLimitSettings {
+                requests_per_second: 2.5,
+                burst: 3
+            })
+        );
+        let errs = Config::parse(&doc("{ requests_per_second: 0, burst: 0 }"), Path::new("."))
+            .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].rate_limit.requests_per_second",
+                "routes[0].rate_limit.burst"
+            ]
+        );
+    }
+}

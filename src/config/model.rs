@@ -1,0 +1,432 @@
+//! The runtime model: the validated configuration the rest of the crate works on.
+//!
+//! Built from the YAML schema by `lower` (the only way in): every value is parsed once
+//! (addresses, host patterns, identity matchers, durations, sizes), every relative path is
+//! resolved against the config file's folder, defaults are filled in (the Icinga method
+//! policy), and references are indices (`RouteSettings::upstream` indexes
+//! [`Config::upstreams`]). Nothing outside `config/` sees a schema type.
+//!
+//! The fields are public so that embedders can read — or adjust before building — what
+//! a file asked for; they stay consistent only if indices keep pointing at existing entries.
+
+use crate::authz::Matcher;
+use crate::host::HostPattern;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A validated configuration ([`Config::load`], [`Config::parse`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The folder the file's relative paths were resolved against.
+    pub base_dir: PathBuf,
+    /// Process settings handed to Pingora.
+    pub server: ServerSettings,
+    /// Where Gatehouse accepts connections, in file order.
+    pub listeners: Vec<ListenerSettings>,
+    /// Upstream groups, sorted by name; routes refer to them by index.
+    pub upstreams: Vec<UpstreamSettings>,
+    /// HTTP routes, in file order.
+    pub routes: Vec<RouteSettings>,
+    /// The Icinga cluster relay, if configured.
+    pub cluster: Option<ClusterSettings>,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The audit file; `None` = the log target `gatehouse::audit`.
+    pub audit_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// The index of upstream `name` in [`Config::upstreams`].
+    pub fn upstream_index(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
+}
+
+/// `server:` — process settings, each applied by `server::server_conf`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Worker threads per service.
+    pub threads: usize,
+    /// Whether tokio may move tasks between worker threads.
+    pub work_stealing: bool,
+    /// Pid file (resolved).
+    pub pid_file: PathBuf,
+    /// Graceful-upgrade socket (resolved).
+    pub upgrade_sock: PathBuf,
+    /// How long to keep accepting after a stop signal.
+    pub grace_period: Duration,
+    /// How long in-flight work may take after listeners close.
+    pub graceful_shutdown_timeout: Duration,
+    /// Pingora's error log (resolved), if not stderr.
+    pub error_log: Option<PathBuf>,
+}
+
+/// A certificate chain file and its key file (both resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKeyFiles {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+}
+
+/// One listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Name in logs and metric labels.
+    pub name: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Downstream TLS; `None` = plaintext.
+    pub tls: Option<ListenerTlsSettings>,
+    /// What it accepts, told apart by the first byte.
+    pub protocols: Vec<Protocol>,
+    /// How long a client may take to send its first byte.
+    pub first_byte_timeout: Duration,
+    /// How long an HTTP/1 request head may take.
+    pub header_timeout: Duration,
+    /// Read buffer below TLS, in bytes.
+    pub read_buffer: usize,
+    /// Idle limit of a keep-alive connection.
+    pub keepalive_timeout: Duration,
+    /// Requests served on one HTTP/1 connection.
+    pub keepalive_requests: u32,
+    /// Connections open at once per caller (CN, else client IP); `None` = no limit.
+    pub max_connections_per_identity: Option<usize>,
+}
+
+impl ListenerSettings {
+    /// Whether the listener accepts `p`.
+    pub fn accepts(&self, p: Protocol) -> bool {
+        self.protocols.contains(&p)
+    }
+}
+
+/// A listener's TLS.
+#[derive(Debug, Clone)]
+pub struct ListenerTlsSettings {
+    /// The certificate served when no SNI certificate matches.
+    pub default_cert: CertKeyFiles,
+    /// Certificates chosen by SNI, first match wins.
+    pub sni_certs: Vec<SniCertSettings>,
+    /// Whether clients must present a certificate.
+    pub client_auth: ClientAuth,
+    /// CAs client certificates are verified against.
+    pub client_ca: Option<PathBuf>,
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// BoringSSL curve list, if not the default.
+    pub curves: Option<String>,
+    /// Application protocols accepted.
+    pub alpn: Alpn,
+    /// Session tickets and cache (default: on when the listener carries HTTP).
+    pub session_resumption: bool,
+}
+
+/// A certificate served for the SNI names it lists.
+#[derive(Debug, Clone)]
+pub struct SniCertSettings {
+    /// The names (exact or `*.suffix`).
+    pub names: Vec<HostPattern>,
+    /// Its files.
+    pub files: CertKeyFiles,
+}
+
+/// One upstream group.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// The `upstreams:` key.
+    pub name: String,
+    /// Its peers.
+    pub peers: Vec<SocketAddr>,
+    /// How a peer is picked.
+    pub load_balancing: LoadBalancing,
+    /// Active health probe, if any.
+    pub health_check: Option<HealthProbe>,
+    /// TCP (and TLS) connect limit.
+    pub connect_timeout: Duration,
+    /// Limit on each read and write.
+    pub read_timeout: Duration,
+    /// How long pooled idle connections are kept.
+    pub idle_timeout: Duration,
+    /// Upstream TLS; `None` = plaintext.
+    pub tls: Option<UpstreamTlsSettings>,
+}
+
+/// An upstream group's active health probe.
+#[derive(Debug, Clone)]
+pub struct HealthProbe {
+    /// TCP connect or HTTP GET.
+    pub kind: ProbeKind,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Path of the HTTP probe.
+    pub path: http::Uri,
+    /// `Host` of the HTTP probe (default: the upstream's SNI, else `localhost`).
+    pub host: Option<String>,
+}
+
+/// Upstream TLS.
+#[derive(Debug, Clone)]
+pub struct UpstreamTlsSettings {
+    /// CA store peers are verified against (default: the system's).
+    pub ca: Option<PathBuf>,
+    /// Client certificate presented to peers.
+    pub client: Option<CertKeyFiles>,
+    /// SNI sent (and the name verified).
+    pub sni: String,
+    /// Verify the peer's chain.
+    pub verify_cert: bool,
+    /// Verify the peer's name against `sni` (or `alt_cn`).
+    pub verify_hostname: bool,
+    /// Another name the peer's certificate may carry.
+    pub alt_cn: Option<String>,
+    /// BoringSSL curve list, if not the default.
+    pub curves: Option<String>,
+    /// Send a second key share in the ClientHello.
+    pub second_keyshare: bool,
+    /// Application protocols offered.
+    pub alpn: Alpn,
+}
+
+/// One HTTP route.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// Name in logs and metric labels.
+    pub name: String,
+    /// Host (SNI or `Host`) it serves.
+    pub host: HostPattern,
+    /// Path prefix it serves (longest prefix wins).
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Who may use it (`None` = everyone not denied).
+    pub allow: Option<Vec<Matcher>>,
+    /// Who may not.
+    pub deny: Vec<Matcher>,
+    /// How the caller's identity is passed upstream.
+    pub forward_identity: ForwardIdentity,
+    /// Kea command authorization, for routes to a Kea Control Agent.
+    pub kea: Option<KeaSettings>,
+    /// Per-caller request rate.
+    pub rate_limit: Option<RateLimitSettings>,
+}
+
+/// A route's per-caller token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitSettings {
+    /// Sustained requests per second (> 0).
+    pub requests_per_second: f64,
+    /// Bucket size (≥ 1).
+    pub burst: u32,
+}
+
+/// A route's Kea command rules.
+#[derive(Debug, Clone)]
+pub struct KeaSettings {
+    /// Largest request body read, in bytes.
+    pub max_body: usize,
+    /// Rules, first identity match decides.
+    pub rules: Vec<KeaRule>,
+    /// Verdict when no rule matches.
+    pub default: KeaDefault,
+}
+
+/// One Kea rule.
+#[derive(Debug, Clone)]
+pub struct KeaRule {
+    /// Whom it is about.
+    pub identity: Vec<Matcher>,
+    /// Commands allowed / denied.
+    pub commands: Option<AllowDeny>,
+    /// Services allowed / denied.
+    pub services: Option<AllowDeny>,
+}
+
+/// The cluster relay.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Upstream by the client's SNI, first match wins: (pattern, index into [`Config::upstreams`]).
+    pub routes: Vec<(HostPattern, usize)>,
+    /// Certificates presented upstream per agent, if not Gatehouse's own.
+    pub upstream_identity: Option<UpstreamIdentitySettings>,
+    /// Size, time and count limits.
+    pub limits: ClusterLimits,
+    /// The method policy (Icinga's defaults when the file has none).
+    pub policy: Vec<PolicyRule>,
+    /// Denied messages after which a link is closed.
+    pub max_violations: u32,
+}
+
+/// `cluster.upstream_identity`.
+#[derive(Debug, Clone)]
+pub struct UpstreamIdentitySettings {
+    /// `<cn>.crt` / `<cn>.key` per agent (resolved).
+    pub cert_dir: PathBuf,
+    /// What happens to an agent without files.
+    pub missing: MissingIdentity,
+}
+
+/// `cluster.limits`, in bytes and durations.
+#[derive(Debug, Clone)]
+pub struct ClusterLimits {
+    /// Authenticated links open at once per CN (≥ 1); a newer link closes the oldest.
+    pub max_links_per_identity: usize,
+    /// Anonymous links open at once, all clients.
+    pub anonymous_max_clients: usize,
+    /// Anonymous links open at once from one IP.
+    pub anonymous_max_per_ip: usize,
+    /// Largest `cert_request` parameter spliced.
+    pub certificate_request_size: usize,
+    /// Largest message from an anonymous client.
+    pub anonymous_message_size: usize,
+    /// Largest message.
+    pub message_size: usize,
+    /// Idle limit of an authenticated link.
+    pub idle_timeout: Duration,
+    /// Idle limit of an anonymous link.
+    pub anonymous_idle_timeout: Duration,
+}
+
+/// One method-policy rule.
+#[derive(Debug, Clone)]
+pub struct PolicyRule {
+    /// Whom it is about.
+    pub identity: Matcher,
+    /// Which messages it looks at.
+    pub direction: PolicyDirection,
+    /// Only these methods pass (globs).
+    pub allow: Option<Vec<String>>,
+    /// These never pass (globs).
+    pub deny: Vec<String>,
+}
+
+/// A protocol a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 or HTTP/2 (anything whose first byte is not a digit).
+    Http,
+    /// Icinga 2 cluster JSON-RPC in netstrings (first byte is a digit).
+    Cluster,
+}
+
+/// Whether and how clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// The handshake fails without a certificate signed by `client_ca`.
+    Required,
+    /// Any certificate (or none) is accepted; only a verified one makes the client authenticated.
+    Optional,
+    /// No certificate is requested.
+    None,
+}
+
+/// Lowest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[serde(rename = "tls1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "tls1.3")]
+    Tls13,
+}
+
+/// How a peer is picked from an upstream group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Each peer in turn.
+    #[default]
+    RoundRobin,
+    /// A peer at random.
+    Random,
+    /// The same client identity (CN, else address) sticks to the same peer.
+    ConsistentHash,
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// A TCP connect succeeds.
+    Tcp,
+    /// `GET path` over the upstream's own TLS settings answers 2xx.
+    Http,
+}
+
+/// Which application protocols a TLS handshake offers (upstream) or accepts (listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Alpn {
+    /// HTTP/1.1 only.
+    #[default]
+    H1,
+    /// HTTP/2 only.
+    H2,
+    /// HTTP/2 preferred, HTTP/1.1 accepted.
+    #[serde(rename = "h2h1")]
+    H2H1,
+}
+
+/// How the client identity is passed upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardIdentity {
+    /// Nothing (any incoming `X-Forwarded-Client-Cert` is still removed).
+    #[default]
+    None,
+    /// Envoy's `X-Forwarded-Client-Cert: Hash=…;Subject="…";URI=…;DNS=…`.
+    Xfcc,
+}
+
+/// Verdict for identities no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeaDefault {
+    /// Refuse (403).
+    #[default]
+    Deny,
+    /// Forward.
+    Allow,
+}
+
+/// A glob allow list and deny list; deny wins, and an absent allow list allows everything.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AllowDeny {
+    /// Only these pass.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// These never pass.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// What to do when `cert_dir` has no certificate for an authenticated client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingIdentity {
+    /// Close the link (the master would otherwise see the wrong identity).
+    #[default]
+    Reject,
+    /// Connect with the upstream's own client certificate.
+    Own,
+}
+
+/// Which messages a policy rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyDirection {
+    /// Client → upstream.
+    Upstream,
+    /// Upstream → client.
+    Downstream,
+    /// Either way.
+    #[default]
+    Both,
+}

@@ -1,0 +1,277 @@
+//! Fleet features end to end: per-identity request rates on HTTP routes (with the raw client
+//! and with curl over HTTP/2), per-identity cluster link limits.
+
+mod common;
+
+use common::*;
+use gatehouse::pki::CertSpec;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Listener `edge` on `port`, client certificates of `edge` optional.
+fn edge_listener(port: u16, edge: &Pki) -> Listener {
+    Listener::new("edge", port).tls(ListenerTls::from_pki(edge, "server", ClientAuth::Optional))
+}
+
+/// One caller's flood empties its own bucket only: the others (another CN, an anonymous IP)
+/// keep being served; the excess gets 429 with Retry-After, Kea-shaped for JSON, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_is_per_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::new(tmp.path(), "edge");
+    edge.server("server", &[]);
+    for cn in ["flood", "calm"] {
+        edge.issue(cn, CertSpec::new(cn));
+    }
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("web", Group::new(origin.addr))
+        .route(
+            Route::new("api", "web")
+                .path("/api")
+                .rate_limit(0.2, Some(3)),
+        )
+        .route(Route::new("open", "web"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let who = |cn: Option<&str>| ClientOpts {
+        ca: Some(edge.ca_path()),
+        cert: cn.map(|c| edge.paths(c)),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let get = |o: ClientOpts, path: &'static str, json: bool| async move {
+        let headers: &[(&str, &str)] = if json {
+            &[("Content-Type", "application/json")]
+        } else {
+            &[]
+        };
+        request(addr(port), Some(&o), "GET", path, headers, b"")
+            .await
+            .unwrap()
+    };
+
+    for i in 0..3 {
+        let r = get(who(Some("flood")), "/api/x", false).await;
+        assert_eq!(r.status, 200, "request {i} is within the burst");
+    }
+    let r = get(who(Some("flood")), "/api/x", false).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "rate limit exceeded for cn=flood on route 'api' (routes[].rate_limit)\n"
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry), "one token per 5 s: {retry}");
+    let r = get(who(Some("flood")), "/api/x", true).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"result": 429, "text": "rate limit exceeded for cn=flood on route 'api' (routes[].rate_limit)"})
+    );
+    // The flood limits nobody else, and nothing on routes without a limit.
+    for _ in 0..3 {
+        assert_eq!(get(who(Some("calm")), "/api/x", false).await.status, 200);
+        assert_eq!(get(who(None), "/api/x", false).await.status, 200);
+    }
+    assert_eq!(get(who(Some("calm")), "/api/x", false).await.status, 429);
+    assert_eq!(
+        get(who(None), "/api/x", false).await.status,
+        429,
+        "anonymous = by IP"
+    );
+    assert_eq!(get(who(Some("flood")), "/other", false).await.status, 200);
+
+    // curl with its defaults (HTTP/2) is limited the same way.
+    let (cert, key) = edge.paths("flood");
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                "--cacert",
+            ])
+            .arg(edge.ca_path())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(format!("https://localhost:{port}/api/x"))
+            .output(),
+    )
+    .await
+    .expect("curl finished")
+    .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "429 2", "{out:?}");
+
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_http_rate_limited_total{route="api"} 5"#),
+        "{m}"
+    );
+    // Refused requests never reached the origin: 3 + 3 + 3 allowed, 1 on the open route.
+    assert_eq!(origin.seen().len(), 10);
+}
+
+const HELLO: &str =
+    r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#;
+
+/// A cluster-only edge in front of an echoing sink, with `limits` as `cluster.limits`.
+async fn cluster_edge(
+    dir: &std::path::Path,
+    limits: Limits,
+) -> (Gatehouse, common::sink::Sink, RelayPki, u16) {
+    let rp = RelayPki::new(dir);
+    let sink = common::sink::Sink::start(rp.master_acceptor(), common::sink::SinkMode::Echo).await;
+    let port = reserved_port();
+    let mut cluster = rp.cluster("master").limits(limits);
+    cluster.upstream_identity = None;
+    let conf = Conf::new()
+        .listener(rp.listener("edge", port, &[Protocol::Cluster]))
+        .upstream("master", rp.master(sink.addr))
+        .cluster(cluster)
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(dir, &conf);
+    (gh, sink, rp, port)
+}
+
+/// A link as `cn` that sent a Hello and got it echoed (so it is relayed end to end).
+async fn hello_link(
+    rp: &RelayPki,
+    port: u16,
+    cn: &str,
+) -> tokio_boring::SslStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let o = ClientOpts {
+        ca: Some(rp.pki.ca_path()),
+        cert: Some(rp.pki.paths(cn)),
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let mut s = tls_connect(addr(port), &o).await.unwrap();
+    let hello = gatehouse::cluster::codec::encode(HELLO.as_bytes());
+    s.write_all(&hello).await.unwrap();
+    let (got, _) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(got, vec![hello], "{cn}: Hello relayed and echoed");
+    s
+}
+
+/// Icinga keeps every connection an endpoint makes, and a second link for the same CN is an
+/// agent reconnecting past a dead one: with the default limit (1) the newer link stays and
+/// the older is closed with close_notify; a raised limit keeps both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_link_of_the_same_identity_replaces_the_older() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gh, _sink, rp, port) = cluster_edge(tmp.path(), Limits::default()).await;
+    let mut old = hello_link(&rp, port, "agent1").await;
+    let edge = hello_link(&rp, port, "edge").await;
+    let mut new = hello_link(&rp, port, "agent1").await;
+    assert!(
+        closed_within(&mut old, Duration::from_secs(5)).await,
+        "the older agent1 link must be closed\n{}",
+        gh.log_text()
+    );
+    gh.wait_log("replaced by a newer link of the same identity");
+    // The newer link and the other identity's link still relay.
+    use tokio::io::AsyncWriteExt;
+    let hb = gatehouse::cluster::codec::encode(
+        br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#,
+    );
+    new.write_all(&hb).await.unwrap();
+    assert_eq!(
+        read_frames(&mut new, 1, Duration::from_secs(5)).await.0,
+        vec![hb]
+    );
+    drop(edge);
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains("gatehouse_cluster_links_replaced_total 1"),
+        "{m}"
+    );
+
+    let tmp2 = tempfile::tempdir().unwrap();
+    let limits = Limits::default().max_links_per_identity(2);
+    let (gh2, _sink2, rp2, port2) = cluster_edge(tmp2.path(), limits).await;
+    let mut a = hello_link(&rp2, port2, "agent1").await;
+    let _b = hello_link(&rp2, port2, "agent1").await;
+    assert!(
+        !closed_within(&mut a, Duration::from_secs(1)).await,
+        "two links allowed\n{}",
+        gh2.log_text()
+    );
+}
+
+/// `max_connections_per_identity`: a caller's connection beyond the cap is closed right after
+/// the handshake; other callers and the caller's own open connections are untouched, and a
+/// closed connection frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::new(tmp.path(), "edge");
+    edge.server("server", &[]);
+    for cn in ["a", "b"] {
+        edge.issue(cn, CertSpec::new(cn));
+    }
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge).max_connections_per_identity(2))
+        .upstream("web", Group::new(origin.addr))
+        .route(Route::new("web", "web"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let who = |cn: &str| ClientOpts {
+        ca: Some(edge.ca_path()),
+        cert: Some(edge.paths(cn)),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let first = tls_connect(addr(port), &who("a")).await.unwrap();
+    let _second = tls_connect(addr(port), &who("a")).await.unwrap();
+    // Both are held open (idle) before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tls_connect(addr(port), &who("a")).await.unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(3)).await,
+        "a's third connection must be closed\n{}",
+        gh.log_text()
+    );
+    let r = request(addr(port), Some(&who("b")), "GET", "/", &[], b"").await;
+    assert_eq!(r.map(|r| r.status).ok(), Some(200), "b is not limited by a");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(r) = request(addr(port), Some(&who("a")), "GET", "/", &[], b"").await {
+            ok = r.status == 200;
+            if ok {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "a closed connection frees its place\n{}", gh.log_text());
+    // At least the third connection (retries above may add more while `first` closes).
+    let m = gh.metrics_text().await;
+    let refused = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"gatehouse_connections_total{listener="edge",protocol="over_identity_limit"} "#,
+            )
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(refused.is_some_and(|n| n >= 1), "{m}");
+}
