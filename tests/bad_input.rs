@@ -26,7 +26,6 @@ struct Edge {
     pki: Pki,
     gh: Gatehouse,
     port: u16,
-    mport: u16,
     web: Upstream,
     _sink: Sink,
     dir: tempfile::TempDir,
@@ -36,50 +35,44 @@ impl Edge {
     async fn start() -> Edge {
         let dir = tempfile::tempdir().unwrap();
         let rp = RelayPki::new(dir.path());
-        let master_acc = rp.master_acceptor();
-        let RelayPki { pki, ids, .. } = rp;
         // The neighbour is another agent: a second link of agent1 would replace the first
         // (cluster.limits.max_links_per_identity).
-        pki.issue("agent2", CertSpec::new("agent2"));
-        pki.ca
+        rp.pki.issue("agent2", CertSpec::new("agent2"));
+        rp.pki
+            .ca
             .issue(&CertSpec::new("agent2"))
             .unwrap()
-            .write(&ids, "agent2")
+            .write(&rp.ids, "agent2")
             .unwrap();
-        let sink = Sink::start(master_acc, SinkMode::Echo).await;
+        let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
         let web = Upstream::h1(None, Behavior::Echo).await;
-        let (port, mport) = (free_port(), free_port());
-        let p = pki.dir.display();
-        let yaml = format!(
-            r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    protocols: [http, cluster]
-    first_byte_timeout: 1s
-    header_timeout: 1s
-    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
-upstreams:
-  web: {{ peers: ["{web}"] }}
-  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
-routes:
-  - {{ name: web, upstream: web }}
-  - {{ name: kea, path_prefix: /kea, upstream: web, kea: {{ max_body: 4KiB, default: allow }} }}
-cluster:
-  routes: [ {{ sni: master1, upstream: master }} ]
-  upstream_identity: {{ cert_dir: {ids} }}
-  limits: {{ message_size: 64KiB, anonymous_message_size: 4KiB, idle_timeout: 2s, anonymous_idle_timeout: 2s }}
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-            web = web.addr,
-            sink = sink.addr,
-            ids = ids.display(),
-        );
-        let gh = Gatehouse::start(dir.path(), &yaml);
+        let port = reserved_port();
+        let limits = Limits::default()
+            .message_size("64KiB")
+            .anonymous_message_size("4KiB")
+            .idle_timeout("2s")
+            .anonymous_idle_timeout("2s");
+        let conf = Conf::new()
+            .listener(
+                rp.listener("edge", port, &[Protocol::Http, Protocol::Cluster])
+                    .first_byte_timeout("1s")
+                    .header_timeout("1s"),
+            )
+            .upstream("web", Group::new(web.addr))
+            .upstream("master", rp.master(sink.addr))
+            .route(Route::new("web", "web"))
+            .route(
+                Route::new("kea", "web")
+                    .path("/kea")
+                    .kea(KeaRoute::allow_all().max_body("4KiB")),
+            )
+            .cluster(rp.cluster("master").limits(limits))
+            .metrics(reserved_port());
+        let gh = Gatehouse::start(dir.path(), &conf);
         Edge {
-            pki,
+            pki: rp.pki,
             gh,
             port,
-            mport,
             web,
             _sink: sink,
             dir,
@@ -113,7 +106,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     }
 
     async fn metrics(&self) -> String {
-        metrics_text(self.mport).await
+        self.gh.metrics_text().await
     }
 
     /// An open cluster link of another agent (agent2) that has spoken (a heartbeat, echoed by
@@ -155,7 +148,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
             "{case}: JSON-RPC neighbour broke"
         );
         assert!(
-            Path::new(&format!("/proc/{}", self.gh.child.id())).exists(),
+            Path::new(&format!("/proc/{}", self.gh.pid())).exists(),
             "{case}: the process died"
         );
     }

@@ -5,40 +5,51 @@ mod common;
 use common::*;
 use std::path::Path;
 
-/// A valid base config in `dir` (dev PKI written beside it); `edit` may break it.
-fn check_with(dir: &Path, edit: impl Fn(String) -> String) -> (bool, String) {
+/// A valid base config, relative to a dev PKI in `certs/` beside it.
+fn base() -> Conf {
+    Conf::new()
+        .listener(
+            Listener::new("edge", 5665).tls(
+                ListenerTls::new("certs/server.crt", "certs/server.key")
+                    .client_auth(ClientAuth::Required)
+                    .client_ca("certs/ca.crt"),
+            ),
+        )
+        .upstream(
+            "kea",
+            Group::new("127.0.0.1:8000").connect_timeout("2s").tls(
+                UpstreamTls::new("localhost")
+                    .ca("certs/ca.crt")
+                    .client_cert("certs/gatehouse.crt")
+                    .client_key("certs/gatehouse.key"),
+            ),
+        )
+        .route(Route::new("kea", "kea"))
+}
+
+/// `gatehouse check` on `edit(base())` written to `dir` (dev PKI written beside it).
+fn check_with(dir: &Path, edit: impl Fn(Conf) -> Conf) -> (bool, String) {
     gatehouse::pki::write_dev_pki(&dir.join("certs")).unwrap();
-    let yaml = r#"
-listeners:
-  - name: edge
-    address: "127.0.0.1:5665"
-    tls:
-      cert: certs/server.crt
-      key: certs/server.key
-      client_auth: required
-      client_ca: certs/ca.crt
-upstreams:
-  kea:
-    peers: ["127.0.0.1:8000"]
-    connect_timeout: 2s
-    tls:
-      ca: certs/ca.crt
-      client_cert: certs/gatehouse.crt
-      client_key: certs/gatehouse.key
-      sni: localhost
-routes:
-  - { name: kea, upstream: kea }
-"#;
     let file = dir.join("g.yaml");
-    std::fs::write(&file, edit(yaml.to_string())).unwrap();
+    edit(base()).write(&file);
     gatehouse_cmd(&["check", "-c", file.to_str().unwrap()])
 }
 
-fn expect_error(edit: impl Fn(String) -> String, needle: &str) {
+fn expect_error(edit: impl Fn(Conf) -> Conf, needle: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (ok, out) = check_with(tmp.path(), edit);
     assert!(!ok, "check should fail for `{needle}`:\n{out}");
     assert!(out.contains(needle), "expected `{needle}` in:\n{out}");
+}
+
+/// The base listener's TLS block.
+fn tls(c: &mut Conf) -> &mut conf::ListenerTls {
+    c.listener_mut("edge").tls.as_mut().unwrap()
+}
+
+/// The base upstream's TLS block.
+fn up_tls(c: &mut Conf) -> &mut conf::UpstreamTls {
+    c.upstream_mut("kea").tls.as_mut().unwrap()
 }
 
 #[test]
@@ -51,52 +62,33 @@ fn base_config_passes() {
 
 #[test]
 fn unknown_key_names_path_and_line() {
+    let bogus = |c: Conf| c.set("listeners[0].tls.bogus", 1);
     expect_error(
-        |s| {
-            s.replace(
-                "      client_auth: required",
-                "      client_auth: required\n      bogus: 1",
-            )
-        },
+        bogus,
         "listeners[0].tls.bogus: unknown field `bogus`, expected one of `cert`",
     );
-    expect_error(
-        |s| {
-            s.replace(
-                "      client_auth: required",
-                "      client_auth: required\n      bogus: 1",
-            )
-        },
-        "(line 9)",
-    );
+    let text = bogus(base()).to_yaml();
+    let line = 1 + text.lines().position(|l| l.contains("bogus:")).unwrap();
+    expect_error(bogus, &format!("(line {line})"));
 }
 
 #[test]
 fn missing_file_names_key_and_file() {
-    expect_error(
-        |s| {
-            s.replace(
-                "ca: certs/ca.crt\n      client_cert",
-                "ca: certs/nope.pem\n      client_cert",
-            )
-        },
-        "upstreams.kea.tls.ca: cannot read",
-    );
-    expect_error(
-        |s| {
-            s.replace(
-                "ca: certs/ca.crt\n      client_cert",
-                "ca: certs/nope.pem\n      client_cert",
-            )
-        },
-        "certs/nope.pem: file not found",
-    );
+    let nope = |mut c: Conf| {
+        up_tls(&mut c).ca = Some("certs/nope.pem".into());
+        c
+    };
+    expect_error(nope, "upstreams.kea.tls.ca: cannot read");
+    expect_error(nope, "certs/nope.pem: file not found");
 }
 
 #[test]
 fn bad_duration() {
     expect_error(
-        |s| s.replace("connect_timeout: 2s", "connect_timeout: 2 fortnights"),
+        |mut c| {
+            c.upstream_mut("kea").connect_timeout = Some("2 fortnights".into());
+            c
+        },
         "upstreams.kea.connect_timeout: invalid duration `2 fortnights`",
     );
 }
@@ -105,34 +97,34 @@ fn bad_duration() {
 fn read_buffer_out_of_range() {
     for (size, bytes) in [("512", "512"), ("2MiB", "2097152")] {
         expect_error(
-            |s| {
-                s.replace(
-                    "    tls:\n      cert:",
-                    &format!("    read_buffer: {size}\n    tls:\n      cert:"),
-                )
+            |mut c| {
+                c.listener_mut("edge").read_buffer = Some(size.into());
+                c
             },
             &format!("listeners[0].read_buffer: {bytes} bytes is outside 1KiB..=1MiB"),
         );
     }
 }
 
+fn upstream_dhcp(mut c: Conf) -> Conf {
+    c.routes[0].upstream = "dhcp".into();
+    c
+}
+
+fn no_client_ca(mut c: Conf) -> Conf {
+    tls(&mut c).client_ca = None;
+    c
+}
+
 #[test]
 fn route_to_unknown_upstream() {
-    expect_error(
-        |s| s.replace("upstream: kea }", "upstream: dhcp }"),
-        "routes[0].upstream: unknown upstream `dhcp`",
-    );
+    expect_error(upstream_dhcp, "routes[0].upstream: unknown upstream `dhcp`");
 }
 
 #[test]
 fn duplicate_listener_address() {
     expect_error(
-        |s| {
-            s.replace(
-                "upstreams:",
-                "  - name: again\n    address: \"127.0.0.1:5665\"\nupstreams:",
-            )
-        },
+        |c| c.listener(Listener::new("again", 5665)),
         "listeners[1].address: 127.0.0.1:5665 is already used by listeners[0]",
     );
 }
@@ -140,7 +132,7 @@ fn duplicate_listener_address() {
 #[test]
 fn required_client_auth_needs_client_ca() {
     expect_error(
-        |s| s.replace("      client_ca: certs/ca.crt\n", ""),
+        no_client_ca,
         "listeners[0].tls.client_ca: required when client_auth is required",
     );
 }
@@ -148,7 +140,10 @@ fn required_client_auth_needs_client_ca() {
 #[test]
 fn key_not_matching_cert() {
     expect_error(
-        |s| s.replace("key: certs/server.key", "key: certs/client.key"),
+        |mut c| {
+            tls(&mut c).key = "certs/client.key".into();
+            c
+        },
         "listeners[0].tls.key:",
     );
 }
@@ -156,10 +151,10 @@ fn key_not_matching_cert() {
 #[test]
 fn every_problem_is_reported_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ok, out) = check_with(tmp.path(), |s| {
-        s.replace("upstream: kea }", "upstream: dhcp }")
-            .replace("      client_ca: certs/ca.crt\n", "")
-            .replace("peers: [\"127.0.0.1:8000\"]", "peers: [\"nowhere\"]")
+    let (ok, out) = check_with(tmp.path(), |c| {
+        let mut c = no_client_ca(upstream_dhcp(c));
+        c.upstream_mut("kea").peers = vec!["nowhere".into()];
+        c
     });
     assert!(!ok);
     assert!(out.contains("3 problem(s)"), "{out}");
@@ -195,42 +190,36 @@ fn shipped_configs_pass_check() {
     }
 }
 
+/// The base listener carrying `cluster` too.
+fn cluster_listener(mut c: Conf) -> Conf {
+    let l = c.listener_mut("edge");
+    *l = l.clone().protocols(&[Protocol::Http, Protocol::Cluster]);
+    c
+}
+
 #[test]
 fn cluster_listener_needs_cluster_section() {
     expect_error(
-        |s| {
-            s.replace(
-                "    tls:\n      cert: certs/server.crt",
-                "    protocols: [http, cluster]\n    tls:\n      cert: certs/server.crt",
-            )
-        },
+        cluster_listener,
         "listeners[0].protocols: cluster needs a top-level `cluster:` section",
     );
-}
-
-fn with_cluster(s: String, cluster: &str) -> String {
-    s.replace(
-        "    tls:\n      cert: certs/server.crt",
-        "    protocols: [http, cluster]\n    tls:\n      cert: certs/server.crt",
-    ) + cluster
 }
 
 #[test]
 fn cluster_section_errors_name_their_keys() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ok, out) = check_with(tmp.path(), |s| {
-        with_cluster(
-            s,
-            r#"cluster:
-  routes:
-    - { sni: master1, upstream: nope }
-  upstream_identity: { cert_dir: no-such-dir }
-  limits: { message_size: 1MiB, anonymous_message_size: 2MiB }
-  policy:
-    - { identity: anonymous, direction: upstream }
-    - { identity: "agent-*", deny: ["config::*"] }
-    - { identity: "cn:agent-*", deny: ["config::*"] }
-"#,
+    let (ok, out) = check_with(tmp.path(), |c| {
+        cluster_listener(c).cluster(
+            Cluster::new("master1", "nope")
+                .cert_dir("no-such-dir")
+                .limits(
+                    Limits::default()
+                        .message_size("1MiB")
+                        .anonymous_message_size("2MiB"),
+                )
+                .policy(PolicyRule::new("anonymous").direction("upstream"))
+                .policy(PolicyRule::new("agent-*").deny(["config::*"]))
+                .policy(PolicyRule::new("cn:agent-*").deny(["config::*"])),
         )
     });
     assert!(!ok, "{out}");
@@ -251,14 +240,18 @@ fn cluster_section_errors_name_their_keys() {
 #[test]
 fn cluster_bad_size_and_direction() {
     expect_error(
-        |s| {
-            with_cluster(s, "cluster:\n  routes: [ { sni: \"*\", upstream: kea } ]\n  limits: { message_size: 16 MiBs }\n")
+        |c| {
+            cluster_listener(c)
+                .cluster(Cluster::new("*", "kea").limits(Limits::default().message_size("16 MiBs")))
         },
         "cluster.limits.message_size: invalid size `16 MiBs`",
     );
     expect_error(
-        |s| {
-            with_cluster(s, "cluster:\n  routes: [ { sni: \"*\", upstream: kea } ]\n  policy: [ { identity: \"*\", direction: sideways, deny: [x] } ]\n")
+        |c| {
+            cluster_listener(c).cluster(
+                Cluster::new("*", "kea")
+                    .policy(PolicyRule::new("*").direction("sideways").deny(["x"])),
+            )
         },
         "cluster.policy[0].direction: unknown variant `sideways`",
     );
@@ -267,11 +260,16 @@ fn cluster_bad_size_and_direction() {
 #[test]
 fn authorization_keys_are_validated() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ok, out) = check_with(tmp.path(), |s| {
-        s.replace(
-            "  - { name: kea, upstream: kea }",
-            "  - name: kea\n    upstream: kea\n    allow: [\"ops-*\"]\n    deny: [\"fingerprint:sha256:xyz\"]\n    kea:\n      rules:\n        - identity: []\n        - identity: [\"cn:a\", \"role:admin\"]\naudit: { path: no-such-dir/audit.jsonl }",
-        )
+    let (ok, out) = check_with(tmp.path(), |mut c| {
+        c.routes[0] = Route::new("kea", "kea")
+            .allow(["ops-*"])
+            .deny(["fingerprint:sha256:xyz"])
+            .kea(
+                KeaRoute::default()
+                    .rule(KeaRule::new(Vec::<String>::new()))
+                    .rule(KeaRule::new(["cn:a", "role:admin"])),
+            );
+        c.audit_path("no-such-dir/audit.jsonl")
     });
     assert!(!ok, "{out}");
     for needle in [
@@ -284,12 +282,114 @@ fn authorization_keys_are_validated() {
         assert!(out.contains(needle), "expected `{needle}` in:\n{out}");
     }
     expect_error(
-        |s| {
-            s.replace(
-                "  - { name: kea, upstream: kea }",
-                "  - { name: kea, upstream: kea, forward_identity: spiffe }",
-            )
+        |mut c| {
+            c.routes[0].forward_identity = Some("spiffe".into());
+            c
         },
         "routes[0].forward_identity: unknown variant `spiffe`",
     );
+}
+
+/// Every key the tests' typed config ([`Conf`]) can write is one Gatehouse's schema knows:
+/// a config with every field set parses (the schema rejects unknown keys).
+#[test]
+fn the_typed_test_config_writes_only_schema_keys() {
+    let every = Conf::new()
+        .server(
+            conf::Server::for_test(Path::new("/tmp"))
+                .error_log("/tmp/gh.log")
+                .work_stealing(false),
+        )
+        .listener(
+            Listener::new("edge", 5665)
+                .protocols(&[Protocol::Http, Protocol::Cluster])
+                .first_byte_timeout("1s")
+                .header_timeout("1s")
+                .read_buffer("4KiB")
+                .keepalive_timeout("2s")
+                .keepalive_requests(3)
+                .max_connections_per_identity(2)
+                .tls(
+                    ListenerTls::new("s.crt", "s.key")
+                        .client_auth(ClientAuth::Optional)
+                        .client_ca("ca.crt")
+                        .min_version("tls1.3")
+                        .curves("X25519")
+                        .alpn(["h2", "http/1.1"])
+                        .session_resumption(true),
+                ),
+        )
+        .upstream(
+            "kea",
+            Group::peers(["127.0.0.1:1", "127.0.0.1:2"])
+                .load_balancing("consistent_hash")
+                .health_check(conf::HealthCheck {
+                    kind: "http".into(),
+                    interval: Some("1s".into()),
+                    path: Some("/health".into()),
+                    host: Some("kea.internal".into()),
+                })
+                .connect_timeout("1s")
+                .read_timeout("1s")
+                .idle_timeout("1s")
+                .tls(
+                    UpstreamTls::new("kea.internal")
+                        .ca("ca.crt")
+                        .client_cert("c.crt")
+                        .client_key("c.key")
+                        .verify_cert(true)
+                        .verify_hostname(true)
+                        .alt_cn("kea")
+                        .curves("X25519")
+                        .second_keyshare(false)
+                        .alpn("h2h1"),
+                ),
+        )
+        .route(
+            Route::new("kea", "kea")
+                .host("*.example.org")
+                .path("/kea")
+                .allow(["cn:ops"])
+                .deny(["cn:intern"])
+                .xfcc()
+                .rate_limit(0.5, Some(3))
+                .kea(
+                    KeaRoute::deny_by_default().max_body("64KiB").rule(
+                        KeaRule::new(["cn:ops"])
+                            .commands(AllowDeny::only(["*"]).deny(["shutdown"]))
+                            .services(AllowDeny::only(["dhcp4"])),
+                    ),
+                ),
+        )
+        .cluster(
+            Cluster::new("master1", "kea")
+                .cert_dir("ids")
+                .missing("own")
+                .max_violations(3)
+                .limits(
+                    Limits::default()
+                        .max_links_per_identity(2)
+                        .anonymous_max_clients(2)
+                        .anonymous_max_per_ip(1)
+                        .certificate_request_size("4KiB")
+                        .anonymous_message_size("2KiB")
+                        .message_size("1MiB")
+                        .idle_timeout("3s")
+                        .anonymous_idle_timeout("1s"),
+                )
+                .policy(
+                    PolicyRule::new("*")
+                        .direction("upstream")
+                        .allow(["a"])
+                        .deny(["b"]),
+                ),
+        )
+        .metrics(9090)
+        .audit_path("audit.jsonl");
+    let text = every.to_yaml();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("ids")).unwrap();
+    let config = gatehouse::Config::parse(&text, tmp.path())
+        .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    assert_eq!(config.listeners[0].keepalive_requests, 3, "{text}");
 }

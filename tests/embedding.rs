@@ -1,6 +1,9 @@
 //! The crate as another team embeds it: two Gatehouse instances built in one process, each
 //! counting in a registry of its own.
 
+mod common;
+
+use common::{request, reserved_port, Behavior, Conf, Group, KeaRoute, Listener, Route, Upstream};
 use gatehouse::config::Config;
 use gatehouse::metrics::Metrics;
 use gatehouse::{Gatehouse, RunOptions};
@@ -10,15 +13,19 @@ use std::sync::Arc;
 #[test]
 fn two_instances_in_one_process_build_and_count_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = |port: u16| {
-        format!(
-            "server: {{ pid_file: {d}/{port}.pid, upgrade_sock: {d}/{port}.sock }}\nlisteners:\n  - {{ name: edge, address: \"127.0.0.1:{port}\" }}\nupstreams:\n  web: {{ peers: [\"127.0.0.1:9\"] }}\nroutes: [ {{ name: web, upstream: web }} ]\n",
-            d = dir.path().display()
-        )
+    let conf = |port: u16| {
+        let server = common::conf::Server::default()
+            .pid_file(dir.path().join(format!("{port}.pid")))
+            .upgrade_sock(dir.path().join(format!("{port}.sock")));
+        Conf::new()
+            .server(server)
+            .listener(Listener::new("edge", port))
+            .upstream("web", Group::new("127.0.0.1:9"))
+            .route(Route::new("web", "web"))
     };
     let mut registries = Vec::new();
     for port in [1, 2] {
-        let config = Config::parse(&yaml(port), dir.path()).unwrap();
+        let config = Config::parse(&conf(port).to_yaml(), dir.path()).unwrap();
         let registry = Registry::new();
         let metrics = Arc::new(Metrics::register(&registry).unwrap());
         let gh = Gatehouse::from_config_in(config, metrics.clone()).unwrap();
@@ -48,4 +55,52 @@ fn two_instances_in_one_process_build_and_count_apart() {
         .gather()
         .iter()
         .any(|f| f.name() == "gatehouse_http_requests_total"));
+}
+
+/// The test harness's in-process mode as a guarantee of the library: two instances run at once
+/// in one process, serve, count in their own registries, record their own audit events, and
+/// stopping one leaves the other serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_run_in_one_process_and_stop_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let start = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = reserved_port();
+        let conf = Conf::new()
+            .listener(Listener::new("edge", port))
+            .upstream("web", Group::new(web.addr))
+            .route(Route::new("kea", "web").kea(KeaRoute::allow_all()));
+        (common::Gatehouse::in_process(&dir, &conf), port)
+    };
+    let ((a, a_port), (b, b_port)) = (start("a"), start("b"));
+    let post = |port: u16| async move {
+        request(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            None,
+            "POST",
+            "/",
+            &[("Content-Type", "application/json")],
+            br#"{"command":"version-get"}"#,
+        )
+        .await
+        .map(|r| r.status)
+    };
+    assert_eq!(post(a_port).await, Ok(200));
+    for _ in 0..2 {
+        assert_eq!(post(b_port).await, Ok(200));
+    }
+    let requests = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with(r#"gatehouse_http_requests_total{route="kea",status="2xx"}"#))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(requests(&a.metrics_text().await).as_deref(), Some("1"));
+    assert_eq!(requests(&b.metrics_text().await).as_deref(), Some("2"));
+    assert_eq!((a.audit().len(), b.audit().len()), (1, 2));
+    drop(a);
+    assert!(post(a_port).await.is_err(), "a stopped");
+    assert_eq!(post(b_port).await, Ok(200), "b still serves");
+    assert_eq!(b.audit().len(), 3);
 }

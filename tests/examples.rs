@@ -19,27 +19,14 @@ async fn redact_filter_rewrites_answers_and_passes_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let rp = RelayPki::new(tmp.path());
     let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let p = rp.pki.dir.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: cluster
-    address: "127.0.0.1:{port}"
-    protocols: [cluster]
-    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
-upstreams:
-  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
-cluster:
-  routes: [ {{ sni: master1, upstream: master }} ]
-  upstream_identity: {{ cert_dir: {ids} }}
-audit: {{ path: {d}/audit.jsonl }}
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        sink = sink.addr,
-        ids = rp.ids.display(),
-        d = tmp.path().display(),
-    );
-    let gh = Gatehouse::start_bin(&example_bin("redact_filter"), tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(rp.listener("cluster", port, &[Protocol::Cluster]))
+        .upstream("master", rp.master(sink.addr))
+        .cluster(rp.cluster("master"))
+        .audit_path(tmp.path().join("audit.jsonl"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start_bin(&example_bin("redact_filter"), tmp.path(), &conf);
     let agent = ClientOpts {
         ca: Some(rp.pki.ca_path()),
         cert: Some(rp.pki.paths("agent1")),
@@ -89,7 +76,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     assert_eq!(answers[0]["result"]["pong"], true);
     assert_eq!(answers[0]["result"]["you"], "cn=agent1");
 
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     for needle in [
         r#"gatehouse_cluster_messages_total{direction="upstream",method="other",verdict="answered"} 1"#,
         r#"gatehouse_cluster_messages_total{direction="upstream",method="config::Update",verdict="denied"} 1"#,
@@ -207,34 +194,20 @@ async fn decision_authorizer_allows_caches_fails_closed_and_revokes_links() {
     let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
     let web = Upstream::h1(None, Behavior::Echo).await;
     let decisions = Decisions::start().await;
-    let (port, mport) = (free_port(), free_port());
-    let p = rp.pki.dir.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    protocols: [http, cluster]
-    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
-upstreams:
-  web: {{ peers: ["{web}"] }}
-  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
-routes:
-  - {{ name: web, upstream: web, deny: [anonymous] }}
-cluster:
-  routes: [ {{ sni: master1, upstream: master }} ]
-  upstream_identity: {{ cert_dir: {ids} }}
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        web = web.addr,
-        sink = sink.addr,
-        ids = rp.ids.display(),
-    );
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(rp.listener("edge", port, &[Protocol::Http, Protocol::Cluster]))
+        .upstream("web", Group::new(web.addr))
+        .upstream("master", rp.master(sink.addr))
+        .route(Route::new("web", "web").deny(["anonymous"]))
+        .cluster(rp.cluster("master"))
+        .metrics(reserved_port());
     let url = format!("http://{}/v1/data/gatehouse/decision", decisions.addr);
     let gh = Gatehouse::start_bin_env(
         &example_bin("decision_authorizer"),
         &[("DECISION_URL", &url)],
         tmp.path(),
-        &yaml,
+        &conf,
     );
     let edge = SocketAddr::from(([127, 0, 0, 1], port));
     let client = |cn: &str| ClientOpts {
@@ -307,7 +280,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     let r = get("alice", "/b").await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("failing closed"), "{}", r.text());
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     for needle in [
         r#"gatehouse_authorizer_calls_total{result="cached",target="http"} 2"#,
         r#"gatehouse_authorizer_calls_total{result="deny",target="http"} 1"#,
@@ -330,28 +303,20 @@ async fn kea_whoami_is_answered_at_the_edge_and_the_rest_goes_to_kea() {
         gatehouse::pki::CertSpec::new("dash-1").dns(&["dash.example.org"]),
     );
     let kea = common::kea::Kea::start(&tmp.path().join("k"), free_port(), None);
-    let (port, mport) = (free_port(), free_port());
-    let p = pki.dir.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: required, client_ca: {p}/ca.crt }}
-upstreams:
-  kea: {{ peers: ["{k}"] }}
-routes:
-  - name: kea
-    upstream: kea
-    kea:
-      rules: [ {{ identity: ["cn:dash-*"], commands: {{ allow: [gatehouse-whoami, version-get] }} }} ]
-      default: deny
-audit: {{ path: {d}/audit.jsonl }}
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        k = kea.addr,
-        d = tmp.path().display(),
-    );
-    let _gh = Gatehouse::start_bin(&example_bin("kea_whoami"), tmp.path(), &yaml);
+    let port = reserved_port();
+    let rule =
+        KeaRule::new(["cn:dash-*"]).commands(AllowDeny::only(["gatehouse-whoami", "version-get"]));
+    let conf = Conf::new()
+        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
+            &pki,
+            "server",
+            ClientAuth::Required,
+        )))
+        .upstream("kea", Group::new(kea.addr))
+        .route(Route::new("kea", "kea").kea(KeaRoute::deny_by_default().rule(rule)))
+        .audit_path(tmp.path().join("audit.jsonl"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start_bin(&example_bin("kea_whoami"), tmp.path(), &conf);
     let o = ClientOpts {
         ca: Some(pki.ca_path()),
         cert: Some(pki.paths("dash")),
@@ -410,7 +375,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
             ("config-set".into(), "denied".into()),
         ]
     );
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     assert!(
         m.contains(
             r#"gatehouse_kea_commands_total{command="other",route="kea",verdict="answered"} 1"#

@@ -12,6 +12,11 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Listener `edge` on `port`, client certificates of `edge` optional.
+fn edge_listener(port: u16, edge: &Pki) -> Listener {
+    Listener::new("edge", port).tls(ListenerTls::from_pki(edge, "server", ClientAuth::Optional))
+}
+
 /// One caller's flood empties its own bucket only: the others (another CN, an anonymous IP)
 /// keep being served; the excess gets 429 with Retry-After, Kea-shaped for JSON, counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,26 +28,18 @@ async fn rate_limit_is_per_identity() {
         edge.issue(cn, CertSpec::new(cn));
     }
     let origin = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: optional, client_ca: {e}/ca.crt }}
-upstreams:
-  web: {{ peers: ["{origin}"] }}
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: web
-    rate_limit: {{ requests_per_second: 0.2, burst: 3 }}
-  - {{ name: open, upstream: web }}
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        e = edge.dir.display(),
-        origin = origin.addr,
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("web", Group::new(origin.addr))
+        .route(
+            Route::new("api", "web")
+                .path("/api")
+                .rate_limit(0.2, Some(3)),
+        )
+        .route(Route::new("open", "web"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let who = |cn: Option<&str>| ClientOpts {
         ca: Some(edge.ca_path()),
         cert: cn.map(|c| edge.paths(c)),
@@ -119,7 +116,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     .expect("curl runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "429 2", "{out:?}");
 
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     assert!(
         m.contains(r#"gatehouse_http_rate_limited_total{route="api"} 5"#),
         "{m}"
@@ -131,32 +128,23 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
 const HELLO: &str =
     r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#;
 
-/// A cluster-only edge in front of an echoing sink, with `limits` under `cluster.limits`.
+/// A cluster-only edge in front of an echoing sink, with `limits` as `cluster.limits`.
 async fn cluster_edge(
     dir: &std::path::Path,
-    limits: &str,
-) -> (Gatehouse, common::sink::Sink, RelayPki, u16, u16) {
+    limits: Limits,
+) -> (Gatehouse, common::sink::Sink, RelayPki, u16) {
     let rp = RelayPki::new(dir);
     let sink = common::sink::Sink::start(rp.master_acceptor(), common::sink::SinkMode::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let p = rp.pki.dir.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    protocols: [cluster]
-    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
-upstreams:
-  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
-cluster:
-  routes: [ {{ sni: master1, upstream: master }} ]
-  limits: {{ {limits} }}
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        sink = sink.addr,
-    );
-    let gh = Gatehouse::start(dir, &yaml);
-    (gh, sink, rp, port, mport)
+    let port = reserved_port();
+    let mut cluster = rp.cluster("master").limits(limits);
+    cluster.upstream_identity = None;
+    let conf = Conf::new()
+        .listener(rp.listener("edge", port, &[Protocol::Cluster]))
+        .upstream("master", rp.master(sink.addr))
+        .cluster(cluster)
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(dir, &conf);
+    (gh, sink, rp, port)
 }
 
 /// A link as `cn` that sent a Hello and got it echoed (so it is relayed end to end).
@@ -186,7 +174,7 @@ async fn hello_link(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_link_of_the_same_identity_replaces_the_older() {
     let tmp = tempfile::tempdir().unwrap();
-    let (gh, _sink, rp, port, mport) = cluster_edge(tmp.path(), "").await;
+    let (gh, _sink, rp, port) = cluster_edge(tmp.path(), Limits::default()).await;
     let mut old = hello_link(&rp, port, "agent1").await;
     let edge = hello_link(&rp, port, "edge").await;
     let mut new = hello_link(&rp, port, "agent1").await;
@@ -207,14 +195,15 @@ async fn a_newer_link_of_the_same_identity_replaces_the_older() {
         vec![hb]
     );
     drop(edge);
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     assert!(
         m.contains("gatehouse_cluster_links_replaced_total 1"),
         "{m}"
     );
 
     let tmp2 = tempfile::tempdir().unwrap();
-    let (gh2, _sink2, rp2, port2, _) = cluster_edge(tmp2.path(), "max_links_per_identity: 2").await;
+    let limits = Limits::default().max_links_per_identity(2);
+    let (gh2, _sink2, rp2, port2) = cluster_edge(tmp2.path(), limits).await;
     let mut a = hello_link(&rp2, port2, "agent1").await;
     let _b = hello_link(&rp2, port2, "agent1").await;
     assert!(
@@ -236,22 +225,13 @@ async fn connections_are_capped_per_identity() {
         edge.issue(cn, CertSpec::new(cn));
     }
     let origin = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    max_connections_per_identity: 2
-    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: optional, client_ca: {e}/ca.crt }}
-upstreams:
-  web: {{ peers: ["{origin}"] }}
-routes: [ {{ name: web, upstream: web }} ]
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        e = edge.dir.display(),
-        origin = origin.addr,
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge).max_connections_per_identity(2))
+        .upstream("web", Group::new(origin.addr))
+        .route(Route::new("web", "web"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let who = |cn: &str| ClientOpts {
         ca: Some(edge.ca_path()),
         cert: Some(edge.paths(cn)),
@@ -284,7 +264,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     }
     assert!(ok, "a closed connection frees its place\n{}", gh.log_text());
     // At least the third connection (retries above may add more while `first` closes).
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     let refused = m
         .lines()
         .find_map(|l| {

@@ -40,12 +40,15 @@ fn edge_pki(dir: &Path) -> Pki {
     pki
 }
 
-/// One TLS listener named `name` (client certificates optional) plus `extra` listener keys.
-fn listener(name: &str, port: u16, pki: &Pki, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    address: \"127.0.0.1:{port}\"\n{extra}    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}\n",
-        p = pki.dir.display()
-    )
+/// One TLS listener named `name` (client certificates optional).
+fn listener(name: &str, port: u16, pki: &Pki) -> Listener {
+    Listener::new(name, port).tls(ListenerTls::from_pki(pki, "server", ClientAuth::Optional))
+}
+
+/// Listeners `listeners` in front of the origin `web` (upstream `web`), routes to be added.
+fn web_conf(web: &Upstream, listeners: impl IntoIterator<Item = Listener>) -> Conf {
+    let conf = Conf::new().upstream("web", Group::new(web.addr));
+    listeners.into_iter().fold(conf, Conf::listener)
 }
 
 fn client(pki: &Pki, who: Option<&str>) -> ClientOpts {
@@ -181,8 +184,8 @@ async fn h2_get(send: &h2::client::SendRequest<Bytes>, port: u16, path: &str) ->
 
 /// `gatehouse_http_header_timeouts_total{listener="<listener>"}` (the README's name; 0 when
 /// absent). `gatehouse_http_head_timeouts_total` is read too, should the family be renamed.
-async fn head_timeouts(mport: u16, listener: &str) -> u64 {
-    let m = within("metrics", metrics_text(mport)).await;
+async fn head_timeouts(gh: &Gatehouse, listener: &str) -> u64 {
+    let m = within("metrics", gh.metrics_text()).await;
     [
         "gatehouse_http_head_timeouts_total",
         "gatehouse_http_header_timeouts_total",
@@ -208,14 +211,12 @@ async fn leading_empty_lines_do_not_disarm_the_head_deadline() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = edge_pki(tmp.path());
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let yaml = format!(
-        "listeners:\n{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: rest, path_prefix: /, upstream: web }}\nmetrics: {{ address: \"127.0.0.1:{mport}\" }}\n",
-        listener("edge", port, &pki, "    header_timeout: 1s\n"),
-        web.addr
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
-    let before = head_timeouts(mport, "edge").await;
+    let port = reserved_port();
+    let conf = web_conf(&web, [listener("edge", port, &pki).header_timeout("1s")])
+        .route(Route::new("rest", "web").path("/"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let before = head_timeouts(&gh, "edge").await;
 
     let mut s = connect(port, &client(&pki, None)).await;
     let t0 = Instant::now();
@@ -248,10 +249,10 @@ async fn leading_empty_lines_do_not_disarm_the_head_deadline() {
     assert!(took <= Duration::from_secs(4), "closed only after {took:?}");
     gh.wait_log("did not finish a request head within 1s");
     assert_eq!(
-        head_timeouts(mport, "edge").await,
+        head_timeouts(&gh, "edge").await,
         before + 1,
         "head timeout not counted:\n{}",
-        within("metrics", metrics_text(mport)).await
+        within("metrics", gh.metrics_text()).await
     );
     assert!(
         !web.seen().iter().any(|s| s.path == "/trickle"),
@@ -269,14 +270,11 @@ async fn idle_connections_end_after_keepalive_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = edge_pki(tmp.path());
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, dport) = (free_port(), free_port());
-    let yaml = format!(
-        "listeners:\n{}{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: rest, path_prefix: /, upstream: web }}\n",
-        listener("edge", port, &pki, "    keepalive_timeout: 2s\n"),
-        listener("dflt", dport, &pki, ""),
-        web.addr
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let (port, dport) = (reserved_port(), reserved_port());
+    let edge = listener("edge", port, &pki).keepalive_timeout("2s");
+    let conf = web_conf(&web, [edge, listener("dflt", dport, &pki)])
+        .route(Route::new("rest", "web").path("/"));
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let anon = client(&pki, None);
 
     // HTTP/1.1, keepalive_timeout 2s.
@@ -343,14 +341,11 @@ async fn keepalive_requests_caps_requests_per_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = edge_pki(tmp.path());
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, dport) = (free_port(), free_port());
-    let yaml = format!(
-        "listeners:\n{}{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: rest, path_prefix: /, upstream: web }}\n",
-        listener("edge", port, &pki, "    keepalive_requests: 3\n"),
-        listener("dflt", dport, &pki, ""),
-        web.addr
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let (port, dport) = (reserved_port(), reserved_port());
+    let edge = listener("edge", port, &pki).keepalive_requests(3);
+    let conf = web_conf(&web, [edge, listener("dflt", dport, &pki)])
+        .route(Route::new("rest", "web").path("/"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
     let anon = client(&pki, None);
     let closes = |r: &Response| {
         r.header("connection")
@@ -406,13 +401,15 @@ async fn paths_are_normalised_before_routing() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = edge_pki(tmp.path());
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let port = free_port();
-    let yaml = format!(
-        "listeners:\n{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: actions, path_prefix: /v1/actions, upstream: web, allow: [\"cn:admin\"] }}\n  - {{ name: rest, path_prefix: /, upstream: web }}\n",
-        listener("edge", port, &pki, ""),
-        web.addr
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = web_conf(&web, [listener("edge", port, &pki)])
+        .route(
+            Route::new("actions", "web")
+                .path("/v1/actions")
+                .allow(["cn:admin"]),
+        )
+        .route(Route::new("rest", "web").path("/"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
     let viewer = client(&pki, Some("viewer"));
     let admin = client(&pki, Some("admin"));
     let mut failures = Vec::new();
@@ -660,13 +657,10 @@ async fn xfcc_subject_is_rfc4514_escaped_then_quoted() {
     let odd_cn = r#"a,b;c="d"\e+f<g>h"#;
     pki.issue("odd", CertSpec::new(odd_cn));
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let port = free_port();
-    let yaml = format!(
-        "listeners:\n{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: xfcc, path_prefix: /, upstream: web, forward_identity: xfcc }}\n",
-        listener("edge", port, &pki, ""),
-        web.addr
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = web_conf(&web, [listener("edge", port, &pki)])
+        .route(Route::new("xfcc", "web").path("/").xfcc());
+    let _gh = Gatehouse::start(tmp.path(), &conf);
 
     for (who, cn) in [("alice", "alice"), ("odd", odd_cn)] {
         let path = format!("/who/{who}");
@@ -716,13 +710,11 @@ async fn forged_xfcc_in_any_spelling_never_reaches_the_origin() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = edge_pki(tmp.path());
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let port = free_port();
-    let yaml = format!(
-        "listeners:\n{}upstreams:\n  web: {{ peers: [\"{}\"] }}\nroutes:\n  - {{ name: xfcc, path_prefix: /xfcc, upstream: web, forward_identity: xfcc }}\n  - {{ name: plain, path_prefix: /, upstream: web }}\n",
-        listener("edge", port, &pki, ""),
-        web.addr
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = web_conf(&web, [listener("edge", port, &pki)])
+        .route(Route::new("xfcc", "web").path("/xfcc").xfcc())
+        .route(Route::new("plain", "web").path("/"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
     let alice = client(&pki, Some("alice"));
     let hash = fingerprint(&pki, "alice");
     let forged: &[(&str, &str)] = &[
@@ -920,37 +912,31 @@ async fn client_controlled_values_cannot_start_a_log_line() {
     let pki = edge_pki(tmp.path());
     pki.issue("evil", CertSpec::new(&format!("evil\n{FORGED}")));
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let dead = free_port();
+    let dead = reserved_port();
     let mut problems = Vec::new();
 
     for audit_file in [false, true] {
         let dir = tmp.path().join(if audit_file { "file" } else { "target" });
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let audit = if audit_file {
-            format!("audit: {{ path: {}/audit.jsonl }}\n", dir.display())
-        } else {
-            String::new()
-        };
-        let yaml = format!(
-            r#"listeners:
-{}upstreams:
-  web: {{ peers: ["{}"] }}
-  dead: {{ peers: ["127.0.0.1:{dead}"], connect_timeout: 1s }}
-routes:
-  - {{ name: web, path_prefix: /web, upstream: web }}
-  - {{ name: kea-open, path_prefix: /kea-open, upstream: dead, kea: {{ default: allow }} }}
-  - name: kea
-    path_prefix: /kea
-    upstream: dead
-    kea:
-      rules: [ {{ identity: ["cn:*"], commands: {{ allow: [version-get] }}, services: {{ allow: [dhcp4] }} }} ]
-      default: deny
-{audit}"#,
-            listener("edge", port, &pki, ""),
-            web.addr
+        let port = reserved_port();
+        let kea = KeaRoute::deny_by_default().rule(
+            KeaRule::new(["cn:*"])
+                .commands(AllowDeny::only(["version-get"]))
+                .services(AllowDeny::only(["dhcp4"])),
         );
-        let gh = Gatehouse::start(&dir, &yaml);
+        let mut conf = web_conf(&web, [listener("edge", port, &pki)])
+            .upstream("dead", Group::new(local(dead)).connect_timeout("1s"))
+            .route(Route::new("web", "web").path("/web"))
+            .route(
+                Route::new("kea-open", "dead")
+                    .path("/kea-open")
+                    .kea(KeaRoute::allow_all()),
+            )
+            .route(Route::new("kea", "dead").path("/kea").kea(kea));
+        if audit_file {
+            conf = conf.audit_path(dir.join("audit.jsonl"));
+        }
+        let gh = Gatehouse::start(&dir, &conf);
         let kea_requests = send_log_vectors(port, &pki).await;
         // Let the last access lines reach the log.
         gh.wait_log("/web/evil");

@@ -100,7 +100,9 @@ async fn icinga_master_and_agent_through_gatehouse() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (mport, aport, gport, metrics_port) = (free_port(), free_port(), free_port(), free_port());
+    // Icinga binds its own ports; Gatehouse's are reserved.
+    let (mport, aport) = (free_port(), free_port());
+    let (gport, metrics_port) = (reserved_port(), reserved_port());
 
     // --- PKI: Icinga's own CA on the master (icinga2 pki new-ca / new-cert / sign-csr) ---
     let master = Node::new(root, "master");
@@ -207,40 +209,36 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     );
 
     // --- Gatehouse on the cluster port ---
-    let e = edge.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: cluster
-    address: "127.0.0.1:{gport}"
-    protocols: [http, cluster]
-    tls:
-      cert: {e}/edge.crt
-      key: {e}/edge.key
-      sni_certs: [ {{ names: [master1], cert: {e}/master1.crt, key: {e}/master1.key }} ]
-      client_auth: optional
-      client_ca: {ca}
-upstreams:
-  icinga-master1:
-    peers: ["127.0.0.1:{mport}"]
-    tls:
-      ca: {ca}
-      client_cert: {e}/edge.crt
-      client_key: {e}/edge.key
-      sni: master1
-routes:
-  - {{ name: icinga-api, upstream: icinga-master1 }}
-cluster:
-  routes:
-    - {{ sni: master1, upstream: icinga-master1 }}
-    - {{ sni: "*", upstream: icinga-master1 }}
-  upstream_identity:
-    cert_dir: {e}/identities
-metrics:
-  address: "127.0.0.1:{metrics_port}"
-"#,
-        ca = ca_crt.display()
-    );
-    let gh = Gatehouse::start(root, &yaml);
+    let (cert, key) = (edge.join("edge.crt"), edge.join("edge.key"));
+    let master1 = (edge.join("master1.crt"), edge.join("master1.key"));
+    let conf = Conf::new()
+        .listener(
+            Listener::new("cluster", gport)
+                .protocols(&[Protocol::Http, Protocol::Cluster])
+                .tls(
+                    ListenerTls::new(&cert, &key)
+                        .sni_cert(&["master1"], master1)
+                        .client_auth(ClientAuth::Optional)
+                        .client_ca(&ca_crt),
+                ),
+        )
+        .upstream(
+            "icinga-master1",
+            Group::new(local(mport)).tls(
+                UpstreamTls::new("master1")
+                    .ca(&ca_crt)
+                    .client_cert(&cert)
+                    .client_key(&key),
+            ),
+        )
+        .route(Route::new("icinga-api", "icinga-master1"))
+        .cluster(
+            Cluster::new("master1", "icinga-master1")
+                .route("*", "icinga-master1")
+                .cert_dir(edge.join("identities")),
+        )
+        .metrics(metrics_port);
+    let gh = Gatehouse::start(root, &conf);
 
     // --- agent1, whose only way to the master is Gatehouse ---
     let agent_conf = format!(

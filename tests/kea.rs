@@ -74,37 +74,20 @@ async fn kea_plain_and_mtls_bodies_are_byte_identical() {
         }),
     );
 
-    let port = free_port();
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    tls:
-      cert: {e}/server.crt
-      key: {e}/server.key
-      client_auth: required
-      client_ca: {e}/ca.crt
-upstreams:
-  kea-plain:
-    peers: ["{plain}"]
-    health_check: {{ kind: tcp, interval: 1s }}
-  kea-tls:
-    peers: ["{secure}"]
-    tls:
-      ca: {u}/ca.crt
-      client_cert: {u}/gatehouse.crt
-      client_key: {u}/gatehouse.key
-      sni: kea.internal
-routes:
-  - {{ name: plain, host: plain.example, upstream: kea-plain }}
-  - {{ name: tls, host: "*", upstream: kea-tls }}
-"#,
-        e = edge.dir.display(),
-        u = up.dir.display(),
-        plain = plain.addr,
-        secure = secure.addr,
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream(
+            "kea-plain",
+            Group::new(plain.addr).health_check(HealthCheck::tcp("1s")),
+        )
+        .upstream(
+            "kea-tls",
+            Group::new(secure.addr).tls(UpstreamTls::mutual("kea.internal", &up, "gatehouse")),
+        )
+        .route(Route::new("plain", "kea-plain").host("plain.example"))
+        .route(Route::new("tls", "kea-tls").host("*"));
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let gh_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let client = ClientOpts {
         ca: Some(edge.ca_path()),
@@ -158,22 +141,35 @@ routes:
     );
 }
 
-const RBAC: &str = r#"routes:
-  - name: kea
-    upstream: kea
-    allow: ["cn:dashboard-*", "cn:ops-*"]
-    deny: ["cn:ops-intern"]
-    forward_identity: xfcc
-    kea:
-      max_body: 64KiB
-      rules:
-        - identity: ["cn:dashboard-*"]
-          commands: { allow: ["*-get", "list-commands", "status-get", "version-get", "lease4-get*"] }
-          services: { allow: [dhcp4] }
-        - identity: ["cn:ops-admin"]
-          commands: { allow: ["*"], deny: ["shutdown"] }
-      default: deny
-"#;
+/// Listener `edge` on `port`, client certificates of `edge` required.
+fn edge_listener(port: u16, edge: &Pki) -> Listener {
+    Listener::new("edge", port).tls(ListenerTls::from_pki(edge, "server", ClientAuth::Required))
+}
+
+/// Route `kea` to upstream `kea`: dashboards read dhcp4, ops-admin does all but shut it
+/// down, ops-intern is refused at the route.
+fn rbac() -> Route {
+    let dashboard = KeaRule::new(["cn:dashboard-*"])
+        .commands(AllowDeny::only([
+            "*-get",
+            "list-commands",
+            "status-get",
+            "version-get",
+            "lease4-get*",
+        ]))
+        .services(AllowDeny::only(["dhcp4"]));
+    let admin = KeaRule::new(["cn:ops-admin"]).commands(AllowDeny::only(["*"]).deny(["shutdown"]));
+    Route::new("kea", "kea")
+        .allow(["cn:dashboard-*", "cn:ops-*"])
+        .deny(["cn:ops-intern"])
+        .xfcc()
+        .kea(
+            KeaRoute::deny_by_default()
+                .max_body("64KiB")
+                .rule(dashboard)
+                .rule(admin),
+        )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kea_commands_are_authorized_per_identity_and_audited() {
@@ -187,23 +183,14 @@ async fn kea_commands_are_authorized_per_identity_and_audited() {
         edge.issue(cn, CertSpec::new(cn));
     }
     let k = Kea::start(&tmp.path().join("k"), free_port(), None);
-    let port = free_port();
-    let mport = free_port();
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: required, client_ca: {e}/ca.crt }}
-upstreams:
-  kea: {{ peers: ["{kea}"] }}
-{RBAC}audit: {{ path: {d}/audit.jsonl }}
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        e = edge.dir.display(),
-        kea = k.addr,
-        d = tmp.path().display(),
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let (port, mport) = (reserved_port(), reserved_port());
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("kea", Group::new(k.addr))
+        .route(rbac())
+        .audit_path(tmp.path().join("audit.jsonl"))
+        .metrics(mport);
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let gh_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let as_ = |cn: &str| ClientOpts {
         ca: Some(edge.ca_path()),
@@ -472,23 +459,18 @@ async fn kea_restart_and_dead_peers_are_survived() {
     let kea_dir = tmp.path().join("k");
     let kea_port = free_port();
     let mut k = Kea::start(&kea_dir, kea_port, None);
-    let (port, mport, dead) = (free_port(), free_port(), free_port());
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: required, client_ca: {e}/ca.crt }}
-upstreams:
-  kea:
-    peers: ["127.0.0.1:{kea_port}", "127.0.0.1:{dead}"]
-    health_check: {{ kind: tcp, interval: 1s }}
-    connect_timeout: 1s
-routes: [ {{ name: kea, upstream: kea }} ]
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        e = edge.dir.display()
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let (port, mport, dead) = (reserved_port(), reserved_port(), reserved_port());
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream(
+            "kea",
+            Group::peers([local(kea_port), local(dead)])
+                .health_check(HealthCheck::tcp("1s"))
+                .connect_timeout("1s"),
+        )
+        .route(Route::new("kea", "kea"))
+        .metrics(mport);
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let gh_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let o = ClientOpts {
         ca: Some(edge.ca_path()),
@@ -578,7 +560,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(
-        Path::new(&format!("/proc/{}", gh.child.id())).exists(),
+        Path::new(&format!("/proc/{}", gh.pid())).exists(),
         "same Gatehouse process"
     );
     drop(k2);

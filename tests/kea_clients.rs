@@ -283,17 +283,22 @@ fn edge_pki(dir: &Path) -> Pki {
     edge
 }
 
-fn listener_yaml(port: u16, edge: &Pki) -> String {
-    format!(
-        "listeners:\n  - name: edge\n    address: \"127.0.0.1:{port}\"\n    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: required, client_ca: {e}/ca.crt }}\n",
-        e = edge.dir.display()
-    )
+/// Listener `edge` on `port`, client certificates of `edge` required.
+fn edge_conf(port: u16, edge: &Pki) -> Conf {
+    Conf::new().listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
+        edge,
+        "server",
+        ClientAuth::Required,
+    )))
 }
 
-const RULES: &str = r#"    kea:
-      rules: [ { identity: ["cn:client"], commands: { allow: ["version-get", "config-get"] } } ]
-      default: deny
-"#;
+/// Route `kea` to `upstream`: `cn:client` may run `version-get` and `config-get`, nothing else.
+fn client_rules_conf(port: u16, edge: &Pki, upstream: Group) -> Conf {
+    let rule = KeaRule::new(["cn:client"]).commands(AllowDeny::only(["version-get", "config-get"]));
+    edge_conf(port, edge)
+        .upstream("kea", upstream)
+        .route(Route::new("kea", "kea").kea(KeaRoute::deny_by_default().rule(rule)))
+}
 
 // === tests ===
 
@@ -308,13 +313,9 @@ async fn curl_over_http2_and_http11_reaches_plain_kea() {
     let tmp = tempfile::tempdir().unwrap();
     let edge = edge_pki(tmp.path());
     let kea = Kea::start(&tmp.path().join("k"), free_port(), None);
-    let port = free_port();
-    let yaml = format!(
-        "{}upstreams:\n  kea: {{ peers: [\"{}\"] }}\nroutes:\n  - name: kea\n    upstream: kea\n{RULES}",
-        listener_yaml(port, &edge),
-        kea.addr
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = client_rules_conf(port, &edge, Group::new(kea.addr));
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let curl = CurlClient::new(port, &edge, "client", tmp.path());
 
     // Allowed commands over h2: Kea's own answer, as if asked directly.
@@ -389,13 +390,9 @@ async fn h2_crate_client_posts_kea_commands() {
     let tmp = tempfile::tempdir().unwrap();
     let edge = edge_pki(tmp.path());
     let kea = Kea::start(&tmp.path().join("k"), free_port(), None);
-    let port = free_port();
-    let yaml = format!(
-        "{}upstreams:\n  kea: {{ peers: [\"{}\"] }}\nroutes:\n  - name: kea\n    upstream: kea\n{RULES}",
-        listener_yaml(port, &edge),
-        kea.addr
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = client_rules_conf(port, &edge, Group::new(kea.addr));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
     let (send, _conn) = h2_connect(port, &edge, "client").await;
 
     for (cmd, length) in [
@@ -442,14 +439,10 @@ async fn curl_over_http2_reaches_kea_over_mutual_tls() {
             trust_anchor: up.ca_path(),
         }),
     );
-    let port = free_port();
-    let yaml = format!(
-        "{}upstreams:\n  kea:\n    peers: [\"{}\"]\n    tls: {{ ca: {u}/ca.crt, client_cert: {u}/gatehouse.crt, client_key: {u}/gatehouse.key, sni: kea.internal }}\nroutes:\n  - name: kea\n    upstream: kea\n{RULES}",
-        listener_yaml(port, &edge),
-        kea.addr,
-        u = up.dir.display()
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let kea_tls = UpstreamTls::mutual("kea.internal", &up, "gatehouse");
+    let conf = client_rules_conf(port, &edge, Group::new(kea.addr).tls(kea_tls));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
     let as_gatehouse = ClientOpts {
         ca: Some(up.ca_path()),
         cert: Some(up.paths("gatehouse")),
@@ -607,23 +600,25 @@ async fn kea_route_sends_http11_with_host_and_length_for_h2_clients() {
     let origin_cert = up.server("kea", &["kea.internal"]);
     let plain = CaptureOrigin::start(None).await;
     let secure = CaptureOrigin::start(Some(acceptor(&origin_cert, None, false))).await;
-    let port = free_port();
-    let yaml = format!(
-        r#"{}upstreams:
-  plain: {{ peers: ["{}"] }}
-  secure:
-    peers: ["{}"]
-    tls: {{ ca: {u}/ca.crt, sni: kea.internal }}
-routes:
-  - {{ name: plain, path_prefix: /, upstream: plain, kea: {{ default: allow }} }}
-  - {{ name: secure, host: kea.example, path_prefix: /, upstream: secure, kea: {{ default: allow }} }}
-"#,
-        listener_yaml(port, &edge),
-        plain.addr,
-        secure.addr,
-        u = up.dir.display()
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = edge_conf(port, &edge)
+        .upstream("plain", Group::new(plain.addr))
+        .upstream(
+            "secure",
+            Group::new(secure.addr).tls(UpstreamTls::new("kea.internal").ca(up.ca_path())),
+        )
+        .route(
+            Route::new("plain", "plain")
+                .path("/")
+                .kea(KeaRoute::allow_all()),
+        )
+        .route(
+            Route::new("secure", "secure")
+                .host("kea.example")
+                .path("/")
+                .kea(KeaRoute::allow_all()),
+        );
+    let _gh = Gatehouse::start(tmp.path(), &conf);
 
     // curl with its defaults (h2; -d sends a length, -T - streams without one) and the h2
     // crate without a length.
@@ -750,23 +745,23 @@ async fn commands_without_service_are_authorized_as_service_ca() {
     let tmp = tempfile::tempdir().unwrap();
     let edge = edge_pki(tmp.path());
     let kea = Kea::start(&tmp.path().join("k"), free_port(), None);
-    let port = free_port();
-    let yaml = format!(
-        r#"{}upstreams:
-  kea: {{ peers: ["{}"] }}
-routes:
-  - name: kea
-    upstream: kea
-    kea:
-      rules:
-        - {{ identity: ["cn:dash"], commands: {{ allow: ["*"] }}, services: {{ allow: [dhcp4] }} }}
-        - {{ identity: ["cn:ops"], commands: {{ allow: ["*"] }}, services: {{ allow: [ca, dhcp4] }} }}
-      default: deny
-"#,
-        listener_yaml(port, &edge),
-        kea.addr
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let any = || AllowDeny::only(["*"]);
+    let rules = KeaRoute::deny_by_default()
+        .rule(
+            KeaRule::new(["cn:dash"])
+                .commands(any())
+                .services(AllowDeny::only(["dhcp4"])),
+        )
+        .rule(
+            KeaRule::new(["cn:ops"])
+                .commands(any())
+                .services(AllowDeny::only(["ca", "dhcp4"])),
+        );
+    let conf = edge_conf(port, &edge)
+        .upstream("kea", Group::new(kea.addr))
+        .route(Route::new("kea", "kea").kea(rules));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
     let send = |who: &str, body: &'static str| {
         let o = ClientOpts {
             ca: Some(edge.ca_path()),

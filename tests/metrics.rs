@@ -20,38 +20,25 @@ fn addr(port: u16) -> SocketAddr {
 /// Gatehouse with an HTTP route and a relayed cluster link, after some traffic of each kind.
 async fn busy_gatehouse(dir: &std::path::Path) -> (Gatehouse, u16, Sink, Upstream) {
     let rp = RelayPki::new(dir);
-    let master_acc = rp.master_acceptor();
-    let RelayPki { pki, ids, .. } = rp;
-    let sink = Sink::start(master_acc, SinkMode::Echo).await;
+    let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let p = pki.dir.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    protocols: [http, cluster]
-    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
-upstreams:
-  web: {{ peers: ["{web}"] }}
-  down: {{ peers: ["127.0.0.1:{dead}"] }}
-  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
-routes:
-  - {{ name: web, upstream: web }}
-  - {{ name: down, path_prefix: /down, upstream: down }}
-  - {{ name: kea, path_prefix: /kea, upstream: web, kea: {{ default: allow }} }}
-cluster:
-  routes: [ {{ sni: master1, upstream: master }} ]
-  upstream_identity: {{ cert_dir: {ids} }}
-metrics:
-  address: "127.0.0.1:{mport}"
-"#,
-        web = web.addr,
-        sink = sink.addr,
-        dead = free_port(),
-        ids = ids.display(),
-    );
-    let gh = Gatehouse::start(dir, &yaml);
+    let (port, mport) = (reserved_port(), reserved_port());
+    let conf = Conf::new()
+        .listener(rp.listener("edge", port, &[Protocol::Http, Protocol::Cluster]))
+        .upstream("web", Group::new(web.addr))
+        .upstream("down", Group::new(local(reserved_port())))
+        .upstream("master", rp.master(sink.addr))
+        .route(Route::new("web", "web"))
+        .route(Route::new("down", "down").path("/down"))
+        .route(
+            Route::new("kea", "web")
+                .path("/kea")
+                .kea(KeaRoute::allow_all()),
+        )
+        .cluster(rp.cluster("master"))
+        .metrics(mport);
+    let gh = Gatehouse::start(dir, &conf);
+    let pki = rp.pki;
     let o = ClientOpts {
         ca: Some(pki.ca_path()),
         cert: Some(pki.paths("agent1")),

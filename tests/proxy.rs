@@ -28,27 +28,30 @@ impl World {
         World { edge, up, other }
     }
 
-    fn listener(&self, port: u16, client_auth: &str) -> String {
-        format!(
-            "listeners:\n  - name: edge\n    address: \"127.0.0.1:{port}\"\n    tls:\n      cert: {d}/server.crt\n      key: {d}/server.key\n      client_auth: {client_auth}\n      client_ca: {d}/ca.crt\n",
-            d = self.edge.dir.display()
-        )
+    /// TLS listener `name` with the edge certificate; client certificates per `client_auth`.
+    fn listener(&self, name: &str, port: u16, client_auth: ClientAuth) -> Listener {
+        Listener::new(name, port).tls(ListenerTls::from_pki(&self.edge, "server", client_auth))
     }
 
-    /// Upstream TLS block presenting Gatehouse's client cert, trusting `ca_dir`'s CA.
-    fn up_tls(&self, ca: &Path, with_cert: bool, extra: &str) -> String {
-        let cert = if with_cert {
-            format!(
-                "      client_cert: {d}/gatehouse.crt\n      client_key: {d}/gatehouse.key\n",
-                d = self.up.dir.display()
-            )
+    /// A config with listener `edge` on `port` (see [`World::listener`]).
+    fn edge(&self, port: u16, client_auth: ClientAuth) -> Conf {
+        Conf::new().listener(self.listener("edge", port, client_auth))
+    }
+
+    /// `peer` over [`World::up_tls`].
+    fn up(&self, peer: SocketAddr, ca: &Path, with_cert: bool) -> Group {
+        Group::new(peer).tls(self.up_tls(ca, with_cert))
+    }
+
+    /// Upstream TLS to `kea.internal` trusting `ca`, presenting Gatehouse's client cert when
+    /// `with_cert`.
+    fn up_tls(&self, ca: &Path, with_cert: bool) -> UpstreamTls {
+        let t = UpstreamTls::new("kea.internal").ca(ca);
+        if with_cert {
+            t.client(&self.up, "gatehouse")
         } else {
-            String::new()
-        };
-        format!(
-            "    tls:\n      ca: {}\n{cert}      sni: kea.internal\n{extra}",
-            ca.display()
-        )
+            t
+        }
     }
 
     fn client(&self, who: Option<&str>) -> ClientOpts {
@@ -79,14 +82,13 @@ async fn mtls_on_both_sides_forwards_identity_and_headers() {
     let tmp = tempfile::tempdir().unwrap();
     let w = World::new(tmp.path());
     let origin = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let yaml = format!(
-        "{}upstreams:\n  kea:\n    peers: [\"{}\"]\n{}routes:\n  - {{ name: kea, host: \"*\", path_prefix: /, upstream: kea }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
-        w.listener(port, "required"),
-        origin.addr,
-        w.up_tls(&w.up.ca_path(), true, "")
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Required)
+        .upstream("kea", w.up(origin.addr, &w.up.ca_path(), true))
+        .route(Route::new("kea", "kea").host("*").path("/"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
 
     let r = request(
         addr(port),
@@ -135,7 +137,7 @@ async fn mtls_on_both_sides_forwards_identity_and_headers() {
         "{line}"
     );
 
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     assert!(m.contains("gatehouse_build_info{version=\""), "{m}");
     assert!(
         m.contains("gatehouse_http_requests_total{route=\"kea\",status=\"2xx\"} 1"),
@@ -148,19 +150,14 @@ async fn client_auth_required_and_optional() {
     let tmp = tempfile::tempdir().unwrap();
     let w = World::new(tmp.path());
     let origin = Upstream::h1(None, Behavior::Echo).await;
-    let (req_port, opt_port, mport) = (free_port(), free_port(), free_port());
-    let listeners = format!(
-        "{}{}",
-        w.listener(req_port, "required"),
-        w.listener(opt_port, "optional")
-            .replace("listeners:\n", "")
-            .replace("name: edge", "name: edge-optional")
-    );
-    let yaml = format!(
-        "{listeners}upstreams:\n  plain:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: all, upstream: plain }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
-        origin.addr
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let (req_port, opt_port) = (reserved_port(), reserved_port());
+    let conf = w
+        .edge(req_port, ClientAuth::Required)
+        .listener(w.listener("edge-optional", opt_port, ClientAuth::Optional))
+        .upstream("plain", Group::new(origin.addr))
+        .route(Route::new("all", "plain"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
 
     // required: no cert → no response (TLS 1.2: handshake fails; 1.3: alert on first read).
     let mut o = w.client(None);
@@ -230,7 +227,7 @@ async fn client_auth_required_and_optional() {
         "unverified cert must not authenticate: {line}"
     );
 
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     assert!(
         m.contains(
             "gatehouse_tls_client_verify_failures_total{listener=\"edge\",reason=\"unknown_ca\"}"
@@ -249,34 +246,19 @@ async fn upstream_failures_are_classified() {
     let w = World::new(tmp.path());
     let good = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
     let hang = Upstream::h1(None, Behavior::Hang).await;
-    let dead = free_port();
-    let (port, mport) = (free_port(), free_port());
-    let yaml = format!(
-        "{listener}upstreams:
-  wrongca:
-    peers: [\"{good}\"]
-{wrong_tls}  nocert:
-    peers: [\"{good}\"]
-{nocert_tls}  down:
-    peers: [\"127.0.0.1:{dead}\"]
-  hang:
-    peers: [\"{hang}\"]
-    read_timeout: 1s
-routes:
-  - {{ name: wrongca, path_prefix: /wrongca, upstream: wrongca }}
-  - {{ name: nocert, path_prefix: /nocert, upstream: nocert }}
-  - {{ name: down, path_prefix: /down, upstream: down }}
-  - {{ name: hang, path_prefix: /hang, upstream: hang }}
-metrics:
-  address: \"127.0.0.1:{mport}\"
-",
-        listener = w.listener(port, "optional"),
-        good = good.addr,
-        hang = hang.addr,
-        wrong_tls = w.up_tls(&w.other.ca_path(), true, ""),
-        nocert_tls = w.up_tls(&w.up.ca_path(), false, ""),
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let (dead, port) = (reserved_port(), reserved_port());
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream("wrongca", w.up(good.addr, &w.other.ca_path(), true))
+        .upstream("nocert", w.up(good.addr, &w.up.ca_path(), false))
+        .upstream("down", Group::new(local(dead)))
+        .upstream("hang", Group::new(hang.addr).read_timeout("1s"))
+        .route(Route::new("wrongca", "wrongca").path("/wrongca"))
+        .route(Route::new("nocert", "nocert").path("/nocert"))
+        .route(Route::new("down", "down").path("/down"))
+        .route(Route::new("hang", "hang").path("/hang"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let c = w.client(Some("alice"));
     let get = |path: &'static str| {
         let c = c.clone();
@@ -330,7 +312,7 @@ metrics:
         line.contains(&good.addr.to_string()) && line.contains("invalid_cert"),
         "{line}"
     );
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     for (up, kind) in [
         ("wrongca", "invalid_cert"),
         ("nocert", "handshake"),
@@ -351,15 +333,14 @@ async fn pools_never_mix_trust_settings() {
     let tmp = tempfile::tempdir().unwrap();
     let w = World::new(tmp.path());
     let origin = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
-    let port = free_port();
-    let yaml = format!(
-        "{}upstreams:\n  right:\n    peers: [\"{o}\"]\n{}  wrong:\n    peers: [\"{o}\"]\n{}routes:\n  - {{ name: right, path_prefix: /right, upstream: right }}\n  - {{ name: wrong, path_prefix: /wrong, upstream: wrong }}\n",
-        w.listener(port, "optional"),
-        w.up_tls(&w.up.ca_path(), true, ""),
-        w.up_tls(&w.other.ca_path(), true, ""),
-        o = origin.addr,
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream("right", w.up(origin.addr, &w.up.ca_path(), true))
+        .upstream("wrong", w.up(origin.addr, &w.other.ca_path(), true))
+        .route(Route::new("right", "right").path("/right"))
+        .route(Route::new("wrong", "wrong").path("/wrong"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
     let c = w.client(Some("alice"));
     for _ in 0..2 {
         let r = request(addr(port), Some(&c), "GET", "/right", &[], b"")
@@ -389,14 +370,15 @@ async fn h2_upstream_with_configured_sni_and_h2_downstream() {
     let tmp = tempfile::tempdir().unwrap();
     let w = World::new(tmp.path());
     let origin = Upstream::h2(w.origin_acceptor(true)).await;
-    let port = free_port();
-    let yaml = format!(
-        "{}upstreams:\n  h2:\n    peers: [\"{}\"]\n{}routes:\n  - {{ name: h2, host: localhost, path_prefix: /, upstream: h2 }}\n",
-        w.listener(port, "optional"),
-        origin.addr,
-        w.up_tls(&w.up.ca_path(), true, "      alpn: h2\n"),
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream(
+            "h2",
+            Group::new(origin.addr).tls(w.up_tls(&w.up.ca_path(), true).alpn("h2")),
+        )
+        .route(Route::new("h2", "h2").host("localhost").path("/"));
+    let gh = Gatehouse::start(tmp.path(), &conf);
 
     // HTTP/1.1 in, HTTP/2 out.
     let r = request(
@@ -467,13 +449,18 @@ async fn xfcc_is_built_by_gatehouse_and_never_passed_through() {
             .dns(&["admin.example.org"]),
     );
     let origin = Upstream::h1(None, Behavior::Echo).await;
-    let port = free_port();
-    let yaml = format!(
-        "{}upstreams:\n  o:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: xfcc, path_prefix: /xfcc, upstream: o, forward_identity: xfcc }}\n  - {{ name: plain, path_prefix: /plain, upstream: o }}\n  - {{ name: ops-only, path_prefix: /ops, upstream: o, allow: [\"spiffe://example.org/ops/\"] }}\n",
-        w.listener(port, "optional"),
-        origin.addr
-    );
-    let _gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream("o", Group::new(origin.addr))
+        .route(Route::new("xfcc", "o").path("/xfcc").xfcc())
+        .route(Route::new("plain", "o").path("/plain"))
+        .route(
+            Route::new("ops-only", "o")
+                .path("/ops")
+                .allow(["spiffe://example.org/ops/"]),
+        );
+    let _gh = Gatehouse::start(tmp.path(), &conf);
     let spoof = [("X-Forwarded-Client-Cert", "Hash=0000;Subject=\"CN=root\"")];
     let mut o = w.client(None);
     o.cert = Some(w.edge.paths("ops"));
@@ -582,21 +569,26 @@ async fn session_resumption_is_off_on_cluster_only_listeners() {
     let tmp = tempfile::tempdir().unwrap();
     let w = World::new(tmp.path());
     let origin = Upstream::h1(None, Behavior::Echo).await;
-    let (edge, cluster, resume, mport) = (free_port(), free_port(), free_port(), free_port());
-    let tls = |extra: &str| {
-        format!(
-            "{{ cert: {d}/server.crt, key: {d}/server.key, client_auth: none{extra} }}",
-            d = w.edge.dir.display()
+    let (edge, cluster, resume) = (reserved_port(), reserved_port(), reserved_port());
+    let cluster_only = &[Protocol::Cluster];
+    let tls = || ListenerTls::from_pki(&w.edge, "server", ClientAuth::None);
+    let conf = Conf::new()
+        .listener(Listener::new("edge", edge).tls(tls()))
+        .listener(
+            Listener::new("cluster", cluster)
+                .protocols(cluster_only)
+                .tls(tls()),
         )
-    };
-    let yaml = format!(
-        "listeners:\n  - {{ name: edge, address: \"127.0.0.1:{edge}\", tls: {} }}\n  - {{ name: cluster, address: \"127.0.0.1:{cluster}\", protocols: [cluster], tls: {} }}\n  - {{ name: resume, address: \"127.0.0.1:{resume}\", protocols: [cluster], tls: {} }}\nupstreams:\n  web:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: all, upstream: web }}\ncluster:\n  routes:\n    - {{ sni: \"*\", upstream: web }}\nmetrics:\n  address: \"127.0.0.1:{mport}\"\n",
-        tls(""),
-        tls(""),
-        tls(", session_resumption: true"),
-        origin.addr
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+        .listener(
+            Listener::new("resume", resume)
+                .protocols(cluster_only)
+                .tls(tls().session_resumption(true)),
+        )
+        .upstream("web", Group::new(origin.addr))
+        .route(Route::new("all", "web"))
+        .cluster(Cluster::new("*", "web"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let ca = w.edge.ca_path();
     // HTTP clients get tickets; a cluster-only port issues none unless told to.
     assert!(tickets_offered(edge, &ca).await >= 1, "{}", gh.log_text());

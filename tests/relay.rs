@@ -31,13 +31,13 @@ fn ns(s: &str) -> Vec<u8> {
 }
 
 /// The Icinga-side PKI and an edge listener config around a sink.
-struct Cluster {
+struct Icinga {
     icinga: Pki,
     edge_pki: Pki,
 }
 
-impl Cluster {
-    fn new(dir: &Path) -> Cluster {
+impl Icinga {
+    fn new(dir: &Path) -> Icinga {
         let icinga = Pki::new(dir, "icinga");
         icinga.server("master1", &["master1"]);
         icinga.issue("agent1", CertSpec::new("agent1").dns(&["agent1"]));
@@ -53,7 +53,7 @@ impl Cluster {
             .unwrap();
         let edge_pki = Pki::new(dir, "web");
         edge_pki.server("server", &[]);
-        Cluster { icinga, edge_pki }
+        Icinga { icinga, edge_pki }
     }
 
     fn master_acceptor(&self) -> SslAcceptor {
@@ -66,55 +66,38 @@ impl Cluster {
     }
 
     /// Config: listener `cluster` on `port` (http + cluster), cluster → `sink`, HTTP → `web`.
-    fn yaml(
-        &self,
-        dir: &Path,
-        port: u16,
-        mport: u16,
-        sink: SocketAddr,
-        web: SocketAddr,
-        limits: &str,
-    ) -> String {
-        format!(
-            r#"listeners:
-  - name: cluster
-    address: "127.0.0.1:{port}"
-    protocols: [http, cluster]
-    first_byte_timeout: 1s
-    tls:
-      cert: {w}/server.crt
-      key: {w}/server.key
-      sni_certs: [ {{ names: [master1], cert: {i}/master1.crt, key: {i}/master1.key }} ]
-      client_auth: optional
-      client_ca: {i}/ca.crt
-upstreams:
-  icinga-master1:
-    peers: ["{sink}"]
-    tls:
-      ca: {i}/ca.crt
-      client_cert: {i}/edge.crt
-      client_key: {i}/edge.key
-      sni: master1
-  web:
-    peers: ["{web}"]
-routes:
-  - {{ name: web, upstream: web }}
-cluster:
-  routes:
-    - {{ sni: master1, upstream: icinga-master1 }}
-  upstream_identity:
-    cert_dir: {d}/identities
-    missing: reject
-  max_violations: 3
-  limits:
-{limits}
-metrics:
-  address: "127.0.0.1:{mport}"
-"#,
-            w = self.edge_pki.dir.display(),
-            i = self.icinga.dir.display(),
-            d = dir.display(),
-        )
+    fn conf(&self, dir: &Path, port: u16, sink: SocketAddr, web: SocketAddr) -> Conf {
+        let (cert, key) = self.edge_pki.paths("server");
+        let tls = ListenerTls::new(cert, key)
+            .sni_cert(&["master1"], self.icinga.paths("master1"))
+            .client_auth(ClientAuth::Optional)
+            .client_ca(self.icinga.ca_path());
+        let limits = Limits::default()
+            .anonymous_max_clients(2)
+            .anonymous_message_size("2KiB")
+            .idle_timeout("3s")
+            .anonymous_idle_timeout("1s");
+        Conf::new()
+            .listener(
+                Listener::new("cluster", port)
+                    .protocols(&[Protocol::Http, Protocol::Cluster])
+                    .first_byte_timeout("1s")
+                    .tls(tls),
+            )
+            .upstream(
+                "icinga-master1",
+                Group::new(sink).tls(UpstreamTls::mutual("master1", &self.icinga, "edge")),
+            )
+            .upstream("web", Group::new(web))
+            .route(Route::new("web", "web"))
+            .cluster(
+                Cluster::new("master1", "icinga-master1")
+                    .cert_dir(dir.join("identities"))
+                    .missing("reject")
+                    .max_violations(3)
+                    .limits(limits),
+            )
+            .metrics(reserved_port())
     }
 
     fn agent(&self, who: Option<&str>) -> ClientOpts {
@@ -127,35 +110,30 @@ metrics:
     }
 }
 
-const LIMITS: &str = "    anonymous_max_clients: 2\n    anonymous_message_size: 2KiB\n    idle_timeout: 3s\n    anonymous_idle_timeout: 1s\n";
-
 /// A Gatehouse with listener `cluster` (http + cluster) in front of a sink and a web origin.
 struct Fixture {
-    c: Cluster,
+    c: Icinga,
     sink: Sink,
     web: Upstream,
     gh: Gatehouse,
     port: u16,
-    mport: u16,
     tmp: tempfile::TempDir,
 }
 
 impl Fixture {
     async fn start(mode: SinkMode) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
-        let c = Cluster::new(tmp.path());
+        let c = Icinga::new(tmp.path());
         let sink = Sink::start(c.master_acceptor(), mode).await;
         let web = Upstream::h1(None, Behavior::Echo).await;
-        let (port, mport) = (free_port(), free_port());
-        let yaml = c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS);
-        let gh = Gatehouse::start(tmp.path(), &yaml);
+        let port = reserved_port();
+        let gh = Gatehouse::start(tmp.path(), &c.conf(tmp.path(), port, sink.addr, web.addr));
         Fixture {
             c,
             sink,
             web,
             gh,
             port,
-            mport,
             tmp,
         }
     }
@@ -168,7 +146,7 @@ fn addr(port: u16) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_both_ways_byte_exact_with_identity_and_policy() {
     let f = Fixture::start(SinkMode::Echo).await;
-    let (c, sink, web, gh, port, mport) = (&f.c, &f.sink, &f.web, &f.gh, f.port, f.mport);
+    let (c, sink, web, gh, port) = (&f.c, &f.sink, &f.web, &f.gh, f.port);
 
     // The client checks that the edge answers as master1 (SNI cert) — Icinga requires it.
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
@@ -213,7 +191,7 @@ async fn relays_both_ways_byte_exact_with_identity_and_policy() {
     assert_eq!(r.status, 200);
     assert_eq!(web.seen().len(), 1);
 
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     for needle in [
         r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"} 1"#,
         r#"gatehouse_cluster_messages_total{direction="upstream",method="config::Update",verdict="denied"} 1"#,
@@ -347,7 +325,7 @@ async fn anonymous_links_are_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
     let f = Fixture::start(SinkMode::Echo).await;
-    let (c, gh, port, mport) = (&f.c, &f.gh, f.port, f.mport);
+    let (c, gh, port) = (&f.c, &f.gh, f.port);
 
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
         .await
@@ -367,7 +345,7 @@ async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
         (vec![ns(HEARTBEAT)], false),
         "bad JSON dropped, link kept"
     );
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     assert!(m.contains(r#"gatehouse_cluster_messages_total{direction="upstream",method="other",verdict="malformed"} 3"#), "{m}");
 
     // A framing error closes even an authenticated link; another link is unaffected.
@@ -396,7 +374,7 @@ async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
         .unwrap();
     assert!(closed_within(&mut quiet, Duration::from_secs(4)).await);
     gh.wait_log("sent nothing within");
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     assert!(
         m.contains(r#"gatehouse_connections_total{listener="cluster",protocol="timeout"} 1"#),
         "{m}"
@@ -406,12 +384,15 @@ async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::new(tmp.path());
+    let c = Icinga::new(tmp.path());
     let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let (port, mport) = (free_port(), free_port());
-    let yaml = c.yaml(tmp.path(), port, mport, sink.addr, web.addr, LIMITS);
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let port = reserved_port();
+    let mut conf = c.conf(tmp.path(), port, sink.addr, web.addr);
+    // In process: each refusal is read from the instance's own counters, not its log.
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+    let refused =
+        |reason: &str| format!(r#"gatehouse_cluster_links_refused_total{{reason="{reason}"}} 1"#);
 
     // No route for this SNI.
     let mut o = c.agent(Some("agent1"));
@@ -420,7 +401,7 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
     let mut s = tls_connect(addr(port), &o).await.unwrap();
     s.write_all(&ns(HELLO)).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
-    gh.wait_log("no cluster route for SNI localhost");
+    gh.wait_metric(&refused("no_route")).await;
 
     // Authenticated as a CN with no certificate in cert_dir (missing: reject).
     c.icinga.issue("agent9", CertSpec::new("agent9"));
@@ -429,29 +410,22 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
         .unwrap();
     s.write_all(&ns(HELLO)).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
-    gh.wait_log("no agent9.crt in cluster.upstream_identity.cert_dir");
+    gh.wait_metric(&refused("identity")).await;
     assert!(sink.frames().is_empty());
 
     // Upstream down: the link is closed so the agent reconnects; classified and counted.
     drop(gh);
-    let dead = free_port();
-    let gh = Gatehouse::start(
-        tmp.path(),
-        &yaml.replace(&sink.addr.to_string(), &format!("127.0.0.1:{dead}")),
-    );
+    conf.upstream_mut("icinga-master1").peers = vec![local(reserved_port())];
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
         .await
         .unwrap();
     s.write_all(&ns(HELLO)).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
-    gh.wait_log("connect for agent1@");
-    let m = metrics_text(mport).await;
-    assert!(
-        m.contains(
-            r#"gatehouse_upstream_errors_total{kind="refused",upstream="icinga-master1"} 1"#
-        ),
-        "{m}"
-    );
+    gh.wait_metric(
+        r#"gatehouse_upstream_errors_total{kind="refused",upstream="icinga-master1"} 1"#,
+    )
+    .await;
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -468,7 +442,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn a_stalled_upstream_applies_backpressure() {
     let f = Fixture::start(SinkMode::Stall).await;
     let (c, sink, gh, port) = (&f.c, &f.sink, &f.gh, f.port);
-    let pid = gh.child.id();
+    let pid = gh.pid();
 
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
         .await
@@ -529,7 +503,7 @@ async fn shutdown_closes_links_with_close_notify() {
     // Wait until the link is up, then SIGTERM: graceful stop (grace_period 1s in tests).
     gh.wait_log("link open: agent1@");
     std::process::Command::new("kill")
-        .args(["-TERM", &gh.child.id().to_string()])
+        .args(["-TERM", &gh.pid().to_string()])
         .status()
         .unwrap();
     let state = tokio::task::spawn_blocking(move || client.join().unwrap())

@@ -58,7 +58,7 @@ async fn get_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut
 
 fn sighup(gh: &Gatehouse) {
     let ok = std::process::Command::new("kill")
-        .args(["-HUP", &gh.child.id().to_string()])
+        .args(["-HUP", &gh.pid().to_string()])
         .status()
         .unwrap()
         .success();
@@ -100,24 +100,27 @@ async fn rotating_certificates_and_cas_under_load_fails_nothing() {
         Behavior::Echo,
     )
     .await;
-    let (port, mport) = (free_port(), free_port());
-    let l = live.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    tls: {{ cert: {l}/server.crt, key: {l}/server.key, client_auth: required, client_ca: {l}/client_ca.crt }}
-upstreams:
-  web:
-    peers: ["{origin}"]
-    idle_timeout: 200ms
-    tls: {{ ca: {l}/upstream_ca.crt, client_cert: {l}/gatehouse.crt, client_key: {l}/gatehouse.key, sni: localhost }}
-routes: [ {{ name: web, upstream: web }} ]
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        origin = origin.addr
-    );
-    let gh = Gatehouse::start(dir, &yaml);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(
+            Listener::new("edge", port).tls(
+                ListenerTls::new(live.join("server.crt"), live.join("server.key"))
+                    .client_auth(ClientAuth::Required)
+                    .client_ca(live.join("client_ca.crt")),
+            ),
+        )
+        .upstream(
+            "web",
+            Group::new(origin.addr).idle_timeout("200ms").tls(
+                UpstreamTls::new("localhost")
+                    .ca(live.join("upstream_ca.crt"))
+                    .client_cert(live.join("gatehouse.crt"))
+                    .client_key(live.join("gatehouse.key")),
+            ),
+        )
+        .route(Route::new("web", "web"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(dir, &conf);
     let cfg = dir.join("gatehouse.yaml");
     let cfg = cfg.to_str().unwrap();
     let client = |pki: &Pki| ClientOpts {
@@ -251,7 +254,7 @@ metrics: {{ address: "127.0.0.1:{mport}" }}
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("invalid_cert"), "{}", r.text());
 
-    let m = metrics_text(mport).await;
+    let m = gh.metrics_text().await;
     assert!(
         m.contains(r#"gatehouse_tls_reloads_total{result="success"} 2"#),
         "{m}"

@@ -22,31 +22,17 @@ async fn graceful_upgrade_under_load_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let rp = RelayPki::new(dir);
-    let master_acc = rp.master_acceptor();
-    let RelayPki { pki, ids, .. } = rp;
-    let sink = Sink::start(master_acc, SinkMode::Echo).await;
+    let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
     let web = Upstream::h1(None, Behavior::Echo).await;
-    let port = free_port();
-    let p = pki.dir.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    protocols: [http, cluster]
-    tls: {{ cert: {p}/server.crt, key: {p}/server.key, client_auth: optional, client_ca: {p}/ca.crt }}
-upstreams:
-  web: {{ peers: ["{web}"] }}
-  master: {{ peers: ["{sink}"], tls: {{ ca: {p}/ca.crt, client_cert: {p}/edge.crt, client_key: {p}/edge.key, sni: master1 }} }}
-routes: [ {{ name: web, upstream: web }} ]
-cluster:
-  routes: [ {{ sni: master1, upstream: master }} ]
-  upstream_identity: {{ cert_dir: {ids} }}
-"#,
-        web = web.addr,
-        sink = sink.addr,
-        ids = ids.display()
-    );
-    let old = Gatehouse::start(dir, &yaml);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(rp.listener("edge", port, &[Protocol::Http, Protocol::Cluster]))
+        .upstream("web", Group::new(web.addr))
+        .upstream("master", rp.master(sink.addr))
+        .route(Route::new("web", "web"))
+        .cluster(rp.cluster("master"));
+    let old = Gatehouse::start(dir, &conf);
+    let pki = rp.pki;
     let agent = ClientOpts {
         ca: Some(pki.ca_path()),
         cert: Some(pki.paths("agent1")),
@@ -108,7 +94,7 @@ cluster:
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     Command::new("kill")
-        .args(["-QUIT", &old.child.id().to_string()])
+        .args(["-QUIT", &old.pid().to_string()])
         .status()
         .unwrap();
     let before_switch = ok.load(Ordering::Relaxed);

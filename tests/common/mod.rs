@@ -1,17 +1,23 @@
-//! Test harness: real TLS, real sockets on 127.0.0.1, the real `gatehouse` binary.
+//! Test harness: real TLS, real sockets on 127.0.0.1, Gatehouse as a process or in process.
 //!
-//! - [`Gatehouse`] runs the binary on a config written to a temp dir and kills it on drop.
+//! - [`Conf`] ([`conf`]) is the configuration, typed; [`Gatehouse`] runs the binary on it
+//!   ([`Gatehouse::start`]) or builds it in this process ([`Gatehouse::in_process`]), and
+//!   stops it on drop. Its ports come from [`reserved_port`].
 //! - [`Upstream`] is an in-process HTTP/1.1 (keep-alive) or HTTP/2 origin, TLS or plain,
 //!   that answers with what it saw (client CN, SNI, headers) as JSON.
 //! - [`request`] is an HTTPS client that speaks raw HTTP/1.1 bytes.
 #![allow(dead_code)]
 
+pub mod conf;
 pub mod icinga;
 pub mod kea;
 pub mod sink;
 
+pub use conf::*;
+
 use boring::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
 use boring::x509::X509;
+use gatehouse::audit::{AuditEvent, AuditSink};
 use gatehouse::pki::{Ca, CertSpec, Issued};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -47,19 +53,69 @@ pub fn require_binary(binary: &str) -> bool {
     found
 }
 
-/// A port the kernel just handed out for 127.0.0.1 (bound on port 0, then released).
+/// A port the kernel just handed out for 127.0.0.1 (bound on port 0, then released): another
+/// test may take it before the peer binds it. For third-party peers (Kea, Icinga, Prometheus,
+/// nginx, HAProxy), which may not bind with `SO_REUSEADDR`; Gatehouse's own ports come from
+/// [`reserved_port`].
 pub fn free_port() -> u16 {
     let l = StdListener::bind("127.0.0.1:0").expect("bind port 0");
     l.local_addr().expect("local addr").port()
 }
 
+/// A port on 127.0.0.1 for Gatehouse to listen on (or for a peer that never listens), kept
+/// from everyone else for the rest of this process.
+///
+/// Why not `127.0.0.1:0` in the config: Pingora 0.9.1 binds a listener inside `Server::run`
+/// and hands the socket to the service's accept loop; nothing tells which port the kernel
+/// picked (`Server` and `Service` keep their listeners private, `Listeners::addresses` gives
+/// the configured strings, `ServiceWithDependents::listen_addresses` too, the execution-phase
+/// watch carries none). Worse, its table of listening fds is keyed by the configured address,
+/// so two `127.0.0.1:0` listeners of one server get one socket (the second takes the first's
+/// fd, and the double close at shutdown aborts the process).
+///
+/// Why not bind-then-release ([`free_port`]): another test could take the port in between.
+/// Here the port stays bound, with `SO_REUSEADDR` and never listening, by a socket this process
+/// keeps open: the kernel hands it to no `bind(…:0)` and no outgoing connection, while Pingora,
+/// which binds with `SO_REUSEADDR`, can still bind and listen on it (Linux refuses a second
+/// bind only next to a listening socket). Until Gatehouse listens, a connection is refused as
+/// on a free port; a port nobody listens on stays refused (a dead peer).
+pub fn reserved_port() -> u16 {
+    static KEPT: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.set_reuseaddr(true).expect("SO_REUSEADDR");
+    s.bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind 127.0.0.1:0");
+    let port = s.local_addr().expect("local addr").port();
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    port
+}
+
 /// Waits until `a` accepts connections; panics with `name`'s log (`log`) if the process exits
 /// first or `deadline` passes.
 pub fn wait_listening(name: &str, child: &mut Child, a: SocketAddr, deadline: Instant, log: &Path) {
-    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let ended = || {
+        let status = child.try_wait().ok().flatten()?;
+        Some(format!("exited with {status}"))
+    };
+    wait_until_listening(name, a, deadline, ended, Some(log));
+}
+
+/// Waits until `a` accepts connections; panics, with `log` if there is one, when `ended`
+/// says why it never will or `deadline` passes.
+fn wait_until_listening(
+    name: &str,
+    a: SocketAddr,
+    deadline: Instant,
+    mut ended: impl FnMut() -> Option<String>,
+    log: Option<&Path>,
+) {
+    let log_text = || {
+        log.map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            .unwrap_or_default()
+    };
     while std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{name} exited with {status}:\n{}", log_text());
+        if let Some(story) = ended() {
+            panic!("{name} {story}:\n{}", log_text());
         }
         assert!(
             Instant::now() < deadline,
@@ -152,15 +208,56 @@ impl RelayPki {
     pub fn master_acceptor(&self) -> SslAcceptor {
         acceptor(&self.master, Some(self.pki.ca.cert()), false)
     }
+
+    /// Listener `name` on `port` for `protocols`, presenting `server`; client certificates of
+    /// this CA optional.
+    pub fn listener(&self, name: &str, port: u16, protocols: &[Protocol]) -> Listener {
+        Listener::new(name, port)
+            .protocols(protocols)
+            .tls(ListenerTls::from_pki(
+                &self.pki,
+                "server",
+                ClientAuth::Optional,
+            ))
+    }
+
+    /// The master's upstream group: `sink` over TLS, SNI `master1`, as `edge`.
+    pub fn master(&self, sink: SocketAddr) -> Group {
+        Group::new(sink).tls(UpstreamTls::mutual("master1", &self.pki, "edge"))
+    }
+
+    /// A relay sending SNI `master1` to `upstream`, presenting the `ids` identities upstream.
+    pub fn cluster(&self, upstream: &str) -> Cluster {
+        Cluster::new("master1", upstream).cert_dir(&self.ids)
+    }
 }
 
-// === Gatehouse process ===
+// === Gatehouse ===
 
-/// A running `gatehouse` binary; killed on drop.
+/// A running Gatehouse on a [`Conf`], stopped on drop. It runs one of two ways:
+///
+/// - [`Gatehouse::start`]: the `gatehouse` binary (or an example program, [`Gatehouse::start_bin`])
+///   as a child process, logging to `dir/gatehouse.log`. For tests of what only a process
+///   shows: its log lines, exit, signals, reload, upgrade, memory.
+/// - [`Gatehouse::in_process`]: built in this test process through the library's builder
+///   (`Gatehouse::from_config_in` → `with_audit_sink` → `build` → Pingora's `Server::run` on a
+///   thread of its own), counting in a registry of its own and recording typed audit events:
+///   tests read [`Gatehouse::metrics_text`] and [`Gatehouse::audit`] instead of log text.
+///
+/// Either way the config is written to `dir/gatehouse.yaml` with a [`conf::Server::for_test`]
+/// section unless the [`Conf`] has one, and the constructor returns once every listener and
+/// the metrics endpoint accept connections (Pingora binds each service on its own thread, so
+/// one port being up says nothing about the others). Ports come from [`reserved_port`].
 pub struct Gatehouse {
-    pub child: Child,
     pub dir: PathBuf,
-    pub log: PathBuf,
+    /// The configuration it runs, `server:` section included.
+    pub conf: Conf,
+    run: Run,
+}
+
+enum Run {
+    Process { child: Child, log: PathBuf },
+    InProcess(InProcess),
 }
 
 /// The binary under test.
@@ -169,38 +266,22 @@ pub fn gatehouse_bin() -> &'static str {
 }
 
 impl Gatehouse {
-    /// Writes `yaml` (with `{dir}` replaced by `dir`) to `dir/gatehouse.yaml`, starts the
-    /// binary, and waits until every `address: "…"` in `yaml` (listeners and metrics) accepts
-    /// connections: Pingora binds each listener on its own service thread, so one port being
-    /// up says nothing about the others.
-    pub fn start(dir: &Path, yaml: &str) -> Gatehouse {
-        Gatehouse::start_bin(Path::new(gatehouse_bin()), dir, yaml)
+    /// Runs the `gatehouse` binary on `conf`.
+    pub fn start(dir: &Path, conf: &Conf) -> Gatehouse {
+        Gatehouse::start_bin(Path::new(gatehouse_bin()), dir, conf)
     }
 
     /// [`Gatehouse::start`] with another binary that takes `run -c FILE` or `-c FILE`, e.g.
     /// one of `examples/` built on the library ([`example_bin`]).
-    pub fn start_bin(bin: &Path, dir: &Path, yaml: &str) -> Gatehouse {
-        Gatehouse::start_bin_env(bin, &[], dir, yaml)
+    pub fn start_bin(bin: &Path, dir: &Path, conf: &Conf) -> Gatehouse {
+        Gatehouse::start_bin_env(bin, &[], dir, conf)
     }
 
     /// [`Gatehouse::start_bin`] with extra environment variables.
-    pub fn start_bin_env(bin: &Path, env: &[(&str, &str)], dir: &Path, yaml: &str) -> Gatehouse {
+    pub fn start_bin_env(bin: &Path, env: &[(&str, &str)], dir: &Path, conf: &Conf) -> Gatehouse {
+        let conf = conf_for(dir, conf);
         let file = dir.join("gatehouse.yaml");
-        let yaml = yaml.replace("{dir}", &dir.display().to_string());
-        let yaml = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/gh.pid\n  upgrade_sock: {d}/gh_upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n{yaml}",
-            d = dir.display()
-        );
-        std::fs::write(&file, &yaml).unwrap();
-        let addresses: Vec<SocketAddr> = yaml
-            .split("address: \"")
-            .skip(1)
-            .filter_map(|rest| rest.split('"').next()?.parse().ok())
-            .collect();
-        assert!(
-            !addresses.is_empty(),
-            "no quoted `address:` to wait for in:\n{yaml}"
-        );
+        conf.write(&file);
         let log = dir.join("gatehouse.log");
         let mut cmd = Command::new(bin);
         if bin == Path::new(gatehouse_bin()) {
@@ -216,28 +297,76 @@ impl Gatehouse {
             .spawn()
             .expect("spawn gatehouse");
         let mut gh = Gatehouse {
-            child,
             dir: dir.to_path_buf(),
-            log,
+            conf,
+            run: Run::Process { child, log },
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for a in addresses {
-            wait_listening("gatehouse", &mut gh.child, a, deadline, &gh.log);
-        }
+        gh.wait_ready();
         gh
     }
 
-    /// Everything the process logged so far.
+    /// Builds and runs Gatehouse on `conf` inside this test process (see [`Gatehouse`]).
+    pub fn in_process(dir: &Path, conf: &Conf) -> Gatehouse {
+        let conf = conf_for(dir, conf);
+        conf.write(&dir.join("gatehouse.yaml"));
+        let run = Run::InProcess(InProcess::start(dir, &conf.to_yaml()));
+        let mut gh = Gatehouse {
+            dir: dir.to_path_buf(),
+            conf,
+            run,
+        };
+        gh.wait_ready();
+        gh
+    }
+
+    fn wait_ready(&mut self) {
+        let addresses = self.conf.addresses();
+        assert!(
+            !addresses.is_empty(),
+            "no listener or metrics address to wait for in:\n{}",
+            self.conf.to_yaml()
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for a in addresses {
+            match &mut self.run {
+                Run::Process { child, log } => wait_listening("gatehouse", child, a, deadline, log),
+                Run::InProcess(p) => {
+                    let ended = || p.ended().then(|| "(in process) stopped".to_string());
+                    wait_until_listening("gatehouse", a, deadline, ended, None)
+                }
+            }
+        }
+    }
+
+    /// The process id (binary only).
+    pub fn pid(&self) -> u32 {
+        match &self.run {
+            Run::Process { child, .. } => child.id(),
+            Run::InProcess(_) => panic!("pid(): this Gatehouse runs in the test process"),
+        }
+    }
+
+    /// Everything the process logged so far (binary only; an in-process instance logs to this
+    /// process's logger, shown with `RUST_LOG`).
     pub fn log_text(&self) -> String {
+        let Run::Process { log, .. } = &self.run else {
+            return "(in-process Gatehouse: no log of its own; run with RUST_LOG=info to see it)"
+                .into();
+        };
         let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
+        if let Ok(mut f) = std::fs::File::open(log) {
             let _ = f.read_to_string(&mut s);
         }
         s
     }
 
-    /// Waits up to 5 s for a log line containing `needle`; returns that line.
+    /// Waits up to 5 s for a log line containing `needle`; returns that line (binary only).
     pub fn wait_log(&self, needle: &str) -> String {
+        assert!(
+            matches!(self.run, Run::Process { .. }),
+            "wait_log({needle:?}): an in-process Gatehouse has no log of its own: assert on \
+             metrics_text() or audit()"
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(l) = self.log_text().lines().find(|l| l.contains(needle)) {
@@ -251,12 +380,185 @@ impl Gatehouse {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Its metrics in the Prometheus text format: encoded from its own registry when in
+    /// process, else fetched from the `metrics:` endpoint.
+    pub async fn metrics_text(&self) -> String {
+        match &self.run {
+            Run::InProcess(p) => {
+                use prometheus::Encoder;
+                let mut out = Vec::new();
+                prometheus::TextEncoder::new()
+                    .encode(&p.registry.gather(), &mut out)
+                    .expect("encode metrics");
+                String::from_utf8(out).expect("UTF-8 metrics")
+            }
+            Run::Process { .. } => {
+                let a = self
+                    .conf
+                    .metrics_addr()
+                    .expect("metrics_text(): the config has no `metrics:` address");
+                metrics_text(a.port()).await
+            }
+        }
+    }
+
+    /// Waits up to 5 s until [`Gatehouse::metrics_text`] has a line starting with `series`
+    /// (`family{labels} value`, labels in Prometheus' order); returns the text. The in-process
+    /// counterpart of [`Gatehouse::wait_log`] for what is counted.
+    pub async fn wait_metric(&self, series: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics_text().await;
+            if m.lines().any(|l| l.starts_with(series)) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "no `{series}` in:\n{m}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The audit events recorded so far, in order (in process only: the binary writes them to
+    /// `audit.path` or its log).
+    pub fn audit(&self) -> Vec<AuditEvent> {
+        match &self.run {
+            Run::InProcess(p) => p.audit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Run::Process { .. } => panic!("audit(): only an in-process Gatehouse records events"),
+        }
+    }
 }
 
 impl Drop for Gatehouse {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Run::Process { child, .. } = &mut self.run {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `conf` with a test `server:` section for `dir` unless it has one.
+fn conf_for(dir: &Path, conf: &Conf) -> Conf {
+    let mut conf = conf.clone();
+    conf.server
+        .get_or_insert_with(|| conf::Server::for_test(dir));
+    conf
+}
+
+/// A Gatehouse built and run by the library in this process.
+///
+/// Several run at once in one test binary (tests run on parallel threads). What Pingora keeps
+/// per process does not get in the way: each `Server` has its own runtimes, listening-fd table
+/// and shutdown watch; the fast-timeout threshold it sets in `run` is a global, but every
+/// instance sets the same value (none); logging is this process's `log` logger (off unless
+/// `RUST_LOG` is set). Signals are not used: `RunArgs::shutdown_signal` is [`StopSignal`],
+/// fired on drop, where the default would watch SIGINT/SIGTERM/SIGQUIT of the whole test
+/// process. The one handler it installs is the certificate reloader's SIGHUP, harmless here.
+struct InProcess {
+    registry: prometheus::Registry,
+    audit: Arc<Mutex<Vec<AuditEvent>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcess {
+    fn start(dir: &Path, yaml: &str) -> InProcess {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = env_logger::try_init();
+        }
+        let config = gatehouse::Config::parse(yaml, dir)
+            .unwrap_or_else(|e| panic!("the config does not parse: {e:?}\n{yaml}"));
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(gatehouse::metrics::Metrics::register(&registry).unwrap());
+        let audit = Arc::new(Mutex::new(Vec::new()));
+        let sink = AuditLog(audit.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (built, is_built) = std::sync::mpsc::channel();
+        // Built on the thread that runs it: Pingora's `run` blocks on a runtime of its own,
+        // which may not start inside the test's.
+        let thread = std::thread::Builder::new()
+            .name("gatehouse-in-process".into())
+            .spawn(move || {
+                let server = gatehouse::Gatehouse::from_config_in(config, metrics)
+                    .map(|g| g.with_audit_sink(sink))
+                    .and_then(|g| g.build(&gatehouse::RunOptions::default()));
+                match server {
+                    Err(e) => {
+                        let _ = built.send(Err(e.to_string()));
+                    }
+                    Ok(server) => {
+                        let _ = built.send(Ok(()));
+                        let signal = StopSignal(Mutex::new(Some(stopped)));
+                        server.run(pingora_core::server::RunArgs {
+                            shutdown_signal: Box::new(signal),
+                        });
+                    }
+                }
+            })
+            .expect("spawn the Gatehouse thread");
+        match is_built.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("Gatehouse did not build: {e}\n{yaml}"),
+            Err(_) => panic!("the Gatehouse thread died while building:\n{yaml}"),
+        }
+        InProcess {
+            registry,
+            audit,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether `Server::run` returned (or never started).
+    fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+/// Stops the server (fast shutdown: no grace period), then waits up to 10 s for its runtimes.
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ended() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match self.thread.take() {
+            Some(t) if t.is_finished() => {
+                let _ = t.join();
+            }
+            Some(_) => eprintln!("an in-process Gatehouse did not stop within 10 s"),
+            None => {}
+        }
+    }
+}
+
+/// Pingora's shutdown signal for an in-process instance: a fast shutdown once the harness
+/// sends (or drops) the other end.
+struct StopSignal(Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+#[async_trait::async_trait]
+impl pingora_core::server::ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> pingora_core::server::ShutdownSignal {
+        let stopped = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(stopped) = stopped {
+            let _ = stopped.await;
+        }
+        pingora_core::server::ShutdownSignal::FastShutdown
+    }
+}
+
+/// The audit sink of an in-process instance: every event, in order.
+struct AuditLog(Arc<Mutex<Vec<AuditEvent>>>);
+
+impl AuditSink for AuditLog {
+    fn record(&self, event: &AuditEvent) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
     }
 }
 
