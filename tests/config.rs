@@ -354,15 +354,19 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 .xfcc()
                 .rate_limit(0.5, Some(3))
                 .kea(
-                    KeaRoute::deny_by_default().max_body("64KiB").rule(
-                        KeaRule::new(["cn:ops"])
-                            .commands(AllowDeny::only(["*"]).deny(["shutdown"]))
-                            .services(AllowDeny::only(["dhcp4"])),
-                    ),
+                    KeaRoute::deny_by_default()
+                        .max_body("64KiB")
+                        .fan_out("all")
+                        .rule(
+                            KeaRule::new(["cn:ops"])
+                                .commands(AllowDeny::only(["*"]).deny(["shutdown"]))
+                                .services(AllowDeny::only(["dhcp4"])),
+                        ),
                 ),
         )
         .cluster(
             Cluster::new("master1", "kea")
+                .child_route("agent1", "kea")
                 .cert_dir("ids")
                 .missing("own")
                 .max_violations(3)
@@ -389,7 +393,7 @@ fn the_typed_test_config_writes_only_schema_keys() {
     let text = every.to_yaml();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("ids")).unwrap();
-    let config = gatehouse::Config::parse(&text, tmp.path())
-        .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    let config =
+        gatehouse::Config::parse(&text, tmp.path()).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
     assert_eq!(config.listeners[0].keepalive_requests, 3, "{text}");
 }

@@ -35,7 +35,7 @@ async fn rate_limit_is_per_identity() {
         .route(
             Route::new("api", "web")
                 .path("/api")
-                .rate_limit(0.2, Some(3)),
+                .rate_limit(0.01, Some(3)),
         )
         .route(Route::new("open", "web"))
         .metrics(reserved_port());
@@ -68,7 +68,8 @@ async fn rate_limit_is_per_identity() {
         "rate limit exceeded for cn=flood on route 'api' (routes[].rate_limit)\n"
     );
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=5).contains(&retry), "one token per 5 s: {retry}");
+    // One token per 100 s: slow as the machine may be, no bucket refills during the test.
+    assert!((1..=100).contains(&retry), "one token per 100 s: {retry}");
     let r = get(who(Some("flood")), "/api/x", true).await;
     assert_eq!(r.status, 429);
     assert_eq!(
@@ -306,38 +307,35 @@ async fn kea_commands_fan_out_to_every_agent() {
     };
     let t1 = Kea::start(&tmp.path().join("t1"), free_port(), tls());
     let t2 = Kea::start(&tmp.path().join("t2"), free_port(), tls());
-    let (port, mport) = (free_port(), free_port());
-    let yaml = format!(
-        r#"listeners:
-  - name: edge
-    address: "127.0.0.1:{port}"
-    tls: {{ cert: {e}/server.crt, key: {e}/server.key, client_auth: required, client_ca: {e}/ca.crt }}
-upstreams:
-  fleet: {{ peers: ["{k1}", "{k2}", "{hang}"], read_timeout: 1s }}
-  fleet-tls:
-    peers: ["{t1}", "{t2}"]
-    tls: {{ ca: {u}/ca.crt, client_cert: {u}/gatehouse.crt, client_key: {u}/gatehouse.key, sni: kea.internal }}
-routes:
-  - name: fleet
-    host: localhost
-    upstream: fleet
-    kea: &kea
-      fan_out: all
-      rules: [ {{ identity: ["cn:dashboard-*"], commands: {{ allow: ["*-get", "version-get"] }} }} ]
-  - {{ name: fleet-tls, host: "*", upstream: fleet-tls, kea: *kea }}
-audit: {{ path: {d}/audit.jsonl }}
-metrics: {{ address: "127.0.0.1:{mport}" }}
-"#,
-        e = edge.dir.display(),
-        u = up.dir.display(),
-        d = tmp.path().display(),
-        k1 = k1.addr,
-        k2 = k2.addr,
-        hang = hang.addr,
-        t1 = t1.addr,
-        t2 = t2.addr,
-    );
-    let gh = Gatehouse::start(tmp.path(), &yaml);
+    let (port, mport) = (reserved_port(), reserved_port());
+    let kea = || {
+        KeaRoute::deny_by_default().fan_out("all").rule(
+            KeaRule::new(["cn:dashboard-*"]).commands(AllowDeny::only(["*-get", "version-get"])),
+        )
+    };
+    let conf = Conf::new()
+        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
+            &edge,
+            "server",
+            ClientAuth::Required,
+        )))
+        .upstream(
+            "fleet",
+            Group::peers([k1.addr, k2.addr, hang.addr]).read_timeout("1s"),
+        )
+        .upstream(
+            "fleet-tls",
+            Group::peers([t1.addr, t2.addr]).tls(UpstreamTls::mutual(
+                "kea.internal",
+                &up,
+                "gatehouse",
+            )),
+        )
+        .route(Route::new("fleet", "fleet").host("localhost").kea(kea()))
+        .route(Route::new("fleet-tls", "fleet-tls").host("*").kea(kea()))
+        .audit_path(tmp.path().join("audit.jsonl"))
+        .metrics(mport);
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let client = |sni: &str| ClientOpts {
         ca: Some(edge.ca_path()),
         cert: Some(edge.paths("dashboard-1")),

@@ -585,6 +585,7 @@ pub struct RateLimit {
 /// `routes[].kea`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct KeaRoute {
+    pub fan_out: Option<String>,
     pub max_body: Option<String>,
     pub rules: Option<Vec<KeaRule>>,
     pub default: Option<String>,
@@ -612,7 +613,7 @@ impl KeaRoute {
         self
     }
 
-    setters!(str max_body);
+    setters!(str max_body, str fan_out);
 }
 
 /// `routes[].kea.rules[]`.
@@ -681,6 +682,17 @@ impl Cluster {
         self.routes.push(ClusterRoute {
             sni: sni.into(),
             upstream: upstream.into(),
+            toward: None,
+        });
+        self
+    }
+
+    /// Adds a route whose upstream is a child (`toward: child`: a master dialling an agent).
+    pub fn child_route(mut self, sni: &str, upstream: &str) -> Cluster {
+        self.routes.push(ClusterRoute {
+            sni: sni.into(),
+            upstream: upstream.into(),
+            toward: Some("child".into()),
         });
         self
     }
@@ -721,6 +733,7 @@ impl Cluster {
 pub struct ClusterRoute {
     pub sni: String,
     pub upstream: String,
+    pub toward: Option<String>,
 }
 
 /// `cluster.upstream_identity`.
