@@ -145,6 +145,7 @@ fn filter_chain(c: &mut Criterion) {
         sni: "master1",
         peer: "127.0.0.1:1",
         toward: Default::default(),
+        upstream_cert: None,
     };
     let policy = MethodPolicy::new(Policy::icinga_defaults());
     let cert = CertRequest::new(64 << 10);

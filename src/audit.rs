@@ -75,8 +75,13 @@ pub struct ClusterEvent {
     pub client: String,
     /// Who the link belongs to.
     pub identity: Caller,
-    /// `upstream` (client → master) or `downstream`.
+    /// `upstream` (client → its upstream) or `downstream`, along the link.
     pub direction: &'static str,
+    /// The endpoint the client dialled (its SNI).
+    pub sni: String,
+    /// `parent` (the client dialled its parent, the usual way) or `child` (a parent dialled a
+    /// child: `downstream` messages then come from the child).
+    pub toward: &'static str,
     /// The message's method (`-` for a reply).
     pub method: String,
     /// `denied`.
@@ -195,6 +200,8 @@ mod tests {
                 fingerprint: None,
             },
             direction: "upstream",
+            sni: "master1".into(),
+            toward: "parent",
             method: "config::Update".into(),
             verdict: "denied",
             reason: "cluster.policy[1]".into(),

@@ -35,6 +35,9 @@ pub struct LinkInfo<'a> {
     /// Where the upstream sits in Icinga's hierarchy (`cluster.routes[].toward`): with
     /// `Child`, messages from the client travel down the hierarchy.
     pub toward: Toward,
+    /// The certificate the upstream presented (set once it is connected): on a `Child` route,
+    /// the agent's own.
+    pub upstream_cert: Option<&'a X509>,
 }
 
 impl LinkInfo<'_> {
@@ -259,17 +262,28 @@ impl RpcFilter for CertRequest {
     }
 
     fn interest(&self) -> Interest {
-        Interest::methods(["pki::RequestCertificate"]).upstream_only()
+        // Both ways: on a `toward: child` route the agent's requests come back along the link.
+        Interest::methods(["pki::RequestCertificate"])
     }
 
     fn on_message(&self, link: &LinkInfo<'_>, msg: &Message<'_>) -> Action {
+        // Only requests travelling up the hierarchy (to whoever signs) are the child's.
+        if link.hierarchy(msg.direction()) != Direction::Upstream {
+            return Action::Forward;
+        }
+        // The requester's certificate: the client's, or on a child route the agent's, as it
+        // presented itself to Gatehouse's upstream connection.
+        let requester = match link.toward {
+            Toward::Parent => link.client_cert,
+            Toward::Child => link.upstream_cert,
+        };
         if msg.payload().len() > self.max {
             return Action::Deny(Cow::Owned(format!(
                 "larger than {} bytes (cluster.limits.certificate_request_size)",
                 self.max
             )));
         }
-        match with_cert_request(msg.payload(), msg.envelope(), link.client_cert) {
+        match with_cert_request(msg.payload(), msg.envelope(), requester) {
             Ok(Some(p)) => Action::Rewrite(p),
             Ok(None) => Action::Forward,
             Err(why) => Action::Deny(Cow::Borrowed(why)),
@@ -547,6 +561,7 @@ mod tests {
             sni: "agent1",
             peer: "-",
             toward,
+            upstream_cert: None,
         };
         let decide = |toward, dir| {
             matches!(
@@ -568,6 +583,36 @@ mod tests {
         );
     }
 
+    /// Renewal through a `toward: child` route: the agent's request comes back along the link
+    /// and carries the agent's certificate (as presented upstream), not the master's.
+    #[test]
+    fn cert_request_follows_the_hierarchy() {
+        let master = crate::pki::self_signed(&crate::pki::CertSpec::new("master1")).unwrap();
+        let agent = crate::pki::self_signed(&crate::pki::CertSpec::new("agent1")).unwrap();
+        let req = br#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":""}}"#;
+        let env = envelope::parse(req).unwrap();
+        let f = CertRequest::new(64 << 10);
+        let link = LinkInfo {
+            listener: "l",
+            identity: Identity::Anonymous,
+            client_cert: Some(&master.cert),
+            sni: "agent1",
+            peer: "-",
+            toward: Toward::Child,
+            upstream_cert: Some(&agent.cert),
+        };
+        let on = |dir| f.on_message(&link, &Message::new(dir, req, &env));
+        let Action::Rewrite(p) = on(Direction::Downstream) else {
+            panic!("the agent's request must carry its certificate");
+        };
+        let pem = String::from_utf8(agent.cert.to_pem().unwrap()).unwrap();
+        assert_eq!(json(&p)["params"]["cert_request"], pem.as_str());
+        assert!(
+            matches!(on(Direction::Upstream), Action::Forward),
+            "master → agent: untouched"
+        );
+    }
+
     #[test]
     fn chain_order_interest_and_rewrites() {
         let mut chain = Chain::new(
@@ -584,6 +629,7 @@ mod tests {
             sni: "",
             peer: "-",
             toward: Default::default(),
+            upstream_cert: None,
         };
         let run = |p: &[u8], dir| {
             let env = envelope::parse(p).unwrap();

@@ -199,6 +199,7 @@ mod tests {
             sni: "",
             peer: "-",
             toward: Default::default(),
+            upstream_cert: None,
         };
         let first = match m.upstream_identity(&link(&a1)).await {
             Mapped::Present(c) => c,

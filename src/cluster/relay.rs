@@ -20,7 +20,7 @@ use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
 use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent};
 use crate::authz::{Guarded, Identity, Question, Target};
-use crate::config::{ClusterRouteSettings, ClusterSettings};
+use crate::config::{ClusterRouteSettings, ClusterSettings, Toward};
 use crate::identity::TlsInfo;
 use crate::logsafe::{Esc, EscOpt, EscText};
 use crate::metrics::{ActiveGuard, Metrics};
@@ -198,6 +198,7 @@ impl Relay {
             sni,
             peer: &addr,
             toward: route.toward,
+            upstream_cert: None,
         };
         let link_q = Question {
             listener,
@@ -257,13 +258,24 @@ impl Relay {
         // Icinga keeps every connection an endpoint makes; a second one for the same CN is
         // almost always an agent reconnecting past a link that died silently, so the newest
         // link wins and the oldest beyond the limit is closed.
-        let slot = cn.map(|cn| self.live.open(cn, self.limits.per_identity));
+        // Per identity *and* endpoint dialled: a master dialling two agents, or an agent
+        // dialling both masters of its zone by name, holds one link to each.
+        let slot = cn.map(|cn| {
+            self.live
+                .open(&format!("{cn}\0{sni}"), self.limits.per_identity)
+        });
         if let Some(s) = &slot {
             if s.replaced > 0 {
                 self.metrics.cluster_links_replaced.inc_by(s.replaced);
                 log::info!(target: "gatehouse::cluster", "{who}: closing {} older link(s) of the same identity (cluster.limits.max_links_per_identity: {})", s.replaced, self.limits.per_identity);
             }
         }
+        // The upstream's own certificate: what an agent behind a child route asks to renew.
+        let upstream_cert = up.get_ssl().and_then(|s| s.peer_certificate());
+        let info = LinkInfo {
+            upstream_cert: upstream_cert.as_ref(),
+            ..info
+        };
         let link = Link {
             info,
             fingerprint: auth.map(|c| c.fingerprint.as_str()),
@@ -484,6 +496,11 @@ impl Relay {
                 fingerprint: link.fingerprint.map(str::to_string),
             },
             direction: dir.label(),
+            sni: link.info.sni.to_string(),
+            toward: match link.info.toward {
+                Toward::Parent => "parent",
+                Toward::Child => "child",
+            },
             method: method.to_string(),
             verdict: "denied",
             reason: why.to_string(),
