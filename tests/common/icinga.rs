@@ -28,6 +28,8 @@ impl Node {
         let d = self.dir.display();
         vec![
             format!("-DConfigDir={d}/etc"),
+            // Not derived from ConfigDir: without it a master would not find etc/zones.d.
+            format!("-DZonesDir={d}/etc/zones.d"),
             format!("-DDataDir={d}/data"),
             format!("-DLogDir={d}/log"),
             format!("-DCacheDir={d}/cache"),

@@ -1,0 +1,752 @@
+//! Real Icinga 2.13 in the two shapes an edge meets besides "an agent dials its master":
+//!
+//! - **the master dials its agent through Gatehouse** (`cluster.routes[].toward: child`): the
+//!   master's config sync flows down to the agent and the agent's check results come back up,
+//!   while an agent still cannot push `config::Update` or `event::ExecuteCommand` up;
+//! - **two masters in one HA zone behind one upstream group**: when the master holding an
+//!   agent's link stops, the agent's next connect goes to the other one.
+//!
+//! Every wait has a deadline and fails with the Gatehouse and Icinga logs.
+
+mod common;
+
+use boring::ssl::SslAcceptor;
+use bytes::BytesMut;
+use common::icinga::{self, common_conf, Node};
+use common::*;
+use gatehouse::cluster::codec;
+use gatehouse::pki::{Ca, CertSpec, Issued};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const API_AUTH: &str = "Basic cm9vdDppY2luZ2Etc2VjcmV0"; // root:icinga-secret
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Icinga's own PKI, as an operator builds it: `pki new-ca` on `ca_node`, then for each
+/// `(node, endpoint)` a key and CSR (`pki new-cert`) signed on the CA node (`pki sign-csr`),
+/// with `ca.crt` beside it. Returns the CA (to mint the edge's certificates) and its path.
+fn icinga_pki(ca_node: &Node, nodes: &[(&Node, &str)]) -> (Ca, PathBuf) {
+    ca_node.run(&["pki", "new-ca"], false);
+    let ca_crt = ca_node.dir.join("data/ca/ca.crt");
+    for (node, cn) in nodes {
+        let p = |ext: &str| node.certs().join(format!("{cn}.{ext}"));
+        let (key, csr, crt) = (p("key"), p("csr"), p("crt"));
+        node.run(
+            &[
+                "pki",
+                "new-cert",
+                "--cn",
+                cn,
+                "--key",
+                key.to_str().unwrap(),
+                "--csr",
+                csr.to_str().unwrap(),
+            ],
+            false,
+        );
+        ca_node.run(
+            &[
+                "pki",
+                "sign-csr",
+                "--csr",
+                csr.to_str().unwrap(),
+                "--cert",
+                crt.to_str().unwrap(),
+            ],
+            false,
+        );
+        std::fs::copy(&ca_crt, node.certs().join("ca.crt")).unwrap();
+    }
+    let ca = Ca::from_pem(
+        &std::fs::read(&ca_crt).unwrap(),
+        &std::fs::read(ca_node.dir.join("data/ca/ca.key")).unwrap(),
+    )
+    .unwrap();
+    (ca, ca_crt)
+}
+
+/// A certificate for endpoint `cn` (SAN DNS = CN, as Icinga's own), signed by the Icinga CA
+/// with a new key minted for the edge, written as `dir/cn.crt` + `.key`.
+fn mint(ca: &Ca, dir: &Path, cn: &str) -> Issued {
+    std::fs::create_dir_all(dir).unwrap();
+    let i = ca.issue(&CertSpec::new(cn).dns(&[cn])).unwrap();
+    i.write(dir, cn).unwrap();
+    i
+}
+
+/// GET `path` from the REST API of the Icinga node `endpoint` listening on `port`, directly.
+async fn api(port: u16, endpoint: &str, ca: &Path, path: &str) -> Option<Value> {
+    let o = ClientOpts {
+        ca: Some(ca.to_path_buf()),
+        cert: None,
+        sni: Some(endpoint.into()),
+        tls12: false,
+    };
+    let r = request(
+        addr(port),
+        Some(&o),
+        "GET",
+        path,
+        &[
+            ("Authorization", API_AUTH),
+            ("Accept", "application/json"),
+            ("Host", endpoint),
+        ],
+        b"",
+    )
+    .await
+    .ok()?;
+    (r.status == 200).then(|| r.json())
+}
+
+/// The endpoints `endpoint` (on `port`) reports connected.
+async fn conn_endpoints(port: u16, endpoint: &str, ca: &Path) -> Vec<String> {
+    api(port, endpoint, ca, "/v1/status/ApiListener")
+        .await
+        .and_then(|v| {
+            v["results"][0]["status"]["api"]["conn_endpoints"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(String::from))
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
+}
+
+/// `last_check_result` of an object (`hosts/NAME` or `services/HOST!NAME`) as `endpoint` sees it.
+async fn last_check(port: u16, endpoint: &str, ca: &Path, object: &str) -> Option<Value> {
+    let v = api(port, endpoint, ca, &format!("/v1/objects/{object}")).await?;
+    let r = v["results"][0]["attrs"]["last_check_result"].clone();
+    r.is_object().then_some(r)
+}
+
+/// The value of the first metric line starting with `prefix` (0 when absent).
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Gatehouse's log and the tails of the Icinga logs, for failure messages.
+fn diag(gh: &Gatehouse, nodes: &[&Node]) -> String {
+    let mut s = format!("--- gatehouse\n{}", icinga::tail(&gh.log_text(), 40));
+    for n in nodes {
+        s.push_str(&format!("\n--- {}\n{}", n.name, icinga::tail(&n.log(), 30)));
+    }
+    s
+}
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F, diag: &dyn Fn() -> String)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}\n{}",
+            diag()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A stand-in for an Icinga agent's ApiListener (CN = its endpoint name, client certificate
+/// required and checked against the Icinga CA, like Icinga's own): on every connection it
+/// sends `say` (one netstring each) and records every message it receives.
+struct FakeAgent {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeAgent {
+    async fn start(acc: SslAcceptor, say: Vec<&'static str>) -> FakeAgent {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (g, acc) = (got.clone(), Arc::new(acc));
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let (g, acc, say) = (g.clone(), acc.clone(), say.clone());
+                tokio::spawn(async move {
+                    let Ok(mut s) = tokio_boring::accept(&acc, tcp).await else {
+                        return;
+                    };
+                    let out: Vec<u8> = say
+                        .iter()
+                        .flat_map(|m| codec::encode(m.as_bytes()))
+                        .collect();
+                    if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
+                        return;
+                    }
+                    let mut buf = BytesMut::with_capacity(64 * 1024);
+                    loop {
+                        while let Ok(Some(f)) = codec::decode(&mut buf, 64 << 20) {
+                            if let Ok(v) = serde_json::from_slice(f.payload()) {
+                                g.lock().unwrap().push(v);
+                            }
+                        }
+                        match s.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        FakeAgent { addr, got, task }
+    }
+
+    fn methods(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["method"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+/// 1. master1 dials agent1 through Gatehouse. The agent has no `host` for the master (it never
+///    dials); the master's Endpoint "agent1" points at Gatehouse, and Icinga sends the endpoint
+///    name as SNI. Gatehouse answers with a CN=agent1 certificate (by SNI), connects on to the
+///    agent's ApiListener as master1 (`cert_dir/master1.*`), and the route's `toward: child`
+///    turns the method policy around: config sync flows down, check results come up, and what
+///    a child may not send its parent (`config::Update`, `event::ExecuteCommand`) is refused.
+///    Real Icinga never sends those upward, so that half is proven with a stand-in "agent2"
+///    that the real master also dials through Gatehouse and that tries both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_dials_agent_through_gatehouse() {
+    if !require_binary("icinga2") {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (mport, aport, gport, metrics_port) = (free_port(), free_port(), free_port(), free_port());
+
+    let master = Node::new(root, "master");
+    let agent = Node::new(root, "agent");
+    let (ca, ca_crt) = icinga_pki(&master, &[(&master, "master1"), (&agent, "agent1")]);
+
+    // The edge's certificates, all signed by the Icinga CA with keys of its own: the ones it
+    // serves by SNI when the master dials agent1 / agent2, its own identity, and the one it
+    // presents to agents on master1's behalf (cert_dir, keyed by the client's CN).
+    let edge = root.join("edge");
+    let ids = edge.join("identities");
+    mint(&ca, &edge, "agent1");
+    mint(&ca, &edge, "agent2");
+    mint(&ca, &edge, "gatehouse-edge");
+    mint(&ca, &ids, "master1");
+
+    // The stand-in agent2: says hello, then tries to push config and a command up, then
+    // heartbeats; records what the master sends it.
+    let fake = FakeAgent::start(
+        acceptor(&mint(&ca, &root.join("agent2"), "agent2"), Some(ca.cert()), false),
+        vec![
+            r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":3,"version":21306}}"#,
+            r#"{"jsonrpc":"2.0","method":"config::Update","params":{"update":{"master":{"/evil.conf":"object Host \"evil\" { check_command = \"dummy\" }"}},"update_v2":{},"checksums":{}}}"#,
+            r#"{"jsonrpc":"2.0","method":"event::ExecuteCommand","params":{"command_type":"check_command","command":"dummy","host":"agent1-host","macros":{}}}"#,
+            r#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#,
+        ],
+    )
+    .await;
+
+    // --- agent1: listens, never dials; accepts config from its parent ---
+    let agent_conf = format!(
+        r#"{}
+object Endpoint "master1" {{ }}   // no host: the agent never dials, the master comes through Gatehouse
+object Endpoint "agent1" {{ }}
+object ApiListener "api" {{
+  bind_host = "127.0.0.1"
+  bind_port = {aport}
+  accept_config = true
+  accept_commands = true
+}}
+object CheckerComponent "checker" {{ }}
+object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1"; vars.dummy_text = "hello from agent1" }}
+"#,
+        common_conf("agent1", "agent1", "")
+    );
+    let _agent_d = agent.start(&agent_conf);
+    agent.wait_log(
+        &format!("Started new listener on '[127.0.0.1]:{aport}'"),
+        Duration::from_secs(20),
+    );
+
+    // --- Gatehouse between them ---
+    let e = edge.display();
+    let ca_p = ca_crt.display();
+    let yaml = format!(
+        r#"listeners:
+  - name: cluster
+    address: "127.0.0.1:{gport}"
+    protocols: [cluster]
+    tls:
+      cert: {e}/gatehouse-edge.crt
+      key: {e}/gatehouse-edge.key
+      sni_certs:
+        # The master requires the server's CN to equal the endpoint it dials.
+        - {{ names: [agent1], cert: {e}/agent1.crt, key: {e}/agent1.key }}
+        - {{ names: [agent2], cert: {e}/agent2.crt, key: {e}/agent2.key }}
+      client_auth: required
+      client_ca: {ca_p}
+upstreams:
+  agent1:
+    peers: ["127.0.0.1:{aport}"]
+    tls: {{ ca: {ca_p}, sni: agent1, client_cert: {e}/gatehouse-edge.crt, client_key: {e}/gatehouse-edge.key }}
+  agent2:
+    peers: ["{fake}"]
+    tls: {{ ca: {ca_p}, sni: agent2, client_cert: {e}/gatehouse-edge.crt, client_key: {e}/gatehouse-edge.key }}
+cluster:
+  routes:
+    - {{ sni: agent1, upstream: agent1, toward: child }}
+    - {{ sni: agent2, upstream: agent2, toward: child }}
+  upstream_identity:
+    cert_dir: {e}/identities       # master1.crt + .key: the agents see the master's identity
+  limits:
+    # Every link the master dials has CN master1 (one per child endpoint): the default of
+    # one link per identity would have agent1's and agent2's links replace each other.
+    max_links_per_identity: 2
+audit:
+  path: {{dir}}/audit.jsonl
+metrics:
+  address: "127.0.0.1:{metrics_port}"
+"#,
+        fake = fake.addr,
+    );
+    let gh = Gatehouse::start(root, &yaml);
+
+    // --- master1: dials agent1 and agent2 through Gatehouse; syncs a service to agent1 ---
+    std::fs::create_dir_all(master.dir.join("etc/zones.d/agent1")).unwrap();
+    std::fs::write(
+        master.dir.join("etc/zones.d/agent1/synced.conf"),
+        r#"object Service "synced" { host_name = "agent1-host"; check_command = "dummy"; check_interval = 2s; retry_interval = 2s; vars.dummy_text = "synced through gatehouse" }
+"#,
+    )
+    .unwrap();
+    let master_conf = format!(
+        r#"{}
+object Endpoint "master1" {{ }}
+object Endpoint "agent1" {{ host = "127.0.0.1"; port = "{gport}" }}   // Gatehouse, SNI agent1
+object Endpoint "agent2" {{ host = "127.0.0.1"; port = "{gport}" }}   // Gatehouse, SNI agent2
+object Zone "agent2" {{ endpoints = [ "agent2" ]; parent = "master" }}
+object ApiListener "api" {{
+  bind_host = "127.0.0.1"
+  bind_port = {mport}
+  accept_config = false
+  accept_commands = false
+}}
+object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
+object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1" }}
+"#,
+        common_conf("master1", "master", "")
+    );
+    let _master_d = master.start(&master_conf);
+    let diag = || diag(&gh, &[&master, &agent]);
+
+    // 1. The link comes up: the master reports agent1 connected, each side saw the other's
+    //    identity, and Gatehouse routed it by SNI.
+    eventually(
+        "the master to report agent1 connected",
+        Duration::from_secs(30),
+        || async {
+            api(mport, "master1", &ca_crt, "/v1/objects/endpoints/agent1")
+                .await
+                .is_some_and(|v| v["results"][0]["attrs"]["connected"] == true)
+        },
+        &diag,
+    )
+    .await;
+    gh.wait_log("sni=agent1 → upstream agent1");
+    agent.wait_log(
+        "New client connection for identity 'master1'",
+        Duration::from_secs(10),
+    );
+
+    // 2. Config sync flows down: the agent stores the master's zones.d/agent1, reloads, and
+    //    checks the synced service; its result comes back up to the master.
+    eventually(
+        "a check result of the synced service from agent1 at the master",
+        Duration::from_secs(45),
+        || async {
+            last_check(mport, "master1", &ca_crt, "services/agent1-host!synced")
+                .await
+                .is_some_and(|r| {
+                    r["check_source"] == "agent1" && r["output"] == "synced through gatehouse"
+                })
+        },
+        &diag,
+    )
+    .await;
+    let synced = std::fs::read_to_string(agent.dir.join("data/api/zones/agent1/_etc/synced.conf"))
+        .unwrap_or_default();
+    assert!(synced.contains("synced through gatehouse"), "{synced}");
+    assert!(
+        last_check(mport, "master1", &ca_crt, "hosts/agent1-host")
+            .await
+            .is_some_and(|r| r["check_source"] == "agent1"),
+        "agent1-host's results reach the master too\n{}",
+        diag()
+    );
+
+    // 3. The policy follows the hierarchy. Down: the master's config::Update reached the
+    //    stand-in agent2. Up: its config::Update and event::ExecuteCommand were refused
+    //    (counted, audited, logged), while its hello passed.
+    eventually(
+        "agent2's pushes refused and the master's config::Update delivered to it",
+        Duration::from_secs(20),
+        || async {
+            let m = metrics_text(metrics_port).await;
+            let denied = |method: &str| {
+                metric(&m, &format!(r#"gatehouse_cluster_messages_total{{direction="downstream",method="{method}",verdict="denied"}}"#))
+            };
+            denied("config::Update") >= 1
+                && denied("event::ExecuteCommand") >= 1
+                && ["icinga::Hello", "config::Update"]
+                    .iter()
+                    .all(|want| fake.methods().iter().any(|m| m == want))
+        },
+        &|| format!("agent2 got {:?}\n{}", fake.methods(), diag()),
+    )
+    .await;
+    let m = metrics_text(metrics_port).await;
+    let count = |dir: &str, method: &str, verdict: &str| {
+        metric(
+            &m,
+            &format!(
+                r#"gatehouse_cluster_messages_total{{direction="{dir}",method="{method}",verdict="{verdict}"}}"#
+            ),
+        )
+    };
+    // Link directions: "upstream" = from the client (the master), "downstream" = from the agent.
+    assert!(count("upstream", "config::Update", "forwarded") >= 2, "{m}");
+    assert_eq!(count("upstream", "config::Update", "denied"), 0, "{m}");
+    assert!(
+        count("downstream", "event::CheckResult", "forwarded") >= 1,
+        "{m}"
+    );
+    assert!(
+        count("downstream", "icinga::Hello", "forwarded") >= 2,
+        "{m}"
+    );
+    let audit = std::fs::read_to_string(root.join("audit.jsonl")).unwrap_or_default();
+    let refused: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for method in ["config::Update", "event::ExecuteCommand"] {
+        assert!(
+            refused.iter().any(|r| r["kind"] == "cluster"
+                && r["method"] == method
+                && r["direction"] == "downstream"
+                && r["verdict"] == "denied"),
+            "no audit record for the refused {method}:\n{audit}"
+        );
+    }
+    assert!(
+        gh.log_text()
+            .contains("denied config::Update downstream message (cluster.policy[1])"),
+        "{}",
+        diag()
+    );
+    // What passed the policy arrived: agent2's icinga::Hello set its version at the master.
+    // (Icinga itself would silently discard a config::Update from a child zone: the edge's
+    // refusal is the second line of defence, and the one that is logged and counted.)
+    let v = api(mport, "master1", &ca_crt, "/v1/objects/endpoints/agent2").await;
+    let attrs = v.as_ref().map(|v| &v["results"][0]["attrs"]);
+    assert!(
+        attrs.is_some_and(|a| a["connected"] == true && a["icinga_version"] == 21306),
+        "{attrs:?}\n{}",
+        diag()
+    );
+    eprintln!(
+        "master_dials_agent_through_gatehouse: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The config header of the HA test: both masters in zone "master".
+fn ha_conf(node: &str, zone: &str) -> String {
+    format!(
+        r#"const NodeName = "{node}"
+const ZoneName = "{zone}"
+const TicketSalt = ""
+include <itl>
+object FileLogger "main-log" {{ path = LogDir + "/icinga2.log"; severity = "information" }}
+object Zone "master" {{ endpoints = [ "master1", "master2" ] }}
+object Zone "agent1" {{ endpoints = [ "agent1" ]; parent = "master" }}
+object Endpoint "agent1" {{ }}
+"#
+    )
+}
+
+/// 2. Two masters in one HA zone behind one upstream group with a TCP health check. agent1
+///    dials "master1" at Gatehouse; its link goes to one of the masters. That master stops: the
+///    link drops, the agent reconnects (every 10 s), the health check has taken the stopped
+///    master out of rotation, and Gatehouse sends the agent to the other master, which now
+///    holds agent1's link and keeps receiving its check results.
+///
+/// How an operator sets this up, and why:
+/// - Downstream, Gatehouse shows ONE identity per SNI. The agent dials one name (master1) and
+///   requires that CN: Gatehouse serves a CN=master1 certificate it was issued for that name,
+///   whichever master is behind it. The agent's other master Endpoint has no `host`, so the
+///   agent opens exactly one link and failover is Gatehouse's job. (The alternative, both
+///   master Endpoints with a host and one route per SNI, leaves failover to Icinga, but its two
+///   links share the CN agent1 and today replace each other unless
+///   `max_links_per_identity: 2`: links are counted per CN, not per CN and endpoint.)
+/// - Upstream, Gatehouse verifies the masters' own, unmodified Icinga certificates (SAN DNS =
+///   CN = master1 / master2): `sni: master1` plus `alt_cn: master2` accepts either, and an
+///   Icinga HA zone has at most two endpoints. (With more names one would re-issue the masters'
+///   certificates with a shared DNS SAN and set `sni` to it.) Icinga ignores the SNI it is
+///   sent, so master2 answers a link sent with SNI master1.
+/// - Both masters are in the agent's parent zone, so everything master2 sends on a link the
+///   agent takes for master1's is accepted, and vice versa.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_masters_fail_over() {
+    if !require_binary("icinga2") {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (m1port, m2port, aport, gport, metrics_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+
+    let m1 = Node::new(root, "master1");
+    let m2 = Node::new(root, "master2");
+    let agent = Node::new(root, "agent");
+    let (ca, ca_crt) = icinga_pki(
+        &m1,
+        &[(&m1, "master1"), (&m2, "master2"), (&agent, "agent1")],
+    );
+    let edge = root.join("edge");
+    mint(&ca, &edge, "master1");
+    mint(&ca, &edge, "gatehouse-edge");
+    mint(&ca, &edge.join("identities"), "agent1");
+
+    // --- the HA zone: each master dials the other directly ---
+    let master_conf = |node: &str, port: u16| {
+        format!(
+            r#"{}
+object Endpoint "master1" {{ host = "127.0.0.1"; port = "{m1port}" }}
+object Endpoint "master2" {{ host = "127.0.0.1"; port = "{m2port}" }}
+object ApiListener "api" {{
+  bind_host = "127.0.0.1"
+  bind_port = {port}
+  accept_config = true
+  accept_commands = true
+}}
+object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
+object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1" }}
+"#,
+            ha_conf(node, "master")
+        )
+    };
+    let mut m1_d = Some(m1.start(&master_conf("master1", m1port)));
+    let mut m2_d = Some(m2.start(&master_conf("master2", m2port)));
+    for (n, p) in [(&m1, m1port), (&m2, m2port)] {
+        n.wait_log(
+            &format!("Started new listener on '[127.0.0.1]:{p}'"),
+            Duration::from_secs(20),
+        );
+    }
+
+    // --- Gatehouse: one route, one group holding both masters ---
+    let e = edge.display();
+    let ca_p = ca_crt.display();
+    let yaml = format!(
+        r#"listeners:
+  - name: cluster
+    address: "127.0.0.1:{gport}"
+    protocols: [cluster]
+    tls:
+      cert: {e}/gatehouse-edge.crt
+      key: {e}/gatehouse-edge.key
+      sni_certs: [ {{ names: [master1], cert: {e}/master1.crt, key: {e}/master1.key }} ]
+      client_auth: optional
+      client_ca: {ca_p}
+upstreams:
+  masters:
+    peers: ["127.0.0.1:{m1port}", "127.0.0.1:{m2port}"]
+    health_check: {{ kind: tcp, interval: 1s }}
+    connect_timeout: 2s
+    tls:
+      ca: {ca_p}
+      client_cert: {e}/gatehouse-edge.crt
+      client_key: {e}/gatehouse-edge.key
+      sni: master1        # the masters' own certificates: master1's ...
+      alt_cn: master2     # ... or master2's
+cluster:
+  routes:
+    - {{ sni: master1, upstream: masters }}
+  upstream_identity:
+    cert_dir: {e}/identities
+metrics:
+  address: "127.0.0.1:{metrics_port}"
+"#
+    );
+    let gh = Gatehouse::start(root, &yaml);
+
+    // --- agent1: dials "master1" at Gatehouse; master2 has no host (see above) ---
+    let agent_conf = format!(
+        r#"{}
+object Endpoint "master1" {{ host = "127.0.0.1"; port = "{gport}" }}   // Gatehouse
+object Endpoint "master2" {{ }}
+object ApiListener "api" {{
+  bind_host = "127.0.0.1"
+  bind_port = {aport}
+  accept_config = true
+  accept_commands = true
+}}
+object CheckerComponent "checker" {{ }}
+object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1"; vars.dummy_text = "hello from agent1" }}
+"#,
+        ha_conf("agent1", "agent1")
+    );
+    let _agent_d = agent.start(&agent_conf);
+    let diag = || diag(&gh, &[&m1, &m2, &agent]);
+
+    // Which master did the link go to?
+    let peer_of = |line: &str| -> u16 {
+        line.rsplit("peer 127.0.0.1:")
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no peer port in `{line}`"))
+    };
+    let mut first = None;
+    eventually(
+        "agent1's link through Gatehouse",
+        Duration::from_secs(30),
+        || {
+            first = gh
+                .log_text()
+                .lines()
+                .find(|l| l.contains("link open: agent1@"))
+                .map(String::from);
+            std::future::ready(first.is_some())
+        },
+        &diag,
+    )
+    .await;
+    let first_port = peer_of(first.as_deref().unwrap());
+    let (gone, gone_port, stay, stay_port, stay_name) = if first_port == m1port {
+        (&mut m1_d, m1port, &m2, m2port, "master2")
+    } else {
+        assert_eq!(first_port, m2port);
+        (&mut m2_d, m2port, &m1, m1port, "master1")
+    };
+    let gone_name = if stay_name == "master1" {
+        "master2"
+    } else {
+        "master1"
+    };
+    eventually(
+        &format!("{gone_name} to report agent1 connected and its check results"),
+        Duration::from_secs(30),
+        || async {
+            conn_endpoints(gone_port, gone_name, &ca_crt)
+                .await
+                .iter()
+                .any(|e| e == "agent1")
+                && last_check(gone_port, gone_name, &ca_crt, "hosts/agent1-host")
+                    .await
+                    .is_some_and(|r| r["check_source"] == "agent1")
+        },
+        &diag,
+    )
+    .await;
+    let up_m = metrics_text(metrics_port).await;
+    assert!(
+        metric(
+            &up_m,
+            r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"}"#
+        ) > 0,
+        "{up_m}"
+    );
+
+    // Stop the master holding the link.
+    let stopped_at = now_secs();
+    drop(gone.take());
+    let t_stop = Instant::now();
+
+    // The agent comes back through Gatehouse to the other master.
+    eventually(
+        &format!("agent1's new link to {stay_name}"),
+        Duration::from_secs(40),
+        || {
+            let relinked = gh.log_text().lines().any(|l| {
+                l.contains("link open: agent1@")
+                    && l.ends_with(&format!("peer 127.0.0.1:{stay_port}"))
+            });
+            std::future::ready(relinked)
+        },
+        &diag,
+    )
+    .await;
+    let relinked_after = t_stop.elapsed();
+    eventually(
+        &format!("{stay_name} to hold agent1's link and get fresh check results"),
+        Duration::from_secs(20),
+        || async {
+            conn_endpoints(stay_port, stay_name, &ca_crt)
+                .await
+                .iter()
+                .any(|e| e == "agent1")
+                && last_check(stay_port, stay_name, &ca_crt, "hosts/agent1-host")
+                    .await
+                    .is_some_and(|r| {
+                        r["check_source"] == "agent1"
+                            && r["execution_end"]
+                                .as_f64()
+                                .is_some_and(|t| t > stopped_at + 1.0)
+                    })
+        },
+        &diag,
+    )
+    .await;
+    // Icinga's FileLogger flushes on a timer: wait for the line.
+    stay.wait_log(
+        "New client connection for identity 'agent1'",
+        Duration::from_secs(10),
+    );
+    eprintln!(
+        "ha_masters_fail_over: link moved {:.1}s after the stop; whole test {:.1}s",
+        relinked_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(m1_d);
+    drop(m2_d);
+}
