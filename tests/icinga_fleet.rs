@@ -302,47 +302,49 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     );
 
     // --- Gatehouse between them ---
-    let e = edge.display();
-    let ca_p = ca_crt.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: cluster
-    address: "127.0.0.1:{gport}"
-    protocols: [cluster]
-    tls:
-      cert: {e}/gatehouse-edge.crt
-      key: {e}/gatehouse-edge.key
-      sni_certs:
-        # The master requires the server's CN to equal the endpoint it dials.
-        - {{ names: [agent1], cert: {e}/agent1.crt, key: {e}/agent1.key }}
-        - {{ names: [agent2], cert: {e}/agent2.crt, key: {e}/agent2.key }}
-      client_auth: required
-      client_ca: {ca_p}
-upstreams:
-  agent1:
-    peers: ["127.0.0.1:{aport}"]
-    tls: {{ ca: {ca_p}, sni: agent1, client_cert: {e}/gatehouse-edge.crt, client_key: {e}/gatehouse-edge.key }}
-  agent2:
-    peers: ["{fake}"]
-    tls: {{ ca: {ca_p}, sni: agent2, client_cert: {e}/gatehouse-edge.crt, client_key: {e}/gatehouse-edge.key }}
-cluster:
-  routes:
-    - {{ sni: agent1, upstream: agent1, toward: child }}
-    - {{ sni: agent2, upstream: agent2, toward: child }}
-  upstream_identity:
-    cert_dir: {e}/identities       # master1.crt + .key: the agents see the master's identity
-  limits:
-    # Every link the master dials has CN master1 (one per child endpoint): the default of
-    # one link per identity would have agent1's and agent2's links replace each other.
-    max_links_per_identity: 2
-audit:
-  path: {{dir}}/audit.jsonl
-metrics:
-  address: "127.0.0.1:{metrics_port}"
-"#,
-        fake = fake.addr,
-    );
-    let gh = Gatehouse::start(root, &yaml);
+    let pair = |stem: &str| {
+        (
+            edge.join(format!("{stem}.crt")),
+            edge.join(format!("{stem}.key")),
+        )
+    };
+    let (edge_crt, edge_key) = pair("gatehouse-edge");
+    // The agents' upstreams trust Icinga's CA and see the edge's own certificate on the wire;
+    // the identity they authenticate comes from cert_dir (master1.crt: the master's).
+    let child = |port: String, sni: &str| {
+        Group::new(port).tls(
+            UpstreamTls::new(sni)
+                .ca(&ca_crt)
+                .client_cert(&edge_crt)
+                .client_key(&edge_key),
+        )
+    };
+    let conf = Conf::new()
+        .listener(
+            Listener::new("cluster", gport)
+                .protocols(&[Protocol::Cluster])
+                .tls(
+                    ListenerTls::new(&edge_crt, &edge_key)
+                        // The master requires the server's CN to equal the endpoint it dials.
+                        .sni_cert(&["agent1"], pair("agent1"))
+                        .sni_cert(&["agent2"], pair("agent2"))
+                        .client_auth(ClientAuth::Required)
+                        .client_ca(&ca_crt),
+                ),
+        )
+        .upstream("agent1", child(format!("127.0.0.1:{aport}"), "agent1"))
+        .upstream("agent2", child(fake.addr.to_string(), "agent2"))
+        // Both links carry CN master1, one per endpoint dialled: the per-identity link limit
+        // counts (CN, SNI), so neither replaces the other.
+        .cluster(
+            Cluster::default()
+                .child_route("agent1", "agent1")
+                .child_route("agent2", "agent2")
+                .cert_dir(edge.join("identities")),
+        )
+        .audit_path(root.join("audit.jsonl"))
+        .metrics(metrics_port);
+    let gh = Gatehouse::start(root, &conf);
 
     // --- master1: dials agent1 and agent2 through Gatehouse; syncs a service to agent1 ---
     std::fs::create_dir_all(master.dir.join("etc/zones.d/agent1")).unwrap();
@@ -585,40 +587,41 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     }
 
     // --- Gatehouse: one route, one group holding both masters ---
-    let e = edge.display();
-    let ca_p = ca_crt.display();
-    let yaml = format!(
-        r#"listeners:
-  - name: cluster
-    address: "127.0.0.1:{gport}"
-    protocols: [cluster]
-    tls:
-      cert: {e}/gatehouse-edge.crt
-      key: {e}/gatehouse-edge.key
-      sni_certs: [ {{ names: [master1], cert: {e}/master1.crt, key: {e}/master1.key }} ]
-      client_auth: optional
-      client_ca: {ca_p}
-upstreams:
-  masters:
-    peers: ["127.0.0.1:{m1port}", "127.0.0.1:{m2port}"]
-    health_check: {{ kind: tcp, interval: 1s }}
-    connect_timeout: 2s
-    tls:
-      ca: {ca_p}
-      client_cert: {e}/gatehouse-edge.crt
-      client_key: {e}/gatehouse-edge.key
-      sni: master1        # the masters' own certificates: master1's ...
-      alt_cn: master2     # ... or master2's
-cluster:
-  routes:
-    - {{ sni: master1, upstream: masters }}
-  upstream_identity:
-    cert_dir: {e}/identities
-metrics:
-  address: "127.0.0.1:{metrics_port}"
-"#
-    );
-    let gh = Gatehouse::start(root, &yaml);
+    let pair = |stem: &str| {
+        (
+            edge.join(format!("{stem}.crt")),
+            edge.join(format!("{stem}.key")),
+        )
+    };
+    let (edge_crt, edge_key) = pair("gatehouse-edge");
+    let conf = Conf::new()
+        .listener(
+            Listener::new("cluster", gport)
+                .protocols(&[Protocol::Cluster])
+                .tls(
+                    ListenerTls::new(&edge_crt, &edge_key)
+                        .sni_cert(&["master1"], pair("master1"))
+                        .client_auth(ClientAuth::Optional)
+                        .client_ca(&ca_crt),
+                ),
+        )
+        .upstream(
+            "masters",
+            Group::peers([format!("127.0.0.1:{m1port}"), format!("127.0.0.1:{m2port}")])
+                .health_check(HealthCheck::tcp("1s"))
+                .connect_timeout("2s")
+                .tls(
+                    // The masters' own certificates: master1's, or master2's.
+                    UpstreamTls::new("master1")
+                        .ca(&ca_crt)
+                        .client_cert(&edge_crt)
+                        .client_key(&edge_key)
+                        .alt_cn("master2"),
+                ),
+        )
+        .cluster(Cluster::new("master1", "masters").cert_dir(edge.join("identities")))
+        .metrics(metrics_port);
+    let gh = Gatehouse::start(root, &conf);
 
     // --- agent1: dials "master1" at Gatehouse; master2 has no host (see above) ---
     let agent_conf = format!(
