@@ -255,6 +255,21 @@ async fn master_dials_agent_through_gatehouse() {
     let master = Node::new(root, "master");
     let agent = Node::new(root, "agent");
     let (ca, ca_crt) = icinga_pki(&master, &[(&master, "master1"), (&agent, "agent1")]);
+    // agent1's certificate expires in 10 days (its own key): it must be renewed through the
+    // child route, where its request travels back along the link the master opened.
+    let agent_key = boring::pkey::PKey::private_key_from_pem(
+        &std::fs::read(agent.certs().join("agent1.key")).unwrap(),
+    )
+    .unwrap();
+    let short = ca
+        .issue_for_key(
+            &CertSpec::new("agent1")
+                .dns(&["agent1"])
+                .validity(-3600, 10 * 86400),
+            agent_key.clone(),
+        )
+        .unwrap();
+    std::fs::write(agent.certs().join("agent1.crt"), short.cert_pem()).unwrap();
 
     // The edge's certificates, all signed by the Icinga CA with keys of its own: the ones it
     // serves by SNI when the master dials agent1 / agent2, its own identity, and the one it
@@ -408,6 +423,26 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
         &diag,
     )
     .await;
+    // 3. Renewal through the child route: the master signed a new certificate for the agent's
+    //    own key (it judged the agent's certificate, not the edge's).
+    let agent_crt = agent.certs().join("agent1.crt");
+    let days_left = |p: &Path| {
+        let c = boring::x509::X509::from_pem(&std::fs::read(p).unwrap_or_default()).ok()?;
+        let now = boring::asn1::Asn1Time::days_from_now(0).ok()?;
+        now.diff(c.not_after()).ok().map(|d| d.days)
+    };
+    eventually(
+        "agent1's certificate renewed through the child route",
+        Duration::from_secs(30),
+        || async { days_left(&agent_crt).is_some_and(|d| d > 30) },
+        &diag,
+    )
+    .await;
+    let renewed = boring::x509::X509::from_pem(&std::fs::read(&agent_crt).unwrap()).unwrap();
+    assert!(
+        renewed.public_key().unwrap().public_eq(&agent_key),
+        "renewed for the agent's own key"
+    );
     let synced = std::fs::read_to_string(agent.dir.join("data/api/zones/agent1/_etc/synced.conf"))
         .unwrap_or_default();
     assert!(synced.contains("synced through gatehouse"), "{synced}");
