@@ -8,6 +8,38 @@ use gatehouse::pki::CertSpec;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// curl with its defaults (HTTP/2 over TLS) as `who` of `edge`: (`"<status> <http version>"`,
+/// body).
+async fn curl(edge: &Pki, who: &str, url: &str, args: &[&str]) -> (String, String) {
+    let (cert, key) = edge.paths(who);
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code} %{http_version}",
+            ])
+            .args(args)
+            .arg("--cacert")
+            .arg(edge.ca_path())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(url)
+            .output(),
+    )
+    .await
+    .expect("curl finished")
+    .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_string(), body.to_string())
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -90,32 +122,14 @@ async fn rate_limit_is_per_identity() {
     assert_eq!(get(who(Some("flood")), "/other", false).await.status, 200);
 
     // curl with its defaults (HTTP/2) is limited the same way.
-    let (cert, key) = edge.paths("flood");
-    let out = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{http_version}",
-                "--cacert",
-            ])
-            .arg(edge.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .arg(format!("https://localhost:{port}/api/x"))
-            .output(),
+    let (status, _) = curl(
+        &edge,
+        "flood",
+        &format!("https://localhost:{port}/api/x"),
+        &[],
     )
-    .await
-    .expect("curl finished")
-    .expect("curl runs");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "429 2", "{out:?}");
+    .await;
+    assert_eq!(status, "429 2");
 
     let m = gh.metrics_text().await;
     assert!(
@@ -429,37 +443,20 @@ async fn kea_commands_fan_out_to_every_agent() {
     assert_eq!(v[1]["peer"], k2.addr.to_string());
 
     // The mutual-TLS fleet, through curl with its defaults (HTTP/2).
-    let (cert, key) = edge.paths("dashboard-1");
-    let out = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-w",
-                "\n%{http_code} %{http_version}",
-                "-H",
-                "Content-Type: application/json",
-                "--data",
-                r#"{"command":"version-get"}"#,
-                "--cacert",
-            ])
-            .arg(edge.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .arg(format!("https://127.0.0.1:{port}/"))
-            .output(),
+    let (status, body) = curl(
+        &edge,
+        "dashboard-1",
+        &format!("https://127.0.0.1:{port}/"),
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"command":"version-get"}"#,
+        ],
     )
-    .await
-    .expect("curl finished")
-    .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, tail) = text.rsplit_once('\n').unwrap();
-    assert_eq!(tail, "200 2", "{text} {:?}", out.stderr);
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    .await;
+    assert_eq!(status, "200 2", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(peers(&v), [t1.addr.to_string(), t2.addr.to_string()], "{v}");
     assert!(
         v.as_array().unwrap().iter().all(|e| e["result"] == 0),

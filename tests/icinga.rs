@@ -241,20 +241,12 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     let gh = Gatehouse::start(root, &conf);
 
     // --- agent1, whose only way to the master is Gatehouse ---
-    let agent_conf = format!(
-        r#"{}
-object Endpoint "master1" {{ host = "127.0.0.1"; port = "{gport}" }}
-object Endpoint "agent1" {{ }}
-object ApiListener "api" {{
-  bind_host = "127.0.0.1"
-  bind_port = {aport}
-  accept_config = true
-  accept_commands = true
-}}
-object CheckerComponent "checker" {{ }}
-object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1"; vars.dummy_text = "hello from agent1" }}
-"#,
-        common_conf("agent1", "agent1", "")
+    let agent_conf = icinga::agent1_conf(
+        &common_conf("agent1", "agent1", ""),
+        &format!(
+            "object Endpoint \"master1\" {{ host = \"127.0.0.1\"; port = \"{gport}\" }}\nobject Endpoint \"agent1\" {{ }}"
+        ),
+        aport,
     );
     let _agent_d = agent.start(&agent_conf);
     let diag = || {

@@ -82,6 +82,14 @@ fn icinga_pki(ca_node: &Node, nodes: &[(&Node, &str)]) -> (Ca, PathBuf) {
 
 /// A certificate for endpoint `cn` (SAN DNS = CN, as Icinga's own), signed by the Icinga CA
 /// with a new key minted for the edge, written as `dir/cn.crt` + `.key`.
+/// `dir/<stem>.crt` and `dir/<stem>.key`.
+fn cert_pair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    )
+}
+
 fn mint(ca: &Ca, dir: &Path, cn: &str) -> Issued {
     std::fs::create_dir_all(dir).unwrap();
     let i = ca.issue(&CertSpec::new(cn).dns(&[cn])).unwrap();
@@ -295,20 +303,11 @@ async fn master_dials_agent_through_gatehouse() {
     .await;
 
     // --- agent1: listens, never dials; accepts config from its parent ---
-    let agent_conf = format!(
-        r#"{}
-object Endpoint "master1" {{ }}   // no host: the agent never dials, the master comes through Gatehouse
-object Endpoint "agent1" {{ }}
-object ApiListener "api" {{
-  bind_host = "127.0.0.1"
-  bind_port = {aport}
-  accept_config = true
-  accept_commands = true
-}}
-object CheckerComponent "checker" {{ }}
-object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1"; vars.dummy_text = "hello from agent1" }}
-"#,
-        common_conf("agent1", "agent1", "")
+    let agent_conf = icinga::agent1_conf(
+        &common_conf("agent1", "agent1", ""),
+        // No host: the agent never dials, the master comes through Gatehouse.
+        "object Endpoint \"master1\" { }\nobject Endpoint \"agent1\" { }",
+        aport,
     );
     let _agent_d = agent.start(&agent_conf);
     agent.wait_log(
@@ -317,12 +316,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     );
 
     // --- Gatehouse between them ---
-    let pair = |stem: &str| {
-        (
-            edge.join(format!("{stem}.crt")),
-            edge.join(format!("{stem}.key")),
-        )
-    };
+    let pair = |stem: &str| cert_pair(&edge, stem);
     let (edge_crt, edge_key) = pair("gatehouse-edge");
     // The agents' upstreams trust Icinga's CA and see the edge's own certificate on the wire;
     // the identity they authenticate comes from cert_dir (master1.crt: the master's).
@@ -622,12 +616,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     }
 
     // --- Gatehouse: one route, one group holding both masters ---
-    let pair = |stem: &str| {
-        (
-            edge.join(format!("{stem}.crt")),
-            edge.join(format!("{stem}.key")),
-        )
-    };
+    let pair = |stem: &str| cert_pair(&edge, stem);
     let (edge_crt, edge_key) = pair("gatehouse-edge");
     let conf = Conf::new()
         .listener(
@@ -659,20 +648,12 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     let gh = Gatehouse::start(root, &conf);
 
     // --- agent1: dials "master1" at Gatehouse; master2 has no host (see above) ---
-    let agent_conf = format!(
-        r#"{}
-object Endpoint "master1" {{ host = "127.0.0.1"; port = "{gport}" }}   // Gatehouse
-object Endpoint "master2" {{ }}
-object ApiListener "api" {{
-  bind_host = "127.0.0.1"
-  bind_port = {aport}
-  accept_config = true
-  accept_commands = true
-}}
-object CheckerComponent "checker" {{ }}
-object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1"; vars.dummy_text = "hello from agent1" }}
-"#,
-        ha_conf("agent1", "agent1")
+    let agent_conf = icinga::agent1_conf(
+        &ha_conf("agent1", "agent1"),
+        &format!(
+            "object Endpoint \"master1\" {{ host = \"127.0.0.1\"; port = \"{gport}\" }}\nobject Endpoint \"master2\" {{ }}"
+        ),
+        aport,
     );
     let _agent_d = agent.start(&agent_conf);
     let diag = || diag(&gh, &[&m1, &m2, &agent]);

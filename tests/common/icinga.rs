@@ -134,6 +134,25 @@ impl Drop for Daemon {
     }
 }
 
+/// agent1's config after `header` (zones and constants): its parent `endpoints` lines, an
+/// ApiListener on `aport` accepting config and commands, a checker, and `agent1-host`
+/// checked every 2 s with the output "hello from agent1".
+pub fn agent1_conf(header: &str, endpoints: &str, aport: u16) -> String {
+    format!(
+        r#"{header}
+{endpoints}
+object ApiListener "api" {{
+  bind_host = "127.0.0.1"
+  bind_port = {aport}
+  accept_config = true
+  accept_commands = true
+}}
+object CheckerComponent "checker" {{ }}
+object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1"; vars.dummy_text = "hello from agent1" }}
+"#
+    )
+}
+
 /// Zones, endpoints and the common header of every node's config.
 pub fn common_conf(node: &str, zone: &str, ticket_salt: &str) -> String {
     format!(
