@@ -139,6 +139,21 @@ async fn conn_endpoints(port: u16, endpoint: &str, ca: &Path) -> Vec<String> {
 }
 
 /// `last_check_result` of an object (`hosts/NAME` or `services/HOST!NAME`) as `endpoint` sees it.
+/// Whether master `endpoint` lists agent1 connected and has an agent1-host result from agent1
+/// that ended after `since` (Unix seconds).
+async fn holds_agent1(port: u16, endpoint: &str, ca: &Path, since: f64) -> bool {
+    conn_endpoints(port, endpoint, ca)
+        .await
+        .iter()
+        .any(|e| e == "agent1")
+        && last_check(port, endpoint, ca, "hosts/agent1-host")
+            .await
+            .is_some_and(|r| {
+                r["check_source"] == "agent1"
+                    && r["execution_end"].as_f64().is_some_and(|t| t > since)
+            })
+}
+
 async fn last_check(port: u16, endpoint: &str, ca: &Path, object: &str) -> Option<Value> {
     let v = api(port, endpoint, ca, &format!("/v1/objects/{object}")).await?;
     let r = v["results"][0]["attrs"]["last_check_result"].clone();
@@ -695,15 +710,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     eventually(
         &format!("{gone_name} to report agent1 connected and its check results"),
         Duration::from_secs(30),
-        || async {
-            conn_endpoints(gone_port, gone_name, &ca_crt)
-                .await
-                .iter()
-                .any(|e| e == "agent1")
-                && last_check(gone_port, gone_name, &ca_crt, "hosts/agent1-host")
-                    .await
-                    .is_some_and(|r| r["check_source"] == "agent1")
-        },
+        || holds_agent1(gone_port, gone_name, &ca_crt, 0.0),
         &diag,
     )
     .await;
@@ -739,20 +746,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     eventually(
         &format!("{stay_name} to hold agent1's link and get fresh check results"),
         Duration::from_secs(20),
-        || async {
-            conn_endpoints(stay_port, stay_name, &ca_crt)
-                .await
-                .iter()
-                .any(|e| e == "agent1")
-                && last_check(stay_port, stay_name, &ca_crt, "hosts/agent1-host")
-                    .await
-                    .is_some_and(|r| {
-                        r["check_source"] == "agent1"
-                            && r["execution_end"]
-                                .as_f64()
-                                .is_some_and(|t| t > stopped_at + 1.0)
-                    })
-        },
+        || holds_agent1(stay_port, stay_name, &ca_crt, stopped_at + 1.0),
         &diag,
     )
     .await;
