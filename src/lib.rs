@@ -15,8 +15,8 @@
 //!   ([`demux::PrefixedIo`]) into the HTTP proxy or the cluster relay.
 //! - [`http`]: the `ProxyHttp` — path normalisation ([`http::path`]), routing ([`http::route`]),
 //!   route access, identity forwarding, Kea command authorization ([`http::kea`]), filters
-//!   ([`http::filter`]) with the built-in ones: per-caller rates ([`http::limit`]), Kea fan-out
-//!   ([`http::fanout`]), `list-commands` cut to the caller; failure answers, access log.
+//!   ([`http::filter`]) with the built-in ones (per-caller rates, [`http::limit`]; `list-commands`
+//!   cut to the caller), Kea fan-out to every peer ([`http::fanout`]); failure answers, access log.
 //! - [`authz`]: [`authz::Identity`] and the one matcher language of every rule (`cn:`, `dns:`,
 //!   `spiffe://`, `fingerprint:`, `anonymous`, `*`), first-match rule lists, route admission.
 //! - [`audit`]: typed audit events and their sink (the JSON-lines file is the built-in one).

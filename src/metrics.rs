@@ -80,7 +80,7 @@ pub struct Metrics {
     /// `gatehouse_cluster_links_active{kind}` (authenticated, anonymous).
     pub cluster_links: IntGaugeVec,
     /// `gatehouse_cluster_links_refused_total{reason}`: cluster links closed before any upstream
-    /// connection (reason: anonymous_max_clients, anonymous_max_per_ip, no_route, identity).
+    /// connection (reason: anonymous_max_clients, anonymous_max_per_ip, no_route, anonymous_child, identity, authorizer).
     pub cluster_links_refused: IntCounterVec,
     /// `gatehouse_authorizer_calls_total{target, result}`: decisions of an added authorizer
     /// (target: http, kea, link; result: allow, deny, cached, error, timeout).
@@ -208,7 +208,7 @@ impl Metrics {
         registry.register(Box::new(http_rate_limited.clone()))?;
         let cluster_links_replaced = prometheus::IntCounter::new(
             "gatehouse_cluster_links_replaced_total",
-            "Authenticated cluster links closed for a newer link of the same identity (cluster.limits.max_links_per_identity).",
+            "Authenticated cluster links closed for a newer link of the same identity on the same route (cluster.limits.max_links_per_identity).",
         )?;
         registry.register(Box::new(cluster_links_replaced.clone()))?;
         let kea_fanout_peers = IntCounterVec::new(

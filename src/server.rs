@@ -10,7 +10,6 @@ use crate::config::{
 };
 use crate::demux::ListenerApp;
 use crate::error::{Error, ErrorKind};
-use crate::http::fanout::KeaFanOut;
 use crate::http::filter::HttpFilter;
 use crate::http::kea::{CommandList, KeaPolicy};
 use crate::http::limit::RateLimit;
@@ -44,8 +43,6 @@ pub struct Plan {
     audit: Arc<dyn AuditSink>,
     authorizer: Option<Arc<Guarded>>,
     http_filters: Vec<Box<dyn HttpFilter>>,
-    /// Built-in filters that run after the added ones (they forward, so they go last).
-    last_filters: Vec<Box<dyn HttpFilter>>,
     metrics: Arc<Metrics>,
 }
 
@@ -68,7 +65,7 @@ impl Plan {
     /// [`Plan::from_config`] with the metric families in `metrics` (e.g. registered in a
     /// registry of the embedder's, so two instances in one process count apart).
     pub fn from_config_in(config: Config, metrics: Arc<Metrics>) -> Result<Plan, Vec<ConfigError>> {
-        let mut errs = Vec::new();
+        let mut errs = references(&config);
         let mut listener_tls = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             listener_tls.push(l.tls.as_ref().and_then(|t| {
@@ -106,6 +103,7 @@ impl Plan {
                 route.access = Access::new(r.allow.clone(), r.deny.clone());
                 route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
                 route.kea = r.kea.as_ref().map(|k| Arc::new(KeaPolicy::new(k)));
+                route.fan_out = r.kea.as_ref().is_some_and(|k| k.fan_out == FanOut::All);
                 route
             })
             .collect();
@@ -152,20 +150,6 @@ impl Plan {
         if !kea_routes.is_empty() {
             http_filters.push(Box::new(CommandList::new(kea_routes)));
         }
-        let fanned: Vec<_> = config
-            .routes
-            .iter()
-            .filter(|r| r.kea.as_ref().is_some_and(|k| k.fan_out == FanOut::All))
-            .map(|r| (r.name.clone(), r.upstream))
-            .collect();
-        let mut last_filters: Vec<Box<dyn HttpFilter>> = Vec::new();
-        if !fanned.is_empty() {
-            last_filters.push(Box::new(KeaFanOut::new(
-                fanned,
-                upstreams.clone(),
-                metrics.clone(),
-            )));
-        }
         Ok(Plan {
             config,
             listener_tls,
@@ -176,7 +160,6 @@ impl Plan {
             audit,
             authorizer: None,
             http_filters,
-            last_filters,
             metrics,
         })
     }
@@ -232,9 +215,7 @@ impl Plan {
 
         let router = Arc::new(self.router);
         let relay = self.relay.map(Arc::new);
-        let mut http_filters = self.http_filters;
-        http_filters.extend(self.last_filters);
-        let http_filters: Arc<[Box<dyn HttpFilter>]> = http_filters.into();
+        let http_filters: Arc<[Box<dyn HttpFilter>]> = self.http_filters.into();
         let mut live = Vec::new();
         for (i, (l, tls)) in self
             .config
@@ -326,6 +307,38 @@ impl Plan {
         }
         Ok(server)
     }
+}
+
+/// References a loaded file always has right, but an embedder's edited [`Config`] may not:
+/// every upstream index must name a group, every limit must be at least 1.
+fn references(config: &Config) -> Vec<ConfigError> {
+    let n = config.upstreams.len();
+    let mut errs = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.upstream >= n {
+            errs.push(ConfigError::new(
+                format!("routes[{i}].upstream"),
+                format!("index {} names no upstream ({n} configured)", r.upstream),
+            ));
+        }
+    }
+    for (i, r) in config.cluster.iter().flat_map(|c| &c.routes).enumerate() {
+        if r.upstream >= n {
+            errs.push(ConfigError::new(
+                format!("cluster.routes[{i}].upstream"),
+                format!("index {} names no upstream ({n} configured)", r.upstream),
+            ));
+        }
+    }
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.max_connections_per_identity == Some(0) {
+            errs.push(ConfigError::new(
+                format!("listeners[{i}].max_connections_per_identity"),
+                "must be at least 1",
+            ));
+        }
+    }
+    errs
 }
 
 /// `gatehouse reload`: checks that `file` and everything it names load, then sends SIGHUP to
@@ -450,6 +463,25 @@ mod tests {
         let d = server_conf(&crate::config::server_from_yaml("{}"), 1);
         assert!(d.work_stealing);
         assert_eq!(d.threads, 2);
+    }
+
+    /// An embedder's edited model is checked before anything indexes with it.
+    #[test]
+    fn edited_configs_with_dangling_indices_are_refused() {
+        let yaml = "listeners: [{ name: a, address: \"127.0.0.1:1\" }]\nupstreams: { u: { peers: [\"127.0.0.1:2\"] } }\nroutes: [{ name: r, upstream: u }]\n";
+        let mut c = Config::parse(yaml, Path::new(".")).unwrap();
+        c.routes[0].upstream = 3;
+        c.listeners[0].max_connections_per_identity = Some(0);
+        let m = Arc::new(Metrics::register(&prometheus::Registry::new()).unwrap());
+        let errs = Plan::from_config_in(c, m).err().unwrap();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].upstream",
+                "listeners[0].max_connections_per_identity"
+            ]
+        );
     }
 
     #[test]

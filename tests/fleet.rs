@@ -324,7 +324,11 @@ async fn kea_commands_fan_out_to_every_agent() {
     let (port, mport) = (reserved_port(), reserved_port());
     let kea = || {
         KeaRoute::deny_by_default().fan_out("all").rule(
-            KeaRule::new(["cn:dashboard-*"]).commands(AllowDeny::only(["*-get", "version-get"])),
+            KeaRule::new(["cn:dashboard-*"]).commands(AllowDeny::only([
+                "*-get",
+                "version-get",
+                "list-commands",
+            ])),
         )
     };
     let conf = Conf::new()
@@ -419,6 +423,29 @@ async fn kea_commands_fan_out_to_every_agent() {
         assert!(e["arguments"]["Dhcp4"].is_object(), "{e}");
     }
 
+    // list-commands is cut to the caller's rule in every agent's element.
+    let (r, _) = send(
+        "localhost",
+        r#"{"command":"list-commands","service":["dhcp4"]}"#,
+    )
+    .await;
+    let v = r.json();
+    for e in &v.as_array().unwrap()[..2] {
+        let names: Vec<&str> = e["arguments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str())
+            .collect();
+        assert!(names.contains(&"config-get"), "{e}");
+        assert!(
+            names
+                .iter()
+                .all(|n| n.ends_with("-get") || *n == "list-commands"),
+            "only what dashboard-1 may run: {e}"
+        );
+    }
+
     // A denied command reaches no agent.
     let (r, _) = send(
         "localhost",
@@ -486,7 +513,7 @@ async fn kea_commands_fan_out_to_every_agent() {
     let m = metrics_text(mport).await;
     for needle in [
         format!(
-            r#"gatehouse_kea_fanout_peer_total{{outcome="timeout",peer="{}",route="fleet"}} 3"#,
+            r#"gatehouse_kea_fanout_peer_total{{outcome="timeout",peer="{}",route="fleet"}} 4"#,
             hang.addr
         ),
         format!(
@@ -500,4 +527,125 @@ async fn kea_commands_fan_out_to_every_agent() {
     ] {
         assert!(m.contains(&needle), "{needle}\n{m}\n{}", gh.log_text());
     }
+}
+
+/// Every fanned-out copy is prepared like a single forward: Gatehouse's own
+/// `X-Forwarded-For` and `X-Forwarded-Client-Cert` (the client's forged ones never pass), a
+/// Host per peer, the exact body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_copies_carry_gatehouse_forwarding_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::new(tmp.path(), "edge");
+    edge.server("server", &[]);
+    edge.issue("ops", CertSpec::new("ops"));
+    let (a, b) = (
+        Upstream::h1(None, Behavior::Echo).await,
+        Upstream::h1(None, Behavior::Echo).await,
+    );
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("fleet", Group::peers([a.addr, b.addr]))
+        .route(
+            Route::new("fleet", "fleet")
+                .xfcc()
+                .kea(KeaRoute::allow_all().fan_out("all")),
+        );
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let o = ClientOpts {
+        ca: Some(edge.ca_path()),
+        cert: Some(edge.paths("ops")),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let body = br#"{"command":"version-get","service":["dhcp4"]}"#;
+    let r = request(
+        addr(port),
+        Some(&o),
+        "POST",
+        "/",
+        &[
+            ("Content-Type", "application/json"),
+            (
+                "X-Forwarded-Client-Cert",
+                "Hash=forged;Subject=\"CN=admin\"",
+            ),
+            ("X-Forwarded-For", "10.6.6.6"),
+        ],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["peer"].clone())
+            .collect::<Vec<_>>(),
+        [a.addr.to_string(), b.addr.to_string()]
+    );
+    for origin in [&a, &b] {
+        let seen = origin.seen();
+        let s = &seen[0];
+        assert_eq!(
+            s.header("x-forwarded-for"),
+            Some("127.0.0.1"),
+            "{:?}",
+            s.headers
+        );
+        let xfcc = s.header("x-forwarded-client-cert").unwrap_or_default();
+        assert!(
+            xfcc.starts_with("Hash=") && xfcc.contains("CN=ops") && !xfcc.contains("forged"),
+            "{xfcc}"
+        );
+        assert_eq!(s.header("host"), Some(origin.addr.to_string().as_str()));
+        assert_eq!(s.body, body);
+    }
+}
+
+/// A `toward: child` route is a parent speaking down to a child: an anonymous client is
+/// refused there (counted), while an authenticated one is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_routes_take_authenticated_parents_only() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let rp = RelayPki::new(tmp.path());
+    let sink = common::sink::Sink::start(rp.master_acceptor(), common::sink::SinkMode::Echo).await;
+    let (port, mport) = (reserved_port(), reserved_port());
+    let mut cluster = Cluster::default().child_route("master1", "child");
+    cluster.upstream_identity = None;
+    let conf = Conf::new()
+        .listener(rp.listener("edge", port, &[Protocol::Cluster]))
+        .upstream("child", rp.master(sink.addr))
+        .cluster(cluster)
+        .metrics(mport);
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let anon = ClientOpts {
+        ca: Some(rp.pki.ca_path()),
+        cert: None,
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let mut s = tls_connect(addr(port), &anon).await.unwrap();
+    let _ = s
+        .write_all(&gatehouse::cluster::codec::encode(HELLO.as_bytes()))
+        .await;
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "anonymous link on a child route must be closed\n{}",
+        gh.log_text()
+    );
+    assert_eq!(
+        sink.count.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached the child"
+    );
+    let _parent = hello_link(&rp, port, "agent1").await;
+    let m = metrics_text(mport).await;
+    assert!(
+        m.contains(r#"gatehouse_cluster_links_refused_total{reason="anonymous_child"} 1"#),
+        "{m}"
+    );
 }

@@ -184,10 +184,21 @@ impl Relay {
             },
         };
         let sni = info.sni.as_deref().unwrap_or("");
-        let Some(route) = self.routes.iter().find(|r| r.sni.matches(sni)) else {
+        let Some((route_index, route)) = self
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.sni.matches(sni))
+        else {
             log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: no cluster route for SNI {}", EscOpt(Some(sni)));
             return self.reject(listener, down, "no_route").await;
         };
+        // A child route is a parent speaking down: only an identity may use it (the policy's
+        // anonymous rule guards the way up, and nothing would guard the way down).
+        if route.toward == Toward::Child && cn.is_none() {
+            log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: the route for SNI {} leads to a child (toward: child), which takes authenticated parents only", EscOpt(Some(sni)));
+            return self.reject(listener, down, "anonymous_child").await;
+        }
         let group = &self.upstreams[route.upstream];
 
         let info = LinkInfo {
@@ -258,16 +269,17 @@ impl Relay {
         // Icinga keeps every connection an endpoint makes; a second one for the same CN is
         // almost always an agent reconnecting past a link that died silently, so the newest
         // link wins and the oldest beyond the limit is closed.
-        // Per identity *and* endpoint dialled: a master dialling two agents, or an agent
-        // dialling both masters of its zone by name, holds one link to each.
+        // Per identity *and* route: a master dialling two agents, or an agent dialling both
+        // masters of its zone by name (one route each), holds one link to each; varying the
+        // SNI within one wildcard route opens no more.
         let slot = cn.map(|cn| {
             self.live
-                .open(&format!("{cn}\0{sni}"), self.limits.per_identity)
+                .open(&format!("{cn}\0{route_index}"), self.limits.per_identity)
         });
         if let Some(s) = &slot {
             if s.replaced > 0 {
                 self.metrics.cluster_links_replaced.inc_by(s.replaced);
-                log::info!(target: "gatehouse::cluster", "{who}: closing {} older link(s) of the same identity (cluster.limits.max_links_per_identity: {})", s.replaced, self.limits.per_identity);
+                log::info!(target: "gatehouse::cluster", "{who}: closing {} older link(s) of the same identity on this route (cluster.limits.max_links_per_identity: {})", s.replaced, self.limits.per_identity);
             }
         }
         // The upstream's own certificate: what an agent behind a child route asks to renew.
@@ -709,7 +721,7 @@ impl Drop for AnonSlot<'_> {
 /// A live link's id and the signal that closes it.
 type LiveLink = (u64, Arc<Notify>);
 
-/// Open authenticated links per CN, oldest first, for `max_links_per_identity`.
+/// Open authenticated links per (CN, route), oldest first, for `max_links_per_identity`.
 #[derive(Default)]
 struct LiveLinks {
     by_cn: Mutex<HashMap<String, VecDeque<LiveLink>>>,

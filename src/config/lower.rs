@@ -466,10 +466,10 @@ fn lower_routes(
             .map(|k| lower_kea(cx, &format!("{at}.kea"), k));
         let rate_limit = r.rate_limit.as_ref().map(|l| {
             let rps = l.requests_per_second;
-            if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) {
+            if !(rps.is_finite() && (1e-6..=1e9).contains(&rps)) {
                 cx.err(
                     format!("{at}.rate_limit.requests_per_second"),
-                    "must be a number above 0",
+                    "must be between 0.000001 and 1000000000",
                 );
             }
             if l.burst == Some(0) {

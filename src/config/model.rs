@@ -93,7 +93,7 @@ pub struct ListenerSettings {
     pub keepalive_timeout: Duration,
     /// Requests served on one HTTP/1 connection.
     pub keepalive_requests: u32,
-    /// Connections open at once per caller (CN, else client IP); `None` = no limit.
+    /// Connections open at once per caller (CN or certificate fingerprint, else client IP); `None` = no limit.
     pub max_connections_per_identity: Option<usize>,
 }
 
@@ -307,7 +307,7 @@ pub struct UpstreamIdentitySettings {
 /// `cluster.limits`, in bytes and durations.
 #[derive(Debug, Clone)]
 pub struct ClusterLimits {
-    /// Authenticated links open at once per CN (≥ 1); a newer link closes the oldest.
+    /// Authenticated links open at once per CN and route (≥ 1); a newer link closes the oldest.
     pub max_links_per_identity: usize,
     /// Anonymous links open at once, all clients.
     pub anonymous_max_clients: usize,
@@ -457,9 +457,10 @@ pub enum MissingIdentity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyDirection {
-    /// Client → upstream.
+    /// Up the hierarchy: client → upstream on the usual route, upstream → client on a
+    /// `toward: child` route.
     Upstream,
-    /// Upstream → client.
+    /// Down the hierarchy (the other way).
     Downstream,
     /// Either way.
     #[default]

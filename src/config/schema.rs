@@ -130,7 +130,7 @@ pub struct ListenerSection {
     /// `keepalive_requests`).
     #[serde(default = "default_keepalive_requests")]
     pub keepalive_requests: u32,
-    /// Connections open at once per caller (CN, else client IP); absent = no limit.
+    /// Connections open at once per caller (CN or certificate fingerprint, else client IP); absent = no limit.
     #[serde(default)]
     pub max_connections_per_identity: Option<usize>,
 }
@@ -452,7 +452,8 @@ pub struct UpstreamIdentitySection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterLimitsSection {
-    /// Authenticated links open at once per identity (CN); a newer one closes the oldest.
+    /// Authenticated links open at once per identity (CN) and route; a newer one closes the
+    /// oldest.
     #[serde(default = "one")]
     pub max_links_per_identity: usize,
     /// Most anonymous links open at once; more are refused.

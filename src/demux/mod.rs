@@ -100,7 +100,7 @@ impl ListenerApp {
         }
     }
 
-    /// Caps the connections each caller (CN, else client IP) may hold open at once; one more
+    /// Caps the connections each caller (CN or fingerprint, else client IP) may hold open at once; one more
     /// is closed right after the handshake.
     pub fn with_max_per_identity(mut self, max: Option<usize>) -> Self {
         self.per_identity = max.map(|max| PerIdentity {

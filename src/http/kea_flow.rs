@@ -61,17 +61,15 @@ impl HttpGateway {
                     Some((by, a)) => {
                         let status = a.status;
                         let results = kea::result_codes(&a.body);
-                        peers = kea::peer_results(&a.body);
                         super::answer(session, a).await?;
                         log::info!(target: "gatehouse::access", "listener {}: route {}: {who}: command answered by filter {by}", self.listener, route.name);
-                        // The fan-out forwards the command (to every peer): it is allowed,
-                        // not answered in Kea's place.
-                        let verdict = if by == super::fanout::NAME {
-                            "allowed"
-                        } else {
-                            "answered"
-                        };
-                        (Some(cmd), verdict, status, None, Some(results))
+                        (Some(cmd), "answered", status, None, Some(results))
+                    }
+                    None if route.fan_out => {
+                        let (status, results, per_peer) =
+                            self.forward_fanout(session, ctx, route, &cmd, body).await?;
+                        peers = per_peer;
+                        (Some(cmd), "allowed", status, None, Some(results))
                     }
                     None => {
                         let (status, results) = self
@@ -298,6 +296,55 @@ impl HttpGateway {
             .release_http_session(up, &peer, Some(group.idle_timeout()))
             .await;
         Ok((status, kea::result_codes(&captured)))
+    }
+
+    /// Sends the command to every peer of the route's group at once (`fan_out: all`), each
+    /// copy prepared like a single forward (Host, forwarding headers, filters), and answers
+    /// the merged list after the filters' `kea_answer` phase. Returns the status, the result
+    /// codes and each peer's part.
+    async fn forward_fanout(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        cmd: &kea::Command,
+        body: Bytes,
+    ) -> Result<(u16, Vec<i64>, Option<Vec<crate::audit::PeerResult>>)> {
+        let group = &self.upstreams[route.upstream];
+        let mut requests = Vec::with_capacity(group.addrs().len());
+        for &addr in group.addrs() {
+            let mut req = upstream_request(session.req_header(), &group.host_header(addr), &body)?;
+            self.forwarding_headers(session, route, ctx.client(), &mut req)?;
+            if !self.filters.is_empty() {
+                self.filter_upstream(session, ctx, &mut req)?;
+            }
+            requests.push((addr, req));
+        }
+        let mut answer = super::fanout::fan_out(
+            &self.connector,
+            &self.upstreams,
+            route.upstream,
+            requests,
+            body,
+            &route.name,
+            &self.metrics,
+        )
+        .await;
+        if let Some(view) = self.view(session, ctx) {
+            for f in self.filters.iter() {
+                if f.wants_kea_answer(&view, cmd) {
+                    f.kea_answer(&view, cmd, &mut answer);
+                }
+            }
+        }
+        let out = Bytes::from(answer.to_string());
+        let mut resp = ResponseHeader::build(200, Some(3))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
+        self.filter_response(session, ctx, &mut resp);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(out.clone()), true).await?;
+        Ok((200, kea::result_codes(&out), kea::peer_results(&out)))
     }
 
     /// Applies the added filters' `response` phase.

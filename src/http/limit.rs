@@ -5,8 +5,8 @@
 //! one identity's flood only ever empties its own bucket. Buckets are exact (a shared sketch
 //! like `pingora-limits` over-counts on collisions, which would let a flood limit a
 //! neighbour); memory stays bounded because a full bucket is the same as none: idle ones
-//! are swept, and past [`MAX_KEYS`] busy callers a new one is let through uncounted rather
-//! than refused for someone else's load.
+//! are swept, and past [`MAX_KEYS`] busy callers every further one shares a single overflow
+//! bucket (so filling the table buys an attacker no unlimited requests).
 
 use super::filter::{EdgeAnswer, HttpAction, HttpFilter, Request};
 use crate::config::RateLimitSettings;
@@ -30,6 +30,8 @@ pub struct Limiter {
 #[derive(Default)]
 struct Buckets {
     by_key: HashMap<String, Bucket>,
+    /// Shared by every caller without a place in `by_key` while it is full.
+    overflow: Option<Bucket>,
     last_sweep: Option<Instant>,
 }
 
@@ -56,16 +58,20 @@ impl Limiter {
             let dt = now.saturating_duration_since(bucket.at).as_secs_f64();
             (bucket.tokens + dt * self.per_second).min(self.burst)
         };
-        if let Some(bucket) = b.by_key.get_mut(key) {
+        let take = |bucket: &mut Bucket| {
             let tokens = refill(bucket);
             if tokens < 1.0 {
-                return Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second));
+                let wait = (1.0 - tokens) / self.per_second;
+                return Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX));
             }
             *bucket = Bucket {
                 tokens: tokens - 1.0,
                 at: now,
             };
-            return Ok(());
+            Ok(())
+        };
+        if let Some(bucket) = b.by_key.get_mut(key) {
+            return take(bucket);
         }
         if b.by_key.len() >= SWEEP_AT
             && b.last_sweep
@@ -82,8 +88,13 @@ impl Limiter {
                     at: now,
                 },
             );
+            return Ok(());
         }
-        Ok(())
+        let overflow = b.overflow.get_or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        take(overflow)
     }
 
     /// How many callers have a bucket now.
@@ -191,9 +202,15 @@ mod tests {
         assert!(l.take("ip:new", t0 + Duration::from_secs(1)).is_ok());
         assert_eq!(l.keys(), 1);
         let busy = limiter(0.001, 1);
-        for i in 0..MAX_KEYS + 10 {
+        for i in 0..MAX_KEYS {
             assert!(busy.take(&format!("k{i}"), t0).is_ok());
         }
+        // Past the table, callers share one overflow bucket (burst 1): the first passes.
+        assert!(busy.take("late-1", t0).is_ok());
+        assert!(
+            busy.take("late-2", t0).is_err(),
+            "untracked callers share a limit"
+        );
         assert_eq!(busy.keys(), MAX_KEYS, "no more buckets than MAX_KEYS");
         assert!(busy.take("k0", t0).is_err(), "tracked callers stay limited");
     }

@@ -43,7 +43,7 @@ pub struct HttpGateway {
     upstreams: Arc<[UpstreamGroup]>,
     audit: Arc<dyn AuditSink>,
     /// Pingora's HTTP connector and pool, for Kea commands forwarded from a buffer.
-    connector: Connector,
+    connector: Arc<Connector>,
     /// Metrics of requests answered before a route was found (404), label `route="-"`.
     unrouted: metrics::RouteMetrics,
     metrics: Arc<metrics::Metrics>,
@@ -72,7 +72,7 @@ impl HttpGateway {
             router,
             upstreams,
             audit,
-            connector: Connector::new(None),
+            connector: Arc::new(Connector::new(None)),
             unrouted: metrics::RouteMetrics::new(&metrics, "-"),
             metrics,
             keepalive_secs: keepalive.as_secs().max(1),

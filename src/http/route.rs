@@ -23,6 +23,8 @@ pub struct Route {
     pub forward_xfcc: bool,
     /// Kea command-level authorization, when the route has a `kea:` block.
     pub kea: Option<Arc<KeaPolicy>>,
+    /// Send allowed Kea commands to every peer of the group (`kea.fan_out: all`).
+    pub fan_out: bool,
     /// This route's request counters and histogram.
     pub metrics: RouteMetrics,
 }
@@ -45,6 +47,7 @@ impl Route {
             access: Access::default(),
             forward_xfcc: false,
             kea: None,
+            fan_out: false,
             metrics: RouteMetrics::new(metrics, name),
         }
     }
