@@ -252,10 +252,9 @@ impl HttpGateway {
         if !editors.is_empty() {
             let answer = match self.edit_answer(session, ctx, cmd, &editors, &mut up).await {
                 Ok(a) => a,
-                Err(kind) => {
-                    return self
-                        .upstream_failed(session, ctx, kind, "answer unreadable for the filters")
-                        .await
+                Err((kind, why)) => {
+                    let detail = format!("answer unreadable for the filters: {why}");
+                    return self.upstream_failed(session, ctx, kind, &detail).await;
                 }
             };
             resp.remove_header("transfer-encoding");
@@ -365,18 +364,21 @@ impl HttpGateway {
         cmd: &kea::Command,
         editors: &[usize],
         up: &mut pingora_core::protocols::http::client::HttpSession,
-    ) -> std::result::Result<Bytes, FailureKind> {
+    ) -> std::result::Result<Bytes, (FailureKind, String)> {
         let mut body = BytesMut::new();
         loop {
             match up.read_response_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > RESULT_CAPTURE {
-                        return Err(FailureKind::Other);
+                        return Err((
+                            FailureKind::Other,
+                            format!("larger than {RESULT_CAPTURE} bytes"),
+                        ));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(FailureKind::classify(&e)),
+                Err(e) => return Err((FailureKind::classify(&e), e.to_string())),
             }
         }
         let body = body.freeze();
