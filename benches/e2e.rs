@@ -312,7 +312,21 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         .args(["-R", "a+rX"])
         .arg(&dir)
         .status();
-    let gh_bin = gatehouse_bin();
+    // Same-run A/B of two builds: BENCH_GATEHOUSE_BIN runs another gatehouse binary under
+    // this same harness; BENCH_ONLY_GATEHOUSE=1 measures only Gatehouse (HTTP front and
+    // relay, no peers, no ping-pong); BENCH_RELAY_LINKS picks the relay link counts (1,16).
+    let gh_bin: &'static str = match std::env::var("BENCH_GATEHOUSE_BIN") {
+        Ok(p) if !p.trim().is_empty() => Box::leak(p.into_boxed_str()),
+        _ => gatehouse_bin(),
+    };
+    let only_gh = std::env::var("BENCH_ONLY_GATEHOUSE").is_ok_and(|v| v == "1");
+    let relay_links: Vec<usize> = std::env::var("BENCH_RELAY_LINKS")
+        .unwrap_or_else(|_| "1,16".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect();
+    eprintln!("gatehouse binary: {gh_bin}");
 
     // --- HTTP ---
     let (bport, pport, nport, hport, gport) = (
@@ -393,7 +407,9 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     let bare_bin = std::path::Path::new(gh_bin)
         .with_file_name("examples")
         .join("bare_pingora");
-    let bare = if bare_bin.exists() {
+    let bare = if only_gh {
+        None
+    } else if bare_bin.exists() {
         let xport = free_port();
         let mut c = Command::new(&bare_bin);
         c.arg(format!("127.0.0.1:{xport}"))
@@ -415,9 +431,11 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
 
     let mut http = Vec::new();
     eprintln!("HTTP: wrk -t2 -c64 -d{http_secs}s keep-alive against each front ...");
-    http.push(wrk("direct", pport, http_secs, None));
-    http.push(wrk("nginx", nport, http_secs, Some(front.child.id())));
-    http.push(wrk("haproxy", hport, http_secs, Some(hap.child.id())));
+    if !only_gh {
+        http.push(wrk("direct", pport, http_secs, None));
+        http.push(wrk("nginx", nport, http_secs, Some(front.child.id())));
+        http.push(wrk("haproxy", hport, http_secs, Some(hap.child.id())));
+    }
     if let Some((p, port)) = &bare {
         http.push(wrk("pingora (bare)", *port, http_secs, Some(p.child.id())));
     }
@@ -492,20 +510,25 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     let echo_o = agent("echo");
     let local = agent("localhost");
     let proxies = with_ports(&relays);
-    eprintln!("relay: 1 and 16 links, {relay_secs} s each ...");
+    eprintln!("relay: {relay_links:?} links, {relay_secs} s each ...");
     let mut relay = Vec::new();
-    for links in [1usize, 16] {
-        let (rate, _) = relay_throughput(
-            count_sink.addr,
-            &local,
-            links,
-            &count_sink,
-            None,
-            relay_secs,
-        )
-        .await;
-        relay.push(("direct", links, rate, None));
+    for links in relay_links.iter().copied() {
+        if !only_gh {
+            let (rate, _) = relay_throughput(
+                count_sink.addr,
+                &local,
+                links,
+                &count_sink,
+                None,
+                relay_secs,
+            )
+            .await;
+            relay.push(("direct", links, rate, None));
+        }
         for (name, cport, _, pid) in proxies {
+            if only_gh && name != "gatehouse" {
+                continue;
+            }
             let o = if name == "gatehouse" {
                 &count_o
             } else {
@@ -516,9 +539,13 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             relay.push((name, links, rate, cpu));
         }
     }
-    let direct_rtt = ping_pong(echo_sink.addr, &local, 5000).await;
+    let direct_rtt = if only_gh {
+        (f64::NAN, f64::NAN)
+    } else {
+        ping_pong(echo_sink.addr, &local, 5000).await
+    };
     let mut rtts = Vec::new();
-    for (name, _, eport, _) in proxies {
+    for (name, _, eport, _) in proxies.into_iter().filter(|_| !only_gh) {
         let o = if name == "gatehouse" { &echo_o } else { &local };
         rtts.push((name, ping_pong(addr(eport), o, 5000).await));
     }
