@@ -14,14 +14,17 @@
 //! connect to the last delivery), first messages delivered, links that failed at the client
 //! (grouped by error text), links left open by the proxy with nothing delivered upstream,
 //! links the proxy closed, the sink's failed handshakes (grouped), the sink's handshake time
-//! (p50/p99/max, from accept), the proxy's CPU seconds, and for Gatehouse its upstream connect
-//! failures by class (from its log).
+//! (p50/p99/max, from accept), this host's listen-queue overflows and SYN retransmits during
+//! the storm (`/proc/net/netstat`, host-wide), the proxy's CPU seconds, and for Gatehouse its
+//! upstream connect failures by class (from its log).
 //!
 //! Environment: `STORM_LINKS`, `STORM_CONCURRENCY`, `STORM_WAIT`, `STORM_KEYS`
 //! (`rsa4096`, `p256` or `both`, default both), `STORM_PROXIES` (default
 //! `gatehouse,haproxy,nginx`), `STORM_CONNECT_TIMEOUT` (Gatehouse's upstream group
 //! `connect_timeout`, e.g. `10s`; default: the config default, 2 s), `STORM_SINK_THREADS`
-//! (the sink's worker threads, default 1), `STORM_RUST_LOG` (Gatehouse's `RUST_LOG`, default
+//! (the sink's worker threads, default 1), `STORM_SINK_BACKLOG` (the sink's listen backlog,
+//! default 4096: an Icinga master listens with Boost.Asio's default, `SOMAXCONN`, which the
+//! kernel caps at `net.core.somaxconn`, 4096 here), `STORM_RUST_LOG` (Gatehouse's `RUST_LOG`, default
 //! `info`), `STORM_KEEP=1` keeps the run's folder (configs, logs, certificates).
 
 #[path = "../tests/common/mod.rs"]
@@ -88,8 +91,10 @@ fn mark_of(payload: &[u8]) -> Option<usize> {
 }
 
 impl StormSink {
-    async fn start(acc: SslAcceptor, links: usize, t0: Instant) -> StormSink {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn start(acc: SslAcceptor, links: usize, t0: Instant, backlog: u32) -> StormSink {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(addr(0)).unwrap();
+        let l: TcpListener = sock.listen(backlog).unwrap();
         let addr = l.local_addr().unwrap();
         let state = Arc::new(SinkState {
             t0,
@@ -296,7 +301,27 @@ struct Row {
     closed_by_proxy: usize,
     sink_errors: BTreeMap<String, usize>,
     sink_hs: (f64, f64, f64),
+    /// This host's TcpExt ListenOverflows and TCPSynRetrans during the storm.
+    tcp: (u64, u64),
     gh_failures: BTreeMap<String, usize>,
+}
+
+/// This host's `TcpExt` `ListenOverflows` (a full accept queue dropped a connection) and
+/// `TCPSynRetrans` (SYNs sent again, 1 s, 3 s, … later), from `/proc/net/netstat`.
+fn tcp_counters() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut rows = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(keys), Some(vals)) = (rows.next(), rows.next()) else {
+        return (0, 0);
+    };
+    let get = |name: &str| {
+        keys.split_whitespace()
+            .zip(vals.split_whitespace())
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("ListenOverflows"), get("TCPSynRetrans"))
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -336,8 +361,9 @@ async fn storm(
     wait: Duration,
 ) -> Row {
     let t_sink = Instant::now();
+    let backlog = env_num("STORM_SINK_BACKLOG", 4096.0) as u32;
     let sink = sink_rt
-        .spawn(async move { StormSink::start(sink_acc, links, t_sink).await })
+        .spawn(async move { StormSink::start(sink_acc, links, t_sink, backlog).await })
         .await
         .unwrap();
     let port = free_port();
@@ -357,6 +383,7 @@ async fn storm(
     };
     let target = addr(port);
     let cpu0 = cpu_secs(pid);
+    let tcp0 = tcp_counters();
     // The storm starts now: the sink's clock is reset to it.
     let t0 = Instant::now();
     let base_ns = t0.duration_since(t_sink).as_nanos() as u64;
@@ -386,6 +413,8 @@ async fn storm(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu = cpu_secs(pid) - cpu0;
+    let tcp1 = tcp_counters();
+    let tcp = (tcp1.0 - tcp0.0, tcp1.1 - tcp0.1);
     let delivered = st.delivered.load(Ordering::Relaxed);
     let secs = (st.last_ns.load(Ordering::Relaxed).saturating_sub(base_ns)) as f64 / 1e9;
     // Links the client still holds: did the proxy close them, or leave them open with
@@ -430,6 +459,7 @@ async fn storm(
         closed_by_proxy,
         sink_errors,
         sink_hs,
+        tcp,
         gh_failures: if proxy == "gatehouse" {
             gatehouse_failures(&log)
         } else {
@@ -543,11 +573,11 @@ fn main() {
     println!(
         "\n## Reconnect storm ({links} links, {parallel} handshakes at a time; mTLS both sides; first messages counted at the sink)"
     );
-    println!("| keys | proxy | links/s | delivered | failed at client | open, nothing upstream | closed by proxy | proxy CPU s | CPU ms/link | sink handshake p50/p99/max ms |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| keys | proxy | links/s | delivered | failed at client | open, nothing upstream | closed by proxy | proxy CPU s | CPU ms/link | sink handshake p50/p99/max ms | listen overflows / SYN retransmits |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {}/{} | {} | {} | {} | {:.1} | {:.1} | {:.0}/{:.0}/{:.0} |",
+            "| {} | {} | {:.0} | {}/{} | {} | {} | {} | {:.1} | {:.1} | {:.0}/{:.0}/{:.0} | {}/{} |",
             r.keys,
             r.proxy,
             r.delivered as f64 / r.secs,
@@ -560,7 +590,9 @@ fn main() {
             r.cpu * 1e3 / r.delivered.max(1) as f64,
             r.sink_hs.0,
             r.sink_hs.1,
-            r.sink_hs.2
+            r.sink_hs.2,
+            r.tcp.0,
+            r.tcp.1
         );
     }
     println!("\n| keys | proxy | client errors | sink handshake errors | Gatehouse upstream connect failures |");
