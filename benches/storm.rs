@@ -13,7 +13,7 @@
 //! Reported per proxy and key type: links/s (first messages delivered ÷ time from the first
 //! connect to the last delivery), first messages delivered, links that failed at the client
 //! (grouped by error text), links left open by the proxy with nothing delivered upstream,
-//! links the proxy closed, the sink's failed handshakes (grouped), the sink's handshake time
+//! links the proxy closed, the sink's failed and resumed handshakes, the sink's handshake time
 //! (p50/p99/max, from accept), this host's listen-queue overflows and SYN retransmits during
 //! the storm (`/proc/net/netstat`, host-wide), the proxy's CPU seconds, and for Gatehouse its
 //! upstream connect failures by class (from its log).
@@ -60,6 +60,8 @@ struct SinkState {
     /// Nanoseconds after `t0` of the latest first message.
     last_ns: AtomicU64,
     accept_errors: Mutex<BTreeMap<String, usize>>,
+    /// Handshakes that resumed a TLS session (no certificate signature or verification).
+    resumed: AtomicUsize,
     /// Handshake durations (accept → done), ms.
     handshake_ms: Mutex<Vec<f64>>,
 }
@@ -102,6 +104,7 @@ impl StormSink {
             delivered: AtomicUsize::new(0),
             last_ns: AtomicU64::new(0),
             accept_errors: Mutex::new(BTreeMap::new()),
+            resumed: AtomicUsize::new(0),
             handshake_ms: Mutex::new(Vec::with_capacity(links)),
         });
         let (st, acc) = (state.clone(), Arc::new(acc));
@@ -122,6 +125,9 @@ impl StormSink {
                             return;
                         }
                     };
+                    if s.ssl().session_reused() {
+                        st.resumed.fetch_add(1, Ordering::Relaxed);
+                    }
                     st.handshake_ms
                         .lock()
                         .unwrap()
@@ -301,6 +307,7 @@ struct Row {
     closed_by_proxy: usize,
     sink_errors: BTreeMap<String, usize>,
     sink_hs: (f64, f64, f64),
+    sink_resumed: usize,
     /// This host's TcpExt ListenOverflows and TCPSynRetrans during the storm.
     tcp: (u64, u64),
     gh_failures: BTreeMap<String, usize>,
@@ -459,6 +466,7 @@ async fn storm(
         closed_by_proxy,
         sink_errors,
         sink_hs,
+        sink_resumed: st.resumed.load(Ordering::Relaxed),
         tcp,
         gh_failures: if proxy == "gatehouse" {
             gatehouse_failures(&log)
@@ -595,14 +603,15 @@ fn main() {
             r.tcp.1
         );
     }
-    println!("\n| keys | proxy | client errors | sink handshake errors | Gatehouse upstream connect failures |");
-    println!("|---|---|---|---|---|");
+    println!("\n| keys | proxy | client errors | sink handshakes resumed | sink handshake errors | Gatehouse upstream connect failures |");
+    println!("|---|---|---|---:|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.keys,
             r.proxy,
             grouped(&r.client_errors),
+            r.sink_resumed,
             grouped(&r.sink_errors),
             grouped(&r.gh_failures)
         );
