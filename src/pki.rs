@@ -1,7 +1,8 @@
 //! A small certificate factory on BoringSSL: throwaway CAs and leaf certificates.
 //!
 //! Used by `gatehouse dev-certs` (so `make run` needs no openssl CLI) and by the test
-//! suites, which mint every certificate they use at test time. Keys are EC P-256.
+//! suites, which mint every certificate they use at test time. Keys are EC P-256 unless a
+//! [`CertSpec`] asks for RSA ([`CertSpec::rsa`]; Icinga's own CA issues RSA-4096).
 
 use boring::asn1::{Asn1Integer, Asn1Time};
 use boring::bn::{BigNum, MsbOption};
@@ -10,6 +11,7 @@ use boring::error::ErrorStack;
 use boring::hash::MessageDigest;
 use boring::nid::Nid;
 use boring::pkey::{PKey, Private};
+use boring::rsa::Rsa;
 use boring::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
 };
@@ -74,6 +76,8 @@ pub struct CertSpec {
     pub not_before_secs: i64,
     /// Valid until now + this many seconds.
     pub not_after_secs: i64,
+    /// RSA key of this many bits instead of EC P-256 (for keys this spec makes).
+    pub rsa_bits: Option<u32>,
 }
 
 impl CertSpec {
@@ -86,7 +90,14 @@ impl CertSpec {
             uris: vec![],
             not_before_secs: -3600,
             not_after_secs: 365 * 86400,
+            rsa_bits: None,
         }
+    }
+
+    /// An RSA key of `bits` bits instead of EC P-256.
+    pub fn rsa(mut self, bits: u32) -> Self {
+        self.rsa_bits = Some(bits);
+        self
     }
 
     /// Adds DNS names.
@@ -125,9 +136,13 @@ pub struct Ca {
 impl Ca {
     /// A new self-signed CA named `cn`, valid for ten years.
     pub fn new(cn: &str) -> Result<Ca, ErrorStack> {
-        let key = new_key()?;
-        let spec = CertSpec::new(cn).validity(-3600, 10 * 365 * 86400);
-        let cert = build(&spec, &key, None, true)?;
+        Ca::from_spec(&CertSpec::new(cn).validity(-3600, 10 * 365 * 86400))
+    }
+
+    /// A new self-signed CA for `spec` (name, validity, key type).
+    pub fn from_spec(spec: &CertSpec) -> Result<Ca, ErrorStack> {
+        let key = new_key(spec)?;
+        let cert = build(spec, &key, None, true)?;
         Ok(Ca {
             issued: Issued { cert, key },
         })
@@ -150,7 +165,7 @@ impl Ca {
 
     /// Issues a leaf for `spec`, usable for both server and client authentication.
     pub fn issue(&self, spec: &CertSpec) -> Result<Issued, ErrorStack> {
-        self.issue_for_key(spec, new_key()?)
+        self.issue_for_key(spec, new_key(spec)?)
     }
 
     /// Issues a leaf for an existing key (a renewal keeps the key, changes the dates).
@@ -162,12 +177,15 @@ impl Ca {
 
 /// A self-signed leaf (what an Icinga agent has before enrollment).
 pub fn self_signed(spec: &CertSpec) -> Result<Issued, ErrorStack> {
-    let key = new_key()?;
+    let key = new_key(spec)?;
     let cert = build(spec, &key, None, false)?;
     Ok(Issued { cert, key })
 }
 
-fn new_key() -> Result<PKey<Private>, ErrorStack> {
+fn new_key(spec: &CertSpec) -> Result<PKey<Private>, ErrorStack> {
+    if let Some(bits) = spec.rsa_bits {
+        return PKey::from_rsa(Rsa::generate(bits)?);
+    }
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
     PKey::from_ec_key(EcKey::generate(&group)?)
 }
