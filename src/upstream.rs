@@ -31,8 +31,46 @@ struct PeerTemplate {
     /// Swapped whole on reload; each new peer stamps the material current at that moment.
     tls: Option<ArcSwap<UpstreamTlsMaterial>>,
     connect_timeout: Duration,
+    tls_handshake_timeout: Duration,
     read_timeout: Duration,
     idle_timeout: Duration,
+    /// The TCP connect, bounded by `connect_timeout` alone.
+    l4: Arc<BoundedConnect>,
+}
+
+/// A TCP connect bounded by its own timeout. Pingora 0.9 bounds the TCP connect and, again, the
+/// TLS handshake by `PeerOptions::connection_timeout`, so one value cannot keep a dead peer's
+/// connect short and give a busy peer's handshake time; with this as `custom_l4`,
+/// `connection_timeout` bounds the handshake only. (Keepalive and nodelay are still applied by
+/// Pingora after the connect.)
+#[derive(Debug)]
+struct BoundedConnect {
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::connectors::L4Connect for BoundedConnect {
+    async fn connect(
+        &self,
+        addr: &pingora_core::protocols::l4::socket::SocketAddr,
+    ) -> pingora_error::Result<pingora_core::protocols::l4::stream::Stream> {
+        use pingora_error::{Error, ErrorType, OrErr};
+        let Some(inet) = addr.as_inet() else {
+            return Error::e_explain(
+                ErrorType::ConnectError,
+                format!("not a TCP address: {addr}"),
+            );
+        };
+        match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(inet)).await {
+            Ok(r) => r
+                .map(Into::into)
+                .or_err_with(ErrorType::ConnectError, || format!("connecting to {inet}")),
+            Err(_) => Error::e_explain(
+                ErrorType::ConnectTimedout,
+                format!("timeout {:?} connecting to {inet}", self.timeout),
+            ),
+        }
+    }
 }
 
 impl PeerTemplate {
@@ -42,8 +80,14 @@ impl PeerTemplate {
             t.load().apply(&mut p);
         }
         let o = &mut p.options;
-        o.connection_timeout = Some(self.connect_timeout);
-        o.total_connection_timeout = Some(self.connect_timeout);
+        if self.tls.is_some() {
+            o.custom_l4 = Some(self.l4.clone());
+            o.connection_timeout = Some(self.tls_handshake_timeout);
+            o.total_connection_timeout = Some(self.connect_timeout + self.tls_handshake_timeout);
+        } else {
+            o.connection_timeout = Some(self.connect_timeout);
+            o.total_connection_timeout = Some(self.connect_timeout);
+        }
         o.read_timeout = Some(self.read_timeout);
         o.write_timeout = Some(self.read_timeout);
         o.idle_timeout = Some(self.idle_timeout);
@@ -83,6 +127,10 @@ impl UpstreamGroup {
         let template = PeerTemplate {
             tls: tls.map(ArcSwap::from_pointee),
             connect_timeout: u.connect_timeout,
+            tls_handshake_timeout: u.tls_handshake_timeout,
+            l4: Arc::new(BoundedConnect {
+                timeout: u.connect_timeout,
+            }),
             read_timeout: u.read_timeout,
             idle_timeout: u.idle_timeout,
         };

@@ -330,6 +330,7 @@ fn the_typed_test_config_writes_only_schema_keys() {
                     host: Some("kea.internal".into()),
                 })
                 .connect_timeout("1s")
+                .tls_handshake_timeout("5s")
                 .read_timeout("1s")
                 .idle_timeout("1s")
                 .tls(

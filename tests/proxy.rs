@@ -595,3 +595,85 @@ async fn session_resumption_is_off_on_cluster_only_listeners() {
     assert_eq!(tickets_offered(cluster, &ca).await, 0);
     assert!(tickets_offered(resume, &ca).await >= 1);
 }
+
+/// An origin that accepts TCP at once but starts its TLS handshake only after `delay` (a
+/// master busy with a reconnect storm), then answers one request with 200 "ok".
+async fn slow_handshake_origin(
+    acc: boring::ssl::SslAcceptor,
+    delay: std::time::Duration,
+) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let acc = std::sync::Arc::new(acc);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acc = acc.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Ok(mut s) = tokio_boring::accept(&acc, tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+/// `connect_timeout` bounds the TCP connect only; `tls_handshake_timeout` (default 10 s) the
+/// TLS handshake after it: a peer that answers its handshake 3 s late is reached by default
+/// (the old 2 s connect_timeout covered both and gave up), and times out (504) with a 1 s
+/// handshake bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshake_timeout_is_separate_from_connect_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let slow =
+        slow_handshake_origin(w.origin_acceptor(false), std::time::Duration::from_secs(3)).await;
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Required)
+        .upstream(
+            "patient",
+            w.up(slow, &w.up.ca_path(), true).connect_timeout("2s"),
+        )
+        .upstream(
+            "hasty",
+            w.up(slow, &w.up.ca_path(), true)
+                .connect_timeout("2s")
+                .tls_handshake_timeout("1s"),
+        )
+        .route(Route::new("patient", "patient").path("/patient"))
+        .route(Route::new("hasty", "hasty").path("/hasty"));
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let get = |path: &'static str| {
+        let o = w.client(Some("alice"));
+        async move {
+            let t0 = std::time::Instant::now();
+            let r = request(addr(port), Some(&o), "GET", path, &[], b"")
+                .await
+                .unwrap();
+            (r.status, r.text(), t0.elapsed())
+        }
+    };
+    let (status, text, took) = get("/patient").await;
+    assert_eq!((status, text.as_str()), (200, "ok"), "{}", gh.log_text());
+    assert!(took >= std::time::Duration::from_secs(3), "{took:?}");
+    let (status, text, took) = get("/hasty").await;
+    assert_eq!(status, 504, "{text}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+}

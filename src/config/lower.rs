@@ -422,6 +422,7 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
         load_balancing: u.load_balancing,
         health_check,
         connect_timeout: u.connect_timeout.get(),
+        tls_handshake_timeout: u.tls_handshake_timeout.get(),
         read_timeout: u.read_timeout.get(),
         idle_timeout: u.idle_timeout.get(),
         tls,

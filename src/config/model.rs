@@ -145,8 +145,10 @@ pub struct UpstreamSettings {
     pub load_balancing: LoadBalancing,
     /// Active health probe, if any.
     pub health_check: Option<HealthProbe>,
-    /// TCP (and TLS) connect limit.
+    /// TCP connect limit.
     pub connect_timeout: Duration,
+    /// TLS handshake limit (after the TCP connect).
+    pub tls_handshake_timeout: Duration,
     /// Limit on each read and write.
     pub read_timeout: Duration,
     /// How long pooled idle connections are kept.

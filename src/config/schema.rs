@@ -217,9 +217,13 @@ pub struct UpstreamSection {
     /// Active health checking; absent = every peer is assumed healthy.
     #[serde(default)]
     pub health_check: Option<HealthCheckSection>,
-    /// TCP connect plus TLS handshake budget.
+    /// TCP connect budget.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// TLS handshake budget, after the TCP connect: a master busy with a reconnect storm
+    /// answers late but answers.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout: HumanDuration,
     /// Longest wait for any read from the peer (response headers or body).
     #[serde(default = "default_read_timeout")]
     pub read_timeout: HumanDuration,
@@ -233,6 +237,9 @@ pub struct UpstreamSection {
 
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration::secs(2)
+}
+fn default_tls_handshake_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 fn default_read_timeout() -> HumanDuration {
     HumanDuration::secs(30)

@@ -412,6 +412,7 @@ pub struct Group {
     pub load_balancing: Option<String>,
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Option<String>,
+    pub tls_handshake_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub tls: Option<UpstreamTls>,
@@ -443,6 +444,7 @@ impl Group {
     setters!(
         str load_balancing,
         str connect_timeout,
+        str tls_handshake_timeout,
         str read_timeout,
         str idle_timeout,
     );
