@@ -54,17 +54,18 @@ impl pingora_core::connectors::L4Connect for BoundedConnect {
         &self,
         addr: &pingora_core::protocols::l4::socket::SocketAddr,
     ) -> pingora_error::Result<pingora_core::protocols::l4::stream::Stream> {
-        use pingora_error::{Error, ErrorType, OrErr};
+        use pingora_error::{Error, ErrorType};
         let Some(inet) = addr.as_inet() else {
             return Error::e_explain(
                 ErrorType::ConnectError,
                 format!("not a TCP address: {addr}"),
             );
         };
-        match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(inet)).await {
-            Ok(r) => r
-                .map(Into::into)
-                .or_err_with(ErrorType::ConnectError, || format!("connecting to {inet}")),
+        // Pingora's own connect, so refusals and unreachable networks are classified as on
+        // every other path (`ConnectRefused`, `ConnectNoRoute`, …).
+        let connect = pingora_core::protocols::l4::ext::connect(inet, None);
+        match tokio::time::timeout(self.timeout, connect).await {
+            Ok(r) => r.map(Into::into),
             Err(_) => Error::e_explain(
                 ErrorType::ConnectTimedout,
                 format!("timeout {:?} connecting to {inet}", self.timeout),
