@@ -210,11 +210,7 @@ impl HttpGateway {
         ctx.peer = Some(addr);
         let peer = group.peer(addr);
 
-        let mut req = upstream_request(session.req_header(), &group.host_header(addr), &body)?;
-        self.forwarding_headers(session, route, ctx.client(), &mut req)?;
-        if !self.filters.is_empty() {
-            self.filter_upstream(session, ctx, &mut req)?;
-        }
+        let req = self.prepare(session, ctx, route, addr, &body)?;
 
         let sent = async {
             let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
@@ -312,12 +308,7 @@ impl HttpGateway {
         let group = &self.upstreams[route.upstream];
         let mut requests = Vec::with_capacity(group.addrs().len());
         for &addr in group.addrs() {
-            let mut req = upstream_request(session.req_header(), &group.host_header(addr), &body)?;
-            self.forwarding_headers(session, route, ctx.client(), &mut req)?;
-            if !self.filters.is_empty() {
-                self.filter_upstream(session, ctx, &mut req)?;
-            }
-            requests.push((addr, req));
+            requests.push((addr, self.prepare(session, ctx, route, addr, &body)?));
         }
         let mut answer = super::fanout::fan_out(
             &self.connector,
@@ -344,6 +335,25 @@ impl HttpGateway {
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(out.clone()), true).await?;
         Ok((200, kea::result_codes(&out), kea::peer_results(&out)))
+    }
+
+    /// The request for peer `addr`: Kea's HTTP/1.1 framing (its Host, `Content-Length`),
+    /// the forwarding headers, and the added filters' `upstream_request` edits.
+    fn prepare(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        route: &Route,
+        addr: std::net::SocketAddr,
+        body: &Bytes,
+    ) -> Result<RequestHeader> {
+        let group = &self.upstreams[route.upstream];
+        let mut req = upstream_request(session.req_header(), &group.host_header(addr), body)?;
+        self.forwarding_headers(session, route, ctx.client(), &mut req)?;
+        if !self.filters.is_empty() {
+            self.filter_upstream(session, ctx, &mut req)?;
+        }
+        Ok(req)
     }
 
     /// Applies the added filters' `response` phase.
