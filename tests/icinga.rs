@@ -109,36 +109,8 @@ async fn icinga_master_and_agent_through_gatehouse() {
     let agent = Node::new(root, "agent");
     master.run(&["pki", "new-ca"], false);
     let ca_crt = master.dir.join("data/ca/ca.crt");
-    let new_cert = |node: &Node, cn: &str, dir: &Path| {
-        let (key, csr) = (dir.join(format!("{cn}.key")), dir.join(format!("{cn}.csr")));
-        node.run(
-            &[
-                "pki",
-                "new-cert",
-                "--cn",
-                cn,
-                "--key",
-                key.to_str().unwrap(),
-                "--csr",
-                csr.to_str().unwrap(),
-            ],
-            false,
-        );
-        (key, csr)
-    };
-    let sign = |csr: &Path, crt: &Path| {
-        master.run(
-            &[
-                "pki",
-                "sign-csr",
-                "--csr",
-                csr.to_str().unwrap(),
-                "--cert",
-                crt.to_str().unwrap(),
-            ],
-            false,
-        );
-    };
+    let new_cert = |node: &Node, cn: &str, dir: &Path| node.new_cert(cn, dir);
+    let sign = |csr: &Path, crt: &Path| master.sign_csr(csr, crt);
     let (_, csr) = new_cert(&master, "master1", &master.certs());
     sign(&csr, &master.certs().join("master1.crt"));
     std::fs::copy(&ca_crt, master.certs().join("ca.crt")).unwrap();

@@ -45,31 +45,8 @@ fn icinga_pki(ca_node: &Node, nodes: &[(&Node, &str)]) -> (Ca, PathBuf) {
     let ca_crt = ca_node.dir.join("data/ca/ca.crt");
     for (node, cn) in nodes {
         let p = |ext: &str| node.certs().join(format!("{cn}.{ext}"));
-        let (key, csr, crt) = (p("key"), p("csr"), p("crt"));
-        node.run(
-            &[
-                "pki",
-                "new-cert",
-                "--cn",
-                cn,
-                "--key",
-                key.to_str().unwrap(),
-                "--csr",
-                csr.to_str().unwrap(),
-            ],
-            false,
-        );
-        ca_node.run(
-            &[
-                "pki",
-                "sign-csr",
-                "--csr",
-                csr.to_str().unwrap(),
-                "--cert",
-                crt.to_str().unwrap(),
-            ],
-            false,
-        );
+        let (_, csr) = node.new_cert(cn, &node.certs());
+        ca_node.sign_csr(&csr, &p("crt"));
         std::fs::copy(&ca_crt, node.certs().join("ca.crt")).unwrap();
     }
     let ca = Ca::from_pem(

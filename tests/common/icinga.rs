@@ -46,6 +46,23 @@ impl Node {
         std::fs::read_to_string(self.dir.join("log/icinga2.log")).unwrap_or_default()
     }
 
+    /// `icinga2 pki new-cert`: a new key and CSR for `cn` in `dir`; returns their paths.
+    pub fn new_cert(&self, cn: &str, dir: &Path) -> (PathBuf, PathBuf) {
+        let (key, csr) = (dir.join(format!("{cn}.key")), dir.join(format!("{cn}.csr")));
+        let (k, c) = (key.to_str().unwrap(), csr.to_str().unwrap());
+        self.run(
+            &["pki", "new-cert", "--cn", cn, "--key", k, "--csr", c],
+            false,
+        );
+        (key, csr)
+    }
+
+    /// `icinga2 pki sign-csr` on this node (the CA master): `csr` signed into `crt`.
+    pub fn sign_csr(&self, csr: &Path, crt: &Path) {
+        let (c, t) = (csr.to_str().unwrap(), crt.to_str().unwrap());
+        self.run(&["pki", "sign-csr", "--csr", c, "--cert", t], false);
+    }
+
     /// Runs `icinga2 ARGS... <path defines>`; panics with the output on failure unless `may_fail`.
     pub fn run(&self, args: &[&str], may_fail: bool) -> Output {
         let out = icinga2()
