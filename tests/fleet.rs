@@ -305,20 +305,11 @@ async fn kea_commands_fan_out_to_every_agent() {
     let edge = Pki::new(tmp.path(), "edge");
     edge.server("server", &[]);
     edge.issue("dashboard-1", CertSpec::new("dashboard-1"));
-    let up = Pki::new(tmp.path(), "up");
-    up.server("kea", &["kea.internal"]);
-    up.issue("gatehouse", CertSpec::new("gatehouse"));
+    let up = common::kea::upstream_pki(tmp.path());
     let k1 = Kea::start(&tmp.path().join("k1"), free_port(), None);
     let mut k2 = Kea::start(&tmp.path().join("k2"), free_port(), None);
     let hang = Upstream::h1(None, Behavior::Hang).await;
-    let tls = || {
-        let (cert, key) = up.paths("kea");
-        Some(KeaTls {
-            cert,
-            key,
-            trust_anchor: up.ca_path(),
-        })
-    };
+    let tls = || Some(KeaTls::from_pki(&up));
     let t1 = Kea::start(&tmp.path().join("t1"), free_port(), tls());
     let t2 = Kea::start(&tmp.path().join("t2"), free_port(), tls());
     let (port, mport) = (reserved_port(), reserved_port());

@@ -58,20 +58,13 @@ async fn kea_plain_and_mtls_bodies_are_byte_identical() {
     let edge = Pki::new(tmp.path(), "edge");
     edge.server("server", &[]);
     edge.issue("ops", CertSpec::new("ops"));
-    let up = Pki::new(tmp.path(), "up");
-    up.server("kea", &["kea.internal"]);
-    up.issue("gatehouse", CertSpec::new("gatehouse"));
+    let up = common::kea::upstream_pki(tmp.path());
 
     let plain = Kea::start(&tmp.path().join("k1"), free_port(), None);
-    let (cert, key) = up.paths("kea");
     let secure = Kea::start(
         &tmp.path().join("k2"),
         free_port(),
-        Some(KeaTls {
-            cert,
-            key,
-            trust_anchor: up.ca_path(),
-        }),
+        Some(KeaTls::from_pki(&up)),
     );
 
     let port = reserved_port();

@@ -426,18 +426,11 @@ async fn curl_over_http2_reaches_kea_over_mutual_tls() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let edge = edge_pki(tmp.path());
-    let up = Pki::new(tmp.path(), "up");
-    up.server("kea", &["kea.internal"]);
-    up.issue("gatehouse", CertSpec::new("gatehouse"));
-    let (cert, key) = up.paths("kea");
+    let up = common::kea::upstream_pki(tmp.path());
     let kea = Kea::start(
         &tmp.path().join("k"),
         free_port(),
-        Some(KeaTls {
-            cert,
-            key,
-            trust_anchor: up.ca_path(),
-        }),
+        Some(KeaTls::from_pki(&up)),
     );
     let port = reserved_port();
     let kea_tls = UpstreamTls::mutual("kea.internal", &up, "gatehouse");

@@ -5,6 +5,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The upstream PKI of a Kea test: the agents' server certificate for `kea.internal` (and
+/// 127.0.0.1) and Gatehouse's client certificate `gatehouse`, under one CA in `dir/up`.
+pub fn upstream_pki(dir: &Path) -> super::Pki {
+    let up = super::Pki::new(dir, "up");
+    up.server("kea", &["kea.internal"]);
+    up.issue("gatehouse", gatehouse::pki::CertSpec::new("gatehouse"));
+    up
+}
+
+impl KeaTls {
+    /// An agent presenting `up`'s `kea` certificate and requiring client certificates from
+    /// `up`'s CA (see [`upstream_pki`]).
+    pub fn from_pki(up: &super::Pki) -> KeaTls {
+        let (cert, key) = up.paths("kea");
+        KeaTls {
+            cert,
+            key,
+            trust_anchor: up.ca_path(),
+        }
+    }
+}
+
 /// Kea Control Agent TLS: server cert, key, and the CA client certs must chain to.
 pub struct KeaTls {
     pub cert: PathBuf,
