@@ -292,7 +292,7 @@ async fn decision_authorizer_allows_caches_fails_closed_and_revokes_links() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kea_whoami_is_answered_at_the_edge_and_the_rest_goes_to_kea() {
-    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use gatehouse::pki::CertSpec;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -54,11 +53,7 @@ fn edge_listener(port: u16, edge: &Pki) -> Listener {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_is_per_identity() {
     let tmp = tempfile::tempdir().unwrap();
-    let edge = Pki::new(tmp.path(), "edge");
-    edge.server("server", &[]);
-    for cn in ["flood", "calm"] {
-        edge.issue(cn, CertSpec::new(cn));
-    }
+    let edge = Pki::edge(tmp.path(), &["flood", "calm"]);
     let origin = Upstream::h1(None, Behavior::Echo).await;
     let port = reserved_port();
     let conf = Conf::new()
@@ -234,11 +229,7 @@ async fn a_newer_link_of_the_same_identity_replaces_the_older() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_per_identity() {
     let tmp = tempfile::tempdir().unwrap();
-    let edge = Pki::new(tmp.path(), "edge");
-    edge.server("server", &[]);
-    for cn in ["a", "b"] {
-        edge.issue(cn, CertSpec::new(cn));
-    }
+    let edge = Pki::edge(tmp.path(), &["a", "b"]);
     let origin = Upstream::h1(None, Behavior::Echo).await;
     let port = reserved_port();
     let conf = Conf::new()
@@ -298,13 +289,11 @@ async fn connections_are_capped_per_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kea_commands_fan_out_to_every_agent() {
     use common::kea::{Kea, KeaTls};
-    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let edge = Pki::new(tmp.path(), "edge");
-    edge.server("server", &[]);
-    edge.issue("dashboard-1", CertSpec::new("dashboard-1"));
+    let edge = Pki::edge(tmp.path(), &["dashboard-1"]);
     let up = common::kea::upstream_pki(tmp.path());
     let k1 = Kea::start(&tmp.path().join("k1"), free_port(), None);
     let mut k2 = Kea::start(&tmp.path().join("k2"), free_port(), None);
@@ -526,9 +515,7 @@ async fn kea_commands_fan_out_to_every_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_copies_carry_gatehouse_forwarding_headers() {
     let tmp = tempfile::tempdir().unwrap();
-    let edge = Pki::new(tmp.path(), "edge");
-    edge.server("server", &[]);
-    edge.issue("ops", CertSpec::new("ops"));
+    let edge = Pki::edge(tmp.path(), &["ops"]);
     let (a, b) = (
         Upstream::h1(None, Behavior::Echo).await,
         Upstream::h1(None, Behavior::Echo).await,

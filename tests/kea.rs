@@ -5,7 +5,6 @@ mod common;
 
 use common::kea::{Kea, KeaTls};
 use common::*;
-use gatehouse::pki::CertSpec;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -51,13 +50,11 @@ async fn compare(kea: &Kea, direct_tls: Option<&ClientOpts>, gh: SocketAddr, cli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kea_plain_and_mtls_bodies_are_byte_identical() {
-    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let edge = Pki::new(tmp.path(), "edge");
-    edge.server("server", &[]);
-    edge.issue("ops", CertSpec::new("ops"));
+    let edge = Pki::edge(tmp.path(), &["ops"]);
     let up = common::kea::upstream_pki(tmp.path());
 
     let plain = Kea::start(&tmp.path().join("k1"), free_port(), None);
@@ -166,15 +163,11 @@ fn rbac() -> Route {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kea_commands_are_authorized_per_identity_and_audited() {
-    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let edge = Pki::new(tmp.path(), "edge");
-    edge.server("server", &[]);
-    for cn in ["dashboard-1", "ops-admin", "ops-intern"] {
-        edge.issue(cn, CertSpec::new(cn));
-    }
+    let edge = Pki::edge(tmp.path(), &["dashboard-1", "ops-admin", "ops-intern"]);
     let k = Kea::start(&tmp.path().join("k"), free_port(), None);
     let (port, mport) = (reserved_port(), reserved_port());
     let conf = Conf::new()
@@ -442,13 +435,11 @@ async fn kea_commands_are_authorized_per_identity_and_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kea_restart_and_dead_peers_are_survived() {
-    if !require_binary("kea-ctrl-agent") || !require_binary("kea-dhcp4") {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let edge = Pki::new(tmp.path(), "edge");
-    edge.server("server", &[]);
-    edge.issue("ops", CertSpec::new("ops"));
+    let edge = Pki::edge(tmp.path(), &["ops"]);
     let kea_dir = tmp.path().join("k");
     let kea_port = free_port();
     let mut k = Kea::start(&kea_dir, kea_port, None);

@@ -11,7 +11,6 @@ mod common;
 use bytes::Bytes;
 use common::kea::{Kea, KeaTls};
 use common::*;
-use gatehouse::pki::CertSpec;
 use serde_json::{json, Value};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,10 +35,6 @@ async fn within<F: Future>(what: &str, f: F) -> F::Output {
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn kea_installed() -> bool {
-    require_binary("kea-ctrl-agent") && require_binary("kea-dhcp4")
 }
 
 // === curl ===
@@ -275,12 +270,7 @@ fn kea_received(kea: &Kea, command: &str) -> usize {
 
 /// Edge PKI: server cert (localhost, 127.0.0.1) and the clients `client`, `other`.
 fn edge_pki(dir: &Path) -> Pki {
-    let edge = Pki::new(dir, "edge");
-    edge.server("server", &[]);
-    for cn in ["client", "other", "dash", "ops"] {
-        edge.issue(cn, CertSpec::new(cn));
-    }
-    edge
+    Pki::edge(dir, &["client", "other", "dash", "ops"])
 }
 
 /// Listener `edge` on `port`, client certificates of `edge` required.
@@ -307,7 +297,7 @@ fn client_rules_conf(port: u16, edge: &Pki, upstream: Group) -> Conf {
 /// over h2, an h2 upload without a length works, and so does an HTTP/1.1 chunked upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_over_http2_and_http11_reaches_plain_kea() {
-    if !kea_installed() {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -384,7 +374,7 @@ async fn curl_over_http2_and_http11_reaches_plain_kea() {
 /// The `h2` crate as a client: commands with and without `content-length` reach Kea.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_crate_client_posts_kea_commands() {
-    if !kea_installed() {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -421,7 +411,7 @@ async fn h2_crate_client_posts_kea_commands() {
 /// same answers as Gatehouse's own upstream identity asking directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_over_http2_reaches_kea_over_mutual_tls() {
-    if !kea_installed() {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -732,7 +722,7 @@ fn check_upstream_request(
 /// A rule allowing only `dhcp4` refuses it before Kea sees it; one allowing `ca` lets it in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_without_service_are_authorized_as_service_ca() {
-    if !kea_installed() {
+    if !common::kea::installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

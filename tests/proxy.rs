@@ -17,9 +17,7 @@ struct World {
 
 impl World {
     fn new(dir: &Path) -> World {
-        let edge = Pki::new(dir, "edge");
-        edge.server("server", &[]);
-        edge.issue("alice", CertSpec::new("alice"));
+        let edge = Pki::edge(dir, &["alice"]);
         let up = Pki::new(dir, "up");
         up.server("origin", &["kea.internal"]);
         up.issue("gatehouse", CertSpec::new("gatehouse"));

@@ -5,6 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether Kea's daemons are installed; skips (loudly) or fails under CI, as
+/// [`super::require_binary`].
+pub fn installed() -> bool {
+    super::require_binary("kea-ctrl-agent") && super::require_binary("kea-dhcp4")
+}
+
 /// The upstream PKI of a Kea test: the agents' server certificate for `kea.internal` (and
 /// 127.0.0.1) and Gatehouse's client certificate `gatehouse`, under one CA in `dir/up`.
 pub fn upstream_pki(dir: &Path) -> super::Pki {

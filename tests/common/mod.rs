@@ -142,6 +142,17 @@ impl Pki {
         Pki { dir, ca }
     }
 
+    /// The edge PKI of most tests: `dir/edge/` with the listener's `server` certificate
+    /// (localhost, 127.0.0.1) and one client certificate per CN in `clients`.
+    pub fn edge(dir: &Path, clients: &[&str]) -> Pki {
+        let edge = Pki::new(dir, "edge");
+        edge.server("server", &[]);
+        for cn in clients {
+            edge.issue(cn, CertSpec::new(cn));
+        }
+        edge
+    }
+
     /// Path of the CA certificate.
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.crt")
