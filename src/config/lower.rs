@@ -416,6 +416,16 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
             alpn: t.alpn,
         }
     });
+    // A zero bound would fail every connection to the group (as a timeout), not disable it.
+    for (key, d) in [
+        ("connect_timeout", u.connect_timeout),
+        ("tls_handshake_timeout", u.tls_handshake_timeout),
+        ("read_timeout", u.read_timeout),
+    ] {
+        if d.get().is_zero() {
+            cx.err(format!("{at}.{key}"), "must be more than 0");
+        }
+    }
     UpstreamSettings {
         name: name.to_string(),
         peers,
@@ -807,6 +817,30 @@ audit: { path: audit.jsonl }
                 "routes[0].rate_limit.requests_per_second",
                 "routes[0].rate_limit.burst"
             ]
+        );
+    }
+
+    /// Limits that would refuse everything are refused themselves, under their key paths.
+    #[test]
+    fn zero_bounds_and_zero_caps_are_refused() {
+        let yaml = r#"
+listeners: [{ name: a, address: "127.0.0.1:1", protocols: [cluster], max_connections_per_identity: 0 }]
+upstreams: { u: { peers: ["127.0.0.1:2"], connect_timeout: 0s, tls_handshake_timeout: 0ms, read_timeout: 0s } }
+cluster: { routes: [{ sni: "*", upstream: u }], limits: { max_links_per_identity: 0 } }
+"#;
+        let errs = Config::parse(yaml, Path::new(".")).unwrap_err();
+        let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "cluster.limits.max_links_per_identity",
+                "listeners[0].max_connections_per_identity",
+                "upstreams.u.connect_timeout",
+                "upstreams.u.read_timeout",
+                "upstreams.u.tls_handshake_timeout",
+            ],
+            "{errs:?}"
         );
     }
 }
