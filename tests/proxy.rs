@@ -675,3 +675,55 @@ async fn tls_handshake_timeout_is_separate_from_connect_timeout() {
     assert_eq!(status, 504, "{text}");
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
 }
+
+/// `connect_timeout` still bounds the TCP connect of a TLS upstream (now Gatehouse's own
+/// connect, see `tls_handshake_timeout`): a peer whose accept queue is full drops our SYN,
+/// and the request ends with 504 after about `connect_timeout`, not the handshake's 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_bounds_the_tcp_connect() {
+    use socket2::{Domain, Socket, Type};
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    // A listener that never accepts, with the smallest queue; fill it so further SYNs drop.
+    let full = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    full.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    full.listen(0).unwrap();
+    let dead = full.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(dead),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    assert!(!fillers.is_empty(), "the queue took no connection at all");
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Required)
+        .upstream(
+            "full",
+            w.up(dead, &w.up.ca_path(), true).connect_timeout("1s"),
+        )
+        .route(Route::new("full", "full"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let t0 = std::time::Instant::now();
+    let r = request(
+        addr(port),
+        Some(&w.client(Some("alice"))),
+        "GET",
+        "/",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.text().trim(), "upstream error: timeout");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
