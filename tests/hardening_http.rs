@@ -182,7 +182,7 @@ async fn h2_get(send: &h2::client::SendRequest<Bytes>, port: u16, path: &str) ->
     status
 }
 
-/// `gatehouse_http_header_timeouts_total{listener="<listener>"}` (the README's name; 0 when
+/// `gatehouse_http_header_timeouts_total{listener="<listener>"}` (the name in docs/metrics.md; 0 when
 /// absent). `gatehouse_http_head_timeouts_total` is read too, should the family be renamed.
 async fn head_timeouts(gh: &Gatehouse, listener: &str) -> u64 {
     let m = within("metrics", gh.metrics_text()).await;

@@ -151,7 +151,7 @@ async fn icinga_master_and_agent_through_gatehouse() {
         .unwrap()
         .write(&edge, "edge")
         .unwrap();
-    // cert_dir, minted as the README says: a new key for CN=agent1, signed on the CA master.
+    // cert_dir, minted as docs/cluster-relay.md says: a new key for CN=agent1, signed on the CA master.
     let (_, csr) = new_cert(&master, "agent1", &ids);
     sign(&csr, &ids.join("agent1.crt"));
 

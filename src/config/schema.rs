@@ -65,7 +65,7 @@ pub struct ServerSection {
     pub error_log: Option<PathBuf>,
     /// Let idle worker threads steal tasks from busy ones (Pingora's default). Off pins each
     /// connection to the thread that accepted it, which under load piles connections onto one
-    /// thread (README, Performance: p99 several times worse measured off).
+    /// thread (docs/performance.md: worse on every measure with it off).
     #[serde(default = "yes")]
     pub work_stealing: bool,
 }
