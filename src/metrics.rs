@@ -376,4 +376,93 @@ mod tests {
         };
         assert_eq!((count(&a), count(&b)), (1, 0));
     }
+
+    /// Every family `register` creates has a row in `docs/metrics.md` naming its labels, and
+    /// every row there names a family that exists. The families come from the collectors'
+    /// own descriptors, not a hand list: the pattern below names every field of `Metrics`
+    /// and stops compiling when one is added, until the new family is listed here too.
+    #[test]
+    fn every_family_is_in_docs_metrics_md() {
+        use prometheus::core::Collector;
+        let metrics = Metrics::register(&Registry::new()).unwrap();
+        let Metrics {
+            registry: _,
+            build_info,
+            connections,
+            connections_active,
+            tls_verify_failures,
+            http_requests,
+            http_duration,
+            upstream_errors,
+            http_head_timeouts,
+            tls_reloads,
+            tls_cert_not_after,
+            cluster_messages,
+            cluster_bytes,
+            cluster_links,
+            cluster_links_refused,
+            authorizer_calls,
+            kea_commands,
+            http_rate_limited,
+            cluster_links_replaced,
+            kea_fanout_peers,
+        } = &metrics;
+        let collectors: [&dyn Collector; 19] = [
+            build_info,
+            connections,
+            connections_active,
+            tls_verify_failures,
+            http_requests,
+            http_duration,
+            upstream_errors,
+            http_head_timeouts,
+            tls_reloads,
+            tls_cert_not_after,
+            cluster_messages,
+            cluster_bytes,
+            cluster_links,
+            cluster_links_refused,
+            authorizer_calls,
+            kea_commands,
+            http_rate_limited,
+            cluster_links_replaced,
+            kea_fanout_peers,
+        ];
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
+        let doc = std::fs::read_to_string(file).expect("docs/metrics.md is readable");
+        // A family's row: a table row whose first cell is the family name in backticks.
+        let rows: std::collections::BTreeMap<&str, &str> = doc
+            .lines()
+            .filter_map(|line| {
+                let cell = line.trim().strip_prefix('|')?.split('|').next()?.trim();
+                let name = cell.strip_prefix('`')?.strip_suffix('`')?;
+                name.starts_with("gatehouse_").then_some((name, line))
+            })
+            .collect();
+        let mut problems = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for desc in collectors.iter().flat_map(|c| c.desc()) {
+            names.insert(desc.fq_name.as_str());
+            let Some(row) = rows.get(desc.fq_name.as_str()) else {
+                problems.push(format!("`{}` has no row", desc.fq_name));
+                continue;
+            };
+            for label in &desc.variable_labels {
+                if !row.contains(&format!("`{label}`")) {
+                    problems.push(format!(
+                        "`{}`'s row does not name the label `{label}`",
+                        desc.fq_name
+                    ));
+                }
+            }
+        }
+        for name in rows.keys().filter(|n| !names.contains(*n)) {
+            problems.push(format!("`{name}` has a row but is not registered"));
+        }
+        assert!(
+            problems.is_empty(),
+            "docs/metrics.md is out of step with Metrics::register:\n  {}",
+            problems.join("\n  ")
+        );
+    }
 }

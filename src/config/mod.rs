@@ -6,6 +6,8 @@
 //! Loading the certificates the config names is the TLS module's job ([`crate::tls`]),
 //! reported the same way.
 
+#[cfg(test)]
+mod doc_sync;
 mod lower;
 pub mod model;
 mod schema;
