@@ -26,6 +26,19 @@
 //! default 4096: an Icinga master listens with Boost.Asio's default, `SOMAXCONN`, which the
 //! kernel caps at `net.core.somaxconn`, 4096 here), `STORM_RUST_LOG` (Gatehouse's `RUST_LOG`, default
 //! `info`), `STORM_KEEP=1` keeps the run's folder (configs, logs, certificates).
+//!
+//! `STORM_RESUME` (`off` by default): whether the sink lets a proxy resume a TLS session.
+//! nginx and HAProxy present one certificate upstream for every agent, so after their first
+//! full handshake they resume that one session for all the others; that shared identity is
+//! exactly what breaks Icinga's per-agent identity. A relay that keeps each agent's identity
+//! can only resume a session of that same agent, and in a storm each agent connects once:
+//! every upstream handshake is a full one. `off` makes all three proxies pay that; `on`
+//! shows what the shared session buys the peers. `STORM_UPSTREAM_KEY` (`same` or `p256`,
+//! default `p256`) is the key type of the certificate presented to the sink: Gatehouse's
+//! `cert_dir` identity for agent1, and HAProxy's and nginx's one upstream certificate.
+//! Icinga 2.13 accepts an EC P-256 client certificate issued by its RSA CA (checked against a
+//! real master: "New client connection for identity 'agent1'"), and an EC P-256 signature
+//! costs a fraction of an RSA-4096 one, so edge identities should be EC.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -33,7 +46,7 @@ mod support;
 
 use boring::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 use bytes::BytesMut;
-use common::{acceptor, free_port, gatehouse_bin, require_binary};
+use common::{free_port, gatehouse_bin, require_binary};
 use gatehouse::cluster::codec;
 use gatehouse::pki::{Ca, CertSpec, Issued};
 use std::collections::BTreeMap;
@@ -179,7 +192,12 @@ impl Keys {
 /// link's certificate; also `ids/agent1.*`, Gatehouse's upstream identity for it, and what
 /// HAProxy and nginx present upstream) and the PEM bundles HAProxy wants. Four keys only:
 /// RSA-4096 generation takes seconds each.
-fn make_keys(root: &Path, name: &'static str, rsa: Option<u32>) -> (Keys, Issued, Ca) {
+fn make_keys(
+    root: &Path,
+    name: &'static str,
+    rsa: Option<u32>,
+    upstream_ec: bool,
+) -> (Keys, Issued, Ca) {
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("ids")).unwrap();
     let spec = |s: CertSpec| match rsa {
@@ -200,10 +218,17 @@ fn make_keys(root: &Path, name: &'static str, rsa: Option<u32>) -> (Keys, Issued
     server.write(&dir, "server").unwrap();
     let client = ca.issue(&spec(CertSpec::new("agent1"))).unwrap();
     client.write(&dir, "client").unwrap();
-    client.write(&dir.join("ids"), "agent1").unwrap();
+    // What goes to the sink: Gatehouse's identity for agent1, the peers' one certificate.
+    let upstream = if upstream_ec {
+        ca.issue(&CertSpec::new("agent1")).unwrap()
+    } else {
+        client.clone()
+    };
+    upstream.write(&dir, "upstream").unwrap();
+    upstream.write(&dir.join("ids"), "agent1").unwrap();
     for (pem, parts) in [
         ("server.pem", ["server.crt", "server.key"]),
-        ("client.pem", ["client.crt", "client.key"]),
+        ("upstream.pem", ["upstream.crt", "upstream.key"]),
     ] {
         let joined: Vec<u8> = parts
             .iter()
@@ -226,8 +251,8 @@ fn proxy_cmd(name: &str, k: &Keys, run: &Path, port: u16, sink: SocketAddr) -> C
                 .map(|v| format!(", connect_timeout: {v}"))
                 .unwrap_or_default();
             let conf = format!(
-                "server: {{ threads: 2, pid_file: {d}/gh.pid, upgrade_sock: {d}/gh.sock }}\nlisteners:\n  - {{ name: storm, address: \"127.0.0.1:{port}\", protocols: [cluster], tls: {{ cert: {c}, key: {key}, client_auth: required, client_ca: {ca} }} }}\nupstreams:\n  master: {{ peers: [\"{sink}\"]{ct}, tls: {{ ca: {ca}, client_cert: {c}, client_key: {key}, sni: localhost }} }}\ncluster:\n  routes: [ {{ sni: storm, upstream: master }} ]\n  upstream_identity: {{ cert_dir: {ids} }}\n  limits: {{ idle_timeout: 600s, max_links_per_identity: 1000000 }}\n",
-                c = k.p("server.crt"), key = k.p("server.key"), ca = k.p("ca.crt"), ids = k.p("ids"),
+                "server: {{ threads: 2, pid_file: {d}/gh.pid, upgrade_sock: {d}/gh.sock }}\nlisteners:\n  - {{ name: storm, address: \"127.0.0.1:{port}\", protocols: [cluster], tls: {{ cert: {c}, key: {key}, client_auth: required, client_ca: {ca} }} }}\nupstreams:\n  master: {{ peers: [\"{sink}\"]{ct}, tls: {{ ca: {ca}, client_cert: {uc}, client_key: {uk}, sni: localhost }} }}\ncluster:\n  routes: [ {{ sni: storm, upstream: master }} ]\n  upstream_identity: {{ cert_dir: {ids} }}\n  limits: {{ idle_timeout: 600s, max_links_per_identity: 1000000 }}\n",
+                c = k.p("server.crt"), key = k.p("server.key"), ca = k.p("ca.crt"), ids = k.p("ids"), uc = k.p("upstream.crt"), uk = k.p("upstream.key"),
             );
             std::fs::write(run.join("gh.yaml"), conf).unwrap();
             let mut c = Command::new(gatehouse_bin());
@@ -240,7 +265,7 @@ fn proxy_cmd(name: &str, k: &Keys, run: &Path, port: u16, sink: SocketAddr) -> C
         "haproxy" => {
             let conf = format!(
                 "global\n  nbthread 2\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\nfrontend storm\n  bind 127.0.0.1:{port} ssl crt {sp} ca-file {ca} verify required\n  default_backend master\nbackend master\n  server s {sink} ssl verify required ca-file {ca} crt {cl} sni str(localhost)\n",
-                sp = k.p("server.pem"), ca = k.p("ca.crt"), cl = k.p("client.pem"),
+                sp = k.p("server.pem"), ca = k.p("ca.crt"), cl = k.p("upstream.pem"),
             );
             std::fs::write(run.join("haproxy.cfg"), conf).unwrap();
             let mut c = Command::new("haproxy");
@@ -255,7 +280,7 @@ fn proxy_cmd(name: &str, k: &Keys, run: &Path, port: u16, sink: SocketAddr) -> C
             };
             let conf = format!(
                 "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n{user}worker_processes 2;\nworker_rlimit_nofile 30000;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 20000; }}\nstream {{\n server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {c}; ssl_certificate_key {key}; ssl_client_certificate {ca}; ssl_verify_client on;\n  proxy_pass {sink}; proxy_ssl on; proxy_ssl_certificate {cc}; proxy_ssl_certificate_key {ck}; proxy_ssl_trusted_certificate {ca}; proxy_ssl_verify on; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_timeout 600s; }}\n}}\n",
-                c = k.p("server.crt"), key = k.p("server.key"), ca = k.p("ca.crt"), cc = k.p("client.crt"), ck = k.p("client.key"),
+                c = k.p("server.crt"), key = k.p("server.key"), ca = k.p("ca.crt"), cc = k.p("upstream.crt"), ck = k.p("upstream.key"),
             );
             std::fs::write(run.join("nginx.conf"), conf).unwrap();
             let mut c = Command::new("nginx");
@@ -476,6 +501,23 @@ async fn storm(
     }
 }
 
+/// The sink's TLS: its server certificate, client certificates required; session resumption
+/// (tickets and the session cache) only with `resume`.
+fn sink_acceptor(server: &Issued, ca: &boring::x509::X509, resume: bool) -> SslAcceptor {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    b.set_certificate(&server.cert).unwrap();
+    b.set_private_key(&server.key).unwrap();
+    b.cert_store_mut().add_cert(ca.clone()).unwrap();
+    b.add_client_ca(ca).unwrap();
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    b.set_session_id_context(b"storm-sink").unwrap();
+    if !resume {
+        b.set_options(boring::ssl::SslOptions::NO_TICKET);
+        b.set_session_cache_mode(boring::ssl::SslSessionCacheMode::OFF);
+    }
+    b.build()
+}
+
 fn client_connector(k: &Keys) -> SslConnector {
     let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
     b.set_verify(SslVerifyMode::NONE);
@@ -512,6 +554,8 @@ fn main() {
             "p256" => vec![("p256", None)],
             _ => vec![("rsa4096", Some(4096)), ("p256", None)],
         };
+    let resume = std::env::var("STORM_RESUME").is_ok_and(|v| v == "on");
+    let upstream_ec = std::env::var("STORM_UPSTREAM_KEY").map_or(true, |v| v != "same");
     let proxies: Vec<&'static str> = std::env::var("STORM_PROXIES")
         .unwrap_or_else(|_| "gatehouse,haproxy,nginx".into())
         .split(',')
@@ -539,13 +583,15 @@ fn main() {
         .build()
         .unwrap();
     eprintln!(
-        "storm: {links} links, {parallel} at a time, keys {:?}, proxies {proxies:?}, Gatehouse connect_timeout {}",
+        "storm: {links} links, {parallel} at a time, keys {:?}, upstream identity {}, sink resumption {}, proxies {proxies:?}, Gatehouse connect_timeout {}",
         keys.iter().map(|k| k.0).collect::<Vec<_>>(),
+        if upstream_ec { "p256" } else { "same as the agents'" },
+        if resume { "on" } else { "off" },
         std::env::var("STORM_CONNECT_TIMEOUT").unwrap_or_else(|_| "default (2s)".into())
     );
     let mut rows = Vec::new();
     for (name, rsa) in keys {
-        let (k, server, ca) = make_keys(root.path(), name, rsa);
+        let (k, server, ca) = make_keys(root.path(), name, rsa, upstream_ec);
         let _ = Command::new("chmod")
             .args(["-R", "a+rX"])
             .arg(root.path())
@@ -561,7 +607,7 @@ fn main() {
                 &k,
                 &run,
                 &sink_rt,
-                acceptor(&server, Some(ca.cert()), false),
+                sink_acceptor(&server, ca.cert(), resume),
                 client.clone(),
                 links,
                 parallel,
@@ -579,7 +625,9 @@ fn main() {
     }
 
     println!(
-        "\n## Reconnect storm ({links} links, {parallel} handshakes at a time; mTLS both sides; first messages counted at the sink)"
+        "\n## Reconnect storm ({links} links, {parallel} handshakes at a time; mTLS both sides; first messages counted at the sink; upstream certificate {}; sink session resumption {})",
+        if upstream_ec { "EC P-256" } else { "the agents' key type" },
+        if resume { "on" } else { "off: every upstream handshake is a full one" }
     );
     println!("| keys | proxy | links/s | delivered | failed at client | open, nothing upstream | closed by proxy | proxy CPU s | CPU ms/link | sink handshake p50/p99/max ms | listen overflows / SYN retransmits |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
