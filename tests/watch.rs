@@ -401,6 +401,47 @@ async fn a_mismatched_pair_keeps_the_old_certificate_until_the_key_lands() {
     );
 }
 
+/// The whole folder replaced by two renames (`live` moved away, `live.new` moved in): the
+/// watch on the old folder followed it away, so the new one is watched from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_renamed_into_place_is_watched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = Pki::edge(dir, &["client"]);
+    let (first, second, third) = (
+        pki.server("first", &[]),
+        pki.server("second", &[]),
+        pki.server("third", &[]),
+    );
+    let live = dir.join("live");
+    std::fs::create_dir(&live).unwrap();
+    first.write(&live, "server").unwrap();
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &pki, &live))
+        .upstream("web", Group::new(origin.addr))
+        .route(Route::new("web", "web"));
+    let gh = Gatehouse::in_process(dir, &conf);
+    wait_line(&gh, "gatehouse_tls_watched_folders 2").await;
+    let client = client_of(&pki);
+
+    let staged = dir.join("live.new");
+    std::fs::create_dir(&staged).unwrap();
+    second.write(&staged, "server").unwrap();
+    std::fs::rename(&live, dir.join("live.old")).unwrap();
+    std::fs::rename(&staged, &live).unwrap();
+    wait_line(&gh, &format!("{SUCCESS} 1")).await;
+    assert_eq!(served(port, &client).await, der(&second));
+
+    // The watch is on the folder now at `live`, not only on the one moved away.
+    replace(&live, "server.key", &third.key_pem());
+    replace(&live, "server.crt", &third.cert_pem());
+    let m = wait_line(&gh, &format!("{SUCCESS} 2")).await;
+    assert!(!m.contains(FAILURE), "{m}");
+    assert_eq!(served(port, &client).await, der(&third));
+}
+
 /// An upstream block with `watch: true`: its client certificate and then its CA rotate, and
 /// new upstream connections use them (the origin sees the new client certificate; an origin
 /// moved to the new CA is trusted once its CA file changed).
