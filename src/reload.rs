@@ -60,7 +60,7 @@ impl fmt::Display for BlockPath<'_> {
     }
 }
 
-/// What made a reload happen, for its log line.
+/// What a reload re-reads, by what asked for it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Trigger<'a> {
     /// SIGHUP: every block.
