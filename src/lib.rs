@@ -26,7 +26,8 @@
 //!   the classification of upstream failures.
 //! - [`metrics`]: the Prometheus families.
 //! - [`server`]: assembly of all of the above into a Pingora `Server`.
-//! - [`reload`]: SIGHUP certificate reload (all TLS files re-read, swapped in all or nothing).
+//! - [`reload`]: SIGHUP certificate reload (all TLS files re-read, swapped in all or nothing);
+//!   [`reload::watch`] reloads blocks with `tls.watch: true` when their files change.
 //! - [`pki`]: throwaway CAs and certificates (`gatehouse dev-certs`, tests).
 //! - [`glob`]: `*` globs for method and CN patterns.
 //! - [`logsafe`]: [`logsafe::Esc`], how every client-chosen string is written into a log line.

@@ -67,8 +67,12 @@ pub struct Metrics {
     /// `gatehouse_http_header_timeouts_total{listener}`: HTTP/1 connections closed because a
     /// request head was not complete within `header_timeout` (slowloris).
     pub http_head_timeouts: IntCounterVec,
-    /// `gatehouse_tls_reloads_total{result}` (success, failure): SIGHUP certificate reloads.
+    /// `gatehouse_tls_reloads_total{result}` (success, failure): certificate reloads, by SIGHUP
+    /// or by a watched file change (`tls.watch`).
     pub tls_reloads: IntCounterVec,
+    /// `gatehouse_tls_watched_folders`: folders the certificate file watcher has a watch on
+    /// (0 when no TLS block has `watch: true`, or the watch could not be set up).
+    pub tls_watched_folders: prometheus::IntGauge,
     /// `gatehouse_tls_cert_not_after_timestamp_seconds{owner, cert}`: when each served or
     /// presented certificate expires (owner: `listener:<name>` or `upstream:<name>`).
     pub tls_cert_not_after: IntGaugeVec,
@@ -158,8 +162,13 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(http_head_timeouts.clone()))?;
-        let tls_reloads = IntCounterVec::new(Opts::new("gatehouse_tls_reloads_total", "Certificate reloads (SIGHUP), by result; a failed reload keeps the previous material."), &["result"])?;
+        let tls_reloads = IntCounterVec::new(Opts::new("gatehouse_tls_reloads_total", "Certificate reloads (SIGHUP, or a watched file changed), by result; a failed reload keeps the previous material."), &["result"])?;
         registry.register(Box::new(tls_reloads.clone()))?;
+        let tls_watched_folders = prometheus::IntGauge::new(
+            "gatehouse_tls_watched_folders",
+            "Folders watched for changes to certificate, key and CA files of TLS blocks with watch: true.",
+        )?;
+        registry.register(Box::new(tls_watched_folders.clone()))?;
         let tls_cert_not_after = IntGaugeVec::new(Opts::new("gatehouse_tls_cert_not_after_timestamp_seconds", "Expiry (Unix time) of each certificate Gatehouse serves or presents, as last loaded."), &["owner", "cert"])?;
         registry.register(Box::new(tls_cert_not_after.clone()))?;
         let cluster_messages = IntCounterVec::new(Opts::new("gatehouse_cluster_messages_total", "Cluster JSON-RPC messages by direction, method (known Icinga methods, reply, else other) and verdict."), &["direction", "method", "verdict"])?;
@@ -233,6 +242,7 @@ impl Metrics {
             upstream_errors,
             http_head_timeouts,
             tls_reloads,
+            tls_watched_folders,
             tls_cert_not_after,
             cluster_messages,
             cluster_bytes,

@@ -6,6 +6,11 @@
 //! All or nothing: if any file is missing or broken, nothing changes and the log says which
 //! key named which file and why. Configuration changes (routes, addresses) are not reloaded;
 //! they take a graceful upgrade (`gatehouse run --upgrade`).
+//!
+//! [`watch`] decides *when* without a signal: a TLS block with `watch: true` is reloaded
+//! through the same [`Reloader`] when its files change on disk.
+
+pub mod watch;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
@@ -18,9 +23,10 @@ use boring::asn1::Asn1Time;
 use boring::x509::X509;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One listener's live TLS contexts and where its configuration is.
 pub struct LiveListener {
@@ -30,12 +36,48 @@ pub struct LiveListener {
     pub contexts: Arc<ArcSwap<ListenerContexts>>,
 }
 
+/// One TLS block of the configuration: the unit a file-watch reload re-reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Block {
+    /// `listeners[i].tls` (index into `config.listeners`).
+    Listener(usize),
+    /// The TLS of `config.upstreams[i]`.
+    Upstream(usize),
+}
+
+/// A block's key path, given the upstream names (`upstreams.<name>.tls`).
+struct BlockPath<'a>(Block, &'a Config);
+
+impl fmt::Display for BlockPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Block::Listener(i) => write!(f, "listeners[{i}].tls"),
+            Block::Upstream(i) => match self.1.upstreams.get(i) {
+                Some(u) => write!(f, "upstreams.{}.tls", u.name),
+                None => write!(f, "upstreams[{i}].tls"),
+            },
+        }
+    }
+}
+
+/// What a reload re-reads, by what asked for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Trigger<'a> {
+    /// SIGHUP: every block.
+    Signal,
+    /// Files of these watched blocks changed.
+    Watch(&'a [Block]),
+}
+
 /// Re-reads the TLS material of a running configuration and swaps it in.
 pub struct Reloader {
     config: Config,
     listeners: Vec<LiveListener>,
     upstreams: Arc<[UpstreamGroup]>,
     generation: AtomicU64,
+    /// One reload at a time: SIGHUP and the file watcher run on different threads, and a
+    /// generation must not be handed out twice.
+    running: Mutex<()>,
     metrics: Arc<Metrics>,
 }
 
@@ -58,15 +100,37 @@ impl Reloader {
             listeners,
             upstreams,
             generation: AtomicU64::new(0),
+            running: Mutex::new(()),
             metrics,
         }
+    }
+
+    /// The configuration whose files this reloader re-reads.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The key path of `block` (`listeners[0].tls`, `upstreams.kea.tls`).
+    pub fn block_path(&self, block: Block) -> String {
+        BlockPath(block, &self.config).to_string()
     }
 
     /// Reads every TLS file again; on success new handshakes use it, on failure nothing
     /// changes. Returns a one-line summary, or every problem found.
     pub fn reload(&self) -> Result<String, Vec<ConfigError>> {
+        self.reload_where(|_| true)
+    }
+
+    /// [`Reloader::reload`] for `blocks` only: their files are read again and swapped in
+    /// together, or, if any of them is broken, none is; other blocks keep what they have.
+    pub fn reload_blocks(&self, blocks: &[Block]) -> Result<String, Vec<ConfigError>> {
+        self.reload_where(|b| blocks.contains(&b))
+    }
+
+    fn reload_where(&self, wanted: impl Fn(Block) -> bool) -> Result<String, Vec<ConfigError>> {
+        let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let loaded = self.load(generation)?;
+        let loaded = self.load(generation, &wanted)?;
         self.generation.store(generation, Ordering::Relaxed);
         let mut names = Vec::new();
         for (i, material, contexts) in loaded.listeners {
@@ -90,13 +154,20 @@ impl Reloader {
         ))
     }
 
-    fn load(&self, generation: u64) -> Result<Loaded, Vec<ConfigError>> {
+    fn load(
+        &self,
+        generation: u64,
+        wanted: &dyn Fn(Block) -> bool,
+    ) -> Result<Loaded, Vec<ConfigError>> {
         let cfg = &self.config;
         let mut errs = Vec::new();
         let mut listeners = Vec::new();
         for (i, live) in self.listeners.iter().enumerate() {
             let l = &cfg.listeners[live.index];
             let Some(t) = &l.tls else { continue };
+            if !wanted(Block::Listener(live.index)) {
+                continue;
+            }
             let at = format!("listeners[{}].tls", live.index);
             match ListenerTlsMaterial::load(l, t, &at, &self.metrics) {
                 Ok(m) => match m.contexts(generation) {
@@ -111,6 +182,9 @@ impl Reloader {
             let Some(t) = cfg.upstreams.get(i).and_then(|u| u.tls.as_ref()) else {
                 continue;
             };
+            if !wanted(Block::Upstream(i)) {
+                continue;
+            }
             let at = format!("upstreams.{}.tls", group.name);
             match UpstreamTlsMaterial::load(t, &at) {
                 Ok(m) => upstreams.push((i, m)),
@@ -139,8 +213,13 @@ impl Reloader {
         }
     }
 
-    fn on_signal(&self) {
-        match self.reload() {
+    /// Reloads what `trigger` asks for, then counts and logs the outcome.
+    pub(crate) fn run(&self, trigger: Trigger<'_>) {
+        let result = match trigger {
+            Trigger::Signal => self.reload(),
+            Trigger::Watch(blocks) => self.reload_blocks(blocks),
+        };
+        match result {
             Ok(summary) => {
                 self.metrics
                     .tls_reloads
@@ -178,7 +257,7 @@ impl BackgroundService for Reloader {
                     log::info!(target: "gatehouse::reload", "SIGHUP: reloading certificates");
                     // Blocking file reads are fine here: background services run on their
                     // own runtime, not on a listener's.
-                    self.on_signal();
+                    self.run(Trigger::Signal);
                 }
                 _ = shutdown.changed() => return,
             }

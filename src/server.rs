@@ -16,6 +16,7 @@ use crate::http::limit::RateLimit;
 use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics::{self, Metrics};
+use crate::reload::watch::FileWatcher;
 use crate::reload::{LiveListener, Reloader};
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
@@ -26,7 +27,7 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
-use pingora_core::services::background::background_service;
+use pingora_core::services::background::{background_service, GenBackgroundService};
 use pingora_core::services::listening::Service;
 use std::path::Path;
 use std::sync::Arc;
@@ -298,7 +299,14 @@ impl Plan {
             self.metrics.clone(),
         );
         reloader.publish_initial(&self.listener_tls.iter().flatten().collect::<Vec<_>>());
-        server.add_service(background_service("certificate reload", reloader));
+        let reloader = Arc::new(reloader);
+        if let Some(w) = FileWatcher::new(reloader.clone(), self.metrics.clone()) {
+            server.add_service(background_service("certificate file watch", w));
+        }
+        server.add_service(GenBackgroundService::new(
+            "BG certificate reload".into(),
+            reloader,
+        ));
         if let Some(address) = self.config.metrics {
             let mut prom = metrics::http_service(&self.metrics);
             prom.add_tcp(&address.to_string());

@@ -148,6 +148,24 @@ fn key_not_matching_cert() {
     );
 }
 
+/// `watch` takes a boolean, and an upstream block that names no file has nothing to watch.
+#[test]
+fn watch_errors_name_their_keys() {
+    expect_error(
+        |c| c.set("listeners[0].tls.watch", "sometimes"),
+        "listeners[0].tls.watch",
+    );
+    expect_error(
+        |mut c| {
+            let t = up_tls(&mut c);
+            (t.ca, t.client_cert, t.client_key) = (None, None, None);
+            t.watch = Some(true);
+            c
+        },
+        "upstreams.kea.tls.watch: this block names no file to watch",
+    );
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -316,7 +334,8 @@ fn the_typed_test_config_writes_only_schema_keys() {
                         .min_version("tls1.3")
                         .curves("X25519")
                         .alpn(["h2", "http/1.1"])
-                        .session_resumption(true),
+                        .session_resumption(true)
+                        .watch(true),
                 ),
         )
         .upstream(
@@ -343,7 +362,8 @@ fn the_typed_test_config_writes_only_schema_keys() {
                         .alt_cn("kea")
                         .curves("X25519")
                         .second_keyshare(false)
-                        .alpn("h2h1"),
+                        .alpn("h2h1")
+                        .watch(true),
                 ),
         )
         .route(
@@ -397,4 +417,6 @@ fn the_typed_test_config_writes_only_schema_keys() {
     let config =
         gatehouse::Config::parse(&text, tmp.path()).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
     assert_eq!(config.listeners[0].keepalive_requests, 3, "{text}");
+    assert!(config.listeners[0].tls.as_ref().unwrap().watch, "{text}");
+    assert!(config.upstreams[0].tls.as_ref().unwrap().watch, "{text}");
 }

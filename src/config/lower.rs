@@ -358,6 +358,7 @@ fn lower_listener_tls(
         session_resumption: t
             .session_resumption
             .unwrap_or_else(|| protocols.contains(&Protocol::Http)),
+        watch: t.watch,
     }
 }
 
@@ -395,6 +396,12 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
                 "client_cert and client_key go together",
             );
         }
+        if t.watch && t.ca.is_none() && t.client_cert.is_none() {
+            cx.err(
+                format!("{at}.tls.watch"),
+                "this block names no file to watch (the system trust store is not watched): set ca or client_cert, or leave watch out",
+            );
+        }
         if t.sni.is_empty() && (t.verify_cert || t.verify_hostname) {
             cx.err(
                 format!("{at}.tls.sni"),
@@ -414,6 +421,7 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
             curves: t.curves.clone(),
             second_keyshare: t.second_keyshare,
             alpn: t.alpn,
+            watch: t.watch,
         }
     });
     // A zero bound would fail every connection to the group (as a timeout), not disable it.

@@ -123,6 +123,8 @@ pub struct ListenerTlsSettings {
     pub alpn: Alpn,
     /// Session tickets and cache (default: on when the listener carries HTTP).
     pub session_resumption: bool,
+    /// Re-read this block's files when they change on disk (see [`crate::reload::watch`]).
+    pub watch: bool,
 }
 
 /// A certificate served for the SNI names it lists.
@@ -191,6 +193,8 @@ pub struct UpstreamTlsSettings {
     pub second_keyshare: bool,
     /// Application protocols offered.
     pub alpn: Alpn,
+    /// Re-read this block's files when they change on disk (see [`crate::reload::watch`]).
+    pub watch: bool,
 }
 
 /// One HTTP route.

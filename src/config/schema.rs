@@ -184,6 +184,9 @@ pub struct ListenerTlsSection {
     /// off for `cluster` only (resolved by `lower`).
     #[serde(default)]
     pub session_resumption: Option<bool>,
+    /// Reload this block when one of its files changes (`reload::watch`), as SIGHUP would.
+    #[serde(default)]
+    pub watch: bool,
 }
 
 fn default_client_auth() -> ClientAuth {
@@ -305,6 +308,9 @@ pub struct UpstreamTlsSection {
     /// Application protocol spoken to the peer.
     #[serde(default)]
     pub alpn: Alpn,
+    /// Reload this block when one of its files changes (`reload::watch`), as SIGHUP would.
+    #[serde(default)]
+    pub watch: bool,
 }
 
 fn yes() -> bool {

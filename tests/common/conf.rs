@@ -349,6 +349,7 @@ pub struct ListenerTls {
     pub curves: Option<String>,
     pub alpn: Option<Vec<String>>,
     pub session_resumption: Option<bool>,
+    pub watch: Option<bool>,
 }
 
 impl ListenerTls {
@@ -392,6 +393,7 @@ impl ListenerTls {
         str curves,
         list alpn,
         val session_resumption: bool,
+        val watch: bool,
     );
 }
 
@@ -483,6 +485,7 @@ pub struct UpstreamTls {
     pub curves: Option<String>,
     pub second_keyshare: Option<bool>,
     pub alpn: Option<String>,
+    pub watch: Option<bool>,
 }
 
 impl UpstreamTls {
@@ -516,6 +519,7 @@ impl UpstreamTls {
         str curves,
         val second_keyshare: bool,
         str alpn,
+        val watch: bool,
     );
 }
 

@@ -357,6 +357,24 @@ impl Gatehouse {
         }
     }
 
+    /// Waits up to `within` for the process to exit (binary only): after a SIGQUIT hand-over
+    /// or a stop signal. Returns its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let Run::Process { child, .. } = &mut self.run else {
+            panic!("wait_exit(): this Gatehouse runs in the test process");
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything the process logged so far (binary only; an in-process instance logs to this
     /// process's logger, shown with `RUST_LOG`).
     pub fn log_text(&self) -> String {
