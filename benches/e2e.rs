@@ -18,7 +18,9 @@
 //! `BENCH_IDLE` (comma list, default `2000,5000`; `0` skips), `BENCH_WRAP` (a command to run
 //! Gatehouse under, e.g. `heaptrack -o /tmp/gh`), `BENCH_READ_BUFFER` (Gatehouse listeners'
 //! `read_buffer`, e.g. `64KiB`; default: the config default), `BENCH_WORK_STEALING` (`false`
-//! turns `server.work_stealing` off in Gatehouse and bare Pingora). Everything targets 127.0.0.1.
+//! turns `server.work_stealing` off in Gatehouse and bare Pingora), `BENCH_KEYS` (`rsa4096` or
+//! `rsa2048`: every certificate's key RSA, as Icinga issues them; default EC P-256). Everything
+//! targets 127.0.0.1.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -283,14 +285,20 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         let _ = Command::new("chmod").args(["a+rx"]).arg(&dir).status();
     }
     let rb = std::env::var("BENCH_READ_BUFFER").ok();
-    let pki = Pki::new(&dir, "pki");
+    // BENCH_KEYS=rsa4096: every key RSA-4096, as Icinga's CA issues them (default EC P-256).
+    let rsa_bits = match std::env::var("BENCH_KEYS").as_deref() {
+        Ok("rsa4096") => Some(4096),
+        Ok("rsa2048") => Some(2048),
+        _ => None,
+    };
+    let pki = Pki::with_keys(&dir, "pki", rsa_bits);
     let server = pki.server("server", &[]);
     pki.issue("client", CertSpec::new("agent1"));
     pki.issue("gatehouse", CertSpec::new("gatehouse"));
     let ids = dir.join("identities");
     std::fs::create_dir_all(&ids).unwrap();
     pki.ca
-        .issue(&CertSpec::new("agent1"))
+        .issue(&pki.spec(CertSpec::new("agent1")))
         .unwrap()
         .write(&ids, "agent1")
         .unwrap();

@@ -43,8 +43,9 @@ use tokio::sync::Notify;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read headroom under load; a larger message reserves exactly its own size.
 const READ_CHUNK: usize = 16 * 1024;
-/// Read headroom of a quiet link: thousands of idle agents must not cost 16 KiB each.
-const READ_IDLE: usize = 1024;
+/// Read headroom of a quiet link: thousands of idle agents must not cost 16 KiB each. A quiet
+/// Icinga link carries `event::Heartbeat` and `log::SetLogPosition` (~150–250 bytes).
+const READ_IDLE: usize = 512;
 
 struct Limits {
     per_identity: usize,
@@ -249,7 +250,9 @@ impl Relay {
         if client_cert.is_some() {
             peer.client_cert_key = client_cert;
         }
-        let up = match self.connector.new_stream(&peer).await {
+        // Boxed: the connect future (TCP + TLS handshake state) is large, and inline it would
+        // size every link's task for the whole life of the link.
+        let up = match Box::pin(self.connector.new_stream(&peer)).await {
             Ok(s) => s,
             Err(e) => {
                 let kind = FailureKind::classify(&e);
@@ -393,11 +396,13 @@ impl Relay {
                 }
                 counters.bytes.inc_by(out.len() as u64);
                 out.clear();
-                if out.capacity() > 4 * READ_CHUNK {
-                    out = Vec::new(); // after a large message, give the memory back
+                if !busy || out.capacity() > 4 * READ_CHUNK {
+                    out = Vec::new(); // a quiet link (or one after a large message) holds none
                 }
             }
-            if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+            // A link that went quiet gives its busy-sized buffer back: after a config sync or
+            // a burst of check results, thousands of idle links must not keep 16 KiB each.
+            if buf.is_empty() && buf.capacity() > if busy { 4 * READ_CHUNK } else { READ_IDLE } {
                 buf = BytesMut::new();
             }
             // Busy (the last read filled all the room it was given, or was large): read big.

@@ -130,16 +130,36 @@ fn wait_until_listening(
 pub struct Pki {
     pub dir: PathBuf,
     pub ca: Ca,
+    /// RSA key size of every key this PKI makes (EC P-256 when `None`).
+    pub rsa_bits: Option<u32>,
 }
 
 impl Pki {
     /// A fresh CA named `name` in `dir/name/`.
     pub fn new(dir: &Path, name: &str) -> Pki {
+        Pki::with_keys(dir, name, None)
+    }
+
+    /// [`Pki::new`] whose keys (the CA's and every issued one) are RSA of `rsa_bits` bits, or
+    /// EC P-256 for `None`: Icinga's CA issues RSA-4096, which costs more memory and CPU.
+    pub fn with_keys(dir: &Path, name: &str, rsa_bits: Option<u32>) -> Pki {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let ca = Ca::new(&format!("{name} CA")).unwrap();
+        let mut spec = CertSpec::new(&format!("{name} CA")).validity(-3600, 10 * 365 * 86400);
+        if let Some(bits) = rsa_bits {
+            spec = spec.rsa(bits);
+        }
+        let ca = Ca::from_spec(&spec).unwrap();
         ca.issued.write(&dir, "ca").unwrap();
-        Pki { dir, ca }
+        Pki { dir, ca, rsa_bits }
+    }
+
+    /// `spec` with this PKI's key type.
+    pub fn spec(&self, spec: CertSpec) -> CertSpec {
+        match self.rsa_bits {
+            Some(bits) => spec.rsa(bits),
+            None => spec,
+        }
     }
 
     /// The edge PKI of most tests: `dir/edge/` with the listener's `server` certificate
@@ -160,7 +180,7 @@ impl Pki {
 
     /// Issues `spec` and writes it as `stem.crt`/`stem.key`.
     pub fn issue(&self, stem: &str, spec: CertSpec) -> Issued {
-        let i = self.ca.issue(&spec).unwrap();
+        let i = self.ca.issue(&self.spec(spec)).unwrap();
         i.write(&self.dir, stem).unwrap();
         i
     }
