@@ -25,6 +25,8 @@
 //! - [`upstream`]: upstream groups (load balancing, health checks, peer settings) and
 //!   the classification of upstream failures.
 //! - [`metrics`]: the Prometheus families.
+//! - [`logging`]: `log_format: json` — JSON lines for the access and cluster-link logs, and the
+//!   binary's logger.
 //! - [`server`]: assembly of all of the above into a Pingora `Server`.
 //! - [`reload`]: SIGHUP certificate reload (all TLS files re-read, swapped in all or nothing).
 //! - [`pki`]: throwaway CAs and certificates (`gatehouse dev-certs`, tests).
@@ -53,6 +55,7 @@ pub mod glob;
 pub mod host;
 pub mod http;
 pub mod identity;
+pub mod logging;
 pub mod logsafe;
 pub mod metrics;
 pub mod pki;

@@ -120,10 +120,11 @@ impl Plan {
                 ));
                 JsonLines::log()
             }));
-        let relay = config
-            .cluster
-            .as_ref()
-            .map(|c| Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone()));
+        let relay = config.cluster.as_ref().map(|c| {
+            let mut relay = Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone());
+            relay.set_log_format(config.log_format);
+            relay
+        });
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -236,7 +237,8 @@ impl Plan {
                     self.metrics.clone(),
                 )
                 .with_authorizer(self.authorizer.clone())
-                .with_filters(http_filters.clone());
+                .with_filters(http_filters.clone())
+                .with_log_format(self.config.log_format);
                 let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
                 proxy.server_options = Some(http_options(l));
                 proxy
