@@ -31,7 +31,7 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     /// The Icinga cluster relay, if configured.
     pub cluster: Option<ClusterSettings>,
-    /// Where `/metrics` is served, if anywhere.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// The audit file; `None` = the log target `gatehouse::audit`.
     pub audit_path: Option<PathBuf>,

@@ -553,6 +553,6 @@ pub struct PolicyRuleSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
-    /// Plain-HTTP address serving the metrics on every path.
+    /// Plain-HTTP address serving `/metrics`, `/healthz` and `/readyz`.
     pub address: String,
 }
