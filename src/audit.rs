@@ -178,7 +178,8 @@ impl AuditSink for JsonLines {
                     log::error!(target: "gatehouse::audit", "cannot write the audit log: {e}");
                 }
             }
-            None => log::info!(target: "gatehouse::audit", "{text}"),
+            // Marked as a JSON document: a JSON-lines logger nests it under `audit`.
+            None => log::info!(target: "gatehouse::audit", json = "audit"; "{text}"),
         }
     }
 }

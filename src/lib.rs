@@ -25,6 +25,10 @@
 //! - [`upstream`]: upstream groups (load balancing, health checks, peer settings) and
 //!   the classification of upstream failures.
 //! - [`metrics`]: the Prometheus families.
+//! - [`health`]: `/healthz` and `/readyz` beside `/metrics` (listeners bound, upstream groups
+//!   healthy, shutdown).
+//! - [`logging`]: `log_format: json` — JSON lines for the access and cluster-link logs, and the
+//!   binary's logger.
 //! - [`server`]: assembly of all of the above into a Pingora `Server`.
 //! - [`reload`]: SIGHUP certificate reload (all TLS files re-read, swapped in all or nothing);
 //!   [`reload::watch`] reloads blocks with `tls.watch: true` when their files change.
@@ -51,9 +55,11 @@ pub mod config;
 pub mod demux;
 pub mod error;
 pub mod glob;
+pub mod health;
 pub mod host;
 pub mod http;
 pub mod identity;
+pub mod logging;
 pub mod logsafe;
 pub mod metrics;
 pub mod pki;

@@ -55,15 +55,24 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    // `run` logs in the configuration's `log_format`, so its logger waits for the file
+    // (loading it logs nothing; its errors go to stderr as text).
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        let _ = gatehouse::logging::init(gatehouse::config::LogFormat::Text);
+    }
+    match cli.cmd {
         Cmd::Run {
             config,
             upgrade,
             daemon,
         } => {
             let opts = gatehouse::RunOptions { upgrade, daemon };
-            match gatehouse::Gatehouse::load(&config).and_then(|g| g.run(&opts)) {
+            let run = gatehouse::Gatehouse::load(&config).and_then(|g| {
+                let _ = gatehouse::logging::init(g.config().log_format);
+                g.run(&opts)
+            });
+            match run {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprint!("{e}");

@@ -2,7 +2,7 @@
 //!
 //! The binary registers them once in Prometheus' default registry ([`Metrics::global`]); an
 //! embedder can register another set into a registry of its own ([`crate::Gatehouse::from_config_in`]), so two Gatehouse instances in one
-//! process never collide. [`http_service`] serves whichever registry the families are in.
+//! process never collide. [`MetricsApp`] serves whichever registry the families are in.
 //!
 //! Names and labels are a contract with operators' dashboards. Every label value is drawn
 //! from a bounded set (listener and route names from the config, fixed enums otherwise), so
@@ -20,8 +20,16 @@ use pingora_core::services::listening::Service;
 use prometheus::{Encoder, TextEncoder};
 
 /// Serves a registry in the Prometheus text format on every path (gzip when asked), like
-/// Pingora's prometheus service, which only knows the default registry.
+/// Pingora's prometheus service, which only knows the default registry. Gatehouse's own
+/// endpoint puts it under `/metrics` beside `/healthz` and `/readyz` ([`crate::health`]).
 pub struct MetricsApp(Registry);
+
+impl MetricsApp {
+    /// The app for `metrics`' registry.
+    pub fn new(metrics: &Metrics) -> MetricsApp {
+        MetricsApp(metrics.registry.clone())
+    }
+}
 
 #[async_trait]
 impl ServeHttp for MetricsApp {
@@ -40,9 +48,11 @@ impl ServeHttp for MetricsApp {
     }
 }
 
-/// The `/metrics` service for `metrics`' registry; add listening addresses to it.
+/// A metrics-only service for `metrics`' registry (every path), for an embedder's own port;
+/// add listening addresses to it. The `metrics:` address of the config serves
+/// [`crate::health`]'s endpoint instead.
 pub fn http_service(metrics: &Metrics) -> Service<HttpServer<MetricsApp>> {
-    let mut app = HttpServer::new_app(MetricsApp(metrics.registry.clone()));
+    let mut app = HttpServer::new_app(MetricsApp::new(metrics));
     app.add_module(ResponseCompressionBuilder::enable(7));
     Service::new("Prometheus metric HTTP".to_string(), app)
 }

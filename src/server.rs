@@ -1,5 +1,5 @@
 //! Assembly: configuration → loaded material → a Pingora `Server` with one service per
-//! listener, the upstream health checks and the metrics endpoint.
+//! listener, the upstream health checks and the metrics and health endpoint.
 
 use crate::audit::{AuditSink, JsonLines};
 use crate::authz::{Access, Guarded};
@@ -10,12 +10,13 @@ use crate::config::{
 };
 use crate::demux::ListenerApp;
 use crate::error::{Error, ErrorKind};
+use crate::health::{self, Readiness};
 use crate::http::filter::HttpFilter;
 use crate::http::kea::{CommandList, KeaPolicy};
 use crate::http::limit::RateLimit;
 use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::reload::watch::FileWatcher;
 use crate::reload::{LiveListener, Reloader};
 use crate::tls::ListenerTlsMaterial;
@@ -121,10 +122,11 @@ impl Plan {
                 ));
                 JsonLines::log()
             }));
-        let relay = config
-            .cluster
-            .as_ref()
-            .map(|c| Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone()));
+        let relay = config.cluster.as_ref().map(|c| {
+            let mut relay = Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone());
+            relay.set_log_format(config.log_format);
+            relay
+        });
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -237,7 +239,8 @@ impl Plan {
                     self.metrics.clone(),
                 )
                 .with_authorizer(self.authorizer.clone())
-                .with_filters(http_filters.clone());
+                .with_filters(http_filters.clone())
+                .with_log_format(self.config.log_format);
                 let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
                 proxy.server_options = Some(http_options(l));
                 proxy
@@ -308,10 +311,18 @@ impl Plan {
             reloader,
         ));
         if let Some(address) = self.config.metrics {
-            let mut prom = metrics::http_service(&self.metrics);
-            prom.add_tcp(&address.to_string());
-            log::info!("metrics on http://{address}/metrics");
-            server.add_service(prom);
+            let readiness = Arc::new(Readiness::new(
+                &self.config.listeners,
+                self.upstreams.clone(),
+            ));
+            let endpoint = health::Endpoint::new(
+                &self.metrics,
+                readiness,
+                server.watch_execution_phase(),
+                &address.to_string(),
+            );
+            log::info!("metrics on http://{address}/metrics, probes on /healthz and /readyz");
+            server.add_service(endpoint);
         }
         Ok(server)
     }

@@ -14,6 +14,7 @@ use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::Backend;
 use pingora_load_balancing::LoadBalancer;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +109,19 @@ pub struct UpstreamGroup {
     addrs: Vec<SocketAddr>,
     /// The HTTP health check, rebuilt when the TLS material is reloaded.
     http_check: Option<(HealthProbe, LiveCheck)>,
+    /// Each peer's latest health-check result (`None`: the group has no health check).
+    probed: Option<Arc<Probed>>,
+}
+
+/// What the health check last said about one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerHealth {
+    /// Not checked yet (the first pass runs when the server starts).
+    Unknown,
+    /// Passed its latest check: in the rotation.
+    Up,
+    /// Failed its latest check: out of the rotation until it passes again.
+    Down,
 }
 
 /// A group's health-check loop, to be added to the server as a background service.
@@ -145,12 +159,21 @@ impl UpstreamGroup {
                     Arc::new(ArcSwap::from_pointee(http_check(h, &template))),
                 )
             });
-        let hc = u.health_check.as_ref().map(|h| HealthSetup {
-            config: h,
-            connect_timeout: template.connect_timeout,
-            name,
-            http: http_check.as_ref().map(|c| c.1.clone()),
-        });
+        let probed = u
+            .health_check
+            .is_some()
+            .then(|| Arc::new(Probed::new(addrs)));
+        let hc = u
+            .health_check
+            .as_ref()
+            .zip(probed.clone())
+            .map(|(h, probed)| HealthSetup {
+                config: h,
+                connect_timeout: template.connect_timeout,
+                name,
+                http: http_check.as_ref().map(|c| c.1.clone()),
+                probed,
+            });
         let (selector, service) = match u.load_balancing {
             LoadBalancing::RoundRobin => {
                 let (l, s) = with_health(lb::<RoundRobin>(addrs, &at)?, hc);
@@ -173,6 +196,7 @@ impl UpstreamGroup {
                 peer_count: addrs.len(),
                 addrs: addrs.clone(),
                 http_check,
+                probed,
             },
             service,
         ))
@@ -207,6 +231,48 @@ impl UpstreamGroup {
         &self.addrs
     }
 
+    /// What the health check says about each peer, in configuration order; `None` when the
+    /// group has no `health_check` (its peers are never probed). A peer is `Up` only when its
+    /// latest check passed *and* the load balancer has it in the rotation. `/readyz` reads
+    /// this ([`crate::health`]).
+    ///
+    /// ```
+    /// use gatehouse::config::Config;
+    /// use gatehouse::upstream::{PeerHealth, UpstreamGroup};
+    ///
+    /// let yaml = "listeners: [{ name: edge, address: '127.0.0.1:5665' }]\n\
+    ///             upstreams: { kea: { peers: ['127.0.0.1:8000'], health_check: { kind: tcp } } }";
+    /// let config = Config::parse(yaml, ".".as_ref()).unwrap();
+    /// let (kea, _check_loop) = UpstreamGroup::build(&config.upstreams[0]).unwrap();
+    /// // Until the check loop (a server background service) has run once, nothing is known.
+    /// let peer = "127.0.0.1:8000".parse().unwrap();
+    /// assert_eq!(kea.peer_health(), Some(vec![(peer, PeerHealth::Unknown)]));
+    /// ```
+    pub fn peer_health(&self) -> Option<Vec<(SocketAddr, PeerHealth)>> {
+        let probed = self.probed.as_ref()?;
+        Some(
+            self.addrs
+                .iter()
+                .map(|&a| {
+                    let h = match probed.get(a) {
+                        PeerHealth::Up if !self.in_rotation(a) => PeerHealth::Down,
+                        h => h,
+                    };
+                    (a, h)
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the load balancer would pick `addr` (healthy and enabled).
+    fn in_rotation(&self, addr: SocketAddr) -> bool {
+        match &self.selector {
+            Selector::RoundRobin(l) => lb_ready(l, addr),
+            Selector::Random(l) => lb_ready(l, addr),
+            Selector::Hash(l) => lb_ready(l, addr),
+        }
+    }
+
     /// The bound on each read and write to a peer.
     pub fn read_timeout(&self) -> Duration {
         self.template.read_timeout
@@ -233,6 +299,75 @@ impl UpstreamGroup {
         if let Some((hc, check)) = &self.http_check {
             check.store(Arc::new(http_check(hc, &self.template)));
         }
+    }
+}
+
+fn lb_ready<S>(lb: &LoadBalancer<S>, addr: SocketAddr) -> bool
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let backends = lb.backends();
+    let all = backends.get_backend();
+    all.iter()
+        .find(|b| b.addr.as_inet() == Some(&addr))
+        .is_some_and(|b| backends.ready(b))
+}
+
+/// The latest health-check result of each peer of a group, written by [`Recorded`]
+/// (`PeerHealth as u8`; a group has a handful of peers, so a list).
+struct Probed(Vec<(SocketAddr, AtomicU8)>);
+
+impl Probed {
+    fn new(addrs: &[SocketAddr]) -> Probed {
+        let unknown = PeerHealth::Unknown as u8;
+        Probed(addrs.iter().map(|&a| (a, AtomicU8::new(unknown))).collect())
+    }
+
+    fn set(&self, target: &Backend, ok: bool) {
+        let h = if ok { PeerHealth::Up } else { PeerHealth::Down };
+        for (a, state) in &self.0 {
+            if target.addr.as_inet() == Some(a) {
+                state.store(h as u8, Ordering::Release);
+            }
+        }
+    }
+
+    fn get(&self, addr: SocketAddr) -> PeerHealth {
+        let state = self.0.iter().find(|(a, _)| *a == addr);
+        match state.map(|(_, s)| s.load(Ordering::Acquire)) {
+            Some(s) if s == PeerHealth::Up as u8 => PeerHealth::Up,
+            Some(s) if s == PeerHealth::Down as u8 => PeerHealth::Down,
+            _ => PeerHealth::Unknown,
+        }
+    }
+}
+
+/// A health check that also records each result, so `/readyz` can tell "not checked yet"
+/// from "healthy" (Pingora starts every peer healthy, before its first check).
+struct Recorded {
+    inner: Box<dyn HealthCheck + Send + Sync>,
+    probed: Arc<Probed>,
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for Recorded {
+    async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
+        let result = self.inner.check(target).await;
+        self.probed.set(target, result.is_ok());
+        result
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.inner.health_status_change(target, healthy).await
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        self.inner.backend_summary(target)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
     }
 }
 
@@ -281,6 +416,8 @@ struct HealthSetup<'a> {
     name: &'a str,
     /// The live HTTP check (None: TCP).
     http: Option<LiveCheck>,
+    /// Where each result is recorded.
+    probed: Arc<Probed>,
 }
 
 type LiveCheck = Arc<ArcSwap<HttpHealthCheck>>;
@@ -299,20 +436,25 @@ where
         connect_timeout,
         name,
         http,
+        probed,
     }) = setup
     else {
         return (Arc::new(lb), None);
     };
-    match http {
-        Some(live) => lb.set_health_check(Box::new(LiveHttpCheck(live))),
+    let inner: Box<dyn HealthCheck + Send + Sync> = match http {
+        Some(live) => Box::new(LiveHttpCheck(live)),
         // Liveness only: a TCP connect, no TLS (BasicPeer cannot carry a client cert).
         None => {
             let mut check = TcpHealthCheck::new();
             check.peer_template.options.connection_timeout = Some(connect_timeout);
-            lb.set_health_check(check);
+            check
         }
-    }
+    };
+    lb.set_health_check(Box::new(Recorded { inner, probed }));
     lb.health_check_frequency = Some(hc.interval);
+    // Every peer at once: one hanging peer (an HTTP check may wait `read_timeout`) must not
+    // hold back the others' results, nor a group's readiness at startup.
+    lb.parallel_health_check = true;
     let svc = background_service(&format!("health check {name}"), lb);
     let task = svc.task();
     (task, Some(Box::new(svc)))

@@ -308,6 +308,19 @@ fn authorization_keys_are_validated() {
     );
 }
 
+#[test]
+fn log_format_is_text_or_json() {
+    expect_error(
+        |c| c.log_format("xml"),
+        "log_format: unknown variant `xml`, expected `text` or `json`",
+    );
+    for format in ["text", "json"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ok, out) = check_with(tmp.path(), |c| c.log_format(format));
+        assert!(ok, "{format}: {out}");
+    }
+}
+
 /// Every key the tests' typed config ([`Conf`]) can write is one Gatehouse's schema knows:
 /// a config with every field set parses (the schema rejects unknown keys).
 #[test]
@@ -410,7 +423,8 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 ),
         )
         .metrics(9090)
-        .audit_path("audit.jsonl");
+        .audit_path("audit.jsonl")
+        .log_format("json");
     let text = every.to_yaml();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("ids")).unwrap();
@@ -419,4 +433,9 @@ fn the_typed_test_config_writes_only_schema_keys() {
     assert_eq!(config.listeners[0].keepalive_requests, 3, "{text}");
     assert!(config.listeners[0].tls.as_ref().unwrap().watch, "{text}");
     assert!(config.upstreams[0].tls.as_ref().unwrap().watch, "{text}");
+    assert_eq!(
+        config.log_format,
+        gatehouse::config::LogFormat::Json,
+        "{text}"
+    );
 }

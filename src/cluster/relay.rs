@@ -20,7 +20,7 @@ use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
 use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent};
 use crate::authz::{Guarded, Identity, Question, Target};
-use crate::config::{ClusterRouteSettings, ClusterSettings, Toward};
+use crate::config::{ClusterRouteSettings, ClusterSettings, LogFormat, Toward};
 use crate::identity::TlsInfo;
 use crate::logsafe::{Esc, EscOpt, EscText};
 use crate::metrics::{ActiveGuard, Metrics};
@@ -71,6 +71,8 @@ pub struct Relay {
     live: LiveLinks,
     connector: TransportConnector,
     audit: Arc<dyn AuditSink>,
+    /// How link open and close lines are written.
+    log_format: LogFormat,
 }
 
 impl Relay {
@@ -109,7 +111,13 @@ impl Relay {
             live: LiveLinks::default(),
             connector: TransportConnector::new(None),
             audit,
+            log_format: LogFormat::Text,
         }
+    }
+
+    /// Writes link open and close lines in `format` (`log_format`; text by default).
+    pub fn set_log_format(&mut self, format: LogFormat) {
+        self.log_format = format;
     }
 
     /// Replaces the upstream identity mapping (`cluster.upstream_identity` by default).
@@ -299,7 +307,21 @@ impl Relay {
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
             answers: Default::default(),
         };
-        log::info!(target: "gatehouse::cluster", "link open: {who} sni={} → upstream {} peer {peer_addr}", EscOpt(Some(sni)), group.name);
+        let line = LinkLine {
+            event: "link_open",
+            listener,
+            client: Some(addr.as_str()).filter(|a| *a != "-"),
+            cn,
+            sni: Some(sni).filter(|s| !s.is_empty()),
+            upstream: &group.name,
+            peer: peer_addr,
+            closed: None,
+        };
+        if self.log_format == LogFormat::Json {
+            line.log();
+        } else {
+            log::info!(target: "gatehouse::cluster", "link open: {who} sni={} → upstream {} peer {peer_addr}", EscOpt(Some(sni)), group.name);
+        }
         let started = Instant::now();
 
         let (mut dr, mut dw) = tokio::io::split(down);
@@ -318,13 +340,30 @@ impl Relay {
             tokio::join!(close(down), close(up));
         })
         .await;
-        log::info!(
-            target: "gatehouse::cluster",
-            "link closed: {who} after {:.1}s, {} up / {} down messages: {end}",
-            started.elapsed().as_secs_f64(),
+        let (up_n, down_n) = (
             link.forwarded[0].load(Ordering::Relaxed),
             link.forwarded[1].load(Ordering::Relaxed),
         );
+        if self.log_format == LogFormat::Json {
+            LinkLine {
+                event: "link_closed",
+                closed: Some(Closed {
+                    duration_s: (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
+                    messages_up: up_n,
+                    messages_down: down_n,
+                    end: end.kind(),
+                    reason: end.to_string(),
+                }),
+                ..line
+            }
+            .log();
+        } else {
+            log::info!(
+                target: "gatehouse::cluster",
+                "link closed: {who} after {:.1}s, {up_n} up / {down_n} down messages: {end}",
+                started.elapsed().as_secs_f64(),
+            );
+        }
     }
 
     /// Moves frames from `r` to `w` until the link must end.
@@ -638,6 +677,58 @@ impl Direction {
         match self {
             Direction::Upstream => "upstream",
             Direction::Downstream => "client",
+        }
+    }
+}
+
+impl LinkEnd {
+    /// A word for the way the link ended (`end` in JSON lines).
+    fn kind(&self) -> &'static str {
+        match self {
+            LinkEnd::Closed(_) => "closed",
+            LinkEnd::Idle(..) => "idle",
+            LinkEnd::Frame(..) => "framing",
+            LinkEnd::Malformed(..) => "malformed",
+            LinkEnd::Violations(_) => "violations",
+            LinkEnd::Filter(..) => "filter",
+            LinkEnd::Revoked(..) => "revoked",
+            LinkEnd::Io(..) => "io",
+            LinkEnd::Shutdown => "shutdown",
+            LinkEnd::Replaced => "replaced",
+        }
+    }
+}
+
+/// A link open or close line in `log_format: json`: the text line's fields, typed; the
+/// client's `who` split into `cn` (`null` when anonymous) and `client` (its address).
+#[derive(serde::Serialize)]
+struct LinkLine<'a> {
+    event: &'static str,
+    listener: &'a str,
+    client: Option<&'a str>,
+    cn: Option<&'a str>,
+    sni: Option<&'a str>,
+    upstream: &'a str,
+    peer: std::net::SocketAddr,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    closed: Option<Closed>,
+}
+
+/// What a close line adds.
+#[derive(serde::Serialize)]
+struct Closed {
+    duration_s: f64,
+    messages_up: u64,
+    messages_down: u64,
+    end: &'static str,
+    reason: String,
+}
+
+impl LinkLine<'_> {
+    fn log(&self) {
+        match serde_json::to_string(self) {
+            Ok(json) => log::info!(target: "gatehouse::cluster", json = ""; "{json}"),
+            Err(e) => log::error!(target: "gatehouse::cluster", "cannot encode a link line: {e}"),
         }
     }
 }

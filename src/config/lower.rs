@@ -205,6 +205,7 @@ fn lower(doc: Document, base: &Path) -> Result<Config, Vec<ConfigError>> {
         cluster,
         metrics,
         audit_path,
+        log_format: doc.log_format,
     })
 }
 

@@ -31,10 +31,12 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     /// The Icinga cluster relay, if configured.
     pub cluster: Option<ClusterSettings>,
-    /// Where `/metrics` is served, if anywhere.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// The audit file; `None` = the log target `gatehouse::audit`.
     pub audit_path: Option<PathBuf>,
+    /// How the access log and the cluster-link log lines are written.
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -471,4 +473,16 @@ pub enum PolicyDirection {
     /// Either way.
     #[default]
     Both,
+}
+
+/// `log_format:` — how the access log (`gatehouse::access`) and the cluster-link log
+/// (`gatehouse::cluster`, link open and close) write their lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` text, client-chosen values escaped ([`crate::logsafe::Esc`]).
+    #[default]
+    Text,
+    /// One JSON object per line with the same fields, typed (see [`crate::logging`]).
+    Json,
 }

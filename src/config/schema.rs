@@ -4,7 +4,7 @@
 //! `config/`; the value enums they share with the model live in [`super::model`].
 
 use super::model::{
-    AllowDeny, Alpn, ClientAuth, FanOut, ForwardIdentity, KeaDefault, LoadBalancing,
+    AllowDeny, Alpn, ClientAuth, FanOut, ForwardIdentity, KeaDefault, LoadBalancing, LogFormat,
     MissingIdentity, PolicyDirection, ProbeKind, Protocol, TlsVersion, Toward,
 };
 use super::units::{ByteSize, HumanDuration};
@@ -36,6 +36,9 @@ pub struct Document {
     /// The audit log; absent = the log target `gatehouse::audit`.
     #[serde(default)]
     pub audit: Option<AuditSection>,
+    /// `text` (default) or `json`: the access and cluster-link log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
 }
 
 /// `server:` — process settings handed to Pingora.
@@ -556,6 +559,6 @@ pub struct PolicyRuleSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
-    /// Plain-HTTP address serving the metrics on every path.
+    /// Plain-HTTP address serving `/metrics`, `/healthz` and `/readyz`.
     pub address: String,
 }

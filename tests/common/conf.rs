@@ -69,6 +69,7 @@ pub struct Conf {
     pub cluster: Option<Cluster>,
     pub metrics: Option<Metrics>,
     pub audit: Option<Audit>,
+    pub log_format: Option<String>,
     /// Keys written by [`Conf::set`], applied last.
     #[serde(skip)]
     raw: Vec<(String, Value)>,
@@ -117,6 +118,12 @@ impl Conf {
         self.audit = Some(Audit {
             path: Some(path.into()),
         });
+        self
+    }
+
+    /// `log_format: <format>` (`text`, `json`).
+    pub fn log_format(mut self, format: &str) -> Conf {
+        self.log_format = Some(format.into());
         self
     }
 

@@ -395,6 +395,21 @@ impl Gatehouse {
         }
     }
 
+    /// Sends `signal` (`TERM`, `QUIT`, …) to the process (binary only).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {}", self.pid());
+    }
+
+    /// Whether the process has exited, waiting up to `t` (binary only).
+    pub fn exited_within(&mut self, t: Duration) -> bool {
+        self.wait_exit(t).is_some()
+    }
+
     /// Everything the process logged so far (binary only; an in-process instance logs to this
     /// process's logger, shown with `RUST_LOG`).
     pub fn log_text(&self) -> String {
@@ -1003,6 +1018,22 @@ impl Upstream {
     /// An HTTP/1.1 keep-alive origin; TLS when `tls` is given.
     pub async fn h1(tls: Option<SslAcceptor>, behavior: Behavior) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::h1_listening(l, tls, behavior)
+    }
+
+    /// [`Upstream::h1`] on `addr`, e.g. a [`reserved_port`] a config named before the origin
+    /// came up (a peer that comes back).
+    pub async fn h1_on(addr: SocketAddr, tls: Option<SslAcceptor>, behavior: Behavior) -> Upstream {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.set_reuseaddr(true).expect("SO_REUSEADDR");
+        s.bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let l = s
+            .listen(1024)
+            .unwrap_or_else(|e| panic!("listen on {addr}: {e}"));
+        Upstream::h1_listening(l, tls, behavior)
+    }
+
+    fn h1_listening(l: TcpListener, tls: Option<SslAcceptor>, behavior: Behavior) -> Upstream {
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));

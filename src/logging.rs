@@ -1,0 +1,172 @@
+//! Log lines for machines: `log_format: json`.
+//!
+//! Gatehouse logs through the `log` facade. With `log_format: json` the access log
+//! (`gatehouse::access`, one record per request) and the cluster-link log (`gatehouse::cluster`,
+//! link open and close) carry a JSON object as their message — built by serde_json, so every
+//! client-chosen string (path, method, CN, SNI) is JSON-escaped and numbers stay numbers — and
+//! mark the record with the key-value `json = ""` ([`JSON_KEY`]). Audit records sent to the
+//! log target `gatehouse::audit` are JSON too and marked `json = "audit"`.
+//!
+//! What reaches the screen is the logger's business. The binary installs [`init`]: text is
+//! env_logger's usual `[time LEVEL target] message`; JSON writes *every* record as one object
+//! on one line ([`write_json_line`]): `time`, `level`, `target`, then the fields of a marked
+//! record (or, for `json = "audit"`, the record under `audit`), else `message`. So a stream of
+//! Gatehouse's stderr is JSON lines throughout, Pingora's own records included.
+//!
+//! An embedder with a logger of its own gets, in JSON mode, the JSON object as the message
+//! (its own prefix in front), or installs the same line format on its env_logger:
+//!
+//! ```no_run
+//! env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+//!     .format(gatehouse::logging::format_json)
+//!     .init();
+//! ```
+
+use crate::config::LogFormat;
+use log::kv::Key;
+use log::Record;
+use std::io::{self, Write};
+use std::time::SystemTime;
+
+/// The key-value that marks a record whose message is a JSON object: empty, its members are
+/// the line's fields; otherwise the name of the member that holds it.
+pub const JSON_KEY: &str = "json";
+
+/// Installs the process logger: `RUST_LOG` filters (default `info`), stderr, lines in
+/// `format`. Fails if a logger is already installed.
+pub fn init(format: LogFormat) -> Result<(), log::SetLoggerError> {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(format_json);
+    }
+    b.try_init()
+}
+
+/// An env_logger format: [`write_json_line`] with the current time.
+pub fn format_json(buf: &mut env_logger::fmt::Formatter, record: &Record<'_>) -> io::Result<()> {
+    // One write per record: env_logger buffers the formatter and writes it whole, and the
+    // line is built here first so a failed encode never leaves half a line.
+    let mut line = Vec::with_capacity(256);
+    write_json_line(&mut line, SystemTime::now(), record)?;
+    buf.write_all(&line)
+}
+
+/// Writes `record` as one JSON object and a newline: `time` (RFC 3339, UTC, milliseconds),
+/// `level`, `target`, then the members of a message marked with [`JSON_KEY`] (or the message
+/// under the member the mark names), else `message` as a string. A marked message that is
+/// not a JSON object is written as `message` too, so the line is always one JSON document.
+pub fn write_json_line(
+    out: &mut impl Write,
+    time: SystemTime,
+    record: &Record<'_>,
+) -> io::Result<()> {
+    let head = format!(
+        "{{\"time\":\"{}\",\"level\":\"{}\",\"target\":{}",
+        humantime::format_rfc3339_millis(time),
+        record.level().as_str(),
+        json_string(record.target()),
+    );
+    out.write_all(head.as_bytes())?;
+    let message = record.args().to_string();
+    let member = record.key_values().get(Key::from_str(JSON_KEY));
+    let object = member.is_some() && is_json_object(&message);
+    match member.as_ref().and_then(|m| m.to_borrowed_str()) {
+        Some("") if object => {
+            // Validated above: `{…}`, possibly with space around its members.
+            let inner = message.trim();
+            let inner = inner[1..inner.len() - 1].trim();
+            if !inner.is_empty() {
+                out.write_all(b",")?;
+                out.write_all(inner.as_bytes())?;
+            }
+        }
+        Some(name) if object => {
+            write!(out, ",{}:{}", json_string(name), message.trim())?;
+        }
+        _ => write!(out, ",\"message\":{}", json_string(&message))?,
+    }
+    out.write_all(b"}\n")
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Whether `s` is exactly one JSON object (checked without building it).
+fn is_json_object(s: &str) -> bool {
+    s.trim_start().starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn line(record: &Record<'_>) -> Value {
+        let mut out = Vec::new();
+        write_json_line(&mut out, SystemTime::UNIX_EPOCH, record).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with('\n') && !text[..text.len() - 1].contains('\n'),
+            "{text:?}"
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    #[test]
+    fn every_record_is_one_json_object_on_one_line() {
+        let evil = "x\n[2026-01-01T00:00:00Z INFO  gatehouse::audit] {\"forged\":1}\u{7}";
+        let plain = line(
+            &Record::builder()
+                .target("pingora_core::server")
+                .level(log::Level::Warn)
+                .args(format_args!("{evil}"))
+                .build(),
+        );
+        assert_eq!(plain["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(plain["level"], "WARN");
+        assert_eq!(plain["target"], "pingora_core::server");
+        assert_eq!(plain["message"], evil);
+
+        let fields = [(JSON_KEY, "")];
+        let marked = line(
+            &Record::builder()
+                .target("gatehouse::access")
+                .level(log::Level::Info)
+                .key_values(&fields)
+                .args(format_args!("{}", r#"{"status":200,"path":"/a\"b"}"#))
+                .build(),
+        );
+        assert_eq!(marked["status"], 200);
+        assert_eq!(marked["path"], "/a\"b");
+        assert_eq!(marked["target"], "gatehouse::access");
+        assert!(marked.get("message").is_none(), "{marked}");
+
+        let nested = [(JSON_KEY, "audit")];
+        let audit = line(
+            &Record::builder()
+                .target("gatehouse::audit")
+                .level(log::Level::Info)
+                .key_values(&nested)
+                .args(format_args!("{}", r#"{"time":"t","kind":"kea"}"#))
+                .build(),
+        );
+        assert_eq!(audit["audit"]["kind"], "kea");
+        assert_eq!(audit["time"], "1970-01-01T00:00:00.000Z");
+
+        // A mark on something that is not one object falls back to `message`.
+        for text in ["{}", "not json", "{\"a\":1} trailing", "[1]"] {
+            let v = line(
+                &Record::builder()
+                    .key_values(&fields)
+                    .args(format_args!("{text}"))
+                    .build(),
+            );
+            if text == "{}" {
+                assert!(v.get("message").is_none(), "{v}");
+            } else {
+                assert_eq!(v["message"], text, "{v}");
+            }
+        }
+    }
+}
