@@ -3,16 +3,19 @@ CARGO    ?= cargo
 CONFIG   ?= conf/gatehouse.yaml
 DEV_CERTS = conf/dev-certs
 BIN       = target/debug/gatehouse
+# Where cargo builds (cargo-deb and the package test follow CARGO_TARGET_DIR too).
+TARGET_DIR   = $(or $(CARGO_TARGET_DIR),target)
+PACKAGE_FILES = $(TARGET_DIR)/release/package-files
 
-.PHONY: run test check certs build deps bench bench-deps fuzz soak clean-certs
+.PHONY: run test check certs build deps deb bench bench-deps fuzz soak clean-certs
 
 ## run: build, write dev certs if absent, start Gatehouse with conf/gatehouse.yaml
 run: deps build certs
 	RUST_LOG=$${RUST_LOG:-info} $(BIN) run -c $(CONFIG)
 
 ## test: install missing packages, then run the whole suite (unit, integration, real Kea);
-## the examples are built first because their tests run them
-test: deps
+## the package and the examples are built first because their tests inspect and run them
+test: deps deb
 	$(CARGO) build --examples
 	$(CARGO) test --lib --bins --tests --no-fail-fast
 	$(CARGO) test --doc
@@ -29,6 +32,15 @@ certs: build
 
 build: deps
 	$(CARGO) build
+
+## deb: the Debian package of the release build, $(TARGET_DIR)/debian/gatehouse_<version>_<arch>.deb
+## (binary, systemd unit, /etc/gatehouse/gatehouse.yaml, man pages, bash/zsh/fish completions)
+deb: deps
+	$(CARGO) build --release --locked
+	rm -rf $(PACKAGE_FILES)
+	$(TARGET_DIR)/release/gatehouse package-files $(PACKAGE_FILES)
+	gzip -9n $(PACKAGE_FILES)/man/*.1
+	$(CARGO) deb --no-build --locked
 
 deps:
 	@bash scripts/deps.sh

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # deps.sh — make sure the Debian packages the build and the test suite need are installed.
 # As root: installs what is missing with apt-get. Otherwise: prints the apt-get line and fails.
+# Also cargo-deb (`make deb`), with `cargo install`, as any user.
 set -euo pipefail
 
 # Build: boring-sys needs cmake, libclang (bindgen) and git.
 # Tests: real peers (Kea Control Agent + DHCPv4 server, Icinga 2, Prometheus + promtool).
-PKGS=(cmake libclang-dev git kea-ctrl-agent kea-dhcp4-server icinga2-bin icinga2-common prometheus)
+# Package (make deb, tests/package.rs): dpkg-shlibdeps (dpkg-dev) for the Depends line, objcopy
+# and strip (binutils) for the debug symbols, systemd-analyze (systemd) to verify the unit, groff
+# (groff-base) to render the man pages; curl for the package's smoke tests.
+PKGS=(cmake libclang-dev git kea-ctrl-agent kea-dhcp4-server icinga2-bin icinga2-common prometheus
+  dpkg-dev binutils systemd groff-base curl)
 # Benchmarks (make bench): the anchors and the load generator.
 [ "${BENCH:-0}" = 1 ] && PKGS=(wrk nginx haproxy libnginx-mod-stream)
+
+if [ "${BENCH:-0}" != 1 ] && ! cargo deb --version >/dev/null 2>&1; then
+  echo "deps: installing cargo-deb (cargo install cargo-deb --locked)"
+  cargo install cargo-deb --locked --version '^3.8'
+fi
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "deps: not a Debian system; install the equivalents of: ${PKGS[*]}" >&2

@@ -1,7 +1,7 @@
 //! The `gatehouse` command: a thin shell over the library.
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use clap::{Arg, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 // glibc malloc showed up at the top of the HTTP profile (malloc_consolidate, _int_free under
@@ -9,6 +9,8 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The command line users run. The packaged man pages and shell completions are generated from
+/// this definition (`package-files`), so they cannot drift from it.
 #[derive(Parser)]
 #[command(
     name = "gatehouse",
@@ -54,8 +56,28 @@ enum Cmd {
     },
 }
 
+/// The packaging hook: not part of [`Cli`], so the pages and completions it writes describe
+/// only what users run, and hidden from `--help`.
+const PACKAGE_FILES: &str = "package-files";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command()
+        .subcommand(
+            Command::new(PACKAGE_FILES)
+                .hide(true)
+                .about("Write the man pages (DIR/man) and shell completions (DIR/completions)")
+                .arg(
+                    Arg::new("dir")
+                        .value_name("DIR")
+                        .required(true)
+                        .value_parser(clap::value_parser!(PathBuf)),
+                ),
+        )
+        .get_matches();
+    if let Some((PACKAGE_FILES, m)) = matches.subcommand() {
+        return package_files(m);
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // `run` logs in the configuration's `log_format`, so its logger waits for the file
     // (loading it logs nothing; its errors go to stderr as text).
     if !matches!(cli.cmd, Cmd::Run { .. }) {
@@ -114,3 +136,106 @@ fn main() -> ExitCode {
         },
     }
 }
+
+/// `gatehouse package-files DIR`: what `make deb` installs under /usr/share/man and the shells'
+/// completion folders.
+fn package_files(m: &ArgMatches) -> ExitCode {
+    let Some(dir) = m.get_one::<PathBuf>("dir") else {
+        return ExitCode::FAILURE;
+    };
+    match write_package_files(dir) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("package-files: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Man pages (`man/gatehouse.1`, one `man/gatehouse-<command>.1` per subcommand) and bash,
+/// zsh and fish completions (`completions/`), all from [`Cli`].
+fn write_package_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap_complete::Shell;
+    let (man, completions) = (dir.join("man"), dir.join("completions"));
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    // As clap_mangen::generate_to does: no `help` page, and `build` gives every subcommand its
+    // display name (`gatehouse-run`), which names its page.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    let source = format!("gatehouse {}", env!("CARGO_PKG_VERSION"));
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let page = clap_mangen::Man::new(sub.clone()).source(source.clone());
+        out.push(page.generate_to(&man)?);
+    }
+    let page = man.join("gatehouse.1");
+    let mut roff = Vec::new();
+    let top = clap_mangen::Man::new(cmd.clone());
+    top.render_title(&mut roff)?;
+    top.render_name_section(&mut roff)?;
+    top.render_synopsis_section(&mut roff)?;
+    top.render_description_section(&mut roff)?;
+    top.render_options_section(&mut roff)?;
+    top.render_subcommands_section(&mut roff)?;
+    roff.extend_from_slice(MAN_EXTRA.as_bytes());
+    top.render_version_section(&mut roff)?;
+    std::fs::write(&page, roff)?;
+    out.push(page);
+    // Completions from the command as users type it, `help` included.
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let mut cmd = Cli::command();
+        out.push(clap_complete::generate_to(
+            shell,
+            &mut cmd,
+            "gatehouse",
+            &completions,
+        )?);
+    }
+    Ok(out)
+}
+
+/// What the main page adds to the generated sections: how a running instance is driven, and
+/// where the package puts things (roff).
+const MAN_EXTRA: &str = r#".SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Re\-read every certificate, key and CA the configuration names (all or nothing); what
+\fBgatehouse reload\fR sends.
+.TP
+\fBSIGQUIT\fR
+Graceful upgrade: hand the listening sockets over \fIserver.upgrade_sock\fR to a process
+started with \fBrun \-\-upgrade\fR, finish in\-flight requests, close cluster links with
+close_notify; what \fBsystemctl reload gatehouse\fR does.
+.TP
+\fBSIGTERM\fR
+Graceful stop (\fIserver.grace_period\fR, then \fIserver.graceful_shutdown_timeout\fR).
+.TP
+\fBSIGINT\fR
+Stop at once.
+.SH ENVIRONMENT
+.TP
+\fBRUST_LOG\fR
+Log filter for stderr (default \fBinfo\fR), e.g. \fBgatehouse::access=warn,info\fR.
+.SH FILES
+.TP
+\fI/etc/gatehouse/gatehouse.yaml\fR
+The configuration the systemd unit runs (relative paths in it resolve against its folder).
+.TP
+\fI/etc/gatehouse/certs/\fR
+Certificates and keys, root:gatehouse, setgid: keys written here are readable by the service
+user only through its group.
+.TP
+\fI/run/gatehouse/\fR
+\fIserver.pid_file\fR and \fIserver.upgrade_sock\fR under the unit.
+.TP
+\fI/usr/share/doc/gatehouse/README.md\fR
+Every configuration key, the metrics, the cluster relay.
+.SH SEE ALSO
+\fBsystemctl\fR(1), \fBjournalctl\fR(1)
+"#;

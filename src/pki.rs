@@ -49,6 +49,9 @@ impl Issued {
     }
 }
 
+/// Keys are 0640, never world-readable: readable by the folder's group, so `gatehouse dev-certs
+/// /etc/gatehouse/certs` run as root (a setgid root:gatehouse folder in the Debian package)
+/// leaves keys the service user reads and cannot change.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -56,7 +59,7 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(0o640)
         .open(path)?;
     f.write_all(data)
 }
@@ -305,4 +308,43 @@ pub fn write_dev_pki(dir: &Path) -> crate::Result<Vec<PathBuf>> {
         out.push(k);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Keys are 0640 (less what the umask takes), certificates are not world-writable.
+    #[test]
+    fn dev_pki_keys_are_group_readable_never_world_readable() {
+        let tmp = tempfile::tempdir().unwrap();
+        // What this process's umask lets through, measured on a file asked to be 0777.
+        let probe = tmp.path().join("probe");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o777)
+            .open(&probe)
+            .unwrap();
+        let allowed = mode(&probe);
+        let dir = tmp.path().join("certs");
+        let files = write_dev_pki(&dir).unwrap();
+        assert_eq!(files.len(), 8, "{files:?}");
+        let keys: Vec<_> = files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "key"))
+            .collect();
+        assert_eq!(keys.len(), 4, "{files:?}");
+        for k in keys {
+            assert_eq!(mode(k), 0o640 & allowed, "{}", k.display());
+        }
+        for f in &files {
+            assert_eq!(mode(f) & 0o002, 0, "{}", f.display());
+        }
+    }
 }
