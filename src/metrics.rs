@@ -416,6 +416,7 @@ mod tests {
             upstream_errors,
             http_head_timeouts,
             tls_reloads,
+            tls_watched_folders,
             tls_cert_not_after,
             cluster_messages,
             cluster_bytes,
@@ -427,7 +428,7 @@ mod tests {
             cluster_links_replaced,
             kea_fanout_peers,
         } = &metrics;
-        let collectors: [&dyn Collector; 19] = [
+        let collectors: [&dyn Collector; 20] = [
             build_info,
             connections,
             connections_active,
@@ -437,6 +438,7 @@ mod tests {
             upstream_errors,
             http_head_timeouts,
             tls_reloads,
+            tls_watched_folders,
             tls_cert_not_after,
             cluster_messages,
             cluster_bytes,

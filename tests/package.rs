@@ -137,6 +137,8 @@ fn package_holds_binary_unit_conffile_man_pages_completions_docs() {
         "/usr/share/fish/vendor_completions.d/gatehouse.fish",
         "/usr/share/doc/gatehouse/copyright",
         "/usr/share/doc/gatehouse/README.md",
+        "/usr/share/doc/gatehouse/docs/configuration.md",
+        "/usr/share/doc/gatehouse/docs/operations.md",
         "/usr/share/doc/gatehouse/examples/kea-rbac.yaml",
     ]
     .map(String::from)
