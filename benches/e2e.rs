@@ -11,11 +11,14 @@
 //!   terminating TLS with client certs required and re-originating mTLS) to an in-process sink
 //!   that requires client certs; counted at the sink. Proxy CPU per message = the proxy's
 //!   process-tree CPU time ÷ messages. Ping-pong: one message in flight to an echoing sink.
-//! - Idle links: 2,000 and 5,000 authenticated links per proxy (Hello, then silence), each
-//!   count in freshly started proxies; RSS growth of the proxy's process tree per link.
+//! - Idle links: 2,000 and 9,000 authenticated links per proxy (Hello, then silence), each
+//!   count in freshly started proxies; RSS growth of the proxy's process tree per link. (Issue
+//!   16 asks for 10,000: that needs 20,000+ descriptors in the proxy and in this process, which
+//!   holds both the clients' and the sink's ends, and this machine's hard limit is 20,000; run
+//!   `BENCH_IDLE=2000,10000` where `ulimit -Hn` allows.)
 //!
 //! Environment: `BENCH_SECS` (wrk duration, default 15), `BENCH_RELAY_SECS` (default 5),
-//! `BENCH_IDLE` (comma list, default `2000,5000`; `0` skips), `BENCH_WRAP` (a command to run
+//! `BENCH_IDLE` (comma list, default `2000,9000`; `0` skips), `BENCH_WRAP` (a command to run
 //! Gatehouse under, e.g. `heaptrack -o /tmp/gh`), `BENCH_READ_BUFFER` (Gatehouse listeners'
 //! `read_buffer`, e.g. `64KiB`; default: the config default), `BENCH_WORK_STEALING` (`false`
 //! turns `server.work_stealing` off in Gatehouse and bare Pingora), `BENCH_KEYS` (`rsa4096` or
@@ -260,7 +263,7 @@ fn main() {
     let http_secs = env_num("BENCH_SECS", 15.0);
     let relay_secs = env_num("BENCH_RELAY_SECS", 5.0);
     let idle: Vec<usize> = std::env::var("BENCH_IDLE")
-        .unwrap_or_else(|_| "2000,5000".into())
+        .unwrap_or_else(|_| "2000,9000".into())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .filter(|n| *n > 0)
@@ -292,6 +295,10 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         _ => None,
     };
     let pki = Pki::with_keys(&dir, "pki", rsa_bits);
+    let key_label = match rsa_bits {
+        Some(bits) => format!("RSA-{bits}"),
+        None => "EC P-256".to_string(),
+    };
     let server = pki.server("server", &[]);
     pki.issue("client", CertSpec::new("agent1"));
     pki.issue("gatehouse", CertSpec::new("gatehouse"));
@@ -633,29 +640,32 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         }
     }
 
-    // Targets (issue 5), measured in this run.
+    // Targets, measured in this run: issue 16's R1 (relay) and R3 (idle links) — R2 (reconnect
+    // storms) is `benches/storm.rs`, which `make bench` runs next — then issue 5's HTTP and
+    // ping-pong targets, kept for the record.
     let gh_http = http.iter().find(|r| r.name == "gatehouse");
-    let best_relay16 = relay
+    let peers16: Vec<_> = relay
         .iter()
         .filter(|(n, l, _, _)| *l == 16 && (*n == "haproxy" || *n == "nginx"))
-        .map(|r| r.2)
-        .fold(0.0, f64::max);
+        .collect();
+    let best_relay16 = peers16.iter().map(|r| r.2).fold(0.0, f64::max);
+    let best_cpu16 = peers16
+        .iter()
+        .filter_map(|r| r.3)
+        .fold(f64::INFINITY, f64::min);
     let gh16 = relay
         .iter()
         .find(|(n, l, _, _)| *n == "gatehouse" && *l == 16);
     let verdict = |ok: bool| if ok { "holds" } else { "MISSED" };
     println!("\n## Targets");
-    if let Some(g) = gh_http {
-        let (r, p) = (g.rps / nginx_http.0, g.p99_ms / nginx_http.1);
-        println!(
-            "- P1 HTTP ≥ 1.3× nginx req/s and p99 ≤ 0.8× nginx: {r:.2}× req/s, {p:.2}× p99 → {}",
-            verdict(r >= 1.3 && p <= 0.8)
-        );
-    }
     if let Some((_, _, rate, cpu)) = gh16 {
         let ratio = rate / best_relay16;
         let cpu = cpu.unwrap_or(f64::NAN);
-        println!("- P2 relay ≥ 1.2× the better of HAProxy/nginx and ≤ 0.75 µs CPU/msg: {ratio:.2}×, {cpu:.2} µs → {}", verdict(ratio >= 1.2 && cpu <= 0.75));
+        let cpu_ratio = cpu / best_cpu16;
+        println!(
+            "- R1 relay, 16 links: msgs/s ≥ 1.2× the better of HAProxy/nginx and CPU/msg ≤ 0.8× the better peer's: {ratio:.2}×, {cpu:.2} µs/msg = {cpu_ratio:.2}× ({best_cpu16:.2} µs) → {}",
+            verdict(ratio >= 1.2 && cpu_ratio <= 0.8)
+        );
     }
     // Every link count must hold, not just the largest (fixed costs amortize with more links).
     let gh_idle: Vec<_> = idle_rows.iter().filter(|r| r.0 == "gatehouse").collect();
@@ -666,15 +676,24 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             .map(|r| format!("{:.1} KiB at {}", r.2, r.1))
             .collect();
         println!(
-            "- P3 idle links ≤ 40 KiB RSS per link: {} → {}",
+            "- R3 idle links ≤ 30 KiB RSS per link ({} certificates): {} → {}",
+            key_label,
             each.join(", "),
-            verdict(worst <= 40.0)
+            verdict(worst <= 30.0)
+        );
+    }
+    println!("- R2 reconnect storm: see the storm tables (`cargo bench --bench storm`)");
+    if let Some(g) = gh_http {
+        let (r, p) = (g.rps / nginx_http.0, g.p99_ms / nginx_http.1);
+        println!(
+            "- (issue 5) P1 HTTP ≥ 1.3× nginx req/s and p99 ≤ 0.8× nginx: {r:.2}× req/s, {p:.2}× p99 → {}",
+            verdict(r >= 1.3 && p <= 0.8)
         );
     }
     if let Some((_, (p50, _))) = rtts.iter().find(|r| r.0 == "gatehouse") {
         let added = p50 - direct_rtt.0;
         println!(
-            "- P4 ≤ 30 µs added per crossing at p50: {added:.0} µs → {}",
+            "- (issue 5) P4 ≤ 30 µs added per crossing at p50: {added:.0} µs → {}",
             verdict(added <= 30.0)
         );
     }
