@@ -45,7 +45,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 16 * 1024;
 /// Read headroom of a quiet link: thousands of idle agents must not cost 16 KiB each. A quiet
 /// Icinga link carries `event::Heartbeat` and `log::SetLogPosition` (~150–250 bytes).
-const READ_IDLE: usize = 512;
+const READ_IDLE: usize = 256;
 
 struct Limits {
     per_identity: usize,

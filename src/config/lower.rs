@@ -256,10 +256,13 @@ fn lower_listeners(
         }
         // Below 1 KiB most TLS records take several reads; above 1 MiB it is resident
         // memory per idle connection for no gain (larger reads bypass the buffer anyway).
-        if !(1024..=1024 * 1024).contains(&l.read_buffer.0) {
+        if let Some(rb) = l
+            .read_buffer
+            .filter(|rb| !(1024..=1024 * 1024).contains(&rb.0))
+        {
             cx.err(
                 format!("{at}.read_buffer"),
-                format!("{} bytes is outside 1KiB..=1MiB", l.read_buffer.0),
+                format!("{} bytes is outside 1KiB..=1MiB", rb.0),
             );
         }
         if l.keepalive_timeout.get() < Duration::from_secs(1) {
@@ -286,7 +289,14 @@ fn lower_listeners(
                 protocols: l.protocols.clone(),
                 first_byte_timeout: l.first_byte_timeout.get(),
                 header_timeout: l.header_timeout.get(),
-                read_buffer: cx.bytes(&format!("{at}.read_buffer"), l.read_buffer),
+                // A cluster link's records are mostly large batches that bypass the buffer, or
+                // rare heartbeats: without it an idle link is 1 KiB smaller and a busy one
+                // makes the same two reads per record (header, then body).
+                read_buffer: match l.read_buffer {
+                    Some(rb) => cx.bytes(&format!("{at}.read_buffer"), rb),
+                    None if l.protocols.contains(&Protocol::Http) => 1024,
+                    None => 0,
+                },
                 keepalive_timeout: l.keepalive_timeout.get(),
                 keepalive_requests: l.keepalive_requests,
                 max_connections_per_identity: l.max_connections_per_identity,
@@ -740,6 +750,26 @@ fn yaml_error(err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `read_buffer` defaults to 1 KiB where HTTP is spoken and to none on `[cluster]`-only
+    /// listeners; a value set is kept on either.
+    #[test]
+    fn read_buffer_default_follows_the_protocols() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = r#"
+listeners:
+  - { name: h, address: "127.0.0.1:1", protocols: [http] }
+  - { name: c, address: "127.0.0.1:2", protocols: [cluster] }
+  - { name: b, address: "127.0.0.1:3", protocols: [http, cluster] }
+  - { name: s, address: "127.0.0.1:4", protocols: [cluster], read_buffer: 4KiB }
+upstreams: { u: { peers: ["127.0.0.1:9"] } }
+routes: [ { name: r, upstream: u } ]
+cluster: { routes: [ { sni: "*", upstream: u } ] }
+"#;
+        let c = Config::parse(yaml, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+        let rb: Vec<usize> = c.listeners.iter().map(|l| l.read_buffer).collect();
+        assert_eq!(rb, [1024, 0, 1024, 4096]);
+    }
 
     /// Relative paths resolve against the file's folder once, here; values arrive parsed.
     #[test]

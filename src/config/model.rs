@@ -89,7 +89,7 @@ pub struct ListenerSettings {
     pub first_byte_timeout: Duration,
     /// How long an HTTP/1 request head may take.
     pub header_timeout: Duration,
-    /// Read buffer below TLS, in bytes.
+    /// Read buffer below TLS, in bytes; 0 = none (the default of `[cluster]`-only listeners).
     pub read_buffer: usize,
     /// Idle limit of a keep-alive connection.
     pub keepalive_timeout: Duration,

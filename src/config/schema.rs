@@ -122,8 +122,9 @@ pub struct ListenerSection {
     pub header_timeout: HumanDuration,
     /// Per-connection read buffer below TLS. It only has to hold a record header and a small
     /// record: larger reads bypass it. Pingora's default (64 KiB) stays resident per idle link.
-    #[serde(default = "default_read_buffer")]
-    pub read_buffer: ByteSize,
+    /// Default: 1 KiB on listeners carrying HTTP, none on `[cluster]`-only ones.
+    #[serde(default)]
+    pub read_buffer: Option<ByteSize>,
     /// An HTTP/1 keep-alive connection idle this long between requests, or an HTTP/2
     /// connection with no open stream this long, is closed. Whole seconds (rounded up).
     #[serde(default = "default_keepalive_timeout")]
@@ -146,9 +147,6 @@ fn default_first_byte_timeout() -> HumanDuration {
 }
 fn default_header_timeout() -> HumanDuration {
     HumanDuration::secs(10)
-}
-fn default_read_buffer() -> ByteSize {
-    ByteSize(1024)
 }
 fn default_keepalive_timeout() -> HumanDuration {
     HumanDuration::secs(60)
