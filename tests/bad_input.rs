@@ -275,7 +275,9 @@ async fn netstring_and_message_corpus() {
         closed_within(&mut s, Duration::from_secs(6)).await,
         "stalled frame not closed"
     );
-    e.gh.wait_log("no message from the client");
+    // Neither side sent a whole message, so the client's and the upstream's idle limits run
+    // out together and either may be the one logged.
+    e.gh.wait_log("no message from the ");
     let r = request(
         addr(e.port),
         Some(&e.agent()),

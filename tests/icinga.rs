@@ -238,12 +238,18 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
         diag,
     )
     .await;
-    assert!(
-        master
-            .log()
-            .contains("New client connection for identity 'agent1'"),
-        "the master must see agent1's identity, not the edge's"
-    );
+    // The master's log is written after its endpoint table is: poll it.
+    eventually(
+        "the master to log agent1's identity (not the edge's)",
+        Duration::from_secs(15),
+        || async {
+            master
+                .log()
+                .contains("New client connection for identity 'agent1'")
+        },
+        diag,
+    )
+    .await;
 
     // 2. A check result from agent1 arrives at the master.
     eventually(
