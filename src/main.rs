@@ -234,7 +234,7 @@ user only through its group.
 \fI/run/gatehouse/\fR
 \fIserver.pid_file\fR and \fIserver.upgrade_sock\fR under the unit.
 .TP
-\fI/usr/share/doc/gatehouse/README.md\fR
+\fI/usr/share/doc/gatehouse/docs/\fR
 Every configuration key, the metrics, the cluster relay.
 .SH SEE ALSO
 \fBsystemctl\fR(1), \fBjournalctl\fR(1)

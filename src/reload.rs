@@ -213,8 +213,8 @@ impl Reloader {
         }
     }
 
-    /// Reloads what `trigger` asks for, then counts and logs the outcome.
-    pub(crate) fn run(&self, trigger: Trigger<'_>) {
+    /// Reloads what `trigger` asks for, then counts and logs the outcome; true if it took.
+    pub(crate) fn run(&self, trigger: Trigger<'_>) -> bool {
         let result = match trigger {
             Trigger::Signal => self.reload(),
             Trigger::Watch(blocks) => self.reload_blocks(blocks),
@@ -226,6 +226,7 @@ impl Reloader {
                     .with_label_values(&["success"])
                     .inc();
                 log::info!(target: "gatehouse::reload", "{summary}");
+                true
             }
             Err(errs) => {
                 self.metrics
@@ -235,6 +236,7 @@ impl Reloader {
                 for e in &errs {
                     log::error!(target: "gatehouse::reload", "reload failed, keeping the current certificates: {e}");
                 }
+                false
             }
         }
     }

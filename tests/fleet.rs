@@ -7,36 +7,10 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// curl with its defaults (HTTP/2 over TLS) as `who` of `edge`: (`"<status> <http version>"`,
-/// body).
+/// curl as `who` of `edge`: (`"<status> <http version>"`, body).
 async fn curl(edge: &Pki, who: &str, url: &str, args: &[&str]) -> (String, String) {
-    let (cert, key) = edge.paths(who);
-    let out = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-w",
-                "\n%{http_code} %{http_version}",
-            ])
-            .args(args)
-            .arg("--cacert")
-            .arg(edge.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .arg(url)
-            .output(),
-    )
-    .await
-    .expect("curl finished")
-    .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (status.to_string(), body.to_string())
+    let c = common::curl(edge, who, url, args).await;
+    (format!("{} {}", c.status, c.version), c.body)
 }
 
 fn addr(port: u16) -> SocketAddr {

@@ -52,27 +52,14 @@ fn edge(pki: &Pki, port: u16) -> Listener {
 
 /// curl with its defaults (HTTP/2 over TLS) as `client`: (status, HTTP version).
 async fn curl(pki: &Pki, port: u16, path: &str) -> (String, String) {
-    let (cert, key) = pki.paths("client");
-    let out = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::process::Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "--max-time", "10"])
-            .args(["-w", "%{http_code} %{http_version}"])
-            .arg("--cacert")
-            .arg(pki.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .arg(format!("https://localhost:{port}{path}"))
-            .output(),
+    let c = common::curl(
+        pki,
+        "client",
+        &format!("https://localhost:{port}{path}"),
+        &[],
     )
-    .await
-    .expect("curl finished")
-    .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, version) = text.split_once(' ').unwrap_or((&text, ""));
-    (status.to_string(), version.to_string())
+    .await;
+    (c.status, c.version)
 }
 
 /// An upstream group whose only peer is down is named by `/readyz` (503) while its health

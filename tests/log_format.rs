@@ -73,37 +73,12 @@ async fn start(dir: &Path, format: Option<&str>) -> Setup {
     }
 }
 
-/// curl with its defaults as `who` (a stem of `pki`): (status, HTTP version).
+/// curl with its defaults as `who` (a stem of `pki`), the path sent as is: (status, HTTP
+/// version).
 async fn curl(pki: &Pki, who: &str, port: u16, path: &str) -> (String, String) {
-    let (cert, key) = pki.paths(who);
-    let out = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::process::Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "10",
-                "--path-as-is",
-                "-g",
-            ])
-            .args(["-w", "%{http_code} %{http_version}"])
-            .arg("--cacert")
-            .arg(pki.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .arg(format!("https://localhost:{port}{path}"))
-            .output(),
-    )
-    .await
-    .expect("curl finished")
-    .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, version) = text.split_once(' ').unwrap_or((&text, ""));
-    (status.to_string(), version.to_string())
+    let url = format!("https://localhost:{port}{path}");
+    let c = common::curl(pki, who, &url, &["--path-as-is", "-g"]).await;
+    (c.status, c.version)
 }
 
 /// A cluster link as `evil` with SNI [`EVIL_SNI`]: one heartbeat, its echo, then close.

@@ -593,6 +593,61 @@ async fn a_block_without_watch_waits_for_sighup() {
     assert_eq!(served(pb, &client).await, der(&b2));
 }
 
+/// Two watched blocks change in one batch and one of them is broken: all or nothing keeps
+/// both out; when the broken one is fixed, the good one's new files come in with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_block_refused_with_a_broken_one_comes_in_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = Pki::edge(dir, &["client"]);
+    let live = dir.join("live");
+    std::fs::create_dir(&live).unwrap();
+    let (a1, a2) = (pki.server("a1", &[]), pki.server("a2", &[]));
+    let (b1, b2) = (pki.server("b1", &[]), pki.server("b2", &[]));
+    a1.write(&live, "a").unwrap();
+    b1.write(&live, "b").unwrap();
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let (pa, pb) = (reserved_port(), reserved_port());
+    let listener = |name: &str, port: u16, stem: &str| {
+        Listener::new(name, port).tls(
+            ListenerTls::new(
+                live.join(format!("{stem}.crt")),
+                live.join(format!("{stem}.key")),
+            )
+            .client_auth(ClientAuth::Required)
+            .client_ca(pki.ca_path())
+            .watch(true),
+        )
+    };
+    let conf = Conf::new()
+        .listener(listener("a", pa, "a"))
+        .listener(listener("b", pb, "b"))
+        .upstream("web", Group::new(origin.addr))
+        .route(Route::new("web", "web"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(dir, &conf);
+    gh.wait_log("watching the files of");
+    let client = client_of(&pki);
+
+    // One batch: a's new pair, and b's new certificate without its key.
+    replace(&live, "a.key", &a2.key_pem());
+    replace(&live, "a.crt", &a2.cert_pem());
+    replace(&live, "b.crt", &b2.cert_pem());
+    gh.wait_log("reload failed");
+    wait_line(&gh, &format!("{FAILURE} 1")).await;
+    assert_eq!(served(pa, &client).await, der(&a1), "all or nothing");
+
+    // b's key lands: only b's files changed, but a's refused change comes in too.
+    replace(&live, "b.key", &b2.key_pem());
+    gh.wait_log("reload #1");
+    assert_eq!(served(pb, &client).await, der(&b2));
+    assert_eq!(
+        served(pa, &client).await,
+        der(&a2),
+        "the good block refused with the broken one is retried with the fix"
+    );
+}
+
 /// Graceful upgrade: the new process watches the files, the old one is gone with its watcher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_graceful_upgrade_the_new_process_watches() {

@@ -384,7 +384,9 @@ impl Relay {
             self.limits.idle
         };
         // Buffers start small and grow with the traffic (see the read below), so an idle link
-        // holds about 1 KiB per direction and a busy one reads 16 KiB at a time.
+        // holds a few hundred bytes per direction and a busy one reads 16 KiB at a time. A
+        // link that read one larger message keeps its 16 KiB until its next small read (an
+        // Icinga link's next heartbeat), then gives it back.
         let mut buf = BytesMut::new();
         let mut busy = false;
         // Frames checked in one pass go out in one write: one TLS record and syscall per batch

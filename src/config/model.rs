@@ -57,9 +57,9 @@ pub struct ServerSettings {
     pub pid_file: PathBuf,
     /// Graceful-upgrade socket (resolved).
     pub upgrade_sock: PathBuf,
-    /// How long to keep accepting after a stop signal.
+    /// How long work in flight gets after SIGTERM (the listeners close at once).
     pub grace_period: Duration,
-    /// How long in-flight work may take after listeners close.
+    /// Then how long the runtimes' shutdown may wait for a blocked thread.
     pub graceful_shutdown_timeout: Duration,
     /// Pingora's error log (resolved), if not stderr.
     pub error_log: Option<PathBuf>,

@@ -57,10 +57,11 @@ pub struct ServerSection {
     /// Unix socket used to hand listeners over during a graceful upgrade.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: PathBuf,
-    /// After a stop signal, how long to keep accepting before closing listeners.
+    /// After SIGTERM (Pingora closes the listeners at once), how long work in flight gets.
     #[serde(default = "default_grace")]
     pub grace_period: HumanDuration,
-    /// After listeners close, how long in-flight work may take to finish.
+    /// Then the runtimes shut down: tasks still running are dropped at their next await, and
+    /// this bounds how long a blocked thread may delay the exit.
     #[serde(default = "default_grace")]
     pub graceful_shutdown_timeout: HumanDuration,
     /// Where the process logs when daemonized.

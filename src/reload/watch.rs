@@ -179,6 +179,10 @@ impl BackgroundService for FileWatcher {
         folders.sync(&mut fs, self.all_files(), &relevant);
         self.metrics.tls_watched_folders.set(folders.len());
         let mut last = self.fingerprints();
+        // Blocks of a refused batch: all or nothing kept their new files out too, so they are
+        // tried again with the next change to any watched block (not on every event: a broken
+        // file is reported once).
+        let mut pending: Vec<usize> = Vec::new();
         log::info!(
             target: "gatehouse::reload",
             "watching the files of {} in {} folder(s): a change reloads that block",
@@ -203,18 +207,20 @@ impl BackgroundService for FileWatcher {
             if changed.is_empty() {
                 continue;
             }
-            let blocks: Vec<Block> = changed.iter().map(|&i| self.blocks[i].block).collect();
-            let names: Vec<&str> = changed
-                .iter()
-                .map(|&i| self.blocks[i].path.as_str())
-                .collect();
+            let mut todo = changed.clone();
+            todo.extend(pending.drain(..).filter(|i| !changed.contains(i)));
+            todo.sort_unstable();
+            let blocks: Vec<Block> = todo.iter().map(|&i| self.blocks[i].block).collect();
+            let names: Vec<&str> = todo.iter().map(|&i| self.blocks[i].path.as_str()).collect();
             log::info!(target: "gatehouse::reload", "files of {} changed: reloading", names.join(", "));
             // What was tried is remembered whatever the outcome: a broken file is reported
             // once, and the next write to it tries again.
             for i in changed {
                 last[i] = now[i].clone();
             }
-            self.reloader.run(Trigger::Watch(&blocks));
+            if !self.reloader.run(Trigger::Watch(&blocks)) {
+                pending = todo;
+            }
         }
         self.metrics.tls_watched_folders.set(0);
     }

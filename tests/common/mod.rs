@@ -710,6 +710,51 @@ pub fn acceptor(cert: &Issued, client_ca: Option<&X509>, alpn_h2: bool) -> SslAc
     b.build()
 }
 
+/// What curl saw: status code, HTTP version (`2`, `1.1`) and body.
+#[derive(Debug)]
+pub struct CurlOut {
+    pub status: String,
+    pub version: String,
+    pub body: String,
+}
+
+/// curl with its defaults (HTTP/2 over TLS), as `who` of `pki` (its `who.crt`/`who.key`),
+/// trusting `pki`'s CA, plus `args`; bounded by 15 s.
+pub async fn curl(pki: &Pki, who: &str, url: &str, args: &[&str]) -> CurlOut {
+    let (cert, key) = pki.paths(who);
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code} %{http_version}",
+            ])
+            .args(args)
+            .arg("--cacert")
+            .arg(pki.ca_path())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(url)
+            .output(),
+    )
+    .await
+    .expect("curl finished")
+    .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (status, version) = tail.split_once(' ').unwrap_or((tail, ""));
+    CurlOut {
+        status: status.to_string(),
+        version: version.to_string(),
+        body: body.to_string(),
+    }
+}
+
 /// Options for a test client connection.
 #[derive(Clone, Default)]
 pub struct ClientOpts {
