@@ -22,10 +22,15 @@ impl Config {
         };
         let text = std::fs::read_to_string(file)
             .map_err(|e| fail(vec![ConfigError::new("", format!("cannot read file: {e}"))]))?;
-        let base = file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        // Absolute once, here: `--daemon` changes the working folder to `/`, and certificate
+        // reloads, the file watcher and `cert_dir` read these paths long after startup.
+        let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
+        let base = std::path::absolute(folder.unwrap_or(Path::new("."))).map_err(|e| {
+            fail(vec![ConfigError::new(
+                "",
+                format!("cannot resolve the file's folder: {e}"),
+            )])
+        })?;
         Config::parse(&text, &base).map_err(fail)
     }
 
@@ -750,6 +755,33 @@ fn yaml_error(err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file named by a relative path still yields absolute paths: after `--daemon` the
+    /// working folder is `/`, and reloads read these paths again.
+    #[test]
+    fn a_relative_config_path_resolves_to_absolute_paths() {
+        let dir = tempfile::Builder::new().tempdir_in(".").unwrap();
+        let yaml = "server: { pid_file: run/gh.pid }\nlisteners: [ { name: h, address: \"127.0.0.1:1\" } ]\nupstreams: { u: { peers: [\"127.0.0.1:9\"] } }\nroutes: [ { name: r, upstream: u } ]\n";
+        std::fs::write(dir.path().join("g.yaml"), yaml).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let relative = dir
+            .path()
+            .strip_prefix(&cwd)
+            .unwrap_or(dir.path())
+            .join("g.yaml");
+        assert!(relative.is_relative(), "{}", relative.display());
+        let c = Config::load(&relative).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.server.pid_file.is_absolute(),
+            "{}",
+            c.server.pid_file.display()
+        );
+        assert!(
+            c.server.pid_file.ends_with("run/gh.pid") && c.server.pid_file.starts_with(&cwd),
+            "{}",
+            c.server.pid_file.display()
+        );
+    }
 
     /// `read_buffer` defaults to 1 KiB where HTTP is spoken and to none on `[cluster]`-only
     /// listeners; a value set is kept on either.
