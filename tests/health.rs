@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -218,16 +217,6 @@ async fn sigterm_turns_readyz_503_while_the_process_drains() {
 /// One probe's answer (status, body) or why there was none.
 type Probe = Result<(u16, String), String>;
 
-/// Stops and reaps a child process on drop (a failed assertion must not leave it running).
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Through a graceful upgrade the probe address keeps answering and never says the instance
 /// is going away: the old process stays ready until it hands its sockets over (SIGQUIT), then
 /// stops answering, and the new one, which inherited the listeners, answers from then on. The
@@ -266,18 +255,7 @@ async fn a_graceful_upgrade_keeps_readyz_answering_ready() {
         })
     };
 
-    let new_log = dir.join("gatehouse-new.log");
-    let new = Reaped(
-        Command::new(gatehouse_bin())
-            .args(["run", "-c"])
-            .arg(dir.join("gatehouse.yaml"))
-            .arg("--upgrade")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&new_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let new = old.start_upgrade();
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal("QUIT");
     assert!(
@@ -294,7 +272,7 @@ async fn a_graceful_upgrade_keeps_readyz_answering_ready() {
         (r.status, r.text().as_str()),
         (200, "ready\n"),
         "the new process answers alone now:\n{}",
-        std::fs::read_to_string(&new_log).unwrap_or_default()
+        new.log_text()
     );
     assert_eq!(curl(&pki, port, "/").await.0, "200");
     let answers = answers.lock().unwrap().clone();

@@ -6,12 +6,12 @@
 mod common;
 
 use boring::x509::X509;
-use common::icinga::{self, common_conf, Node};
+use common::icinga::{self, common_conf, eventually, Node};
 use common::*;
 use gatehouse::pki::{Ca, CertSpec};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const API_AUTH: &str = "Basic cm9vdDppY2luZ2Etc2VjcmV0"; // root:icinga-secret
 const SALT: &str = "gatehouse-test-salt";
@@ -75,22 +75,6 @@ async fn agent1_connected(gport: u16, ca: &Path) -> bool {
                 .as_array()
                 .is_some_and(|a| a.iter().any(|e| e == "agent1"))
         })
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F, diag: impl Fn() -> String)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            diag()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ mod common;
 
 use boring::ssl::SslAcceptor;
 use bytes::BytesMut;
-use common::icinga::{self, common_conf, Node};
+use common::icinga::{self, common_conf, eventually, Node};
 use common::*;
 use gatehouse::cluster::codec;
 use gatehouse::pki::{Ca, CertSpec, Issued};
@@ -153,22 +153,6 @@ fn diag(gh: &Gatehouse, nodes: &[&Node]) -> String {
         s.push_str(&format!("\n--- {}\n{}", n.name, icinga::tail(&n.log(), 30)));
     }
     s
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F, diag: &dyn Fn() -> String)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}\n{}",
-            diag()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// A stand-in for an Icinga agent's ApiListener (CN = its endpoint name, client certificate

@@ -8,7 +8,7 @@ use common::sink::{Sink, SinkMode};
 use common::*;
 use gatehouse::cluster::codec;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,16 +82,7 @@ async fn graceful_upgrade_under_load_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The upgrade: new process with --upgrade, then SIGQUIT to the old one.
-    let new_log = dir.join("gatehouse-new.log");
-    let mut new = Command::new(gatehouse_bin())
-        .args(["run", "-c"])
-        .arg(dir.join("gatehouse.yaml"))
-        .arg("--upgrade")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&new_log).unwrap())
-        .spawn()
-        .unwrap();
+    let new = old.start_upgrade();
     tokio::time::sleep(Duration::from_millis(500)).await;
     Command::new("kill")
         .args(["-QUIT", &old.pid().to_string()])
@@ -101,14 +92,11 @@ async fn graceful_upgrade_under_load_loses_nothing() {
 
     // The new process must take over and keep serving.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&new_log)
-        .unwrap_or_default()
-        .contains("path=/load")
-    {
+    while !new.log_text().contains("path=/load") {
         assert!(
             Instant::now() < deadline,
             "the new process never served:\n{}",
-            std::fs::read_to_string(&new_log).unwrap_or_default()
+            new.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -121,8 +109,7 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         .await
         .unwrap();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    let _ = new.kill();
-    let _ = new.wait();
+    drop(new);
     assert!(
         ok > before_switch && before_switch > 0,
         "load ran on both sides of the switch ({before_switch} then {ok})"

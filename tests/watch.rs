@@ -667,28 +667,7 @@ async fn after_a_graceful_upgrade_the_new_process_watches() {
     let mut old = Gatehouse::start(dir, &conf);
     old.wait_log("watching the files of listeners[0].tls");
 
-    let new_log = dir.join("gatehouse-new.log");
-    let mut new = Command::new(gatehouse_bin())
-        .args(["run", "-c"])
-        .arg(dir.join("gatehouse.yaml"))
-        .arg("--upgrade")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&new_log).unwrap())
-        .spawn()
-        .unwrap();
-    let log_of_new = || std::fs::read_to_string(&new_log).unwrap_or_default();
-    let wait_new = |needle: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !log_of_new().contains(needle) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no `{needle}` from the new process:\n{}",
-                log_of_new()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let new = old.start_upgrade();
     tokio::time::sleep(Duration::from_millis(500)).await;
     Command::new("kill")
         .args(["-QUIT", &old.pid().to_string()])
@@ -696,17 +675,18 @@ async fn after_a_graceful_upgrade_the_new_process_watches() {
         .unwrap();
     let exited = old.wait_exit(Duration::from_secs(10));
     assert!(exited.is_some(), "the old process did not stop");
-    wait_new("watching the files of listeners[0].tls");
+    new.wait_log_within(
+        "watching the files of listeners[0].tls",
+        Duration::from_secs(10),
+    );
 
     replace(&live, "server.crt", &second.cert_pem());
     replace(&live, "server.key", &second.key_pem());
-    wait_new("reload #1");
+    new.wait_log_within("reload #1", Duration::from_secs(10));
     assert_eq!(served(port, &client_of(&pki)).await, der(&second));
     assert!(
         !old.log_text().contains("reload #"),
         "the old process reloaded nothing:\n{}",
         old.log_text()
     );
-    let _ = new.kill();
-    let _ = new.wait();
 }

@@ -183,3 +183,21 @@ object Zone "agent1" {{ endpoints = [ "agent1" ]; parent = "master" }}
 "#
     )
 }
+
+/// Polls `f` every 500 ms until it holds; fails after `within` with `what` and `diag()` (the
+/// logs worth reading). Icinga acts on its own timers, so its tests wait for states.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F, diag: impl Fn() -> String)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}\n{}",
+            diag()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -336,6 +336,27 @@ impl Gatehouse {
         gh
     }
 
+    /// Starts the new process of a graceful upgrade: `gatehouse run --upgrade` on this
+    /// instance's file, logging to `gatehouse-new.log` (binary only). It takes the listeners
+    /// over once this one gets SIGQUIT, so it is not waited for here; dropping it stops it.
+    pub fn start_upgrade(&self) -> Gatehouse {
+        let log = self.dir.join("gatehouse-new.log");
+        let child = Command::new(gatehouse_bin())
+            .args(["run", "-c"])
+            .arg(self.dir.join("gatehouse.yaml"))
+            .arg("--upgrade")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn gatehouse --upgrade");
+        Gatehouse {
+            dir: self.dir.clone(),
+            conf: self.conf.clone(),
+            run: Run::Process { child, log },
+        }
+    }
+
     /// Builds and runs Gatehouse on `conf` inside this test process (see [`Gatehouse`]).
     pub fn in_process(dir: &Path, conf: &Conf) -> Gatehouse {
         let conf = conf_for(dir, conf);
@@ -426,12 +447,17 @@ impl Gatehouse {
 
     /// Waits up to 5 s for a log line containing `needle`; returns that line (binary only).
     pub fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_within(needle, Duration::from_secs(5))
+    }
+
+    /// [`Gatehouse::wait_log`], waiting up to `within`.
+    pub fn wait_log_within(&self, needle: &str, within: Duration) -> String {
         assert!(
             matches!(self.run, Run::Process { .. }),
             "wait_log({needle:?}): an in-process Gatehouse has no log of its own: assert on \
              metrics_text() or audit()"
         );
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + within;
         loop {
             if let Some(l) = self.log_text().lines().find(|l| l.contains(needle)) {
                 return l.to_string();
