@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use gatehouse::pki::{CertSpec, Issued};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -186,6 +186,55 @@ impl Load {
     }
 }
 
+/// What most tests here start from: the edge PKI with a `client`, server certificates
+/// `first`, `second` and `third` (`first` written as `live/server.*`), an echoing origin, and
+/// the config of one watched listener on `port` in front of it (metrics on).
+struct Rotation {
+    tmp: tempfile::TempDir,
+    pki: Pki,
+    live: PathBuf,
+    first: Issued,
+    second: Issued,
+    third: Issued,
+    port: u16,
+    conf: Conf,
+    _origin: Upstream,
+}
+
+impl Rotation {
+    async fn new() -> Rotation {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let pki = Pki::edge(dir, &["client"]);
+        let (first, second, third) = (
+            pki.server("first", &[]),
+            pki.server("second", &[]),
+            pki.server("third", &[]),
+        );
+        let live = dir.join("live");
+        std::fs::create_dir(&live).unwrap();
+        first.write(&live, "server").unwrap();
+        let origin = Upstream::h1(None, Behavior::Echo).await;
+        let port = reserved_port();
+        let conf = Conf::new()
+            .listener(edge_listener(port, &pki, &live))
+            .upstream("web", Group::new(origin.addr))
+            .route(Route::new("web", "web"))
+            .metrics(reserved_port());
+        Rotation {
+            tmp,
+            pki,
+            live,
+            first,
+            second,
+            third,
+            port,
+            conf,
+            _origin: origin,
+        }
+    }
+}
+
 /// The edge listener of most tests: `live/server.crt` + `.key`, clients of `pki` required.
 fn edge_listener(port: u16, pki: &Pki, live: &Path) -> Listener {
     Listener::new("edge", port).tls(
@@ -201,42 +250,28 @@ async fn renamed_and_rewritten_files_rotate_under_load_with_no_failed_request() 
     if !require_binary("curl") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = Pki::edge(dir, &["client"]);
-    let (first, second, third) = (
-        pki.server("first", &[]),
-        pki.server("second", &[]),
-        pki.server("third", &[]),
-    );
-    let live = dir.join("live");
-    std::fs::create_dir(&live).unwrap();
-    first.write(&live, "server").unwrap();
-    let origin = Upstream::h1(None, Behavior::Echo).await;
-    let port = reserved_port();
-    let conf = Conf::new()
-        .listener(edge_listener(port, &pki, &live))
-        .upstream("web", Group::new(origin.addr))
-        .route(Route::new("web", "web"))
-        .metrics(reserved_port());
+    let r = Rotation::new().await;
+    let (dir, pki, live, port) = (r.tmp.path(), &r.pki, &r.live, r.port);
+    let (first, second, third) = (&r.first, &r.second, &r.third);
+    let conf = r.conf.clone();
     let gh = Gatehouse::start(dir, &conf);
     // The folder of the pair and the folder of the client CA.
     gh.wait_log("watching the files of listeners[0].tls in 2 folder(s)");
-    let client = client_of(&pki);
-    assert_eq!(served(port, &client).await, der(&first));
+    let client = client_of(pki);
+    assert_eq!(served(port, &client).await, der(first));
 
     let load = Load::start(port, &client, 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Renamed over the old files, the certificate first: for a moment it does not match the
     // key still in place, which must not count as a failed reload.
-    replace(&live, "server.crt", &second.cert_pem());
-    replace(&live, "server.key", &second.key_pem());
+    replace(live, "server.crt", &second.cert_pem());
+    replace(live, "server.key", &second.key_pem());
     let line = gh.wait_log("reload #1");
     assert!(line.contains("listener edge"), "{line}");
     assert_eq!(
         served(port, &client).await,
-        der(&second),
+        der(second),
         "new handshakes get the renamed-in certificate"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -247,7 +282,7 @@ async fn renamed_and_rewritten_files_rotate_under_load_with_no_failed_request() 
     gh.wait_log("reload #2");
     assert_eq!(
         served(port, &client).await,
-        der(&third),
+        der(third),
         "new handshakes get the rewritten certificate"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -345,23 +380,13 @@ async fn a_kubernetes_secret_volume_swap_rotates_the_certificate_and_its_ca() {
 /// failure is logged with its key path and counted once; when the key lands, it reloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mismatched_pair_keeps_the_old_certificate_until_the_key_lands() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = Pki::edge(dir, &["client"]);
-    let (first, second) = (pki.server("first", &[]), pki.server("second", &[]));
-    let live = dir.join("live");
-    std::fs::create_dir(&live).unwrap();
-    first.write(&live, "server").unwrap();
-    let origin = Upstream::h1(None, Behavior::Echo).await;
-    let port = reserved_port();
-    let conf = Conf::new()
-        .listener(edge_listener(port, &pki, &live))
-        .upstream("web", Group::new(origin.addr))
-        .route(Route::new("web", "web"))
-        .metrics(reserved_port());
+    let r = Rotation::new().await;
+    let (dir, pki, live, port) = (r.tmp.path(), &r.pki, &r.live, r.port);
+    let (first, second) = (&r.first, &r.second);
+    let conf = r.conf.clone();
     let gh = Gatehouse::start(dir, &conf);
     gh.wait_log("watching the files of listeners[0].tls");
-    let client = client_of(&pki);
+    let client = client_of(pki);
 
     std::fs::write(live.join("server.crt"), second.cert_pem()).unwrap();
     let line = gh.wait_log("reload failed");
@@ -372,7 +397,7 @@ async fn a_mismatched_pair_keeps_the_old_certificate_until_the_key_lands() {
     wait_line(&gh, &format!("{FAILURE} 1")).await;
     assert_eq!(
         served(port, &client).await,
-        der(&first),
+        der(first),
         "a failed reload keeps the current pair"
     );
 
@@ -387,9 +412,9 @@ async fn a_mismatched_pair_keeps_the_old_certificate_until_the_key_lands() {
         "{m}"
     );
 
-    replace(&live, "server.key", &second.key_pem());
+    replace(live, "server.key", &second.key_pem());
     gh.wait_log("reload #1");
-    assert_eq!(served(port, &client).await, der(&second));
+    assert_eq!(served(port, &client).await, der(second));
     let m = wait_line(&gh, &format!("{SUCCESS} 1")).await;
     assert!(m.contains(&format!("{FAILURE} 1")), "{m}");
     let expiry = gatehouse::reload::not_after_unix(&second.cert).unwrap();
@@ -405,41 +430,28 @@ async fn a_mismatched_pair_keeps_the_old_certificate_until_the_key_lands() {
 /// watch on the old folder followed it away, so the new one is watched from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_renamed_into_place_is_watched_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = Pki::edge(dir, &["client"]);
-    let (first, second, third) = (
-        pki.server("first", &[]),
-        pki.server("second", &[]),
-        pki.server("third", &[]),
-    );
-    let live = dir.join("live");
-    std::fs::create_dir(&live).unwrap();
-    first.write(&live, "server").unwrap();
-    let origin = Upstream::h1(None, Behavior::Echo).await;
-    let port = reserved_port();
-    let conf = Conf::new()
-        .listener(edge_listener(port, &pki, &live))
-        .upstream("web", Group::new(origin.addr))
-        .route(Route::new("web", "web"));
+    let r = Rotation::new().await;
+    let (dir, pki, live, port) = (r.tmp.path(), &r.pki, &r.live, r.port);
+    let (second, third) = (&r.second, &r.third);
+    let conf = r.conf.clone();
     let gh = Gatehouse::in_process(dir, &conf);
     wait_line(&gh, "gatehouse_tls_watched_folders 2").await;
-    let client = client_of(&pki);
+    let client = client_of(pki);
 
     let staged = dir.join("live.new");
     std::fs::create_dir(&staged).unwrap();
     second.write(&staged, "server").unwrap();
-    std::fs::rename(&live, dir.join("live.old")).unwrap();
-    std::fs::rename(&staged, &live).unwrap();
+    std::fs::rename(live, dir.join("live.old")).unwrap();
+    std::fs::rename(&staged, live).unwrap();
     wait_line(&gh, &format!("{SUCCESS} 1")).await;
-    assert_eq!(served(port, &client).await, der(&second));
+    assert_eq!(served(port, &client).await, der(second));
 
     // The watch is on the folder now at `live`, not only on the one moved away.
-    replace(&live, "server.key", &third.key_pem());
-    replace(&live, "server.crt", &third.cert_pem());
+    replace(live, "server.key", &third.key_pem());
+    replace(live, "server.crt", &third.cert_pem());
     let m = wait_line(&gh, &format!("{SUCCESS} 2")).await;
     assert!(!m.contains(FAILURE), "{m}");
-    assert_eq!(served(port, &client).await, der(&third));
+    assert_eq!(served(port, &client).await, der(third));
 }
 
 /// An upstream block with `watch: true`: its client certificate and then its CA rotate, and
@@ -651,19 +663,10 @@ async fn a_good_block_refused_with_a_broken_one_comes_in_with_the_fix() {
 /// Graceful upgrade: the new process watches the files, the old one is gone with its watcher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_graceful_upgrade_the_new_process_watches() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = Pki::edge(dir, &["client"]);
-    let (first, second) = (pki.server("first", &[]), pki.server("second", &[]));
-    let live = dir.join("live");
-    std::fs::create_dir(&live).unwrap();
-    first.write(&live, "server").unwrap();
-    let origin = Upstream::h1(None, Behavior::Echo).await;
-    let port = reserved_port();
-    let conf = Conf::new()
-        .listener(edge_listener(port, &pki, &live))
-        .upstream("web", Group::new(origin.addr))
-        .route(Route::new("web", "web"));
+    let r = Rotation::new().await;
+    let (dir, pki, live, port) = (r.tmp.path(), &r.pki, &r.live, r.port);
+    let second = &r.second;
+    let conf = r.conf.clone();
     let mut old = Gatehouse::start(dir, &conf);
     old.wait_log("watching the files of listeners[0].tls");
 
@@ -680,10 +683,10 @@ async fn after_a_graceful_upgrade_the_new_process_watches() {
         Duration::from_secs(10),
     );
 
-    replace(&live, "server.crt", &second.cert_pem());
-    replace(&live, "server.key", &second.key_pem());
+    replace(live, "server.crt", &second.cert_pem());
+    replace(live, "server.key", &second.key_pem());
     new.wait_log_within("reload #1", Duration::from_secs(10));
-    assert_eq!(served(port, &client_of(&pki)).await, der(&second));
+    assert_eq!(served(port, &client_of(pki)).await, der(second));
     assert!(
         !old.log_text().contains("reload #"),
         "the old process reloaded nothing:\n{}",
