@@ -84,8 +84,9 @@ async fn icinga_master_and_agent_through_gatehouse() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    // Icinga binds its own ports; Gatehouse's are reserved.
-    let (mport, aport) = (free_port(), free_port());
+    // All reserved: Icinga binds with SO_REUSEPORT, so a released port another test also got
+    // would be shared with that test's node.
+    let (mport, aport) = (reserved_port(), reserved_port());
     let (gport, metrics_port) = (reserved_port(), reserved_port());
 
     // --- PKI: Icinga's own CA on the master (icinga2 pki new-ca / new-cert / sign-csr) ---

@@ -234,7 +234,12 @@ async fn master_dials_agent_through_gatehouse() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (mport, aport, gport, metrics_port) = (free_port(), free_port(), free_port(), free_port());
+    let (mport, aport, gport, metrics_port) = (
+        reserved_port(),
+        reserved_port(),
+        reserved_port(),
+        reserved_port(),
+    );
 
     let master = Node::new(root, "master");
     let agent = Node::new(root, "agent");
@@ -545,11 +550,11 @@ async fn ha_masters_fail_over() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let (m1port, m2port, aport, gport, metrics_port) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
+        reserved_port(),
+        reserved_port(),
+        reserved_port(),
+        reserved_port(),
+        reserved_port(),
     );
 
     let m1 = Node::new(root, "master1");

@@ -54,9 +54,11 @@ pub fn require_binary(binary: &str) -> bool {
 }
 
 /// A port the kernel just handed out for 127.0.0.1 (bound on port 0, then released): another
-/// test may take it before the peer binds it. For third-party peers (Kea, Icinga, Prometheus,
-/// nginx, HAProxy), which may not bind with `SO_REUSEADDR`; Gatehouse's own ports come from
-/// [`reserved_port`].
+/// test may take it before the peer binds it. For third-party peers that bind without
+/// `SO_REUSEADDR` (Kea, Prometheus, nginx, HAProxy); Gatehouse's own ports and Icinga's come
+/// from [`reserved_port`]. Icinga binds with `SO_REUSEPORT`: two Icinga nodes of concurrent
+/// tests handed the same released port both bind it and the kernel splits connections between
+/// them (seen in CI as API calls failing with "bad certificate" against the other test's CA).
 pub fn free_port() -> u16 {
     let l = StdListener::bind("127.0.0.1:0").expect("bind port 0");
     l.local_addr().expect("local addr").port()
