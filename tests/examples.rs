@@ -302,7 +302,7 @@ async fn kea_whoami_is_answered_at_the_edge_and_the_rest_goes_to_kea() {
         "dash",
         gatehouse::pki::CertSpec::new("dash-1").dns(&["dash.example.org"]),
     );
-    let kea = common::kea::Kea::start(&tmp.path().join("k"), free_port(), None);
+    let kea = common::kea::Kea::start(&tmp.path().join("k"), reserved_port(), None);
     let port = reserved_port();
     let rule =
         KeaRule::new(["cn:dash-*"]).commands(AllowDeny::only(["gatehouse-whoami", "version-get"]));

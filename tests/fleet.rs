@@ -269,12 +269,12 @@ async fn kea_commands_fan_out_to_every_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let edge = Pki::edge(tmp.path(), &["dashboard-1"]);
     let up = common::kea::upstream_pki(tmp.path());
-    let k1 = Kea::start(&tmp.path().join("k1"), free_port(), None);
-    let mut k2 = Kea::start(&tmp.path().join("k2"), free_port(), None);
+    let k1 = Kea::start(&tmp.path().join("k1"), reserved_port(), None);
+    let mut k2 = Kea::start(&tmp.path().join("k2"), reserved_port(), None);
     let hang = Upstream::h1(None, Behavior::Hang).await;
     let tls = || Some(KeaTls::from_pki(&up));
-    let t1 = Kea::start(&tmp.path().join("t1"), free_port(), tls());
-    let t2 = Kea::start(&tmp.path().join("t2"), free_port(), tls());
+    let t1 = Kea::start(&tmp.path().join("t1"), reserved_port(), tls());
+    let t2 = Kea::start(&tmp.path().join("t2"), reserved_port(), tls());
     let (port, mport) = (reserved_port(), reserved_port());
     let kea = || {
         KeaRoute::deny_by_default().fan_out("all").rule(

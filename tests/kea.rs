@@ -57,10 +57,10 @@ async fn kea_plain_and_mtls_bodies_are_byte_identical() {
     let edge = Pki::edge(tmp.path(), &["ops"]);
     let up = common::kea::upstream_pki(tmp.path());
 
-    let plain = Kea::start(&tmp.path().join("k1"), free_port(), None);
+    let plain = Kea::start(&tmp.path().join("k1"), reserved_port(), None);
     let secure = Kea::start(
         &tmp.path().join("k2"),
-        free_port(),
+        reserved_port(),
         Some(KeaTls::from_pki(&up)),
     );
 
@@ -168,7 +168,7 @@ async fn kea_commands_are_authorized_per_identity_and_audited() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let edge = Pki::edge(tmp.path(), &["dashboard-1", "ops-admin", "ops-intern"]);
-    let k = Kea::start(&tmp.path().join("k"), free_port(), None);
+    let k = Kea::start(&tmp.path().join("k"), reserved_port(), None);
     let (port, mport) = (reserved_port(), reserved_port());
     let conf = Conf::new()
         .listener(edge_listener(port, &edge))
@@ -441,7 +441,7 @@ async fn kea_restart_and_dead_peers_are_survived() {
     let tmp = tempfile::tempdir().unwrap();
     let edge = Pki::edge(tmp.path(), &["ops"]);
     let kea_dir = tmp.path().join("k");
-    let kea_port = free_port();
+    let kea_port = reserved_port();
     let mut k = Kea::start(&kea_dir, kea_port, None);
     let (port, mport, dead) = (reserved_port(), reserved_port(), reserved_port());
     let conf = Conf::new()

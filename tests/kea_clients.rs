@@ -302,7 +302,7 @@ async fn curl_over_http2_and_http11_reaches_plain_kea() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let edge = edge_pki(tmp.path());
-    let kea = Kea::start(&tmp.path().join("k"), free_port(), None);
+    let kea = Kea::start(&tmp.path().join("k"), reserved_port(), None);
     let port = reserved_port();
     let conf = client_rules_conf(port, &edge, Group::new(kea.addr));
     let gh = Gatehouse::start(tmp.path(), &conf);
@@ -379,7 +379,7 @@ async fn h2_crate_client_posts_kea_commands() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let edge = edge_pki(tmp.path());
-    let kea = Kea::start(&tmp.path().join("k"), free_port(), None);
+    let kea = Kea::start(&tmp.path().join("k"), reserved_port(), None);
     let port = reserved_port();
     let conf = client_rules_conf(port, &edge, Group::new(kea.addr));
     let _gh = Gatehouse::start(tmp.path(), &conf);
@@ -419,7 +419,7 @@ async fn curl_over_http2_reaches_kea_over_mutual_tls() {
     let up = common::kea::upstream_pki(tmp.path());
     let kea = Kea::start(
         &tmp.path().join("k"),
-        free_port(),
+        reserved_port(),
         Some(KeaTls::from_pki(&up)),
     );
     let port = reserved_port();
@@ -727,7 +727,7 @@ async fn commands_without_service_are_authorized_as_service_ca() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let edge = edge_pki(tmp.path());
-    let kea = Kea::start(&tmp.path().join("k"), free_port(), None);
+    let kea = Kea::start(&tmp.path().join("k"), reserved_port(), None);
     let port = reserved_port();
     let any = || AllowDeny::only(["*"]);
     let rules = KeaRoute::deny_by_default()

@@ -154,7 +154,7 @@ impl Drop for Prometheus {
 
 impl Prometheus {
     fn start(dir: &std::path::Path, target: u16) -> Prometheus {
-        let port = free_port();
+        let port = reserved_port();
         let conf = dir.join("prometheus.yml");
         std::fs::write(
             &conf,

@@ -54,17 +54,18 @@ pub fn require_binary(binary: &str) -> bool {
 }
 
 /// A port the kernel just handed out for 127.0.0.1 (bound on port 0, then released): another
-/// test may take it before the peer binds it. For third-party peers that bind without
-/// `SO_REUSEADDR` (Kea, Prometheus, nginx, HAProxy); Gatehouse's own ports and Icinga's come
-/// from [`reserved_port`]. Icinga binds with `SO_REUSEPORT`: two Icinga nodes of concurrent
-/// tests handed the same released port both bind it and the kernel splits connections between
-/// them (seen in CI as API calls failing with "bad certificate" against the other test's CA).
+/// test may take it before the peer binds it. The tests take every port, peers' included, from
+/// [`reserved_port`] (Kea, Icinga and Prometheus bind with `SO_REUSEADDR`, which it allows);
+/// this is for the benches, which run one scenario at a time. Icinga and HAProxy bind with
+/// `SO_REUSEPORT`: two of them handed the same released port by concurrent tests both bind it
+/// and the kernel splits its connections between them (seen in CI as API calls to one Icinga
+/// master failing with "bad certificate" against the other test's CA).
 pub fn free_port() -> u16 {
     let l = StdListener::bind("127.0.0.1:0").expect("bind port 0");
     l.local_addr().expect("local addr").port()
 }
 
-/// A port on 127.0.0.1 for Gatehouse to listen on (or for a peer that never listens), kept
+/// A port on 127.0.0.1 for Gatehouse or a peer to listen on (or for a peer that never listens), kept
 /// from everyone else for the rest of this process.
 ///
 /// Why not `127.0.0.1:0` in the config: Pingora 0.9.1 binds a listener inside `Server::run`
