@@ -17,7 +17,7 @@ use crate::http::limit::RateLimit;
 use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;
 use crate::metrics::Metrics;
-use crate::reload::watch::FileWatcher;
+use crate::reload::watch::{Baseline, FileWatcher};
 use crate::reload::{LiveListener, Reloader};
 use crate::tls::ListenerTlsMaterial;
 use crate::upstream::{HealthService, UpstreamGroup};
@@ -46,6 +46,7 @@ pub struct Plan {
     authorizer: Option<Arc<Guarded>>,
     http_filters: Vec<Box<dyn HttpFilter>>,
     metrics: Arc<Metrics>,
+    watch_baseline: Baseline,
 }
 
 impl Plan {
@@ -68,6 +69,8 @@ impl Plan {
     /// registry of the embedder's, so two instances in one process count apart).
     pub fn from_config_in(config: Config, metrics: Arc<Metrics>) -> Result<Plan, Vec<ConfigError>> {
         let mut errs = references(&config);
+        // Before the files are read (see Baseline).
+        let watch_baseline = Baseline::take(&config);
         let mut listener_tls = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             listener_tls.push(l.tls.as_ref().and_then(|t| {
@@ -164,6 +167,7 @@ impl Plan {
             authorizer: None,
             http_filters,
             metrics,
+            watch_baseline,
         })
     }
 
@@ -303,7 +307,9 @@ impl Plan {
         );
         reloader.publish_initial(&self.listener_tls.iter().flatten().collect::<Vec<_>>());
         let reloader = Arc::new(reloader);
-        if let Some(w) = FileWatcher::new(reloader.clone(), self.metrics.clone()) {
+        if let Some(w) =
+            FileWatcher::new(reloader.clone(), self.metrics.clone(), self.watch_baseline)
+        {
             server.add_service(background_service("certificate file watch", w));
         }
         server.add_service(GenBackgroundService::new(

@@ -68,8 +68,35 @@ struct Watched {
     files: Vec<PathBuf>,
 }
 
-/// What one file held when last looked at: its SHA-256, or why it could not be read.
+/// What the files of one block held when last looked at: each file's SHA-256, or why it
+/// could not be read.
 type Fingerprint = Vec<Result<Vec<u8>, String>>;
+
+/// The watched files as they were when the configuration's TLS material was read: what the
+/// watcher compares with when it starts, so a file replaced between the loading and the
+/// start of the watch (during a graceful upgrade the new process reads its files, then waits
+/// for the old one's sockets) is still reloaded.
+///
+/// Taken *before* the material is read: a change in between then reloads identical material
+/// once, where the other order would miss it.
+#[derive(Debug, Default, Clone)]
+pub struct Baseline(Vec<(Block, Fingerprint)>);
+
+impl Baseline {
+    /// Hashes the files of every block of `config` with `watch: true`.
+    pub fn take(config: &Config) -> Baseline {
+        Baseline(
+            watched_files(config)
+                .into_iter()
+                .map(|(block, files)| (block, files.iter().map(|f| hash_file(f)).collect()))
+                .collect(),
+        )
+    }
+
+    fn of(&self, block: Block) -> Option<&Fingerprint> {
+        self.0.iter().find(|(b, _)| *b == block).map(|(_, f)| f)
+    }
+}
 
 /// Watches the files of every TLS block with `watch: true` and reloads a block when they
 /// change (see the module documentation).
@@ -77,12 +104,18 @@ pub struct FileWatcher {
     reloader: Arc<Reloader>,
     blocks: Vec<Watched>,
     metrics: Arc<Metrics>,
+    baseline: Baseline,
 }
 
 impl FileWatcher {
     /// A watcher for the blocks of `reloader`'s configuration that have `watch: true`;
-    /// `None` when there are none (then no inotify instance is made at all).
-    pub fn new(reloader: Arc<Reloader>, metrics: Arc<Metrics>) -> Option<FileWatcher> {
+    /// `None` when there are none (then no inotify instance is made at all). `baseline` is
+    /// [`Baseline::take`] of that configuration, taken before its material was read.
+    pub fn new(
+        reloader: Arc<Reloader>,
+        metrics: Arc<Metrics>,
+        baseline: Baseline,
+    ) -> Option<FileWatcher> {
         let blocks: Vec<Watched> = watched_files(reloader.config())
             .into_iter()
             .map(|(block, files)| Watched {
@@ -103,6 +136,7 @@ impl FileWatcher {
             reloader,
             blocks,
             metrics,
+            baseline,
         })
     }
 
@@ -178,7 +212,13 @@ impl BackgroundService for FileWatcher {
         let mut folders = Folders::default();
         folders.sync(&mut fs, self.all_files(), &relevant);
         self.metrics.tls_watched_folders.set(folders.len());
-        let mut last = self.fingerprints();
+        // What was read at load, not what is there now: a file replaced since then is a
+        // change (a block missing from the baseline counts as changed).
+        let mut last: Vec<Fingerprint> = self
+            .blocks
+            .iter()
+            .map(|w| self.baseline.of(w.block).cloned().unwrap_or_default())
+            .collect();
         // Blocks of a refused batch: all or nothing kept their new files out too, so they are
         // tried again with the next change to any watched block (not on every event: a broken
         // file is reported once).
@@ -189,6 +229,9 @@ impl BackgroundService for FileWatcher {
             self.blocks().join(", "),
             folders.len()
         );
+        if self.fingerprints() != last {
+            wake.notify_one();
+        }
         loop {
             tokio::select! {
                 _ = wake.notified() => {}
