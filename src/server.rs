@@ -263,12 +263,7 @@ impl Plan {
             )
             .with_max_per_identity(l.max_connections_per_identity);
             let mut svc = Service::new(format!("listener {}", l.name), app);
-            let mut buffers = L4BufferSettings::default().read(l.read_buffer);
-            if !carries_http {
-                // The relay writes whole batches and flushes each: a write buffer below TLS
-                // would coalesce nothing and cost every idle cluster link its 1460 bytes.
-                buffers = buffers.write(0);
-            }
+            let buffers = l4_buffers(l);
             match tls {
                 Some(t) => {
                     let at = format!("listeners[{i}].tls");
@@ -433,6 +428,19 @@ fn http_options(l: &ListenerSettings) -> HttpServerOptions {
     o
 }
 
+/// The buffers below TLS of a listener's connections: `read_buffer` for reads; for writes
+/// Pingora's default where HTTP is spoken, none on `[cluster]`-only listeners.
+fn l4_buffers(l: &ListenerSettings) -> L4BufferSettings {
+    let buffers = L4BufferSettings::default().read(l.read_buffer);
+    if l.accepts(Protocol::Http) {
+        buffers
+    } else {
+        // The relay writes whole batches and flushes each: a write buffer below TLS would
+        // coalesce nothing and cost every idle cluster link its 1460 bytes.
+        buffers.write(0)
+    }
+}
+
 fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -506,6 +514,33 @@ mod tests {
                 "routes[0].upstream",
                 "listeners[0].max_connections_per_identity"
             ]
+        );
+    }
+
+    /// `read_buffer` is what Pingora puts below TLS (0 = none); writes are buffered only
+    /// where HTTP is spoken.
+    #[test]
+    fn listener_buffers_reach_pingora() {
+        let yaml = r#"
+listeners:
+  - { name: h, address: "127.0.0.1:1", read_buffer: 3KiB }
+  - { name: d, address: "127.0.0.1:2" }
+  - { name: c, address: "127.0.0.1:3", protocols: [cluster] }
+  - { name: s, address: "127.0.0.1:4", protocols: [cluster], read_buffer: 16KiB }
+upstreams: { u: { peers: ["127.0.0.1:9"] } }
+routes: [ { name: r, upstream: u } ]
+cluster: { routes: [ { sni: "*", upstream: u } ] }
+"#;
+        let c = Config::parse(yaml, Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
+        let got: Vec<(usize, bool)> = c
+            .listeners
+            .iter()
+            .map(l4_buffers)
+            .map(|b| (b.read_capacity(), b.write_capacity() > 0))
+            .collect();
+        assert_eq!(
+            got,
+            [(3072, true), (1024, true), (0, false), (16384, false)]
         );
     }
 
