@@ -445,8 +445,9 @@ async fn anonymous_links_are_capped_per_ip() {
     );
 }
 
-/// Item 1: `anonymous_max_per_ip: 1` set explicitly refuses the second anonymous link.
-/// (Today: the key is unknown, so the config is rejected and Gatehouse does not start.)
+/// Item 1: `anonymous_max_per_ip: 1` set explicitly refuses the second anonymous link (with
+/// `anonymous_max_clients` at 16, so only the per-IP cap can refuse it), counted under
+/// `reason="anonymous_max_per_ip"`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_max_per_ip_key_takes_effect() {
     let limits = Limits::default()
@@ -772,7 +773,8 @@ async fn oversized_certificate_request_is_denied_without_building_a_tree() {
 }
 
 /// Item 3: `certificate_request_size: 4KiB` set explicitly denies a 10 KiB request (a 1 KiB
-/// one still passes). (Today: the key is unknown, the config is rejected.)
+/// one still passes, as does the heartbeat after it: the link stays open), counted as a
+/// denied `pki::RequestCertificate`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_request_size_key_takes_effect() {
     let limits = Limits::default().certificate_request_size("4KiB");

@@ -7,12 +7,14 @@ use boring::ssl::SslAcceptor;
 use bytes::BytesMut;
 use common::sink::{Sink, SinkMode};
 use common::*;
+use gatehouse::audit::AuditEvent;
 use gatehouse::cluster::codec;
 use gatehouse::pki::{self, CertSpec};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 const HELLO: &str =
     r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21306}}"#;
@@ -72,8 +74,11 @@ impl Icinga {
             .sni_cert(&["master1"], self.icinga.paths("master1"))
             .client_auth(ClientAuth::Optional)
             .client_ca(self.icinga.ca_path());
+        // anonymous_max_per_ip above anonymous_max_clients: every test client comes from
+        // 127.0.0.1, and the per-IP cap (default 2) would otherwise refuse the third link first.
         let limits = Limits::default()
             .anonymous_max_clients(2)
+            .anonymous_max_per_ip(3)
             .anonymous_message_size("2KiB")
             .idle_timeout("3s")
             .anonymous_idle_timeout("1s");
@@ -141,6 +146,77 @@ impl Fixture {
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Everything the server sends until it closes the connection (as text, for readable
+/// failures); `None` if it is still open after `t`.
+async fn read_until_closed<S: AsyncRead + Unpin>(s: &mut S, t: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + t;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Ok(n)) => out.extend_from_slice(&b[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Frames as text, for readable failures.
+fn texts(frames: &[Vec<u8>]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect()
+}
+
+/// A master (client certificate required) that answers the n-th message it receives on a
+/// connection with `replies[n]`, sent as given; messages beyond the list get no answer.
+struct ReplyingMaster {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ReplyingMaster {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ReplyingMaster {
+    async fn start(acc: SslAcceptor, replies: Vec<Vec<u8>>) -> ReplyingMaster {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (acc, replies) = (Arc::new(acc), Arc::new(replies));
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let (acc, replies) = (acc.clone(), replies.clone());
+                tokio::spawn(async move {
+                    let Ok(mut s) = tokio_boring::accept(&acc, tcp).await else {
+                        return;
+                    };
+                    let mut buf = BytesMut::new();
+                    let mut n = 0;
+                    loop {
+                        while let Ok(Some(_)) = codec::decode(&mut buf, 1 << 20) {
+                            if let Some(r) = replies.get(n) {
+                                if s.write_all(r).await.is_err() || s.flush().await.is_err() {
+                                    return;
+                                }
+                            }
+                            n += 1;
+                        }
+                        match s.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        ReplyingMaster { addr, task }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +297,10 @@ async fn relays_both_ways_byte_exact_with_identity_and_policy() {
     gh.wait_log("policy violations");
 }
 
+/// Anonymous links: the policy's anonymous rule, `pki::RequestCertificate` carrying the
+/// client's certificate, `anonymous_max_clients` (2, below `anonymous_max_per_ip` 3: the third
+/// link is refused for the total, counted under that reason), `anonymous_message_size`,
+/// `anonymous_idle_timeout`, and malformed JSON closing an anonymous link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_links_are_limited() {
     let f = Fixture::start(SinkMode::Echo).await;
@@ -278,11 +358,28 @@ async fn anonymous_links_are_limited() {
     );
     let mut third = tls_connect(addr(port), &anon).await.unwrap();
     third.write_all(&ns(HELLO)).await.unwrap();
-    assert!(
-        closed_within(&mut third, Duration::from_secs(3)).await,
-        "third anonymous link must be refused"
+    assert_eq!(
+        read_until_closed(&mut third, Duration::from_secs(3)).await,
+        Some(String::new()),
+        "third anonymous link must be refused, its Hello never relayed"
     );
-    gh.wait_log("anonymous links open");
+    // Refused by the total cap, not the per-IP one (3 here): its reason, its line.
+    let line = gh.wait_log("(cluster.limits.anonymous_max_clients)");
+    assert!(
+        line.contains("refusing anonymous@127.0.0.1") && line.contains(": 2 anonymous links open"),
+        "{line}"
+    );
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_cluster_links_refused_total{reason="anonymous_max_clients"} 1"#)
+            && !m.contains(r#"reason="anonymous_max_per_ip""#),
+        "{m}"
+    );
+    assert_eq!(
+        sink.client_cns.lock().unwrap().len(),
+        2,
+        "no upstream connection for the refused link"
+    );
     a.write_all(&ns(HEARTBEAT)).await.unwrap();
     assert_eq!(
         read_frames(&mut a, 1, Duration::from_secs(5)).await.0.len(),
@@ -426,6 +523,347 @@ async fn unknown_sni_missing_identity_and_dead_upstream_close_the_link() {
         r#"gatehouse_upstream_errors_total{kind="refused",upstream="icinga-master1"} 1"#,
     )
     .await;
+}
+
+/// `listeners[].protocols`: a netstring sent to an `[http]`-only listener and an HTTP request
+/// sent to a `[cluster]`-only one are closed with nothing sent back, logged with the listener
+/// and the protocol, and counted as `protocol="rejected"`; a cluster link open meanwhile and an
+/// HTTP request each listener accepts are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_refuse_protocols_they_do_not_accept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Icinga::new(tmp.path());
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (cport, hport) = (reserved_port(), reserved_port());
+    let mut conf = c.conf(tmp.path(), cport, sink.addr, web.addr);
+    let cluster_only = conf.listener_mut("cluster");
+    cluster_only.protocols = Some(vec![Protocol::Cluster]);
+    let http_only = Listener {
+        name: "web".into(),
+        address: local(hport),
+        protocols: Some(vec![Protocol::Http]),
+        ..cluster_only.clone()
+    };
+    let gh = Gatehouse::start(tmp.path(), &conf.listener(http_only));
+    let t = Duration::from_secs(5);
+
+    // A link on the cluster listener, open throughout.
+    let mut link = tls_connect(addr(cport), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    link.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(read_frames(&mut link, 1, t).await.0, vec![ns(HELLO)]);
+
+    // A netstring to the HTTP-only listener: closed, no HTTP error page, nothing relayed.
+    let mut s = tls_connect(addr(hport), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    s.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut s, t).await,
+        Some(String::new()),
+        "a netstring on an [http] listener must be closed unanswered"
+    );
+    let line = gh.wait_log("speaks Cluster (first byte 0x");
+    assert!(
+        line.contains("listener web: 127.0.0.1:")
+            && line.contains("which this listener does not accept; closing"),
+        "{line}"
+    );
+
+    // An HTTP request to the cluster-only listener: closed, nothing proxied.
+    let mut s = tls_connect(addr(cport), &c.agent(None)).await.unwrap();
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nhost: master1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_until_closed(&mut s, t).await,
+        Some(String::new()),
+        "HTTP on a [cluster] listener must be closed unanswered"
+    );
+    let line = gh.wait_log("speaks Http (first byte 0x47)");
+    assert!(line.contains("listener cluster: 127.0.0.1:"), "{line}");
+    assert!(web.seen().is_empty(), "nothing reached the web origin");
+    assert_eq!(
+        sink.frames(),
+        vec![ns(HELLO)],
+        "nothing else reached the master"
+    );
+
+    // Each listener still serves what it accepts.
+    link.write_all(&ns(HEARTBEAT)).await.unwrap();
+    assert_eq!(
+        read_frames(&mut link, 1, t).await.0,
+        vec![ns(HEARTBEAT)],
+        "the open link is unaffected"
+    );
+    let r = request(
+        addr(hport),
+        Some(&c.agent(None)),
+        "GET",
+        "/v1/status",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(web.seen().len(), 1);
+
+    let m = gh.metrics_text().await;
+    for needle in [
+        r#"gatehouse_connections_total{listener="web",protocol="rejected"} 1"#,
+        r#"gatehouse_connections_total{listener="cluster",protocol="rejected"} 1"#,
+        r#"gatehouse_connections_total{listener="web",protocol="http"} 1"#,
+        r#"gatehouse_connections_total{listener="cluster",protocol="cluster"} 1"#,
+    ] {
+        assert!(m.contains(needle), "missing `{needle}`:\n{m}");
+    }
+}
+
+/// `cluster.policy`: a configured policy replaces Icinga's defaults and decides by identity
+/// and direction. agent1 may not send `event::CheckResult` upstream, agent2 may not receive it
+/// downstream: agent1's never reaches the master, agent2's does but its echo never reaches
+/// agent2; agent2's `config::Update` (denied by the defaults) passes. Each denial is counted
+/// and audited with its rule; everything else is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_policy_decides_by_identity_and_direction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Icinga::new(tmp.path());
+    c.icinga.issue("agent2", CertSpec::new("agent2"));
+    c.icinga
+        .ca
+        .issue(&CertSpec::new("agent2"))
+        .unwrap()
+        .write(&tmp.path().join("identities"), "agent2")
+        .unwrap();
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let mut conf = c.conf(tmp.path(), port, sink.addr, web.addr);
+    let cluster = conf
+        .cluster
+        .take()
+        .unwrap()
+        .policy(
+            PolicyRule::new("cn:agent1")
+                .direction("upstream")
+                .deny(["event::CheckResult"]),
+        )
+        .policy(
+            PolicyRule::new("cn:agent2")
+                .direction("downstream")
+                .deny(["event::CheckResult"]),
+        );
+    // In process: denials are read from its counters and typed audit events.
+    let gh = Gatehouse::in_process(tmp.path(), &conf.cluster(cluster));
+    let t = Duration::from_secs(5);
+    let cr = check_result();
+
+    let mut a1 = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    let mut burst = ns(HELLO);
+    burst.extend(ns(&cr));
+    burst.extend(ns(HEARTBEAT));
+    a1.write_all(&burst).await.unwrap();
+    let expected = texts(&[ns(HELLO), ns(HEARTBEAT)]);
+    assert_eq!(texts(&read_frames(&mut a1, 2, t).await.0), expected);
+    assert_eq!(
+        texts(&sink.frames()),
+        expected,
+        "agent1's check result is denied upstream"
+    );
+
+    let mut a2 = tls_connect(addr(port), &c.agent(Some("agent2")))
+        .await
+        .unwrap();
+    let mut burst = ns(HELLO);
+    burst.extend(ns(&cr));
+    burst.extend(ns(CONFIG_UPDATE));
+    burst.extend(ns(HEARTBEAT));
+    a2.write_all(&burst).await.unwrap();
+    assert_eq!(
+        texts(&read_frames(&mut a2, 3, t).await.0),
+        texts(&[ns(HELLO), ns(CONFIG_UPDATE), ns(HEARTBEAT)]),
+        "agent2 gets everything back but the check result (denied downstream)"
+    );
+    assert_eq!(
+        texts(&sink.frames()[2..]),
+        texts(&[ns(HELLO), ns(&cr), ns(CONFIG_UPDATE), ns(HEARTBEAT)]),
+        "agent2 may send a check result and, under this policy, config::Update upstream"
+    );
+    assert_eq!(
+        sink.client_cns.lock().unwrap().clone(),
+        vec![Some("agent1".to_string()), Some("agent2".to_string())]
+    );
+
+    let m = gh.metrics_text().await;
+    for needle in [
+        r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="denied"} 1"#,
+        r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"} 1"#,
+        r#"gatehouse_cluster_messages_total{direction="downstream",method="event::CheckResult",verdict="denied"} 1"#,
+        r#"gatehouse_cluster_messages_total{direction="upstream",method="config::Update",verdict="forwarded"} 1"#,
+    ] {
+        assert!(m.contains(needle), "missing `{needle}`:\n{m}");
+    }
+    let denials: Vec<_> = gh
+        .audit()
+        .into_iter()
+        .filter_map(|e| match e {
+            AuditEvent::Cluster(c) => Some((
+                c.identity.cn.unwrap_or_default(),
+                c.direction,
+                c.method,
+                c.verdict,
+                c.reason,
+            )),
+            _ => None,
+        })
+        .collect();
+    let denial = |cn: &str, dir, rule: &str| {
+        (
+            cn.to_string(),
+            dir,
+            "event::CheckResult".to_string(),
+            "denied",
+            rule.to_string(),
+        )
+    };
+    assert_eq!(
+        denials,
+        vec![
+            denial("agent1", "upstream", "cluster.policy[0]"),
+            denial("agent2", "downstream", "cluster.policy[1]"),
+        ]
+    );
+}
+
+/// `cluster.upstream_identity.missing`: a client whose CN has no certificate in `cert_dir` is
+/// refused with `reject` (counted, no upstream connection); with `own` it is relayed with the
+/// edge's own upstream client certificate (the master sees CN gatehouse-edge), while a client
+/// with a file still goes upstream as itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_identity_own_relays_with_the_edges_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Icinga::new(tmp.path());
+    c.icinga.issue("agent9", CertSpec::new("agent9")); // no identities/agent9.*
+    let sink = Sink::start(c.master_acceptor(), SinkMode::Echo).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let mut conf = c.conf(tmp.path(), port, sink.addr, web.addr);
+    let t = Duration::from_secs(5);
+
+    // missing: reject (the fixture's): closed before any upstream connection.
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent9")))
+        .await
+        .unwrap();
+    s.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut s, t).await,
+        Some(String::new()),
+        "missing: reject closes the link, nothing relayed"
+    );
+    gh.wait_metric(r#"gatehouse_cluster_links_refused_total{reason="identity"} 1"#)
+        .await;
+    assert!(sink.client_cns.lock().unwrap().is_empty());
+    drop(gh);
+
+    // missing: own: relayed as the edge.
+    conf.cluster
+        .as_mut()
+        .and_then(|c| c.upstream_identity.as_mut())
+        .unwrap()
+        .missing = Some("own".into());
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent9")))
+        .await
+        .unwrap();
+    s.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        texts(&read_frames(&mut s, 1, t).await.0),
+        texts(&[ns(HELLO)]),
+        "missing: own relays the link"
+    );
+    let mut a1 = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    a1.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        texts(&read_frames(&mut a1, 1, t).await.0),
+        texts(&[ns(HELLO)])
+    );
+    assert_eq!(
+        sink.client_cns.lock().unwrap().clone(),
+        vec![
+            Some("gatehouse-edge".to_string()),
+            Some("agent1".to_string())
+        ],
+        "agent9 goes upstream with the edge's own certificate, agent1 with its cert_dir file"
+    );
+    let m = gh.metrics_text().await;
+    assert!(
+        !m.contains("gatehouse_cluster_links_refused_total{"),
+        "nothing refused with missing: own:\n{m}"
+    );
+}
+
+/// `cluster.limits.message_size` from the upstream: with `8KiB`, a 6 KiB message from the
+/// master reaches the client intact, and a 10 KiB one closes the link with a framing error
+/// (logged with the limit, counted as a malformed downstream message) before any byte of it
+/// reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_size_limits_messages_from_the_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Icinga::new(tmp.path());
+    let padded = |n: usize| {
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"event::Heartbeat","params":{{"pad":"{}"}}}}"#,
+            "z".repeat(n)
+        )
+    };
+    let (fits, too_big) = (padded(6 << 10), padded(10 << 10));
+    // Answers the client's first message with `fits`, its second with `too_big`.
+    let master = ReplyingMaster::start(c.master_acceptor(), vec![ns(&fits), ns(&too_big)]).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let mut conf = c.conf(tmp.path(), port, master.addr, web.addr);
+    if let Some(l) = conf.cluster.as_mut().and_then(|c| c.limits.as_mut()) {
+        l.message_size = Some("8KiB".into());
+    }
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let t = Duration::from_secs(5);
+
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    s.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        texts(&read_frames(&mut s, 1, t).await.0),
+        texts(&[ns(&fits)]),
+        "a 6 KiB message is within message_size: 8KiB"
+    );
+    s.write_all(&ns(HEARTBEAT)).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut s, t).await,
+        Some(String::new()),
+        "a 10 KiB message from the master closes the link, none of it delivered"
+    );
+    let line = gh.wait_log("framing error from the upstream");
+    assert!(
+        line.contains(&format!(
+            "message of {} bytes exceeds the limit of 8192 bytes",
+            too_big.len()
+        )),
+        "{line}"
+    );
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_cluster_messages_total{direction="downstream",method="other",verdict="malformed"} 1"#),
+        "{m}"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
