@@ -866,6 +866,46 @@ async fn message_size_limits_messages_from_the_upstream() {
     );
 }
 
+/// Bad input loses nothing before it: when a message that ends the link (here one over
+/// `message_size`) arrives in the same read as good ones, the good ones are still delivered,
+/// then the link closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_before_the_one_that_ends_the_link_are_delivered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Icinga::new(tmp.path());
+    let too_big = format!(
+        r#"{{"jsonrpc":"2.0","method":"event::Heartbeat","params":{{"pad":"{}"}}}}"#,
+        "z".repeat(10 << 10)
+    );
+    // One reply, one write, one TLS record: a heartbeat, then the oversized message.
+    let reply = [ns(HEARTBEAT), ns(&too_big)].concat();
+    let master = ReplyingMaster::start(c.master_acceptor(), vec![reply]).await;
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let mut conf = c.conf(tmp.path(), port, master.addr, web.addr);
+    if let Some(l) = conf.cluster.as_mut().and_then(|c| c.limits.as_mut()) {
+        l.message_size = Some("8KiB".into());
+    }
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let t = Duration::from_secs(5);
+
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    s.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        texts(&read_frames(&mut s, 1, t).await.0),
+        texts(&[ns(HEARTBEAT)]),
+        "the heartbeat read together with the oversized message is delivered"
+    );
+    assert_eq!(
+        read_until_closed(&mut s, t).await,
+        Some(String::new()),
+        "then the link closes, nothing of the oversized message delivered"
+    );
+    gh.wait_log("framing error from the upstream");
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()

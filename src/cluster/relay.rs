@@ -399,12 +399,14 @@ impl Relay {
         let mut deadline = tokio::time::Instant::now() + idle;
         loop {
             let mut complete = false;
-            loop {
+            // What ends the link in this read: the frames checked before it still go out.
+            let mut ending = None;
+            while ending.is_none() {
                 match codec::decode(&mut buf, limit) {
                     Ok(Some(frame)) => {
                         complete = true;
                         if let Err(end) = self.check(link, dir, &frame, &mut out, &counters) {
-                            return end;
+                            ending = Some(end);
                         }
                     }
                     Ok(None) => break,
@@ -413,9 +415,24 @@ impl Relay {
                             .cluster_messages
                             .with_label_values(&[dir.label(), "other", "malformed"])
                             .inc();
-                        return LinkEnd::Frame(dir, e);
+                        ending = Some(LinkEnd::Frame(dir, e));
                     }
                 }
+            }
+            if let Some(end) = ending {
+                if !out.is_empty() {
+                    // Bounded: the receiver may be what stalls. Its failure changes nothing,
+                    // the link ends for `end` either way.
+                    let written = tokio::time::timeout(idle, async {
+                        w.write_all(&out).await?;
+                        w.flush().await
+                    })
+                    .await;
+                    if matches!(written, Ok(Ok(()))) {
+                        counters.bytes.inc_by(out.len() as u64);
+                    }
+                }
+                return end;
             }
             if complete {
                 // One clock read per read, not per message.
