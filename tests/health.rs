@@ -1,6 +1,7 @@
 //! `/healthz` and `/readyz` beside `/metrics`, as Kubernetes probes and L4 balancers see them:
 //! an upstream's only peer down and back, a listener whose address is taken, the process
-//! draining after SIGTERM, and a graceful upgrade (`--upgrade` + SIGQUIT).
+//! draining after SIGTERM, and a graceful upgrade (`--upgrade` + SIGQUIT). And the upstream
+//! health checks behind them: an `http` check's path, Host and verdict, and its interval.
 
 mod common;
 
@@ -119,6 +120,179 @@ async fn readyz_follows_the_only_peer_of_a_checked_group() {
         .metrics_text()
         .await
         .contains("gatehouse_http_requests_total{route=\"kea\",status=\"2xx\"} 1"));
+}
+
+/// The requests `origin` answered at exactly `path` (path and query).
+fn asked(origin: &Upstream, path: &str) -> Vec<Seen> {
+    origin
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == path)
+        .collect()
+}
+
+/// Waits (up to 15 s) until `origin` has answered `n` requests at `path`.
+async fn asked_until(origin: &Upstream, path: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while asked(origin, path).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} answered {} of {n} checks at {path}",
+            origin.addr,
+            asked(origin, path).len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `origin`'s answer at `path` (changed just before) is the one the load balancer
+/// acts on: checks run one pass after another and each result is applied before the next
+/// pass, so the second check from now answered the new status, and a third means it counted.
+async fn three_more_checks(origin: &Upstream, path: &str) {
+    let n = asked(origin, path).len();
+    asked_until(origin, path, n + 3).await;
+}
+
+/// Which of `peers` served `GET path` through Gatehouse (each path asked once).
+async fn served_by(port: u16, pki: &Pki, path: &str, peers: [&Upstream; 2]) -> SocketAddr {
+    let o = ClientOpts {
+        ca: Some(pki.ca_path()),
+        cert: None,
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let r = request(addr(port), Some(&o), "GET", path, &[], b"")
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    let by: Vec<_> = peers
+        .iter()
+        .filter(|p| !asked(p, path).is_empty())
+        .collect();
+    assert_eq!(by.len(), 1, "GET {path} reached {} peers", by.len());
+    by[0].addr
+}
+
+/// `health_check.kind: http` asks every peer `GET <path>` (query included) with
+/// `Host: <host>`, and the answer decides: a peer answering 503 there, though it accepts
+/// connections (a `tcp` check would pass it), gets no request; when both fail `/readyz` names
+/// them and clients get 503; a peer answering 200 again is back in the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_check_asks_its_path_and_host_and_follows_the_answer() {
+    const HEALTH: &str = "/health/kea?full=1";
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::edge(tmp.path(), &["client"]);
+    let a = Upstream::h1(None, Behavior::Echo).await;
+    let b = Upstream::h1(None, Behavior::Echo).await;
+    a.answer(HEALTH, 503);
+    let (port, mport) = (reserved_port(), reserved_port());
+    let check = HealthCheck::http("200ms", HEALTH, "kea.health");
+    let conf = Conf::new()
+        .listener(edge(&pki, port))
+        .upstream("kea", Group::peers([a.addr, b.addr]).health_check(check))
+        .route(Route::new("kea", "kea"))
+        .metrics(mport);
+    let gh = Gatehouse::start(tmp.path(), &conf);
+
+    // a failed its first check (it answered 503 from the start): only b is served.
+    asked_until(&a, HEALTH, 2).await;
+    asked_until(&b, HEALTH, 2).await;
+    let r = probe(mport, "/readyz").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
+    for i in 0..6 {
+        let by = served_by(port, &pki, &format!("/app/b{i}"), [&a, &b]).await;
+        assert_eq!(by, b.addr, "request {i} went to the peer whose check fails");
+    }
+
+    // Both fail: no healthy peer.
+    b.answer(HEALTH, 500);
+    three_more_checks(&b, HEALTH).await;
+    let r = probe(mport, "/readyz").await;
+    assert_eq!(
+        (r.status, r.text()),
+        (
+            503,
+            format!(
+                "not ready\nupstream kea: no healthy peer ({} down, {} down)\n",
+                a.addr, b.addr
+            )
+        )
+    );
+    assert_eq!(curl(&pki, port, "/app/none").await.0, "503");
+
+    // a answers 200 again: back in, and the only one served.
+    a.answer(HEALTH, 200);
+    three_more_checks(&a, HEALTH).await;
+    let r = probe(mport, "/readyz").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
+    for i in 0..6 {
+        let by = served_by(port, &pki, &format!("/app/a{i}"), [&a, &b]).await;
+        assert_eq!(by, a.addr, "request {i} went to the peer whose check fails");
+    }
+
+    // Every check was `GET <path>` with the configured Host; nothing else but the clients'
+    // requests reached the peers (no check of `/`).
+    for origin in [&a, &b] {
+        for s in origin.seen() {
+            if s.path == HEALTH {
+                assert_eq!(
+                    (s.method.as_str(), s.header("host")),
+                    ("GET", Some("kea.health")),
+                    "{s:?}"
+                );
+            } else {
+                assert!(s.path.starts_with("/app/"), "not a client request: {s:?}");
+            }
+        }
+    }
+    drop(gh);
+}
+
+/// `health_check.interval` paces the checks: at `200ms` a peer is checked about five times a
+/// second (the 5 s default would not check it again within the 2 s watched), and a peer that
+/// stops listening is named down by `/readyz` within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_interval_paces_the_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::edge(tmp.path(), &["client"]);
+    let (port, mport, peer) = (reserved_port(), reserved_port(), reserved_port());
+    let origin = Upstream::h1_on(addr(peer), None, Behavior::Echo).await;
+    let conf = Conf::new()
+        .listener(edge(&pki, port))
+        .upstream(
+            "kea",
+            Group::new(local(peer)).health_check(HealthCheck::tcp("200ms")),
+        )
+        .route(Route::new("kea", "kea"))
+        .metrics(mport);
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    probe_until(mport, "/readyz", "turned ready", |r| r.status == 200).await;
+
+    // Every TCP check is one accepted connection (no client sends anything meanwhile).
+    let connections = || *origin.connections.lock().unwrap();
+    let (before, since) = (connections(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (checks, watched) = (connections() - before, since.elapsed());
+    // A pass starts `interval` after the previous one started (never in bursts): at most one
+    // per 200 ms, plus the one under way; and however loaded the machine, well over three.
+    let most = (watched.as_millis() / 200) as usize + 1;
+    assert!(
+        (4..=most).contains(&checks),
+        "{checks} checks in {watched:?} at a 200ms interval"
+    );
+
+    drop(origin);
+    let down = Instant::now();
+    probe_until(mport, "/readyz", "named the down peer", |r| {
+        r.text().contains("no healthy peer")
+    })
+    .await;
+    assert!(
+        down.elapsed() < Duration::from_secs(2),
+        "the dead peer was noticed after {:?}",
+        down.elapsed()
+    );
+    drop(gh);
 }
 
 /// A listener whose address another socket holds is named by `/readyz` while Pingora retries

@@ -477,6 +477,16 @@ impl HealthCheck {
             ..HealthCheck::default()
         }
     }
+
+    /// `{ kind: http, interval: <interval>, path: <path>, host: <host> }`.
+    pub fn http(interval: &str, path: &str, host: &str) -> HealthCheck {
+        HealthCheck {
+            kind: "http".into(),
+            interval: Some(interval.into()),
+            path: Some(path.into()),
+            host: Some(host.into()),
+        }
+    }
 }
 
 /// `upstreams.<name>.tls`.

@@ -19,8 +19,9 @@ use boring::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMo
 use boring::x509::X509;
 use gatehouse::audit::{AuditEvent, AuditSink};
 use gatehouse::pki::{Ca, CertSpec, Issued};
+use std::collections::HashMap;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -802,6 +803,14 @@ pub async fn tls_connect(
     addr: SocketAddr,
     o: &ClientOpts,
 ) -> Result<tokio_boring::SslStream<TcpStream>, String> {
+    tls_handshake(tcp_connect(None, addr).await?, o).await
+}
+
+/// The client side of a TLS handshake over `tcp`, as `o` says.
+async fn tls_handshake(
+    tcp: TcpStream,
+    o: &ClientOpts,
+) -> Result<tokio_boring::SslStream<TcpStream>, String> {
     let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
     match &o.ca {
         Some(ca) => b.set_ca_file(ca).unwrap(),
@@ -821,10 +830,21 @@ pub async fn tls_connect(
         cfg.set_use_server_name_indication(false);
         cfg.set_verify_hostname(false);
     }
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     tokio_boring::connect(cfg, &name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))
+}
+
+/// A TCP connection to `addr`, from `src` when given (any of 127.0.0.0/8 reaches a loopback
+/// listener, so a test can be many clients by their IP).
+async fn tcp_connect(src: Option<IpAddr>, addr: SocketAddr) -> Result<TcpStream, String> {
+    let Some(src) = src else {
+        return TcpStream::connect(addr).await.map_err(|e| e.to_string());
+    };
+    let s = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    s.bind(SocketAddr::new(src, 0))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    s.connect(addr).await.map_err(|e| e.to_string())
 }
 
 /// The text of Gatehouse's `/metrics` on plain `127.0.0.1:port`.
@@ -877,6 +897,19 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Response, String> {
+    request_from(None, addr, tls, method, path, headers, body).await
+}
+
+/// [`request`] from the source address `src` (e.g. `127.0.0.7`: another client IP).
+pub async fn request_from(
+    src: Option<IpAddr>,
+    addr: SocketAddr,
+    tls: Option<&ClientOpts>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
     let mut raw = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         raw.push_str("Host: localhost\r\n");
@@ -894,15 +927,13 @@ pub async fn request(
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
     tokio::time::timeout(Duration::from_secs(20), async {
+        let tcp = tcp_connect(src, addr).await?;
         match tls {
             Some(o) => {
-                let s = tls_connect(addr, o).await?;
+                let s = tls_handshake(tcp, o).await?;
                 exchange(s, &bytes).await
             }
-            None => {
-                let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-                exchange(s, &bytes).await
-            }
+            None => exchange(tcp, &bytes).await,
         }
     })
     .await
@@ -1069,6 +1100,8 @@ pub struct Upstream {
     pub connections: Arc<Mutex<usize>>,
     /// The TLS acceptor new connections get (h1 origins can swap it mid-test).
     tls: Arc<Mutex<Option<Arc<SslAcceptor>>>>,
+    /// Status answered per request path instead of 200 ([`Upstream::answer`]).
+    answers: Answers,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1087,6 +1120,16 @@ impl Upstream {
     /// Serves new TLS connections with `acc` from now on (a certificate rotation).
     pub fn set_tls(&self, acc: SslAcceptor) {
         *self.tls.lock().unwrap() = Some(Arc::new(acc));
+    }
+
+    /// From now on answer requests for `path` (path and query, exactly) with `status`, still
+    /// recording them and with the usual JSON body (h1 origins only): a health endpoint that
+    /// fails, then recovers.
+    pub fn answer(&self, path: &str, status: u16) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), status);
     }
 
     /// An HTTP/1.1 keep-alive origin; TLS when `tls` is given.
@@ -1112,7 +1155,13 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));
         let tls = Arc::new(Mutex::new(tls.map(Arc::new)));
-        let (s2, c2, t2) = (seen.clone(), connections.clone(), tls.clone());
+        let answers = Answers::default();
+        let (s2, c2, t2, a2) = (
+            seen.clone(),
+            connections.clone(),
+            tls.clone(),
+            answers.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
@@ -1120,6 +1169,7 @@ impl Upstream {
                 };
                 *c2.lock().unwrap() += 1;
                 let (seen, tls) = (s2.clone(), t2.lock().unwrap().clone());
+                let answers = a2.clone();
                 tokio::spawn(async move {
                     match tls {
                         Some(acc) => {
@@ -1128,9 +1178,9 @@ impl Upstream {
                             };
                             let ssl = s.ssl();
                             let info = ConnInfo::of(ssl);
-                            serve_h1(s, info, seen, behavior).await
+                            serve_h1(s, info, seen, answers, behavior).await
                         }
-                        None => serve_h1(tcp, ConnInfo::default(), seen, behavior).await,
+                        None => serve_h1(tcp, ConnInfo::default(), seen, answers, behavior).await,
                     }
                 });
             }
@@ -1140,6 +1190,7 @@ impl Upstream {
             seen,
             connections,
             tls,
+            answers,
             task,
         }
     }
@@ -1217,6 +1268,7 @@ impl Upstream {
             seen,
             connections,
             tls: Arc::new(Mutex::new(None)),
+            answers: Answers::default(),
             task,
         }
     }
@@ -1261,10 +1313,14 @@ fn summary(s: &Seen) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Status per request path an h1 origin answers instead of 200.
+type Answers = Arc<Mutex<HashMap<String, u16>>>;
+
 async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     info: ConnInfo,
     seen: Arc<Mutex<Vec<Seen>>>,
+    answers: Answers,
     behavior: Behavior,
 ) {
     let mut buf = Vec::new();
@@ -1330,9 +1386,19 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
             body,
         };
         let reply = summary(&seen_req);
+        let status = answers
+            .lock()
+            .unwrap()
+            .get(&seen_req.path)
+            .copied()
+            .unwrap_or(200);
         seen.lock().unwrap().push(seen_req);
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|c| c.canonical_reason())
+            .unwrap_or("Other");
         let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             reply.len()
         );
         if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&reply).await.is_err() {
