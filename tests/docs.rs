@@ -158,6 +158,23 @@ fn the_docs_index_lists_every_page() {
     );
 }
 
+/// Every suite in `tests/` has its entry in docs/testing.md (a new suite fails here until
+/// it is described).
+#[test]
+fn every_suite_is_described_in_testing_md() {
+    let testing = read(&root().join("docs/testing.md"));
+    let mut missing: Vec<String> = std::fs::read_dir(root().join("tests"))
+        .expect("tests/ is readable")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|f| f.ends_with(".rs") && !testing.contains(&format!("`{f}`")))
+        .collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "docs/testing.md does not describe {missing:?}"
+    );
+}
+
 #[test]
 fn the_readme_stays_under_15_kb() {
     let size = read(&root().join("README.md")).len();
