@@ -676,9 +676,11 @@ async fn tls_handshake_timeout_is_separate_from_connect_timeout() {
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
 }
 
-/// `connect_timeout` still bounds the TCP connect of a TLS upstream (now Gatehouse's own
-/// connect, see `tls_handshake_timeout`): a peer whose accept queue is full drops our SYN,
-/// and the request ends with 504 after about `connect_timeout`, not the handshake's 10 s.
+/// `connect_timeout` bounds the TCP connect of a TLS upstream (Gatehouse's own connect, see
+/// `tls_handshake_timeout`): a peer whose accept queue is full drops our SYN, and with
+/// `connect_timeout: 300ms` the request ends with 504 after at least 300 ms and well under the
+/// 2 s default (1.5 s leaves a loaded machine 1.2 s of slack), and the log names the 300 ms
+/// bound. Fails if the configured value were ignored (2 s default, or the handshake's 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_bounds_the_tcp_connect() {
     use socket2::{Domain, Socket, Type};
@@ -707,10 +709,10 @@ async fn connect_timeout_bounds_the_tcp_connect() {
         .edge(port, ClientAuth::Required)
         .upstream(
             "full",
-            w.up(dead, &w.up.ca_path(), true).connect_timeout("1s"),
+            w.up(dead, &w.up.ca_path(), true).connect_timeout("300ms"),
         )
         .route(Route::new("full", "full"));
-    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let gh = Gatehouse::start(tmp.path(), &conf);
     let t0 = std::time::Instant::now();
     let r = request(
         addr(port),
@@ -725,5 +727,369 @@ async fn connect_timeout_bounds_the_tcp_connect() {
     let took = t0.elapsed();
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.text().trim(), "upstream error: timeout");
-    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(300)
+            && took < std::time::Duration::from_millis(1500),
+        "{took:?}"
+    );
+    let line = gh.wait_log("upstream full peer");
+    assert!(line.contains("timeout 300ms connecting to"), "{line}");
+}
+
+/// An origin acceptor presenting `cert` (no client certificate asked for), accepting only the
+/// key-exchange groups `curves` when given.
+fn plain_acceptor(cert: &gatehouse::pki::Issued, curves: Option<&str>) -> boring::ssl::SslAcceptor {
+    use boring::ssl::{SslAcceptor, SslMethod};
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    b.set_certificate(&cert.cert).unwrap();
+    b.set_private_key(&cert.key).unwrap();
+    if let Some(c) = curves {
+        b.set_curves_list(c).unwrap();
+    }
+    b.build()
+}
+
+/// `upstreams.<n>.tls.verify_hostname` and `verify_cert`: by default an origin whose certificate
+/// names another host, or comes from a CA not in `ca`, is refused (502 invalid_cert);
+/// `verify_hostname: false` accepts the other name but still checks the chain, and
+/// `verify_cert: false` accepts the unknown CA. Fails if either key were ignored (Pingora's
+/// defaults verify both) or if `verify_hostname: false` switched off chain verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_verify_cert_and_verify_hostname() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    // Right CA, wrong name: the certificate is for other.internal, we ask for kea.internal.
+    let misnamed =
+        w.up.ca
+            .issue(&CertSpec::new("other.internal").dns(&["other.internal"]))
+            .unwrap();
+    let misnamed = Upstream::h1(Some(plain_acceptor(&misnamed, None)), Behavior::Echo).await;
+    // Right name, unknown CA.
+    let stranger = w
+        .other
+        .ca
+        .issue(&CertSpec::new("kea.internal").dns(&["kea.internal"]))
+        .unwrap();
+    let stranger = Upstream::h1(Some(plain_acceptor(&stranger, None)), Behavior::Echo).await;
+    let ca = w.up.ca_path();
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream("name-checked", w.up(misnamed.addr, &ca, false))
+        .upstream(
+            "name-unchecked",
+            Group::new(misnamed.addr).tls(w.up_tls(&ca, false).verify_hostname(false)),
+        )
+        .upstream("ca-checked", w.up(stranger.addr, &ca, false))
+        .upstream(
+            "ca-unchecked",
+            Group::new(stranger.addr).tls(w.up_tls(&ca, false).verify_cert(false)),
+        )
+        .upstream(
+            "ca-checked-name-unchecked",
+            Group::new(stranger.addr).tls(w.up_tls(&ca, false).verify_hostname(false)),
+        )
+        .route(Route::new("a", "name-checked").path("/name-checked"))
+        .route(Route::new("b", "name-unchecked").path("/name-unchecked"))
+        .route(Route::new("c", "ca-checked-name-unchecked").path("/ca-checked-name"))
+        .route(Route::new("d", "ca-checked").path("/ca-checked"))
+        .route(Route::new("e", "ca-unchecked").path("/ca-unchecked"));
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let c = w.client(None);
+    let get = |path: &'static str| {
+        let c = c.clone();
+        async move {
+            let r = request(addr(port), Some(&c), "GET", path, &[], b"")
+                .await
+                .unwrap();
+            (r.status, r.text().trim().to_string())
+        }
+    };
+    let refused = (502, "upstream error: invalid_cert".to_string());
+
+    assert_eq!(
+        get("/name-checked").await,
+        refused,
+        "hostname is verified by default"
+    );
+    let (status, body) = get("/name-unchecked").await;
+    assert_eq!(
+        status,
+        200,
+        "verify_hostname: false: {body}\n{}",
+        gh.log_text()
+    );
+    assert_eq!(
+        get("/ca-checked-name").await,
+        refused,
+        "verify_hostname: false must keep verifying the chain"
+    );
+    assert_eq!(
+        get("/ca-checked").await,
+        refused,
+        "chain is verified by default"
+    );
+    let (status, body) = get("/ca-unchecked").await;
+    assert_eq!(status, 200, "verify_cert: false: {body}\n{}", gh.log_text());
+    assert_eq!(misnamed.seen().len(), 1);
+    assert_eq!(stranger.seen().len(), 1);
+}
+
+/// `listeners[].tls.min_version: tls1.3` refuses a client that offers TLS 1.2 at most, which
+/// the default (`tls1.2`) listener serves. Fails if the setting were not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_min_version_refuses_older_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let (default, strict) = (reserved_port(), reserved_port());
+    let conf = w
+        .edge(default, ClientAuth::Optional)
+        .listener(Listener::new("strict", strict).tls(
+            ListenerTls::from_pki(&w.edge, "server", ClientAuth::Optional).min_version("tls1.3"),
+        ))
+        .upstream("o", Group::new(origin.addr))
+        .route(Route::new("all", "o"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let mut old = w.client(None);
+    old.tls12 = true;
+
+    let s = tls_connect(addr(default), &old)
+        .await
+        .expect("TLS 1.2 by default");
+    assert_eq!(s.ssl().version_str(), "TLSv1.2");
+    let e = tls_connect(addr(strict), &old)
+        .await
+        .expect_err("a TLS 1.2 client must be refused by a tls1.3 listener");
+    assert!(e.contains("handshake"), "{e}");
+    // A TLS 1.3 client is served there.
+    let r = request(addr(strict), Some(&w.client(None)), "GET", "/", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+/// `listeners[].tls.alpn: [http/1.1]` disables HTTP/2: curl (which offers h2 first) gets
+/// HTTP/1.1 there and HTTP/2 on a default listener. Fails if the list were ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_alpn_http11_disables_h2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let (both, h1) = (reserved_port(), reserved_port());
+    let conf =
+        w.edge(both, ClientAuth::Optional)
+            .listener(Listener::new("h1", h1).tls(
+                ListenerTls::from_pki(&w.edge, "server", ClientAuth::Optional).alpn(["http/1.1"]),
+            ))
+            .upstream("o", Group::new(origin.addr))
+            .route(Route::new("all", "o"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+
+    let out = curl(&w.edge, "alice", &format!("https://localhost:{both}/"), &[]).await;
+    assert_eq!(
+        (out.status.as_str(), out.version.as_str()),
+        ("200", "2"),
+        "{out:?}"
+    );
+    let out = curl(&w.edge, "alice", &format!("https://localhost:{h1}/"), &[]).await;
+    assert_eq!(
+        (out.status.as_str(), out.version.as_str()),
+        ("200", "1.1"),
+        "{out:?}"
+    );
+}
+
+/// `listeners[].tls.client_auth: none` asks for no certificate: a client holding one that the
+/// listener's `client_ca` would verify is still anonymous (`cn=-`, no XFCC, refused by a
+/// route that admits only `cn:alice`), while on an `optional` listener with the same CA the
+/// same client is alice. Fails if `none` requested or verified client certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_auth_none_ignores_client_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let (optional, none) = (reserved_port(), reserved_port());
+    let conf = w
+        .edge(optional, ClientAuth::Optional)
+        .listener(Listener::new("none", none).tls(
+            // Same CA as the optional listener: only client_auth differs.
+            ListenerTls::from_pki(&w.edge, "server", ClientAuth::None).client_ca(w.edge.ca_path()),
+        ))
+        .upstream("o", Group::new(origin.addr))
+        .route(
+            Route::new("alice-only", "o")
+                .path("/alice")
+                .allow(["cn:alice"]),
+        )
+        .route(Route::new("xfcc", "o").path("/").xfcc());
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let alice = w.client(Some("alice"));
+    let get = |port: u16, path: &'static str| {
+        let c = alice.clone();
+        async move {
+            request(addr(port), Some(&c), "GET", path, &[], b"")
+                .await
+                .unwrap()
+                .status
+        }
+    };
+
+    assert_eq!(get(optional, "/optional").await, 200);
+    let line = gh.wait_log("path=/optional");
+    assert!(line.contains("cn=alice"), "{line}");
+    assert!(origin.seen()[0].header("x-forwarded-client-cert").is_some());
+    assert_eq!(get(optional, "/alice").await, 200);
+
+    assert_eq!(get(none, "/none").await, 200);
+    let line = gh.wait_log("path=/none");
+    assert!(
+        line.contains("listener=none") && line.contains("cn=-"),
+        "client_auth none must not read the certificate: {line}"
+    );
+    let seen = origin.seen();
+    assert_eq!(seen[2].path, "/none");
+    assert_eq!(seen[2].header("x-forwarded-client-cert"), None);
+    assert_eq!(get(none, "/alice").await, 403);
+}
+
+/// `listeners[].tls.curves` limits the key exchange: with `P-384` a client offering only P-256
+/// cannot complete a handshake (a default listener would accept it), one offering P-384 can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_curves_limit_key_exchange() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let (default, p384) = (reserved_port(), reserved_port());
+    let conf =
+        w.edge(default, ClientAuth::Optional)
+            .listener(Listener::new("p384", p384).tls(
+                ListenerTls::from_pki(&w.edge, "server", ClientAuth::Optional).curves("P-384"),
+            ))
+            .upstream("o", Group::new(origin.addr))
+            .route(Route::new("all", "o"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let ca = w.edge.ca_path();
+    handshake_offering(default, &ca, "P-256")
+        .await
+        .expect("a default listener accepts P-256");
+    let e = handshake_offering(p384, &ca, "P-256")
+        .await
+        .expect_err("P-256 is not in curves: P-384");
+    assert!(e.contains("handshake"), "{e}");
+    handshake_offering(p384, &ca, "P-384")
+        .await
+        .expect("P-384 is in the list");
+}
+
+/// A TLS handshake with the listener on `port`, offering only the key-exchange groups `curves`.
+async fn handshake_offering(port: u16, ca: &Path, curves: &str) -> Result<(), String> {
+    use boring::ssl::{SslConnector, SslMethod};
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_ca_file(ca).unwrap();
+    b.set_curves_list(curves).unwrap();
+    let cfg = b.build().configure().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr(port))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio_boring::connect(cfg, "localhost", tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map(drop)
+    .map_err(|e| format!("handshake: {e}"))
+}
+
+/// `upstreams.<n>.tls.curves` is what Gatehouse offers its peers: against an origin that
+/// accepts only P-384 (which Pingora's default list includes), `curves: P-256` fails the
+/// handshake (502) and `curves: P-384` reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_curves_limit_key_exchange() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let cert =
+        w.up.ca
+            .issue(&CertSpec::new("kea.internal").dns(&["kea.internal"]))
+            .unwrap();
+    let origin = Upstream::h1(Some(plain_acceptor(&cert, Some("P-384"))), Behavior::Echo).await;
+    let ca = w.up.ca_path();
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream(
+            "p256",
+            Group::new(origin.addr).tls(w.up_tls(&ca, false).curves("P-256")),
+        )
+        .upstream(
+            "p384",
+            Group::new(origin.addr).tls(w.up_tls(&ca, false).curves("P-384")),
+        )
+        .route(Route::new("p256", "p256").path("/p256"))
+        .route(Route::new("p384", "p384").path("/p384"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let c = w.client(None);
+    let r = request(addr(port), Some(&c), "GET", "/p256", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (502, "upstream error: handshake")
+    );
+    let r = request(addr(port), Some(&c), "GET", "/p384", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(origin.seen().len(), 1);
+}
+
+/// `upstreams.<n>.tls.alpn: h2h1` offers both protocols: an HTTP/2-only origin, which the
+/// default (`h1`) cannot talk to, is reached over h2, and an origin without ALPN still over
+/// HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_alpn_h2h1_offers_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = World::new(tmp.path());
+    let h2 = Upstream::h2(w.origin_acceptor(true)).await;
+    let h1 = Upstream::h1(Some(w.origin_acceptor(false)), Behavior::Echo).await;
+    let ca = w.up.ca_path();
+    let port = reserved_port();
+    let conf = w
+        .edge(port, ClientAuth::Optional)
+        .upstream("h2-default", w.up(h2.addr, &ca, true))
+        .upstream(
+            "h2-both",
+            Group::new(h2.addr).tls(w.up_tls(&ca, true).alpn("h2h1")),
+        )
+        .upstream(
+            "h1-both",
+            Group::new(h1.addr).tls(w.up_tls(&ca, true).alpn("h2h1")),
+        )
+        .route(Route::new("a", "h2-default").path("/h2-default"))
+        .route(Route::new("b", "h2-both").path("/h2-both"))
+        .route(Route::new("c", "h1-both").path("/h1-both"));
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let c = w.client(None);
+    let get = |path: &'static str| {
+        let c = c.clone();
+        async move {
+            request(addr(port), Some(&c), "GET", path, &[], b"")
+                .await
+                .unwrap()
+        }
+    };
+    let r = get("/h2-default").await;
+    assert_eq!(
+        r.status,
+        502,
+        "h1 cannot talk to an h2-only origin: {}",
+        r.text()
+    );
+    let r = get("/h2-both").await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gh.log_text());
+    assert_eq!(r.json()["alpn"], "h2");
+    let r = get("/h1-both").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["alpn"], serde_json::Value::Null);
 }
