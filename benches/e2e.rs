@@ -658,7 +658,10 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         .find(|(n, l, _, _)| *n == "gatehouse" && *l == 16);
     let verdict = |ok: bool| if ok { "holds" } else { "MISSED" };
     println!("\n## Targets");
-    if let Some((_, _, rate, cpu)) = gh16 {
+    let no_peers = "no HAProxy/nginx measured in this run (BENCH_ONLY_GATEHOUSE): no verdict";
+    if gh16.is_some() && peers16.is_empty() {
+        println!("- R1 relay, 16 links: {no_peers}");
+    } else if let Some((_, _, rate, cpu)) = gh16 {
         let ratio = rate / best_relay16;
         let cpu = cpu.unwrap_or(f64::NAN);
         let cpu_ratio = cpu / best_cpu16;
@@ -683,7 +686,9 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         );
     }
     println!("- R2 reconnect storm: see the storm tables (`cargo bench --bench storm`)");
-    if let Some(g) = gh_http {
+    if gh_http.is_some() && nginx_http.0.is_nan() {
+        println!("- (issue 5) P1 HTTP: {no_peers}");
+    } else if let Some(g) = gh_http {
         let (r, p) = (g.rps / nginx_http.0, g.p99_ms / nginx_http.1);
         println!(
             "- (issue 5) P1 HTTP ≥ 1.3× nginx req/s and p99 ≤ 0.8× nginx: {r:.2}× req/s, {p:.2}× p99 → {}",
