@@ -87,7 +87,7 @@ pub struct Metrics {
     /// presented certificate expires (owner: `listener:<name>` or `upstream:<name>`).
     pub tls_cert_not_after: IntGaugeVec,
     /// `gatehouse_cluster_messages_total{direction, method, verdict}` (verdict: forwarded, denied,
-    /// malformed, dropped, answered).
+    /// malformed, too_large, dropped, answered).
     pub cluster_messages: IntCounterVec,
     /// `gatehouse_cluster_bytes_total{direction}` — netstring bytes forwarded.
     pub cluster_bytes: IntCounterVec,

@@ -211,6 +211,14 @@ async fn netstring_and_message_corpus() {
         e.gh.wait_log(log);
         e.still_healthy(&mut neighbour, case).await;
     }
+    // Counted apart: five broken frames, one over the limit.
+    let m = e.metrics().await;
+    for (verdict, n) in [("malformed", 5), ("too_large", 1)] {
+        let series = format!(
+            r#"gatehouse_cluster_messages_total{{direction="upstream",method="other",verdict="{verdict}"}} {n}"#
+        );
+        assert!(m.lines().any(|l| l == series), "no `{series}` in:\n{m}");
+    }
 
     // A frame split one byte per TCP segment is fine.
     let mut s = tls_connect(addr(e.port), &e.agent()).await.unwrap();

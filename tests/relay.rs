@@ -812,7 +812,7 @@ async fn missing_identity_own_relays_with_the_edges_certificate() {
 
 /// `cluster.limits.message_size` from the upstream: with `8KiB`, a 6 KiB message from the
 /// master reaches the client intact, and a 10 KiB one closes the link with a framing error
-/// (logged with the limit, counted as a malformed downstream message) before any byte of it
+/// (logged with the limit, counted as a too_large downstream message) before any byte of it
 /// reaches the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_size_limits_messages_from_the_upstream() {
@@ -861,7 +861,7 @@ async fn message_size_limits_messages_from_the_upstream() {
     );
     let m = gh.metrics_text().await;
     assert!(
-        m.contains(r#"gatehouse_cluster_messages_total{direction="downstream",method="other",verdict="malformed"} 1"#),
+        m.contains(r#"gatehouse_cluster_messages_total{direction="downstream",method="other",verdict="too_large"} 1"#),
         "{m}"
     );
 }

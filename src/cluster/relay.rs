@@ -411,9 +411,15 @@ impl Relay {
                     }
                     Ok(None) => break,
                     Err(e) => {
+                        // Oversize apart from broken framing: one is a limit to raise, the
+                        // other a broken or hostile peer.
+                        let verdict = match e {
+                            FrameError::TooLarge { .. } => "too_large",
+                            _ => "malformed",
+                        };
                         self.metrics
                             .cluster_messages
-                            .with_label_values(&[dir.label(), "other", "malformed"])
+                            .with_label_values(&[dir.label(), "other", verdict])
                             .inc();
                         ending = Some(LinkEnd::Frame(dir, e));
                     }
