@@ -658,7 +658,7 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         .find(|(n, l, _, _)| *n == "gatehouse" && *l == 16);
     let verdict = |ok: bool| if ok { "holds" } else { "MISSED" };
     println!("\n## Targets");
-    let no_peers = "no HAProxy/nginx measured in this run (BENCH_ONLY_GATEHOUSE): no verdict";
+    let no_peers = "neither HAProxy nor nginx measured in this run: no verdict";
     if gh16.is_some() && peers16.is_empty() {
         println!("- R1 relay, 16 links: {no_peers}");
     } else if let Some((_, _, rate, cpu)) = gh16 {

@@ -517,10 +517,10 @@ mod tests {
         );
     }
 
-    /// `read_buffer` is what Pingora puts below TLS (0 = none); writes are buffered only
-    /// where HTTP is spoken.
+    /// The buffers handed to Pingora below TLS: `read_buffer` for reads (0 = none), writes
+    /// buffered only where HTTP is spoken.
     #[test]
-    fn listener_buffers_reach_pingora() {
+    fn listener_l4_buffers() {
         let yaml = r#"
 listeners:
   - { name: h, address: "127.0.0.1:1", read_buffer: 3KiB }

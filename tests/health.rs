@@ -274,8 +274,9 @@ async fn the_check_interval_paces_the_checks() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (checks, watched) = (connections() - before, since.elapsed());
     // A pass starts `interval` after the previous one started (never in bursts): at most one
-    // per 200 ms, plus the one under way; and however loaded the machine, well over three.
-    let most = (watched.as_millis() / 200) as usize + 1;
+    // per 200 ms, plus the one under way and one whose accept the test saw late; and however
+    // loaded the machine, well over three.
+    let most = (watched.as_millis() / 200) as usize + 2;
     assert!(
         (4..=most).contains(&checks),
         "{checks} checks in {watched:?} at a 200ms interval"
@@ -288,7 +289,7 @@ async fn the_check_interval_paces_the_checks() {
     })
     .await;
     assert!(
-        down.elapsed() < Duration::from_secs(2),
+        down.elapsed() < Duration::from_secs(3),
         "the dead peer was noticed after {:?}",
         down.elapsed()
     );

@@ -427,9 +427,9 @@ impl Relay {
             }
             if let Some(end) = ending {
                 if !out.is_empty() {
-                    // Bounded: the receiver may be what stalls. Its failure changes nothing,
-                    // the link ends for `end` either way.
-                    let written = tokio::time::timeout(idle, async {
+                    // Best effort, bounded like the close itself: the receiver may be what
+                    // stalls, and the link ends for `end` either way.
+                    let written = tokio::time::timeout(CLOSE_TIMEOUT, async {
                         w.write_all(&out).await?;
                         w.flush().await
                     })

@@ -23,6 +23,10 @@
 //! stays, and the next change to those files tries again; unchanged bytes never retry, so a
 //! broken file is reported once, not on every unrelated event in its folder.
 //!
+//! When the watch begins, the files are compared with the [`Baseline`] hashed before the
+//! material was read: a file replaced in between (while an upgrade's new process waits for
+//! the old one's sockets) is a change like any other.
+//!
 //! A block without `watch` is never reloaded by this module, even when a watched block's
 //! files change: its files are re-read on SIGHUP only.
 //!
@@ -110,7 +114,8 @@ pub struct FileWatcher {
 impl FileWatcher {
     /// A watcher for the blocks of `reloader`'s configuration that have `watch: true`;
     /// `None` when there are none (then no inotify instance is made at all). `baseline` is
-    /// [`Baseline::take`] of that configuration, taken before its material was read.
+    /// [`Baseline::take`] of that configuration, taken before its material was read (an
+    /// empty one reloads every watched block once when the watch begins).
     pub fn new(
         reloader: Arc<Reloader>,
         metrics: Arc<Metrics>,
