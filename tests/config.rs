@@ -166,6 +166,18 @@ fn watch_errors_name_their_keys() {
     );
 }
 
+/// A key that never had an effect is refused by name, with why and what to do, rather than
+/// silently accepted (the typed builder cannot write it, so it is set raw).
+#[test]
+fn second_keyshare_is_refused_as_removed() {
+    for v in [true, false] {
+        expect_error(
+            |c| c.set("upstreams.kea.tls.second_keyshare", v),
+            "upstreams.kea.tls.second_keyshare: removed, it never had an effect",
+        );
+    }
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -374,7 +386,6 @@ fn the_typed_test_config_writes_only_schema_keys() {
                         .verify_hostname(true)
                         .alt_cn("kea")
                         .curves("X25519")
-                        .second_keyshare(false)
                         .alpn("h2h1")
                         .watch(true),
                 ),

@@ -412,6 +412,12 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
                 "client_cert and client_key go together",
             );
         }
+        if t.second_keyshare.is_some() {
+            cx.err(
+                format!("{at}.tls.second_keyshare"),
+                "removed, it never had an effect: Pingora applies it only when built with its post-quantum `pq_use_second_keyshare` feature, which Gatehouse is not; delete the key",
+            );
+        }
         if t.watch && t.ca.is_none() && t.client_cert.is_none() {
             cx.err(
                 format!("{at}.tls.watch"),
@@ -435,7 +441,6 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
             verify_hostname: t.verify_hostname,
             alt_cn: t.alt_cn.clone(),
             curves: t.curves.clone(),
-            second_keyshare: t.second_keyshare,
             alpn: t.alpn,
             watch: t.watch,
         }

@@ -191,8 +191,6 @@ pub struct UpstreamTlsSettings {
     pub alt_cn: Option<String>,
     /// BoringSSL curve list, if not the default.
     pub curves: Option<String>,
-    /// Send a second key share in the ClientHello.
-    pub second_keyshare: bool,
     /// Application protocols offered.
     pub alpn: Alpn,
     /// Re-read this block's files when they change on disk (see [`crate::reload::watch`]).

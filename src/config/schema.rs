@@ -304,9 +304,10 @@ pub struct UpstreamTlsSection {
     /// Key-exchange groups, BoringSSL syntax.
     #[serde(default)]
     pub curves: Option<String>,
-    /// Send a second key share in the ClientHello.
-    #[serde(default = "yes")]
-    pub second_keyshare: bool,
+    /// Removed (refused when set): Pingora 0.9.1 applies it only when built with its
+    /// post-quantum `pq_use_second_keyshare` feature, so it never had an effect here.
+    #[serde(default)]
+    pub second_keyshare: Option<bool>,
     /// Application protocol spoken to the peer.
     #[serde(default)]
     pub alpn: Alpn,

@@ -22,7 +22,6 @@ pub struct UpstreamTlsMaterial {
     verify_hostname: bool,
     alt_cn: Option<String>,
     curves: Option<Cow<'static, str>>,
-    second_keyshare: bool,
     alpn: ALPN,
     /// Hash of everything above. Pingora's pool key ignores the CA store (and ALPN), so
     /// without this a peer with the wrong CA could reuse a connection made with the right one.
@@ -67,7 +66,7 @@ impl UpstreamTlsMaterial {
             }
         }
         (t.verify_cert, t.verify_hostname, &t.alt_cn, &t.curves).hash(&mut h);
-        (t.second_keyshare, t.alpn).hash(&mut h);
+        t.alpn.hash(&mut h);
 
         Ok(UpstreamTlsMaterial {
             sni: t.sni.clone(),
@@ -77,7 +76,6 @@ impl UpstreamTlsMaterial {
             verify_hostname: t.verify_hostname,
             alt_cn: t.alt_cn.clone(),
             curves: t.curves.clone().map(Cow::Owned),
-            second_keyshare: t.second_keyshare,
             alpn: super::alpn(t.alpn),
             group_key: h.finish(),
         })
@@ -104,7 +102,6 @@ impl UpstreamTlsMaterial {
         o.verify_hostname = self.verify_hostname;
         o.alternative_cn = self.alt_cn.clone();
         o.curves = self.curves.clone();
-        o.second_keyshare = self.second_keyshare;
         o.alpn = self.alpn.clone();
     }
 }

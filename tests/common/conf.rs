@@ -500,7 +500,6 @@ pub struct UpstreamTls {
     pub verify_hostname: Option<bool>,
     pub alt_cn: Option<String>,
     pub curves: Option<String>,
-    pub second_keyshare: Option<bool>,
     pub alpn: Option<String>,
     pub watch: Option<bool>,
 }
@@ -534,7 +533,6 @@ impl UpstreamTls {
         val verify_hostname: bool,
         str alt_cn,
         str curves,
-        val second_keyshare: bool,
         str alpn,
         val watch: bool,
     );
