@@ -42,6 +42,15 @@ pub fn init(format: LogFormat) -> Result<(), log::SetLoggerError> {
     b.try_init()
 }
 
+/// Logs `line` at info on `target` as a JSON object marked with [`JSON_KEY`] (an access or
+/// link line in `log_format: json`); `what` names it if it cannot be encoded.
+pub(crate) fn info_json(target: &str, what: &str, line: &impl serde::Serialize) {
+    match serde_json::to_string(line) {
+        Ok(json) => log::info!(target: target, json = ""; "{json}"),
+        Err(e) => log::error!(target: target, "cannot encode {what}: {e}"),
+    }
+}
+
 /// An env_logger format: [`write_json_line`] with the current time.
 pub fn format_json(buf: &mut env_logger::fmt::Formatter, record: &Record<'_>) -> io::Result<()> {
     // One write per record: env_logger buffers the formatter and writes it whole, and the

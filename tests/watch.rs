@@ -235,6 +235,68 @@ impl Rotation {
     }
 }
 
+/// Two listeners on `live/a.*` and `live/b.*` (certificates `a1`, `b1`; `a2`, `b2` ready to
+/// rotate in), named `names`, the first watched and the second as `watch_b` says, in front
+/// of an echoing origin; Gatehouse started and watching.
+struct TwoBlocks {
+    // Dropped in this order: Gatehouse stops before its files go.
+    gh: Gatehouse,
+    _origin: Upstream,
+    pki: Pki,
+    live: PathBuf,
+    a: (Issued, Issued),
+    b: (Issued, Issued),
+    ports: (u16, u16),
+    watching: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl TwoBlocks {
+    async fn start(names: [&str; 2], watch_b: bool) -> TwoBlocks {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let pki = Pki::edge(dir, &["client"]);
+        let live = dir.join("live");
+        std::fs::create_dir(&live).unwrap();
+        let a = (pki.server("a1", &[]), pki.server("a2", &[]));
+        let b = (pki.server("b1", &[]), pki.server("b2", &[]));
+        a.0.write(&live, "a").unwrap();
+        b.0.write(&live, "b").unwrap();
+        let origin = Upstream::h1(None, Behavior::Echo).await;
+        let ports = (reserved_port(), reserved_port());
+        let listener = |name: &str, port: u16, stem: &str, watch: bool| {
+            Listener::new(name, port).tls(
+                ListenerTls::new(
+                    live.join(format!("{stem}.crt")),
+                    live.join(format!("{stem}.key")),
+                )
+                .client_auth(ClientAuth::Required)
+                .client_ca(pki.ca_path())
+                .watch(watch),
+            )
+        };
+        let conf = Conf::new()
+            .listener(listener(names[0], ports.0, "a", true))
+            .listener(listener(names[1], ports.1, "b", watch_b))
+            .upstream("web", Group::new(origin.addr))
+            .route(Route::new("web", "web"))
+            .metrics(reserved_port());
+        let gh = Gatehouse::start(dir, &conf);
+        let watching = gh.wait_log("watching the files of");
+        TwoBlocks {
+            _tmp: tmp,
+            pki,
+            live,
+            a,
+            b,
+            ports,
+            gh,
+            watching,
+            _origin: origin,
+        }
+    }
+}
+
 /// The edge listener of most tests: `live/server.crt` + `.key`, clients of `pki` required.
 fn edge_listener(port: u16, pki: &Pki, live: &Path) -> Listener {
     Listener::new("edge", port).tls(
@@ -540,57 +602,31 @@ async fn upstream_client_certificate_and_ca_rotate_for_new_connections() {
 /// other; a block with `watch: false` (or none) keeps its material until SIGHUP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_without_watch_waits_for_sighup() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = Pki::edge(dir, &["client"]);
-    let live = dir.join("live");
-    std::fs::create_dir(&live).unwrap();
-    let (a1, a2) = (pki.server("a1", &[]), pki.server("a2", &[]));
-    let (b1, b2) = (pki.server("b1", &[]), pki.server("b2", &[]));
-    a1.write(&live, "a").unwrap();
-    b1.write(&live, "b").unwrap();
-    let origin = Upstream::h1(None, Behavior::Echo).await;
-    let (pa, pb) = (reserved_port(), reserved_port());
-    let listener = |name: &str, port: u16, stem: &str, watch: bool| {
-        Listener::new(name, port).tls(
-            ListenerTls::new(
-                live.join(format!("{stem}.crt")),
-                live.join(format!("{stem}.key")),
-            )
-            .client_auth(ClientAuth::Required)
-            .client_ca(pki.ca_path())
-            .watch(watch),
-        )
-    };
-    let conf = Conf::new()
-        .listener(listener("watched", pa, "a", true))
-        .listener(listener("unwatched", pb, "b", false))
-        .upstream("web", Group::new(origin.addr))
-        .route(Route::new("web", "web"))
-        .metrics(reserved_port());
-    let gh = Gatehouse::start(dir, &conf);
-    let line = gh.wait_log("watching the files of");
+    let t = TwoBlocks::start(["watched", "unwatched"], false).await;
+    let (live, gh, (pa, pb)) = (&t.live, &t.gh, t.ports);
+    let ((_, a2), (b1, b2)) = (&t.a, &t.b);
+    let line = &t.watching;
     assert!(
         line.contains("listeners[0].tls") && !line.contains("listeners[1]"),
         "{line}"
     );
-    let client = client_of(&pki);
+    let client = client_of(&t.pki);
 
     // Both pairs change in the same folder at once.
     for (stem, leaf) in [("a", &a2), ("b", &b2)] {
-        replace(&live, &format!("{stem}.key"), &leaf.key_pem());
-        replace(&live, &format!("{stem}.crt"), &leaf.cert_pem());
+        replace(live, &format!("{stem}.key"), &leaf.key_pem());
+        replace(live, &format!("{stem}.crt"), &leaf.cert_pem());
     }
     let line = gh.wait_log("reload #1");
     assert!(
         line.contains("listener watched") && !line.contains("unwatched"),
         "only the watched block is reloaded: {line}"
     );
-    assert_eq!(served(pa, &client).await, der(&a2));
+    assert_eq!(served(pa, &client).await, der(a2));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         served(pb, &client).await,
-        der(&b1),
+        der(b1),
         "watch: false keeps the material until SIGHUP"
     );
     assert!(gh.metrics_text().await.contains(&format!("{SUCCESS} 1")));
@@ -602,60 +638,33 @@ async fn a_block_without_watch_waits_for_sighup() {
         .success();
     assert!(ok, "kill -HUP");
     gh.wait_log("reload #2");
-    assert_eq!(served(pb, &client).await, der(&b2));
+    assert_eq!(served(pb, &client).await, der(b2));
 }
 
 /// Two watched blocks change in one batch and one of them is broken: all or nothing keeps
 /// both out; when the broken one is fixed, the good one's new files come in with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_block_refused_with_a_broken_one_comes_in_with_the_fix() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = Pki::edge(dir, &["client"]);
-    let live = dir.join("live");
-    std::fs::create_dir(&live).unwrap();
-    let (a1, a2) = (pki.server("a1", &[]), pki.server("a2", &[]));
-    let (b1, b2) = (pki.server("b1", &[]), pki.server("b2", &[]));
-    a1.write(&live, "a").unwrap();
-    b1.write(&live, "b").unwrap();
-    let origin = Upstream::h1(None, Behavior::Echo).await;
-    let (pa, pb) = (reserved_port(), reserved_port());
-    let listener = |name: &str, port: u16, stem: &str| {
-        Listener::new(name, port).tls(
-            ListenerTls::new(
-                live.join(format!("{stem}.crt")),
-                live.join(format!("{stem}.key")),
-            )
-            .client_auth(ClientAuth::Required)
-            .client_ca(pki.ca_path())
-            .watch(true),
-        )
-    };
-    let conf = Conf::new()
-        .listener(listener("a", pa, "a"))
-        .listener(listener("b", pb, "b"))
-        .upstream("web", Group::new(origin.addr))
-        .route(Route::new("web", "web"))
-        .metrics(reserved_port());
-    let gh = Gatehouse::start(dir, &conf);
-    gh.wait_log("watching the files of");
-    let client = client_of(&pki);
+    let t = TwoBlocks::start(["a", "b"], true).await;
+    let (live, gh, (pa, pb)) = (&t.live, &t.gh, t.ports);
+    let ((a1, a2), (_, b2)) = (&t.a, &t.b);
+    let client = client_of(&t.pki);
 
     // One batch: a's new pair, and b's new certificate without its key.
-    replace(&live, "a.key", &a2.key_pem());
-    replace(&live, "a.crt", &a2.cert_pem());
-    replace(&live, "b.crt", &b2.cert_pem());
+    replace(live, "a.key", &a2.key_pem());
+    replace(live, "a.crt", &a2.cert_pem());
+    replace(live, "b.crt", &b2.cert_pem());
     gh.wait_log("reload failed");
-    wait_line(&gh, &format!("{FAILURE} 1")).await;
-    assert_eq!(served(pa, &client).await, der(&a1), "all or nothing");
+    wait_line(gh, &format!("{FAILURE} 1")).await;
+    assert_eq!(served(pa, &client).await, der(a1), "all or nothing");
 
     // b's key lands: only b's files changed, but a's refused change comes in too.
-    replace(&live, "b.key", &b2.key_pem());
+    replace(live, "b.key", &b2.key_pem());
     gh.wait_log("reload #1");
-    assert_eq!(served(pb, &client).await, der(&b2));
+    assert_eq!(served(pb, &client).await, der(b2));
     assert_eq!(
         served(pa, &client).await,
-        der(&a2),
+        der(a2),
         "the good block refused with the broken one is retried with the fix"
     );
 }

@@ -751,10 +751,7 @@ struct Closed {
 
 impl LinkLine<'_> {
     fn log(&self) {
-        match serde_json::to_string(self) {
-            Ok(json) => log::info!(target: "gatehouse::cluster", json = ""; "{json}"),
-            Err(e) => log::error!(target: "gatehouse::cluster", "cannot encode a link line: {e}"),
-        }
+        crate::logging::info_json("gatehouse::cluster", "a link line", self);
     }
 }
 

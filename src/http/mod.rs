@@ -654,12 +654,7 @@ impl ProxyHttp for HttpGateway {
                 // Microseconds, as the text line's three decimals.
                 duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             };
-            match serde_json::to_string(&line) {
-                Ok(json) => log::info!(target: "gatehouse::access", json = ""; "{json}"),
-                Err(e) => {
-                    log::error!(target: "gatehouse::access", "cannot encode an access line: {e}")
-                }
-            }
+            crate::logging::info_json("gatehouse::access", "an access line", &line);
             return;
         }
         let client = client.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
