@@ -37,31 +37,38 @@ pub struct KeaEvent {
     pub command: Option<String>,
     /// The services it runs on (`["ca"]` when none was named); `None` when it did not parse.
     pub services: Option<Vec<String>>,
-    /// `allowed`, `denied` or `malformed`.
+    /// `allowed`, `denied`, `malformed`, `misrouted` (a `service` the route does not serve)
+    /// or `answered` (by an added filter).
     pub verdict: &'static str,
     /// HTTP status answered.
     pub status: u16,
-    /// Why it was refused.
+    /// Why it was refused, or why a forwarded command has no complete answer (upstream
+    /// error, interrupted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Kea's `result` codes, one per service, when it was forwarded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<i64>>,
-    /// Per-peer outcomes when the answer came from several peers (`fan_out: all`).
+    /// Each daemon or agent the command was sent to, with its own outcome (one per peer
+    /// with `fan_out: all`, one per service on a `kea.services` route).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<PeerResult>>,
     /// Time from request start to the answer.
     pub duration_ms: f64,
 }
 
-/// One peer's part of a fanned-out Kea command.
+/// One target's part of a forwarded Kea command.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PeerResult {
-    /// The peer's address.
+    /// The peer's address (`127.0.0.1:8000`, `unix:/run/kea/…`; `-` when none was reached).
     pub peer: String,
+    /// The service it answered for, when the command named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Its `result` codes (one per service), or `[1]` when it failed.
     pub results: Vec<i64>,
-    /// `upstream error: <class>` when it failed.
+    /// `upstream error: <class>` when it failed (`not_configured`: no group serves the
+    /// service).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

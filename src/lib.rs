@@ -16,7 +16,7 @@
 //! - [`http`]: the `ProxyHttp` — path normalisation ([`http::path`]), routing ([`http::route`]),
 //!   route access, identity forwarding, Kea command authorization ([`http::kea`]), filters
 //!   ([`http::filter`]) with the built-in ones (per-caller rates, [`http::limit`]; `list-commands`
-//!   cut to the caller), Kea fan-out to every peer ([`http::fanout`]); failure answers, access log.
+//!   cut to the caller), Kea dispatch to daemons by service and fan-out to every peer ([`http::kea::dispatch`]); failure answers, access log.
 //! - [`authz`]: [`authz::Identity`] and the one matcher language of every rule (`cn:`, `dns:`,
 //!   `spiffe://`, `fingerprint:`, `anonymous`, `*`), first-match rule lists, route admission.
 //! - [`audit`]: typed audit events and their sink (the JSON-lines file is the built-in one).

@@ -5,8 +5,8 @@ use crate::audit::{AuditSink, JsonLines};
 use crate::authz::{Access, Guarded};
 use crate::cluster::Relay;
 use crate::config::{
-    Config, ConfigError, ConfigErrors, FanOut, ForwardIdentity, ListenerSettings, Protocol,
-    ServerSettings,
+    Config, ConfigError, ConfigErrors, FanOut, ForwardIdentity, KeaTarget, ListenerSettings,
+    Protocol, ServerSettings,
 };
 use crate::demux::ListenerApp;
 use crate::error::{Error, ErrorKind};
@@ -340,6 +340,14 @@ fn references(config: &Config) -> Vec<ConfigError> {
                 format!("routes[{i}].upstream"),
                 format!("index {} names no upstream ({n} configured)", r.upstream),
             ));
+        }
+        if let Some(KeaTarget::Services(map)) = r.kea.as_ref().map(|k| &k.target) {
+            for (svc, g) in map.iter().filter(|(_, g)| *g >= n) {
+                errs.push(ConfigError::new(
+                    format!("routes[{i}].kea.services.{svc}"),
+                    format!("index {g} names no upstream ({n} configured)"),
+                ));
+            }
         }
     }
     for (i, r) in config.cluster.iter().flat_map(|c| &c.routes).enumerate() {

@@ -14,7 +14,8 @@ use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::Backend;
 use pingora_load_balancing::LoadBalancer;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +108,10 @@ pub struct UpstreamGroup {
     pub peer_count: usize,
     /// The peers, in configuration order.
     addrs: Vec<SocketAddr>,
+    /// The Kea UNIX control sockets (`unix:` peers), in configuration order.
+    unix: Vec<Arc<Path>>,
+    /// Round-robin position among `unix`.
+    next_unix: AtomicUsize,
     /// The HTTP health check, rebuilt when the TLS material is reloaded.
     http_check: Option<(HealthProbe, LiveCheck)>,
     /// Each peer's latest health-check result (`None`: the group has no health check).
@@ -193,8 +198,10 @@ impl UpstreamGroup {
                 name: name.into(),
                 selector,
                 template,
-                peer_count: addrs.len(),
+                peer_count: addrs.len() + u.unix.len(),
                 addrs: addrs.clone(),
+                unix: u.unix.iter().map(|p| Arc::from(p.as_path())).collect(),
+                next_unix: AtomicUsize::new(0),
                 http_check,
                 probed,
             },
@@ -229,6 +236,22 @@ impl UpstreamGroup {
     /// Every peer, in configuration order (healthy or not).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The group's Kea UNIX control sockets (`unix:` peers), in configuration order; a group
+    /// has these or TCP peers, never both.
+    pub fn unix_peers(&self) -> &[Arc<Path>] {
+        &self.unix
+    }
+
+    /// The next UNIX control socket, in turns (these peers have no health check: a dead
+    /// socket answers its slot with an error at once).
+    pub fn select_unix(&self) -> Option<Arc<Path>> {
+        if self.unix.is_empty() {
+            return None;
+        }
+        let i = self.next_unix.fetch_add(1, Ordering::Relaxed) % self.unix.len();
+        Some(self.unix[i].clone())
     }
 
     /// What the health check says about each peer, in configuration order; `None` when the

@@ -107,7 +107,7 @@ fn read_buffer_out_of_range() {
 }
 
 fn upstream_dhcp(mut c: Conf) -> Conf {
-    c.routes[0].upstream = "dhcp".into();
+    c.routes[0].upstream = Some("dhcp".into());
     c
 }
 
@@ -409,6 +409,13 @@ fn the_typed_test_config_writes_only_schema_keys() {
                         ),
                 ),
         )
+        .upstream("zk6", Group::new("unix:/run/kea/k6.sock"))
+        .route(
+            Route::new("dhcp4", "kea")
+                .path("/dhcp4")
+                .kea(KeaRoute::allow_all().daemon("dhcp4").max_answer("1MiB")),
+        )
+        .route(Route::agent("agent", KeaRoute::allow_all().service("dhcp6", "zk6")).path("/agent"))
         .cluster(
             Cluster::new("master1", "kea")
                 .child_route("agent1", "kea")

@@ -188,6 +188,7 @@ fn lower(doc: Document, base: &Path) -> Result<Config, Vec<ConfigError>> {
             );
         }
     }
+    unix_groups_only_for_daemons(&mut cx, &upstreams, &routes, cluster.as_ref());
     if cluster.is_none() {
         for (i, l) in doc.listeners.iter().enumerate() {
             if l.protocols.contains(&Protocol::Cluster) {
@@ -212,6 +213,40 @@ fn lower(doc: Document, base: &Path) -> Result<Config, Vec<ConfigError>> {
         audit_path,
         log_format: doc.log_format,
     })
+}
+
+/// A `unix:` peer speaks Kea's control-socket protocol (bare JSON), not HTTP: only routes that
+/// know they face a daemon (`kea.daemon`, `kea.services`) may send to such a group.
+fn unix_groups_only_for_daemons(
+    cx: &mut Lowering<'_>,
+    upstreams: &[UpstreamSettings],
+    routes: &[RouteSettings],
+    cluster: Option<&ClusterSettings>,
+) {
+    let unix = |i: usize| upstreams.get(i).is_some_and(|u| !u.unix.is_empty());
+    for (i, r) in routes.iter().enumerate() {
+        let daemonish = r.kea.as_ref().is_some_and(|k| k.target != KeaTarget::Agent);
+        if unix(r.upstream) && !daemonish {
+            cx.err(
+                format!("routes[{i}].upstream"),
+                format!(
+                    "upstream `{}` has `unix:` peers (Kea control sockets): only a route with `kea.daemon` or `kea.services` can use it",
+                    upstreams[r.upstream].name
+                ),
+            );
+        }
+    }
+    for (i, r) in cluster.iter().flat_map(|c| &c.routes).enumerate() {
+        if unix(r.upstream) {
+            cx.err(
+                format!("cluster.routes[{i}].upstream"),
+                format!(
+                    "upstream `{}` has `unix:` peers: the cluster relay needs TCP peers",
+                    upstreams[r.upstream].name
+                ),
+            );
+        }
+    }
 }
 
 fn lower_server(cx: &mut Lowering<'_>, s: &ServerSection) -> ServerSettings {
@@ -383,12 +418,40 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
     if u.peers.is_empty() {
         cx.err(format!("{at}.peers"), "at least one peer is needed");
     }
-    let peers: Vec<SocketAddr> = u
-        .peers
-        .iter()
-        .enumerate()
-        .filter_map(|(j, p)| cx.addr(format!("{at}.peers[{j}]"), p, ""))
-        .collect();
+    let mut peers: Vec<SocketAddr> = Vec::new();
+    let mut unix: Vec<PathBuf> = Vec::new();
+    for (j, p) in u.peers.iter().enumerate() {
+        let pat = format!("{at}.peers[{j}]");
+        match p.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => unix.push(PathBuf::from(path)),
+            Some(_) => {
+                cx.err(
+                    pat,
+                    format!("`{p}`: a UNIX socket peer is `unix:/absolute/path`"),
+                );
+            }
+            None => peers.extend(cx.addr(pat, p, " or unix:/path")),
+        }
+    }
+    if !unix.is_empty() {
+        if !peers.is_empty() {
+            cx.err(
+                format!("{at}.peers"),
+                "mixes TCP and `unix:` peers: a group is one kind (put them in two groups)",
+            );
+        }
+        for (key, set) in [
+            ("health_check", u.health_check.is_some()),
+            ("tls", u.tls.is_some()),
+        ] {
+            if set {
+                cx.err(
+                    format!("{at}.{key}"),
+                    "does not apply to `unix:` peers (a Kea control socket on this machine)",
+                );
+            }
+        }
+    }
     let health_check = u.health_check.as_ref().and_then(|hc| {
         let path = if hc.path.starts_with('/') {
             hc.path.parse::<http::Uri>().map_err(|e| e.to_string())
@@ -458,6 +521,7 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
     UpstreamSettings {
         name: name.to_string(),
         peers,
+        unix,
         load_balancing: u.load_balancing,
         health_check,
         connect_timeout: u.connect_timeout.get(),
@@ -484,13 +548,34 @@ fn lower_routes(
                 format!("route name `{}` is used twice", r.name),
             );
         }
-        let upstream = index(&r.upstream);
-        if upstream.is_none() {
-            cx.err(
-                format!("{at}.upstream"),
-                format!("unknown upstream `{}`", r.upstream),
-            );
-        }
+        let services = r.kea.as_ref().and_then(|k| k.services.as_ref());
+        let upstream = match (&r.upstream, services) {
+            (Some(name), None) => {
+                let u = index(name);
+                if u.is_none() {
+                    cx.err(
+                        format!("{at}.upstream"),
+                        format!("unknown upstream `{name}`"),
+                    );
+                }
+                u
+            }
+            (Some(_), Some(_)) => {
+                cx.err(
+                    format!("{at}.upstream"),
+                    "a `kea.services` route sends each command to its service's group: remove `upstream`",
+                );
+                None
+            }
+            (None, Some(s)) => s.values().next().and_then(|name| index(name)),
+            (None, None) => {
+                cx.err(
+                    format!("{at}.upstream"),
+                    "missing: every route needs `upstream` (a Kea agent route may name `kea.services` instead)",
+                );
+                None
+            }
+        };
         if !r.path_prefix.starts_with('/') {
             cx.err(format!("{at}.path_prefix"), "must start with /");
         }
@@ -503,7 +588,7 @@ fn lower_routes(
         let kea = r
             .kea
             .as_ref()
-            .map(|k| lower_kea(cx, &format!("{at}.kea"), k));
+            .map(|k| lower_kea(cx, &format!("{at}.kea"), k, index));
         let rate_limit = r.rate_limit.as_ref().map(|l| {
             let rps = l.requests_per_second;
             if !(rps.is_finite() && (1e-6..=1e9).contains(&rps)) {
@@ -548,7 +633,58 @@ fn lower_routes(
     out
 }
 
-fn lower_kea(cx: &mut Lowering<'_>, at: &str, k: &KeaSection) -> KeaSettings {
+fn lower_kea(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    k: &KeaSection,
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> KeaSettings {
+    let target = match (&k.daemon, &k.services) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                format!("{at}.daemon"),
+                "`daemon` and `services` exclude each other: a route fronts one daemon, or is the agent for several",
+            );
+            KeaTarget::Agent
+        }
+        (Some(d), None) => {
+            if !is_service_name(d) {
+                cx.err(
+                    format!("{at}.daemon"),
+                    format!("`{d}` is not a Kea service name (dhcp4, dhcp6, d2, …; not `ca`)"),
+                );
+            }
+            KeaTarget::Daemon(d.clone())
+        }
+        (None, Some(map)) => {
+            if map.is_empty() {
+                cx.err(
+                    format!("{at}.services"),
+                    "map at least one service to an upstream",
+                );
+            }
+            let mut out = Vec::new();
+            for (svc, group) in map {
+                if !is_service_name(svc) {
+                    cx.err(
+                        format!("{at}.services.{svc}"),
+                        format!("`{svc}` is not a Kea service name (dhcp4, dhcp6, d2, …; `ca` is Gatehouse itself here)"),
+                    );
+                }
+                match index(group) {
+                    Some(i) => out.push((svc.clone(), i)),
+                    None => {
+                        cx.err(
+                            format!("{at}.services.{svc}"),
+                            format!("unknown upstream `{group}`"),
+                        );
+                    }
+                }
+            }
+            KeaTarget::Services(out)
+        }
+        (None, None) => KeaTarget::Agent,
+    };
     let rules = k
         .rules
         .iter()
@@ -565,12 +701,26 @@ fn lower_kea(cx: &mut Lowering<'_>, at: &str, k: &KeaSection) -> KeaSettings {
             }
         })
         .collect();
+    let max_answer = cx.bytes(&format!("{at}.max_answer"), k.max_answer);
+    if max_answer < 1024 {
+        cx.err(format!("{at}.max_answer"), "must be at least 1KiB");
+    }
     KeaSettings {
+        target,
         fan_out: k.fan_out,
         max_body: cx.bytes(&format!("{at}.max_body"), k.max_body),
+        max_answer,
         rules,
         default: k.default,
     }
+}
+
+/// A Kea service name as `service` lists it: lowercase letters, digits, `-`; `ca` is the agent.
+fn is_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "ca"
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn lower_cluster(
@@ -717,7 +867,9 @@ pub(crate) fn policy_from_yaml(yaml: &str) -> Vec<PolicyRule> {
 /// A route's `kea:` block from YAML (unit tests).
 #[cfg(test)]
 pub(crate) fn kea_from_yaml(yaml: &str) -> KeaSettings {
-    fragment(yaml, |cx, k: &KeaSection| lower_kea(cx, "kea", k))
+    fragment(yaml, |cx, k: &KeaSection| {
+        lower_kea(cx, "kea", k, &|_| None)
+    })
 }
 
 /// One listener from YAML (unit tests).

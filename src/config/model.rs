@@ -143,8 +143,10 @@ pub struct SniCertSettings {
 pub struct UpstreamSettings {
     /// The `upstreams:` key.
     pub name: String,
-    /// Its peers.
+    /// Its TCP peers.
     pub peers: Vec<SocketAddr>,
+    /// Its Kea UNIX control sockets (`unix:/path` peers); a group has these or TCP peers.
+    pub unix: Vec<PathBuf>,
     /// How a peer is picked.
     pub load_balancing: LoadBalancing,
     /// Active health probe, if any.
@@ -206,7 +208,8 @@ pub struct RouteSettings {
     pub host: HostPattern,
     /// Path prefix it serves (longest prefix wins).
     pub path_prefix: String,
-    /// Index into [`Config::upstreams`].
+    /// Index into [`Config::upstreams`]. On a `kea.services` route, the group of its first
+    /// service (such a route answers every request in the Kea flow, by service).
     pub upstream: usize,
     /// Who may use it (`None` = everyone not denied).
     pub allow: Option<Vec<Matcher>>,
@@ -232,14 +235,30 @@ pub struct RateLimitSettings {
 /// A route's Kea command rules.
 #[derive(Debug, Clone)]
 pub struct KeaSettings {
-    /// Whether commands go to one peer or to all of them.
+    /// What the route's upstream is: an agent, one daemon, or a daemon per service.
+    pub target: KeaTarget,
+    /// Whether commands go to one peer or to all of them (per group).
     pub fan_out: FanOut,
     /// Largest request body read, in bytes.
     pub max_body: usize,
+    /// Largest answer held whole (merges, filtered answers), in bytes.
+    pub max_answer: usize,
     /// Rules, first identity match decides.
     pub rules: Vec<KeaRule>,
     /// Verdict when no rule matches.
     pub default: KeaDefault,
+}
+
+/// What stands behind a Kea route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeaTarget {
+    /// A Kea Control Agent (Kea ≤ 3.0): commands go as sent, `service` included.
+    Agent,
+    /// One daemon (`kea.daemon`): no `service` means this one; another is refused; `service`
+    /// is removed before forwarding.
+    Daemon(String),
+    /// Gatehouse is the agent (`kea.services`): service name → upstream index, by name.
+    Services(Vec<(String, usize)>),
 }
 
 /// Where a Kea route sends an allowed command.

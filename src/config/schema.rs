@@ -214,7 +214,7 @@ pub struct SniCertSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    /// `host:port` socket addresses.
+    /// `host:port` socket addresses, or `unix:/path` Kea control sockets.
     pub peers: Vec<String>,
     /// Peer selection.
     #[serde(default)]
@@ -332,8 +332,9 @@ pub struct RouteSection {
     /// Path prefix; the longest matching prefix wins.
     #[serde(default = "root_path")]
     pub path_prefix: String,
-    /// Key of `upstreams:`.
-    pub upstream: String,
+    /// Key of `upstreams:`; absent only on a `kea.services` route (each service names its own).
+    #[serde(default)]
+    pub upstream: Option<String>,
     /// Identities admitted (any match admits); absent = everyone the listener accepts.
     #[serde(default)]
     pub allow: Option<Vec<String>>,
@@ -366,6 +367,15 @@ pub struct RateLimitSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeaSection {
+    /// The route's upstream is this one Kea daemon (`dhcp4`, `dhcp6`, `d2`, …), not an agent.
+    #[serde(default)]
+    pub daemon: Option<String>,
+    /// Gatehouse is the Control Agent: each `service` name → the `upstreams:` key of its daemon.
+    #[serde(default)]
+    pub services: Option<std::collections::BTreeMap<String, String>>,
+    /// Largest answer held whole (merged answers of several daemons or peers, filtered answers).
+    #[serde(default = "default_kea_answer")]
+    pub max_answer: ByteSize,
     /// `all`: send each allowed command to every peer of the upstream, in parallel, and
     /// answer one list (default `none`: one peer, picked by the load balancer).
     #[serde(default)]
@@ -383,6 +393,10 @@ pub struct KeaSection {
 
 fn default_kea_body() -> ByteSize {
     ByteSize(1 << 20)
+}
+
+fn default_kea_answer() -> ByteSize {
+    ByteSize(64 << 20)
 }
 
 /// `routes[].kea.rules[]`.

@@ -1,25 +1,32 @@
 //! Serving a Kea route: the command is read (bounded), parsed and authorized *before* any
 //! upstream connection exists, so Kea never sees a refused command; an allowed one is
 //! forwarded from the buffer with `Content-Length` (Kea answers chunked bodies with 400)
-//! through Pingora's HTTP connector and pool, and the answer streamed back while its
-//! `result` codes are read for the audit log.
+//! through Pingora's HTTP connector and pool.
+//!
+//! Where it goes is the route's [`KeaTarget`]: one peer, answer streamed back while its
+//! `result` codes are read ([`kea::json::ResultScanner`]); or, for several targets (services,
+//! `fan_out: all`) and UNIX control sockets, [`kea::dispatch`], answers held and merged. On a
+//! `kea.services` route a command with no `service` is the agent's own ([`kea::agent`]).
+//!
+//! Every command is audited exactly once ([`Record`]), also when the upstream or the client
+//! fails half way: the record is written on drop if the outcome never came.
 //!
 //! Pingora's proxy path can only replay a body it buffered itself (64 KiB), which is why an
 //! allowed command is sent from here rather than handed back to the proxy.
 
-use super::kea::{self, command_label, KeaPolicy};
+use super::kea::dispatch::{self, Dispatch, Endpoint, Reply, Target, TargetError};
+use super::kea::{self, agent, command_label, KeaPolicy};
 use super::route::Route;
 use super::{balance_key, respond, HttpGateway, RequestCtx};
-use crate::audit::{AuditEvent, Caller, KeaEvent};
+use crate::audit::{AuditEvent, Caller, KeaEvent, PeerResult};
+use crate::config::KeaTarget;
 use crate::logsafe::EscText;
 use crate::upstream::FailureKind;
 use bytes::{Bytes, BytesMut};
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
-
-/// Kea's answer kept for reading result codes; the rest is streamed without a copy.
-pub(super) const RESULT_CAPTURE: usize = 1 << 20;
+use std::time::Instant;
 
 /// Request headers that describe this hop only, never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -33,6 +40,71 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
 ];
 
+/// The audit record and the command metric of one Kea request, written exactly once, on
+/// drop: with the outcome when it came, else with what was known (a forwarded command whose
+/// answer never completed says so in `reason`), so no command that may have reached a daemon
+/// goes unrecorded.
+struct Record<'a> {
+    gw: &'a HttpGateway,
+    event: KeaEvent,
+    start: Instant,
+}
+
+impl<'a> Record<'a> {
+    fn new(gw: &'a HttpGateway, session: &Session, ctx: &RequestCtx, route: &Route) -> Self {
+        Record {
+            gw,
+            event: KeaEvent {
+                listener: gw.listener.to_string(),
+                client: session.client_addr().map(|a| a.to_string()),
+                identity: Caller {
+                    cn: ctx.client().and_then(|c| c.cn.clone()),
+                    fingerprint: ctx.client().map(|c| c.fingerprint.clone()),
+                },
+                route: route.name.to_string(),
+                command: None,
+                services: None,
+                verdict: "malformed",
+                status: 0,
+                reason: Some("the request ended before its body was read".into()),
+                results: None,
+                peers: None,
+                duration_ms: 0.0,
+            },
+            start: ctx.start,
+        }
+    }
+
+    /// An allowed command about to be forwarded: until the answer completes, the record
+    /// says it was interrupted.
+    fn allowed(&mut self, cmd: &kea::Command) {
+        self.event.command = Some(cmd.command.clone());
+        self.event.services = Some(cmd.effective_services().to_vec());
+        self.event.verdict = "allowed";
+        self.event.reason = Some("interrupted before the answer was complete".into());
+    }
+
+    fn done(&mut self, status: u16, results: Vec<i64>) {
+        self.event.status = status;
+        self.event.results = Some(results);
+        self.event.reason = None;
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        let e = &mut self.event;
+        e.duration_ms = (self.start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        let command = e.command.as_deref().map(command_label).unwrap_or("other");
+        self.gw
+            .metrics
+            .kea_commands
+            .with_label_values(&[&e.route, command, e.verdict])
+            .inc();
+        self.gw.audit.record(&AuditEvent::Kea(e.clone()));
+    }
+}
+
 impl HttpGateway {
     /// Serves one request on a route with a `kea:` block; the response is always written.
     pub(super) async fn serve_kea(
@@ -43,70 +115,283 @@ impl HttpGateway {
         policy: &KeaPolicy,
     ) -> Result<()> {
         let who = crate::authz::Identity::of(ctx.tls_info()).to_string();
-        let outcome = self.decide_kea(session, ctx, policy).await?;
-        let mut peers = None;
-        let (cmd, verdict, status, reason, results) = match outcome {
+        let mut rec = Record::new(self, session, ctx, route);
+        match self.decide_kea(session, ctx, policy).await? {
             Decision::Refused {
                 status,
                 text,
                 cmd,
                 verdict,
             } => {
-                respond(session, status, &text).await?;
+                rec.event.command = cmd.as_ref().map(|c| c.command.clone());
+                rec.event.services = cmd.as_ref().map(|c| c.effective_services().to_vec());
+                rec.event.verdict = verdict;
+                rec.event.status = status;
+                rec.event.reason = Some(text.clone());
                 log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {}", self.listener, route.name, EscText(&text));
-                (cmd, verdict, status, Some(text), None)
+                respond(session, status, &text).await
             }
             Decision::Allowed(cmd, body) => {
-                match self.filter_command(session, ctx, &cmd, &body).await {
-                    Some((by, a)) => {
-                        let status = a.status;
-                        let results = kea::result_codes(&a.body);
-                        super::answer(session, a).await?;
-                        log::info!(target: "gatehouse::access", "listener {}: route {}: {who}: command answered by filter {by}", self.listener, route.name);
-                        (Some(cmd), "answered", status, None, Some(results))
+                rec.allowed(&cmd);
+                if let Some((by, a)) = self.filter_command(session, ctx, &cmd, &body).await {
+                    rec.event.verdict = "answered";
+                    rec.done(a.status, kea::result_codes(&a.body));
+                    super::answer(session, a).await?;
+                    log::info!(target: "gatehouse::access", "listener {}: route {}: {who}: command answered by filter {by}", self.listener, route.name);
+                    return Ok(());
+                }
+                let r = self
+                    .forward(session, ctx, route, policy, &cmd, body, &mut rec)
+                    .await;
+                if let Err(e) = &r {
+                    let done = rec.event.reason.is_none();
+                    rec.event.reason = Some(if done {
+                        format!("answered, then the client connection failed: {e}")
+                    } else {
+                        format!("interrupted: {e}")
+                    });
+                }
+                r
+            }
+        }
+    }
+
+    /// Sends an allowed command where the route's target says and answers the client.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        policy: &KeaPolicy,
+        cmd: &kea::Command,
+        body: Bytes,
+        rec: &mut Record<'_>,
+    ) -> Result<()> {
+        let all = route.fan_out;
+        let (targets, body) = match &policy.target {
+            KeaTarget::Agent => (
+                self.targets(session, ctx, route.upstream, None, all, &body)?,
+                body,
+            ),
+            KeaTarget::Daemon(_) => {
+                let body = kea::json::without_service(&body).unwrap_or(body);
+                (
+                    self.targets(session, ctx, route.upstream, None, all, &body)?,
+                    body,
+                )
+            }
+            KeaTarget::Services(map) if cmd.services.is_empty() => {
+                let answer = self.agent_answer(session, cmd, map);
+                return self.answer_held(session, ctx, cmd, rec, answer, None).await;
+            }
+            KeaTarget::Services(map) => {
+                let body = kea::json::without_service(&body).unwrap_or(body);
+                let mut targets = Vec::new();
+                for svc in &cmd.services {
+                    match map.iter().find(|(name, _)| name == svc) {
+                        Some(&(_, group)) => targets.extend(self.targets(
+                            session,
+                            ctx,
+                            group,
+                            Some(svc),
+                            all,
+                            &body,
+                        )?),
+                        None => targets.push(Target {
+                            service: Some(svc.clone()),
+                            group: route.upstream,
+                            endpoint: Err(TargetError::NotConfigured),
+                            request: None,
+                        }),
                     }
-                    None if route.fan_out => {
-                        let (status, results, per_peer) =
-                            self.forward_fanout(session, ctx, route, &cmd, body).await?;
-                        peers = per_peer;
-                        (Some(cmd), "allowed", status, None, Some(results))
-                    }
-                    None => {
-                        let (status, results) = self
-                            .forward_buffered(session, ctx, route, &cmd, body)
-                            .await?;
-                        (Some(cmd), "allowed", status, None, Some(results))
-                    }
+                }
+                (targets, body)
+            }
+        };
+        // One HTTP peer: its answer streams through, whatever its size.
+        if let [Target {
+            endpoint: Ok(Endpoint::Tcp(addr)),
+            group,
+            ..
+        }] = targets.as_slice()
+        {
+            let (addr, group) = (*addr, *group);
+            let req = targets.into_iter().next().and_then(|t| t.request);
+            return self
+                .forward_one(session, ctx, cmd, policy, group, addr, req, body, rec)
+                .await;
+        }
+        if let [Target {
+            endpoint: Err(TargetError::Upstream(FailureKind::Unavailable)),
+            service: None,
+            ..
+        }] = targets.as_slice()
+        {
+            let (status, results) = self
+                .upstream_failed(
+                    session,
+                    ctx,
+                    route.upstream,
+                    FailureKind::Unavailable,
+                    "no healthy peer",
+                )
+                .await?;
+            rec.done(status, results);
+            return Ok(());
+        }
+        let d = Dispatch {
+            connector: &self.connector,
+            upstreams: &self.upstreams,
+            max_answer: policy.max_answer,
+        };
+        let replies = d.send(targets, body).await;
+        self.count_replies(route, &replies);
+        let answer = dispatch::merge(&replies, all);
+        let peers = replies
+            .iter()
+            .map(|r| PeerResult {
+                peer: r.peer.clone(),
+                service: r.service.clone(),
+                results: r.results(),
+                error: r
+                    .outcome
+                    .as_ref()
+                    .err()
+                    .map(|(e, _)| format!("upstream error: {}", e.label())),
+            })
+            .collect();
+        self.answer_held(session, ctx, cmd, rec, answer, Some(peers))
+            .await
+    }
+
+    /// The targets of one group: every peer with `fan_out: all`, else the one the balancer
+    /// picks (TCP) or the next socket (UNIX); each TCP one with its request prepared.
+    fn targets(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        group: usize,
+        service: Option<&str>,
+        all: bool,
+        body: &Bytes,
+    ) -> Result<Vec<Target>> {
+        let g = &self.upstreams[group];
+        let target = |endpoint| Target {
+            service: service.map(str::to_string),
+            group,
+            endpoint,
+            request: None,
+        };
+        let mut out = Vec::new();
+        if !g.unix_peers().is_empty() {
+            let picked = if all {
+                g.unix_peers().to_vec()
+            } else {
+                g.select_unix().into_iter().collect()
+            };
+            out.extend(picked.into_iter().map(|p| target(Ok(Endpoint::Unix(p)))));
+            return Ok(out);
+        }
+        let addrs: Vec<_> = if all {
+            g.addrs().to_vec()
+        } else {
+            match g.select(balance_key(session, ctx).as_bytes()) {
+                Some(a) => vec![a],
+                None => {
+                    out.push(target(Err(TargetError::Upstream(FailureKind::Unavailable))));
+                    return Ok(out);
                 }
             }
         };
-        let command = cmd.as_ref().map(|c| c.command.as_str());
-        self.metrics
-            .kea_commands
-            .with_label_values(&[
-                &route.name,
-                command.map(command_label).unwrap_or("other"),
-                verdict,
-            ])
-            .inc();
-        self.audit.record(&AuditEvent::Kea(KeaEvent {
-            listener: self.listener.to_string(),
-            client: session.client_addr().map(|a| a.to_string()),
-            identity: Caller {
-                cn: ctx.client().and_then(|c| c.cn.clone()),
-                fingerprint: ctx.client().map(|c| c.fingerprint.clone()),
-            },
-            route: route.name.to_string(),
-            command: command.map(str::to_string),
-            services: cmd.as_ref().map(|c| c.effective_services().to_vec()),
-            verdict,
-            status,
-            reason,
-            results,
-            peers,
-            duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
-        }));
+        for addr in addrs {
+            let mut t = target(Ok(Endpoint::Tcp(addr)));
+            t.request = Some(self.prepare(session, ctx, group, addr, body)?);
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    /// The agent's own answer on a `kea.services` route.
+    fn agent_answer(
+        &self,
+        session: &Session,
+        cmd: &kea::Command,
+        map: &[(String, usize)],
+    ) -> serde_json::Value {
+        let sockets: Vec<agent::Socket> = map
+            .iter()
+            .map(|(service, group)| {
+                let g = &self.upstreams[*group];
+                let peer = match (g.addrs().first(), g.unix_peers().first()) {
+                    (Some(a), _) => a.to_string(),
+                    (None, Some(p)) => format!("unix:{}", p.display()),
+                    (None, None) => "-".into(),
+                };
+                agent::Socket {
+                    service: service.clone(),
+                    upstream: g.name.to_string(),
+                    peer,
+                }
+            })
+            .collect();
+        let view = agent::AgentView {
+            local: session
+                .as_downstream()
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .copied(),
+            sockets: &sockets,
+            started: self.started,
+        };
+        agent::answer(&cmd.command, &view)
+    }
+
+    /// Answers a held answer (merged, or the agent's own) after the filters' `kea_answer`
+    /// phase.
+    async fn answer_held(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        cmd: &kea::Command,
+        rec: &mut Record<'_>,
+        mut answer: serde_json::Value,
+        peers: Option<Vec<PeerResult>>,
+    ) -> Result<()> {
+        if let Some(view) = self.view(session, ctx) {
+            for f in self.filters.iter() {
+                if f.wants_kea_answer(&view, cmd) {
+                    f.kea_answer(&view, cmd, &mut answer);
+                }
+            }
+        }
+        let out = Bytes::from(answer.to_string());
+        let mut resp = ResponseHeader::build(200, Some(3))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
+        self.filter_response(session, ctx, &mut resp);
+        rec.event.peers = peers;
+        rec.done(200, kea::result_codes(&out));
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(out), true).await?;
         Ok(())
+    }
+
+    fn count_replies(&self, route: &Route, replies: &[Reply]) {
+        for r in replies {
+            let label = r.outcome.as_ref().map_or_else(|(e, _)| e.label(), |_| "ok");
+            self.metrics
+                .kea_fanout_peers
+                .with_label_values(&[&*route.name, r.peer.as_str(), label])
+                .inc();
+            if let Err((e, detail)) = &r.outcome {
+                let group = &self.upstreams[r.group].name;
+                log::warn!(target: "gatehouse::upstream", "upstream {group} peer {}: {} ({}) {}", r.peer, r.service.as_deref().map(|s| format!("service {s}")).unwrap_or_default(), e.label(), EscText(detail));
+                if let TargetError::Upstream(k) = e {
+                    self.metrics.upstream_error(group, k.label());
+                }
+            }
+        }
     }
 
     /// The added filters' `kea_command` phase: the first answer, and who gave it.
@@ -146,7 +431,7 @@ impl HttpGateway {
                 })
             }
         };
-        let cmd = match kea::parse(&body) {
+        let mut cmd = match kea::parse(&body) {
             Ok(c) => c,
             Err(text) => {
                 return Ok(Decision::Refused {
@@ -157,6 +442,14 @@ impl HttpGateway {
                 })
             }
         };
+        if let Err(text) = policy.bind_service(&mut cmd) {
+            return Ok(Decision::Refused {
+                status: 400,
+                text,
+                cmd: Some(cmd),
+                verdict: "misrouted",
+            });
+        }
         let who = crate::authz::Identity::of(ctx.tls_info());
         match policy.decide(who, &cmd) {
             Ok(()) => {
@@ -191,29 +484,43 @@ impl HttpGateway {
         }
     }
 
-    /// Sends the buffered command upstream and streams the answer back.
-    /// Returns the status answered and Kea's `result` codes.
-    async fn forward_buffered(
+    /// Sends the buffered command to one HTTP peer and streams the answer back (held only
+    /// when a filter edits it), reading its result codes as it passes.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_one(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        route: &Route,
         cmd: &kea::Command,
+        policy: &KeaPolicy,
+        group_index: usize,
+        addr: std::net::SocketAddr,
+        req: Option<RequestHeader>,
         body: Bytes,
-    ) -> Result<(u16, Vec<i64>)> {
-        let group = &self.upstreams[route.upstream];
-        let Some(addr) = group.select(balance_key(session, ctx).as_bytes()) else {
-            return self
-                .upstream_failed(session, ctx, FailureKind::Unavailable, "no healthy peer")
-                .await;
-        };
+        rec: &mut Record<'_>,
+    ) -> Result<()> {
+        let group = &self.upstreams[group_index];
         ctx.peer = Some(addr);
+        rec.event.peers = Some(vec![PeerResult {
+            peer: addr.to_string(),
+            service: cmd
+                .services
+                .first()
+                .filter(|_| cmd.services.len() == 1)
+                .cloned(),
+            results: Vec::new(),
+            error: None,
+        }]);
         let peer = group.peer(addr);
-
-        let req = self.prepare(session, ctx, route, addr, &body)?;
-
+        let req = match req {
+            Some(r) => r,
+            None => self.prepare(session, ctx, group_index, addr, &body)?,
+        };
         let sent = async {
             let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
+            // Pingora's proxy sets these from the peer; a session used directly gets none.
+            up.set_read_timeout(peer.options.read_timeout);
+            up.set_write_timeout(peer.options.write_timeout);
             up.write_request_header(Box::new(req)).await?;
             up.write_request_body(body, true).await?;
             up.finish_request_body().await?;
@@ -226,13 +533,20 @@ impl HttpGateway {
             Err(e) => {
                 let kind = FailureKind::classify(&e);
                 return self
-                    .upstream_failed(session, ctx, kind, &e.to_string())
+                    .failed_one(session, ctx, rec, group_index, kind, &e.to_string())
                     .await;
             }
         };
         let Some(head) = up.response_header() else {
             return self
-                .upstream_failed(session, ctx, FailureKind::Other, "no response header")
+                .failed_one(
+                    session,
+                    ctx,
+                    rec,
+                    group_index,
+                    FailureKind::Other,
+                    "no response header",
+                )
                 .await;
         };
         let mut resp: ResponseHeader = head.clone();
@@ -246,34 +560,39 @@ impl HttpGateway {
             None => Vec::new(),
         };
         if !editors.is_empty() {
-            let answer = match self.edit_answer(session, ctx, cmd, &editors, &mut up).await {
+            let answer = match self
+                .edit_answer(session, ctx, cmd, &editors, &mut up, policy.max_answer)
+                .await
+            {
                 Ok(a) => a,
                 Err((kind, why)) => {
                     let detail = format!("answer unreadable for the filters: {why}");
-                    return self.upstream_failed(session, ctx, kind, &detail).await;
+                    return self
+                        .failed_one(session, ctx, rec, group_index, kind, &detail)
+                        .await;
                 }
             };
             resp.remove_header("transfer-encoding");
             resp.insert_header("content-length", answer.len().to_string())?;
             self.filter_response(session, ctx, &mut resp);
-            session.write_response_header(Box::new(resp), false).await?;
-            session
-                .write_response_body(Some(answer.clone()), true)
-                .await?;
             self.connector
                 .release_http_session(up, &peer, Some(group.idle_timeout()))
                 .await;
-            return Ok((status, kea::result_codes(&answer)));
+            let results = kea::result_codes(&answer);
+            set_peer_results(rec, &results, None);
+            rec.done(status, results);
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(answer), true).await?;
+            return Ok(());
         }
         self.filter_response(session, ctx, &mut resp);
+        rec.event.status = status;
         session.write_response_header(Box::new(resp), false).await?;
-        let mut captured = BytesMut::new();
+        let mut scan = kea::json::ResultScanner::default();
         loop {
             match up.read_response_body().await {
                 Ok(Some(chunk)) => {
-                    if captured.len() < RESULT_CAPTURE {
-                        captured.extend_from_slice(&chunk);
-                    }
+                    scan.feed(&chunk);
                     session.write_response_body(Some(chunk), false).await?;
                 }
                 Ok(None) => break,
@@ -282,74 +601,58 @@ impl HttpGateway {
                     let kind = FailureKind::classify(&e);
                     self.metrics.upstream_error(&group.name, kind.label());
                     log::warn!(target: "gatehouse::upstream", "upstream {} peer {addr}: response body failed ({}): {e}", group.name, kind.label());
+                    rec.event.results = Some(scan.codes().to_vec());
+                    set_peer_results(rec, scan.codes(), Some(kind));
                     return Err(e);
                 }
             }
         }
+        let results = scan.into_codes();
+        set_peer_results(rec, &results, None);
+        rec.done(status, results);
         session.write_response_body(None, true).await?;
         self.connector
             .release_http_session(up, &peer, Some(group.idle_timeout()))
             .await;
-        Ok((status, kea::result_codes(&captured)))
+        Ok(())
     }
 
-    /// Sends the command to every peer of the route's group at once (`fan_out: all`), each
-    /// copy prepared like a single forward (Host, forwarding headers, filters), and answers
-    /// the merged list after the filters' `kea_answer` phase. Returns the status, the result
-    /// codes and each peer's part.
-    async fn forward_fanout(
+    /// An upstream failure of a single forward: answered, recorded.
+    async fn failed_one(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        route: &Route,
-        cmd: &kea::Command,
-        body: Bytes,
-    ) -> Result<(u16, Vec<i64>, Option<Vec<crate::audit::PeerResult>>)> {
-        let group = &self.upstreams[route.upstream];
-        let mut requests = Vec::with_capacity(group.addrs().len());
-        for &addr in group.addrs() {
-            requests.push((addr, self.prepare(session, ctx, route, addr, &body)?));
-        }
-        let mut answer = super::fanout::fan_out(
-            &self.connector,
-            &self.upstreams,
-            route.upstream,
-            requests,
-            body,
-            &route.name,
-            &self.metrics,
-        )
-        .await;
-        if let Some(view) = self.view(session, ctx) {
-            for f in self.filters.iter() {
-                if f.wants_kea_answer(&view, cmd) {
-                    f.kea_answer(&view, cmd, &mut answer);
-                }
-            }
-        }
-        let out = Bytes::from(answer.to_string());
-        let mut resp = ResponseHeader::build(200, Some(3))?;
-        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
-        self.filter_response(session, ctx, &mut resp);
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(out.clone()), true).await?;
-        Ok((200, kea::result_codes(&out), kea::peer_results(&out)))
+        rec: &mut Record<'_>,
+        group: usize,
+        kind: FailureKind,
+        detail: &str,
+    ) -> Result<()> {
+        set_peer_results(rec, &[], Some(kind));
+        rec.event.reason = Some(format!("upstream error: {}", kind.label()));
+        let (status, _) = self
+            .upstream_failed(session, ctx, group, kind, detail)
+            .await?;
+        rec.event.status = status;
+        rec.event.results = Some(Vec::new());
+        Ok(())
     }
 
-    /// The request for peer `addr`: Kea's HTTP/1.1 framing (its Host, `Content-Length`),
-    /// the forwarding headers, and the added filters' `upstream_request` edits.
+    /// The request for peer `addr` of group `group`: Kea's HTTP/1.1 framing (its Host,
+    /// `Content-Length`), the forwarding headers, and the added filters' `upstream_request`
+    /// edits.
     fn prepare(
         &self,
         session: &Session,
         ctx: &RequestCtx,
-        route: &Route,
+        group: usize,
         addr: std::net::SocketAddr,
         body: &Bytes,
     ) -> Result<RequestHeader> {
-        let group = &self.upstreams[route.upstream];
-        let mut req = upstream_request(session.req_header(), &group.host_header(addr), body)?;
-        self.forwarding_headers(session, route, ctx.client(), &mut req)?;
+        let g = &self.upstreams[group];
+        let mut req = upstream_request(session.req_header(), &g.host_header(addr), body)?;
+        if let Some(route) = &ctx.route {
+            self.forwarding_headers(session, route, ctx.client(), &mut req)?;
+        }
         if !self.filters.is_empty() {
             self.filter_upstream(session, ctx, &mut req)?;
         }
@@ -365,8 +668,8 @@ impl HttpGateway {
         }
     }
 
-    /// Reads Kea's whole answer (at most [`RESULT_CAPTURE`] bytes) and lets the filters at
-    /// `editors` edit it; an answer that is not JSON goes back as it came.
+    /// Reads Kea's whole answer (at most `max` bytes) and lets the filters at `editors` edit
+    /// it; an answer that is not JSON goes back as it came.
     async fn edit_answer(
         &self,
         session: &Session,
@@ -374,15 +677,16 @@ impl HttpGateway {
         cmd: &kea::Command,
         editors: &[usize],
         up: &mut pingora_core::protocols::http::client::HttpSession,
+        max: usize,
     ) -> std::result::Result<Bytes, (FailureKind, String)> {
         let mut body = BytesMut::new();
         loop {
             match up.read_response_body().await {
                 Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > RESULT_CAPTURE {
+                    if body.len() + chunk.len() > max {
                         return Err((
                             FailureKind::Other,
-                            format!("larger than {RESULT_CAPTURE} bytes"),
+                            format!("larger than {max} bytes (kea.max_answer)"),
                         ));
                     }
                     body.extend_from_slice(&chunk);
@@ -409,14 +713,11 @@ impl HttpGateway {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
+        group: usize,
         kind: FailureKind,
         detail: &str,
     ) -> Result<(u16, Vec<i64>)> {
-        let route = ctx.route.clone();
-        let group = route
-            .as_ref()
-            .map(|r| &*self.upstreams[r.upstream].name)
-            .unwrap_or("?");
+        let group = &*self.upstreams[group].name;
         self.metrics.upstream_error(group, kind.label());
         let peer = ctx
             .peer
@@ -426,6 +727,18 @@ impl HttpGateway {
         ctx.failure = Some(kind);
         respond(session, kind.status(), &kind.message()).await?;
         Ok((kind.status(), Vec::new()))
+    }
+}
+
+/// Fills the single peer's part of a forwarded command's record.
+fn set_peer_results(rec: &mut Record<'_>, results: &[i64], failed: Option<FailureKind>) {
+    if let Some(p) = rec.event.peers.as_mut().and_then(|p| p.first_mut()) {
+        p.results = if failed.is_some() && results.is_empty() {
+            vec![1]
+        } else {
+            results.to_vec()
+        };
+        p.error = failed.map(|k| format!("upstream error: {}", k.label()));
     }
 }
 

@@ -7,7 +7,6 @@
 //! `upstream_request_filter` (forwarding headers) → Pingora proxies → `logging`.
 //! Failures: `fail_to_connect` / `error_while_proxy` classify → `fail_to_proxy` answers.
 
-pub mod fanout;
 pub mod filter;
 pub mod kea;
 mod kea_flow;
@@ -56,6 +55,8 @@ pub struct HttpGateway {
     filters: Arc<[Box<dyn HttpFilter>]>,
     /// How the access line is written.
     log_format: LogFormat,
+    /// When this gateway was built (the agent's `status-get` uptime on `kea.services` routes).
+    started: Instant,
 }
 
 impl HttpGateway {
@@ -82,6 +83,7 @@ impl HttpGateway {
             authorizer: None,
             filters: Arc::from(Vec::new()),
             log_format: LogFormat::Text,
+            started: Instant::now(),
         }
     }
 

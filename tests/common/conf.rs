@@ -546,7 +546,7 @@ pub struct Route {
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: Option<String>,
-    pub upstream: String,
+    pub upstream: Option<String>,
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub forward_identity: Option<String>,
@@ -558,7 +558,16 @@ impl Route {
     pub fn new(name: &str, upstream: &str) -> Route {
         Route {
             name: name.into(),
-            upstream: upstream.into(),
+            upstream: Some(upstream.into()),
+            ..Route::default()
+        }
+    }
+
+    /// A route with no `upstream`: a `kea.services` route (Gatehouse is the agent).
+    pub fn agent(name: &str, kea: KeaRoute) -> Route {
+        Route {
+            name: name.into(),
+            kea: Some(kea),
             ..Route::default()
         }
     }
@@ -606,8 +615,11 @@ pub struct RateLimit {
 /// `routes[].kea`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct KeaRoute {
+    pub daemon: Option<String>,
+    pub services: Option<BTreeMap<String, String>>,
     pub fan_out: Option<String>,
     pub max_body: Option<String>,
+    pub max_answer: Option<String>,
     pub rules: Option<Vec<KeaRule>>,
     pub default: Option<String>,
 }
@@ -634,7 +646,15 @@ impl KeaRoute {
         self
     }
 
-    setters!(str max_body, str fan_out);
+    /// `services: { service: upstream, … }`.
+    pub fn service(mut self, service: &str, upstream: &str) -> KeaRoute {
+        self.services
+            .get_or_insert_with(BTreeMap::new)
+            .insert(service.into(), upstream.into());
+        self
+    }
+
+    setters!(str max_body, str fan_out, str daemon, str max_answer);
 }
 
 /// `routes[].kea.rules[]`.

@@ -185,3 +185,109 @@ fn sigterm(pid: u32) {
         .arg(pid.to_string())
         .status();
 }
+
+/// Which Kea daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    Dhcp4,
+    Dhcp6,
+}
+
+impl Daemon {
+    /// The binary, the config's top-level key, the service name.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Daemon::Dhcp4 => ("kea-dhcp4", "Dhcp4", "dhcp4"),
+            Daemon::Dhcp6 => ("kea-dhcp6", "Dhcp6", "dhcp6"),
+        }
+    }
+}
+
+/// One Kea 2.2 daemon with only its UNIX control socket, no agent (what Gatehouse faces on a
+/// `kea.services` or `kea.daemon` route with `unix:` peers); stopped on drop.
+pub struct KeaDaemon {
+    pub sock: PathBuf,
+    pub kind: Daemon,
+    inner: Kea,
+}
+
+/// Whether the daemons are installed (skips loudly, or fails under CI).
+pub fn daemons_installed() -> bool {
+    super::require_binary("kea-dhcp4") && super::require_binary("kea-dhcp6")
+}
+
+impl KeaDaemon {
+    /// Starts `kind` with its files (socket, leases, log) under `dir`.
+    pub fn start(dir: &Path, kind: Daemon) -> KeaDaemon {
+        std::fs::create_dir_all(dir).unwrap();
+        let (bin, key, short) = kind.names();
+        let sock = dir.join(format!("{short}.sock"));
+        assert!(
+            sock.as_os_str().len() < 100,
+            "unix socket path too long: {sock:?}"
+        );
+        let d = dir.display();
+        let subnet = match kind {
+            Daemon::Dhcp4 => r#""subnet4": [ { "id": 1, "subnet": "192.0.2.0/24" } ]"#,
+            Daemon::Dhcp6 => {
+                r#""subnet6": [ { "id": 1, "subnet": "2001:db8::/64" } ], "server-id": { "type": "LLT", "persist": false }"#
+            }
+        };
+        let conf = format!(
+            r#"{{ "{key}": {{
+  "interfaces-config": {{ "interfaces": [ ] }},
+  "control-socket": {{ "socket-type": "unix", "socket-name": "{s}" }},
+  "lease-database": {{ "type": "memfile", "persist": false }},
+  {subnet},
+  "loggers": [ {{ "name": "{bin}", "severity": "INFO", "output_options": [ {{ "output": "{d}/{bin}.log" }} ] }} ]
+}} }}"#,
+            s = sock.display()
+        );
+        let file = dir.join(format!("{bin}.conf"));
+        std::fs::write(&file, conf).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&file)
+            .env("KEA_PIDFILE_DIR", dir)
+            .env("KEA_LOCKFILE_DIR", dir)
+            .stdout(std::fs::File::create(dir.join(format!("{bin}.out"))).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let mut inner = Kea {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir: dir.to_path_buf(),
+            children: vec![child],
+        };
+        let s = sock.clone();
+        inner.wait("control socket", || s.exists());
+        KeaDaemon { sock, kind, inner }
+    }
+
+    /// Stops the daemon (SIGTERM, then kill).
+    pub fn stop(&mut self) {
+        self.inner.shutdown();
+    }
+
+    /// The daemon's answer to `command` on its own socket (bare JSON, as Kea writes it).
+    pub fn ask(&self, command: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(command.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// `unix:<socket>`, as a Gatehouse peer.
+    pub fn peer(&self) -> String {
+        format!("unix:{}", self.sock.display())
+    }
+
+    /// The daemon's log.
+    pub fn logs(&self) -> String {
+        let (bin, _, _) = self.kind.names();
+        std::fs::read_to_string(self.inner.dir.join(format!("{bin}.log"))).unwrap_or_default()
+    }
+}

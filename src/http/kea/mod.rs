@@ -1,9 +1,19 @@
-//! Kea command-level authorization: parse `{"command", "service", "arguments"}`, decide
-//! per identity, and read the result codes out of Kea's answer for the audit log.
+//! Kea: parse `{"command", "service", "arguments"}`, decide per identity, and send what is
+//! allowed where the route says — a Control Agent (as sent), one daemon (`kea.daemon`:
+//! `service` checked and removed), or the daemon of each service (`kea.services`: Gatehouse
+//! is the agent, its own commands answered in [`agent`]).
+//!
+//! Inside: [`json`] reads answers' result codes as they stream and cuts `service` out of a
+//! command byte-exactly; [`dispatch`] is the one step that sends a command to a list of
+//! targets (services, or every peer with `fan_out: all`) and merges typed replies.
+
+pub mod agent;
+pub mod dispatch;
+pub mod json;
 
 use super::filter::{HttpFilter, Request};
 use crate::authz::{FirstMatch, Identity};
-use crate::config::{AllowDeny, KeaDefault, KeaSettings};
+use crate::config::{AllowDeny, KeaDefault, KeaSettings, KeaTarget};
 use crate::glob;
 use serde::Deserialize;
 use serde_json::Value;
@@ -133,7 +143,8 @@ pub fn command_label(command: &str) -> &'static str {
 pub struct Command {
     /// `command`.
     pub command: String,
-    /// `service` as sent; empty = the Control Agent itself (see [`Command::effective_services`]).
+    /// `service` as sent (on a `kea.daemon` route: the daemon when none was sent); empty = the
+    /// Control Agent itself (see [`Command::effective_services`]).
     pub services: Vec<String>,
 }
 
@@ -192,10 +203,14 @@ fn permits(list: &AllowDeny, name: &str) -> bool {
             .is_none_or(|a| a.iter().any(|g| glob::matches(g, name)))
 }
 
-/// A route's Kea rules, compiled.
+/// A route's Kea rules, compiled, and what stands behind the route.
 pub struct KeaPolicy {
     /// Largest body read.
     pub max_body: usize,
+    /// Largest answer held whole (merges, filtered answers).
+    pub max_answer: usize,
+    /// An agent, one daemon, or a daemon per service.
+    pub target: KeaTarget,
     rules: FirstMatch<Rule>,
     default_allow: bool,
 }
@@ -205,6 +220,8 @@ impl KeaPolicy {
     pub fn new(k: &KeaSettings) -> KeaPolicy {
         KeaPolicy {
             max_body: k.max_body,
+            max_answer: k.max_answer,
+            target: k.target.clone(),
             rules: FirstMatch::new(
                 k.rules
                     .iter()
@@ -218,6 +235,26 @@ impl KeaPolicy {
                     .collect(),
             ),
             default_allow: k.default == KeaDefault::Allow,
+        }
+    }
+
+    /// On a `kea.daemon` route, the command as the rules see it: no `service` means the
+    /// daemon; one naming the daemon is kept; anything else is refused (the text says why)
+    /// and never forwarded. Other routes take the command as sent.
+    pub fn bind_service(&self, cmd: &mut Command) -> Result<(), String> {
+        let KeaTarget::Daemon(daemon) = &self.target else {
+            return Ok(());
+        };
+        match cmd.services.as_slice() {
+            [] => {
+                cmd.services = vec![daemon.clone()];
+                Ok(())
+            }
+            [one] if one == daemon => Ok(()),
+            _ => Err(format!(
+                "service {:?} is not served here: this route's upstream is the {daemon} daemon (send no `service`, or [\"{daemon}\"])",
+                cmd.services
+            )),
         }
     }
 
@@ -307,33 +344,6 @@ impl HttpFilter for CommandList {
             element => cut(element),
         }
     }
-}
-
-/// Per-peer results of an answer whose elements carry `"peer"` (a fan-out), in order;
-/// `None` for an ordinary answer.
-pub fn peer_results(body: &[u8]) -> Option<Vec<crate::audit::PeerResult>> {
-    let Ok(Value::Array(elements)) = serde_json::from_slice::<Value>(body) else {
-        return None;
-    };
-    let mut out: Vec<crate::audit::PeerResult> = Vec::new();
-    for e in &elements {
-        let peer = e.get("peer")?.as_str()?;
-        let result = e.get("result").and_then(Value::as_i64).unwrap_or(1);
-        let error = e
-            .get("text")
-            .and_then(Value::as_str)
-            .filter(|t| t.starts_with("upstream error: "))
-            .map(str::to_string);
-        match out.last_mut() {
-            Some(last) if last.peer == peer => last.results.push(result),
-            _ => out.push(crate::audit::PeerResult {
-                peer: peer.to_string(),
-                results: vec![result],
-                error,
-            }),
-        }
-    }
-    Some(out)
 }
 
 /// The `result` codes of Kea's answer: a list (one per service), or one object.

@@ -1,0 +1,544 @@
+//! Gatehouse in the Control Agent's place (Kea 3 removed the agent): `kea.services` dispatches
+//! by `service` to each daemon's group and answers the agent's own commands; `kea.daemon`
+//! fronts one daemon, refusing a `service` that names another and never sending `service` on.
+//! Real Kea 2.2 daemons over their UNIX control sockets (no agent running), curl with its
+//! defaults (HTTP/2) and kea-shell as clients; synthetic daemons for the faults (one that never
+//! answers, one that answers garbage, one that closes mid-answer). Every command is audited,
+//! also when the upstream fails.
+
+mod common;
+
+use common::kea::{Daemon, KeaDaemon};
+use common::*;
+use gatehouse::audit::{AuditEvent, KeaEvent};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Listener `edge` on `port`, client certificates of `edge` required.
+fn edge_listener(port: u16, edge: &Pki) -> Listener {
+    Listener::new("edge", port).tls(ListenerTls::from_pki(edge, "server", ClientAuth::Required))
+}
+
+/// A Kea command with curl's defaults (HTTP/2), as `who`: (status, body as JSON or text).
+async fn post(edge: &Pki, who: &str, port: u16, path: &str, body: &str) -> (String, Value) {
+    let url = format!("https://localhost:{port}{path}");
+    let c = curl(
+        edge,
+        who,
+        &url,
+        &["-H", "Content-Type: application/json", "-d", body],
+    )
+    .await;
+    assert!(
+        c.status == "000" || c.version == "2",
+        "curl speaks HTTP/2 by default: {}",
+        c.version
+    );
+    let v = serde_json::from_str(&c.body).unwrap_or(Value::String(c.body.clone()));
+    (c.status, v)
+}
+
+/// The Kea records of the in-process Gatehouse, waiting up to 5 s for `n` of them.
+async fn kea_records(gh: &Gatehouse, n: usize) -> Vec<KeaEvent> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let recs: Vec<KeaEvent> = gh
+            .audit()
+            .into_iter()
+            .filter_map(|e| match e {
+                AuditEvent::Kea(k) => Some(k),
+                _ => None,
+            })
+            .collect();
+        if recs.len() >= n || Instant::now() > deadline {
+            return recs;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The issue's bypass: a rule `services: { allow: [dhcp6] }` in front of a dhcp4 daemon (Kea 3
+/// ignores `service`). On a `kea.daemon: dhcp4` route a `service` naming another daemon is
+/// refused and never forwarded; no `service` is dhcp4 for the rules; what the daemon gets has
+/// no `service`, every other byte as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_route_refuses_other_services_and_never_sends_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["dashboard-1", "ops"]);
+    let daemon = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("d4", Group::new(daemon.addr))
+        .route(
+            Route::new("dhcp4", "d4").path("/dhcp4").kea(
+                KeaRoute::deny_by_default()
+                    .daemon("dhcp4")
+                    .rule(
+                        KeaRule::new(["cn:dashboard-*"])
+                            .commands(AllowDeny::only(["*-get"]))
+                            .services(AllowDeny::only(["dhcp6"])),
+                    )
+                    .rule(KeaRule::new(["cn:ops"])),
+            ),
+        );
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+
+    let (status, v) = post(
+        &edge,
+        "dashboard-1",
+        port,
+        "/dhcp4",
+        r#"{"command": "config-get", "service": ["dhcp6"]}"#,
+    )
+    .await;
+    assert_eq!(status, "400", "{v}");
+    assert_eq!(v["result"], 400);
+    assert!(v["text"].as_str().unwrap().contains("dhcp4 daemon"), "{v}");
+    let (status, v) = post(
+        &edge,
+        "dashboard-1",
+        port,
+        "/dhcp4",
+        r#"{"command": "config-get"}"#,
+    )
+    .await;
+    assert_eq!(
+        status, "403",
+        "no service is the route's daemon for the rules: {v}"
+    );
+    assert_eq!(
+        v["text"],
+        "service 'dhcp4' is not allowed for cn=dashboard-1"
+    );
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/dhcp4",
+        r#"{"command":"config-get","service":["dhcp4","dhcp6"]}"#,
+    )
+    .await;
+    assert_eq!(status, "400", "{v}");
+    assert!(
+        daemon.seen().is_empty(),
+        "nothing refused reached the daemon"
+    );
+
+    let sent =
+        r#"{ "command" : "config-get", "service":["dhcp4"] , "arguments": {"x": [1, "service"]} }"#;
+    let (status, _) = post(&edge, "ops", port, "/dhcp4", sent).await;
+    assert_eq!(status, "200");
+    let (status, _) = post(&edge, "ops", port, "/dhcp4", r#"{"command":"status-get"}"#).await;
+    assert_eq!(status, "200");
+    let seen = daemon.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&seen[0].body),
+        r#"{ "command" : "config-get" , "arguments": {"x": [1, "service"]} }"#,
+        "service cut (with its comma), every other byte as sent"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&seen[1].body),
+        r#"{"command":"status-get"}"#
+    );
+
+    let recs = kea_records(&gh, 5).await;
+    let verdicts: Vec<_> = recs.iter().map(|r| r.verdict).collect();
+    assert_eq!(
+        verdicts,
+        ["misrouted", "denied", "misrouted", "allowed", "allowed"]
+    );
+    assert_eq!(
+        recs[1].services.as_deref(),
+        Some(&["dhcp4".to_string()][..])
+    );
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_kea_commands_total{command="config-get",route="dhcp4",verdict="misrouted"} 2"#),
+        "{m}"
+    );
+}
+
+/// An upstream that accepts and never answers (a hung daemon or agent): the command is
+/// answered 504 Kea-shaped after the group's `read_timeout` (curl with its defaults gets the
+/// answer), and audited with the failure — on the single-forward path and on dispatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_is_bounded_and_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let hung = Upstream::h1(None, Behavior::Hang).await;
+    let hung_sock = tmp.path().join("hung.sock");
+    let hung_unix = tokio::net::UnixListener::bind(&hung_sock).unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung_unix.accept().await {
+            held.push(s);
+        }
+    });
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("agent", Group::new(hung.addr).read_timeout("1s"))
+        .upstream(
+            "d6",
+            Group::new(format!("unix:{}", hung_sock.display())).read_timeout("1s"),
+        )
+        .route(
+            Route::new("agent", "agent")
+                .path("/agent")
+                .kea(KeaRoute::allow_all()),
+        )
+        .route(Route::agent(
+            "services",
+            KeaRoute::allow_all()
+                .service("dhcp4", "agent")
+                .service("dhcp6", "d6"),
+        ));
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+
+    let t = Instant::now();
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/agent",
+        r#"{"command":"config-set","service":["dhcp4"],"arguments":{}}"#,
+    )
+    .await;
+    assert_eq!(status, "504", "{v}");
+    assert_eq!(v["result"], 504);
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"config-set","service":["dhcp6","dhcp4"],"arguments":{}}"#,
+    )
+    .await;
+    assert_eq!(status, "200", "{v}");
+    assert_eq!(
+        v,
+        json!([
+            {"result": 1, "text": "unable to forward command to the dhcp6 service: upstream error: timeout"},
+            {"result": 1, "text": "unable to forward command to the dhcp4 service: upstream error: timeout"},
+        ])
+    );
+    let recs = kea_records(&gh, 2).await;
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!((recs[0].verdict, recs[0].status), ("allowed", 504));
+    assert_eq!(recs[0].reason.as_deref(), Some("upstream error: timeout"));
+    let peer = &recs[0].peers.as_ref().unwrap()[0];
+    assert_eq!(peer.error.as_deref(), Some("upstream error: timeout"));
+    let peers = recs[1].peers.as_ref().unwrap();
+    assert_eq!(
+        peers
+            .iter()
+            .map(|p| p.service.as_deref().unwrap())
+            .collect::<Vec<_>>(),
+        ["dhcp6", "dhcp4"]
+    );
+    assert_eq!(peers[0].peer, format!("unix:{}", hung_sock.display()));
+    assert!(peers
+        .iter()
+        .all(|p| p.error.as_deref() == Some("upstream error: timeout")));
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_kea_commands_total{command="config-set",route="agent",verdict="allowed"} 1"#),
+        "{m}"
+    );
+}
+
+/// A daemon that closes half way through its answer: the client's answer is cut, and the
+/// command is still audited (status, the interruption) and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_mid_way_is_still_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cutter = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[ { \"result\": 0, \"arguments\": {")
+                    .await;
+                // Closed here, 970 bytes short.
+            });
+        }
+    });
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("d4", Group::new(cutter).read_timeout("2s"))
+        .route(Route::new("dhcp4", "d4").kea(KeaRoute::allow_all().daemon("dhcp4")));
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+    // curl reports the cut stream as an error; what matters here is the record.
+    let _ = post(&edge, "ops", port, "/", r#"{"command":"lease4-get-all"}"#).await;
+    let recs = kea_records(&gh, 1).await;
+    assert_eq!(recs.len(), 1, "the cut answer's command is recorded");
+    let r = &recs[0];
+    assert_eq!((r.verdict, r.status), ("allowed", 200));
+    assert!(
+        r.reason
+            .as_deref()
+            .is_some_and(|t| t.starts_with("interrupted")),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.results.as_deref(),
+        Some(&[0][..]),
+        "the codes read before the cut"
+    );
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_kea_commands_total{command="lease4-get-all",route="dhcp4",verdict="allowed"} 1"#),
+        "{m}"
+    );
+}
+
+/// Synthetic UNIX daemons that misbehave: one answers garbage, one closes mid-object, one
+/// answers fine. Each slot says what happened; the good daemon's answer is unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_daemons_that_misbehave_get_typed_slots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let fake = |name: &str, answer: &'static [u8]| {
+        let path = tmp.path().join(name);
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            }
+        });
+        format!("unix:{}", path.display())
+    };
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream(
+            "garbage",
+            Group::new(fake("g.sock", b"<html>not kea</html>")),
+        )
+        .upstream(
+            "cut",
+            Group::new(fake("c.sock", b"{ \"result\": 0, \"argu")),
+        )
+        .upstream(
+            "good",
+            Group::new(fake("ok.sock", br#"{ "result": 0, "text": "fine" }"#)),
+        )
+        .route(Route::agent(
+            "kea",
+            KeaRoute::allow_all()
+                .service("dhcp4", "garbage")
+                .service("dhcp6", "cut")
+                .service("d2", "good"),
+        ));
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"status-get","service":["dhcp4","dhcp6","d2"]}"#,
+    )
+    .await;
+    assert_eq!(status, "200", "{v}");
+    assert_eq!(
+        v,
+        json!([
+            {"result": 1, "text": "unable to forward command to the dhcp4 service: upstream error: not_json"},
+            {"result": 1, "text": "unable to forward command to the dhcp6 service: upstream error: not_json"},
+            {"result": 0, "text": "fine"},
+        ])
+    );
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"status-get","service":"d2"}"#,
+    )
+    .await;
+    assert_eq!(status, "400", "a malformed service: {v}");
+    let recs = kea_records(&gh, 2).await;
+    assert_eq!(recs[0].results.as_deref(), Some(&[1, 1, 0][..]));
+    assert_eq!(recs[1].verdict, "malformed");
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_kea_fanout_peer_total{outcome="not_json""#),
+        "{m}"
+    );
+}
+
+/// Real Kea 2.2 dhcp4 and dhcp6 with no agent, Gatehouse in the agent's place: dispatch in
+/// `service` order, an unmapped service, the agent's own commands, a daemon stopped mid-test,
+/// a `kea.daemon` route over a UNIX socket; curl (HTTP/2) and kea-shell as clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_daemons_with_gatehouse_as_their_agent() {
+    if !common::kea::daemons_installed() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let d4 = KeaDaemon::start(&tmp.path().join("k4"), Daemon::Dhcp4);
+    let mut d6 = KeaDaemon::start(&tmp.path().join("k6"), Daemon::Dhcp6);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("k4", Group::new(d4.peer()))
+        .upstream("k6", Group::new(d6.peer()))
+        .route(Route::agent(
+            "agent",
+            KeaRoute::allow_all()
+                .service("dhcp4", "k4")
+                .service("dhcp6", "k6"),
+        ))
+        .route(
+            Route::new("dhcp4", "k4")
+                .path("/dhcp4")
+                .kea(KeaRoute::allow_all().daemon("dhcp4")),
+        );
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+
+    // Dispatch: one element per service, in the order asked, each the daemon's own answer.
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"config-get","service":["dhcp6","dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(status, "200", "{v}");
+    assert!(v[0]["arguments"]["Dhcp6"].is_object(), "dhcp6 first: {v}");
+    assert!(v[1]["arguments"]["Dhcp4"].is_object(), "dhcp4 second: {v}");
+    let direct: Value = serde_json::from_str(&d4.ask(r#"{"command":"version-get"}"#)).unwrap();
+    let (_, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"version-get","service":["dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!([direct]),
+        "the daemon's answer, as the agent listed it"
+    );
+    let (_, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"version-get","service":["d2","dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(
+        v[0],
+        json!({"result": 1, "text": "forwarding socket is not configured for the server type d2"})
+    );
+    assert_eq!(v[1]["result"], 0);
+
+    // The agent's own commands, answered at the edge.
+    let (_, v) = post(&edge, "ops", port, "/", r#"{"command":"config-get"}"#).await;
+    let sockets = &v[0]["arguments"]["Control-agent"]["control-sockets"];
+    assert_eq!(sockets["dhcp4"]["socket-type"], "unix");
+    assert_eq!(
+        sockets["dhcp4"]["socket-name"],
+        d4.sock.display().to_string()
+    );
+    assert!(sockets["dhcp6"].is_object(), "{v}");
+    let (_, v) = post(&edge, "ops", port, "/", r#"{"command":"list-commands"}"#).await;
+    assert!(v[0]["arguments"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("status-get")));
+    let (_, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"config-set","arguments":{}}"#,
+    )
+    .await;
+    assert_eq!(v[0]["result"], 1, "{v}");
+
+    // A daemon route over a UNIX socket: the daemon's object, listed.
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/dhcp4",
+        r#"{"command":"config-get","service":["dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(status, "200");
+    assert!(v[0]["arguments"]["Dhcp4"].is_object(), "{v}");
+
+    // kea-shell, written for the agent, with --service.
+    let (cert, key) = edge.paths("ops");
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("kea-shell")
+            .args(["--host", "localhost", "--port", &port.to_string()])
+            .arg("--ca")
+            .arg(edge.ca_path())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--service", "dhcp6", "version-get"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("kea-shell finished")
+    .expect("kea-shell runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answer: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
+    assert!(
+        out.status.success() && answer[0]["result"] == 0 && answer[0]["text"].is_string(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // dhcp6 stopped: its slot says so, dhcp4 still answers.
+    d6.stop();
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"version-get","service":["dhcp6","dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(status, "200");
+    assert!(
+        v[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("unable to forward command to the dhcp6 service"),
+        "{v}"
+    );
+    assert_eq!(v[1], json!(direct));
+    let recs = kea_records(&gh, 9).await;
+    let last = recs.last().unwrap();
+    let peers = last.peers.as_ref().unwrap();
+    assert_eq!(peers[0].service.as_deref(), Some("dhcp6"));
+    assert!(peers[0].error.is_some());
+    assert_eq!(
+        (peers[1].service.as_deref(), &peers[1].results[..]),
+        (Some("dhcp4"), &[0][..])
+    );
+    let _ = Path::new(&d4.sock);
+}
