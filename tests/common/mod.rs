@@ -11,6 +11,7 @@
 pub mod conf;
 pub mod icinga;
 pub mod kea;
+pub mod kea_root;
 pub mod sink;
 
 pub use conf::*;
