@@ -2,6 +2,10 @@
 //! (`common::kea_root`): Debian 13's Kea 2.6 (UNIX control sockets only) and trixie-backports'
 //! Kea 3.0 (UNIX and HTTP(S) control sockets on the daemons themselves, no Control Agent needed).
 //! They skip loudly when a root cannot be made (not root, no mirror) and fail under CI=true.
+//!
+//! Then Gatehouse in front of them: the Kea 3 bypass (a daemon ignores `service`) closed by a
+//! `kea.daemon` route, and `kea.services` dispatch across HTTP(S) and UNIX sockets of 3.0 and
+//! 2.6 daemons, with curl (HTTP/2) and kea-shell as clients.
 
 mod common;
 
@@ -143,4 +147,228 @@ fn kea_2_6_dhcp4_and_dhcp6_answer_on_their_unix_sockets() {
             "{kind:?} version-get over UNIX: {text}"
         );
     }
+}
+
+/// A Kea command through Gatehouse with curl's defaults (HTTP/2) as `who`: (status, JSON).
+async fn via_edge(edge: &Pki, who: &str, port: u16, path: &str, body: &str) -> (String, Value) {
+    let url = format!("https://localhost:{port}{path}");
+    let c = curl(
+        edge,
+        who,
+        &url,
+        &["-H", "Content-Type: application/json", "-d", body],
+    )
+    .await;
+    let v = serde_json::from_str(&c.body).unwrap_or(Value::String(c.body.clone()));
+    (c.status, v)
+}
+
+/// The issue's case with a real Kea 3.0: a rule `services: { allow: [dhcp6] }` for dashboards
+/// in front of a kea-dhcp4 HTTPS control socket. The daemon itself ignores `service` (shown
+/// first, straight to it): without `kea.daemon` the rule would hand out the DHCPv4
+/// configuration. With `kea.daemon: dhcp4` the dhcp6 command is refused and never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kea_3_0_service_bypass_is_closed_by_a_daemon_route() {
+    let Some(root) = kea_root::root("kea-3.0") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let up = common::kea::upstream_pki(tmp.path());
+    let kea = KeaDaemon::start(
+        &root,
+        Daemon::Dhcp4,
+        Some(reserved_port()),
+        Some(&common::kea::KeaTls::from_pki(&up)),
+    );
+    let client = ClientOpts {
+        ca: Some(up.ca_path()),
+        cert: Some(up.paths("gatehouse")),
+        sni: Some("kea.internal".into()),
+        tls12: false,
+    };
+    let bypass = br#"{"command":"config-get","service":["dhcp6"]}"#;
+    let direct = request(
+        kea.http.unwrap(),
+        Some(&client),
+        "POST",
+        "/",
+        &[("Content-Type", "application/json")],
+        bypass,
+    )
+    .await
+    .unwrap();
+    assert!(
+        direct.json()[0]["arguments"]["Dhcp4"].is_object(),
+        "Kea 3.0 ignores `service` (the hole this closes): {}",
+        direct.text()
+    );
+
+    let edge = Pki::edge(tmp.path(), &["dashboard-1", "ops-admin"]);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
+            &edge,
+            "server",
+            ClientAuth::Required,
+        )))
+        .upstream(
+            "dhcp4",
+            Group::new(kea.http.unwrap()).tls(UpstreamTls::mutual(
+                "kea.internal",
+                &up,
+                "gatehouse",
+            )),
+        )
+        .route(
+            Route::new("dhcp4", "dhcp4").kea(
+                KeaRoute::deny_by_default()
+                    .daemon("dhcp4")
+                    .rule(
+                        KeaRule::new(["cn:dashboard-*"])
+                            .commands(AllowDeny::only(["*-get"]))
+                            .services(AllowDeny::only(["dhcp6"])),
+                    )
+                    .rule(KeaRule::new(["cn:ops-admin"])),
+            ),
+        );
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let (status, v) = via_edge(
+        &edge,
+        "dashboard-1",
+        port,
+        "/",
+        std::str::from_utf8(bypass).unwrap(),
+    )
+    .await;
+    assert_eq!(status, "400", "{v}");
+    assert!(v.to_string().contains("dhcp4 daemon"), "{v}");
+    let (status, v) = via_edge(
+        &edge,
+        "dashboard-1",
+        port,
+        "/",
+        r#"{"command":"config-get"}"#,
+    )
+    .await;
+    assert_eq!(
+        status, "403",
+        "no service is dhcp4, which the dashboards may not read: {v}"
+    );
+    let (status, v) = via_edge(
+        &edge,
+        "ops-admin",
+        port,
+        "/",
+        r#"{"command":"config-get","service":["dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(status, "200", "{v}");
+    assert!(v[0]["arguments"]["Dhcp4"].is_object(), "{v}");
+}
+
+/// Gatehouse as the agent of Kea 3.0 daemons (dhcp4 over HTTP, dhcp6 over UNIX) and of Kea 2.6
+/// daemons (both over UNIX): answers in `service` order, each daemon's answer unwrapped from its
+/// list, the agent's `config-get` naming the sockets, kea-shell `--service` working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
+    let (Some(r30), Some(r26)) = (kea_root::root("kea-3.0"), kea_root::root("kea-2.6")) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let k4 = KeaDaemon::start(&r30, Daemon::Dhcp4, Some(reserved_port()), None);
+    let k6 = KeaDaemon::start(&r30, Daemon::Dhcp6, None, None);
+    let o4 = KeaDaemon::start(&r26, Daemon::Dhcp4, None, None);
+    let o6 = KeaDaemon::start(&r26, Daemon::Dhcp6, None, None);
+    let unix = |k: &KeaDaemon| format!("unix:{}", k.unix.display());
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
+            &edge,
+            "server",
+            ClientAuth::Required,
+        )))
+        .upstream("k4", Group::new(k4.http.unwrap()))
+        .upstream("k6", Group::new(unix(&k6)))
+        .upstream("o4", Group::new(unix(&o4)))
+        .upstream("o6", Group::new(unix(&o6)))
+        .route(Route::agent(
+            "kea3",
+            KeaRoute::allow_all()
+                .service("dhcp4", "k4")
+                .service("dhcp6", "k6"),
+        ))
+        .route(
+            Route::agent(
+                "kea26",
+                KeaRoute::allow_all()
+                    .service("dhcp4", "o4")
+                    .service("dhcp6", "o6"),
+            )
+            .path("/old"),
+        );
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    for (path, release) in [("/", "3.0"), ("/old", "2.6")] {
+        let (status, v) = via_edge(
+            &edge,
+            "ops",
+            port,
+            path,
+            r#"{"command":"config-get","service":["dhcp6","dhcp4"]}"#,
+        )
+        .await;
+        assert_eq!(status, "200", "{release}: {v}");
+        let list = v.as_array().unwrap_or_else(|| panic!("{release}: {v}"));
+        assert_eq!(list.len(), 2, "one element per daemon ({release}): {v}");
+        assert!(list[0]["arguments"]["Dhcp6"].is_object(), "{release}: {v}");
+        assert!(list[1]["arguments"]["Dhcp4"].is_object(), "{release}: {v}");
+        let (_, v) = via_edge(
+            &edge,
+            "ops",
+            port,
+            path,
+            r#"{"command":"version-get","service":["dhcp4"]}"#,
+        )
+        .await;
+        assert!(
+            v[0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(release),
+            "{v}"
+        );
+    }
+    let (_, v) = via_edge(&edge, "ops", port, "/", r#"{"command":"config-get"}"#).await;
+    let sockets = &v[0]["arguments"]["Control-agent"]["control-sockets"];
+    assert_eq!(sockets["dhcp4"]["socket-type"], "http", "{v}");
+    assert_eq!(sockets["dhcp6"]["socket-type"], "unix", "{v}");
+
+    let (cert, key) = edge.paths("ops");
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("kea-shell")
+            .args(["--host", "localhost", "--port", &port.to_string()])
+            .arg("--ca")
+            .arg(edge.ca_path())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--service", "dhcp4", "version-get"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("kea-shell finished")
+    .expect("kea-shell runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answer: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
+    assert!(
+        answer[0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.0"),
+        "kea-shell: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

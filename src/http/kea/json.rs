@@ -56,11 +56,10 @@ impl ResultScanner {
     /// Whether members at the current level are code level: the top-level object, or an
     /// object directly inside the top-level list.
     fn at_code_level(&self) -> bool {
-        match (self.depth, self.stack.as_slice()) {
-            (1, [true]) => true,
-            (2, [false, true]) => true,
-            _ => false,
-        }
+        matches!(
+            (self.depth, self.stack.as_slice()),
+            (1, [true]) | (2, [false, true])
+        )
     }
 
     fn end_number(&mut self) {
