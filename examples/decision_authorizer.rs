@@ -14,7 +14,7 @@
 //! ```
 //! Only plain `http://host:port/path` URLs on this host are supported: it is an example.
 
-use gatehouse::authz::{Authorizer, Decision, Identity, Question, Target};
+use gatehouse::authz::{Authorizer, Decision, Question, Target};
 use gatehouse::{Gatehouse, RunOptions};
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -41,9 +41,10 @@ impl DecisionService {
     }
 
     fn input(q: &Question<'_>) -> Value {
-        let identity = match q.identity {
-            Identity::Verified(c) => json!({ "cn": c.cn, "fingerprint": c.fingerprint }),
-            Identity::Anonymous => json!({ "anonymous": true }),
+        let identity = match (q.identity.cert(), q.identity.user()) {
+            (Some(c), user) => json!({ "cn": c.cn, "fingerprint": c.fingerprint, "user": user }),
+            (None, Some(user)) => json!({ "user": user }),
+            (None, None) => json!({ "anonymous": true }),
         };
         let target = match q.target {
             Target::Http {

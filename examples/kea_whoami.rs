@@ -10,7 +10,6 @@
 //! cargo run --example kea_whoami -- -c conf/kea-rbac.yaml
 //! ```
 
-use gatehouse::authz::Identity;
 use gatehouse::http::filter::{EdgeAnswer, HttpAction, HttpFilter, Request};
 use gatehouse::http::kea::Command;
 use gatehouse::{Gatehouse, RunOptions};
@@ -30,16 +29,18 @@ impl HttpFilter for WhoAmI {
         if cmd.command != "gatehouse-whoami" {
             return HttpAction::Continue;
         }
-        let arguments = match req.identity {
-            Identity::Verified(c) => json!({
+        let arguments = match (req.identity.cert(), req.identity.user()) {
+            (Some(c), user) => json!({
                 "cn": c.cn,
                 "subject": c.subject,
                 "dns": c.dns,
                 "uris": c.uris,
                 "fingerprint": c.fingerprint,
+                "user": user,
                 "route": req.route,
             }),
-            Identity::Anonymous => json!({ "anonymous": true, "route": req.route }),
+            (None, Some(user)) => json!({ "user": user, "route": req.route }),
+            (None, None) => json!({ "anonymous": true, "route": req.route }),
         };
         let answer =
             json!([{ "result": 0, "text": req.identity.to_string(), "arguments": arguments }]);

@@ -20,6 +20,9 @@ pub struct Caller {
     pub cn: Option<String>,
     /// SHA-256 of the verified leaf, lowercase hex.
     pub fingerprint: Option<String>,
+    /// The basic-auth user (`routes[].basic_auth`), when one authenticated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A Kea command and what became of it.
@@ -206,6 +209,7 @@ mod tests {
             identity: Caller {
                 cn: Some("agent\n1".into()),
                 fingerprint: None,
+                user: None,
             },
             direction: "upstream",
             sni: "master1".into(),

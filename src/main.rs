@@ -54,6 +54,28 @@ enum Cmd {
         /// Output folder (created if missing).
         dir: PathBuf,
     },
+    /// Kea tools: take the Control Agent's place.
+    Kea {
+        #[command(subcommand)]
+        cmd: KeaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeaCmd {
+    /// Print a kea-ctrl-agent configuration as Gatehouse YAML (listener, TLS, one upstream per
+    /// control socket, a `kea.services` route); its basic-auth clients go to a users file.
+    ImportAgent {
+        /// The agent's configuration (Kea JSON, comments allowed).
+        file: PathBuf,
+        /// Where the agent's basic-auth clients are written (bcrypt hashes, mode 0600; an
+        /// existing file is never overwritten).
+        #[arg(long, default_value = "kea-users")]
+        users_file: PathBuf,
+    },
+    /// Read a password on standard input and print its bcrypt hash, for a `basic_auth`
+    /// users file line `name:<hash>`.
+    HashPassword,
 }
 
 /// The packaging hook: not part of [`Cli`], so the pages and completions it writes describe
@@ -122,6 +144,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Kea { cmd } => kea(cmd),
         Cmd::DevCerts { dir } => match gatehouse::pki::write_dev_pki(&dir) {
             Ok(files) => {
                 for f in files {
@@ -134,6 +157,66 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `gatehouse kea …`.
+fn kea(cmd: KeaCmd) -> ExitCode {
+    match cmd {
+        KeaCmd::ImportAgent { file, users_file } => {
+            let imported = std::fs::read_to_string(&file)
+                .map_err(|e| format!("{}: {e}", file.display()))
+                .and_then(|t| gatehouse::http::kea::import::import_agent(&t, &file, &users_file));
+            let imported = match imported {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("import-agent: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Some(users) = &imported.users {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let written = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&users_file)
+                    .and_then(|mut f| f.write_all(users.as_bytes()));
+                if let Err(e) = written {
+                    eprintln!("import-agent: {}: {e}", users_file.display());
+                    return ExitCode::FAILURE;
+                }
+                eprintln!(
+                    "import-agent: wrote the agent's basic-auth clients to {}",
+                    users_file.display()
+                );
+            }
+            print!("{}", imported.yaml);
+            ExitCode::SUCCESS
+        }
+        KeaCmd::HashPassword => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("hash-password: cannot read standard input");
+                return ExitCode::FAILURE;
+            }
+            let password = line.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                eprintln!("hash-password: empty password");
+                return ExitCode::FAILURE;
+            }
+            match gatehouse::http::basic::hash(password) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hash-password: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

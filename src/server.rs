@@ -94,24 +94,30 @@ impl Plan {
             // Routes index the groups: with one missing, they would point at the wrong one.
             return Err(errs);
         }
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| {
-                let mut route = Route::plain(
-                    &r.name,
-                    r.host.clone(),
-                    &r.path_prefix,
-                    r.upstream,
-                    &metrics,
-                );
-                route.access = Access::new(r.allow.clone(), r.deny.clone());
-                route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
-                route.kea = r.kea.as_ref().map(|k| Arc::new(KeaPolicy::new(k)));
-                route.fan_out = r.kea.as_ref().is_some_and(|k| k.fan_out == FanOut::All);
-                route
-            })
-            .collect();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let mut route = Route::plain(
+                &r.name,
+                r.host.clone(),
+                &r.path_prefix,
+                r.upstream,
+                &metrics,
+            );
+            route.access = Access::new(r.allow.clone(), r.deny.clone());
+            route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
+            route.kea = r.kea.as_ref().map(|k| Arc::new(KeaPolicy::new(k)));
+            route.fan_out = r.kea.as_ref().is_some_and(|k| k.fan_out == FanOut::All);
+            if let Some(b) = &r.basic_auth {
+                match crate::http::basic::BasicAuth::load(&b.users_file, &b.realm) {
+                    Ok(a) => route.basic_auth = Some(Arc::new(a)),
+                    Err(e) => errs.push(ConfigError::new(
+                        format!("routes[{i}].basic_auth.users_file"),
+                        e,
+                    )),
+                }
+            }
+            routes.push(route);
+        }
         let upstreams: Arc<[UpstreamGroup]> = upstreams.into();
         let audit_path = config.audit_path.clone();
         let audit: Arc<dyn AuditSink> =

@@ -19,6 +19,13 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The `Authorization` value that carries `user` and `password` (HTTP basic).
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {b64}")
+}
+
 /// Linear probing bound for hash selection (Pingora's `max_iterations`).
 const MAX_SELECT_ITERATIONS: usize = 256;
 
@@ -112,6 +119,8 @@ pub struct UpstreamGroup {
     unix: Vec<Arc<Path>>,
     /// Round-robin position among `unix`.
     next_unix: AtomicUsize,
+    /// `Authorization` sent to every peer (`basic_auth`).
+    authorization: Option<String>,
     /// The HTTP health check, rebuilt when the TLS material is reloaded.
     http_check: Option<(HealthProbe, LiveCheck)>,
     /// Each peer's latest health-check result (`None`: the group has no health check).
@@ -144,6 +153,28 @@ impl UpstreamGroup {
             None => None,
         };
         let addrs = &u.peers;
+        let authorization = match &u.basic_auth {
+            Some(a) => {
+                let text = std::fs::read_to_string(&a.password_file).map_err(|e| {
+                    vec![ConfigError::new(
+                        format!("{at}.basic_auth.password_file"),
+                        format!("{}: {e}", a.password_file.display()),
+                    )]
+                })?;
+                let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
+                if password.is_empty() {
+                    return Err(vec![ConfigError::new(
+                        format!("{at}.basic_auth.password_file"),
+                        format!(
+                            "{}: the first line (the password) is empty",
+                            a.password_file.display()
+                        ),
+                    )]);
+                }
+                Some(basic_authorization(&a.user, password))
+            }
+            None => None,
+        };
         let template = PeerTemplate {
             tls: tls.map(ArcSwap::from_pointee),
             connect_timeout: u.connect_timeout,
@@ -202,6 +233,7 @@ impl UpstreamGroup {
                 addrs: addrs.clone(),
                 unix: u.unix.iter().map(|p| Arc::from(p.as_path())).collect(),
                 next_unix: AtomicUsize::new(0),
+                authorization,
                 http_check,
                 probed,
             },
@@ -236,6 +268,12 @@ impl UpstreamGroup {
     /// Every peer, in configuration order (healthy or not).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The `Authorization` value every request to this group's peers carries
+    /// (`upstreams.<name>.basic_auth`), if any.
+    pub fn authorization(&self) -> Option<&str> {
+        self.authorization.as_deref()
     }
 
     /// The group's Kea UNIX control sockets (`unix:` peers), in configuration order; a group

@@ -410,12 +410,28 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 ),
         )
         .upstream("zk6", Group::new("unix:/run/kea/k6.sock"))
+        .upstream("zz-auth", {
+            let mut g = Group::new("127.0.0.1:3");
+            g.basic_auth = Some(conf::UpstreamAuth {
+                user: "gatehouse".into(),
+                password_file: "pw".into(),
+            });
+            g
+        })
         .route(
             Route::new("dhcp4", "kea")
                 .path("/dhcp4")
                 .kea(KeaRoute::allow_all().daemon("dhcp4").max_answer("1MiB")),
         )
-        .route(Route::agent("agent", KeaRoute::allow_all().service("dhcp6", "zk6")).path("/agent"))
+        .route({
+            let mut r =
+                Route::agent("agent", KeaRoute::allow_all().service("dhcp6", "zk6")).path("/agent");
+            r.basic_auth = Some(conf::BasicAuth {
+                users_file: "users".into(),
+                realm: Some("kea".into()),
+            });
+            r
+        })
         .cluster(
             Cluster::new("master1", "kea")
                 .child_route("agent1", "kea")

@@ -542,3 +542,276 @@ async fn real_daemons_with_gatehouse_as_their_agent() {
     );
     let _ = Path::new(&d4.sock);
 }
+
+/// A child process stopped when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// kea-shell as the agent's clients run it: `--auth-user/--auth-password`, `--service`, mTLS to
+/// the edge. (exit success, stdout + stderr).
+async fn kea_shell(
+    edge: &Pki,
+    port: u16,
+    user: &str,
+    password: &str,
+    service: &str,
+) -> (bool, String) {
+    let (cert, key) = edge.paths("ops");
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("kea-shell")
+            .args(["--host", "localhost", "--port", &port.to_string()])
+            .arg("--ca")
+            .arg(edge.ca_path())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--auth-user", user, "--auth-password", password])
+            .args(["--service", service, "version-get"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("kea-shell finished")
+    .expect("kea-shell runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A real Kea 2.2 Control Agent configuration (comments, mTLS, basic-auth clients, one with a
+/// password file), first run by the real agent (its clients work there, and Gatehouse reaches
+/// it with `upstreams.<name>.basic_auth`), then imported with `gatehouse kea import-agent`:
+/// the YAML passes `check`, and Gatehouse run on it serves the agent's clients — kea-shell
+/// with each user, a wrong password refused 401 with `WWW-Authenticate`, curl `-u` over HTTP/2
+/// — with the user as the audited identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_agent_then_serve_its_basic_auth_clients() {
+    if !(common::kea::installed()
+        && common::kea::daemons_installed()
+        && require_binary("kea-shell"))
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let d4 = KeaDaemon::start(&tmp.path().join("k4"), Daemon::Dhcp4);
+    let agent_dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    // Kea 2.2 takes the file's whole content as the password: no newline.
+    std::fs::write(agent_dir.join("bob.pw"), "pw-b").unwrap();
+    let agent_port = reserved_port();
+    let (server_crt, server_key) = edge.paths("server");
+    let agent_conf = agent_dir.join("kea-ctrl-agent.conf");
+    std::fs::write(
+        &agent_conf,
+        format!(
+            r#"// The agent this edge replaces.
+{{ "Control-agent": {{
+    "http-host": "127.0.0.1", "http-port": {agent_port},   # the agent's port
+    "trust-anchor": "{ca}", "cert-file": "{crt}", "key-file": "{key}", "cert-required": true,
+    /* the daemons it forwards to */
+    "control-sockets": {{ "dhcp4": {{ "socket-type": "unix", "socket-name": "{sock}" }} }},
+    "authentication": {{ "type": "basic", "realm": "kea-test", "directory": "{dir}",
+        "clients": [ {{ "user": "alice", "password": "pw-a" }}, {{ "user": "bob", "password-file": "bob.pw" }} ] }},
+    "loggers": [ {{ "name": "kea-ctrl-agent", "severity": "INFO", "output_options": [ {{ "output": "{dir}/agent.log" }} ] }} ]
+}} }}"#,
+            ca = edge.ca_path().display(),
+            crt = server_crt.display(),
+            key = server_key.display(),
+            sock = d4.sock.display(),
+            dir = agent_dir.display(),
+        ),
+    )
+    .unwrap();
+    let mut agent = KillOnDrop(
+        std::process::Command::new("kea-ctrl-agent")
+            .arg("-c")
+            .arg(&agent_conf)
+            .env("KEA_PIDFILE_DIR", &agent_dir)
+            .env("KEA_LOCKFILE_DIR", &agent_dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err() {
+        assert!(Instant::now() < deadline, "the real agent did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The real agent: its clients work, and a Gatehouse group with the agent's credentials.
+    let (ok, text) = kea_shell(&edge, agent_port, "bob", "pw-b", "dhcp4").await;
+    assert!(
+        ok && text.contains("2.2.0"),
+        "the real agent with bob: {text}"
+    );
+    let gh_port = reserved_port();
+    let pw = tmp.path().join("agent-alice.pw");
+    std::fs::write(&pw, "pw-a\n").unwrap();
+    let mut with_creds = Group::new(format!("127.0.0.1:{agent_port}")).tls(
+        UpstreamTls::new("localhost")
+            .ca(edge.ca_path())
+            .client_cert(edge.paths("ops").0)
+            .client_key(edge.paths("ops").1),
+    );
+    with_creds.basic_auth = Some(UpstreamAuth {
+        user: "alice".into(),
+        password_file: pw.clone(),
+    });
+    let conf = Conf::new()
+        .listener(edge_listener(gh_port, &edge))
+        .upstream("agent", with_creds)
+        .route(Route::new("agent", "agent").kea(KeaRoute::allow_all()));
+    let g1 = tmp.path().join("g1");
+    std::fs::create_dir_all(&g1).unwrap();
+    let gh = Gatehouse::start(&g1, &conf);
+    let (status, v) = post(
+        &edge,
+        "ops",
+        gh_port,
+        "/",
+        r#"{"command":"version-get","service":["dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (status.as_str(), &v[0]["result"]),
+        ("200", &json!(0)),
+        "the agent took the group's credentials: {v}"
+    );
+    drop(gh);
+    agent.stop();
+
+    // The import.
+    let gh_dir = tmp.path().join("gh");
+    std::fs::create_dir_all(&gh_dir).unwrap();
+    let users = gh_dir.join("kea-users");
+    let out = std::process::Command::new(gatehouse_bin())
+        .args(["kea", "import-agent"])
+        .arg(&agent_conf)
+        .arg("--users-file")
+        .arg(&users)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.contains("services:") && yaml.contains("dhcp4: dhcp4"),
+        "{yaml}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&users).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let file = gh_dir.join("gatehouse.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{yaml}\nserver: {{ pid_file: {d}/gh.pid, upgrade_sock: {d}/up.sock }}\naudit: {{ path: {d}/audit.jsonl }}\n",
+            d = gh_dir.display()
+        ),
+    )
+    .unwrap();
+    let (ok, text) = gatehouse_cmd(&["check", "-c", file.to_str().unwrap()]);
+    assert!(ok, "{text}\n{yaml}");
+    let log = gh_dir.join("gh.log");
+    let mut gh = KillOnDrop(
+        std::process::Command::new(gatehouse_bin())
+            .args(["run", "-c", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(
+        "gatehouse",
+        &mut gh.0,
+        std::net::SocketAddr::from(([127, 0, 0, 1], agent_port)),
+        Instant::now() + Duration::from_secs(15),
+        &log,
+    );
+    for (user, pw) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        let (ok, text) = kea_shell(&edge, agent_port, user, pw, "dhcp4").await;
+        assert!(
+            ok && text.contains("2.2.0"),
+            "{user} through the imported config: {text}"
+        );
+    }
+    let (_, text) = kea_shell(&edge, agent_port, "alice", "wrong", "dhcp4").await;
+    assert!(text.contains("401"), "a wrong password: {text}");
+    let url = format!("https://localhost:{agent_port}/");
+    let c = curl(
+        &edge,
+        "ops",
+        &url,
+        &[
+            "-u",
+            "alice:wrong",
+            "-D",
+            "-",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"command":"version-get","service":["dhcp4"]}"#,
+        ],
+    )
+    .await;
+    assert_eq!(
+        (c.status.as_str(), c.version.as_str()),
+        ("401", "2"),
+        "{}",
+        c.body
+    );
+    assert!(
+        c.body
+            .to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"kea-test\""),
+        "{}",
+        c.body
+    );
+    assert!(
+        c.body.contains(r#"{"result":401,"text":"Unauthorized"}"#),
+        "{}",
+        c.body
+    );
+    let c = curl(
+        &edge,
+        "ops",
+        &url,
+        &[
+            "-u",
+            "alice:pw-a",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"command":"version-get","service":["dhcp4"]}"#,
+        ],
+    )
+    .await;
+    assert_eq!(c.status, "200", "{}", c.body);
+    gh.stop();
+    let audit = std::fs::read_to_string(gh_dir.join("audit.jsonl")).unwrap();
+    let users_seen: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["identity"]["user"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(users_seen, ["alice", "bob", "alice"], "{audit}");
+}

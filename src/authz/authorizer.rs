@@ -260,7 +260,9 @@ fn cache_key(q: &Question<'_>) -> String {
         Some(c) => c.fingerprint.as_str(),
         None => "anonymous",
     };
-    format!("{}\u{0}{who}\u{0}{}", q.listener, q.target)
+    // A basic-auth user is a caller of its own, with or without a certificate.
+    let user = q.identity.user().unwrap_or("");
+    format!("{}\u{0}{who}\u{0}{user}\u{0}{}", q.listener, q.target)
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! Who is calling, and the one language every rule uses to name callers.
 //!
 //! [`Identity`] is the caller as authorization sees it: a client certificate that verified
-//! against the listener's `client_ca`, or anonymous (no certificate, self-signed, unknown CA).
-//! [`Matcher`]s name identities: `cn:<glob>`, `dns:<glob>` (a DNS SAN), `spiffe://…` (a URI SAN
-//! prefix), `fingerprint:sha256:<hex>` (colons and case ignored), `anonymous`, and `"*"`
-//! (everyone, anonymous included). Route access ([`Access`]), Kea command rules and the cluster
+//! against the listener's `client_ca`, a user who gave HTTP basic credentials on a route that
+//! asks for them (`routes[].basic_auth`, as Kea's Control Agent did), or anonymous (no
+//! certificate, self-signed, unknown CA). [`Matcher`]s name identities: `cn:<glob>`,
+//! `dns:<glob>` (a DNS SAN), `spiffe://…` (a URI SAN prefix), `fingerprint:sha256:<hex>`
+//! (colons and case ignored), `user:<glob>`, `anonymous`, and `"*"` (everyone, anonymous
+//! included). Route access ([`Access`]), Kea command rules and the cluster
 //! method policy all use them, and ordered rule lists decide with [`FirstMatch`]. A bare glob
 //! (`agent-*`) is refused when the config loads, with the fix in the message: it used to be read
 //! as a CN glob in one place and as nothing in another.
@@ -21,13 +23,23 @@ use crate::identity::{ClientCert, TlsInfo};
 use crate::logsafe::Esc;
 use std::fmt;
 
-/// The caller of a request or a cluster link.
+/// The caller of a request or a cluster link. New kinds of caller may be added: match with a
+/// wildcard arm, or use [`Identity::cert`] and [`Identity::user`].
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum Identity<'a> {
     /// No verified certificate.
     Anonymous,
     /// A certificate that verified against the listener's `client_ca`.
     Verified(&'a ClientCert),
+    /// A user whose basic credentials checked out (`routes[].basic_auth`), with the
+    /// connection's verified certificate when it has one (certificate matchers still see it).
+    User {
+        /// The user name.
+        name: &'a str,
+        /// The verified certificate, if any.
+        cert: Option<&'a ClientCert>,
+    },
 }
 
 impl<'a> Identity<'a> {
@@ -45,9 +57,11 @@ impl<'a> Identity<'a> {
     }
 
     /// What per-caller limits count by: `cn:<cn>` (else `fingerprint:<hex>`) when verified,
-    /// `ip:<address>` for anonymous callers (`ip:-` without one).
+    /// `user:<name>` for a basic-auth user, `ip:<address>` for anonymous callers (`ip:-`
+    /// without one).
     pub fn limit_key(self, ip: Option<std::net::IpAddr>) -> String {
         match (self, ip) {
+            (Identity::User { name, .. }, _) => format!("user:{name}"),
             (Identity::Verified(c), _) => match &c.cn {
                 Some(cn) => format!("cn:{cn}"),
                 None => format!("fingerprint:{}", c.fingerprint),
@@ -61,7 +75,16 @@ impl<'a> Identity<'a> {
     pub fn cert(self) -> Option<&'a ClientCert> {
         match self {
             Identity::Verified(c) => Some(c),
+            Identity::User { cert, .. } => cert,
             Identity::Anonymous => None,
+        }
+    }
+
+    /// The basic-auth user, if any.
+    pub fn user(self) -> Option<&'a str> {
+        match self {
+            Identity::User { name, .. } => Some(name),
+            _ => None,
         }
     }
 
@@ -72,7 +95,7 @@ impl<'a> Identity<'a> {
 }
 
 /// How refusals and logs name a caller: `cn=<cn>` (escaped), `fingerprint=<hex>` for a
-/// certificate without CN, or `anonymous`.
+/// certificate without CN, `user=<name>` (escaped), or `anonymous`.
 impl fmt::Display for Identity<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -80,6 +103,7 @@ impl fmt::Display for Identity<'_> {
                 Some(cn) => write!(f, "cn={}", Esc(cn)),
                 None => write!(f, "fingerprint={}", c.fingerprint),
             },
+            Identity::User { name, .. } => write!(f, "user={}", Esc(name)),
             Identity::Anonymous => f.write_str("anonymous"),
         }
     }
@@ -90,8 +114,10 @@ impl fmt::Display for Identity<'_> {
 pub enum Matcher {
     /// `"*"`: everyone, anonymous included.
     Everyone,
-    /// `anonymous`: no verified certificate.
+    /// `anonymous`: no verified certificate and no basic-auth user.
     Anonymous,
+    /// `user:<glob>`: a basic-auth user name.
+    User(String),
     /// `cn:<glob>`: subject CN.
     Cn(String),
     /// `dns:<glob>`: a DNS SAN (case-insensitive).
@@ -116,6 +142,9 @@ impl Matcher {
         if let Some(g) = s.strip_prefix("cn:") {
             return Ok(Matcher::Cn(g.to_string()));
         }
+        if let Some(g) = s.strip_prefix("user:") {
+            return Ok(Matcher::User(g.to_string()));
+        }
         if let Some(g) = s.strip_prefix("dns:") {
             return Ok(Matcher::Dns(g.to_ascii_lowercase()));
         }
@@ -134,11 +163,11 @@ impl Matcher {
         }
         if !s.contains(':') && !s.is_empty() {
             return Err(format!(
-                "`{s}` names no kind of identity: use \"cn:{s}\" for a certificate CN (or dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, anonymous, \"*\" for everyone)"
+                "`{s}` names no kind of identity: use \"cn:{s}\" for a certificate CN (or dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, user:<glob>, anonymous, \"*\" for everyone)"
             ));
         }
         Err(format!(
-            "`{s}`: use cn:<glob>, dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, anonymous or \"*\""
+            "`{s}`: use cn:<glob>, dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, user:<glob>, anonymous or \"*\""
         ))
     }
 
@@ -146,9 +175,12 @@ impl Matcher {
     pub fn matches(&self, id: Identity<'_>) -> bool {
         let c = match (self, id) {
             (Matcher::Everyone, _) => return true,
-            (Matcher::Anonymous, id) => return id.cert().is_none(),
-            (_, Identity::Anonymous) => return false,
-            (_, Identity::Verified(c)) => c,
+            (Matcher::Anonymous, id) => return matches!(id, Identity::Anonymous),
+            (Matcher::User(g), id) => return id.user().is_some_and(|u| glob::matches(g, u)),
+            (_, id) => match id.cert() {
+                Some(c) => c,
+                None => return false,
+            },
         };
         match self {
             Matcher::Cn(g) => c.cn.as_deref().is_some_and(|cn| glob::matches(g, cn)),
@@ -158,7 +190,9 @@ impl Matcher {
                 .any(|d| glob::matches(g, &d.to_ascii_lowercase())),
             Matcher::Spiffe(p) => c.uris.iter().any(|u| u.starts_with(p.as_str())),
             Matcher::Fingerprint(f) => c.fingerprint == *f,
-            Matcher::Everyone | Matcher::Anonymous => unreachable!("decided above"),
+            Matcher::Everyone | Matcher::Anonymous | Matcher::User(_) => {
+                unreachable!("decided above")
+            }
         }
     }
 }

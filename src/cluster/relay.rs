@@ -575,6 +575,7 @@ impl Relay {
             identity: Caller {
                 cn: link.info.identity.cn().map(str::to_string),
                 fingerprint: link.fingerprint.map(str::to_string),
+                user: None,
             },
             direction: dir.label(),
             sni: link.info.sni.to_string(),

@@ -443,6 +443,7 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
         for (key, set) in [
             ("health_check", u.health_check.is_some()),
             ("tls", u.tls.is_some()),
+            ("basic_auth", u.basic_auth.is_some()),
         ] {
             if set {
                 cx.err(
@@ -518,10 +519,23 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
             cx.err(format!("{at}.{key}"), "must be more than 0");
         }
     }
+    let basic_auth = u.basic_auth.as_ref().map(|a| {
+        if a.user.is_empty() || a.user.contains(':') {
+            cx.err(
+                format!("{at}.basic_auth.user"),
+                "must be a non-empty name without `:`",
+            );
+        }
+        UpstreamAuthSettings {
+            user: a.user.clone(),
+            password_file: cx.path(&a.password_file),
+        }
+    });
     UpstreamSettings {
         name: name.to_string(),
         peers,
         unix,
+        basic_auth,
         load_balancing: u.load_balancing,
         health_check,
         connect_timeout: u.connect_timeout.get(),
@@ -607,6 +621,21 @@ fn lower_routes(
                     .unwrap_or_else(|| rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
             }
         });
+        let basic_auth = r.basic_auth.as_ref().map(|b| {
+            if b.realm.is_empty()
+                || b.realm.contains(['"', '\\'])
+                || b.realm.chars().any(char::is_control)
+            {
+                cx.err(
+                    format!("{at}.basic_auth.realm"),
+                    "must be non-empty, without quotes, backslashes or control characters",
+                );
+            }
+            BasicAuthSettings {
+                users_file: cx.path(&b.users_file),
+                realm: b.realm.clone(),
+            }
+        });
         if !keys.insert((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
             cx.err(
                 at.clone(),
@@ -627,6 +656,7 @@ fn lower_routes(
                 forward_identity: r.forward_identity,
                 kea,
                 rate_limit,
+                basic_auth,
             });
         }
     }

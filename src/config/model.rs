@@ -161,6 +161,8 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// Upstream TLS; `None` = plaintext.
     pub tls: Option<UpstreamTlsSettings>,
+    /// Basic credentials sent to every peer.
+    pub basic_auth: Option<UpstreamAuthSettings>,
 }
 
 /// An upstream group's active health probe.
@@ -221,6 +223,26 @@ pub struct RouteSettings {
     pub kea: Option<KeaSettings>,
     /// Per-caller request rate.
     pub rate_limit: Option<RateLimitSettings>,
+    /// HTTP basic credentials asked of callers.
+    pub basic_auth: Option<BasicAuthSettings>,
+}
+
+/// A route's basic authentication.
+#[derive(Debug, Clone)]
+pub struct BasicAuthSettings {
+    /// `name:bcrypt-hash` lines.
+    pub users_file: PathBuf,
+    /// The realm of `WWW-Authenticate`.
+    pub realm: String,
+}
+
+/// The basic credentials an upstream group's peers get.
+#[derive(Debug, Clone)]
+pub struct UpstreamAuthSettings {
+    /// The user name.
+    pub user: String,
+    /// The file holding the password (first line).
+    pub password_file: PathBuf,
 }
 
 /// A route's per-caller token bucket.

@@ -238,6 +238,9 @@ pub struct UpstreamSection {
     /// UpstreamSection TLS; absent = plaintext.
     #[serde(default)]
     pub tls: Option<UpstreamTlsSection>,
+    /// HTTP basic credentials sent to every peer (a Kea daemon that requires them).
+    #[serde(default)]
+    pub basic_auth: Option<UpstreamAuthSection>,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -350,6 +353,34 @@ pub struct RouteSection {
     /// Requests per caller (CN when verified, else client IP) on this route.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSection>,
+    /// Ask for HTTP basic credentials, as Kea's Control Agent did (`authentication`).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthSection>,
+}
+
+/// `routes[].basic_auth` — users who must give HTTP basic credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthSection {
+    /// `name:bcrypt-hash` lines (`gatehouse kea hash-password` writes a hash).
+    pub users_file: PathBuf,
+    /// The realm named in `WWW-Authenticate`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_realm() -> String {
+    "kea-control-agent".into()
+}
+
+/// `upstreams.<name>.basic_auth` — the credentials Gatehouse gives the group's peers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuthSection {
+    /// The user name.
+    pub user: String,
+    /// A file whose first line is the password.
+    pub password_file: PathBuf,
 }
 
 /// `routes[].rate_limit` — a token bucket per caller.

@@ -60,6 +60,7 @@ impl<'a> Record<'a> {
                 identity: Caller {
                     cn: ctx.client().and_then(|c| c.cn.clone()),
                     fingerprint: ctx.client().map(|c| c.fingerprint.clone()),
+                    user: ctx.user.clone(),
                 },
                 route: route.name.to_string(),
                 command: None,
@@ -114,7 +115,7 @@ impl HttpGateway {
         route: &Route,
         policy: &KeaPolicy,
     ) -> Result<()> {
-        let who = crate::authz::Identity::of(ctx.tls_info()).to_string();
+        let who = ctx.identity().to_string();
         let mut rec = Record::new(self, session, ctx, route);
         match self.decide_kea(session, ctx, policy).await? {
             Decision::Refused {
@@ -450,7 +451,7 @@ impl HttpGateway {
                 verdict: "misrouted",
             });
         }
-        let who = crate::authz::Identity::of(ctx.tls_info());
+        let who = ctx.identity();
         match policy.decide(who, &cmd) {
             Ok(()) => {
                 if let (Some(a), Some(route)) = (&self.authorizer, &ctx.route) {
@@ -652,6 +653,7 @@ impl HttpGateway {
         let mut req = upstream_request(session.req_header(), &g.host_header(addr), body)?;
         if let Some(route) = &ctx.route {
             self.forwarding_headers(session, route, ctx.client(), &mut req)?;
+            self.upstream_credentials(route, group, &mut req)?;
         }
         if !self.filters.is_empty() {
             self.filter_upstream(session, ctx, &mut req)?;

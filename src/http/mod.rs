@@ -7,6 +7,7 @@
 //! `upstream_request_filter` (forwarding headers) → Pingora proxies → `logging`.
 //! Failures: `fail_to_connect` / `error_while_proxy` classify → `fail_to_proxy` answers.
 
+pub mod basic;
 pub mod filter;
 pub mod kea;
 mod kea_flow;
@@ -104,7 +105,7 @@ impl HttpGateway {
         let route = ctx.route.as_ref()?;
         Some(FilterRequest {
             listener: &self.listener,
-            identity: Identity::of(ctx.tls_info()),
+            identity: ctx.identity(),
             client: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -178,6 +179,25 @@ impl HttpGateway {
             {
                 log::warn!(target: "gatehouse::access", "route {}: client certificate fields cannot form a header; X-Forwarded-Client-Cert not sent", route.name);
             }
+        }
+        Ok(())
+    }
+
+    /// The `Authorization` an upstream request carries: the caller's basic credentials are
+    /// the edge's to check and never go on (`routes[].basic_auth`); a group with its own
+    /// (`upstreams.<name>.basic_auth`) gets those instead. Other routes pass the header as
+    /// sent (Icinga's REST API takes the caller's credentials itself).
+    fn upstream_credentials(
+        &self,
+        route: &Route,
+        group: usize,
+        req: &mut RequestHeader,
+    ) -> Result<()> {
+        if route.basic_auth.is_some() {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
+        if let Some(a) = self.upstreams[group].authorization() {
+            req.insert_header(http::header::AUTHORIZATION, a)?;
         }
         Ok(())
     }
@@ -256,6 +276,8 @@ struct AccessLine<'a> {
 /// Per-request state shared across the filters.
 pub struct RequestCtx {
     start: Instant,
+    /// The basic-auth user, once the route's `basic_auth` checked the credentials.
+    user: Option<String>,
     tls: Option<Arc<SslDigest>>,
     route: Option<Arc<Route>>,
     peer: Option<SocketAddr>,
@@ -272,6 +294,18 @@ impl RequestCtx {
     /// The verified client certificate, if any.
     pub fn client(&self) -> Option<&ClientCert> {
         self.tls_info().and_then(|t| t.authenticated())
+    }
+
+    /// The caller: a basic-auth user (with the certificate, if any), else the certificate,
+    /// else anonymous.
+    pub fn identity(&self) -> Identity<'_> {
+        match &self.user {
+            Some(name) => Identity::User {
+                name,
+                cert: self.client(),
+            },
+            None => Identity::of(self.tls_info()),
+        }
     }
 
     fn route_name(&self) -> &str {
@@ -331,8 +365,40 @@ fn wants_json(session: &Session) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
+/// Most of an unread request body read (and dropped) before an answer sent ahead of it.
+const SETTLE_MAX: usize = 64 * 1024;
+/// How long reading it may take.
+const SETTLE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads what is left of the request body, up to [`SETTLE_MAX`] within [`SETTLE_TIME`], before
+/// an answer sent without it (a refusal, a 401, an edge answer): an HTTP/2 stream answered
+/// while the client still sends is reset, which curl reports as a framing error instead of the
+/// answer. Larger or slower bodies are not waited for.
+async fn settle_body(session: &mut Session) {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && !session.is_body_done() {
+        // The client waits for our go-ahead before it sends: answering now is what it expects.
+        return;
+    }
+    let settle = async {
+        let mut read = 0usize;
+        while read <= SETTLE_MAX {
+            match session.as_downstream_mut().read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(SETTLE_TIME, settle).await;
+}
+
 /// Writes a filter's answer.
 async fn answer(session: &mut Session, a: EdgeAnswer) -> Result<()> {
+    settle_body(session).await;
     let mut resp = ResponseHeader::build(a.status, Some(3))?;
     resp.insert_header(http::header::CONTENT_TYPE, a.content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, a.body.len().to_string())?;
@@ -345,9 +411,33 @@ async fn answer(session: &mut Session, a: EdgeAnswer) -> Result<()> {
         .await
 }
 
+/// `401` with `WWW-Authenticate`, Kea-shaped as the agent answered
+/// (`{"result": 401, "text": "Unauthorized"}`) for JSON clients.
+async fn unauthorized(session: &mut Session, text: &str, challenge: &str) -> Result<()> {
+    settle_body(session).await;
+    let (body, ctype) = if wants_json(session) {
+        let v = serde_json::json!({ "result": 401, "text": text });
+        (Bytes::from(v.to_string()), "application/json")
+    } else {
+        (
+            Bytes::from(format!("{text}\n")),
+            "text/plain; charset=utf-8",
+        )
+    };
+    let mut resp = ResponseHeader::build(401, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, ctype)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::WWW_AUTHENTICATE, challenge)?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, body)
+        .await
+}
+
 /// Answers with a short body; Kea-shaped JSON (`{"result": code, "text": ...}`) when the
 /// client speaks JSON, so kea-shell and scripts can parse Gatehouse's own errors.
 async fn respond(session: &mut Session, status: u16, text: &str) -> Result<()> {
+    settle_body(session).await;
     let (body, ctype) = if wants_json(session) {
         let v = serde_json::json!({ "result": status, "text": text });
         (Bytes::from(v.to_string()), "application/json")
@@ -373,6 +463,7 @@ impl ProxyHttp for HttpGateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
+            user: None,
             tls: None,
             route: None,
             peer: None,
@@ -408,8 +499,34 @@ impl ProxyHttp for HttpGateway {
             return Ok(true);
         };
         ctx.route = Some(route.clone());
-        if !route.access.admits(Identity::of(ctx.tls_info())) {
-            let who = Identity::of(ctx.tls_info()).to_string();
+        if let Some(auth) = &route.basic_auth {
+            let header = session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            let user = match (self.https, header) {
+                (true, Some(h)) => auth.check(Some(h)).await,
+                _ => None,
+            };
+            match user {
+                Some(u) => ctx.user = Some(u),
+                None => {
+                    if header.is_some() {
+                        log::warn!(target: "gatehouse::access", "listener {}: route {}: basic credentials refused ({})", self.listener, route.name, Identity::of(ctx.tls_info()));
+                    }
+                    let text = if self.https {
+                        "Unauthorized"
+                    } else {
+                        "Unauthorized: basic credentials are taken over TLS only"
+                    };
+                    unauthorized(session, text, &auth.challenge()).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if !route.access.admits(ctx.identity()) {
+            let who = ctx.identity().to_string();
             log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
             respond(
                 session,
@@ -423,7 +540,7 @@ impl ProxyHttp for HttpGateway {
             let req = session.req_header();
             let q = Question {
                 listener: &self.listener,
-                identity: Identity::of(ctx.tls_info()),
+                identity: ctx.identity(),
                 target: Target::Http {
                     route: &route.name,
                     method: req.method.as_str(),
@@ -432,7 +549,7 @@ impl ProxyHttp for HttpGateway {
             };
             let d = a.decide(&q).await;
             if !d.allow {
-                let who = Identity::of(ctx.tls_info()).to_string();
+                let who = ctx.identity().to_string();
                 log::warn!(target: "gatehouse::access", "listener {}: route {}: authorizer {} refused {who}: {}", self.listener, route.name, a.name(), EscText(&d.reason));
                 respond(session, 403, &d.reason).await?;
                 return Ok(true);
@@ -494,6 +611,7 @@ impl ProxyHttp for HttpGateway {
             return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
         };
         self.forwarding_headers(session, route, ctx.client(), req)?;
+        self.upstream_credentials(route, route.upstream, req)?;
         if !self.filters.is_empty() {
             self.filter_upstream(session, ctx, req)?;
         }

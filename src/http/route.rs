@@ -27,6 +27,8 @@ pub struct Route {
     pub fan_out: bool,
     /// This route's request counters and histogram.
     pub metrics: RouteMetrics,
+    /// Callers must give HTTP basic credentials (`routes[].basic_auth`).
+    pub basic_auth: Option<Arc<super::basic::BasicAuth>>,
 }
 
 impl Route {
@@ -49,6 +51,7 @@ impl Route {
             kea: None,
             fan_out: false,
             metrics: RouteMetrics::new(metrics, name),
+            basic_auth: None,
         }
     }
 }

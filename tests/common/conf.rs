@@ -425,6 +425,21 @@ pub struct Group {
     pub read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub tls: Option<UpstreamTls>,
+    pub basic_auth: Option<UpstreamAuth>,
+}
+
+/// `upstreams.<name>.basic_auth`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamAuth {
+    pub user: String,
+    pub password_file: PathBuf,
+}
+
+/// `routes[].basic_auth`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BasicAuth {
+    pub users_file: PathBuf,
+    pub realm: Option<String>,
 }
 
 impl Group {
@@ -552,6 +567,7 @@ pub struct Route {
     pub forward_identity: Option<String>,
     pub kea: Option<KeaRoute>,
     pub rate_limit: Option<RateLimit>,
+    pub basic_auth: Option<BasicAuth>,
 }
 
 impl Route {

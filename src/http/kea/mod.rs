@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod dispatch;
+pub mod import;
 pub mod json;
 
 use super::filter::{HttpFilter, Request};
