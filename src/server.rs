@@ -11,8 +11,9 @@ use crate::config::{
 use crate::demux::ListenerApp;
 use crate::error::{Error, ErrorKind};
 use crate::health::{self, Readiness};
+use crate::http::command_list::CommandList;
 use crate::http::filter::HttpFilter;
-use crate::http::kea::{CommandList, KeaPolicy};
+use crate::http::kea::KeaPolicy;
 use crate::http::limit::RateLimit;
 use crate::http::route::{Route, Router};
 use crate::http::HttpGateway;

@@ -14,18 +14,26 @@
 //! Pingora's proxy path can only replay a body it buffered itself (64 KiB), which is why an
 //! allowed command is sent from here rather than handed back to the proxy.
 
+use super::ctx::{balance_key, RequestCtx};
+use super::filter::HttpFilter;
+use super::forward;
 use super::kea::dispatch::{self, Dispatch, Endpoint, Reply, Target, TargetError};
 use super::kea::{self, agent, command_label, KeaPolicy};
+use super::reply::{self, respond};
 use super::route::Route;
-use super::{balance_key, respond, HttpGateway, RequestCtx};
-use crate::audit::{AuditEvent, Caller, KeaEvent, PeerResult};
+use crate::audit::{AuditEvent, AuditSink, Caller, KeaEvent, PeerResult};
+use crate::authz::Guarded;
 use crate::config::KeaTarget;
 use crate::logsafe::EscText;
+use crate::metrics::Metrics;
 use crate::upstream::FailureKind;
+use crate::upstream::UpstreamGroup;
 use bytes::{Bytes, BytesMut};
+use pingora_core::connectors::http::Connector;
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Request headers that describe this hop only, never forwarded.
@@ -45,17 +53,19 @@ const HOP_BY_HOP: &[&str] = &[
 /// answer never completed says so in `reason`), so no command that may have reached a daemon
 /// goes unrecorded.
 struct Record<'a> {
-    gw: &'a HttpGateway,
+    metrics: &'a Metrics,
+    audit: &'a dyn AuditSink,
     event: KeaEvent,
     start: Instant,
 }
 
 impl<'a> Record<'a> {
-    fn new(gw: &'a HttpGateway, session: &Session, ctx: &RequestCtx, route: &Route) -> Self {
+    fn new(flow: &KeaFlow<'a>, session: &Session, ctx: &RequestCtx, route: &Route) -> Self {
         Record {
-            gw,
+            metrics: flow.metrics,
+            audit: flow.audit,
             event: KeaEvent {
-                listener: gw.listener.to_string(),
+                listener: flow.listener.to_string(),
                 client: session.client_addr().map(|a| a.to_string()),
                 identity: Caller {
                     cn: ctx.client().and_then(|c| c.cn.clone()),
@@ -97,18 +107,39 @@ impl Drop for Record<'_> {
         let e = &mut self.event;
         e.duration_ms = (self.start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         let command = e.command.as_deref().map(command_label).unwrap_or("other");
-        self.gw
-            .metrics
+        self.metrics
             .kea_commands
             .with_label_values(&[&e.route, command, e.verdict])
             .inc();
-        self.gw.audit.record(&AuditEvent::Kea(e.clone()));
+        self.audit.record(&AuditEvent::Kea(e.clone()));
     }
 }
 
-impl HttpGateway {
+/// What serving a Kea route needs of the listener's gateway, borrowed for one request.
+pub(super) struct KeaFlow<'a> {
+    /// The listener's name (logs, audit, filter views).
+    pub(super) listener: &'a str,
+    /// Whether the listener terminates TLS (`X-Forwarded-Proto`).
+    pub(super) https: bool,
+    /// The upstream table.
+    pub(super) upstreams: &'a Arc<[UpstreamGroup]>,
+    /// Pingora's connector and pool.
+    pub(super) connector: &'a Arc<Connector>,
+    /// The metric families.
+    pub(super) metrics: &'a Metrics,
+    /// Where audit records go.
+    pub(super) audit: &'a dyn AuditSink,
+    /// Added filters, in order.
+    pub(super) filters: &'a [Box<dyn HttpFilter>],
+    /// The added authorizer.
+    pub(super) authorizer: Option<&'a Guarded>,
+    /// When the gateway was built (the agent's `status-get`).
+    pub(super) started: Instant,
+}
+
+impl KeaFlow<'_> {
     /// Serves one request on a route with a `kea:` block; the response is always written.
-    pub(super) async fn serve_kea(
+    pub(super) async fn serve(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -137,7 +168,7 @@ impl HttpGateway {
                 if let Some((by, a)) = self.filter_command(session, ctx, &cmd, &body).await {
                     rec.event.verdict = "answered";
                     rec.done(a.status, kea::result_codes(&a.body));
-                    super::answer(session, a).await?;
+                    reply::answer(session, a).await?;
                     log::info!(target: "gatehouse::access", "listener {}: route {}: {who}: command answered by filter {by}", self.listener, route.name);
                     return Ok(());
                 }
@@ -242,8 +273,8 @@ impl HttpGateway {
             return Ok(());
         }
         let d = Dispatch {
-            connector: &self.connector,
-            upstreams: &self.upstreams,
+            connector: self.connector,
+            upstreams: self.upstreams,
             max_answer: policy.max_answer,
         };
         let replies = d.send(targets, body).await;
@@ -359,7 +390,7 @@ impl HttpGateway {
         mut answer: serde_json::Value,
         peers: Option<Vec<PeerResult>>,
     ) -> Result<()> {
-        if let Some(view) = self.view(session, ctx) {
+        if let Some(view) = ctx.view(session, self.listener) {
             for f in self.filters.iter() {
                 if f.wants_kea_answer(&view, cmd) {
                     f.kea_answer(&view, cmd, &mut answer);
@@ -370,7 +401,7 @@ impl HttpGateway {
         let mut resp = ResponseHeader::build(200, Some(3))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
-        self.filter_response(session, ctx, &mut resp);
+        forward::filter_response(self.filters, self.listener, session, ctx, &mut resp);
         rec.event.peers = peers;
         rec.done(200, kea::result_codes(&out));
         session.write_response_header(Box::new(resp), false).await?;
@@ -403,7 +434,7 @@ impl HttpGateway {
         cmd: &kea::Command,
         body: &[u8],
     ) -> Option<(String, super::filter::EdgeAnswer)> {
-        let view = self.view(session, ctx)?;
+        let view = ctx.view(session, self.listener)?;
         for f in self.filters.iter() {
             if let super::filter::HttpAction::Answer(a) = f.kea_command(&view, cmd, body).await {
                 return Some((f.name().to_string(), a));
@@ -454,9 +485,9 @@ impl HttpGateway {
         let who = ctx.identity();
         match policy.decide(who, &cmd) {
             Ok(()) => {
-                if let (Some(a), Some(route)) = (&self.authorizer, &ctx.route) {
+                if let (Some(a), Some(route)) = (self.authorizer, &ctx.route) {
                     let q = crate::authz::Question {
-                        listener: &self.listener,
+                        listener: self.listener,
                         identity: who,
                         target: crate::authz::Target::Kea {
                             route: &route.name,
@@ -554,7 +585,7 @@ impl HttpGateway {
         let status = resp.status.as_u16();
         resp.remove_header("connection");
         resp.remove_header("keep-alive");
-        let editors: Vec<usize> = match self.view(session, ctx) {
+        let editors: Vec<usize> = match ctx.view(session, self.listener) {
             Some(view) => (0..self.filters.len())
                 .filter(|&i| self.filters[i].wants_kea_answer(&view, cmd))
                 .collect(),
@@ -575,7 +606,7 @@ impl HttpGateway {
             };
             resp.remove_header("transfer-encoding");
             resp.insert_header("content-length", answer.len().to_string())?;
-            self.filter_response(session, ctx, &mut resp);
+            forward::filter_response(self.filters, self.listener, session, ctx, &mut resp);
             self.connector
                 .release_http_session(up, &peer, Some(group.idle_timeout()))
                 .await;
@@ -586,7 +617,7 @@ impl HttpGateway {
             session.write_response_body(Some(answer), true).await?;
             return Ok(());
         }
-        self.filter_response(session, ctx, &mut resp);
+        forward::filter_response(self.filters, self.listener, session, ctx, &mut resp);
         rec.event.status = status;
         session.write_response_header(Box::new(resp), false).await?;
         let mut scan = kea::json::ResultScanner::default();
@@ -652,22 +683,13 @@ impl HttpGateway {
         let g = &self.upstreams[group];
         let mut req = upstream_request(session.req_header(), &g.host_header(addr), body)?;
         if let Some(route) = &ctx.route {
-            self.forwarding_headers(session, route, ctx.client(), &mut req)?;
-            self.upstream_credentials(route, group, &mut req)?;
+            forward::forwarding_headers(self.https, session, route, ctx.client(), &mut req)?;
+            forward::upstream_credentials(route, g, &mut req)?;
         }
         if !self.filters.is_empty() {
-            self.filter_upstream(session, ctx, &mut req)?;
+            forward::filter_upstream(self.filters, self.listener, session, ctx, &mut req)?;
         }
         Ok(req)
-    }
-
-    /// Applies the added filters' `response` phase.
-    fn filter_response(&self, session: &Session, ctx: &RequestCtx, resp: &mut ResponseHeader) {
-        if let Some(view) = self.view(session, ctx) {
-            for f in self.filters.iter() {
-                f.response(&view, resp);
-            }
-        }
     }
 
     /// Reads Kea's whole answer (at most `max` bytes) and lets the filters at `editors` edit
@@ -700,7 +722,7 @@ impl HttpGateway {
         let body = body.freeze();
         let (Ok(mut answer), Some(view)) = (
             serde_json::from_slice::<serde_json::Value>(&body),
-            self.view(session, ctx),
+            ctx.view(session, self.listener),
         ) else {
             return Ok(body);
         };
