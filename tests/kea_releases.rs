@@ -275,8 +275,17 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let k4 = KeaDaemon::start(&r30, Daemon::Dhcp4, Some(reserved_port()), None);
-    let k6 = KeaDaemon::start(&r30, Daemon::Dhcp6, None, None);
+    // dhcp4 wants basic credentials on its HTTP socket: the group gives them.
+    let k4 = KeaDaemon::start_with_auth(
+        &r30,
+        Daemon::Dhcp4,
+        Some(reserved_port()),
+        None,
+        Some(("gatehouse", "daemon-secret")),
+    );
+    let mut k6 = KeaDaemon::start(&r30, Daemon::Dhcp6, None, None);
+    let pw = tmp.path().join("k4.pw");
+    std::fs::write(&pw, "daemon-secret\n").unwrap();
     let o4 = KeaDaemon::start(&r26, Daemon::Dhcp4, None, None);
     let o6 = KeaDaemon::start(&r26, Daemon::Dhcp6, None, None);
     let unix = |k: &KeaDaemon| format!("unix:{}", k.unix.display());
@@ -288,7 +297,15 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
             "server",
             ClientAuth::Required,
         )))
-        .upstream("k4", Group::new(k4.http.unwrap()))
+        .upstream("k4", {
+            let mut g = Group::new(k4.http.unwrap());
+            g.basic_auth = Some(UpstreamAuth {
+                user: "gatehouse".into(),
+                password_file: pw.clone(),
+            });
+            g
+        })
+        .upstream("k4-no-auth", Group::new(k4.http.unwrap()))
         .upstream("k6", Group::new(unix(&k6)))
         .upstream("o4", Group::new(unix(&o4)))
         .upstream("o6", Group::new(unix(&o6)))
@@ -298,6 +315,11 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
                 .service("dhcp4", "k4")
                 .service("dhcp6", "k6"),
         ))
+        .route(
+            Route::new("no-auth", "k4-no-auth")
+                .path("/no-auth")
+                .kea(KeaRoute::allow_all().daemon("dhcp4")),
+        )
         .route(
             Route::agent(
                 "kea26",
@@ -343,6 +365,17 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
     assert_eq!(sockets["dhcp4"]["socket-type"], "http", "{v}");
     assert_eq!(sockets["dhcp6"]["socket-type"], "unix", "{v}");
 
+    // Without the group's credentials the daemon itself refuses (Kea's own 401).
+    let (status, v) = via_edge(
+        &edge,
+        "ops",
+        port,
+        "/no-auth",
+        r#"{"command":"version-get"}"#,
+    )
+    .await;
+    assert_eq!(status, "401", "{v}");
+
     let (cert, key) = edge.paths("ops");
     let out = tokio::time::timeout(
         Duration::from_secs(20),
@@ -370,5 +403,28 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
             .starts_with("3.0"),
         "kea-shell: {text}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The 3.0 dhcp6 stopped mid-test: its slot says so, dhcp4 still answers.
+    k6.stop();
+    let (status, v) = via_edge(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"version-get","service":["dhcp6","dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(status, "200", "{v}");
+    assert!(
+        v[0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("unable to forward command to the dhcp6 service: upstream error:"),
+        "{v}"
+    );
+    assert!(
+        v[1]["text"].as_str().unwrap_or_default().starts_with("3.0"),
+        "{v}"
     );
 }

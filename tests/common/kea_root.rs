@@ -160,6 +160,18 @@ impl KeaDaemon {
         http_port: Option<u16>,
         tls: Option<&super::kea::KeaTls>,
     ) -> KeaDaemon {
+        KeaDaemon::start_with_auth(root, kind, http_port, tls, None)
+    }
+
+    /// [`KeaDaemon::start`] whose HTTP(S) control socket requires basic credentials
+    /// `(user, password)` (`authentication` of the socket entry, Kea >= 2.7).
+    pub fn start_with_auth(
+        root: &Path,
+        kind: Daemon,
+        http_port: Option<u16>,
+        tls: Option<&super::kea::KeaTls>,
+        auth: Option<(&str, &str)>,
+    ) -> KeaDaemon {
         let (bin, key) = kind.names();
         let version = version(root);
         let kea2 = version.starts_with("2.");
@@ -219,8 +231,15 @@ impl KeaDaemon {
                     )
                 })
                 .unwrap_or_else(|| r#", "socket-type": "http""#.into());
+            let auth_json = auth
+                .map(|(user, password)| {
+                    format!(
+                        r#", "authentication": {{ "type": "basic", "realm": "kea-test", "clients": [ {{ "user": "{user}", "password": "{password}" }} ] }}"#
+                    )
+                })
+                .unwrap_or_default();
             format!(
-                r#"{{ "socket-address": "127.0.0.1", "socket-port": {port}{tls_json} }}"#
+                r#"{{ "socket-address": "127.0.0.1", "socket-port": {port}{tls_json}{auth_json} }}"#
             )
         });
         let sockets = if kea2 {
