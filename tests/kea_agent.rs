@@ -406,8 +406,49 @@ async fn real_daemons_with_gatehouse_as_their_agent() {
             Route::new("dhcp4", "k4")
                 .path("/dhcp4")
                 .kea(KeaRoute::allow_all().daemon("dhcp4")),
+        )
+        .route(
+            Route::agent(
+                "readonly",
+                KeaRoute::deny_by_default()
+                    .service("dhcp4", "k4")
+                    .service("dhcp6", "k6")
+                    .rule(
+                        KeaRule::new(["cn:ops"])
+                            .commands(AllowDeny::only(["*-get", "list-commands"])),
+                    ),
+            )
+            .path("/ro"),
         );
     let gh = Gatehouse::in_process(tmp.path(), &conf);
+
+    // Identity-aware list-commands on a services route: each daemon's list cut to the caller's.
+    let (_, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/ro",
+        r#"{"command":"list-commands","service":["dhcp4","dhcp6"]}"#,
+    )
+    .await;
+    for (i, daemon) in ["dhcp4", "dhcp6"].iter().enumerate() {
+        let names: Vec<&str> = v[i]["arguments"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{daemon}: {v}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            names.contains(&"config-get") && names.contains(&"list-commands"),
+            "{daemon}: {names:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .all(|n| n.ends_with("-get") || *n == "list-commands"),
+            "{daemon}: only what ops may run: {names:?}"
+        );
+    }
 
     // Dispatch: one element per service, in the order asked, each the daemon's own answer.
     let (status, v) = post(
@@ -531,7 +572,7 @@ async fn real_daemons_with_gatehouse_as_their_agent() {
         "{v}"
     );
     assert_eq!(v[1], json!(direct));
-    let recs = kea_records(&gh, 9).await;
+    let recs = kea_records(&gh, 10).await;
     let last = recs.last().unwrap();
     let peers = last.peers.as_ref().unwrap();
     assert_eq!(peers[0].service.as_deref(), Some("dhcp6"));
