@@ -179,12 +179,10 @@ fn http_edges() -> BTreeMap<String, BTreeSet<String>> {
                     found.extend(names(part));
                 }
                 if node != "http" && depth <= 2 {
-                    for (i, part) in line.split(http_super).enumerate().skip(1) {
-                        // `super::super::x` seen from a child's `mod.rs` is outside http.
-                        if depth == 1 || line.split(http_super).nth(i - 1).is_some() {
-                            if !part.starts_with("super::") {
-                                found.extend(names(part));
-                            }
+                    for part in line.split(http_super).skip(1) {
+                        // One `super::` more leaves `http`: not an edge inside it.
+                        if !part.starts_with("super::") {
+                            found.extend(names(part));
                         }
                     }
                 }
