@@ -527,30 +527,12 @@ async fn real_daemons_with_gatehouse_as_their_agent() {
     assert!(v[0]["arguments"]["Dhcp4"].is_object(), "{v}");
 
     // kea-shell, written for the agent, with --service.
-    let (cert, key) = edge.paths("ops");
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("kea-shell")
-            .args(["--host", "localhost", "--port", &port.to_string()])
-            .arg("--ca")
-            .arg(edge.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .args(["--service", "dhcp6", "version-get"])
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("kea-shell finished")
-    .expect("kea-shell runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (ok, text, all) =
+        common::kea::kea_shell(&edge, port, &["--service", "dhcp6", "version-get"]).await;
     let answer: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
     assert!(
-        out.status.success() && answer[0]["result"] == 0 && answer[0]["text"].is_string(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ok && answer[0]["result"] == 0 && answer[0]["text"].is_string(),
+        "{all}"
     );
 
     // dhcp6 stopped: its slot says so, dhcp4 still answers.
@@ -600,8 +582,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// kea-shell as the agent's clients run it: `--auth-user/--auth-password`, `--service`, mTLS to
-/// the edge. (exit success, stdout + stderr).
+/// kea-shell with basic credentials and `--service`, as the agent's clients run it.
 async fn kea_shell(
     edge: &Pki,
     port: u16,
@@ -609,28 +590,17 @@ async fn kea_shell(
     password: &str,
     service: &str,
 ) -> (bool, String) {
-    let (cert, key) = edge.paths("ops");
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("kea-shell")
-            .args(["--host", "localhost", "--port", &port.to_string()])
-            .arg("--ca")
-            .arg(edge.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .args(["--auth-user", user, "--auth-password", password])
-            .args(["--service", service, "version-get"])
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("kea-shell finished")
-    .expect("kea-shell runs");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    let args = [
+        "--auth-user",
+        user,
+        "--auth-password",
+        password,
+        "--service",
+        service,
+        "version-get",
+    ];
+    let (ok, _, all) = common::kea::kea_shell(edge, port, &args).await;
+    (ok, all)
 }
 
 /// A real Kea 2.2 Control Agent configuration (comments, mTLS, basic-auth clients, one with a

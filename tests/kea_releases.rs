@@ -376,33 +376,15 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
     .await;
     assert_eq!(status, "401", "{v}");
 
-    let (cert, key) = edge.paths("ops");
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("kea-shell")
-            .args(["--host", "localhost", "--port", &port.to_string()])
-            .arg("--ca")
-            .arg(edge.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .args(["--service", "dhcp4", "version-get"])
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("kea-shell finished")
-    .expect("kea-shell runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text, all) =
+        common::kea::kea_shell(&edge, port, &["--service", "dhcp4", "version-get"]).await;
     let answer: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
     assert!(
         answer[0]["text"]
             .as_str()
             .unwrap_or_default()
             .starts_with("3.0"),
-        "kea-shell: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "kea-shell: {all}"
     );
 
     // The 3.0 dhcp6 stopped mid-test: its slot says so, dhcp4 still answers.

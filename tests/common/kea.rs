@@ -291,3 +291,30 @@ impl KeaDaemon {
         std::fs::read_to_string(self.inner.dir.join(format!("{bin}.log"))).unwrap_or_default()
     }
 }
+
+/// kea-shell (Debian 12's, written for the Control Agent) against `port` on localhost over
+/// mTLS as `edge`'s `ops`, plus `args` (`--service dhcp4`, `--auth-user …`, the command);
+/// bounded by 20 s. (exit success, stdout, stdout + stderr).
+pub async fn kea_shell(edge: &super::Pki, port: u16, args: &[&str]) -> (bool, String, String) {
+    let (cert, key) = edge.paths("ops");
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("kea-shell")
+            .args(["--host", "localhost", "--port", &port.to_string()])
+            .arg("--ca")
+            .arg(edge.ca_path())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("kea-shell finished")
+    .expect("kea-shell runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), stdout, all)
+}
