@@ -308,14 +308,15 @@ async fn an_answer_cut_mid_way_is_still_audited() {
 async fn unix_daemons_that_misbehave_get_typed_slots() {
     let tmp = tempfile::tempdir().unwrap();
     let edge = Pki::edge(tmp.path(), &["ops"]);
-    let fake = |name: &str, answer: &'static [u8]| {
+    let fake = |name: &str, answer: &[u8]| {
+        let answer = answer.to_vec();
         let path = tmp.path().join(name);
         let l = tokio::net::UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(answer).await;
+                let _ = s.write_all(&answer).await;
             }
         });
         format!("unix:{}", path.display())
@@ -335,14 +336,50 @@ async fn unix_daemons_that_misbehave_get_typed_slots() {
             "good",
             Group::new(fake("ok.sock", br#"{ "result": 0, "text": "fine" }"#)),
         )
+        .upstream("big", {
+            // A 2 KiB answer: over the route's 1 KiB `max_answer`.
+            let big = format!(r#"{{ "result": 0, "text": "{}" }}"#, "x".repeat(2048));
+            Group::new(fake("big.sock", big.as_bytes()))
+        })
         .route(Route::agent(
             "kea",
             KeaRoute::allow_all()
                 .service("dhcp4", "garbage")
                 .service("dhcp6", "cut")
                 .service("d2", "good"),
-        ));
+        ))
+        .route(
+            Route::agent(
+                "small",
+                KeaRoute::allow_all()
+                    .service("dhcp4", "big")
+                    .service("d2", "good")
+                    .max_answer("1KiB"),
+            )
+            .path("/small"),
+        );
     let gh = Gatehouse::in_process(tmp.path(), &conf);
+
+    // An answer over kea.max_answer is that daemon's slot, and the audit says so.
+    let (_, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/small",
+        r#"{"command":"config-get","service":["dhcp4","d2"]}"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!([
+            {"result": 1, "text": "unable to forward command to the dhcp4 service: upstream error: too_large"},
+            {"result": 0, "text": "fine"},
+        ])
+    );
+    let recs = kea_records(&gh, 1).await;
+    let peers = recs[0].peers.clone().unwrap();
+    assert_eq!(peers[0].error.as_deref(), Some("upstream error: too_large"));
+
     let (status, v) = post(
         &edge,
         "ops",
@@ -369,9 +406,9 @@ async fn unix_daemons_that_misbehave_get_typed_slots() {
     )
     .await;
     assert_eq!(status, "400", "a malformed service: {v}");
-    let recs = kea_records(&gh, 2).await;
-    assert_eq!(recs[0].results.as_deref(), Some(&[1, 1, 0][..]));
-    assert_eq!(recs[1].verdict, "malformed");
+    let recs = kea_records(&gh, 3).await;
+    assert_eq!(recs[1].results.as_deref(), Some(&[1, 1, 0][..]));
+    assert_eq!(recs[2].verdict, "malformed");
     let m = gh.metrics_text().await;
     assert!(
         m.contains(r#"gatehouse_kea_fanout_peer_total{outcome="not_json""#),
@@ -825,4 +862,110 @@ async fn import_agent_then_serve_its_basic_auth_clients() {
         .filter_map(|v| v["identity"]["user"].as_str().map(str::to_string))
         .collect();
     assert_eq!(users_seen, ["alice", "bob", "alice"], "{audit}");
+}
+
+/// `fan_out: all` on a `kea.services` route: every peer of the service's group gets the
+/// command (without `service`), one element each, tagged with its peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_applies_per_service_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let (a, b) = (
+        Upstream::h1(None, Behavior::Echo).await,
+        Upstream::h1(None, Behavior::Echo).await,
+    );
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("pair", Group::peers([a.addr, b.addr]))
+        .route(Route::agent(
+            "kea",
+            KeaRoute::allow_all()
+                .service("dhcp4", "pair")
+                .fan_out("all"),
+        ));
+    let _gh = Gatehouse::in_process(tmp.path(), &conf);
+    let (status, v) = post(
+        &edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"status-get","service":["dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(status, "200", "{v}");
+    let peers: Vec<&str> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .filter_map(|e| e["peer"].as_str())
+        .collect();
+    assert_eq!(peers, [a.addr.to_string(), b.addr.to_string()], "{v}");
+    for o in [&a, &b] {
+        let seen = o.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&seen[0].body),
+            r#"{"command":"status-get"}"#
+        );
+    }
+}
+
+/// A client that sends a command and leaves before the (slow) daemon answers: the command may
+/// have reached the daemon, so it is audited and counted all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_command_is_still_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let body = r#"[ { "result": 0, "text": "late" } ]"#;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+                    .await;
+            });
+        }
+    });
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("d4", Group::new(slow))
+        .route(Route::new("dhcp4", "d4").kea(KeaRoute::allow_all().daemon("dhcp4")));
+    let gh = Gatehouse::in_process(tmp.path(), &conf);
+    let who = ClientOpts {
+        ca: Some(edge.ca_path()),
+        cert: Some(edge.paths("ops")),
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let mut s = tls_connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)), &who)
+        .await
+        .unwrap();
+    let body = r#"{"command":"config-write","arguments":{}}"#;
+    s.write_all(
+        format!("POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    let recs = kea_records(&gh, 1).await;
+    assert_eq!(
+        recs.len(),
+        1,
+        "the command the client left behind is recorded"
+    );
+    assert_eq!(recs[0].command.as_deref(), Some("config-write"));
+    assert_eq!(recs[0].verdict, "allowed");
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_kea_commands_total{command="config-write",route="dhcp4",verdict="allowed"} 1"#),
+        "{m}"
+    );
 }

@@ -270,13 +270,13 @@ async fn ask_unix(
     s.write_all(&body).await.map_err(io)?;
     let mut answer = BytesMut::with_capacity(4096);
     loop {
+        let n = s.read_buf(&mut answer).await.map_err(io)?;
         if answer.len() > max {
             return Err((
                 TargetError::TooLarge,
                 format!("over {max} bytes (kea.max_answer)"),
             ));
         }
-        let n = s.read_buf(&mut answer).await.map_err(io)?;
         if n == 0 {
             break;
         }
