@@ -179,3 +179,51 @@ mod tests {
         }
     }
 }
+
+/// One log line per window for something a client can repeat at will (a failed handshake, a
+/// refused connection): the first line of a window is written, the rest are counted, and the
+/// next line written says how many were held back. So a flood writes a line every window, not
+/// a line per connection.
+///
+/// ```
+/// use gatehouse::logging::Sampler;
+/// use std::time::Duration;
+///
+/// let s = Sampler::new(Duration::from_secs(10));
+/// assert_eq!(s.admit(), Some(0)); // written
+/// assert_eq!(s.admit(), None); // held back, counted
+/// assert_eq!(s.admit(), None);
+/// ```
+#[derive(Debug)]
+pub struct Sampler {
+    window: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Sampler {
+    /// One line per `window`.
+    pub fn new(window: std::time::Duration) -> Sampler {
+        Sampler {
+            window,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(n)`: write this line, saying `n` like it were held back since the last; `None`:
+    /// hold it back.
+    pub fn admit(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.0 {
+            Some(last) if now.duration_since(last) < self.window => {
+                st.1 += 1;
+                None
+            }
+            _ => {
+                let held = st.1;
+                *st = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}

@@ -125,7 +125,10 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Check { config } => match gatehouse::Gatehouse::load(&config) {
-            Ok(_) => {
+            Ok(g) => {
+                if let Some(w) = gatehouse::server::fd_budget_warning(g.config()) {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     /// `gatehouse_connections_active{listener, protocol}`.
     pub connections_active: IntGaugeVec,
+    /// `gatehouse_handshakes_total{listener, result}`: connections from accept to the end of
+    /// the TLS handshake (ok, timeout, failed, over_ip_limit, over_listener_limit).
+    pub handshakes: IntCounterVec,
     /// `gatehouse_tls_client_verify_failures_total{listener, reason}`.
     pub tls_verify_failures: IntCounterVec,
     /// `gatehouse_http_requests_total{route, status}` with status a class: 2xx, 3xx, 4xx, 5xx.
@@ -140,6 +143,14 @@ impl Metrics {
             &["listener", "protocol"],
         )?;
         registry.register(Box::new(connections_active.clone()))?;
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_handshakes_total",
+                "Connections from accept to a finished TLS handshake, by result: ok, timeout (listeners[].handshake_timeout), failed, over_ip_limit (max_handshakes_per_ip), over_listener_limit (max_connections).",
+            ),
+            &["listener", "result"],
+        )?;
+        registry.register(Box::new(handshakes.clone()))?;
         let tls_verify_failures = IntCounterVec::new(Opts::new("gatehouse_tls_client_verify_failures_total", "Client certificates that failed verification (reason: unknown_ca, expired, other)."), &["listener", "reason"])?;
         registry.register(Box::new(tls_verify_failures.clone()))?;
         let http_requests = IntCounterVec::new(
@@ -246,6 +257,7 @@ impl Metrics {
             build_info,
             connections,
             connections_active,
+            handshakes,
             tls_verify_failures,
             http_requests,
             http_duration,
@@ -410,6 +422,7 @@ mod tests {
             build_info,
             connections,
             connections_active,
+            handshakes,
             tls_verify_failures,
             http_requests,
             http_duration,
@@ -428,10 +441,11 @@ mod tests {
             cluster_links_replaced,
             kea_fanout_peers,
         } = &metrics;
-        let collectors: [&dyn Collector; 20] = [
+        let collectors: [&dyn Collector; 21] = [
             build_info,
             connections,
             connections_active,
+            handshakes,
             tls_verify_failures,
             http_requests,
             http_duration,

@@ -8,7 +8,7 @@ use crate::config::{
     Config, ConfigError, ConfigErrors, FanOut, ForwardIdentity, KeaTarget, ListenerSettings,
     Protocol, ServerSettings,
 };
-use crate::demux::ListenerApp;
+use crate::demux::{Handshakes, ListenerApp};
 use crate::error::{Error, ErrorKind};
 use crate::health::{self, Readiness};
 use crate::http::command_list::CommandList;
@@ -231,6 +231,10 @@ impl Plan {
         let relay = self.relay.map(Arc::new);
         let http_filters: Arc<[Box<dyn HttpFilter>]> = self.http_filters.into();
         let mut live = Vec::new();
+        let budget = fd_budget(self.config.listeners.len());
+        if let Some(w) = fd_budget_warning(&self.config) {
+            log::warn!("{w}");
+        }
         for (i, (l, tls)) in self
             .config
             .listeners
@@ -269,28 +273,32 @@ impl Plan {
                 self.metrics.clone(),
             )
             .with_max_per_identity(l.max_connections_per_identity);
-            let mut svc = Service::new(format!("listener {}", l.name), app);
-            let buffers = l4_buffers(l);
-            match tls {
+            let acceptor = match tls {
                 Some(t) => {
                     let at = format!("listeners[{i}].tls");
                     let contexts = Arc::new(ArcSwap::from_pointee(
                         t.contexts(0).map_err(|e| ConfigError::new(&at, e))?,
                     ));
-                    let settings = t
-                        .settings(contexts.clone())
+                    let acceptor = t
+                        .acceptor(contexts.clone())
                         .map_err(|e| ConfigError::new(&at, e))?;
-                    svc.add_listener(
-                        ListenerConfig::tcp(l.address.to_string())
-                            .tls(settings)
-                            .l4_buffer(buffers),
-                    );
                     live.push(LiveListener { index: i, contexts });
+                    Some(acceptor)
                 }
-                None => {
-                    svc.add_listener(ListenerConfig::tcp(l.address.to_string()).l4_buffer(buffers))
-                }
-            }
+                None => None,
+            };
+            let app = app.with_handshakes(Handshakes::new(
+                &l.name,
+                acceptor,
+                l.handshake_timeout,
+                l.max_handshakes_per_ip,
+                l.max_connections.unwrap_or(budget.per_listener),
+                &self.metrics,
+            ));
+            let mut svc = Service::new(format!("listener {}", l.name), app);
+            let buffers = l4_buffers(l);
+            // TLS runs in the app (`demux::Handshakes`), bounded from accept.
+            svc.add_listener(ListenerConfig::tcp(l.address.to_string()).l4_buffer(buffers));
             log::info!(
                 "listener {} on {} ({}, {:?})",
                 l.name,
@@ -334,6 +342,51 @@ impl Plan {
         }
         Ok(server)
     }
+}
+
+/// The process's file-descriptor budget (see [`fd_budget`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    /// The soft `RLIMIT_NOFILE`.
+    pub limit: u64,
+    /// Kept for the probes, `/metrics`, logs, upstream health checks, reloads and upgrades.
+    pub reserve: u64,
+    /// Each listener's `max_connections` when the file sets none.
+    pub per_listener: usize,
+}
+
+/// How many connections the listeners may hold so that descriptors are left for everything
+/// else: a reserve of a tenth of the limit (at least 128), and of the rest half (a proxied
+/// connection may hold an upstream one too), split evenly among `listeners`.
+pub fn fd_budget(listeners: usize) -> FdBudget {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let reserve = (limit / 10).max(128).min(limit);
+    let per = (limit - reserve) / 2 / (listeners.max(1) as u64);
+    FdBudget {
+        limit,
+        reserve,
+        per_listener: usize::try_from(per.max(1)).unwrap_or(usize::MAX),
+    }
+}
+
+/// What `gatehouse check` warns about: listeners whose `max_connections` add up to more than
+/// the descriptor limit can serve (two descriptors each, plus the reserve), so a flood would
+/// reach `Too many open files` and starve `/metrics` and the probes first.
+pub fn fd_budget_warning(config: &Config) -> Option<String> {
+    let b = fd_budget(config.listeners.len());
+    let total: u64 = config
+        .listeners
+        .iter()
+        .map(|l| l.max_connections.unwrap_or(b.per_listener) as u64)
+        .sum();
+    (total * 2 + b.reserve > b.limit).then(|| {
+        format!(
+            "listeners' max_connections add up to {total}: with an upstream connection each and {} descriptors kept for the rest, more than this process's limit of {} open files (ulimit -n; LimitNOFILE= under systemd). Raise the limit or lower max_connections",
+            b.reserve, b.limit
+        )
+    })
 }
 
 /// References a loaded file always has right, but an embedder's edited [`Config`] may not:

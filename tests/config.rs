@@ -352,6 +352,9 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 .keepalive_timeout("2s")
                 .keepalive_requests(3)
                 .max_connections_per_identity(2)
+                .handshake_timeout("5s")
+                .max_handshakes_per_ip(8)
+                .max_connections(100)
                 .tls(
                     ListenerTls::new("s.crt", "s.key")
                         .client_auth(ClientAuth::Optional)

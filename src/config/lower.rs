@@ -317,6 +317,18 @@ fn lower_listeners(
                 "must be at least 1 (leave it out for no limit)",
             );
         }
+        if l.handshake_timeout.get().is_zero() {
+            cx.err(format!("{at}.handshake_timeout"), "must be more than 0");
+        }
+        if l.max_handshakes_per_ip == 0 {
+            cx.err(format!("{at}.max_handshakes_per_ip"), "must be at least 1");
+        }
+        if l.max_connections == Some(0) {
+            cx.err(
+                format!("{at}.max_connections"),
+                "must be at least 1 (leave it out for a share of the descriptor limit)",
+            );
+        }
         let tls = l
             .tls
             .as_ref()
@@ -340,6 +352,9 @@ fn lower_listeners(
                 keepalive_timeout: l.keepalive_timeout.get(),
                 keepalive_requests: l.keepalive_requests,
                 max_connections_per_identity: l.max_connections_per_identity,
+                handshake_timeout: l.handshake_timeout.get(),
+                max_handshakes_per_ip: l.max_handshakes_per_ip,
+                max_connections: l.max_connections,
             });
         }
     }

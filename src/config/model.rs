@@ -97,6 +97,13 @@ pub struct ListenerSettings {
     pub keepalive_requests: u32,
     /// Connections open at once per caller (CN or certificate fingerprint, else client IP); `None` = no limit.
     pub max_connections_per_identity: Option<usize>,
+    /// From accept to a finished TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Connections in the TLS handshake at once per client address.
+    pub max_handshakes_per_ip: usize,
+    /// Connections open at once; `None` = this listener's share of the descriptor limit
+    /// ([`crate::server::fd_budget`]).
+    pub max_connections: Option<usize>,
 }
 
 impl ListenerSettings {

@@ -138,8 +138,23 @@ pub struct ListenerSection {
     /// Connections open at once per caller (CN or certificate fingerprint, else client IP); absent = no limit.
     #[serde(default)]
     pub max_connections_per_identity: Option<usize>,
+    /// From accept to a finished TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// Connections still in the TLS handshake per client address; more are closed at accept.
+    #[serde(default = "default_max_handshakes_per_ip")]
+    pub max_handshakes_per_ip: usize,
+    /// Connections open at once on this listener; absent = a share of the descriptor limit.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_max_handshakes_per_ip() -> usize {
+    64
+}
 fn default_protocols() -> Vec<Protocol> {
     vec![Protocol::Http]
 }

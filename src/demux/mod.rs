@@ -5,9 +5,11 @@
 //! An ASCII digit starts a netstring (Icinga cluster JSON-RPC); anything else is HTTP (an
 //! HTTP/2 preface starts with `P`). This is Icinga 2's own rule for its port 5665.
 
+mod handshake;
 mod head_deadline;
 mod prefixed;
 
+pub use handshake::Handshakes;
 pub use prefixed::PrefixedIo;
 
 use crate::authz::Identity;
@@ -39,6 +41,9 @@ pub struct ListenerApp {
     head_timeouts: prometheus::IntCounter,
     /// `max_connections_per_identity`, with the connections open per caller.
     per_identity: Option<PerIdentity>,
+    /// The TLS handshake and the accept-time caps (`handshake_timeout`, `max_handshakes_per_ip`,
+    /// `max_connections`); `None` only for an app built without them (TLS done elsewhere).
+    handshakes: Option<Handshakes>,
 }
 
 /// Connections open per caller key, capped.
@@ -97,7 +102,14 @@ impl ListenerApp {
             head_timeouts: metrics.http_head_timeouts.with_label_values(&[name]),
             metrics,
             per_identity: None,
+            handshakes: None,
         }
+    }
+
+    /// Runs the TLS handshake (if any) and the accept-time caps here.
+    pub fn with_handshakes(mut self, h: Handshakes) -> Self {
+        self.handshakes = Some(h);
+        self
     }
 
     /// Caps the connections each caller (CN or fingerprint, else client IP) may hold open at once; one more
@@ -137,9 +149,17 @@ async fn refuse(metrics: &Metrics, listener: &str, mut stream: Stream, label: &s
 impl ServerApp for ListenerApp {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let accepted = std::time::Instant::now();
+        let (mut stream, _place) = match &self.handshakes {
+            Some(h) => {
+                let (s, p) = h.accept(stream, accepted).await?;
+                (s, Some(p))
+            }
+            None => (stream, None),
+        };
         let _slot = match &self.per_identity {
             None => None,
             Some(cap) => {

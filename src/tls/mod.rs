@@ -21,7 +21,6 @@ use boring::ssl::{
     SslVerifyMode, SslVersion,
 };
 use boring::x509::{X509StoreContextRef, X509VerifyError, X509};
-use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::{TlsRef, ALPN};
 use std::any::Any;
@@ -178,7 +177,7 @@ impl ListenerTlsMaterial {
         // Build once now so that bad curves and the like surface in `check`, not at start.
         if let Err(e) = m
             .contexts(0)
-            .and_then(|c| m.settings(Arc::new(ArcSwap::from_pointee(c))))
+            .and_then(|c| m.acceptor(Arc::new(ArcSwap::from_pointee(c))))
         {
             errs.push(ConfigError::new(at, e));
         }
@@ -230,23 +229,20 @@ impl ListenerTlsMaterial {
                 .map_err(|e| format!("client_ca: {e}"))?;
             b.add_client_ca(ca).map_err(|e| format!("client_ca: {e}"))?;
         }
-        let wire: &'static [u8] = match self.alpn {
-            ALPN::H2 => b"\x02h2",
-            ALPN::H1 => b"\x08http/1.1",
-            _ => b"\x02h2\x08http/1.1",
-        };
-        b.set_alpn_select_callback(move |_, client| {
-            boring::ssl::select_next_proto(wire, client).ok_or(boring::ssl::AlpnError::NOACK)
-        });
+        self.set_alpn(&mut b);
         Ok(b.build())
     }
 
-    /// Pingora TLS settings for one listening address (Pingora consumes one per address).
-    /// Version, curves and client verification live here; every handshake then switches to
-    /// the current [`ListenerContexts`] for its certificate and trust, which is what reload swaps.
-    pub fn settings(&self, live: Arc<ArcSwap<ListenerContexts>>) -> Result<TlsSettings, String> {
-        let cb = Callbacks { live };
-        let mut s = TlsSettings::with_callbacks(Box::new(cb))
+    /// The acceptor of one listener, with the callbacks every handshake runs: version, curves,
+    /// client verification and ALPN live here; every handshake then switches to the current
+    /// [`ListenerContexts`] for its certificate and trust, which is what reload swaps. The
+    /// listener runs the handshake itself ([`crate::demux`]), through Pingora's
+    /// `handshake_with_callback`, so that it can bound it from accept on.
+    pub fn acceptor(
+        &self,
+        live: Arc<ArcSwap<ListenerContexts>>,
+    ) -> Result<ListenerAcceptor, String> {
+        let mut s = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
             .map_err(|e| format!("cannot create TLS acceptor: {e}"))?;
         set_certificate(&mut s, &self.default)?;
         if self.min_version == TlsVersion::Tls13 {
@@ -264,8 +260,23 @@ impl ListenerTlsMaterial {
             s.set_options(SslOptions::NO_TICKET);
             s.set_session_cache_mode(SslSessionCacheMode::OFF);
         }
-        s.set_alpn(self.alpn.clone());
-        Ok(s)
+        self.set_alpn(&mut s);
+        Ok(ListenerAcceptor {
+            acceptor: s.build(),
+            callbacks: Box::new(Callbacks { live }),
+        })
+    }
+
+    /// The ALPN choice, the server's preference first (h2, then HTTP/1.1, as allowed).
+    fn set_alpn(&self, b: &mut SslAcceptorBuilder) {
+        let wire: &'static [u8] = match self.alpn {
+            ALPN::H2 => b"\x02h2",
+            ALPN::H1 => b"\x08http/1.1",
+            _ => b"\x02h2\x08http/1.1",
+        };
+        b.set_alpn_select_callback(move |_, client| {
+            boring::ssl::select_next_proto(wire, client).ok_or(boring::ssl::AlpnError::NOACK)
+        });
     }
 
     /// Client verification, set on the Pingora context and on every switched-to context:
@@ -369,6 +380,15 @@ fn verify_reason(r: Result<(), X509VerifyError>) -> &'static str {
 /// Per-handshake hooks: the certificate and trust of the moment, and the identity.
 struct Callbacks {
     live: Arc<ArcSwap<ListenerContexts>>,
+}
+
+/// One listener's TLS acceptor and the callbacks each handshake runs (certificate by SNI from
+/// the live contexts; the client's identity read once when it completes).
+pub struct ListenerAcceptor {
+    /// The first context of every handshake.
+    pub acceptor: SslAcceptor,
+    /// Passed to Pingora's `handshake_with_callback`.
+    pub callbacks: Box<dyn TlsAccept + Send + Sync>,
 }
 
 #[async_trait]

@@ -302,6 +302,9 @@ pub struct Listener {
     pub keepalive_timeout: Option<String>,
     pub keepalive_requests: Option<u32>,
     pub max_connections_per_identity: Option<usize>,
+    pub handshake_timeout: Option<String>,
+    pub max_handshakes_per_ip: Option<usize>,
+    pub max_connections: Option<usize>,
     pub tls: Option<ListenerTls>,
 }
 
@@ -332,6 +335,9 @@ impl Listener {
         str keepalive_timeout,
         val keepalive_requests: u32,
         val max_connections_per_identity: usize,
+        str handshake_timeout,
+        val max_handshakes_per_ip: usize,
+        val max_connections: usize,
     );
 }
 
