@@ -1175,3 +1175,74 @@ async fn burst_2000_authenticated_links() {
         "only {n} of {LINKS} Hellos reached the master within 60 s"
     );
 }
+
+/// Malformed messages from a known peer are dropped and, unlike before, count toward
+/// `max_violations` (default 10): 50 of them in one burst end the link, and the log has a line
+/// per 10 s for them, not one per message (the probe's 50,000 wrote 50,002 lines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_from_a_known_peer_are_violations_logged_sampled() {
+    let e = Edge::start(None, true, SinkMode::Echo).await;
+    let mut s = e.hello_link(Some("agent1"), "agent1").await;
+    let burst: Vec<u8> = std::iter::repeat_n(&b"1:x,"[..], 50)
+        .flatten()
+        .copied()
+        .collect();
+    within("write", T, s.write_all(&burst)).await.unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "the link stayed open after 50 malformed messages\n{}",
+        e.gh.log_text()
+    );
+    let line = e
+        .log_line(&["agent1", "policy violations (cluster.max_violations)"], T)
+        .await;
+    assert!(line.is_some(), "the close says why:\n{}", e.gh.log_text());
+    let dropped =
+        e.gh.log_text()
+            .lines()
+            .filter(|l| l.contains("dropped a malformed"))
+            .count();
+    assert!(
+        (1..=2).contains(&dropped),
+        "{dropped} lines for one burst:\n{}",
+        e.gh.log_text()
+    );
+}
+
+/// `cluster.limits.anonymous_max_lifetime`: an anonymous link that keeps sending heartbeats
+/// (so never idle) is closed when its lifetime runs out, and says so; enrollment takes seconds,
+/// so eight addresses can no longer hold all the anonymous places for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_links_end_at_their_max_lifetime() {
+    let e = Edge::start(
+        Some(
+            Limits::default()
+                .anonymous_idle_timeout("60s")
+                .anonymous_max_lifetime("2s"),
+        ),
+        true,
+        SinkMode::Echo,
+    )
+    .await;
+    let mut s = e.hello_link(None, "anonymous").await;
+    let start = Instant::now();
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(8) {
+        if s.write_all(&ns(&heartbeat("beat"))).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut s, Duration::from_millis(400)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a busy anonymous link outlived its 2 s lifetime");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "closed early: {:?}",
+        start.elapsed()
+    );
+    let line = e.log_line(&["anonymous_max_lifetime"], T).await;
+    assert!(line.is_some(), "{}", e.gh.log_text());
+}

@@ -420,7 +420,7 @@ async fn anonymous_links_are_limited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
+async fn authenticated_links_forgive_bad_json_up_to_max_violations_but_not_bad_frames_and_idle() {
     let f = Fixture::start(SinkMode::Echo).await;
     let (c, gh, port) = (&f.c, &f.gh, f.port);
 
@@ -429,11 +429,6 @@ async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
         .unwrap();
     let mut burst = ns("{broken");
     burst.extend(ns("[1,2,3]"));
-    burst.extend(ns(&format!(
-        "{{\"method\":\"x\",\"p\":{}{}}}",
-        "[".repeat(40),
-        "]".repeat(40)
-    )));
     burst.extend(ns(HEARTBEAT));
     s.write_all(&burst).await.unwrap();
     let (got, closed) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
@@ -442,8 +437,21 @@ async fn authenticated_links_forgive_bad_json_but_not_bad_frames_and_idle() {
         (vec![ns(HEARTBEAT)], false),
         "bad JSON dropped, link kept"
     );
+    // The third malformed message (too deep) is the third violation: max_violations (3).
+    s.write_all(&ns(&format!(
+        "{{\"method\":\"x\",\"p\":{}{}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    )))
+    .await
+    .unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    gh.wait_log("3 policy violations (cluster.max_violations)");
     let m = gh.metrics_text().await;
     assert!(m.contains(r#"gatehouse_cluster_messages_total{direction="upstream",method="other",verdict="malformed"} 3"#), "{m}");
+    let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
 
     // A framing error closes even an authenticated link; another link is unaffected.
     let mut other = tls_connect(addr(port), &c.agent(Some("agent1")))

@@ -55,6 +55,7 @@ struct Limits {
     size: usize,
     idle: Duration,
     anonymous_idle: Duration,
+    anonymous_lifetime: Duration,
 }
 
 /// The relay shared by every listener that accepts `cluster`.
@@ -101,6 +102,7 @@ impl Relay {
                 size: l.message_size,
                 idle: l.idle_timeout,
                 anonymous_idle: l.anonymous_idle_timeout,
+                anonymous_lifetime: l.anonymous_max_lifetime,
             },
             filters: Chain::new(
                 MethodPolicy::new(Policy::new(&j.policy)),
@@ -304,6 +306,7 @@ impl Relay {
             fingerprint: auth.map(|c| c.fingerprint.as_str()),
             who: &who,
             violations: AtomicU32::new(0),
+            log: crate::logging::Sampler::new(Duration::from_secs(10)),
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
             answers: Default::default(),
         };
@@ -331,6 +334,9 @@ impl Relay {
             e = self.pump(&link, Direction::Upstream, &mut dr, &mut uw) => e,
             e = self.pump(&link, Direction::Downstream, &mut ur, &mut dw) => e,
             e = revoked(recheck, &link_q) => e,
+            _ = lifetime(cn.is_none().then_some(self.limits.anonymous_lifetime)) => {
+                LinkEnd::Lifetime(self.limits.anonymous_lifetime)
+            }
             _ = replaced(slot.as_ref()) => LinkEnd::Replaced,
             _ = shutting_down(&mut sd) => LinkEnd::Shutdown,
         };
@@ -511,11 +517,28 @@ impl Relay {
                     .cluster_messages
                     .with_label_values(&[dir.label(), "other", "malformed"])
                     .inc();
-                // Icinga's semantics: anonymous peers are dropped, known peers are forgiven.
+                // Anonymous peers are dropped (Icinga's rule). A known peer's malformed message
+                // is dropped and, from the client, counts as a violation: forgiven without
+                // end, 50,000 of them were 50,000 log lines and the link stayed.
                 if link.anonymous() {
                     return Err(LinkEnd::Malformed(dir, e));
                 }
-                log::warn!(target: "gatehouse::cluster", "{}: dropped a malformed {} message: {e}", link.who, dir.label());
+                let n = if dir == Direction::Upstream {
+                    link.violations.fetch_add(1, Ordering::Relaxed) + 1
+                } else {
+                    0
+                };
+                if let Some(held) = link.log.admit() {
+                    let more = if held > 0 {
+                        format!(" (and {held} more like it in the last 10 s)")
+                    } else {
+                        String::new()
+                    };
+                    log::warn!(target: "gatehouse::cluster", "{}: dropped a malformed {} message: {e}; violation {n}/{}{more}", link.who, dir.label(), self.max_violations);
+                }
+                if dir == Direction::Upstream && n >= self.max_violations {
+                    return Err(LinkEnd::Violations(n));
+                }
                 return Ok(());
             }
         };
@@ -626,6 +649,8 @@ struct Link<'a> {
     fingerprint: Option<&'a str>,
     who: &'a str,
     violations: AtomicU32,
+    /// One line per 10 s for what the peer can repeat at will (malformed messages).
+    log: crate::logging::Sampler,
     forwarded: [AtomicU64; 2],
     /// Framed answers from filters, by the direction whose writer sends them (an answer to
     /// the client goes out with the downstream pump), and the wake-up of that pump.
@@ -679,6 +704,8 @@ enum LinkEnd {
     Shutdown,
     /// A newer link of the same identity took its place.
     Replaced,
+    /// An anonymous link reached `anonymous_max_lifetime`.
+    Lifetime(Duration),
 }
 
 impl Direction {
@@ -721,6 +748,7 @@ impl LinkEnd {
             LinkEnd::Io(..) => "io",
             LinkEnd::Shutdown => "shutdown",
             LinkEnd::Replaced => "replaced",
+            LinkEnd::Lifetime(_) => "lifetime",
         }
     }
 }
@@ -779,6 +807,11 @@ impl fmt::Display for LinkEnd {
             LinkEnd::Revoked(by, why) => write!(f, "revoked by authorizer {by}: {}", EscText(why)),
             LinkEnd::Io(side, e) => write!(f, "{side} side: {e}"),
             LinkEnd::Shutdown => f.write_str("shutting down"),
+            LinkEnd::Lifetime(t) => write!(
+                f,
+                "an anonymous link open for {}s (cluster.limits.anonymous_max_lifetime)",
+                t.as_secs_f64()
+            ),
             LinkEnd::Replaced => f.write_str(
                 "replaced by a newer link of the same identity (cluster.limits.max_links_per_identity)",
             ),
@@ -897,6 +930,14 @@ impl Drop for LiveSlot<'_> {
 
 /// Resolves when a newer link of the same identity displaced this one (never for anonymous
 /// links, which have no slot).
+/// Resolves after `limit` (never without one).
+async fn lifetime(limit: Option<Duration>) {
+    match limit {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn replaced(slot: Option<&LiveSlot<'_>>) {
     match slot {
         Some(s) => s.close.notified().await,
@@ -951,6 +992,7 @@ mod tests {
             size: 0,
             idle: Duration::ZERO,
             anonymous_idle: Duration::ZERO,
+            anonymous_lifetime: Duration::ZERO,
         }
     }
 

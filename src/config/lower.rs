@@ -851,7 +851,14 @@ fn lower_cluster(
         message_size: cx.bytes("cluster.limits.message_size", l.message_size),
         idle_timeout: l.idle_timeout.get(),
         anonymous_idle_timeout: l.anonymous_idle_timeout.get(),
+        anonymous_max_lifetime: l.anonymous_max_lifetime.get(),
     };
+    if limits.anonymous_max_lifetime.is_zero() {
+        cx.err(
+            "cluster.limits.anonymous_max_lifetime",
+            "must be more than 0",
+        );
+    }
     ClusterSettings {
         routes,
         upstream_identity,

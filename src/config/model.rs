@@ -377,6 +377,8 @@ pub struct ClusterLimits {
     pub idle_timeout: Duration,
     /// Idle limit of an anonymous link.
     pub anonymous_idle_timeout: Duration,
+    /// The longest an anonymous link stays open.
+    pub anonymous_max_lifetime: Duration,
 }
 
 /// One method-policy rule.

@@ -555,6 +555,9 @@ pub struct ClusterLimitsSection {
     /// The same for anonymous links.
     #[serde(default = "default_anon_idle")]
     pub anonymous_idle_timeout: HumanDuration,
+    /// The longest an anonymous link may stay open, busy or not (enrollment takes seconds).
+    #[serde(default = "default_anon_lifetime")]
+    pub anonymous_max_lifetime: HumanDuration,
 }
 
 fn one() -> usize {
@@ -581,6 +584,9 @@ fn default_cluster_idle() -> HumanDuration {
 fn default_anon_idle() -> HumanDuration {
     HumanDuration::secs(10)
 }
+fn default_anon_lifetime() -> HumanDuration {
+    HumanDuration::secs(300)
+}
 
 impl Default for ClusterLimitsSection {
     fn default() -> Self {
@@ -593,6 +599,7 @@ impl Default for ClusterLimitsSection {
             message_size: default_msg_size(),
             idle_timeout: default_cluster_idle(),
             anonymous_idle_timeout: default_anon_idle(),
+            anonymous_max_lifetime: default_anon_lifetime(),
         }
     }
 }

@@ -817,6 +817,7 @@ pub struct Limits {
     pub message_size: Option<String>,
     pub idle_timeout: Option<String>,
     pub anonymous_idle_timeout: Option<String>,
+    pub anonymous_max_lifetime: Option<String>,
 }
 
 impl Limits {
@@ -829,6 +830,7 @@ impl Limits {
         str message_size,
         str idle_timeout,
         str anonymous_idle_timeout,
+        str anonymous_max_lifetime,
     );
 }
 
