@@ -1246,3 +1246,46 @@ async fn anonymous_links_end_at_their_max_lifetime() {
     let line = e.log_line(&["anonymous_max_lifetime"], T).await;
     assert!(line.is_some(), "{}", e.gh.log_text());
 }
+
+/// No upstream connection for a link before it sent one whole, valid message: the probe's
+/// garbage (`12345678901234567890:xxxx`), a malformed first message and a digit followed by
+/// silence each end at the edge, counted `no_valid_first_message`, and the master never sees a
+/// connection; a link that opens properly is relayed as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upstream_connection_before_a_valid_first_message() {
+    let e = Edge::start(
+        Some(Limits::default().anonymous_idle_timeout("1s")),
+        true,
+        SinkMode::Echo,
+    )
+    .await;
+    for (case, bytes) in [
+        ("garbage", b"12345678901234567890:xxxx".to_vec()),
+        ("malformed", ns("{not json")),
+        ("silence", b"5".to_vec()),
+    ] {
+        let mut s = e.connect(None).await;
+        within("write", T, s.write_all(&bytes)).await.unwrap();
+        assert!(
+            closed_within(&mut s, Duration::from_secs(4)).await,
+            "{case}: not closed"
+        );
+    }
+    assert_eq!(
+        e.sink.client_cns.lock().unwrap().len(),
+        0,
+        "the master was dialled for a link that never sent a valid message"
+    );
+    let m = e.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "gatehouse_cluster_links_refused_total",
+            &[("reason", "no_valid_first_message")]
+        ),
+        3.0,
+        "{m}"
+    );
+    let _ok = e.hello_link(None, "a proper anonymous link").await;
+    assert_eq!(e.sink.client_cns.lock().unwrap().len(), 1);
+}

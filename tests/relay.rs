@@ -427,14 +427,16 @@ async fn authenticated_links_forgive_bad_json_up_to_max_violations_but_not_bad_f
     let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
         .await
         .unwrap();
-    let mut burst = ns("{broken");
+    // A link is relayed once its first message is whole and well-formed.
+    let mut burst = ns(HEARTBEAT);
+    burst.extend(ns("{broken"));
     burst.extend(ns("[1,2,3]"));
     burst.extend(ns(HEARTBEAT));
     s.write_all(&burst).await.unwrap();
-    let (got, closed) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
+    let (got, closed) = read_frames(&mut s, 2, Duration::from_secs(5)).await;
     assert_eq!(
         (got, closed),
-        (vec![ns(HEARTBEAT)], false),
+        (vec![ns(HEARTBEAT), ns(HEARTBEAT)], false),
         "bad JSON dropped, link kept"
     );
     // The third malformed message (too deep) is the third violation: max_violations (3).

@@ -156,7 +156,7 @@ impl Relay {
     }
 
     /// Serves one link on `down` (whose first byte was a digit) until it ends.
-    pub async fn serve(&self, listener: &str, down: Stream, shutdown: &ShutdownWatch) {
+    pub async fn serve(&self, listener: &str, mut down: Stream, shutdown: &ShutdownWatch) {
         let info = down
             .get_ssl_digest()
             .and_then(|d| d.extension.get::<TlsInfo>().cloned())
@@ -249,6 +249,16 @@ impl Relay {
                 return self.reject(listener, down, "identity").await;
             }
         };
+        // Amplification: the master is dialled only for a client that sent one whole, valid
+        // message (Icinga's client speaks first: icinga::Hello), not for every connection
+        // that opens with a digit.
+        let first = match self.first_message(&mut down, cn.is_none()).await {
+            Ok(f) => f,
+            Err(why) => {
+                log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {why}; nothing was sent upstream");
+                return self.reject(listener, down, "no_valid_first_message").await;
+            }
+        };
         let key = cn.unwrap_or(&addr);
         let Some(peer_addr) = group.select(key.as_bytes()) else {
             self.metrics
@@ -331,8 +341,8 @@ impl Relay {
         let (mut ur, mut uw) = tokio::io::split(up);
         let mut sd = shutdown.clone();
         let end = tokio::select! {
-            e = self.pump(&link, Direction::Upstream, &mut dr, &mut uw) => e,
-            e = self.pump(&link, Direction::Downstream, &mut ur, &mut dw) => e,
+            e = self.pump(&link, Direction::Upstream, first, &mut dr, &mut uw) => e,
+            e = self.pump(&link, Direction::Downstream, BytesMut::new(), &mut ur, &mut dw) => e,
             e = revoked(recheck, &link_q) => e,
             _ = lifetime(cn.is_none().then_some(self.limits.anonymous_lifetime)) => {
                 LinkEnd::Lifetime(self.limits.anonymous_lifetime)
@@ -373,7 +383,76 @@ impl Relay {
     }
 
     /// Moves frames from `r` to `w` until the link must end.
-    async fn pump<R, W>(&self, link: &Link<'_>, dir: Direction, r: &mut R, w: &mut W) -> LinkEnd
+    /// Reads until the client's first message is whole and a JSON-RPC object, within the
+    /// link's idle limit and size limit; returns every byte read (that message first), for the
+    /// upstream pump to check and send like any other. The error says why there is none.
+    async fn first_message(&self, down: &mut Stream, anonymous: bool) -> Result<BytesMut, String> {
+        let (limit, idle) = if anonymous {
+            (self.limits.anonymous_size, self.limits.anonymous_idle)
+        } else {
+            (self.limits.size, self.limits.idle)
+        };
+        let deadline = tokio::time::Instant::now() + idle;
+        let mut buf = BytesMut::with_capacity(READ_IDLE);
+        loop {
+            match codec::decode(&mut buf, limit) {
+                Ok(Some(frame)) => {
+                    if let Err(e) = envelope::parse(frame.payload()) {
+                        self.metrics
+                            .cluster_messages
+                            .with_label_values(&["upstream", "other", "malformed"])
+                            .inc();
+                        return Err(if anonymous {
+                            format!("malformed message from the anonymous client: {e}")
+                        } else {
+                            format!("malformed first message from the client: {e}")
+                        });
+                    }
+                    let mut all = BytesMut::with_capacity(frame.raw().len() + buf.len());
+                    all.extend_from_slice(frame.raw());
+                    all.extend_from_slice(&buf);
+                    return Ok(all);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let verdict = match e {
+                        FrameError::TooLarge { .. } => "too_large",
+                        _ => "malformed",
+                    };
+                    self.metrics
+                        .cluster_messages
+                        .with_label_values(&["upstream", "other", verdict])
+                        .inc();
+                    return Err(format!("framing error from the client: {e}"));
+                }
+            }
+            if buf.capacity() - buf.len() < READ_IDLE / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            match tokio::time::timeout_at(deadline, down.read_buf(&mut buf)).await {
+                Err(_) => {
+                    return Err(format!(
+                        "no message from the client for {}s",
+                        idle.as_secs_f64()
+                    ))
+                }
+                Ok(Ok(0)) => {
+                    return Err("client closed the connection before its first message".into())
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    async fn pump<R, W>(
+        &self,
+        link: &Link<'_>,
+        dir: Direction,
+        initial: BytesMut,
+        r: &mut R,
+        w: &mut W,
+    ) -> LinkEnd
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -393,7 +472,7 @@ impl Relay {
         // holds a few hundred bytes per direction and a busy one reads 16 KiB at a time. A
         // link that read one larger message keeps its 16 KiB until its next small read (an
         // Icinga link's next heartbeat), then gives it back.
-        let mut buf = BytesMut::new();
+        let mut buf = initial;
         let mut busy = false;
         // Frames checked in one pass go out in one write: one TLS record and syscall per batch
         // instead of per message. At most one read's worth of frames waits here.
