@@ -252,7 +252,10 @@ async fn netstring_and_message_corpus() {
         // It opens with a valid message (a link is relayed only after one).
         let mut s = tls_connect(addr(e.port), &e.agent()).await.unwrap();
         s.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
-        assert!(read_frame(&mut s, Duration::from_secs(5)).await.is_some(), "{case}: no link");
+        assert!(
+            read_frame(&mut s, Duration::from_secs(5)).await.is_some(),
+            "{case}: no link"
+        );
         s.write_all(&codec::encode(payload)).await.unwrap();
         s.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
         assert_eq!(

@@ -969,3 +969,74 @@ async fn a_client_that_leaves_mid_command_is_still_audited() {
         "{m}"
     );
 }
+
+/// `routes[].basic_auth` on a plain route: the caller's `Authorization` never reaches the
+/// upstream; a group with `basic_auth` of its own sends its credentials instead; the caller is
+/// `user:<name>` for `allow`; HTTP/2 curl with `-u` as client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_credentials_stay_at_the_edge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = Pki::edge(tmp.path(), &["ops"]);
+    let origin = Upstream::h1(None, Behavior::Echo).await;
+    let users = tmp.path().join("users");
+    std::fs::write(
+        &users,
+        format!(
+            "alice:{}\nbob:{}\n",
+            gatehouse::http::basic::hash("pw-a").unwrap(),
+            gatehouse::http::basic::hash("pw-b").unwrap()
+        ),
+    )
+    .unwrap();
+    let pw = tmp.path().join("up.pw");
+    std::fs::write(&pw, "up-secret\n").unwrap();
+    let port = reserved_port();
+    let auth = |r: Route| {
+        let mut r = r.allow(["user:alice"]);
+        r.basic_auth = Some(conf::BasicAuth {
+            users_file: users.clone(),
+            realm: None,
+        });
+        r
+    };
+    let conf = Conf::new()
+        .listener(edge_listener(port, &edge))
+        .upstream("plain", Group::new(origin.addr))
+        .upstream("creds", {
+            let mut g = Group::new(origin.addr);
+            g.basic_auth = Some(conf::UpstreamAuth {
+                user: "edge".into(),
+                password_file: pw.clone(),
+            });
+            g
+        })
+        .route(auth(Route::new("plain", "plain").path("/plain")))
+        .route(auth(Route::new("creds", "creds").path("/creds")));
+    let _gh = Gatehouse::in_process(tmp.path(), &conf);
+    let url = |p: &str| format!("https://localhost:{port}{p}");
+    let c = curl(&edge, "ops", &url("/plain"), &["-u", "alice:pw-a"]).await;
+    assert_eq!(
+        (c.status.as_str(), c.version.as_str()),
+        ("200", "2"),
+        "{}",
+        c.body
+    );
+    let c = curl(&edge, "ops", &url("/creds"), &["-u", "alice:pw-a"]).await;
+    assert_eq!(c.status, "200", "{}", c.body);
+    let c = curl(&edge, "ops", &url("/plain"), &["-u", "bob:pw-b"]).await;
+    assert_eq!(c.status, "403", "bob is not in allow: {}", c.body);
+    let c = curl(&edge, "ops", &url("/plain"), &["-u", "alice:wrong"]).await;
+    assert_eq!(c.status, "401", "{}", c.body);
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2, "only alice's two requests went upstream");
+    assert_eq!(
+        seen[0].header("authorization"),
+        None,
+        "the caller's credentials stayed at the edge"
+    );
+    assert_eq!(
+        seen[1].header("authorization"),
+        Some(gatehouse::http::basic::header_value("edge", "up-secret").as_str()),
+        "the group's own credentials"
+    );
+}
