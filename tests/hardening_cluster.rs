@@ -1289,3 +1289,54 @@ async fn no_upstream_connection_before_a_valid_first_message() {
     let _ok = e.hello_link(None, "a proper anonymous link").await;
     assert_eq!(e.sink.client_cns.lock().unwrap().len(), 1);
 }
+
+/// A master that keeps sending heartbeats but never reads (the probe's stalled receiver): the
+/// agent's messages pile up until the edge's write to the master makes no progress for the
+/// idle limit, and then the link ends, saying which side took nothing. Before, the heartbeats
+/// kept the link alive and the agent's messages stalled unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_takes_nothing_ends_the_link() {
+    let e = Edge::start(
+        Some(Limits::default().idle_timeout("2s")),
+        true,
+        SinkMode::ChattyStall,
+    )
+    .await;
+    let mut s = e.connect(Some("agent1")).await;
+    within("hello", T, s.write_all(&ns(HELLO))).await.unwrap();
+    // 64 KiB messages until the way to the master is full (the write blocks).
+    let big = ns(&format!(
+        r#"{{"jsonrpc":"2.0","method":"event::Heartbeat","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(64 * 1024)
+    ));
+    let (mut r, mut w) = tokio::io::split(s);
+    let writer = tokio::spawn(async move {
+        for _ in 0..2000 {
+            if w.write_all(&big).await.is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let line = e
+        .log_line(
+            &["agent1", "the upstream took nothing for 2s"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        line.is_some(),
+        "the stalled link was kept:\n{}",
+        e.gh.log_text()
+    );
+    assert!(
+        closed_within(&mut r, Duration::from_secs(5)).await,
+        "the agent's side stayed open"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        start.elapsed()
+    );
+    writer.abort();
+}

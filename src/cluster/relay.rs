@@ -533,15 +533,16 @@ impl Relay {
                 link.take_answers(dir, &mut out);
             }
             if !out.is_empty() {
-                let written = w.write_all(&out).await;
-                // Flush before blocking on the next read: nothing may wait in a buffer.
-                if let Err(e) = async {
-                    written?;
-                    w.flush().await
-                }
-                .await
-                {
-                    return LinkEnd::Io(dir.receiver(), format!("write: {e}"));
+                // Flush before blocking on the next read: nothing may wait in a buffer. A
+                // receiver that takes nothing for the idle limit ends the link: a master that
+                // keeps sending but never reads would otherwise hold it, the agent's messages
+                // stalled unseen.
+                match write_with_progress(w, &out, idle).await {
+                    Ok(()) => {}
+                    Err(None) => return LinkEnd::Stalled(dir, idle),
+                    Err(Some(e)) => {
+                        return LinkEnd::Io(dir.receiver(), format!("write: {e}"));
+                    }
                 }
                 counters.bytes.inc_by(out.len() as u64);
                 out.clear();
@@ -785,6 +786,8 @@ enum LinkEnd {
     Replaced,
     /// An anonymous link reached `anonymous_max_lifetime`.
     Lifetime(Duration),
+    /// The receiver of this direction took nothing for the idle limit.
+    Stalled(Direction, Duration),
 }
 
 impl Direction {
@@ -828,6 +831,7 @@ impl LinkEnd {
             LinkEnd::Shutdown => "shutdown",
             LinkEnd::Replaced => "replaced",
             LinkEnd::Lifetime(_) => "lifetime",
+            LinkEnd::Stalled(..) => "stalled",
         }
     }
 }
@@ -886,6 +890,13 @@ impl fmt::Display for LinkEnd {
             LinkEnd::Revoked(by, why) => write!(f, "revoked by authorizer {by}: {}", EscText(why)),
             LinkEnd::Io(side, e) => write!(f, "{side} side: {e}"),
             LinkEnd::Shutdown => f.write_str("shutting down"),
+            LinkEnd::Stalled(d, t) => write!(
+                f,
+                "the {} took nothing for {}s ({} messages stalled; cluster.limits.idle_timeout)",
+                d.receiver(),
+                t.as_secs_f64(),
+                d.label()
+            ),
             LinkEnd::Lifetime(t) => write!(
                 f,
                 "an anonymous link open for {}s (cluster.limits.anonymous_max_lifetime)",
@@ -1009,6 +1020,27 @@ impl Drop for LiveSlot<'_> {
 
 /// Resolves when a newer link of the same identity displaced this one (never for anonymous
 /// links, which have no slot).
+/// Writes all of `buf` and flushes; `Err(None)` when a write or the flush made no progress for
+/// `stall` (the receiver takes nothing), `Err(Some(e))` on an I/O error.
+async fn write_with_progress<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut buf: &[u8],
+    stall: Duration,
+) -> Result<(), Option<std::io::Error>> {
+    while !buf.is_empty() {
+        match tokio::time::timeout(stall, w.write(buf)).await {
+            Err(_) => return Err(None),
+            Ok(Ok(0)) => return Err(Some(std::io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(Some(e)),
+        }
+    }
+    match tokio::time::timeout(stall, w.flush()).await {
+        Err(_) => Err(None),
+        Ok(r) => r.map_err(Some),
+    }
+}
+
 /// Resolves after `limit` (never without one).
 async fn lifetime(limit: Option<Duration>) {
     match limit {

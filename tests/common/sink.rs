@@ -20,6 +20,8 @@ pub enum SinkMode {
     Count,
     /// Accept the connection and never read (a stalled master).
     Stall,
+    /// Send a heartbeat every 200 ms and never read (a master that talks but takes nothing).
+    ChattyStall,
 }
 
 /// A running sink on 127.0.0.1 port 0.
@@ -63,6 +65,16 @@ impl Sink {
                     cns.lock().unwrap().push(cn);
                     if mode == SinkMode::Stall {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    if mode == SinkMode::ChattyStall {
+                        use tokio::io::AsyncWriteExt;
+                        let beat = codec::encode(
+                            br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#,
+                        );
+                        while s.write_all(&beat).await.is_ok() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                         return;
                     }
                     let mut buf = BytesMut::with_capacity(64 * 1024);
