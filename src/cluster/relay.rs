@@ -1028,17 +1028,42 @@ async fn write_with_progress<W: AsyncWrite + Unpin>(
     stall: Duration,
 ) -> Result<(), Option<std::io::Error>> {
     while !buf.is_empty() {
-        match tokio::time::timeout(stall, w.write(buf)).await {
-            Err(_) => return Err(None),
-            Ok(Ok(0)) => return Err(Some(std::io::ErrorKind::WriteZero.into())),
-            Ok(Ok(n)) => buf = &buf[n..],
-            Ok(Err(e)) => return Err(Some(e)),
+        let write = w.write(buf);
+        tokio::pin!(write);
+        // A write that goes through at once (the common case) arms no timer.
+        let n = match poll_once(write.as_mut()).await {
+            Some(r) => r,
+            None => match tokio::time::timeout(stall, write).await {
+                Err(_) => return Err(None),
+                Ok(r) => r,
+            },
+        };
+        match n {
+            Ok(0) => return Err(Some(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => buf = &buf[n..],
+            Err(e) => return Err(Some(e)),
         }
     }
-    match tokio::time::timeout(stall, w.flush()).await {
-        Err(_) => Err(None),
-        Ok(r) => r.map_err(Some),
-    }
+    let flush = w.flush();
+    tokio::pin!(flush);
+    let r = match poll_once(flush.as_mut()).await {
+        Some(r) => r,
+        None => match tokio::time::timeout(stall, flush).await {
+            Err(_) => return Err(None),
+            Ok(r) => r,
+        },
+    };
+    r.map_err(Some)
+}
+
+/// `f` polled once: its output if it is ready now, else `None` (its waker stays registered,
+/// so awaiting it afterwards loses nothing).
+async fn poll_once<F: std::future::Future>(mut f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// Resolves after `limit` (never without one).
