@@ -218,6 +218,9 @@ impl Plan {
             .map(|u| u.peer_count)
             .max()
             .unwrap_or(1);
+        if !opts.upgrade {
+            busy_addresses(&self.config)?;
+        }
         let conf = server_conf(&self.config.server, max_retries);
         let opt = Opt {
             upgrade: opts.upgrade,
@@ -342,6 +345,47 @@ impl Plan {
         }
         Ok(server)
     }
+}
+
+/// Refuses a fresh start while the gatehouse named in `server.pid_file` is alive and accepts
+/// on one of this configuration's addresses: Pingora binds with `SO_REUSEPORT`, so a second
+/// instance started by mistake would share the ports with the first, each answering some
+/// clients. A graceful upgrade (`--upgrade`) takes the sockets over instead and is not asked;
+/// an address held by anything else is left to Pingora, which retries the bind (`/readyz`
+/// names the listener meanwhile).
+fn busy_addresses(config: &Config) -> Result<(), ConfigError> {
+    let pid_file = &config.server.pid_file;
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|&pid| i64::from(pid) != i64::from(std::process::id()))
+        .filter(|&pid| {
+            crate::reload::check_target(pid, &Path::new("/proc").join(pid.to_string()).join("exe"))
+                .is_ok()
+        })
+    else {
+        return Ok(());
+    };
+    let addresses = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("listeners[{i}].address"), l.address))
+        .chain(config.metrics.map(|a| ("metrics.address".to_string(), a)));
+    for (key, addr) in addresses {
+        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
+            .is_ok()
+        {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "{addr} is already served by gatehouse pid {pid} (server.pid_file {}): stop it first, or start this one with --upgrade to take its sockets over",
+                    pid_file.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The process's file-descriptor budget (see [`fd_budget`]).

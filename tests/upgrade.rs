@@ -125,3 +125,60 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         "the old process must close its cluster links with close_notify"
     );
 }
+
+/// A second instance started on a running one's addresses without `--upgrade` (the probe's
+/// "both accept, /metrics answered by the old one") is refused at start, naming the key, the
+/// address and the pid in `server.pid_file`; the running instance keeps serving alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_live_addresses_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = Pki::edge(dir, &[]);
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
+            &pki,
+            "server",
+            ClientAuth::Optional,
+        )))
+        .upstream("web", Group::new(web.addr))
+        .route(Route::new("web", "web"))
+        .metrics(reserved_port());
+    let first = Gatehouse::start(dir, &conf);
+    let file = dir.join("gatehouse.yaml");
+    let second = Command::new(gatehouse_bin())
+        .args(["run", "-c", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || second.wait_with_output()),
+    )
+    .await
+    .expect("the second instance exits")
+    .unwrap()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second instance ran: {err}");
+    assert!(
+        err.contains("listeners[0].address")
+            && err.contains(&format!(
+                "is already served by gatehouse pid {}",
+                first.pid()
+            )),
+        "{err}"
+    );
+    let o = ClientOpts {
+        ca: Some(pki.ca_path()),
+        cert: None,
+        sni: Some("localhost".into()),
+        tls12: false,
+    };
+    let r = request(addr(port), Some(&o), "GET", "/", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "the first instance still serves");
+}
