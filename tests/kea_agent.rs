@@ -73,16 +73,9 @@ async fn a_daemon_route_refuses_other_services_and_never_sends_service() {
         .listener(edge_listener(port, &edge))
         .upstream("d4", Group::new(daemon.addr))
         .route(
-            Route::new("dhcp4", "d4").path("/dhcp4").kea(
-                KeaRoute::deny_by_default()
-                    .daemon("dhcp4")
-                    .rule(
-                        KeaRule::new(["cn:dashboard-*"])
-                            .commands(AllowDeny::only(["*-get"]))
-                            .services(AllowDeny::only(["dhcp6"])),
-                    )
-                    .rule(KeaRule::new(["cn:ops"])),
-            ),
+            Route::new("dhcp4", "d4")
+                .path("/dhcp4")
+                .kea(common::kea::bypass_rules("ops")),
         );
     let gh = Gatehouse::in_process(tmp.path(), &conf);
 

@@ -219,18 +219,7 @@ async fn kea_3_0_service_bypass_is_closed_by_a_daemon_route() {
                 "gatehouse",
             )),
         )
-        .route(
-            Route::new("dhcp4", "dhcp4").kea(
-                KeaRoute::deny_by_default()
-                    .daemon("dhcp4")
-                    .rule(
-                        KeaRule::new(["cn:dashboard-*"])
-                            .commands(AllowDeny::only(["*-get"]))
-                            .services(AllowDeny::only(["dhcp6"])),
-                    )
-                    .rule(KeaRule::new(["cn:ops-admin"])),
-            ),
-        );
+        .route(Route::new("dhcp4", "dhcp4").kea(common::kea::bypass_rules("ops-admin")));
     let _gh = Gatehouse::start(tmp.path(), &conf);
     let (status, v) = via_edge(
         &edge,

@@ -55,26 +55,9 @@ impl HttpFilter for CommandList {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kea::test_support::{cert, cmd, policy};
     use super::*;
     use crate::authz::Identity;
-    use crate::identity::ClientCert;
-    use crate::pki::{Ca, CertSpec};
-
-    fn policy(yaml: &str) -> KeaPolicy {
-        KeaPolicy::new(&crate::config::kea_from_yaml(yaml))
-    }
-
-    fn cert(cn: &str) -> ClientCert {
-        let ca = Ca::new("t").unwrap();
-        ClientCert::from_x509(ca.issue(&CertSpec::new(cn)).unwrap().cert, true)
-    }
-
-    fn cmd(c: &str, svc: &[&str]) -> Command {
-        Command {
-            command: c.into(),
-            services: svc.iter().map(|s| s.to_string()).collect(),
-        }
-    }
 
     /// The Control Agent answers `list-commands` with one object, a daemon's with a list: both
     /// are cut, other routes and other commands are left alone.

@@ -318,3 +318,16 @@ pub async fn kea_shell(edge: &super::Pki, port: u16, args: &[&str]) -> (bool, St
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     (out.status.success(), stdout, all)
 }
+
+/// The rules of issue 22's bypass case on a `kea.daemon: dhcp4` route: dashboards may read
+/// (`*-get`) but only dhcp6, `admin` may do anything.
+pub fn bypass_rules(admin: &str) -> super::KeaRoute {
+    super::KeaRoute::deny_by_default()
+        .daemon("dhcp4")
+        .rule(
+            super::KeaRule::new(["cn:dashboard-*"])
+                .commands(super::AllowDeny::only(["*-get"]))
+                .services(super::AllowDeny::only(["dhcp6"])),
+        )
+        .rule(super::KeaRule::new([format!("cn:{admin}")]))
+}

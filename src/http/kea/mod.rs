@@ -315,27 +315,38 @@ pub fn result_codes(body: &[u8]) -> Vec<i64> {
     }
 }
 
+/// What the Kea unit tests here and in `command_list` build their cases from.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use super::{Command, KeaPolicy};
     use crate::identity::ClientCert;
     use crate::pki::{Ca, CertSpec};
 
-    fn policy(yaml: &str) -> KeaPolicy {
+    /// A route's rules from their YAML.
+    pub(crate) fn policy(yaml: &str) -> KeaPolicy {
         KeaPolicy::new(&crate::config::kea_from_yaml(yaml))
     }
 
-    fn cert(cn: &str) -> ClientCert {
+    /// A verified certificate with CN `cn`.
+    pub(crate) fn cert(cn: &str) -> ClientCert {
         let ca = Ca::new("t").unwrap();
         ClientCert::from_x509(ca.issue(&CertSpec::new(cn)).unwrap().cert, true)
     }
 
-    fn cmd(c: &str, svc: &[&str]) -> Command {
+    /// Command `c` on services `svc`.
+    pub(crate) fn cmd(c: &str, svc: &[&str]) -> Command {
         Command {
             command: c.into(),
             services: svc.iter().map(|s| s.to_string()).collect(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{cert, cmd, policy};
+    use super::*;
+    use crate::identity::ClientCert;
 
     #[test]
     fn parses_commands() {
