@@ -80,6 +80,10 @@ pub struct Metrics {
     /// `gatehouse_http_header_timeouts_total{listener}`: HTTP/1 connections closed because a
     /// request head was not complete within `header_timeout` (slowloris).
     pub http_head_timeouts: IntCounterVec,
+    /// `gatehouse_http_client_timeouts_total{listener, phase}`: requests ended because the
+    /// client stalled once its head was in: `body` (a request body gap over `body_timeout`),
+    /// `send` (it took no bytes of an answer for `send_timeout`).
+    pub http_client_timeouts: IntCounterVec,
     /// `gatehouse_tls_reloads_total{result}` (success, failure): certificate reloads, by SIGHUP
     /// or by a watched file change (`tls.watch`).
     pub tls_reloads: IntCounterVec,
@@ -183,6 +187,14 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(http_head_timeouts.clone()))?;
+        let http_client_timeouts = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_http_client_timeouts_total",
+                "HTTP requests ended because the client stalled after its head: phase body (body_timeout) or send (send_timeout).",
+            ),
+            &["listener", "phase"],
+        )?;
+        registry.register(Box::new(http_client_timeouts.clone()))?;
         let tls_reloads = IntCounterVec::new(Opts::new("gatehouse_tls_reloads_total", "Certificate reloads (SIGHUP, or a watched file changed), by result; a failed reload keeps the previous material."), &["result"])?;
         registry.register(Box::new(tls_reloads.clone()))?;
         let tls_watched_folders = prometheus::IntGauge::new(
@@ -263,6 +275,7 @@ impl Metrics {
             http_duration,
             upstream_errors,
             http_head_timeouts,
+            http_client_timeouts,
             tls_reloads,
             tls_watched_folders,
             tls_cert_not_after,
@@ -428,6 +441,7 @@ mod tests {
             http_duration,
             upstream_errors,
             http_head_timeouts,
+            http_client_timeouts,
             tls_reloads,
             tls_watched_folders,
             tls_cert_not_after,
@@ -441,7 +455,7 @@ mod tests {
             cluster_links_replaced,
             kea_fanout_peers,
         } = &metrics;
-        let collectors: [&dyn Collector; 21] = [
+        let collectors: [&dyn Collector; 22] = [
             build_info,
             connections,
             connections_active,
@@ -451,6 +465,7 @@ mod tests {
             http_duration,
             upstream_errors,
             http_head_timeouts,
+            http_client_timeouts,
             tls_reloads,
             tls_watched_folders,
             tls_cert_not_after,

@@ -16,7 +16,7 @@ use crate::http::filter::HttpFilter;
 use crate::http::kea::KeaPolicy;
 use crate::http::limit::RateLimit;
 use crate::http::route::{Route, Router};
-use crate::http::HttpGateway;
+use crate::http::{ClientBounds, HttpGateway};
 use crate::metrics::Metrics;
 use crate::reload::watch::{Baseline, FileWatcher};
 use crate::reload::{LiveListener, Reloader};
@@ -258,9 +258,14 @@ impl Plan {
                 )
                 .with_authorizer(self.authorizer.clone())
                 .with_filters(http_filters.clone())
-                .with_log_format(self.config.log_format);
+                .with_log_format(self.config.log_format)
+                .with_client_bounds(ClientBounds {
+                    body: l.body_timeout,
+                    send: l.send_timeout,
+                });
                 let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
                 proxy.server_options = Some(http_options(l));
+                proxy.h2_options = Some(h2_options(l));
                 proxy
             });
             let cluster = l
@@ -275,7 +280,8 @@ impl Plan {
                 l.header_timeout,
                 self.metrics.clone(),
             )
-            .with_max_per_identity(l.max_connections_per_identity);
+            .with_max_per_identity(l.max_connections_per_identity)
+            .with_body_timeout(l.body_timeout);
             let acceptor = match tls {
                 Some(t) => {
                     let at = format!("listeners[{i}].tls");
@@ -312,6 +318,7 @@ impl Plan {
             server.add_service(svc);
         }
         server.add_services(self.health);
+        server.add_service(background_service("allocator trim", crate::memory::Trimmer));
         let reloader = Reloader::new(
             self.config.clone(),
             live,
@@ -537,6 +544,14 @@ fn http_options(l: &ListenerSettings) -> HttpServerOptions {
     o.h2_idle_timeout = Some(std::time::Duration::from_secs(ceil_secs(
         l.keepalive_timeout,
     )));
+    o
+}
+
+/// HTTP/2 settings: Pingora's bounded defaults (64 KiB of decoded headers), with the
+/// listener's stream limit: each open stream may hold an upstream connection.
+fn h2_options(l: &ListenerSettings) -> pingora_core::protocols::http::v2::server::H2Options {
+    let mut o = pingora_core::protocols::http::v2::server::default_h2_options();
+    o.max_concurrent_streams(l.max_concurrent_streams);
     o
 }
 

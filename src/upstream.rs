@@ -42,6 +42,9 @@ struct PeerTemplate {
     connect_timeout: Duration,
     tls_handshake_timeout: Duration,
     read_timeout: Duration,
+    /// The bound on a whole answer: not a peer option (Pingora bounds single reads only), it
+    /// is checked as the answer arrives ([`UpstreamGroup::answer_timeout`]).
+    answer_timeout: Duration,
     idle_timeout: Duration,
     /// The TCP connect, bounded by `connect_timeout` alone.
     l4: Arc<BoundedConnect>,
@@ -183,6 +186,7 @@ impl UpstreamGroup {
                 timeout: u.connect_timeout,
             }),
             read_timeout: u.read_timeout,
+            answer_timeout: u.answer_timeout,
             idle_timeout: u.idle_timeout,
         };
         let http_check = u
@@ -337,6 +341,12 @@ impl UpstreamGroup {
     /// The bound on each read and write to a peer.
     pub fn read_timeout(&self) -> Duration {
         self.template.read_timeout
+    }
+
+    /// The bound on a whole answer, head and body, from the request sent
+    /// (`upstreams.<name>.answer_timeout`).
+    pub fn answer_timeout(&self) -> Duration {
+        self.template.answer_timeout
     }
 
     /// How long pooled idle connections to this group are kept.

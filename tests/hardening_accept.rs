@@ -297,3 +297,84 @@ fn check_warns_when_caps_exceed_the_descriptor_limit() {
         "{out}"
     );
 }
+
+/// After a flood of 480 TLS connections (from 8 addresses) that each start a large upload and
+/// hold it, then all go away, Gatehouse's resident memory returns to within twice what it was
+/// before the flood, within a minute (`memory::Trimmer`). Before, freed memory stayed with the
+/// allocator: 130 MB of a 42 MB baseline here, 176 MB of 24 MB in the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_returns_after_a_flood() {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        4096.min(hard),
+        hard,
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::edge(tmp.path(), &[]);
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let gh = Gatehouse::start(
+        tmp.path(),
+        &conf(&pki, &web, port, |l| l).metrics(reserved_port()),
+    );
+    let pid = gh.pid();
+    for _ in 0..20 {
+        assert_eq!(get_from("127.0.0.1", port, &pki).await, Ok(200));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = status_kib(pid, "VmRSS:");
+    let mut held = Vec::new();
+    let body = vec![b'u'; 64 * 1024];
+    for i in 0..480 {
+        let src: IpAddr = format!("127.0.1.{}", 1 + i % 8).parse().unwrap();
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(src, 0)).unwrap();
+        let Ok(tcp) = s.connect(addr(port)).await else {
+            break;
+        };
+        let mut cfg = boring::ssl::SslConnector::builder(boring::ssl::SslMethod::tls())
+            .unwrap()
+            .build()
+            .configure()
+            .unwrap();
+        cfg.set_verify(boring::ssl::SslVerifyMode::NONE);
+        cfg.set_verify_hostname(false);
+        let Ok(Ok(mut tls)) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_boring::connect(cfg, "localhost", tcp),
+        )
+        .await
+        else {
+            continue;
+        };
+        let head = "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10000000\r\n\r\n";
+        if tls.write_all(head.as_bytes()).await.is_ok() && tls.write_all(&body).await.is_ok() {
+            held.push(tls);
+        }
+    }
+    assert!(held.len() >= 400, "only {} uploads started", held.len());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = status_kib(pid, "VmRSS:");
+    drop(held);
+    let start = Instant::now();
+    let mut now = status_kib(pid, "VmRSS:");
+    while now > 2 * before && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        now = status_kib(pid, "VmRSS:");
+    }
+    eprintln!(
+        "flood: RSS {before} KiB before, {peak} KiB during, {now} KiB {:?} after",
+        start.elapsed()
+    );
+    assert!(
+        peak > 2 * before,
+        "the flood did not raise RSS past twice the baseline ({before} → {peak} KiB): it tests nothing"
+    );
+    assert!(
+        now <= 2 * before,
+        "RSS was still {now} KiB a minute after the flood ended ({before} KiB before, {peak} KiB during)"
+    );
+}

@@ -87,22 +87,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Sum of every series of `name` whose labels include all of `labels` (0 if none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())?
-        })
-        .fold(0.0, |a, b| a + b)
-}
-
 /// Opens a link with a blocking boring client (whose `get_shutdown` tells whether a TLS
 /// close_notify arrived), sends `HELLO`, and reads until the server closes or `t` passes.
 /// `Ok(())` = refused: closed with a close_notify; `Err` says what happened instead.
@@ -173,17 +157,6 @@ async fn connect_sni(
     tokio_boring::connect(cfg, sni, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))
-}
-
-/// A `/proc/<pid>/status` field in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A Gatehouse with one TLS listener `edge` ([cluster], client_auth optional) in front of a
@@ -1337,6 +1310,66 @@ async fn a_receiver_that_takes_nothing_ends_the_link() {
         start.elapsed() < Duration::from_secs(45),
         "{:?}",
         start.elapsed()
+    );
+    writer.abort();
+}
+
+/// A master that takes nothing while an agent sends 12 MiB messages: the blocked direction
+/// holds one message (the one being written), as `docs/cluster-relay.md` says, not the read
+/// buffer grown to twice its size plus a copy in the write batch (about 2.3× before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_direction_holds_one_message() {
+    const MSG: usize = 12 << 20;
+    let e = Edge::start(
+        Some(Limits::default().idle_timeout("30s").message_size("32MiB")),
+        true,
+        SinkMode::Stall,
+    )
+    .await;
+    let pid = e.gh.pid();
+    let s = e.connect(Some("agent1")).await;
+    let (mut r, mut w) = tokio::io::split(s);
+    within("hello", T, w.write_all(&ns(HELLO))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = status_kib(pid, "VmRSS:");
+    let big = ns(&format!(
+        r#"{{"jsonrpc":"2.0","method":"event::Heartbeat","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(MSG)
+    ));
+    let writer = tokio::spawn(async move {
+        for _ in 0..3 {
+            if w.write_all(&big).await.is_err() {
+                break;
+            }
+        }
+        w
+    });
+    let mut peak = before;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(status_kib(pid, "VmRSS:"));
+    }
+    let growth = (peak.saturating_sub(before) * 1024) as usize;
+    eprintln!(
+        "blocked direction: RSS {before} → {peak} KiB, {:.2}× the message",
+        growth as f64 / MSG as f64
+    );
+    assert!(
+        growth > MSG / 2,
+        "RSS grew by {} KiB only: the message never reached the edge (a broken test)",
+        growth / 1024
+    );
+    assert!(
+        (growth as f64) < MSG as f64 * 1.5,
+        "a blocked direction held {:.2}× its 12 MiB message (RSS {} → {} KiB)",
+        growth as f64 / MSG as f64,
+        before,
+        peak
+    );
+    assert!(
+        !closed_within(&mut r, Duration::from_millis(100)).await,
+        "the link ended while blocked (idle_timeout is 30 s)"
     );
     writer.abort();
 }

@@ -1,7 +1,10 @@
 //! HTTP-side hardening, end to end over real TLS: the request-head deadline with leading
 //! empty lines, idle keep-alive limits (HTTP/1.1 and HTTP/2), path normalisation before
-//! routing, RFC 4514 subjects in `X-Forwarded-Client-Cert` and forged XFCC spellings, and
-//! log lines that no client-controlled value can split.
+//! routing, RFC 4514 subjects in `X-Forwarded-Client-Cert` and forged XFCC spellings, log
+//! lines that no client-controlled value can split, and the bounds on slow parties once a head
+//! is in: request bodies (`body_timeout`, HTTP/1 and HTTP/2), streams per HTTP/2 connection,
+//! clients that stop reading (`send_timeout`), upstreams that drip (`answer_timeout`), and
+//! pipelined HTTP/1 requests answered in order.
 
 mod common;
 
@@ -73,48 +76,6 @@ async fn get(port: u16, o: &ClientOpts, path: &str, headers: &[(&str, &str)]) ->
     )
     .await
     .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
-/// Reads one complete HTTP/1.1 response off a kept-alive connection (`buf` keeps leftovers).
-async fn read_response<S: AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<Response, String> {
-    loop {
-        let mut hs = [httparse::EMPTY_HEADER; 64];
-        let mut r = httparse::Response::new(&mut hs);
-        if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
-            let header = |name: &str| {
-                r.headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(name))
-                    .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
-            };
-            let total = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                buf[n..]
-                    .windows(5)
-                    .position(|w| w == b"0\r\n\r\n")
-                    .map(|e| n + e + 5)
-            } else {
-                let len: usize = header("content-length")
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                (buf.len() >= n + len).then_some(n + len)
-            };
-            if let Some(total) = total {
-                let resp = parse_response(&buf[..total])?;
-                buf.drain(..total);
-                return Ok(resp);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(T, s.read(&mut chunk)).await {
-            Err(_) => return Err("timed out waiting for a response".into()),
-            Ok(Ok(0)) => return Err("connection closed".into()),
-            Ok(Err(e)) => return Err(format!("read: {e}")),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 /// Writes one keep-alive GET (no `Connection: close`) and reads its response.
@@ -995,4 +956,409 @@ async fn client_controlled_values_cannot_start_a_log_line() {
         "log injection:\n{}",
         problems.join("\n")
     );
+}
+
+// === 5. slow clients and slow upstreams (hardening round 3) ===
+
+/// A plain-HTTP origin on 127.0.0.1 that reads a request head and then runs `serve` on the
+/// connection (a dripping or endless answer); what each connection reports goes to the channel.
+async fn raw_origin<F, Fut>(serve: F) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>)
+where
+    F: Fn(TcpStream, tokio::sync::mpsc::UnboundedSender<String>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let serve = std::sync::Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (serve, tx) = (serve.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                serve(s, tx).await
+            });
+        }
+    });
+    (at, rx)
+}
+
+/// Reads until the server closes (or `t` passes): the bytes, and whether it closed.
+async fn read_until_close<S: AsyncRead + Unpin>(s: &mut S, t: Duration) -> (Vec<u8>, bool) {
+    let mut all = Vec::new();
+    let closed = tokio::time::timeout(t, async {
+        let mut b = [0u8; 4096];
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&b[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (all, closed)
+}
+
+async fn client_timeouts(gh: &Gatehouse, phase: &str) -> f64 {
+    let m = within("metrics", gh.metrics_text()).await;
+    metric(
+        &m,
+        "gatehouse_http_client_timeouts_total",
+        &[("listener", "edge"), ("phase", phase)],
+    )
+}
+
+/// `body_timeout: 1s` against an origin whose `read_timeout` is 20 s: an HTTP/1 request body
+/// that stops after 10 of its 100 bytes is answered `408` about a second later, and an HTTP/2
+/// stream whose body stops ends its connection as soon; both counted as `phase="body"`.
+/// (Without the bound both waited for the origin's 20 s, holding an upstream connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_ends_at_body_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let mut conf = web_conf(&web, [listener("edge", port, &pki).body_timeout("1s")])
+        .route(Route::new("rest", "web").path("/"))
+        .metrics(reserved_port());
+    conf.upstream_mut("web").read_timeout = Some("20s".into());
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let anon = client(&pki, None);
+
+    // HTTP/1.1
+    let mut s = connect(port, &anon).await;
+    let t0 = Instant::now();
+    within(
+        "write",
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789",
+        ),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf)
+        .await
+        .unwrap_or_else(|e| panic!("HTTP/1 stalled body: {e}\nlog:\n{}", gh.log_text()));
+    let took = t0.elapsed();
+    assert_eq!(r.status, 408, "a stalled HTTP/1 body: {}", r.text());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+        "408 after {took:?} (body_timeout 1s, upstream read_timeout 20s)"
+    );
+
+    // HTTP/2
+    let (send, conn) = h2_connect(port, &pki).await;
+    let mut send = within("h2 ready", send.ready()).await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost:{port}/upload"))
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(Bytes::from_static(b"0123456789"), false)
+        .unwrap();
+    let t0 = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), conn).await;
+    let took = t0.elapsed();
+    assert!(
+        ended.is_ok(),
+        "an HTTP/2 connection with a stalled body was still open after 8 s (body_timeout 1s)"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}: before body_timeout"
+    );
+    assert!(
+        within("h2 response", resp).await.is_err(),
+        "the stalled stream got an answer"
+    );
+    gh.wait_log("sent no piece of an HTTP/2 request body within 1s");
+    assert!(
+        client_timeouts(&gh, "body").await >= 2.0,
+        "not counted:\n{}",
+        within("metrics", gh.metrics_text()).await
+    );
+    // A body that keeps coming, slower than the origin's patience would like but with
+    // gaps under the bound, goes through on both protocols.
+    let (send, _conn) = h2_connect(port, &pki).await;
+    let mut send = within("h2 ready", send.ready()).await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost:{port}/slow"))
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        body.send_data(Bytes::from(vec![b'a'; 10]), i == 3).unwrap();
+    }
+    let resp = within("h2 slow body answer", resp).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = web.seen();
+    let slow = seen
+        .iter()
+        .find(|s| s.path == "/slow")
+        .expect("the slow body reached the origin");
+    assert_eq!(slow.body.len(), 40);
+}
+
+/// `max_concurrent_streams: 3`: the listener says so in its HTTP/2 SETTINGS, and a client
+/// opening six POSTs whose bodies never finish gets three of them to the origin: one HTTP/2
+/// connection holds at most three upstream connections (the default was Pingora's 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_streams_caps_upstream_requests_per_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Hang).await;
+    let port = reserved_port();
+    let mut conf = web_conf(
+        &web,
+        [listener("edge", port, &pki)
+            .max_concurrent_streams(3)
+            .body_timeout("20s")],
+    )
+    .route(Route::new("rest", "web").path("/"));
+    conf.upstream_mut("web").read_timeout = Some("20s".into());
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+
+    let (send, _conn) = h2_connect(port, &pki).await;
+    let mut send = within("h2 ready", send.ready()).await.unwrap();
+    // The server's SETTINGS arrive after the handshake: until then the limit is unknown.
+    let t0 = Instant::now();
+    while send.current_max_send_streams() == usize::MAX && t0.elapsed() < T {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        send.current_max_send_streams(),
+        3,
+        "the SETTINGS the listener sent"
+    );
+    let mut held = Vec::new();
+    for i in 0..6 {
+        // A well-behaved client queues a stream over the limit: `ready` waits for a place.
+        let Ok(Ok(ready)) =
+            tokio::time::timeout(Duration::from_millis(500), send.clone().ready()).await
+        else {
+            break;
+        };
+        send = ready;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://localhost:{port}/held/{i}"))
+            .body(())
+            .unwrap();
+        let (resp, mut body) = send.send_request(req, false).unwrap();
+        let _ = body.send_data(Bytes::from_static(b"x"), false);
+        held.push((resp, body));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let upstream = *web.connections.lock().unwrap();
+    assert_eq!(
+        upstream, 3,
+        "upstream connections held by one HTTP/2 connection with six unfinished POSTs"
+    );
+}
+
+/// `send_timeout: 1s`: a client that asks for a large answer and stops reading ends the request
+/// about a second after its buffers fill: Gatehouse drops the upstream connection (the origin's
+/// writes fail) and counts `phase="send"`. (Without the bound the upstream connection stayed
+/// pinned for as long as the client liked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let (origin, mut reports) = raw_origin(|mut s, tx| async move {
+        const TOTAL: usize = 1 << 30;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n");
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'z'; 64 * 1024];
+        let mut sent = 0;
+        while sent < TOTAL {
+            if s.write_all(&chunk).await.is_err() {
+                let _ = tx.send(format!("write failed after {sent} bytes"));
+                return;
+            }
+            sent += chunk.len();
+        }
+        let _ = tx.send("all sent".into());
+    })
+    .await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .upstream("big", Group::new(origin))
+        .listener(listener("edge", port, &pki).send_timeout("1s"))
+        .route(Route::new("big", "big").path("/"))
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
+
+    let mut s = connect(port, &client(&pki, None)).await;
+    within(
+        "write",
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    // Read the head and a little, then stop reading (the connection stays open).
+    let mut first = [0u8; 4096];
+    within("first bytes", s.read(&mut first)).await.unwrap();
+    let t0 = Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(15), reports.recv()).await;
+    let took = t0.elapsed();
+    let Ok(Some(report)) = report else {
+        panic!(
+            "the origin was still writing 15 s after the client stopped reading (send_timeout 1s)\nlog:\n{}",
+            gh.log_text()
+        );
+    };
+    assert!(report.starts_with("write failed"), "{report}");
+    assert!(took < Duration::from_secs(10), "dropped after {took:?}");
+    assert!(
+        client_timeouts(&gh, "send").await >= 1.0,
+        "not counted:\n{}",
+        within("metrics", gh.metrics_text()).await
+    );
+    drop(s);
+}
+
+/// `answer_timeout: 1s` with `read_timeout: 5s`: an origin that sends its head at once and
+/// then one body byte every 100 ms (100 bytes: 10 s) is cut about a second in, on a plain route
+/// and on a Kea route alike; one that drips its head is answered `504`. Each counts as an
+/// upstream `timeout`. (Every single read was within `read_timeout`: without the whole-answer
+/// bound both took the full 10 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_timeout_bounds_an_upstream_that_drips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let drip = |head_first: bool| {
+        move |mut s: TcpStream, _tx: tokio::sync::mpsc::UnboundedSender<String>| async move {
+            let head =
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+            let body = [b' '; 100];
+            let mut bytes: Vec<u8> = Vec::new();
+            if head_first {
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+            } else {
+                bytes.extend_from_slice(head);
+            }
+            bytes.extend_from_slice(&body);
+            for b in bytes {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if s.write_all(&[b]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let (body_drip, _r1) = raw_origin(drip(true)).await;
+    let (head_drip, _r2) = raw_origin(drip(false)).await;
+    let port = reserved_port();
+    let group = |at: SocketAddr| Group::new(at).read_timeout("5s").answer_timeout("1s");
+    let conf = Conf::new()
+        .upstream("body", group(body_drip))
+        .upstream("head", group(head_drip))
+        .listener(listener("edge", port, &pki))
+        .route(Route::new("body", "body").path("/body"))
+        .route(Route::new("head", "head").path("/head"))
+        .route(
+            Route::new("kea", "body")
+                .path("/kea")
+                .kea(KeaRoute::allow_all()),
+        )
+        .metrics(reserved_port());
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let anon = client(&pki, None);
+
+    for (path, body) in [("/body", ""), ("/kea", r#"{"command":"config-get"}"#)] {
+        let mut s = connect(port, &anon).await;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        within("write", s.write_all(req.as_bytes())).await.unwrap();
+        let t0 = Instant::now();
+        let (got, closed) = read_until_close(&mut s, Duration::from_secs(15)).await;
+        let took = t0.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(closed, "{path}: still open after 15 s: {text:?}");
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "{path}: the head was sent on at once: {text:?}"
+        );
+        let body_len = text.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+        assert!(
+            body_len < 100,
+            "{path}: the whole dripped answer arrived ({body_len} bytes after {took:?}): nothing bounded it"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "{path}: cut only after {took:?} (answer_timeout 1s)"
+        );
+    }
+    let t0 = Instant::now();
+    let r = get(port, &anon, "/head", &[]).await;
+    assert_eq!(r.status, 504, "a dripped head: {}", r.text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "504 after {:?}",
+        t0.elapsed()
+    );
+    gh.wait_log("no whole answer within answer_timeout (1s)");
+    let m = within("metrics", gh.metrics_text()).await;
+    for up in ["body", "head"] {
+        assert!(
+            metric(
+                &m,
+                "gatehouse_upstream_errors_total",
+                &[("upstream", up), ("kind", "timeout")]
+            ) >= 1.0,
+            "{up}: not counted as a timeout:\n{m}"
+        );
+    }
+}
+
+/// Two GETs sent back to back on one HTTP/1.1 connection (pipelined) are both answered, in
+/// order, and the connection stays usable: Pingora alone answered the first and dropped the
+/// second without a word, while saying keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let conf =
+        web_conf(&web, [listener("edge", port, &pki)]).route(Route::new("rest", "web").path("/"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+
+    let mut s = connect(port, &client(&pki, None)).await;
+    within(
+        "write",
+        s.write_all(
+            b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\nGET /two HTTP/1.1\r\nHost: localhost\r\n\r\nGET /three HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    for want in ["/one", "/two", "/three"] {
+        let r = read_response(&mut s, &mut buf)
+            .await
+            .unwrap_or_else(|e| panic!("pipelined {want}: {e}"));
+        assert_eq!(r.status, 200, "{want}: {}", r.text());
+        assert_eq!(r.json()["path"], want, "answers out of order");
+    }
+    let r = keepalive_get(&mut s, &mut buf, "/four").await.unwrap();
+    assert_eq!(r.json()["path"], "/four", "the connection is still usable");
 }

@@ -25,7 +25,7 @@ use crate::identity::TlsInfo;
 use crate::logsafe::{Esc, EscOpt, EscText};
 use crate::metrics::{ActiveGuard, Metrics};
 use crate::upstream::{FailureKind, UpstreamGroup};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::{Shutdown, Stream};
 use pingora_core::server::ShutdownWatch;
@@ -474,9 +474,8 @@ impl Relay {
         // Icinga link's next heartbeat), then gives it back.
         let mut buf = initial;
         let mut busy = false;
-        // Frames checked in one pass go out in one write: one TLS record and syscall per batch
-        // instead of per message. At most one read's worth of frames waits here.
-        let mut out = Vec::new();
+        // At most one read's worth of frames waits here.
+        let mut out = Outbox::default();
         let counters = Counters::new(&self.metrics, dir);
         // Only added filters can answer at the edge; without them the read is awaited alone.
         let answering = self.filters.has_added();
@@ -514,30 +513,32 @@ impl Relay {
                 if !out.is_empty() {
                     // Best effort, bounded like the close itself: the receiver may be what
                     // stalls, and the link ends for `end` either way.
-                    let written = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                        w.write_all(&out).await?;
-                        w.flush().await
-                    })
-                    .await;
+                    let written =
+                        tokio::time::timeout(CLOSE_TIMEOUT, out.write_to(w, CLOSE_TIMEOUT)).await;
                     if matches!(written, Ok(Ok(()))) {
                         counters.bytes.inc_by(out.len() as u64);
                     }
                 }
                 return end;
             }
+            if out.held.is_some() && buf.is_empty() {
+                // The held message is the only owner of its allocation now: it is freed
+                // when written, not kept as this buffer's room.
+                buf = BytesMut::new();
+            }
             if complete {
                 // One clock read per read, not per message.
                 deadline = tokio::time::Instant::now() + idle;
             }
             if answering {
-                link.take_answers(dir, &mut out);
+                link.take_answers(dir, &mut out.batch);
             }
             if !out.is_empty() {
                 // Flush before blocking on the next read: nothing may wait in a buffer. A
                 // receiver that takes nothing for the idle limit ends the link: a master that
                 // keeps sending but never reads would otherwise hold it, the agent's messages
                 // stalled unseen.
-                match write_with_progress(w, &out, idle).await {
+                match out.write_to(w, idle).await {
                     Ok(()) => {}
                     Err(None) => return LinkEnd::Stalled(dir, idle),
                     Err(Some(e)) => {
@@ -545,10 +546,7 @@ impl Relay {
                     }
                 }
                 counters.bytes.inc_by(out.len() as u64);
-                out.clear();
-                if !busy || out.capacity() > 4 * READ_CHUNK {
-                    out = Vec::new(); // a quiet link (or one after a large message) holds none
-                }
+                out.sent(busy);
             }
             // A link that went quiet gives its busy-sized buffer back: after a config sync or
             // a burst of check results, thousands of idle links must not keep 16 KiB each.
@@ -558,7 +556,10 @@ impl Relay {
             // Busy (the last read filled all the room it was given, or was large): read big.
             // Quiet: stay small. A short read alone must not shrink a busy link's reads.
             let want = if busy { READ_CHUNK } else { READ_IDLE };
-            if buf.capacity() - buf.len() < want / 4 {
+            let free = buf.capacity() - buf.len();
+            // A large message part-read already has room for exactly its rest (the codec
+            // reserved it): growing more would double its buffer, a second copy's worth.
+            if free == 0 || (free < want / 4 && buf.len() < READ_CHUNK) {
                 buf.reserve(want);
             }
             let room = buf.capacity() - buf.len();
@@ -587,7 +588,7 @@ impl Relay {
         link: &Link<'_>,
         dir: Direction,
         frame: &Frame,
-        out: &mut Vec<u8>,
+        out: &mut Outbox,
         counters: &Counters,
     ) -> Result<(), LinkEnd> {
         let env = match envelope::parse(frame.payload()) {
@@ -627,10 +628,10 @@ impl Relay {
         let msg = Message::new(dir, frame.payload(), &env);
         let outcome = self.filters.run(&link.info, &msg);
         match outcome.action {
-            Action::Forward => out.extend_from_slice(frame.raw()),
+            Action::Forward => out.forward(frame.raw()),
             Action::Rewrite(p) => {
                 log::debug!(target: "gatehouse::cluster", "{}: {} {} message rewritten by {}", link.who, Esc(method.unwrap_or("reply")), dir.label(), outcome.by);
-                out.extend_from_slice(&codec::encode(&p));
+                out.batch.extend_from_slice(&codec::encode(&p));
             }
             Action::Deny(why) => {
                 return self.deny(link, dir, method.unwrap_or("-"), METHOD_LABELS[idx], &why);
@@ -1064,6 +1065,60 @@ async fn poll_once<F: std::future::Future>(mut f: std::pin::Pin<&mut F>) -> Opti
         std::task::Poll::Pending => std::task::Poll::Ready(None),
     })
     .await
+}
+
+/// What one pass of a pump sends on. Frames checked in one pass go out in one write (one TLS
+/// record and syscall per batch instead of per message); a large forwarded message is sent
+/// from the read buffer itself rather than copied into the batch, so a direction whose
+/// receiver blocks holds that message once, not twice.
+#[derive(Default)]
+struct Outbox {
+    /// A large message forwarded as read (it goes first: it was the first of its pass).
+    held: Option<Bytes>,
+    batch: Vec<u8>,
+}
+
+impl Outbox {
+    /// Appends a frame forwarded unchanged.
+    fn forward(&mut self, raw: &Bytes) {
+        if self.held.is_none() && self.batch.is_empty() && raw.len() >= READ_CHUNK {
+            self.held = Some(raw.clone());
+        } else {
+            self.batch.extend_from_slice(raw);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_none() && self.batch.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.held.as_ref().map_or(0, Bytes::len) + self.batch.len()
+    }
+
+    /// Writes everything, in order; see [`write_with_progress`].
+    async fn write_to<W: AsyncWrite + Unpin>(
+        &self,
+        w: &mut W,
+        stall: Duration,
+    ) -> Result<(), Option<std::io::Error>> {
+        if let Some(h) = &self.held {
+            write_with_progress(w, h, stall).await?;
+        }
+        if !self.batch.is_empty() {
+            write_with_progress(w, &self.batch, stall).await?;
+        }
+        Ok(())
+    }
+
+    /// Empties it; the batch keeps its room only while the link is busy and it is small.
+    fn sent(&mut self, busy: bool) {
+        self.held = None;
+        self.batch.clear();
+        if !busy || self.batch.capacity() > 4 * READ_CHUNK {
+            self.batch = Vec::new(); // a quiet link (or one after a large message) holds none
+        }
+    }
 }
 
 /// Resolves after `limit` (never without one).

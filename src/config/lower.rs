@@ -323,6 +323,17 @@ fn lower_listeners(
         if l.max_handshakes_per_ip == 0 {
             cx.err(format!("{at}.max_handshakes_per_ip"), "must be at least 1");
         }
+        for (key, d) in [
+            ("body_timeout", l.body_timeout),
+            ("send_timeout", l.send_timeout),
+        ] {
+            if d.get().is_zero() {
+                cx.err(format!("{at}.{key}"), "must be more than 0");
+            }
+        }
+        if l.max_concurrent_streams == 0 {
+            cx.err(format!("{at}.max_concurrent_streams"), "must be at least 1");
+        }
         if l.max_connections == Some(0) {
             cx.err(
                 format!("{at}.max_connections"),
@@ -355,6 +366,9 @@ fn lower_listeners(
                 handshake_timeout: l.handshake_timeout.get(),
                 max_handshakes_per_ip: l.max_handshakes_per_ip,
                 max_connections: l.max_connections,
+                body_timeout: l.body_timeout.get(),
+                send_timeout: l.send_timeout.get(),
+                max_concurrent_streams: l.max_concurrent_streams,
             });
         }
     }
@@ -529,6 +543,7 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
         ("connect_timeout", u.connect_timeout),
         ("tls_handshake_timeout", u.tls_handshake_timeout),
         ("read_timeout", u.read_timeout),
+        ("answer_timeout", u.answer_timeout),
     ] {
         if d.get().is_zero() {
             cx.err(format!("{at}.{key}"), "must be more than 0");
@@ -556,6 +571,7 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
         connect_timeout: u.connect_timeout.get(),
         tls_handshake_timeout: u.tls_handshake_timeout.get(),
         read_timeout: u.read_timeout.get(),
+        answer_timeout: u.answer_timeout.get(),
         idle_timeout: u.idle_timeout.get(),
         tls,
     }

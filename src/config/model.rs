@@ -104,6 +104,12 @@ pub struct ListenerSettings {
     /// Connections open at once; `None` = this listener's share of the descriptor limit
     /// ([`crate::server::fd_budget`]).
     pub max_connections: Option<usize>,
+    /// Longest gap between two pieces of a request body.
+    pub body_timeout: Duration,
+    /// Longest wait for a client to take bytes written to it.
+    pub send_timeout: Duration,
+    /// HTTP/2 streams open at once per connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl ListenerSettings {
@@ -164,6 +170,8 @@ pub struct UpstreamSettings {
     pub tls_handshake_timeout: Duration,
     /// Limit on each read and write.
     pub read_timeout: Duration,
+    /// Limit on a whole answer, head and body, from the request sent.
+    pub answer_timeout: Duration,
     /// How long pooled idle connections are kept.
     pub idle_timeout: Duration,
     /// Upstream TLS; `None` = plaintext.

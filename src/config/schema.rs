@@ -147,6 +147,25 @@ pub struct ListenerSection {
     /// Connections open at once on this listener; absent = a share of the descriptor limit.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Longest gap between two pieces of a request body (HTTP/1 and HTTP/2).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: HumanDuration,
+    /// Longest a write toward a client may wait for it to take bytes (nginx's `send_timeout`).
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: HumanDuration,
+    /// HTTP/2 streams (so upstream requests) open at once on one connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+fn default_body_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_send_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_max_concurrent_streams() -> u32 {
+    32
 }
 
 fn default_handshake_timeout() -> HumanDuration {
@@ -247,6 +266,9 @@ pub struct UpstreamSection {
     /// Longest wait for any read from the peer (response headers or body).
     #[serde(default = "default_read_timeout")]
     pub read_timeout: HumanDuration,
+    /// Longest a whole answer (head and body) may take, from the request sent upstream.
+    #[serde(default = "default_answer_timeout")]
+    pub answer_timeout: HumanDuration,
     /// Longest time a pooled idle connection is kept (keep under the peer's own).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
@@ -266,6 +288,9 @@ fn default_tls_handshake_timeout() -> HumanDuration {
 }
 fn default_read_timeout() -> HumanDuration {
     HumanDuration::secs(30)
+}
+fn default_answer_timeout() -> HumanDuration {
+    HumanDuration::secs(300)
 }
 fn default_idle_timeout() -> HumanDuration {
     HumanDuration::secs(20)

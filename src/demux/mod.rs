@@ -5,6 +5,7 @@
 //! An ASCII digit starts a netstring (Icinga cluster JSON-RPC); anything else is HTTP (an
 //! HTTP/2 preface starts with `P`). This is Icinga 2's own rule for its port 5665.
 
+mod h2_bodies;
 mod handshake;
 mod head_deadline;
 mod prefixed;
@@ -39,6 +40,10 @@ pub struct ListenerApp {
     metrics: Arc<Metrics>,
     /// `gatehouse_http_header_timeouts_total{listener}`, resolved once.
     head_timeouts: prometheus::IntCounter,
+    /// The gap allowed in an HTTP/2 request body (HTTP/1 bodies are Pingora's, see `http`).
+    body_timeout: Duration,
+    /// `gatehouse_http_client_timeouts_total{listener,phase="body"}`, resolved once.
+    body_timeouts: prometheus::IntCounter,
     /// `max_connections_per_identity`, with the connections open per caller.
     per_identity: Option<PerIdentity>,
     /// The TLS handshake and the accept-time caps (`handshake_timeout`, `max_handshakes_per_ip`,
@@ -100,10 +105,20 @@ impl ListenerApp {
             first_byte_timeout,
             header_timeout,
             head_timeouts: metrics.http_head_timeouts.with_label_values(&[name]),
+            body_timeout: Duration::from_secs(30),
+            body_timeouts: metrics
+                .http_client_timeouts
+                .with_label_values(&[name, "body"]),
             metrics,
             per_identity: None,
             handshakes: None,
         }
+    }
+
+    /// Closes an HTTP/2 connection whose request body does not move for `limit`.
+    pub fn with_body_timeout(mut self, limit: Duration) -> Self {
+        self.body_timeout = limit;
+        self
     }
 
     /// Runs the TLS handshake (if any) and the accept-time caps here.
@@ -202,16 +217,27 @@ impl ServerApp for ListenerApp {
             return None;
         }
         // HTTP/2 frames its own headers; only HTTP/1 heads need the deadline.
-        let h1 = proto == Protocol::Http && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let who = h1.then(|| peer(&stream));
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let who = (proto == Protocol::Http).then(|| peer(&stream));
         let mut io = PrefixedIo::new(first.to_vec(), stream);
-        if let Some(who) = who {
-            io = io.with_head_deadline(
-                self.header_timeout,
-                self.head_timeouts.clone(),
-                self.name.clone(),
-                who,
-            );
+        match who {
+            Some(who) if h2 => {
+                io = io.with_body_watch(
+                    self.body_timeout,
+                    self.body_timeouts.clone(),
+                    self.name.clone(),
+                    who,
+                );
+            }
+            Some(who) => {
+                io = io.with_head_deadline(
+                    self.header_timeout,
+                    self.head_timeouts.clone(),
+                    self.name.clone(),
+                    who,
+                );
+            }
+            None => {}
         }
         let io: Stream = Box::new(io);
         match (proto, &self.http, &self.cluster) {

@@ -3,9 +3,10 @@
 //! Pingora's TLS stream cannot peek, so protocol detection reads the first byte and hands the
 //! connection on wrapped in [`PrefixedIo`]; the next layer never knows detection happened.
 //! Every `IO` trait is forwarded, so identity (`get_ssl`, `get_ssl_digest`) and ALPN survive.
-//! For HTTP/1 it also keeps the request-head deadline ([`HeadDeadline`]), since it sees every
-//! byte read and written.
+//! For HTTP/1 it also keeps the request-head deadline ([`HeadDeadline`]), and for HTTP/2 the
+//! request-body gap ([`BodyWatch`]), since it sees every byte read and written.
 
+use super::h2_bodies::BodyWatch;
 use super::head_deadline::HeadDeadline;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
@@ -28,13 +29,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct PrefixedIo {
     prefix: Bytes,
     inner: Stream,
-    head: Option<Box<WatchedHeads>>,
+    watch: Option<Box<Watched>>,
 }
 
-/// An HTTP/1 connection's [`HeadDeadline`] and what to say when it passes.
+/// The clock a connection runs on what passes through it: a connection speaks one protocol.
 #[derive(Debug)]
-struct WatchedHeads {
-    deadline: HeadDeadline,
+enum Clock {
+    /// HTTP/1: each request head, first byte to blank line.
+    Head(HeadDeadline),
+    /// HTTP/2: the gap in each open request body.
+    Bodies(BodyWatch),
+}
+
+/// A connection's [`Clock`] and what to say when it runs out.
+#[derive(Debug)]
+struct Watched {
+    clock: Clock,
     timeouts: IntCounter,
     listener: Arc<str>,
     peer: String,
@@ -47,23 +57,54 @@ impl PrefixedIo {
         PrefixedIo {
             prefix: prefix.into(),
             inner,
-            head: None,
+            watch: None,
         }
     }
 
     /// Ends the connection (a read error) when an HTTP/1 request head takes longer than
     /// `limit`; the prefix is the start of the first head. `timeouts` counts it.
     pub fn with_head_deadline(
-        mut self,
+        self,
         limit: Duration,
         timeouts: IntCounter,
         listener: Arc<str>,
         peer: String,
     ) -> Self {
-        let mut deadline = HeadDeadline::started(limit);
-        deadline.on_read(&self.prefix);
-        self.head = Some(Box::new(WatchedHeads {
-            deadline,
+        self.watched(
+            Clock::Head(HeadDeadline::started(limit)),
+            timeouts,
+            listener,
+            peer,
+        )
+    }
+
+    /// Ends the connection (a read error) when an HTTP/2 request body does not move for
+    /// `limit`; the prefix is the start of the client preface. `timeouts` counts it.
+    pub fn with_body_watch(
+        self,
+        limit: Duration,
+        timeouts: IntCounter,
+        listener: Arc<str>,
+        peer: String,
+    ) -> Self {
+        self.watched(
+            Clock::Bodies(BodyWatch::new(limit)),
+            timeouts,
+            listener,
+            peer,
+        )
+    }
+
+    fn watched(
+        mut self,
+        mut clock: Clock,
+        timeouts: IntCounter,
+        listener: Arc<str>,
+        peer: String,
+    ) -> Self {
+        clock.on_read(&self.prefix);
+        self.watch = Some(Box::new(Watched {
+            clock,
             timeouts,
             listener,
             peer,
@@ -73,14 +114,50 @@ impl PrefixedIo {
     }
 }
 
-impl WatchedHeads {
+impl Clock {
+    fn on_read(&mut self, data: &[u8]) {
+        match self {
+            Clock::Head(h) => h.on_read(data),
+            Clock::Bodies(b) => b.on_read(data),
+        }
+    }
+
+    fn on_write(&mut self, data: &[u8]) {
+        match self {
+            Clock::Head(h) => h.on_write(data),
+            Clock::Bodies(b) => b.on_write(data),
+        }
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Clock::Head(h) => h.poll_expired(cx),
+            Clock::Bodies(b) => b.poll_expired(cx),
+        }
+    }
+}
+
+impl Watched {
     fn overdue(&mut self) -> io::Error {
+        let (what, error) = match &self.clock {
+            Clock::Head(h) => (
+                format!("did not finish a request head within {:?}", h.limit()),
+                "request head not complete in time",
+            ),
+            Clock::Bodies(b) => (
+                format!(
+                    "sent no piece of an HTTP/2 request body within {:?} (body_timeout)",
+                    b.limit()
+                ),
+                "request body stalled",
+            ),
+        };
         if !self.expired {
             self.expired = true;
             self.timeouts.inc();
-            log::info!(target: "gatehouse::demux", "listener {}: {} did not finish a request head within {:?}; closing", self.listener, self.peer, self.deadline.limit());
+            log::info!(target: "gatehouse::demux", "listener {}: {} {what}; closing", self.listener, self.peer);
         }
-        io::Error::new(io::ErrorKind::TimedOut, "request head not complete in time")
+        io::Error::new(io::ErrorKind::TimedOut, error)
     }
 }
 
@@ -97,16 +174,16 @@ impl AsyncRead for PrefixedIo {
             return Poll::Ready(Ok(()));
         }
         let this = &mut *self;
-        let Some(head) = &mut this.head else {
+        let Some(watch) = &mut this.watch else {
             return Pin::new(&mut *this.inner).poll_read(cx, buf);
         };
-        if head.deadline.poll_expired(cx) {
-            return Poll::Ready(Err(head.overdue()));
+        if watch.clock.poll_expired(cx) {
+            return Poll::Ready(Err(watch.overdue()));
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            head.deadline.on_read(&buf.filled()[before..]);
+            watch.clock.on_read(&buf.filled()[before..]);
         }
         r
     }
@@ -119,8 +196,8 @@ impl AsyncWrite for PrefixedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let (Some(head), Poll::Ready(Ok(n))) = (&mut self.head, &r) {
-            head.deadline.on_write(&buf[..*n]);
+        if let (Some(watch), Poll::Ready(Ok(n))) = (&mut self.watch, &r) {
+            watch.clock.on_write(&buf[..*n]);
         }
         r
     }
@@ -139,13 +216,16 @@ impl AsyncWrite for PrefixedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
-        if let (Some(head), Poll::Ready(Ok(n))) = (&mut self.head, &r) {
-            if *n > 0 {
-                let first = bufs
-                    .iter()
-                    .find(|b| !b.is_empty())
-                    .map_or(&[][..], |b| &b[..]);
-                head.deadline.on_write(&first[..first.len().min(*n)]);
+        if let (Some(watch), Poll::Ready(Ok(n))) = (&mut self.watch, &r) {
+            // Every byte written, in order: an HTTP/2 frame header may sit in any slice.
+            let mut left = *n;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = b.len().min(left);
+                watch.clock.on_write(&b[..take]);
+                left -= take;
             }
         }
         r

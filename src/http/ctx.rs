@@ -22,6 +22,8 @@ pub struct RequestCtx {
     pub(super) peer: Option<SocketAddr>,
     pub(super) connect_attempts: usize,
     pub(super) failure: Option<FailureKind>,
+    /// When the answer being proxied must be whole (`answer_timeout`), set as it is asked.
+    pub(super) answer_deadline: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -35,6 +37,7 @@ impl RequestCtx {
             peer: None,
             connect_attempts: 0,
             failure: None,
+            answer_deadline: None,
         }
     }
 

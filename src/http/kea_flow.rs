@@ -548,6 +548,8 @@ impl KeaFlow<'_> {
             Some(r) => r,
             None => self.prepare(session, ctx, group_index, addr, &body)?,
         };
+        // `answer_timeout` bounds the whole exchange; `read_timeout` only each read in it.
+        let deadline = tokio::time::Instant::now() + group.answer_timeout();
         let sent = async {
             let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
             // Pingora's proxy sets these from the peer; a session used directly gets none.
@@ -558,9 +560,11 @@ impl KeaFlow<'_> {
             up.finish_request_body().await?;
             up.read_response_header().await?;
             Ok::<_, Box<pingora_error::Error>>(up)
-        }
-        .await;
-        let mut up = match sent {
+        };
+        let mut up = match tokio::time::timeout_at(deadline, sent)
+            .await
+            .unwrap_or_else(|_| Err(answer_overdue(group)))
+        {
             Ok(up) => up,
             Err(e) => {
                 let kind = FailureKind::classify(&e);
@@ -592,10 +596,13 @@ impl KeaFlow<'_> {
             None => Vec::new(),
         };
         if !editors.is_empty() {
-            let answer = match self
-                .edit_answer(session, ctx, cmd, &editors, &mut up, policy.max_answer)
-                .await
-            {
+            let edited = tokio::time::timeout_at(
+                deadline,
+                self.edit_answer(session, ctx, cmd, &editors, &mut up, policy.max_answer),
+            )
+            .await
+            .unwrap_or_else(|_| Err((FailureKind::Timeout, answer_overdue(group).to_string())));
+            let answer = match edited {
                 Ok(a) => a,
                 Err((kind, why)) => {
                     let detail = format!("answer unreadable for the filters: {why}");
@@ -622,7 +629,10 @@ impl KeaFlow<'_> {
         session.write_response_header(Box::new(resp), false).await?;
         let mut scan = kea::json::ResultScanner::default();
         loop {
-            match up.read_response_body().await {
+            let read = tokio::time::timeout_at(deadline, up.read_response_body())
+                .await
+                .unwrap_or_else(|_| Err(answer_overdue(group)));
+            match read {
                 Ok(Some(chunk)) => {
                     scan.feed(&chunk);
                     session.write_response_body(Some(chunk), false).await?;
@@ -821,6 +831,17 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Option<Bytes>> {
         buf.extend_from_slice(&chunk);
     }
     Ok(Some(buf.freeze()))
+}
+
+/// The error of an answer that took longer than its group's `answer_timeout`.
+fn answer_overdue(group: &UpstreamGroup) -> Box<pingora_error::Error> {
+    pingora_error::Error::explain(
+        pingora_error::ErrorType::ReadTimedout,
+        format!(
+            "no whole answer within answer_timeout ({:?})",
+            group.answer_timeout()
+        ),
+    )
 }
 
 #[cfg(test)]

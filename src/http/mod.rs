@@ -62,6 +62,28 @@ pub struct HttpGateway {
     log_format: LogFormat,
     /// When this gateway was built (the agent's `status-get` uptime on `kea.services` routes).
     started: Instant,
+    /// The listener's bounds on a slow client.
+    client_bounds: ClientBounds,
+}
+
+/// How long a listener waits on a slow client once a request head is in.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientBounds {
+    /// Longest gap between two pieces of an HTTP/1 request body (`listeners[].body_timeout`;
+    /// HTTP/2 bodies are watched below the codec, see `demux`).
+    pub body: std::time::Duration,
+    /// Longest a write toward the client may wait for it to take bytes
+    /// (`listeners[].send_timeout`).
+    pub send: std::time::Duration,
+}
+
+impl Default for ClientBounds {
+    fn default() -> Self {
+        ClientBounds {
+            body: std::time::Duration::from_secs(30),
+            send: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 impl HttpGateway {
@@ -89,7 +111,14 @@ impl HttpGateway {
             filters: Arc::from(Vec::new()),
             log_format: LogFormat::Text,
             started: Instant::now(),
+            client_bounds: ClientBounds::default(),
         }
+    }
+
+    /// Bounds slow clients with `bounds` (the defaults are the config's).
+    pub fn with_client_bounds(mut self, bounds: ClientBounds) -> Self {
+        self.client_bounds = bounds;
+        self
     }
 
     /// Writes the access line in `format` (`log_format`; text by default).
@@ -123,6 +152,40 @@ struct AccessLine<'a> {
     peer: Option<SocketAddr>,
     status: u16,
     duration_ms: f64,
+}
+
+impl HttpGateway {
+    /// Whether the answer being proxied is still within its group's `answer_timeout`
+    /// (checked at its head and at every piece of its body; a peer that sends nothing at all
+    /// meets `read_timeout` first).
+    fn answer_in_time(&self, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(deadline) = ctx.answer_deadline else {
+            return Ok(());
+        };
+        if Instant::now() < deadline {
+            return Ok(());
+        }
+        ctx.answer_deadline = None;
+        let name = ctx
+            .route
+            .as_ref()
+            .map(|r| &*self.upstreams[r.upstream].name)
+            .unwrap_or("?");
+        let limit = ctx
+            .route
+            .as_ref()
+            .map(|r| self.upstreams[r.upstream].answer_timeout())
+            .unwrap_or_default();
+        self.metrics
+            .upstream_error(name, FailureKind::Timeout.label());
+        log::warn!(target: "gatehouse::upstream", "upstream {name} peer {}: no whole answer within answer_timeout ({limit:?}); cut", ctx.peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+        ctx.failure = Some(FailureKind::Timeout);
+        Err(Error::explain(
+            ErrorType::ReadTimedout,
+            format!("no whole answer within answer_timeout ({limit:?})"),
+        )
+        .into_up())
+    }
 }
 
 fn req_method(session: &Session) -> &str {
@@ -169,6 +232,13 @@ impl ProxyHttp for HttpGateway {
         // Pingora reads the next request head with no time limit once a client asked for
         // keep-alive: bound the idle wait (ignored for HTTP/2, closed by h2_idle_timeout).
         session.set_keepalive(Some(self.keepalive_secs));
+        // HTTP/1 only (a no-op for HTTP/2): each body read, and each write toward a client
+        // that stopped reading, is bounded; our own early answers and Kea answers included.
+        session.set_read_timeout(Some(self.client_bounds.body));
+        session.set_write_timeout(Some(self.client_bounds.send));
+        // A request sent behind another on one HTTP/1 connection is answered after it, in
+        // order (RFC 9112 §9.3.2), not dropped with the connection.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         if let Err(e) = normalize_request_path(session) {
             reply::respond(session, 400, &e.to_string()).await?;
             return Ok(true);
@@ -315,10 +385,31 @@ impl ProxyHttp for HttpGateway {
         };
         forward::forwarding_headers(self.https, session, route, ctx.client(), req)?;
         forward::upstream_credentials(route, &self.upstreams[route.upstream], req)?;
+        ctx.answer_deadline =
+            Some(Instant::now() + self.upstreams[route.upstream].answer_timeout());
         if !self.filters.is_empty() {
             forward::filter_upstream(&self.filters, &self.listener, session, ctx, req)?;
         }
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.answer_in_time(ctx)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        self.answer_in_time(ctx).map(|()| None)
     }
 
     async fn response_filter(
@@ -407,13 +498,31 @@ impl ProxyHttp for HttpGateway {
             (None, ErrorType::HTTPStatus(code), _) => *code,
             (
                 None,
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::WriteTimedout
+                | ErrorType::ConnectionClosed,
                 ErrorSource::Downstream,
             ) => 0,
+            // A body that stopped coming (`body_timeout`).
+            (None, ErrorType::ReadTimedout, ErrorSource::Downstream) => 408,
             (None, _, ErrorSource::Downstream) => 400,
             (None, _, ErrorSource::Upstream) => 502,
             (None, _, _) => 500,
         };
+        if ctx.failure.is_none() && e.esource() == &ErrorSource::Downstream {
+            let phase = match e.etype() {
+                ErrorType::ReadTimedout => Some("body"),
+                ErrorType::WriteTimedout => Some("send"),
+                _ => None,
+            };
+            if let Some(phase) = phase {
+                self.metrics
+                    .http_client_timeouts
+                    .with_label_values(&[&self.listener, phase])
+                    .inc();
+            }
+        }
         if code > 0 {
             let text = match ctx.failure {
                 Some(kind) => kind.message(),

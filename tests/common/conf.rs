@@ -305,6 +305,9 @@ pub struct Listener {
     pub handshake_timeout: Option<String>,
     pub max_handshakes_per_ip: Option<usize>,
     pub max_connections: Option<usize>,
+    pub body_timeout: Option<String>,
+    pub send_timeout: Option<String>,
+    pub max_concurrent_streams: Option<u32>,
     pub tls: Option<ListenerTls>,
 }
 
@@ -338,6 +341,9 @@ impl Listener {
         str handshake_timeout,
         val max_handshakes_per_ip: usize,
         val max_connections: usize,
+        str body_timeout,
+        str send_timeout,
+        val max_concurrent_streams: u32,
     );
 }
 
@@ -429,6 +435,7 @@ pub struct Group {
     pub connect_timeout: Option<String>,
     pub tls_handshake_timeout: Option<String>,
     pub read_timeout: Option<String>,
+    pub answer_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub tls: Option<UpstreamTls>,
     pub basic_auth: Option<UpstreamAuth>,
@@ -476,6 +483,7 @@ impl Group {
         str connect_timeout,
         str tls_handshake_timeout,
         str read_timeout,
+        str answer_timeout,
         str idle_timeout,
     );
 }

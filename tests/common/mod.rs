@@ -863,6 +863,33 @@ pub async fn metrics_text(port: u16) -> String {
     .text()
 }
 
+/// Sum of every series of `name` whose labels include all of `labels` (0 if none).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .fold(0.0, |a, b| a + b)
+}
+
+/// A `/proc/<pid>/status` field in KiB (0 when unreadable).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A parsed HTTP response.
 #[derive(Debug)]
 pub struct Response {
@@ -1009,6 +1036,48 @@ fn owned_headers(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Reads one complete HTTP/1.1 response off a kept-alive connection (`buf` keeps leftovers).
+pub async fn read_response<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<Response, String> {
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut hs);
+        if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
+            let header = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+            };
+            let total = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                buf[n..]
+                    .windows(5)
+                    .position(|w| w == b"0\r\n\r\n")
+                    .map(|e| n + e + 5)
+            } else {
+                let len: usize = header("content-length")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                (buf.len() >= n + len).then_some(n + len)
+            };
+            if let Some(total) = total {
+                let resp = parse_response(&buf[..total])?;
+                buf.drain(..total);
+                return Ok(resp);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk)).await {
+            Err(_) => return Err("timed out waiting for a response".into()),
+            Ok(Ok(0)) => return Err("connection closed".into()),
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// Whether the server closed the connection within `t` (anything it sends first is skipped).
