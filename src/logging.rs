@@ -209,6 +209,22 @@ impl Sampler {
         }
     }
 
+    /// [`Sampler::admit`] as the end of the line to write: `Some("")`, or
+    /// `Some(" (and N more like it in the last 10 s)")` after held-back lines; `None`: hold it
+    /// back.
+    pub fn admit_note(&self) -> Option<String> {
+        self.admit().map(|held| {
+            if held == 0 {
+                String::new()
+            } else {
+                format!(
+                    " (and {held} more like it in the last {} s)",
+                    self.window.as_secs()
+                )
+            }
+        })
+    }
+
     /// `Some(n)`: write this line, saying `n` like it were held back since the last; `None`:
     /// hold it back.
     pub fn admit(&self) -> Option<u64> {

@@ -56,6 +56,21 @@ fn handshakes(metrics: &str, result: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until the listener has seen the connection the harness opened to check it listens
+/// (it closes at once: a failed handshake), so that connection holds no place when a test
+/// starts counting places.
+async fn probe_gone(gh: &Gatehouse) {
+    let start = Instant::now();
+    while handshakes(&gh.metrics_text().await, "failed") < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the readiness probe's connection was never seen to end:\n{}",
+            gh.metrics_text().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A TCP connection from `src` that never starts TLS.
 async fn idle(src: &str, port: u16) -> TcpStream {
     let s = tokio::net::TcpSocket::new_v4().unwrap();
@@ -136,12 +151,13 @@ async fn max_handshakes_per_ip_closes_the_excess_at_accept() {
             l.max_handshakes_per_ip(3).handshake_timeout("30s")
         }),
     );
+    probe_gone(&gh).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(idle("127.0.0.1", port).await);
     }
     // Let the listener take all three before the fourth (generously: in `make test` the flood
-    // test of this file loads the box at the same time, and 300 ms once was not enough).
+    // test of this file loads the box at the same time).
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let mut fourth = idle("127.0.0.1", port).await;
     assert!(
@@ -180,6 +196,7 @@ async fn max_connections_closes_the_excess_at_accept() {
         tmp.path(),
         &conf(&pki, &web, port, |l| l.max_connections(2)),
     );
+    probe_gone(&gh).await;
     let a = tls_connect(addr(port), &client(&pki)).await.unwrap();
     let b = tls_connect(addr(port), &client(&pki)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1373,3 +1373,43 @@ async fn a_blocked_direction_holds_one_message() {
     );
     writer.abort();
 }
+
+/// Link refusals a client can repeat at will write one line per reason per 10 s: 20 links
+/// whose SNI has no cluster route are each refused and counted, and logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_link_refusals_write_one_line() {
+    let e = Edge::start(None, true, SinkMode::Echo).await;
+    let c = connector(Some(&e.pki.ca_path()), Some(e.pki.paths("agent1")));
+    for _ in 0..20 {
+        let mut s = within(
+            "connect",
+            T,
+            connect_sni(&c, e.port, "nowhere.invalid", false),
+        )
+        .await
+        .expect("handshake");
+        let _ = s.write_all(&ns(HELLO)).await;
+        assert!(
+            closed_within(&mut s, T).await,
+            "a link without a route stayed open"
+        );
+    }
+    let m = e.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "gatehouse_cluster_links_refused_total",
+            &[("reason", "no_route")]
+        ),
+        20.0,
+        "{m}"
+    );
+    let log = e.gh.log_text();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("no cluster route for SNI"))
+            .count(),
+        1,
+        "20 refusals within 10 s:\n{log}"
+    );
+}

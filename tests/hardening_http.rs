@@ -1362,3 +1362,73 @@ async fn pipelined_requests_are_answered_in_order() {
     let r = keepalive_get(&mut s, &mut buf, "/four").await.unwrap();
     assert_eq!(r.json()["path"], "/four", "the connection is still usable");
 }
+
+/// Refusals a client can repeat at will write one line per kind per 10 s, not one each: 30
+/// requests refused by a route's `allow` (over curl's default HTTP/2 and over HTTP/1) write one
+/// refusal line, every one still gets its 403 and its access line; 20 HTTP connections to a
+/// `[cluster]`-only listener write one line too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_refusals_write_one_line_per_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let (port, cport) = (reserved_port(), reserved_port());
+    let conf = web_conf(
+        &web,
+        [
+            listener("edge", port, &pki),
+            listener("links", cport, &pki).protocols(&[Protocol::Cluster]),
+        ],
+    )
+    .route(Route::new("admin", "web").path("/").allow(["cn:admin"]))
+    .cluster(Cluster::new("master1", "web"));
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let viewer = client(&pki, Some("viewer"));
+    for i in 0..20 {
+        let r = get(port, &viewer, &format!("/secret/{i}"), &[]).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    for i in 0..10 {
+        let out = curl(
+            &pki,
+            "viewer",
+            &format!("https://localhost:{port}/secret/curl{i}"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (out.status.as_str(), out.version.as_str()),
+            ("403", "2"),
+            "curl (HTTP/2): {}",
+            out.body
+        );
+    }
+    for _ in 0..20 {
+        let mut s = connect(cport, &client(&pki, None)).await;
+        let _ = s
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        assert!(
+            closed_within(&mut s, T).await,
+            "the cluster listener answered HTTP"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = gh.log_text();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("route admin refused"),
+        1,
+        "30 refusals within 10 s:\n{log}"
+    );
+    assert_eq!(
+        count("status=403"),
+        30,
+        "every refusal keeps its access line:\n{log}"
+    );
+    assert_eq!(
+        count("which this listener does not accept"),
+        1,
+        "20 wrong-protocol connections within 10 s:\n{log}"
+    );
+}

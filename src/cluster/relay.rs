@@ -74,6 +74,8 @@ pub struct Relay {
     audit: Arc<dyn AuditSink>,
     /// How link open and close lines are written.
     log_format: LogFormat,
+    /// One refusal line per reason per 10 s.
+    refusal_log: [crate::logging::Sampler; Refusal::COUNT],
 }
 
 impl Relay {
@@ -114,6 +116,9 @@ impl Relay {
             connector: TransportConnector::new(None),
             audit,
             log_format: LogFormat::Text,
+            refusal_log: std::array::from_fn(|_| {
+                crate::logging::Sampler::new(Duration::from_secs(10))
+            }),
         }
     }
 
@@ -127,17 +132,20 @@ impl Relay {
         self.identity = m;
     }
 
-    /// Counts a link refused before any upstream connection, and closes it.
-    async fn reject(&self, listener: &str, down: Stream, reason: &str) {
+    /// Counts a link refused before any upstream connection and logs it (one line per reason
+    /// per 10 s: a client can repeat a refusal at will); the caller closes it.
+    fn refused(&self, listener: &str, who: &str, reason: Refusal, detail: std::fmt::Arguments<'_>) {
         self.metrics
             .connections
             .with_label_values(&[listener, "rejected"])
             .inc();
         self.metrics
             .cluster_links_refused
-            .with_label_values(&[reason])
+            .with_label_values(&[reason.label()])
             .inc();
-        close(down).await
+        if let Some(more) = self.refusal_log[reason as usize].admit_note() {
+            log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {detail}{more}");
+        }
     }
 
     /// Asks `a` about every link (after routing), and again whenever its decision expires.
@@ -185,12 +193,24 @@ impl Relay {
             None => match self.anonymous.take(ip, &self.limits) {
                 Ok(slot) => Some(slot),
                 Err(AnonRefusal::Total) => {
-                    log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {} anonymous links open (cluster.limits.anonymous_max_clients)", self.limits.anonymous_max);
-                    return self.reject(listener, down, "anonymous_max_clients").await;
+                    let max = self.limits.anonymous_max;
+                    self.refused(
+                        listener,
+                        &who,
+                        Refusal::AnonymousMaxClients,
+                        format_args!(
+                            "{max} anonymous links open (cluster.limits.anonymous_max_clients)"
+                        ),
+                    );
+                    return close(down).await;
                 }
                 Err(AnonRefusal::PerIp) => {
-                    log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {} anonymous links open from {} (cluster.limits.anonymous_max_per_ip)", self.limits.anonymous_per_ip, ip.map_or_else(|| "-".to_string(), |i| i.to_string()));
-                    return self.reject(listener, down, "anonymous_max_per_ip").await;
+                    let (max, from) = (
+                        self.limits.anonymous_per_ip,
+                        ip.map_or_else(|| "-".to_string(), |i| i.to_string()),
+                    );
+                    self.refused(listener, &who, Refusal::AnonymousMaxPerIp, format_args!("{max} anonymous links open from {from} (cluster.limits.anonymous_max_per_ip)"));
+                    return close(down).await;
                 }
             },
         };
@@ -201,14 +221,19 @@ impl Relay {
             .enumerate()
             .find(|(_, r)| r.sni.matches(sni))
         else {
-            log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: no cluster route for SNI {}", EscOpt(Some(sni)));
-            return self.reject(listener, down, "no_route").await;
+            self.refused(
+                listener,
+                &who,
+                Refusal::NoRoute,
+                format_args!("no cluster route for SNI {}", EscOpt(Some(sni))),
+            );
+            return close(down).await;
         };
         // A child route is a parent speaking down: only an identity may use it (the policy's
         // anonymous rule guards the way up, and nothing would guard the way down).
         if route.toward == Toward::Child && cn.is_none() {
-            log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: the route for SNI {} leads to a child (toward: child), which takes authenticated parents only", EscOpt(Some(sni)));
-            return self.reject(listener, down, "anonymous_child").await;
+            self.refused(listener, &who, Refusal::AnonymousChild, format_args!("the route for SNI {} leads to a child (toward: child), which takes authenticated parents only", EscOpt(Some(sni))));
+            return close(down).await;
         }
         let group = &self.upstreams[route.upstream];
 
@@ -235,8 +260,13 @@ impl Relay {
             Some(a) => {
                 let d = a.decide(&link_q).await;
                 if !d.allow {
-                    log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: authorizer {}: {}", a.name(), EscText(&d.reason));
-                    return self.reject(listener, down, "authorizer").await;
+                    self.refused(
+                        listener,
+                        &who,
+                        Refusal::Authorizer,
+                        format_args!("authorizer {}: {}", a.name(), EscText(&d.reason)),
+                    );
+                    return close(down).await;
                 }
                 d.ttl.map(|ttl| (a, ttl))
             }
@@ -245,8 +275,13 @@ impl Relay {
             Mapped::Present(c) => Some(c),
             Mapped::Own => None,
             Mapped::Refuse(why) => {
-                log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {}", EscText(&why));
-                return self.reject(listener, down, "identity").await;
+                self.refused(
+                    listener,
+                    &who,
+                    Refusal::Identity,
+                    format_args!("{}", EscText(&why)),
+                );
+                return close(down).await;
             }
         };
         // Amplification: the master is dialled only for a client that sent one whole, valid
@@ -255,8 +290,13 @@ impl Relay {
         let first = match self.first_message(&mut down, cn.is_none()).await {
             Ok(f) => f,
             Err(why) => {
-                log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {why}; nothing was sent upstream");
-                return self.reject(listener, down, "no_valid_first_message").await;
+                self.refused(
+                    listener,
+                    &who,
+                    Refusal::NoValidFirstMessage,
+                    format_args!("{why}; nothing was sent upstream"),
+                );
+                return close(down).await;
             }
         };
         let key = cn.unwrap_or(&addr);
@@ -609,12 +649,7 @@ impl Relay {
                 } else {
                     0
                 };
-                if let Some(held) = link.log.admit() {
-                    let more = if held > 0 {
-                        format!(" (and {held} more like it in the last 10 s)")
-                    } else {
-                        String::new()
-                    };
+                if let Some(more) = link.log.admit_note() {
                     log::warn!(target: "gatehouse::cluster", "{}: dropped a malformed {} message: {e}; violation {n}/{}{more}", link.who, dir.label(), self.max_violations);
                 }
                 if dir == Direction::Upstream && n >= self.max_violations {
@@ -766,6 +801,34 @@ impl Link<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         out.append(&mut q);
+    }
+}
+
+/// Why a link was refused before any upstream connection (`cluster_links_refused{reason}`).
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    AnonymousMaxClients,
+    AnonymousMaxPerIp,
+    NoRoute,
+    AnonymousChild,
+    Authorizer,
+    Identity,
+    NoValidFirstMessage,
+}
+
+impl Refusal {
+    const COUNT: usize = 7;
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::AnonymousMaxClients => "anonymous_max_clients",
+            Refusal::AnonymousMaxPerIp => "anonymous_max_per_ip",
+            Refusal::NoRoute => "no_route",
+            Refusal::AnonymousChild => "anonymous_child",
+            Refusal::Authorizer => "authorizer",
+            Refusal::Identity => "identity",
+            Refusal::NoValidFirstMessage => "no_valid_first_message",
+        }
     }
 }
 

@@ -115,12 +115,7 @@ impl Handshakes {
         if result == OK {
             return;
         }
-        if let Some(more) = self.log[result].admit() {
-            let more = if more > 0 {
-                format!(" (and {more} more like it in the last 10 s)")
-            } else {
-                String::new()
-            };
+        if let Some(more) = self.log[result].admit_note() {
             log::warn!(target: "gatehouse::tls", "listener {}: {peer}: handshake {}: {detail}{more}", self.listener, RESULTS[result]);
         }
     }

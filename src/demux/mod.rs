@@ -46,6 +46,8 @@ pub struct ListenerApp {
     body_timeouts: prometheus::IntCounter,
     /// `max_connections_per_identity`, with the connections open per caller.
     per_identity: Option<PerIdentity>,
+    /// One refusal line per kind per 10 s (identity cap, silent, wrong protocol).
+    refusal_log: [crate::logging::Sampler; 3],
     /// The TLS handshake and the accept-time caps (`handshake_timeout`, `max_handshakes_per_ip`,
     /// `max_connections`); `None` only for an app built without them (TLS done elsewhere).
     handshakes: Option<Handshakes>,
@@ -111,6 +113,9 @@ impl ListenerApp {
                 .with_label_values(&[name, "body"]),
             metrics,
             per_identity: None,
+            refusal_log: std::array::from_fn(|_| {
+                crate::logging::Sampler::new(Duration::from_secs(10))
+            }),
             handshakes: None,
         }
     }
@@ -188,7 +193,9 @@ impl ServerApp for ListenerApp {
                 match cap.take(key) {
                     Some(slot) => Some(slot),
                     None => {
-                        log::warn!(target: "gatehouse::demux", "listener {}: {} ({}) already has {} connections open (max_connections_per_identity); closing", self.name, peer(&stream), Identity::of(info.as_ref()), cap.max);
+                        if let Some(more) = self.refusal_log[0].admit_note() {
+                            log::warn!(target: "gatehouse::demux", "listener {}: {} ({}) already has {} connections open (max_connections_per_identity); closing{more}", self.name, peer(&stream), Identity::of(info.as_ref()), cap.max);
+                        }
                         refuse(&self.metrics, &self.name, stream, "over_identity_limit").await;
                         return None;
                     }
@@ -198,7 +205,9 @@ impl ServerApp for ListenerApp {
         let mut first = [0u8; 1];
         match tokio::time::timeout(self.first_byte_timeout, stream.read(&mut first)).await {
             Err(_) => {
-                log::info!(target: "gatehouse::demux", "listener {}: {} sent nothing within {:?} after the handshake; closing", self.name, peer(&stream), self.first_byte_timeout);
+                if let Some(more) = self.refusal_log[1].admit_note() {
+                    log::info!(target: "gatehouse::demux", "listener {}: {} sent nothing within {:?} after the handshake; closing{more}", self.name, peer(&stream), self.first_byte_timeout);
+                }
                 refuse(&self.metrics, &self.name, stream, "timeout").await;
                 return None;
             }
@@ -212,7 +221,9 @@ impl ServerApp for ListenerApp {
             Protocol::Http
         };
         if !self.accepts(proto) {
-            log::info!(target: "gatehouse::demux", "listener {}: {} speaks {proto:?} (first byte 0x{:02x}), which this listener does not accept; closing", self.name, peer(&stream), first[0]);
+            if let Some(more) = self.refusal_log[2].admit_note() {
+                log::info!(target: "gatehouse::demux", "listener {}: {} speaks {proto:?} (first byte 0x{:02x}), which this listener does not accept; closing{more}", self.name, peer(&stream), first[0]);
+            }
             refuse(&self.metrics, &self.name, stream, "rejected").await;
             return None;
         }

@@ -119,6 +119,8 @@ impl Drop for Record<'_> {
 pub(super) struct KeaFlow<'a> {
     /// The listener's name (logs, audit, filter views).
     pub(super) listener: &'a str,
+    /// Refused commands' log lines, one per 10 s (each is audited in full).
+    pub(super) refusal_log: &'a crate::logging::Sampler,
     /// Whether the listener terminates TLS (`X-Forwarded-Proto`).
     pub(super) https: bool,
     /// The upstream table.
@@ -160,7 +162,9 @@ impl KeaFlow<'_> {
                 rec.event.verdict = verdict;
                 rec.event.status = status;
                 rec.event.reason = Some(text.clone());
-                log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {}", self.listener, route.name, EscText(&text));
+                if let Some(more) = self.refusal_log.admit_note() {
+                    log::warn!(target: "gatehouse::access", "listener {}: route {}: {who}: {}{more}", self.listener, route.name, EscText(&text));
+                }
                 respond(session, status, &text).await
             }
             Decision::Allowed(cmd, body) => {

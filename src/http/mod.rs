@@ -64,6 +64,22 @@ pub struct HttpGateway {
     started: Instant,
     /// The listener's bounds on a slow client.
     client_bounds: ClientBounds,
+    /// One refusal line per kind per 10 s: a client can repeat a refusal at will, and each is
+    /// in the access log (and, for Kea commands, the audit) anyway.
+    refusal_log: [crate::logging::Sampler; Refused::COUNT],
+}
+
+/// What a refusal line is about, for [`HttpGateway::refusal_log`].
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    Basic,
+    Route,
+    Authorizer,
+    Kea,
+}
+
+impl Refused {
+    const COUNT: usize = 4;
 }
 
 /// How long a listener waits on a slow client once a request head is in.
@@ -112,6 +128,9 @@ impl HttpGateway {
             log_format: LogFormat::Text,
             started: Instant::now(),
             client_bounds: ClientBounds::default(),
+            refusal_log: std::array::from_fn(|_| {
+                crate::logging::Sampler::new(std::time::Duration::from_secs(10))
+            }),
         }
     }
 
@@ -275,7 +294,9 @@ impl ProxyHttp for HttpGateway {
                 Some(u) => ctx.user = Some(u),
                 None => {
                     if header.is_some() {
-                        log::warn!(target: "gatehouse::access", "listener {}: route {}: basic credentials refused ({})", self.listener, route.name, Identity::of(ctx.tls_info()));
+                        if let Some(more) = self.refusal_log[Refused::Basic as usize].admit_note() {
+                            log::warn!(target: "gatehouse::access", "listener {}: route {}: basic credentials refused ({}){more}", self.listener, route.name, Identity::of(ctx.tls_info()));
+                        }
                     }
                     let text = if self.https {
                         "Unauthorized"
@@ -289,7 +310,9 @@ impl ProxyHttp for HttpGateway {
         }
         if !route.access.admits(ctx.identity()) {
             let who = ctx.identity().to_string();
-            log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
+            if let Some(more) = self.refusal_log[Refused::Route as usize].admit_note() {
+                log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}{more}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
+            }
             reply::respond(
                 session,
                 403,
@@ -312,7 +335,9 @@ impl ProxyHttp for HttpGateway {
             let d = a.decide(&q).await;
             if !d.allow {
                 let who = ctx.identity().to_string();
-                log::warn!(target: "gatehouse::access", "listener {}: route {}: authorizer {} refused {who}: {}", self.listener, route.name, a.name(), EscText(&d.reason));
+                if let Some(more) = self.refusal_log[Refused::Authorizer as usize].admit_note() {
+                    log::warn!(target: "gatehouse::access", "listener {}: route {}: authorizer {} refused {who}: {}{more}", self.listener, route.name, a.name(), EscText(&d.reason));
+                }
                 reply::respond(session, 403, &d.reason).await?;
                 return Ok(true);
             }
@@ -344,6 +369,7 @@ impl ProxyHttp for HttpGateway {
                 filters: &self.filters,
                 authorizer: self.authorizer.as_deref(),
                 started: self.started,
+                refusal_log: &self.refusal_log[Refused::Kea as usize],
             };
             flow.serve(session, ctx, &route, kea).await?;
             return Ok(true);
