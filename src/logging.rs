@@ -33,13 +33,83 @@ use std::time::SystemTime;
 pub const JSON_KEY: &str = "json";
 
 /// Installs the process logger: `RUST_LOG` filters (default `info`), stderr, lines in
-/// `format`. Fails if a logger is already installed.
+/// `format`, Pingora's own warnings and errors sampled ([`SampledPingora`]). Fails if a logger
+/// is already installed.
 pub fn init(format: LogFormat) -> Result<(), log::SetLoggerError> {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if format == LogFormat::Json {
         b.format(format_json);
     }
-    b.try_init()
+    let logger = b.build();
+    let max = logger.filter();
+    log::set_boxed_logger(Box::new(SampledPingora::new(logger)))?;
+    log::set_max_level(max);
+    Ok(())
+}
+
+/// A logger in front of another that writes Pingora's own warnings and errors (targets
+/// `pingora*`) once per target and level per 10 s, the next one saying how many were held back.
+/// Pingora writes them per connection or request ("Fail to proxy: … Connection closed" for a
+/// client that hangs up mid-head, for one), so a client could otherwise fill the log at will;
+/// Gatehouse's own lines are sampled where a client can repeat them and pass through here.
+pub struct SampledPingora<L> {
+    inner: L,
+    samplers:
+        std::sync::Mutex<std::collections::HashMap<(String, log::Level), std::sync::Arc<Sampler>>>,
+}
+
+impl<L: log::Log> SampledPingora<L> {
+    /// Samples Pingora's warnings and errors on their way to `inner`.
+    pub fn new(inner: L) -> Self {
+        SampledPingora {
+            inner,
+            samplers: Default::default(),
+        }
+    }
+
+    fn sampler(&self, record: &Record<'_>) -> std::sync::Arc<Sampler> {
+        let mut all = self.samplers.lock().unwrap_or_else(|p| p.into_inner());
+        // Pingora's targets are its module paths: a few dozen at most.
+        all.entry((record.target().to_string(), record.level()))
+            .or_insert_with(|| {
+                std::sync::Arc::new(Sampler::new(std::time::Duration::from_secs(10)))
+            })
+            .clone()
+    }
+}
+
+impl<L: log::Log> log::Log for SampledPingora<L> {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if record.level() > log::Level::Warn
+            || !record.target().starts_with("pingora")
+            || !self.inner.enabled(record.metadata())
+        {
+            return self.inner.log(record);
+        }
+        let Some(more) = self.sampler(record).admit_note() else {
+            return;
+        };
+        if more.is_empty() {
+            return self.inner.log(record);
+        }
+        self.inner.log(
+            &Record::builder()
+                .args(format_args!("{}{more}", record.args()))
+                .metadata(record.metadata().clone())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        )
+    }
+
+    fn flush(&self) {
+        self.inner.flush()
+    }
 }
 
 /// Logs `line` at info on `target` as a JSON object marked with [`JSON_KEY`] (an access or

@@ -100,6 +100,10 @@ pub struct Metrics {
     pub cluster_bytes: IntCounterVec,
     /// `gatehouse_cluster_links_active{kind}` (authenticated, anonymous).
     pub cluster_links: IntGaugeVec,
+    /// `gatehouse_cluster_links_closed_total{end}`: cluster links that were open upstream and
+    /// ended, by why (the `end` of the link-closed line: `closed`, `idle`, `stalled`,
+    /// `not_taken`, …).
+    pub cluster_links_closed: IntCounterVec,
     /// `gatehouse_cluster_links_refused_total{reason}`: cluster links closed before any upstream
     /// connection (reason: anonymous_max_clients, anonymous_max_per_ip, no_route, anonymous_child, identity, authorizer).
     pub cluster_links_refused: IntCounterVec,
@@ -222,6 +226,14 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(cluster_links.clone()))?;
+        let cluster_links_closed = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_cluster_links_closed_total",
+                "Cluster links that were open upstream and ended, by why (not_taken: the upstream hung up before its first message, e.g. Icinga 2.15+ without an Endpoint for the CN).",
+            ),
+            &["end"],
+        )?;
+        registry.register(Box::new(cluster_links_closed.clone()))?;
         let cluster_links_refused = IntCounterVec::new(
             Opts::new(
                 "gatehouse_cluster_links_refused_total",
@@ -282,6 +294,7 @@ impl Metrics {
             cluster_messages,
             cluster_bytes,
             cluster_links,
+            cluster_links_closed,
             cluster_links_refused,
             authorizer_calls,
             kea_commands,
@@ -448,6 +461,7 @@ mod tests {
             cluster_messages,
             cluster_bytes,
             cluster_links,
+            cluster_links_closed,
             cluster_links_refused,
             authorizer_calls,
             kea_commands,
@@ -455,7 +469,7 @@ mod tests {
             cluster_links_replaced,
             kea_fanout_peers,
         } = &metrics;
-        let collectors: [&dyn Collector; 22] = [
+        let collectors: [&dyn Collector; 23] = [
             build_info,
             connections,
             connections_active,
@@ -472,6 +486,7 @@ mod tests {
             cluster_messages,
             cluster_bytes,
             cluster_links,
+            cluster_links_closed,
             cluster_links_refused,
             authorizer_calls,
             kea_commands,

@@ -108,6 +108,7 @@ impl Plan {
             route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
             route.kea = r.kea.as_ref().map(|k| Arc::new(KeaPolicy::new(k)));
             route.fan_out = r.kea.as_ref().is_some_and(|k| k.fan_out == FanOut::All);
+            route.answer_timeout = r.answer_timeout;
             if let Some(b) = &r.basic_auth {
                 match crate::http::basic::BasicAuth::load(&b.users_file, &b.realm) {
                     Ok(a) => route.basic_auth = Some(Arc::new(a)),
@@ -132,10 +133,22 @@ impl Plan {
                 ));
                 JsonLines::log()
             }));
-        let relay = config.cluster.as_ref().map(|c| {
-            let mut relay = Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone());
-            relay.set_log_format(config.log_format);
-            relay
+        let relay = config.cluster.as_ref().and_then(|c| {
+            match Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone()) {
+                Ok(mut relay) => {
+                    relay.set_log_format(config.log_format);
+                    Some(relay)
+                }
+                Err(e) => {
+                    errs.push(ConfigError::new(
+                        "cluster",
+                        format!(
+                            "cannot make the certificate anonymous clients present upstream: {e}"
+                        ),
+                    ));
+                    None
+                }
+            }
         });
         if !errs.is_empty() {
             return Err(errs);

@@ -143,6 +143,21 @@ async fn h2_get(send: &h2::client::SendRequest<Bytes>, port: u16, path: &str) ->
     status
 }
 
+/// An HTTP/2 POST to `path` whose body is left open: the answer to come and the body's sender.
+async fn h2_post(
+    send: h2::client::SendRequest<Bytes>,
+    port: u16,
+    path: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut send = within("h2 ready", send.ready()).await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost:{port}{path}"))
+        .body(())
+        .unwrap();
+    send.send_request(req, false).unwrap()
+}
+
 /// `gatehouse_http_header_timeouts_total{listener="<listener>"}` (the name in docs/metrics.md; 0 when
 /// absent). `gatehouse_http_head_timeouts_total` is read too, should the family be renamed.
 async fn head_timeouts(gh: &Gatehouse, listener: &str) -> u64 {
@@ -1027,6 +1042,11 @@ async fn a_stalled_request_body_ends_at_body_timeout() {
     let web = Upstream::h1(None, Behavior::Echo).await;
     let port = reserved_port();
     let mut conf = web_conf(&web, [listener("edge", port, &pki).body_timeout("1s")])
+        .route(
+            Route::new("kea", "web")
+                .path("/kea")
+                .kea(KeaRoute::allow_all()),
+        )
         .route(Route::new("rest", "web").path("/"))
         .metrics(reserved_port());
     conf.upstream_mut("web").read_timeout = Some("20s".into());
@@ -1055,15 +1075,29 @@ async fn a_stalled_request_body_ends_at_body_timeout() {
         "408 after {took:?} (body_timeout 1s, upstream read_timeout 20s)"
     );
 
+    // HTTP/1 on a Kea route, which reads the command body itself.
+    let mut s = connect(port, &anon).await;
+    let t0 = Instant::now();
+    within(
+        "write",
+        s.write_all(b"POST /kea HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"command\""),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf)
+        .await
+        .unwrap_or_else(|e| panic!("Kea route, stalled body: {e}\nlog:\n{}", gh.log_text()));
+    assert_eq!(r.status, 408, "a stalled Kea command body: {}", r.text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "408 after {:?}",
+        t0.elapsed()
+    );
+
     // HTTP/2
     let (send, conn) = h2_connect(port, &pki).await;
-    let mut send = within("h2 ready", send.ready()).await.unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("https://localhost:{port}/upload"))
-        .body(())
-        .unwrap();
-    let (resp, mut body) = send.send_request(req, false).unwrap();
+    let (resp, mut body) = h2_post(send, port, "/upload").await;
     body.send_data(Bytes::from_static(b"0123456789"), false)
         .unwrap();
     let t0 = Instant::now();
@@ -1083,20 +1117,14 @@ async fn a_stalled_request_body_ends_at_body_timeout() {
     );
     gh.wait_log("sent no piece of an HTTP/2 request body within 1s");
     assert!(
-        client_timeouts(&gh, "body").await >= 2.0,
+        client_timeouts(&gh, "body").await >= 3.0,
         "not counted:\n{}",
         within("metrics", gh.metrics_text()).await
     );
     // A body that keeps coming, slower than the origin's patience would like but with
     // gaps under the bound, goes through on both protocols.
     let (send, _conn) = h2_connect(port, &pki).await;
-    let mut send = within("h2 ready", send.ready()).await.unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("https://localhost:{port}/slow"))
-        .body(())
-        .unwrap();
-    let (resp, mut body) = send.send_request(req, false).unwrap();
+    let (resp, mut body) = h2_post(send, port, "/slow").await;
     for i in 0..4 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         body.send_data(Bytes::from(vec![b'a'; 10]), i == 3).unwrap();
@@ -1109,6 +1137,37 @@ async fn a_stalled_request_body_ends_at_body_timeout() {
         .find(|s| s.path == "/slow")
         .expect("the slow body reached the origin");
     assert_eq!(slow.body.len(), 40);
+}
+
+/// `body_timeout: 1s` with an upstream that takes nothing of an 8 MiB HTTP/2 upload: once the
+/// buffers are full Pingora stops reading, the client's flow-control window runs out and it
+/// waits: that is the server's stall, not the client's, and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_held_back_by_the_server_is_not_a_stall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Hang).await;
+    let port = reserved_port();
+    let mut conf = web_conf(&web, [listener("edge", port, &pki).body_timeout("1s")])
+        .route(Route::new("rest", "web").path("/"))
+        .metrics(reserved_port());
+    conf.upstream_mut("web").read_timeout = Some("30s".into());
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    let (send, conn) = h2_connect(port, &pki).await;
+    let (_resp, mut body) = h2_post(send, port, "/upload").await;
+    body.send_data(Bytes::from(vec![b'u'; 8 << 20]), false)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !conn.is_finished(),
+        "the connection was closed while the server held the body back\n{}",
+        gh.log_text()
+    );
+    assert_eq!(client_timeouts(&gh, "body").await, 0.0);
+    assert!(
+        body.capacity() < 8 << 20,
+        "the client was never held back: the test shows nothing"
+    );
 }
 
 /// `max_concurrent_streams: 3`: the listener says so in its HTTP/2 SETTINGS, and a client
@@ -1233,18 +1292,21 @@ async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
 
 /// `answer_timeout: 1s` with `read_timeout: 5s`: an origin that sends its head at once and
 /// then one body byte every 100 ms (100 bytes: 10 s) is cut about a second in, on a plain route
-/// and on a Kea route alike; one that drips its head is answered `504`. Each counts as an
+/// and on a Kea route alike; one that drips its head is answered `504`; a route with its own
+/// `answer_timeout: 10s` (a stream) gets a 2 s answer whole. Each counts as an
 /// upstream `timeout`. (Every single read was within `read_timeout`: without the whole-answer
 /// bound both took the full 10 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answer_timeout_bounds_an_upstream_that_drips() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = edge_pki(tmp.path());
-    let drip = |head_first: bool| {
+    let drip = |head_first: bool, len: usize| {
         move |mut s: TcpStream, _tx: tokio::sync::mpsc::UnboundedSender<String>| async move {
-            let head =
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
-            let body = [b' '; 100];
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+            );
+            let head = head.as_bytes();
+            let body = vec![b' '; len];
             let mut bytes: Vec<u8> = Vec::new();
             if head_first {
                 if s.write_all(head).await.is_err() {
@@ -1262,16 +1324,23 @@ async fn answer_timeout_bounds_an_upstream_that_drips() {
             }
         }
     };
-    let (body_drip, _r1) = raw_origin(drip(true)).await;
-    let (head_drip, _r2) = raw_origin(drip(false)).await;
+    let (body_drip, _r1) = raw_origin(drip(true, 100)).await;
+    let (head_drip, _r2) = raw_origin(drip(false, 100)).await;
+    let (stream, _r3) = raw_origin(drip(true, 20)).await;
     let port = reserved_port();
     let group = |at: SocketAddr| Group::new(at).read_timeout("5s").answer_timeout("1s");
     let conf = Conf::new()
         .upstream("body", group(body_drip))
         .upstream("head", group(head_drip))
+        .upstream("stream", group(stream))
         .listener(listener("edge", port, &pki))
         .route(Route::new("body", "body").path("/body"))
         .route(Route::new("head", "head").path("/head"))
+        .route(
+            Route::new("stream", "stream")
+                .path("/stream")
+                .answer_timeout("10s"),
+        )
         .route(
             Route::new("kea", "body")
                 .path("/kea")
@@ -1307,6 +1376,20 @@ async fn answer_timeout_bounds_an_upstream_that_drips() {
             "{path}: cut only after {took:?} (answer_timeout 1s)"
         );
     }
+    // A route with its own answer_timeout (a stream): the 2 s answer arrives whole.
+    let t0 = Instant::now();
+    let r = get(port, &anon, "/stream", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body.len(),
+        20,
+        "routes[].answer_timeout: 10s lets the 2 s answer through"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        t0.elapsed()
+    );
     let t0 = Instant::now();
     let r = get(port, &anon, "/head", &[]).await;
     assert_eq!(r.status, 504, "a dripped head: {}", r.text());
@@ -1430,5 +1513,50 @@ async fn repeated_refusals_write_one_line_per_kind() {
         count("which this listener does not accept"),
         1,
         "20 wrong-protocol connections within 10 s:\n{log}"
+    );
+}
+
+/// Pingora's own warnings and errors are per connection or request too: 20 clients that hang up
+/// in the middle of a request head each make Pingora report "Fail to proxy"; Gatehouse's logger
+/// writes one such line per 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pingora_lines_a_client_triggers_are_sampled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let conf = web_conf(&web, [listener("edge", port, &pki)]).route(Route::new("rest", "web"));
+    let gh = Gatehouse::start(tmp.path(), &conf);
+    for _ in 0..20 {
+        let mut s = connect(port, &client(&pki, None)).await;
+        within("write", s.write_all(b"GET /half HTTP/1.1\r\nHo"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = gh.log_text();
+    let pingora: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" pingora") && (l.contains("ERROR") || l.contains("WARN")))
+        .collect();
+    assert!(
+        !pingora.is_empty(),
+        "no Pingora line at all: the test triggers nothing\n{log}"
+    );
+    let mut kinds: Vec<&str> = pingora
+        .iter()
+        .filter_map(|l| l.split(']').next())
+        .map(|head| head.rsplit(' ').next().unwrap_or(""))
+        .collect();
+    kinds.sort();
+    let n = kinds.len();
+    kinds.dedup();
+    assert_eq!(
+        n,
+        kinds.len(),
+        "more than one line per Pingora target and level within 10 s:\n{}",
+        pingora.join("\n")
     );
 }

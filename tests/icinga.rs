@@ -1,4 +1,5 @@
-//! Real Icinga 2.13 master and agent with Gatehouse between them on one port: the agent
+//! Real Icinga 2 master and agent (2.13, 2.14, 2.16, and a 2.16 master with a 2.13 agent) with
+//! Gatehouse between them on one port: the agent
 //! connects through the relay under its own identity, check results reach the master, the
 //! master's REST API answers through the same port, and enrollment and renewal through the
 //! edge give agents certificates for their own keys.
@@ -67,6 +68,27 @@ async fn api(gh: u16, ca: &Path, path: &str) -> Option<serde_json::Value> {
 }
 
 /// Whether the master reports agent1 among its connected endpoints (asked through Gatehouse).
+/// The size of the largest file named `name` anywhere under `dir` (0 if none).
+fn synced_size(dir: &Path, name: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                synced_size(&p, name)
+            } else if e.file_name() == name {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            } else {
+                0
+            }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 async fn agent1_connected(gport: u16, ca: &Path) -> bool {
     api(gport, ca, "/v1/status/ApiListener")
         .await
@@ -78,10 +100,33 @@ async fn agent1_connected(gport: u16, ca: &Path) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn icinga_master_and_agent_through_gatehouse() {
-    if !require_binary("icinga2") {
+async fn icinga_2_13_master_and_agent_through_gatehouse() {
+    master_and_agent("2.13", "2.13").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icinga_2_14_master_and_agent_through_gatehouse() {
+    master_and_agent("2.14", "2.14").await
+}
+
+/// 2.15 and later drop a verified connection whose CN names no Endpoint: enrollment through
+/// the edge goes upstream anonymous (a self-signed certificate), as an agent without one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icinga_2_16_master_and_agent_through_gatehouse() {
+    master_and_agent("2.16", "2.16").await
+}
+
+/// A rolling upgrade: the master is on 2.16 while the agents are still on 2.13.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icinga_2_16_master_with_a_2_13_agent_through_gatehouse() {
+    master_and_agent("2.16", "2.13").await
+}
+
+/// The whole story with a master of release `m` and an agent of release `a`.
+async fn master_and_agent(m: &'static str, a: &'static str) {
+    let (Some(m), Some(a)) = (icinga::Release::get(m), icinga::Release::get(a)) else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     // All reserved: Icinga binds with SO_REUSEPORT, so a released port another test also got
@@ -90,8 +135,8 @@ async fn icinga_master_and_agent_through_gatehouse() {
     let (gport, metrics_port) = (reserved_port(), reserved_port());
 
     // --- PKI: Icinga's own CA on the master (icinga2 pki new-ca / new-cert / sign-csr) ---
-    let master = Node::new(root, "master");
-    let agent = Node::new(root, "agent");
+    let master = Node::of(root, "master", m);
+    let agent = Node::of(root, "agent", a);
     master.run(&["pki", "new-ca"], false);
     let ca_crt = master.dir.join("data/ca/ca.crt");
     let new_cert = |node: &Node, cn: &str, dir: &Path| node.new_cert(cn, dir);
@@ -139,6 +184,14 @@ async fn icinga_master_and_agent_through_gatehouse() {
     // cert_dir, minted as docs/cluster-relay.md says: a new key for CN=agent1, signed on the CA master.
     let (_, csr) = new_cert(&master, "agent1", &ids);
     sign(&csr, &ids.join("agent1.crt"));
+
+    // A global zone whose config is larger than Icinga's (and Gatehouse's) 16 MiB limit on
+    // messages from a child: the master's config::Update carrying it comes from the parent.
+    let big = master.dir.join("etc/zones.d/global-big");
+    std::fs::create_dir_all(&big).unwrap();
+    // Long lines: Icinga's parser keeps a stack entry per line (10,000 lines exhaust it).
+    let line = format!("# {}\n", "x".repeat(64 * 1024 - 3));
+    std::fs::write(big.join("big.conf"), line.repeat(17 * 16)).unwrap();
 
     // --- master ---
     let master_conf = format!(
@@ -339,7 +392,9 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
         (d, out)
     };
     let ticket = String::from_utf8(
-        icinga::icinga2()
+        master
+            .release
+            .command()
             .args(["pki", "ticket", "--cn", "agent2", "--salt", SALT])
             .output()
             .unwrap()
@@ -384,7 +439,51 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     // Icinga's FileLogger flushes on a timer: wait for the line.
     master.wait_log("for CN 'agent2' is invalid", Duration::from_secs(15));
 
-    // 5. The master restarts: the agent's link through Gatehouse comes back on its own.
+    // 5. The 17 MiB global zone reaches the agent: a message from the parent is not held to
+    //    the child-side limit (Icinga takes any size from its parent).
+    eventually(
+        "the 17 MiB global zone synced to the agent",
+        Duration::from_secs(90),
+        || async { synced_size(&agent.dir.join("data/api"), "big.conf") > 16 << 20 },
+        diag,
+    )
+    .await;
+
+    // 6. An identity the master has no Endpoint for (agent3: CA-signed, in cert_dir): 2.15 and
+    //    later hang up at once, and the edge says why instead of "closed".
+    if master.release.name != "2.13" && master.release.name != "2.14" {
+        let agent3 = icinga_ca.issue(&CertSpec::new("agent3")).unwrap();
+        let (a3_crt, a3_key) = agent3.write(&edge, "agent3").unwrap();
+        icinga_ca
+            .issue(&CertSpec::new("agent3"))
+            .unwrap()
+            .write(&ids, "agent3")
+            .unwrap();
+        let opts = ClientOpts {
+            ca: Some(ca_crt.clone()),
+            cert: Some((a3_crt, a3_key)),
+            sni: Some("master1".into()),
+            tls12: false,
+        };
+        let mut s = tls_connect(addr(gport), &opts).await.unwrap();
+        let hello = r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":1,"version":21605}}"#;
+        use tokio::io::AsyncWriteExt;
+        s.write_all(&gatehouse::cluster::codec::encode(hello.as_bytes()))
+            .await
+            .unwrap();
+        let line = gh.wait_log("did not take the identity 'agent3'");
+        assert!(line.contains("Endpoint"), "{line}");
+        let m = request(addr(metrics_port), None, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap()
+            .text();
+        assert!(
+            m.contains(r#"gatehouse_cluster_links_closed_total{end="not_taken"} 1"#),
+            "{m}"
+        );
+    }
+
+    // 7. The master restarts: the agent's link through Gatehouse comes back on its own.
     drop(master_d);
     let _ = std::fs::remove_file(master.dir.join("log/icinga2.log"));
     eventually(

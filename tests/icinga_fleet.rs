@@ -227,10 +227,24 @@ impl FakeAgent {
 ///    Real Icinga never sends those upward, so that half is proven with a stand-in "agent2"
 ///    that the real master also dials through Gatehouse and that tries both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn master_dials_agent_through_gatehouse() {
-    if !require_binary("icinga2") {
+async fn master_dials_agent_through_gatehouse_2_13() {
+    master_dials_agent("2.13").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_dials_agent_through_gatehouse_2_14() {
+    master_dials_agent("2.14").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_dials_agent_through_gatehouse_2_16() {
+    master_dials_agent("2.16").await
+}
+
+async fn master_dials_agent(release: &'static str) {
+    let Some(release) = icinga::Release::get(release) else {
         return;
-    }
+    };
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -241,8 +255,8 @@ async fn master_dials_agent_through_gatehouse() {
         reserved_port(),
     );
 
-    let master = Node::new(root, "master");
-    let agent = Node::new(root, "agent");
+    let master = Node::of(root, "master", release.clone());
+    let agent = Node::of(root, "agent", release);
     let (ca, ca_crt) = icinga_pki(&master, &[(&master, "master1"), (&agent, "agent1")]);
     // agent1's certificate expires in 10 days (its own key): it must be renewed through the
     // child route, where its request travels back along the link the master opened.
@@ -542,10 +556,24 @@ object Endpoint "agent1" {{ }}
 /// - Both masters are in the agent's parent zone, so everything master2 sends on a link the
 ///   agent takes for master1's is accepted, and vice versa.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ha_masters_fail_over() {
-    if !require_binary("icinga2") {
+async fn ha_masters_fail_over_2_13() {
+    ha_masters("2.13").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_masters_fail_over_2_14() {
+    ha_masters("2.14").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_masters_fail_over_2_16() {
+    ha_masters("2.16").await
+}
+
+async fn ha_masters(release: &'static str) {
+    let Some(release) = icinga::Release::get(release) else {
         return;
-    }
+    };
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -557,9 +585,9 @@ async fn ha_masters_fail_over() {
         reserved_port(),
     );
 
-    let m1 = Node::new(root, "master1");
-    let m2 = Node::new(root, "master2");
-    let agent = Node::new(root, "agent");
+    let m1 = Node::of(root, "master1", release.clone());
+    let m2 = Node::of(root, "master2", release.clone());
+    let agent = Node::of(root, "agent", release);
     let (ca, ca_crt) = icinga_pki(
         &m1,
         &[(&m1, "master1"), (&m2, "master2"), (&agent, "agent1")],

@@ -64,7 +64,7 @@ impl Icinga {
             .ca
             .issue(&CertSpec::new("master1").dns(&["master1"]))
             .unwrap();
-        acceptor(&m, Some(self.icinga.ca.cert()), false)
+        icinga_acceptor(&m, self.icinga.ca.cert())
     }
 
     /// Config: listener `cluster` on `port` (http + cluster), cluster → `sink`, HTTP → `web`.
@@ -323,10 +323,11 @@ async fn anonymous_links_are_limited() {
     a.write_all(&burst).await.unwrap();
     let (echoed, _) = read_frames(&mut a, 2, Duration::from_secs(5)).await;
     assert_eq!(echoed, vec![ns(HELLO), ns(HEARTBEAT)]);
-    // Anonymous clients go upstream with the edge's own certificate.
+    // Anonymous clients go upstream anonymous: a self-signed certificate, never the edge's
+    // own (Icinga 2.15 and later drop a verified certificate without an Endpoint).
     assert_eq!(
         sink.client_cns.lock().unwrap().clone(),
-        vec![Some("gatehouse-edge".to_string())]
+        vec![Some(gatehouse::cluster::relay::ANONYMOUS_CN.to_string())]
     );
 
     // pki::RequestCertificate carries the client's own certificate to the master.
@@ -820,10 +821,10 @@ async fn missing_identity_own_relays_with_the_edges_certificate() {
     );
 }
 
-/// `cluster.limits.message_size` from the upstream: with `8KiB`, a 6 KiB message from the
-/// master reaches the client intact, and a 10 KiB one closes the link with a framing error
-/// (logged with the limit, counted as a too_large downstream message) before any byte of it
-/// reaches the client.
+/// `cluster.limits.parent_message_size`, on messages from the upstream (the parent, on a
+/// `toward: parent` route): with `8KiB`, a 6 KiB message from the master reaches the client
+/// intact, and a 10 KiB one closes the link with a framing error (logged with the limit,
+/// counted as a too_large downstream message) before any byte of it reaches the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_size_limits_messages_from_the_upstream() {
     let tmp = tempfile::tempdir().unwrap();
@@ -841,7 +842,7 @@ async fn message_size_limits_messages_from_the_upstream() {
     let port = reserved_port();
     let mut conf = c.conf(tmp.path(), port, master.addr, web.addr);
     if let Some(l) = conf.cluster.as_mut().and_then(|c| c.limits.as_mut()) {
-        l.message_size = Some("8KiB".into());
+        l.parent_message_size = Some("8KiB".into());
     }
     let gh = Gatehouse::start(tmp.path(), &conf);
     let t = Duration::from_secs(5);
@@ -877,7 +878,7 @@ async fn message_size_limits_messages_from_the_upstream() {
 }
 
 /// Bad input loses nothing before it: when a message that ends the link (here one over
-/// `message_size`) arrives in the same read as good ones, the good ones are still delivered,
+/// `parent_message_size`) arrives in the same read as good ones, the good ones are still delivered,
 /// then the link closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_before_the_one_that_ends_the_link_are_delivered() {
@@ -894,7 +895,7 @@ async fn messages_before_the_one_that_ends_the_link_are_delivered() {
     let port = reserved_port();
     let mut conf = c.conf(tmp.path(), port, master.addr, web.addr);
     if let Some(l) = conf.cluster.as_mut().and_then(|c| c.limits.as_mut()) {
-        l.message_size = Some("8KiB".into());
+        l.parent_message_size = Some("8KiB".into());
     }
     let gh = Gatehouse::start(tmp.path(), &conf);
     let t = Duration::from_secs(5);

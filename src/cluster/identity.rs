@@ -24,8 +24,15 @@ use std::time::SystemTime;
 pub enum Mapped {
     /// This certificate chain and key.
     Present(Arc<CertKey>),
-    /// The upstream's own `tls.client_cert` (anonymous clients, or `missing: own`).
+    /// The upstream's own `tls.client_cert` (`missing: own`, or no `upstream_identity`).
     Own,
+    /// No identity the master knows: a self-signed certificate made at start, as an Icinga
+    /// agent without a certificate yet presents one (what anonymous clients get). Not the
+    /// upstream's own certificate: Icinga ≥ 2.15 drops a connection whose certificate verifies
+    /// but names no `Endpoint` ("Unknown endpoint … with valid certificate"), so enrollment
+    /// under the edge's identity fails there; an unverified certificate is anonymous to
+    /// every release.
+    Anonymous,
     /// Refuse the link; the reason is logged.
     Refuse(String),
 }
@@ -56,7 +63,7 @@ pub trait IdentityMapper: Send + Sync + 'static {
 }
 
 /// `cluster.upstream_identity`: `<dir>/<cn>.crt` + `<cn>.key` for an authenticated client
-/// `<cn>`; anonymous clients go with the upstream's own certificate.
+/// `<cn>`; anonymous clients go anonymous ([`Mapped::Anonymous`]).
 pub struct CertDir {
     dir: PathBuf,
     missing: MissingIdentity,
@@ -149,7 +156,7 @@ async fn read(p: &Path) -> Result<Vec<u8>, String> {
 impl IdentityMapper for CertDir {
     async fn upstream_identity(&self, link: &LinkInfo<'_>) -> Mapped {
         let Some(cn) = link.identity.cn() else {
-            return Mapped::Own;
+            return Mapped::Anonymous;
         };
         match self.load(cn).await {
             Ok(Some(c)) => Mapped::Present(c),
@@ -163,13 +170,17 @@ impl IdentityMapper for CertDir {
     }
 }
 
-/// No mapping: every link goes upstream with the upstream's own certificate.
+/// No mapping: every authenticated link goes upstream with the upstream's own certificate,
+/// anonymous ones anonymous ([`Mapped::Anonymous`]).
 pub struct OwnIdentity;
 
 #[async_trait]
 impl IdentityMapper for OwnIdentity {
-    async fn upstream_identity(&self, _: &LinkInfo<'_>) -> Mapped {
-        Mapped::Own
+    async fn upstream_identity(&self, link: &LinkInfo<'_>) -> Mapped {
+        match link.identity.cn() {
+            Some(_) => Mapped::Own,
+            None => Mapped::Anonymous,
+        }
     }
 }
 
@@ -228,7 +239,10 @@ mod tests {
             identity: Identity::Anonymous,
             ..link(&a1)
         };
-        assert!(matches!(m.upstream_identity(&anon).await, Mapped::Own));
+        assert!(
+            matches!(m.upstream_identity(&anon).await, Mapped::Anonymous),
+            "anonymous clients go upstream anonymous, never as the edge"
+        );
         let own = CertDir::new(dir.path().to_path_buf(), MissingIdentity::Own);
         assert!(matches!(
             own.upstream_identity(&link(&a2)).await,

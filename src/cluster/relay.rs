@@ -29,6 +29,7 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::{Shutdown, Stream};
 use pingora_core::server::ShutdownWatch;
+use pingora_core::utils::tls::CertKey;
 use prometheus::IntCounter;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -52,7 +53,10 @@ struct Limits {
     anonymous_max: usize,
     anonymous_per_ip: usize,
     anonymous_size: usize,
+    /// From the child side of a link.
     size: usize,
+    /// From the parent side.
+    parent_size: usize,
     idle: Duration,
     anonymous_idle: Duration,
     anonymous_lifetime: Duration,
@@ -76,6 +80,9 @@ pub struct Relay {
     log_format: LogFormat,
     /// One refusal line per reason per 10 s.
     refusal_log: [crate::logging::Sampler; Refusal::COUNT],
+    /// What anonymous clients present upstream ([`Mapped::Anonymous`]): self-signed, made at
+    /// start.
+    anonymous_cert: Arc<CertKey>,
 }
 
 impl Relay {
@@ -85,9 +92,11 @@ impl Relay {
         upstreams: Arc<[UpstreamGroup]>,
         audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
-    ) -> Relay {
+    ) -> Result<Relay, boring::error::ErrorStack> {
         let l = &j.limits;
-        Relay {
+        let anonymous = crate::pki::self_signed(&crate::pki::CertSpec::new(ANONYMOUS_CN))?;
+        let anonymous_cert = Arc::new(CertKey::new(vec![anonymous.cert], anonymous.key));
+        Ok(Relay {
             routes: j.routes.clone(),
             upstreams,
             identity: match &j.upstream_identity {
@@ -102,6 +111,7 @@ impl Relay {
                 anonymous_per_ip: l.anonymous_max_per_ip,
                 anonymous_size: l.anonymous_message_size,
                 size: l.message_size,
+                parent_size: l.parent_message_size,
                 idle: l.idle_timeout,
                 anonymous_idle: l.anonymous_idle_timeout,
                 anonymous_lifetime: l.anonymous_max_lifetime,
@@ -119,7 +129,8 @@ impl Relay {
             refusal_log: std::array::from_fn(|_| {
                 crate::logging::Sampler::new(Duration::from_secs(10))
             }),
-        }
+            anonymous_cert,
+        })
     }
 
     /// Writes link open and close lines in `format` (`log_format`; text by default).
@@ -274,6 +285,7 @@ impl Relay {
         let client_cert = match self.identity.upstream_identity(&info).await {
             Mapped::Present(c) => Some(c),
             Mapped::Own => None,
+            Mapped::Anonymous => Some(self.anonymous_cert.clone()),
             Mapped::Refuse(why) => {
                 self.refused(
                     listener,
@@ -400,6 +412,21 @@ impl Relay {
             link.forwarded[0].load(Ordering::Relaxed),
             link.forwarded[1].load(Ordering::Relaxed),
         );
+        // A master that hangs up at once, having said no more than its icinga::Hello, did not
+        // take the identity, which is not a network failure: Icinga ≥ 2.15 sends its Hello,
+        // then drops a verified certificate whose CN names no Endpoint, and the agent would
+        // retry every 10 s with nothing in its log.
+        let upstream_hung_up = matches!(end, LinkEnd::Closed(Direction::Downstream))
+            || matches!(end, LinkEnd::Io("upstream", _));
+        let end = if upstream_hung_up && down_n <= 1 && started.elapsed() < NOT_TAKEN_WITHIN {
+            LinkEnd::NotTaken(cn.map(str::to_string))
+        } else {
+            end
+        };
+        self.metrics
+            .cluster_links_closed
+            .with_label_values(&[end.kind()])
+            .inc();
         if self.log_format == LogFormat::Json {
             LinkLine {
                 event: "link_closed",
@@ -498,8 +525,16 @@ impl Relay {
         W: AsyncWrite + Unpin,
     {
         let anon = link.anonymous();
+        // Icinga's limits by hierarchy: what comes from a child is capped, what comes from
+        // the parent is not (beyond the netstring's 9 digits).
+        let from_parent = match link.info.toward {
+            Toward::Parent => dir == Direction::Downstream,
+            Toward::Child => dir == Direction::Upstream,
+        };
         let limit = if anon && dir == Direction::Upstream {
             self.limits.anonymous_size
+        } else if from_parent {
+            self.limits.parent_size
         } else {
             self.limits.size
         };
@@ -804,6 +839,14 @@ impl Link<'_> {
     }
 }
 
+/// An upstream that closes a link this soon after it opened, having sent at most its Hello,
+/// did not take the identity ([`LinkEnd::NotTaken`]).
+const NOT_TAKEN_WITHIN: Duration = Duration::from_secs(10);
+
+/// The CN of the self-signed certificate anonymous clients present upstream: the name the
+/// master logs for them ("client certificate not signed by CA").
+pub const ANONYMOUS_CN: &str = "gatehouse-anonymous";
+
 /// Why a link was refused before any upstream connection (`cluster_links_refused{reason}`).
 #[derive(Debug, Clone, Copy)]
 enum Refusal {
@@ -852,6 +895,9 @@ enum LinkEnd {
     Lifetime(Duration),
     /// The receiver of this direction took nothing for the idle limit.
     Stalled(Direction, Duration),
+    /// The upstream closed the link at once, having sent at most its Hello: it did not take
+    /// the identity presented for this CN (`None`: anonymous).
+    NotTaken(Option<String>),
 }
 
 impl Direction {
@@ -896,6 +942,7 @@ impl LinkEnd {
             LinkEnd::Replaced => "replaced",
             LinkEnd::Lifetime(_) => "lifetime",
             LinkEnd::Stalled(..) => "stalled",
+            LinkEnd::NotTaken(_) => "not_taken",
         }
     }
 }
@@ -968,6 +1015,14 @@ impl fmt::Display for LinkEnd {
             ),
             LinkEnd::Replaced => f.write_str(
                 "replaced by a newer link of the same identity (cluster.limits.max_links_per_identity)",
+            ),
+            LinkEnd::NotTaken(Some(cn)) => write!(
+                f,
+                "the upstream closed the link at once, having sent at most its Hello: it did not take the identity '{}' (Icinga 2.15 and later drop a certificate whose CN has no Endpoint object on the master; check the Endpoint and the certificate in cluster.upstream_identity.cert_dir)",
+                Esc(cn)
+            ),
+            LinkEnd::NotTaken(None) => f.write_str(
+                "the upstream closed the link at once, having sent at most its Hello: it did not take the anonymous client",
             ),
         }
     }
@@ -1244,6 +1299,7 @@ mod tests {
             anonymous_per_ip: per_ip,
             anonymous_size: 0,
             size: 0,
+            parent_size: 0,
             idle: Duration::ZERO,
             anonymous_idle: Duration::ZERO,
             anonymous_lifetime: Duration::ZERO,

@@ -331,8 +331,12 @@ fn lower_listeners(
                 cx.err(format!("{at}.{key}"), "must be more than 0");
             }
         }
-        if l.max_concurrent_streams == 0 {
-            cx.err(format!("{at}.max_concurrent_streams"), "must be at least 1");
+        if !(1..=1024).contains(&l.max_concurrent_streams) {
+            // The body watch (`demux`) follows at most 1024 streams of a connection.
+            cx.err(
+                format!("{at}.max_concurrent_streams"),
+                "must be between 1 and 1024",
+            );
         }
         if l.max_connections == Some(0) {
             cx.err(
@@ -676,6 +680,10 @@ fn lower_routes(
                 ),
             );
         }
+        let answer_timeout = r.answer_timeout.map(|d| d.get());
+        if answer_timeout.is_some_and(|d| d.is_zero()) {
+            cx.err(format!("{at}.answer_timeout"), "must be more than 0");
+        }
         if let (Some(host), Some(upstream)) = (host, upstream) {
             out.push(RouteSettings {
                 name: r.name.clone(),
@@ -688,6 +696,7 @@ fn lower_routes(
                 kea,
                 rate_limit,
                 basic_auth,
+                answer_timeout,
             });
         }
     }
@@ -865,6 +874,7 @@ fn lower_cluster(
             l.anonymous_message_size,
         ),
         message_size: cx.bytes("cluster.limits.message_size", l.message_size),
+        parent_message_size: cx.bytes("cluster.limits.parent_message_size", l.parent_message_size),
         idle_timeout: l.idle_timeout.get(),
         anonymous_idle_timeout: l.anonymous_idle_timeout.get(),
         anonymous_max_lifetime: l.anonymous_max_lifetime.get(),

@@ -240,6 +240,8 @@ pub struct RouteSettings {
     pub rate_limit: Option<RateLimitSettings>,
     /// HTTP basic credentials asked of callers.
     pub basic_auth: Option<BasicAuthSettings>,
+    /// The bound on a whole answer, instead of the upstream's (`None`: the upstream's).
+    pub answer_timeout: Option<Duration>,
 }
 
 /// A route's basic authentication.
@@ -379,8 +381,10 @@ pub struct ClusterLimits {
     pub certificate_request_size: usize,
     /// Largest message from an anonymous client.
     pub anonymous_message_size: usize,
-    /// Largest message.
+    /// Largest message from the child side.
     pub message_size: usize,
+    /// Largest message from the parent side.
+    pub parent_message_size: usize,
     /// Idle limit of an authenticated link.
     pub idle_timeout: Duration,
     /// Idle limit of an anonymous link.

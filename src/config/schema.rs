@@ -396,6 +396,10 @@ pub struct RouteSection {
     /// Ask for HTTP basic credentials, as Kea's Control Agent did (`authentication`).
     #[serde(default)]
     pub basic_auth: Option<BasicAuthSection>,
+    /// This route's bound on a whole answer, instead of its upstream's `answer_timeout` (a
+    /// stream such as Icinga's `/v1/events`).
+    #[serde(default)]
+    pub answer_timeout: Option<HumanDuration>,
 }
 
 /// `routes[].basic_auth` — users who must give HTTP basic credentials.
@@ -571,9 +575,14 @@ pub struct ClusterLimitsSection {
     /// Largest message from an anonymous client.
     #[serde(default = "default_anon_size")]
     pub anonymous_message_size: ByteSize,
-    /// Largest message otherwise (either direction).
+    /// Largest message from the child side of a link (an agent on a `toward: parent` route):
+    /// Icinga's own limit on messages from child zones.
     #[serde(default = "default_msg_size")]
     pub message_size: ByteSize,
+    /// Largest message from the parent side (the master): Icinga takes any size from its
+    /// parent, up to the 9 digits of a netstring length.
+    #[serde(default = "default_parent_msg_size")]
+    pub parent_message_size: ByteSize,
     /// An authenticated link with no message from one side for this long is closed.
     #[serde(default = "default_cluster_idle")]
     pub idle_timeout: HumanDuration,
@@ -603,6 +612,9 @@ fn default_anon_size() -> ByteSize {
 fn default_msg_size() -> ByteSize {
     ByteSize(16 << 20)
 }
+fn default_parent_msg_size() -> ByteSize {
+    ByteSize(1 << 30)
+}
 fn default_cluster_idle() -> HumanDuration {
     HumanDuration::secs(60)
 }
@@ -622,6 +634,7 @@ impl Default for ClusterLimitsSection {
             certificate_request_size: default_cert_request_size(),
             anonymous_message_size: default_anon_size(),
             message_size: default_msg_size(),
+            parent_message_size: default_parent_msg_size(),
             idle_timeout: default_cluster_idle(),
             anonymous_idle_timeout: default_anon_idle(),
             anonymous_max_lifetime: default_anon_lifetime(),

@@ -7,7 +7,8 @@
 //! part of the head's time, not its end: `\r\n\r\n` first must not disarm the deadline. It starts again with the first byte read after the response began (a 1xx interim
 //! answer does not count), so keep-alive requests get the same deadline. Bytes read between
 //! a head and its response (the body, pipelined requests) are not scanned: the deadline can
-//! only ever end a connection that is still sending a head.
+//! only ever end a connection that is still sending a head. A head begun while an answer is
+//! still being written (pipelining) is timed from the last write: Pingora reads it only then.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -94,9 +95,24 @@ impl HeadDeadline {
 
     /// Accounts for bytes just written.
     pub fn on_write(&mut self, data: &[u8]) {
-        let interim = data.starts_with(b"HTTP/1.1 1") || data.starts_with(b"HTTP/1.0 1");
-        if self.phase == Phase::AwaitingResponse && !data.is_empty() && !interim {
-            self.phase = Phase::Idle;
+        if data.is_empty() {
+            return;
+        }
+        match self.phase {
+            Phase::AwaitingResponse => {
+                let interim = data.starts_with(b"HTTP/1.1 1") || data.starts_with(b"HTTP/1.0 1");
+                if !interim {
+                    self.phase = Phase::Idle;
+                }
+            }
+            // A pipelined head begun while the answer before it is still being written:
+            // Pingora reads it only once that answer is out, so its clock starts then.
+            Phase::Head { .. } => {
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.limit);
+            }
+            Phase::Idle => {}
         }
     }
 
@@ -145,6 +161,22 @@ mod tests {
         d.on_write(b"HTTP/1.1 200 OK\r\n");
         d.on_read(b"\r\n\r\n");
         assert!(d.armed(), "and before the next one too");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_during_a_long_answer_is_timed_from_its_end() {
+        let mut d = HeadDeadline::started(Duration::from_secs(1));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        d.on_read(b"GET /big HTTP/1.1\r\n\r\n");
+        d.on_write(b"HTTP/1.1 200 OK\r\n");
+        d.on_read(b"G"); // the next, pipelined request's first byte
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            d.on_write(b"more of the big answer");
+        }
+        assert!(!d.poll_expired(&mut cx), "the server was busy writing");
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert!(d.poll_expired(&mut cx));
     }
 
     #[tokio::test(start_paused = true)]

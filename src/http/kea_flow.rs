@@ -408,8 +408,14 @@ impl KeaFlow<'_> {
         forward::filter_response(self.filters, self.listener, session, ctx, &mut resp);
         rec.event.peers = peers;
         rec.done(200, kea::result_codes(&out));
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(out), true).await?;
+        session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .map_err(|e| e.into_down())?;
+        session
+            .write_response_body(Some(out), true)
+            .await
+            .map_err(|e| e.into_down())?;
         Ok(())
     }
 
@@ -553,7 +559,11 @@ impl KeaFlow<'_> {
             None => self.prepare(session, ctx, group_index, addr, &body)?,
         };
         // `answer_timeout` bounds the whole exchange; `read_timeout` only each read in it.
-        let deadline = tokio::time::Instant::now() + group.answer_timeout();
+        let limit = ctx.route.as_ref().map_or_else(
+            || group.answer_timeout(),
+            |r| r.answer_timeout(self.upstreams),
+        );
+        let deadline = tokio::time::Instant::now() + limit;
         let sent = async {
             let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
             // Pingora's proxy sets these from the peer; a session used directly gets none.
@@ -567,7 +577,7 @@ impl KeaFlow<'_> {
         };
         let mut up = match tokio::time::timeout_at(deadline, sent)
             .await
-            .unwrap_or_else(|_| Err(answer_overdue(group)))
+            .unwrap_or_else(|_| Err(answer_overdue(limit)))
         {
             Ok(up) => up,
             Err(e) => {
@@ -605,7 +615,7 @@ impl KeaFlow<'_> {
                 self.edit_answer(session, ctx, cmd, &editors, &mut up, policy.max_answer),
             )
             .await
-            .unwrap_or_else(|_| Err((FailureKind::Timeout, answer_overdue(group).to_string())));
+            .unwrap_or_else(|_| Err((FailureKind::Timeout, answer_overdue(limit).to_string())));
             let answer = match edited {
                 Ok(a) => a,
                 Err((kind, why)) => {
@@ -624,22 +634,34 @@ impl KeaFlow<'_> {
             let results = kea::result_codes(&answer);
             set_peer_results(rec, &results, None);
             rec.done(status, results);
-            session.write_response_header(Box::new(resp), false).await?;
-            session.write_response_body(Some(answer), true).await?;
+            session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .map_err(|e| e.into_down())?;
+            session
+                .write_response_body(Some(answer), true)
+                .await
+                .map_err(|e| e.into_down())?;
             return Ok(());
         }
         forward::filter_response(self.filters, self.listener, session, ctx, &mut resp);
         rec.event.status = status;
-        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .map_err(|e| e.into_down())?;
         let mut scan = kea::json::ResultScanner::default();
         loop {
             let read = tokio::time::timeout_at(deadline, up.read_response_body())
                 .await
-                .unwrap_or_else(|_| Err(answer_overdue(group)));
+                .unwrap_or_else(|_| Err(answer_overdue(limit)));
             match read {
                 Ok(Some(chunk)) => {
                     scan.feed(&chunk);
-                    session.write_response_body(Some(chunk), false).await?;
+                    session
+                        .write_response_body(Some(chunk), false)
+                        .await
+                        .map_err(|e| e.into_down())?;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -649,14 +671,18 @@ impl KeaFlow<'_> {
                     log::warn!(target: "gatehouse::upstream", "upstream {} peer {addr}: response body failed ({}): {e}", group.name, kind.label());
                     rec.event.results = Some(scan.codes().to_vec());
                     set_peer_results(rec, scan.codes(), Some(kind));
-                    return Err(e);
+                    ctx.failure = Some(kind);
+                    return Err(e.into_up());
                 }
             }
         }
         let results = scan.into_codes();
         set_peer_results(rec, &results, None);
         rec.done(status, results);
-        session.write_response_body(None, true).await?;
+        session
+            .write_response_body(None, true)
+            .await
+            .map_err(|e| e.into_down())?;
         self.connector
             .release_http_session(up, &peer, Some(group.idle_timeout()))
             .await;
@@ -828,7 +854,13 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Option<Bytes>> {
             .await?;
     }
     let mut buf = BytesMut::new();
-    while let Some(chunk) = session.as_downstream_mut().read_request_body().await? {
+    // A client error: `body_timeout` (Pingora's read timeout) answers 408, counted as such.
+    while let Some(chunk) = session
+        .as_downstream_mut()
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?
+    {
         if buf.len() + chunk.len() > max {
             return Ok(None);
         }
@@ -837,14 +869,11 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Option<Bytes>> {
     Ok(Some(buf.freeze()))
 }
 
-/// The error of an answer that took longer than its group's `answer_timeout`.
-fn answer_overdue(group: &UpstreamGroup) -> Box<pingora_error::Error> {
+/// The error of an answer that took longer than its `answer_timeout` (`limit`).
+fn answer_overdue(limit: std::time::Duration) -> Box<pingora_error::Error> {
     pingora_error::Error::explain(
         pingora_error::ErrorType::ReadTimedout,
-        format!(
-            "no whole answer within answer_timeout ({:?})",
-            group.answer_timeout()
-        ),
+        format!("no whole answer within answer_timeout ({limit:?})"),
     )
 }
 

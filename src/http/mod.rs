@@ -176,7 +176,8 @@ struct AccessLine<'a> {
 impl HttpGateway {
     /// Whether the answer being proxied is still within its group's `answer_timeout`
     /// (checked at its head and at every piece of its body; a peer that sends nothing at all
-    /// meets `read_timeout` first).
+    /// meets `read_timeout` first). The clock starts when the request is sent upstream and
+    /// again when its body has gone out: a long upload is not the answer's time.
     fn answer_in_time(&self, ctx: &mut RequestCtx) -> Result<()> {
         let Some(deadline) = ctx.answer_deadline else {
             return Ok(());
@@ -185,20 +186,12 @@ impl HttpGateway {
             return Ok(());
         }
         ctx.answer_deadline = None;
-        let name = ctx
-            .route
-            .as_ref()
-            .map(|r| &*self.upstreams[r.upstream].name)
-            .unwrap_or("?");
         let limit = ctx
             .route
             .as_ref()
-            .map(|r| self.upstreams[r.upstream].answer_timeout())
+            .map(|r| r.answer_timeout(&self.upstreams))
             .unwrap_or_default();
-        self.metrics
-            .upstream_error(name, FailureKind::Timeout.label());
-        log::warn!(target: "gatehouse::upstream", "upstream {name} peer {}: no whole answer within answer_timeout ({limit:?}); cut", ctx.peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
-        ctx.failure = Some(FailureKind::Timeout);
+        // Counted and logged once, by `error_while_proxy`, as an upstream timeout.
         Err(Error::explain(
             ErrorType::ReadTimedout,
             format!("no whole answer within answer_timeout ({limit:?})"),
@@ -411,10 +404,24 @@ impl ProxyHttp for HttpGateway {
         };
         forward::forwarding_headers(self.https, session, route, ctx.client(), req)?;
         forward::upstream_credentials(route, &self.upstreams[route.upstream], req)?;
-        ctx.answer_deadline =
-            Some(Instant::now() + self.upstreams[route.upstream].answer_timeout());
+        ctx.answer_deadline = Some(Instant::now() + route.answer_timeout(&self.upstreams));
         if !self.filters.is_empty() {
             forward::filter_upstream(&self.filters, &self.listener, session, ctx, req)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if end_of_stream {
+            if let (Some(deadline), Some(route)) = (&mut ctx.answer_deadline, &ctx.route) {
+                *deadline = Instant::now() + route.answer_timeout(&self.upstreams);
+            }
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Callers must give HTTP basic credentials (`routes[].basic_auth`).
     pub basic_auth: Option<Arc<super::basic::BasicAuth>>,
+    /// The bound on a whole answer, instead of the upstream's `answer_timeout`.
+    pub answer_timeout: Option<std::time::Duration>,
 }
 
 impl Route {
@@ -52,7 +54,17 @@ impl Route {
             fan_out: false,
             metrics: RouteMetrics::new(metrics, name),
             basic_auth: None,
+            answer_timeout: None,
         }
+    }
+
+    /// The bound on a whole answer on this route: its own, else its upstream group's.
+    pub fn answer_timeout(
+        &self,
+        upstreams: &[crate::upstream::UpstreamGroup],
+    ) -> std::time::Duration {
+        self.answer_timeout
+            .unwrap_or_else(|| upstreams[self.upstream].answer_timeout())
     }
 }
 

@@ -582,6 +582,7 @@ pub struct Route {
     pub kea: Option<KeaRoute>,
     pub rate_limit: Option<RateLimit>,
     pub basic_auth: Option<BasicAuth>,
+    pub answer_timeout: Option<String>,
 }
 
 impl Route {
@@ -608,6 +609,11 @@ impl Route {
     }
 
     /// `forward_identity: xfcc`.
+    pub fn answer_timeout(mut self, d: &str) -> Route {
+        self.answer_timeout = Some(d.into());
+        self
+    }
+
     pub fn xfcc(self) -> Route {
         self.forward_identity("xfcc")
     }
@@ -823,6 +829,7 @@ pub struct Limits {
     pub certificate_request_size: Option<String>,
     pub anonymous_message_size: Option<String>,
     pub message_size: Option<String>,
+    pub parent_message_size: Option<String>,
     pub idle_timeout: Option<String>,
     pub anonymous_idle_timeout: Option<String>,
     pub anonymous_max_lifetime: Option<String>,
@@ -836,6 +843,7 @@ impl Limits {
         str certificate_request_size,
         str anonymous_message_size,
         str message_size,
+        str parent_message_size,
         str idle_timeout,
         str anonymous_idle_timeout,
         str anonymous_max_lifetime,

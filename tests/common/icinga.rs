@@ -1,19 +1,116 @@
-//! Real Icinga 2 (2.13) instances in a temp dir: nothing under /etc, /var or /run.
-//! Path constants are overridden with `-D...Dir=`; the CA lives in the master's DataDir.
+//! Real Icinga 2 instances in a temp dir: nothing under /etc, /var or /run. Path constants are
+//! overridden with `-D...Dir=`; the CA lives in the master's DataDir.
+//!
+//! Each node runs one [`Release`]: the host's Icinga (Debian 12: 2.13), or 2.14 (Debian 13) or
+//! 2.16 (Debian testing) from a cached root made by `scripts/peer-root.sh`, run with `chroot`;
+//! the host's `/tmp` is bind-mounted into the root, so the temp paths agree on both sides.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// An Icinga release a node runs.
+#[derive(Clone, Debug)]
+pub struct Release {
+    /// `2.13`, `2.14`, `2.16`.
+    pub name: &'static str,
+    /// `None`: the host's `icinga2`.
+    root: Option<PathBuf>,
+}
+
+impl Release {
+    /// `name` ready to run, or `None` after a loud SKIP (a panic under CI): the host's Icinga
+    /// for `2.13`, a cached root for the others (made on first use, a minute or two).
+    pub fn get(name: &'static str) -> Option<Release> {
+        if name == "2.13" {
+            return super::require_binary("icinga2").then_some(Release { name, root: None });
+        }
+        let root = super::kea_root::root(&format!("icinga-{name}"))?;
+        if let Err(e) = mounted(&root) {
+            let msg = format!("\n!!!!! SKIPPED: icinga {name}: {e} !!!!!\n");
+            if super::in_ci() {
+                panic!("{msg} (CI=true: peer tests may not skip)");
+            }
+            eprintln!("{msg}");
+            return None;
+        }
+        Some(Release {
+            name,
+            root: Some(root),
+        })
+    }
+
+    /// The `icinga2` command of this release, running as the current user (root in CI)
+    /// without dropping privileges.
+    pub fn command(&self) -> Command {
+        let mut c = match &self.root {
+            None => Command::new("icinga2"),
+            Some(root) => {
+                let mut c = Command::new(if Path::new("/usr/sbin/chroot").is_file() {
+                    "/usr/sbin/chroot"
+                } else {
+                    "chroot"
+                });
+                c.arg(root).arg("/usr/sbin/icinga2");
+                c
+            }
+        };
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        c.env("ICINGA2_USER", &user).env("ICINGA2_GROUP", &user);
+        c
+    }
+}
+
+/// Makes the host's `/tmp` and a `/proc` visible inside `root` (once; they stay mounted, and
+/// `scripts/peer-root.sh` unmounts before it ever removes a root).
+fn mounted(root: &Path) -> Result<(), String> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let is_mount = |p: &Path| {
+        let p = p.to_string_lossy();
+        info.lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(p.as_ref()))
+    };
+    let tmp = root.join("tmp");
+    if !is_mount(&tmp) {
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        run_mount(&["--bind", "/tmp", &tmp.to_string_lossy()])?;
+    }
+    let proc = root.join("proc");
+    if !is_mount(&proc) {
+        std::fs::create_dir_all(&proc).map_err(|e| e.to_string())?;
+        run_mount(&["-t", "proc", "proc", &proc.to_string_lossy()])?;
+    }
+    Ok(())
+}
+
+fn run_mount(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("mount")
+        .args(args)
+        .output()
+        .map_err(|e| format!("mount {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
 
 /// One Icinga node's folder layout: etc, data (certs, ca), log, cache, spool, run.
 #[derive(Clone)]
 pub struct Node {
     pub name: String,
     pub dir: PathBuf,
+    pub release: Release,
 }
 
 impl Node {
-    pub fn new(root: &Path, name: &str) -> Node {
+    /// A node running `release`.
+    pub fn of(root: &Path, name: &str, release: Release) -> Node {
         let dir = root.join(name);
         for d in ["etc", "data/certs", "log", "cache", "spool", "run"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
@@ -21,6 +118,7 @@ impl Node {
         Node {
             name: name.to_string(),
             dir,
+            release,
         }
     }
 
@@ -65,7 +163,9 @@ impl Node {
 
     /// Runs `icinga2 ARGS... <path defines>`; panics with the output on failure unless `may_fail`.
     pub fn run(&self, args: &[&str], may_fail: bool) -> Output {
-        let out = icinga2()
+        let out = self
+            .release
+            .command()
             .args(args)
             .args(self.defs())
             .output()
@@ -86,7 +186,9 @@ impl Node {
         std::fs::write(&file, conf).unwrap();
         let f = file.to_str().unwrap();
         self.run(&["daemon", "-C", "-c", f], false);
-        let child = icinga2()
+        let child = self
+            .release
+            .command()
             .args(["daemon", "-c", f])
             .args(self.defs())
             .stdout(std::fs::File::create(self.dir.join("log/stdout.log")).unwrap())
@@ -112,14 +214,6 @@ impl Node {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-/// The `icinga2` command, running as the current user (root in CI) without dropping privileges.
-pub fn icinga2() -> Command {
-    let mut c = Command::new("icinga2");
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    c.env("ICINGA2_USER", &user).env("ICINGA2_GROUP", &user);
-    c
 }
 
 /// The last `n` lines of `s`.
@@ -180,6 +274,7 @@ include <itl>
 object FileLogger "main-log" {{ path = LogDir + "/icinga2.log"; severity = "information" }}
 object Zone "master" {{ endpoints = [ "master1" ] }}
 object Zone "agent1" {{ endpoints = [ "agent1" ]; parent = "master" }}
+object Zone "global-big" {{ global = true }}
 "#
     )
 }

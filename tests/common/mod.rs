@@ -241,8 +241,10 @@ impl RelayPki {
     }
 
     /// A server acceptor presenting `master1` and requiring a client certificate.
+    /// The master's TLS side, as Icinga's: it asks for a client certificate and takes any (an
+    /// enrolling agent's is self-signed), judging who it is afterwards.
     pub fn master_acceptor(&self) -> SslAcceptor {
-        acceptor(&self.master, Some(self.pki.ca.cert()), false)
+        icinga_acceptor(&self.master, self.pki.ca.cert())
     }
 
     /// Listener `name` on `port` for `protocols`, presenting `server`; client certificates of
@@ -738,6 +740,19 @@ pub fn acceptor(cert: &Issued, client_ca: Option<&X509>, alpn_h2: bool) -> SslAc
             boring::ssl::select_next_proto(b"\x02h2", protos).ok_or(boring::ssl::AlpnError::NOACK)
         });
     }
+    b.build()
+}
+
+/// A master's TLS side as Icinga's: it presents `cert`, asks for a client certificate of `ca`
+/// and takes any (an enrolling agent's is self-signed), judging who it is afterwards.
+pub fn icinga_acceptor(cert: &Issued, ca: &X509) -> SslAcceptor {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    b.set_certificate(&cert.cert).unwrap();
+    b.set_private_key(&cert.key).unwrap();
+    b.cert_store_mut().add_cert(ca.clone()).unwrap();
+    b.add_client_ca(ca).unwrap();
+    b.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
+    b.set_session_id_context(b"gatehouse-test").unwrap();
     b.build()
 }
 
