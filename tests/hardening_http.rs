@@ -1560,3 +1560,81 @@ async fn pingora_lines_a_client_triggers_are_sampled() {
         pingora.join("\n")
     );
 }
+
+/// A stream that keeps receiving (Icinga's `/v1/events`: a chunk every 500 ms for 8 s) is not
+/// cut by any bound lower than its life: keep-alive 3 s, the upstream's `read_timeout` 4 s and
+/// `answer_timeout` 6 s, with the route's own `answer_timeout: 10m`. Every chunk arrives, over
+/// HTTP/1 and over curl's HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_keeps_receiving_is_not_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let (origin, _r) = raw_origin(|mut s, _tx| async move {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for i in 0..16 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let event = format!("{{\"type\":\"CheckResult\",\"n\":{i}}}\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            if s.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = s.write_all(b"0\r\n\r\n").await;
+    })
+    .await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .upstream(
+            "icinga",
+            Group::new(origin).read_timeout("4s").answer_timeout("6s"),
+        )
+        .listener(listener("edge", port, &pki).keepalive_timeout("3s"))
+        .route(
+            Route::new("events", "icinga")
+                .path("/v1/events")
+                .answer_timeout("10m"),
+        );
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let r = within(
+        "the whole stream",
+        request(
+            addr(port),
+            Some(&client(&pki, None)),
+            "POST",
+            "/v1/events?types=CheckResult",
+            &[],
+            b"",
+        ),
+    )
+    .await
+    .expect("the stream");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text().matches("CheckResult").count(),
+        16,
+        "every event: {}",
+        r.text()
+    );
+    let out = curl(
+        &pki,
+        "viewer",
+        &format!("https://localhost:{port}/v1/events?types=CheckResult"),
+        &["-X", "POST"],
+    )
+    .await;
+    assert_eq!(
+        (out.status.as_str(), out.version.as_str()),
+        ("200", "2"),
+        "{}",
+        out.body
+    );
+    assert_eq!(
+        out.body.matches("CheckResult").count(),
+        16,
+        "every event over HTTP/2: {}",
+        out.body
+    );
+}

@@ -67,7 +67,6 @@ async fn api(gh: u16, ca: &Path, path: &str) -> Option<serde_json::Value> {
     (r.status == 200).then(|| r.json())
 }
 
-/// Whether the master reports agent1 among its connected endpoints (asked through Gatehouse).
 /// The size of the largest file named `name` anywhere under `dir` (0 if none).
 fn synced_size(dir: &Path, name: &str) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -89,6 +88,7 @@ fn synced_size(dir: &Path, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether the master reports agent1 among its connected endpoints (asked through Gatehouse).
 async fn agent1_connected(gport: u16, ca: &Path) -> bool {
     api(gport, ca, "/v1/status/ApiListener")
         .await
@@ -509,4 +509,163 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
         diag,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icinga_2_13_rest_through_gatehouse() {
+    rest_through_gatehouse("2.13").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icinga_2_16_rest_through_gatehouse() {
+    rest_through_gatehouse("2.16").await
+}
+
+/// Icinga's REST API through the edge, with every idle bound low (keep-alive 3 s, the
+/// upstream's `read_timeout` 4 s and `answer_timeout` 6 s): curl sending Basic credentials only
+/// after a 401 (`--anyauth`, over HTTP/2, as 2.16.4 fixed for direct clients), and a silent
+/// event stream on a route with its own `answer_timeout` ending at `read_timeout`, as
+/// documented.
+async fn rest_through_gatehouse(release: &'static str) {
+    let Some(release) = icinga::Release::get(release) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (mport, gport) = (reserved_port(), reserved_port());
+    let master = Node::of(root, "master", release);
+    master.run(&["pki", "new-ca"], false);
+    let ca_crt = master.dir.join("data/ca/ca.crt");
+    let (_, csr) = master.new_cert("master1", &master.certs());
+    master.sign_csr(&csr, &master.certs().join("master1.crt"));
+    std::fs::copy(&ca_crt, master.certs().join("ca.crt")).unwrap();
+    let icinga_ca = Ca::from_pem(
+        &std::fs::read(&ca_crt).unwrap(),
+        &std::fs::read(master.dir.join("data/ca/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let edge = root.join("edge");
+    std::fs::create_dir_all(&edge).unwrap();
+    let (m_crt, m_key) = icinga_ca
+        .issue(&CertSpec::new("master1").dns(&["master1"]))
+        .unwrap()
+        .write(&edge, "master1")
+        .unwrap();
+    let (e_crt, e_key) = icinga_ca
+        .issue(&CertSpec::new("gatehouse-edge"))
+        .unwrap()
+        .write(&edge, "edge")
+        .unwrap();
+    let master_conf = format!(
+        r#"{}
+object Endpoint "master1" {{ }}
+object Endpoint "agent1" {{ }}
+object ApiListener "api" {{ bind_host = "127.0.0.1"; bind_port = {mport} }}
+object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
+object CheckerComponent "checker" {{ }}
+"#,
+        common_conf("master1", "master", SALT)
+    );
+    let _master_d = master.start(&master_conf);
+    master.wait_log(
+        &format!("Started new listener on '[127.0.0.1]:{mport}'"),
+        Duration::from_secs(30),
+    );
+    let mut group = Group::new(local(mport)).tls(
+        UpstreamTls::new("master1")
+            .ca(&ca_crt)
+            .client_cert(&e_crt)
+            .client_key(&e_key),
+    );
+    group.read_timeout = Some("4s".into());
+    group.answer_timeout = Some("6s".into());
+    let conf = Conf::new()
+        .listener(
+            Listener::new("api", gport)
+                .keepalive_timeout("3s")
+                .tls(ListenerTls::new(&m_crt, &m_key).client_auth(ClientAuth::None)),
+        )
+        .upstream("icinga", group)
+        .route(
+            Route::new("events", "icinga")
+                .path("/v1/events")
+                .answer_timeout("10m"),
+        )
+        .route(Route::new("api", "icinga").path("/"));
+    let gh = Gatehouse::start(root, &conf);
+    let diag = || {
+        format!(
+            "--- gatehouse\n{}\n--- master\n{}",
+            icinga::tail(&gh.log_text(), 30),
+            icinga::tail(&master.log(), 30)
+        )
+    };
+
+    // 1. Basic credentials sent only after a 401, as curl --anyauth does (HTTP/2 to the edge).
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "15",
+                "--anyauth",
+                "-u",
+                "root:icinga-secret",
+            ])
+            .args(["-w", "\n%{http_code} %{http_version} %{num_connects}"])
+            .arg("--cacert")
+            .arg(&ca_crt)
+            .arg("--resolve")
+            .arg(format!("master1:{gport}:127.0.0.1"))
+            .arg(format!(
+                "https://master1:{gport}/v1/status/IcingaApplication"
+            ))
+            .output(),
+    )
+    .await
+    .expect("curl within 20 s")
+    .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let last = text.lines().last().unwrap_or("").to_string();
+    assert!(
+        last.starts_with("200 2"),
+        "curl --anyauth (HTTP/2): {last}\n{text}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        diag()
+    );
+
+    // 2. An event stream, through the edge.
+    let opts = ClientOpts {
+        ca: Some(ca_crt.clone()),
+        cert: None,
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let open_stream = |types: &'static str, queue: &'static str| {
+        let opts = opts.clone();
+        async move {
+            let mut s = tls_connect(addr(gport), &opts).await.unwrap();
+            let req = format!(
+                "POST /v1/events?types={types}&queue={queue} HTTP/1.1\r\nHost: master1\r\nAuthorization: {API_AUTH}\r\nAccept: application/json\r\nContent-Length: 0\r\n\r\n"
+            );
+            use tokio::io::AsyncWriteExt;
+            s.write_all(req.as_bytes()).await.unwrap();
+            s
+        }
+    };
+    // A silent one ends at read_timeout (4 s), as documented. (One that keeps receiving is
+    // not cut by any idle bound: `hardening_http::a_stream_that_keeps_receiving_is_not_cut`.)
+    let mut silent = open_stream("AcknowledgementCleared", "gatehouse-silent").await;
+    let t0 = std::time::Instant::now();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(15)).await,
+        "a silent event stream stayed open\n{}",
+        diag()
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(12),
+        "a silent stream ended after {took:?} (read_timeout 4s)"
+    );
 }
