@@ -1638,3 +1638,101 @@ async fn a_stream_that_keeps_receiving_is_not_cut() {
         out.body
     );
 }
+
+/// Answers stream through the edge, never held whole: the origin sends the first part of a
+/// chunked answer (a large `v1/objects/query` does so at once since Icinga 2.16) and sends
+/// the rest only once the client has read that first part through Gatehouse. If the edge
+/// held the answer until its end, the client would never see the first part and the origin
+/// would never finish. Over HTTP/1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_stream_through_the_edge_piece_by_piece() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = edge_pki(tmp.path());
+    let go_on = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (origin, _r) = raw_origin({
+        let go_on = go_on.clone();
+        move |mut s, _tx| {
+            let go_on = go_on.clone();
+            async move {
+                let first = "{\"results\":[{\"name\":\"first-object\"}";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
+                    first.len()
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                // The rest only once the client has seen the first part.
+                if tokio::time::timeout(Duration::from_secs(10), go_on.notified())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let rest = ",{\"name\":\"last-object\"}]}";
+                let tail = format!("{:x}\r\n{rest}\r\n0\r\n\r\n", rest.len());
+                let _ = s.write_all(tail.as_bytes()).await;
+            }
+        }
+    })
+    .await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .upstream("icinga", Group::new(origin))
+        .listener(listener("edge", port, &pki))
+        .route(Route::new("api", "icinga").path("/"));
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+
+    // HTTP/1
+    let mut s = connect(port, &client(&pki, None)).await;
+    within(
+        "write",
+        s.write_all(b"GET /v1/objects/hosts HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("first-object") {
+        let mut b = [0u8; 4096];
+        let n = within(
+            "the first part, before the origin sends the rest",
+            s.read(&mut b),
+        )
+        .await
+        .unwrap();
+        assert!(n > 0, "closed before the first part");
+        got.extend_from_slice(&b[..n]);
+    }
+    go_on.notify_one();
+    while !String::from_utf8_lossy(&got).contains("last-object") {
+        let mut b = [0u8; 4096];
+        let n = within("the rest", s.read(&mut b)).await.unwrap();
+        assert!(n > 0, "closed before the rest");
+        got.extend_from_slice(&b[..n]);
+    }
+
+    // HTTP/2
+    let (send, _conn) = h2_connect(port, &pki).await;
+    let mut send = within("h2 ready", send.ready()).await.unwrap();
+    let req = http::Request::builder()
+        .uri(format!("https://localhost:{port}/v1/objects/hosts"))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = within("h2 head", resp).await.unwrap();
+    let mut body = resp.into_body();
+    let first = within("the first part over HTTP/2", body.data())
+        .await
+        .expect("a first part")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains("first-object"),
+        "{first:?}"
+    );
+    go_on.notify_one();
+    let mut rest = Vec::new();
+    while let Some(chunk) = within("the rest over HTTP/2", body.data()).await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("last-object"));
+}
