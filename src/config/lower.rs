@@ -1149,4 +1149,34 @@ cluster: { routes: [{ sni: "*", upstream: u }], limits: { max_links_per_identity
             "{errs:?}"
         );
     }
+
+    /// The hardening bounds refuse what would time out or refuse every connection, under their
+    /// key paths; a stream cap the HTTP/2 body watch cannot follow is refused too.
+    #[test]
+    fn hardening_bounds_that_would_refuse_everything_are_refused() {
+        let yaml = r#"
+listeners: [{ name: a, address: "127.0.0.1:1", handshake_timeout: 0s, max_handshakes_per_ip: 0, max_connections: 0, body_timeout: 0s, send_timeout: 0ms, max_concurrent_streams: 0 },
+            { name: b, address: "127.0.0.1:3", max_concurrent_streams: 1025 }]
+upstreams: { u: { peers: ["127.0.0.1:2"], answer_timeout: 0s } }
+routes: [{ name: r, upstream: u, answer_timeout: 0s }]
+"#;
+        let errs = Config::parse(yaml, Path::new(".")).unwrap_err();
+        let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].body_timeout",
+                "listeners[0].handshake_timeout",
+                "listeners[0].max_concurrent_streams",
+                "listeners[0].max_connections",
+                "listeners[0].max_handshakes_per_ip",
+                "listeners[0].send_timeout",
+                "listeners[1].max_concurrent_streams",
+                "routes[0].answer_timeout",
+                "upstreams.u.answer_timeout",
+            ],
+            "{errs:?}"
+        );
+    }
 }
