@@ -54,8 +54,8 @@ pub fn init(format: LogFormat) -> Result<(), log::SetLoggerError> {
 /// Gatehouse's own lines are sampled where a client can repeat them and pass through here.
 pub struct SampledPingora<L> {
     inner: L,
-    samplers:
-        std::sync::Mutex<std::collections::HashMap<(String, log::Level), std::sync::Arc<Sampler>>>,
+    /// Per target: the error and the warning sampler.
+    samplers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<[Sampler; 2]>>>,
 }
 
 impl<L: log::Log> SampledPingora<L> {
@@ -67,14 +67,18 @@ impl<L: log::Log> SampledPingora<L> {
         }
     }
 
-    fn sampler(&self, record: &Record<'_>) -> std::sync::Arc<Sampler> {
+    /// The samplers of `target` (allocated once per target: Pingora's targets are its module
+    /// paths, a few dozen at most).
+    fn samplers(&self, target: &str) -> std::sync::Arc<[Sampler; 2]> {
         let mut all = self.samplers.lock().unwrap_or_else(|p| p.into_inner());
-        // Pingora's targets are its module paths: a few dozen at most.
-        all.entry((record.target().to_string(), record.level()))
-            .or_insert_with(|| {
-                std::sync::Arc::new(Sampler::new(std::time::Duration::from_secs(10)))
-            })
-            .clone()
+        if let Some(s) = all.get(target) {
+            return s.clone();
+        }
+        let s = std::sync::Arc::new(std::array::from_fn(|_| {
+            Sampler::new(std::time::Duration::from_secs(10))
+        }));
+        all.insert(target.to_string(), s.clone());
+        s
     }
 }
 
@@ -90,7 +94,9 @@ impl<L: log::Log> log::Log for SampledPingora<L> {
         {
             return self.inner.log(record);
         }
-        let Some(more) = self.sampler(record).admit_note() else {
+        let Some(more) = self.samplers(record.target())
+            [usize::from(record.level() != log::Level::Error)]
+        .admit_note() else {
             return;
         };
         if more.is_empty() {
