@@ -52,6 +52,8 @@ pub const METHOD_LABELS: &[&str] = &[
     "event::ExecuteCommand",
     "event::ExecutedCommand",
     "event::UpdateExecutions",
+    "event::ClearLastNotifiedStatePerUser",
+    "event::UpdateLastNotifiedStatePerUser",
     "reply",
     "other",
 ];

@@ -40,14 +40,104 @@ pub struct KeaTls {
     pub trust_anchor: PathBuf,
 }
 
+/// The Kea releases operators run, each as the HTTP(S) endpoint they put an edge in front of:
+/// 2.2 (this host's) and 2.6 (Debian 13, chrooted) as kea-dhcp4 behind their Control Agent,
+/// 3.0 (trixie-backports, chrooted; it has no agent) as kea-dhcp4's own HTTP control socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    V2_2,
+    V2_6,
+    V3_0,
+}
+
+impl Release {
+    /// Whether the endpoint is a Control Agent (`service` picks the daemon; none = the agent),
+    /// or a daemon (Kea 3: `service` ignored, to be stripped by a `kea.daemon` route).
+    pub fn has_agent(self) -> bool {
+        self != Release::V3_0
+    }
+
+    /// `2.2`, `2.6`, `3.0`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Release::V2_2 => "2.2",
+            Release::V2_6 => "2.6",
+            Release::V3_0 => "3.0",
+        }
+    }
+}
+
+/// One `#[tokio::test]` per Kea release for each `async fn(Release)` named:
+/// `body => test_2_2, test_2_6, test_3_0;`.
+#[macro_export]
+macro_rules! per_kea_release {
+    ($($body:ident => $v22:ident, $v26:ident, $v30:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $v22() {
+            $body($crate::common::kea::Release::V2_2).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $v26() {
+            $body($crate::common::kea::Release::V2_6).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $v30() {
+            $body($crate::common::kea::Release::V3_0).await
+        }
+    )*};
+}
+
 /// Running Kea daemons; stopped on drop.
 pub struct Kea {
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    pub release: Release,
     children: Vec<Child>,
+    /// A chrooted release's daemons (dhcp4 first, then its agent).
+    chrooted: Vec<super::kea_root::KeaDaemon>,
 }
 
 impl Kea {
+    /// `release`'s endpoint on 127.0.0.1:`port` with kea-dhcp4 behind it; `None` (after a loud
+    /// SKIP, or a panic under CI) when that release is not available here. `dir` holds the
+    /// host release's files; chrooted ones keep theirs in their root.
+    pub fn of(release: Release, dir: &Path, port: u16, tls: Option<KeaTls>) -> Option<Kea> {
+        use super::kea_root::{self, Daemon as D, KeaDaemon};
+        let chrooted = match release {
+            Release::V2_2 => return installed().then(|| Kea::start(dir, port, tls)),
+            Release::V2_6 => {
+                let root = kea_root::root("kea-2.6")?;
+                let d4 = KeaDaemon::start(&root, D::Dhcp4, None, None);
+                let agent = KeaDaemon::start_agent(&root, port, tls.as_ref(), &d4);
+                vec![d4, agent]
+            }
+            Release::V3_0 => {
+                let root = kea_root::root("kea-3.0")?;
+                vec![KeaDaemon::start(&root, D::Dhcp4, Some(port), tls.as_ref())]
+            }
+        };
+        Some(Kea {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir: chrooted[0].dir.clone(),
+            release,
+            children: Vec::new(),
+            chrooted,
+        })
+    }
+
+    /// A file name kea-dhcp4 may `config-write` to (Kea >= 2.6.3 accepts only its config
+    /// folder), and where the host reads what it wrote.
+    pub fn writable(&self, name: &str) -> (String, PathBuf) {
+        let host = self.dir.join(name);
+        match self.chrooted.first() {
+            None => (host.display().to_string(), host),
+            Some(d4) => {
+                let root_dir = d4.dir.file_name().unwrap_or_default().to_string_lossy();
+                (format!("/etc/kea/{root_dir}/{name}"), host)
+            }
+        }
+    }
+
     /// Starts kea-dhcp4 and a control agent on `port`, all files under `dir`.
     pub fn start(dir: &Path, port: u16, tls: Option<KeaTls>) -> Kea {
         std::fs::create_dir_all(dir).unwrap();
@@ -102,7 +192,9 @@ impl Kea {
         let mut kea = Kea {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir: dir.to_path_buf(),
+            release: Release::V2_2,
             children: vec![spawn("kea-dhcp4", "kea-dhcp4.conf")],
+            chrooted: Vec::new(),
         };
         kea.wait("control socket", || sock.exists());
         kea.children
@@ -138,6 +230,9 @@ impl Kea {
 
     /// Kea's own log files, for failure messages and for proving what Kea received.
     pub fn logs(&self) -> String {
+        if !self.chrooted.is_empty() {
+            return self.chrooted.iter().map(|d| d.logs()).collect();
+        }
         [
             "kea-dhcp4.log",
             "kea-ctrl-agent.log",
@@ -163,6 +258,10 @@ impl Drop for Kea {
 
 impl Kea {
     fn shutdown(&mut self) {
+        // The agent first, as below.
+        while let Some(mut d) = self.chrooted.pop() {
+            d.stop();
+        }
         for mut c in self.children.drain(..).rev() {
             // SIGTERM lets Kea remove its socket and pid files.
             sigterm(c.id());
@@ -257,7 +356,9 @@ impl KeaDaemon {
         let mut inner = Kea {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir: dir.to_path_buf(),
+            release: Release::V2_2,
             children: vec![child],
+            chrooted: Vec::new(),
         };
         let s = sock.clone();
         inner.wait("control socket", || s.exists());

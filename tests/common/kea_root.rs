@@ -184,50 +184,18 @@ impl KeaDaemon {
             http_port.is_some() || tls.is_none(),
             "TLS is for the HTTP control socket: give an http_port too"
         );
-        sweep_stale(root);
-
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "gh-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        // Inside the chroot, and the same paths seen from the host.
-        let inner = format!("/etc/kea/{name}");
-        let dir = root.join(inner.trim_start_matches('/'));
-        let inner_sock = format!("/run/kea/{name}.sock");
-        let unix = root.join(inner_sock.trim_start_matches('/'));
-        assert!(
-            unix.as_os_str().len() < 100,
-            "UNIX socket path too long (keep GATEHOUSE_PEER_ROOTS short): {unix:?}"
-        );
-
-        std::fs::create_dir_all(&dir).unwrap();
-        // Folders the packages' tmpfiles.d would have made on a booted system: sockets only in
-        // /run/kea, mode 750 or stricter; kea-dhcp6 keeps its DUID in /var/lib/kea.
-        for d in ["run/kea", "var/lib/kea", "var/log/kea"] {
-            let p = root.join(d);
-            std::fs::create_dir_all(&p).unwrap();
-            set_mode(&p, 0o750);
-        }
-        // A socket (and its lock) left by a killed run of the same pid would pass for ours.
-        let _ = std::fs::remove_file(&unix);
-        let _ = std::fs::remove_file(root.join(format!("run/kea/{name}.sock.lock")));
+        let slot = Slot::new(root);
+        let inner_sock = format!("/run/kea/{}.sock", slot.name);
 
         let unix_json = format!(r#"{{ "socket-type": "unix", "socket-name": "{inner_sock}" }}"#);
         let http_json = http_port.map(|port| {
             let tls_json = tls
                 .map(|t| {
-                    let copy = |from: &Path, to: &str| {
-                        std::fs::copy(from, dir.join(to))
-                            .unwrap_or_else(|e| panic!("copy {from:?} into the root: {e}"));
-                        format!("{inner}/{to}")
-                    };
                     format!(
                         r#", "socket-type": "https", "trust-anchor": "{}", "cert-file": "{}", "key-file": "{}", "cert-required": true"#,
-                        copy(&t.trust_anchor, "ca.crt"),
-                        copy(&t.cert, "server.crt"),
-                        copy(&t.key, "server.key"),
+                        slot.copy_in(&t.trust_anchor, "ca.crt"),
+                        slot.copy_in(&t.cert, "server.crt"),
+                        slot.copy_in(&t.key, "server.key"),
                     )
                 })
                 .unwrap_or_else(|| r#", "socket-type": "http""#.into());
@@ -256,37 +224,66 @@ impl KeaDaemon {
   "loggers": [ {{ "name": "{bin}", "severity": "INFO", "output_options": [ {{ "output": "stdout" }} ] }} ]
 }} }}"#
         );
-        std::fs::write(dir.join("kea.conf"), conf).unwrap();
-
-        let child = Command::new(chroot_bin())
-            .arg(root)
-            .arg(format!("/usr/sbin/{bin}"))
-            .arg("-c")
-            .arg(format!("{inner}/kea.conf"))
-            .env("KEA_PIDFILE_DIR", &inner)
-            .env("KEA_LOCKFILE_DIR", &inner)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("chroot {} {bin}: {e}", root.display()));
-        let mut d = KeaDaemon {
-            http: http_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
-            unix,
-            dir,
-            version,
-            child: Some(child),
-        };
+        let mut d = slot.launch(bin, &conf, version, http_port);
         let unix = d.unix.clone();
         d.wait("UNIX control socket", || {
             std::os::unix::net::UnixStream::connect(&unix).is_ok()
         });
-        if let Some(a) = d.http {
-            d.wait("HTTP control socket", || {
+        d.wait_http();
+        d
+    }
+
+    /// A Kea 2.x `kea-ctrl-agent` in `root` (its release's agent, as operators of 2.6 run it)
+    /// on `127.0.0.1:http_port`, forwarding `dhcp4` to `dhcp4`'s UNIX socket; HTTPS with
+    /// client certificates required when `tls` is given. Kea 3.0 has no agent: panics.
+    pub fn start_agent(
+        root: &Path,
+        http_port: u16,
+        tls: Option<&super::kea::KeaTls>,
+        dhcp4: &KeaDaemon,
+    ) -> KeaDaemon {
+        let version = version(root);
+        assert!(
+            version.starts_with("2."),
+            "Kea {version} in {} has no control agent",
+            root.display()
+        );
+        let slot = Slot::new(root);
+        let tls_json = tls
+            .map(|t| {
+                format!(
+                    r#""trust-anchor": "{}", "cert-file": "{}", "key-file": "{}", "cert-required": true,"#,
+                    slot.copy_in(&t.trust_anchor, "ca.crt"),
+                    slot.copy_in(&t.cert, "server.crt"),
+                    slot.copy_in(&t.key, "server.key"),
+                )
+            })
+            .unwrap_or_default();
+        let forward = dhcp4
+            .unix
+            .strip_prefix(root)
+            .map(|p| Path::new("/").join(p))
+            .unwrap_or_else(|_| panic!("{:?} is not in {}", dhcp4.unix, root.display()));
+        let conf = format!(
+            r#"{{ "Control-agent": {{
+  "http-host": "127.0.0.1", "http-port": {http_port}, {tls_json}
+  "control-sockets": {{ "dhcp4": {{ "socket-type": "unix", "socket-name": "{}" }} }},
+  "loggers": [ {{ "name": "kea-ctrl-agent", "severity": "INFO", "output_options": [ {{ "output": "stdout" }} ] }} ]
+}} }}"#,
+            forward.display()
+        );
+        let mut d = slot.launch("kea-ctrl-agent", &conf, version, Some(http_port));
+        d.wait_http();
+        d
+    }
+
+    /// Waits for the HTTP(S) control socket, when there is one.
+    fn wait_http(&mut self) {
+        if let Some(a) = self.http {
+            self.wait("HTTP control socket", || {
                 std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok()
             });
         }
-        d
     }
 
     /// Waits for `ready`; panics with the daemon's output if it exits first or takes too long.
@@ -352,6 +349,87 @@ impl Drop for KeaDaemon {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
             let _ = std::fs::remove_file(&self.unix);
+        }
+    }
+}
+
+/// A daemon's place in a root: `gh-<pid>-<n>`, its folder (config, pid and lock files, captured
+/// output) and its UNIX socket path, inside the chroot and as the host sees them.
+struct Slot {
+    root: PathBuf,
+    name: String,
+    /// The folder inside the chroot (`/etc/kea/gh-…`).
+    inner: String,
+    /// The same folder seen from the host.
+    dir: PathBuf,
+    /// Host-side path of the UNIX control socket (`ROOT/run/kea/gh-….sock`).
+    unix: PathBuf,
+}
+
+impl Slot {
+    fn new(root: &Path) -> Slot {
+        sweep_stale(root);
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "gh-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let inner = format!("/etc/kea/{name}");
+        let dir = root.join(inner.trim_start_matches('/'));
+        let unix = root.join(format!("run/kea/{name}.sock"));
+        assert!(
+            unix.as_os_str().len() < 100,
+            "UNIX socket path too long (keep GATEHOUSE_PEER_ROOTS short): {unix:?}"
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        // Folders the packages' tmpfiles.d would have made on a booted system: sockets only in
+        // /run/kea, mode 750 or stricter; kea-dhcp6 keeps its DUID in /var/lib/kea.
+        for d in ["run/kea", "var/lib/kea", "var/log/kea"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).unwrap();
+            set_mode(&p, 0o750);
+        }
+        // A socket (and its lock) left by a killed run of the same pid would pass for ours.
+        let _ = std::fs::remove_file(&unix);
+        let _ = std::fs::remove_file(root.join(format!("run/kea/{name}.sock.lock")));
+        Slot {
+            root: root.to_path_buf(),
+            name,
+            inner,
+            dir,
+            unix,
+        }
+    }
+
+    /// Copies `from` into the slot's folder as `to`; its path inside the chroot.
+    fn copy_in(&self, from: &Path, to: &str) -> String {
+        std::fs::copy(from, self.dir.join(to))
+            .unwrap_or_else(|e| panic!("copy {from:?} into the root: {e}"));
+        format!("{}/{to}", self.inner)
+    }
+
+    /// Writes `conf` and starts `chroot ROOT /usr/sbin/BIN -c conf`, output captured.
+    fn launch(self, bin: &str, conf: &str, version: String, http_port: Option<u16>) -> KeaDaemon {
+        std::fs::write(self.dir.join("kea.conf"), conf).unwrap();
+        let child = Command::new(chroot_bin())
+            .arg(&self.root)
+            .arg(format!("/usr/sbin/{bin}"))
+            .arg("-c")
+            .arg(format!("{}/kea.conf", self.inner))
+            .env("KEA_PIDFILE_DIR", &self.inner)
+            .env("KEA_LOCKFILE_DIR", &self.inner)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(self.dir.join("stderr")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("chroot {} {bin}: {e}", self.root.display()));
+        KeaDaemon {
+            http: http_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+            unix: self.unix,
+            dir: self.dir,
+            version,
+            child: Some(child),
         }
     }
 }
