@@ -47,6 +47,28 @@ pub fn init(format: LogFormat) -> Result<(), log::SetLoggerError> {
     Ok(())
 }
 
+/// What a graceful upgrade always logs on its way, said at INFO: Pingora's new process logs
+/// ERROR "No incoming socket transfer" each second until the old one is sent SIGQUIT, and the
+/// old one WARN "server not ready" until the new one listens. Either order of the two steps
+/// produces them; neither is a fault.
+fn upgrade_chatter(record: &Record<'_>) -> Option<&'static str> {
+    if !record
+        .target()
+        .starts_with("pingora_core::server::transfer_fd")
+    {
+        return None;
+    }
+    let text = record.args().as_str().map(str::to_string);
+    let text = text.unwrap_or_else(|| record.args().to_string());
+    if text.starts_with("No incoming socket transfer") {
+        Some("graceful upgrade: waiting for the running instance to hand its listening sockets over (it is sent SIGQUIT by `gatehouse upgrade`)")
+    } else if text.starts_with("server not ready") {
+        Some("graceful upgrade: waiting for the new process to listen on server.upgrade_sock")
+    } else {
+        None
+    }
+}
+
 /// A logger in front of another that writes Pingora's own warnings and errors (targets
 /// `pingora*`) once per target and level per 10 s, the next one saying how many were held back.
 /// Pingora writes them per connection or request ("Fail to proxy: … Connection closed" for a
@@ -88,6 +110,24 @@ impl<L: log::Log> log::Log for SampledPingora<L> {
     }
 
     fn log(&self, record: &Record<'_>) {
+        if let Some(calm) = upgrade_chatter(record) {
+            let info = log::Metadata::builder()
+                .level(log::Level::Info)
+                .target(record.target())
+                .build();
+            if self.inner.enabled(&info) {
+                self.inner.log(
+                    &Record::builder()
+                        .args(format_args!("{calm}"))
+                        .metadata(info)
+                        .module_path(record.module_path())
+                        .file(record.file())
+                        .line(record.line())
+                        .build(),
+                );
+            }
+            return;
+        }
         if record.level() > log::Level::Warn
             || !record.target().starts_with("pingora")
             || !self.inner.enabled(record.metadata())

@@ -49,6 +49,14 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Replace the running instance without dropping a connection: check the configuration,
+    /// start a new gatehouse on it (`run --upgrade --daemon`), then SIGQUIT the running one,
+    /// which hands its listening sockets over and finishes what it has in flight.
+    Upgrade {
+        /// The configuration the instance runs with (its `server.pid_file` names the process).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Write a throwaway development PKI (CA, server, client, gatehouse) into DIR.
     DevCerts {
         /// Output folder (created if missing).
@@ -147,6 +155,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Upgrade { config } => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gatehouse"));
+            match gatehouse::server::request_upgrade(&config, &exe) {
+                Ok((old, new)) => {
+                    println!("gatehouse pid {new} took over from pid {old}, which finishes its requests and exits");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("upgrade: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Kea { cmd } => kea(cmd),
         Cmd::DevCerts { dir } => match gatehouse::pki::write_dev_pki(&dir) {
             Ok(files) => {
@@ -297,7 +318,8 @@ Re\-read every certificate, key and CA the configuration names (all or nothing);
 \fBSIGQUIT\fR
 Graceful upgrade: hand the listening sockets over \fIserver.upgrade_sock\fR to a process
 started with \fBrun \-\-upgrade\fR, finish in\-flight requests, close cluster links with
-close_notify; what \fBsystemctl reload gatehouse\fR does.
+close_notify; what \fBgatehouse upgrade\fR (and so \fBsystemctl reload gatehouse\fR) sends
+after starting that process.
 .TP
 \fBSIGTERM\fR
 Graceful stop (\fIserver.grace_period\fR, then \fIserver.graceful_shutdown_timeout\fR).

@@ -323,9 +323,68 @@ pub(crate) fn check_target(pid: i32, exe: &Path) -> Result<(), String> {
     }
 }
 
+/// The configuration file gatehouse `pid` runs, from its command line (`-c FILE`,
+/// `--config FILE`, `--config=FILE`, `-cFILE`), relative paths resolved against its working
+/// directory. `None` when it cannot be read or names none (an embedding program).
+pub(crate) fn config_of(pid: i32) -> Option<std::path::PathBuf> {
+    let proc = Path::new("/proc").join(pid.to_string());
+    let cmdline = std::fs::read(proc.join("cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let file = config_arg(&args)?;
+    let file = Path::new(&file);
+    if file.is_absolute() {
+        Some(file.to_path_buf())
+    } else {
+        Some(std::fs::read_link(proc.join("cwd")).ok()?.join(file))
+    }
+}
+
+/// The value of `-c`/`--config` in `args`.
+fn config_arg(args: &[String]) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "-c" || a == "--config" {
+            return it.next().cloned();
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(v.to_string());
+        }
+        if let Some(v) = a
+            .strip_prefix("-c")
+            .filter(|v| !v.is_empty() && !a.starts_with("--"))
+        {
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_is_read_from_every_spelling_of_the_option() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (line, want) in [
+            (
+                &["gatehouse", "run", "-c", "/etc/g.yaml"][..],
+                Some("/etc/g.yaml"),
+            ),
+            (
+                &["gatehouse", "run", "--config", "g.yaml", "--daemon"],
+                Some("g.yaml"),
+            ),
+            (&["gatehouse", "run", "--config=/x.yaml"], Some("/x.yaml")),
+            (&["gatehouse", "run", "-c/y.yaml"], Some("/y.yaml")),
+            (&["my-edge", "--daemon"], None),
+        ] {
+            assert_eq!(config_arg(&args(line)).as_deref(), want, "{line:?}");
+        }
+    }
 
     #[test]
     fn only_gatehouse_processes_are_signalled() {

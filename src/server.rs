@@ -232,7 +232,7 @@ impl Plan {
             .max()
             .unwrap_or(1);
         if !opts.upgrade {
-            busy_addresses(&self.config)?;
+            pid_file_guard(&self.config)?;
         }
         let conf = server_conf(&self.config.server, max_retries);
         let opt = Opt {
@@ -332,6 +332,10 @@ impl Plan {
         }
         server.add_services(self.health);
         server.add_service(background_service("allocator trim", crate::memory::Trimmer));
+        server.add_service(background_service(
+            "pid file",
+            PidFileCleanup(self.config.server.pid_file.clone()),
+        ));
         let reloader = Reloader::new(
             self.config.clone(),
             live,
@@ -367,13 +371,15 @@ impl Plan {
     }
 }
 
-/// Refuses a fresh start while the gatehouse named in `server.pid_file` is alive and accepts
-/// on one of this configuration's addresses: Pingora binds with `SO_REUSEPORT`, so a second
-/// instance started by mistake would share the ports with the first, each answering some
-/// clients. A graceful upgrade (`--upgrade`) takes the sockets over instead and is not asked;
-/// an address held by anything else is left to Pingora, which retries the bind (`/readyz`
-/// names the listener meanwhile).
-fn busy_addresses(config: &Config) -> Result<(), ConfigError> {
+/// Refuses a fresh start while `server.pid_file` names another live gatehouse: two instances
+/// sharing a pid file would leave `gatehouse reload` and `upgrade` signalling whichever wrote it
+/// last, and the file stale after either exits. When that instance also accepts on one of this
+/// configuration's addresses, the error names the address: Pingora binds with `SO_REUSEPORT`,
+/// so a second instance started by mistake would share the ports with the first, each
+/// answering some clients. A graceful upgrade (`--upgrade`) takes the sockets over instead and
+/// is not asked; an address held by anything else is left to Pingora, which retries the bind
+/// (`/readyz` names the listener meanwhile).
+fn pid_file_guard(config: &Config) -> Result<(), ConfigError> {
     let pid_file = &config.server.pid_file;
     let Some(pid) = std::fs::read_to_string(pid_file)
         .ok()
@@ -405,7 +411,35 @@ fn busy_addresses(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    Ok(())
+    let runs = crate::reload::config_of(pid)
+        .map(|c| format!("with {}", c.display()))
+        .unwrap_or_else(|| "with another configuration".into());
+    Err(ConfigError::new(
+        "server.pid_file",
+        format!(
+            "{} names gatehouse pid {pid}, which is running ({runs}): give this configuration its own server.pid_file and server.upgrade_sock, or stop that instance, or replace it with `gatehouse upgrade`",
+            pid_file.display()
+        ),
+    ))
+}
+
+/// Removes `server.pid_file` when this process stops, if the file still names this process.
+/// After a graceful upgrade it names the new process by then (Pingora broadcasts the shutdown
+/// only after handing the sockets over and waiting out its close timeout), and stays.
+struct PidFileCleanup(std::path::PathBuf);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for PidFileCleanup {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.0) {
+                log::warn!("cannot remove the pid file {}: {e}", self.0.display());
+            }
+        }
+    }
 }
 
 /// The process's file-descriptor budget (see [`fd_budget`]).
@@ -500,7 +534,25 @@ fn references(config: &Config) -> Vec<ConfigError> {
 /// than only in the running instance's log (which still refuses it if it changes meanwhile).
 pub fn request_reload(file: &Path) -> crate::Result<i32> {
     let plan = Plan::load(file)?;
-    let pid_file = &plan.config.server.pid_file;
+    let pid = running_instance(&plan.config, file)?;
+    kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
+        Error::new(
+            ErrorKind::Signal,
+            format!(
+                "cannot signal gatehouse (pid {pid} from {})",
+                plan.config.server.pid_file.display()
+            ),
+        )
+        .because(e)
+    })?;
+    Ok(pid)
+}
+
+/// The gatehouse that runs `file`, from `config`'s `server.pid_file`: a live gatehouse
+/// process whose command line names that same file (when it can be read), so a pid file
+/// another instance overwrote is never acted on.
+fn running_instance(config: &Config, file: &Path) -> crate::Result<i32> {
+    let pid_file = &config.server.pid_file;
     let signal = |context: String| Error::new(ErrorKind::Signal, context);
     let text = std::fs::read_to_string(pid_file).map_err(|e| {
         signal(format!(
@@ -518,14 +570,71 @@ pub fn request_reload(file: &Path) -> crate::Result<i32> {
     })?;
     crate::reload::check_target(pid, &Path::new("/proc").join(pid.to_string()).join("exe"))
         .map_err(|e| signal(format!("{}: {e}", pid_file.display())))?;
-    kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
-        signal(format!(
-            "cannot signal gatehouse (pid {pid} from {})",
-            pid_file.display()
-        ))
-        .because(e)
-    })?;
+    if let Some(theirs) = crate::reload::config_of(pid) {
+        let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if same(&theirs) != same(file) {
+            return Err(signal(format!(
+                "{} names gatehouse pid {pid}, which runs {}, not {}: two configurations share this pid_file; nothing signalled",
+                pid_file.display(),
+                theirs.display(),
+                file.display()
+            )));
+        }
+    }
     Ok(pid)
+}
+
+/// `gatehouse upgrade`: checks `file` and everything it names, starts a new gatehouse on it
+/// with `--upgrade --daemon`, then sends SIGQUIT to the running one, which hands its listening
+/// sockets over `server.upgrade_sock` and finishes what it has in flight. Waits until the new
+/// process has taken over (it wrote `server.pid_file`). Returns (old pid, new pid).
+///
+/// One order, the one the systemd unit uses through this command: the new process waits (up
+/// to 5 s) for the sockets, the old one retries until the new one listens.
+pub fn request_upgrade(file: &Path, exe: &Path) -> crate::Result<(i32, i32)> {
+    let plan = Plan::load(file)?;
+    let old = running_instance(&plan.config, file)?;
+    let fail = |context: String| Error::new(ErrorKind::Signal, context);
+    let mut child = std::process::Command::new(exe)
+        .arg("run")
+        .arg("-c")
+        .arg(file)
+        .args(["--upgrade", "--daemon"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start {}", exe.display())).because(e))?;
+    if let Err(e) = kill(Pid::from_raw(old), Signal::SIGQUIT) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(fail(format!("cannot signal gatehouse pid {old}")).because(e));
+    }
+    // The new process forks into the background once it holds the sockets.
+    let status = child
+        .wait()
+        .map_err(|e| fail("waiting for the new gatehouse".into()).because(e))?;
+    if !status.success() {
+        return Err(fail(format!(
+            "the new gatehouse exited with {status}; pid {old} was told to stop (SIGQUIT): check its log"
+        )));
+    }
+    let pid_file = &plan.config.server.pid_file;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let new = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|&p| p != old);
+        if let Some(new) = new {
+            return Ok((old, new));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(fail(format!(
+                "the new gatehouse did not write {} within 10 s",
+                pid_file.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Pingora's process settings from `server:`. Every key of the section lands here; the test

@@ -220,6 +220,38 @@ fn shipped_configs_pass_check() {
     }
 }
 
+/// Every shipped example (conf/ and the package's /etc config) has its own `pid_file` and
+/// `upgrade_sock`: an example started next to the /etc instance must not take its pid file
+/// (`gatehouse run` refuses a pid file a live gatehouse holds: tests/upgrade.rs).
+#[test]
+fn shipped_configs_have_their_own_pid_file_and_upgrade_sock() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(root.join("conf"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.push(root.join("debian/gatehouse.yaml"));
+    let mut seen = std::collections::HashMap::new();
+    for f in &files {
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        for key in ["pid_file", "upgrade_sock"] {
+            let value = v["server"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no server.{key}", f.display()))
+                .to_string();
+            if let Some(other) = seen.insert(value.clone(), f.clone()) {
+                panic!(
+                    "{} and {} share {key} {value}",
+                    other.display(),
+                    f.display()
+                );
+            }
+        }
+    }
+}
+
 /// The base listener carrying `cluster` too.
 fn cluster_listener(mut c: Conf) -> Conf {
     let l = c.listener_mut("edge");

@@ -385,12 +385,8 @@ fn unit_runs_as_gatehouse_sandboxed_and_reload_is_the_upgrade() {
     );
     assert_eq!(
         s["ExecReload"],
-        [
-            check,
-            "/bin/kill -QUIT $MAINPID".to_string(),
-            format!("/usr/bin/gatehouse run -c {CONFIG} --upgrade --daemon"),
-        ],
-        "reload = check, then Pingora's graceful upgrade"
+        [format!("/usr/bin/gatehouse upgrade -c {CONFIG}")],
+        "reload = `gatehouse upgrade`: check, new process, SIGQUIT (tests/upgrade.rs runs it)"
     );
 
     // The shipped config agrees with the unit: pid file, upgrade socket and any log file

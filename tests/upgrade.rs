@@ -100,6 +100,17 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Waiting for the sockets is part of every upgrade: said at INFO, not as Pingora's ERROR.
+    let log = new.log_text();
+    let waits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("graceful upgrade: waiting"))
+        .collect();
+    assert!(
+        !waits.is_empty() && waits.iter().all(|l| l.contains(" INFO ")),
+        "{log}"
+    );
+    assert!(!log.contains("No incoming socket transfer"), "{log}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     for t in load {
@@ -181,4 +192,177 @@ async fn a_second_instance_on_live_addresses_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "the first instance still serves");
+}
+
+/// Runs `gatehouse ARGS`, bounded; (success, stdout + stderr). Output goes through a file, not
+/// a pipe: a daemon `upgrade` starts keeps its inherited stdout and stderr open.
+async fn gatehouse(args: &[&str]) -> (bool, String) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let status = tokio::time::timeout(
+        Duration::from_secs(40),
+        tokio::process::Command::new(gatehouse_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.reopen().unwrap())
+            .stderr(out.reopen().unwrap())
+            .status(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("gatehouse {args:?} within 40 s"))
+    .expect("run gatehouse");
+    (
+        status.success(),
+        std::fs::read_to_string(out.path()).unwrap_or_default(),
+    )
+}
+
+/// Stops a daemonized gatehouse however the test ends.
+struct StopOnDrop(i32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+fn pid_in(file: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Waits up to 15 s for `f`.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two configurations that share a `pid_file` (the operator's example started next to the
+/// `/etc` instance): the second is refused at start, naming the key and the live pid; `reload`
+/// with the second refuses to signal the first (it runs another file); the first removes its
+/// pid file when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_pid_file_is_refused_and_reload_checks_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let shared = tmp.path().join("shared.pid");
+    let conf = |dir: &std::path::Path, port: u16| {
+        Conf::new()
+            .server(conf::Server::for_test(dir).pid_file(&shared))
+            .listener(Listener::new("edge", port))
+            .upstream("web", Group::new(web.addr))
+            .route(Route::new("web", "web"))
+    };
+    let mut first = Gatehouse::start(&a, &conf(&a, reserved_port()));
+    until("the first instance's pid file", || {
+        pid_in(&shared) == Some(first.pid() as i32)
+    })
+    .await;
+    let second = b.join("gatehouse.yaml");
+    conf(&b, reserved_port()).write(&second);
+    let second = second.to_str().unwrap();
+
+    let (ok, out) = gatehouse(&["run", "-c", second]).await;
+    assert!(!ok, "a second instance on a shared pid_file ran: {out}");
+    assert!(
+        out.contains("server.pid_file")
+            && out.contains(&format!("names gatehouse pid {}", first.pid()))
+            && out.contains(a.join("gatehouse.yaml").to_str().unwrap()),
+        "{out}"
+    );
+    assert_eq!(
+        pid_in(&shared),
+        Some(first.pid() as i32),
+        "the pid file kept"
+    );
+
+    let (ok, out) = gatehouse(&["reload", "-c", second]).await;
+    assert!(!ok, "reload signalled an instance of another config: {out}");
+    assert!(out.contains("nothing signalled"), "{out}");
+    let (ok, out) = gatehouse(&["reload", "-c", a.join("gatehouse.yaml").to_str().unwrap()]).await;
+    assert!(ok, "reload of the instance's own config: {out}");
+
+    Command::new("kill")
+        .args(["-TERM", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        first.wait_exit(Duration::from_secs(15)).is_some(),
+        "stopped"
+    );
+    assert!(!shared.exists(), "the pid file outlived its process");
+}
+
+/// `gatehouse upgrade -c FILE`: checks, starts the new process, hands over; requests keep
+/// being answered, the old process exits, the pid file names the new one, and a broken file
+/// is refused before anything is signalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_command_hands_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .listener(Listener::new("edge", port))
+        .upstream("web", Group::new(web.addr))
+        .route(Route::new("web", "web"));
+    let mut old = Gatehouse::start(dir, &conf);
+    let pid_file = dir.join("gh.pid");
+    let file = dir.join("gatehouse.yaml");
+    let file = file.to_str().unwrap();
+    until("the pid file", || {
+        pid_in(&pid_file) == Some(old.pid() as i32)
+    })
+    .await;
+
+    // A broken configuration: refused, the old one untouched.
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, "listeners: [ { name: x } ]\n").unwrap();
+    let (ok, out) = gatehouse(&["upgrade", "-c", broken.to_str().unwrap()]).await;
+    assert!(!ok, "{out}");
+    assert!(old.wait_exit(Duration::from_millis(100)).is_none(), "{out}");
+
+    let (ok, out) = gatehouse(&["upgrade", "-c", file]).await;
+    let new = pid_in(&pid_file).unwrap_or(0);
+    let _stop = StopOnDrop(new);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "gatehouse pid {new} took over from pid {}",
+            old.pid()
+        )),
+        "{out}"
+    );
+    assert_ne!(new, old.pid() as i32);
+    let r = request(addr(port), None, "GET", "/after", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        old.wait_exit(Duration::from_secs(20)).is_some(),
+        "the old process did not exit"
+    );
+    assert_eq!(
+        pid_in(&pid_file),
+        Some(new),
+        "the old one left the new pid file"
+    );
+    let r = request(addr(port), None, "GET", "/later", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "the new process serves alone");
+    Command::new("kill")
+        .args(["-TERM", &new.to_string()])
+        .status()
+        .unwrap();
+    until("the new process's pid file removed at exit", || {
+        !pid_file.exists()
+    })
+    .await;
 }
