@@ -53,14 +53,24 @@ impl Issued {
 /// /etc/gatehouse/certs` run as root (a setgid root:gatehouse folder in the Debian package)
 /// leaves keys the service user reads and cannot change.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_private_mode(path, data, 0o640)
+}
+
+/// Writes `data` to `path` with `mode` (less the umask), also when the file existed with a
+/// wider one.
+fn write_private_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o640)
+        .mode(mode)
         .open(path)?;
+    let now = f.metadata()?.permissions().mode() & 0o777;
+    if now & !mode != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(now & mode))?;
+    }
     f.write_all(data)
 }
 
@@ -296,7 +306,6 @@ pub fn write_dev_pki(dir: &Path) -> crate::Result<Vec<PathBuf>> {
         .map_err(pki("issuing gatehouse's upstream certificate"))?;
     let mut out = Vec::new();
     for (issued, stem) in [
-        (&ca.issued, "ca"),
         (&server, "server"),
         (&client, "client"),
         (&gatehouse, "gatehouse"),
@@ -307,8 +316,45 @@ pub fn write_dev_pki(dir: &Path) -> crate::Result<Vec<PathBuf>> {
         out.push(c);
         out.push(k);
     }
+    // The CA: its certificate beside the others, its key where the service cannot read it
+    // (whoever holds it can mint client identities): `ca-key/` 0700, the key 0600, whatever
+    // group a setgid folder hands down.
+    let crt = dir.join("ca.crt");
+    std::fs::write(&crt, ca.issued.cert_pem()).map_err(io(format!("writing {}", crt.display())))?;
+    let private = dir.join(DEV_CA_KEY_DIR);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&private)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(io(format!("creating {}", private.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("chmod 0700 {}", private.display())))?;
+    }
+    let key = private.join("ca.key");
+    write_private_mode(&key, &ca.issued.key_pem(), 0o600)
+        .map_err(io(format!("writing {}", key.display())))?;
+    // A CA key an earlier version left beside the certificates (0640: group-readable) belongs
+    // to a CA these certificates no longer chain to; it only gives its holder identities.
+    let old = dir.join("ca.key");
+    if old.exists() {
+        std::fs::remove_file(&old).map_err(io(format!("removing {}", old.display())))?;
+    }
+    out.push(crt);
+    out.push(key);
     Ok(out)
 }
+
+/// Where [`write_dev_pki`] puts the CA's key, under its folder.
+pub const DEV_CA_KEY_DIR: &str = "ca-key";
 
 #[cfg(test)]
 mod tests {
@@ -319,7 +365,8 @@ mod tests {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     }
 
-    /// Keys are 0640 (less what the umask takes), certificates are not world-writable.
+    /// Keys are 0640 (less what the umask takes), the CA's 0600 in a 0700 folder; certificates
+    /// are not world-writable.
     #[test]
     fn dev_pki_keys_are_group_readable_never_world_readable() {
         let tmp = tempfile::tempdir().unwrap();
@@ -341,8 +388,27 @@ mod tests {
             .collect();
         assert_eq!(keys.len(), 4, "{files:?}");
         for k in keys {
-            assert_eq!(mode(k), 0o640 & allowed, "{}", k.display());
+            let want = if k.ends_with("ca-key/ca.key") {
+                0o600
+            } else {
+                0o640
+            };
+            assert_eq!(mode(k), want & allowed, "{}", k.display());
         }
+        // The CA key stays out of the service group's reach, also over an older, wider one.
+        assert_eq!(mode(&dir.join("ca-key")), 0o700);
+        std::fs::set_permissions(
+            dir.join("ca-key/ca.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::set_permissions(dir.join("ca-key"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(dir.join("ca.key"), "an earlier version's CA key").unwrap();
+        write_dev_pki(&dir).unwrap();
+        assert_eq!(mode(&dir.join("ca-key/ca.key")), 0o600 & allowed);
+        assert_eq!(mode(&dir.join("ca-key")), 0o700);
+        assert!(!dir.join("ca.key").exists());
         for f in &files {
             assert_eq!(mode(f) & 0o002, 0, "{}", f.display());
         }

@@ -508,3 +508,41 @@ fn the_typed_test_config_writes_only_schema_keys() {
         "{text}"
     );
 }
+
+/// The packaged /etc config is safe as shipped: its dashboard rule reads the DHCP daemons,
+/// never the Control Agent's own configuration (`config-get` without `service`, which lists
+/// its control sockets and basic-auth clients).
+#[test]
+fn the_packaged_config_keeps_dashboards_off_the_agent() {
+    use gatehouse::authz::Identity;
+    use gatehouse::http::kea::KeaPolicy;
+    use gatehouse::identity::ClientCert;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root.join("debian/gatehouse.yaml"))
+        .unwrap()
+        .replace("/etc/gatehouse/identities", tmp.path().to_str().unwrap());
+    let c = gatehouse::config::Config::parse(&text, Path::new("/etc/gatehouse"))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let kea = c
+        .routes
+        .iter()
+        .find_map(|r| r.kea.as_ref())
+        .expect("a Kea route");
+    let policy = KeaPolicy::new(kea);
+    let ca = gatehouse::pki::Ca::new("t").unwrap();
+    let cert = ca
+        .issue(&gatehouse::pki::CertSpec::new("dashboard-1"))
+        .unwrap();
+    let dashboard = ClientCert::from_x509(cert.cert, true);
+    let who = Identity::from_cert(Some(&dashboard));
+    let svc = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(
+        !policy.may_run(who, "config-get", &[]),
+        "the agent's own config"
+    );
+    assert!(!policy.may_run(who, "config-get", &svc(&["ca"])));
+    assert!(policy.may_run(who, "config-get", &svc(&["dhcp4"])));
+    assert!(policy.may_run(who, "lease4-get", &svc(&["dhcp4", "dhcp6"])));
+    assert!(!policy.may_run(who, "config-set", &svc(&["dhcp4"])));
+}
