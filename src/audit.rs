@@ -56,8 +56,15 @@ pub struct KeaEvent {
     /// with `fan_out: all`, one per service on a `kea.services` route).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<PeerResult>>,
-    /// Time from request start to the answer.
+    /// Time from request start to the answer (written with at most 3 decimals).
+    #[serde(serialize_with = "three_decimals")]
     pub duration_ms: f64,
+}
+
+/// Writes a duration with at most three decimals (a microsecond in `duration_ms`): a float
+/// computed from a clock prints as `1.2372130000000001` otherwise.
+pub(crate) fn three_decimals<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((v * 1000.0).round() / 1000.0)
 }
 
 /// One target's part of a forwarded Kea command.
@@ -197,6 +204,19 @@ impl AuditSink for JsonLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_with_three_decimals_at_most() {
+        #[derive(Serialize)]
+        struct D(#[serde(serialize_with = "three_decimals")] f64);
+        for (v, want) in [
+            (1.2372130000000001, "1.237"),
+            (0.1 + 0.2, "0.3"),
+            (12.0, "12.0"),
+        ] {
+            assert_eq!(serde_json::to_string(&D(v)).unwrap(), want);
+        }
+    }
 
     #[test]
     fn json_lines_have_time_and_kind_first_class() {

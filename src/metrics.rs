@@ -324,6 +324,63 @@ impl Metrics {
     }
 }
 
+/// The label values of the families [`Metrics::prime`] creates at zero that other modules
+/// decide; each list sits next to the code that picks one of them (its `label()`), and the
+/// unit tests there check the two agree.
+pub struct KnownLabels<'a> {
+    /// Listener names, and whether each one terminates TLS.
+    pub listeners: Vec<(&'a str, bool)>,
+    /// Upstream group names.
+    pub upstreams: Vec<&'a str>,
+    /// Whether a cluster relay runs.
+    pub cluster: bool,
+}
+
+impl Metrics {
+    /// Creates every series whose labels are known before anything happens, at 0, so that
+    /// `rate()` and `increase()` alerts have something to evaluate from the first scrape
+    /// (a counter born at its first event hides that event from them).
+    pub fn prime(&self, known: &KnownLabels<'_>) {
+        for result in ["success", "failure"] {
+            self.tls_reloads.with_label_values(&[result]);
+        }
+        for &(listener, tls) in &known.listeners {
+            for protocol in ["http", "cluster", "rejected", "timeout"] {
+                self.connections.with_label_values(&[listener, protocol]);
+            }
+            for protocol in ["http", "cluster"] {
+                self.connections_active
+                    .with_label_values(&[listener, protocol]);
+            }
+            if tls {
+                for reason in crate::tls::VERIFY_FAILURE_LABELS {
+                    self.tls_verify_failures
+                        .with_label_values(&[listener, reason]);
+                }
+            }
+        }
+        for upstream in &known.upstreams {
+            for kind in crate::upstream::FailureKind::LABELS {
+                self.upstream_errors.with_label_values(&[upstream, kind]);
+            }
+        }
+        if known.cluster {
+            for kind in ["authenticated", "anonymous"] {
+                self.cluster_links.with_label_values(&[kind]);
+            }
+            for direction in ["upstream", "downstream"] {
+                self.cluster_bytes.with_label_values(&[direction]);
+            }
+            for end in crate::cluster::relay::LINK_END_LABELS {
+                self.cluster_links_closed.with_label_values(&[end]);
+            }
+            for reason in crate::cluster::relay::REFUSAL_LABELS {
+                self.cluster_links_refused.with_label_values(&[reason]);
+            }
+        }
+    }
+}
+
 /// One route's request metrics, resolved once when the route is built: a labelled lookup
 /// hashes the labels and takes a lock, a resolved handle is one atomic operation.
 pub struct RouteMetrics {

@@ -70,6 +70,15 @@ impl Plan {
     /// registry of the embedder's, so two instances in one process count apart).
     pub fn from_config_in(config: Config, metrics: Arc<Metrics>) -> Result<Plan, Vec<ConfigError>> {
         let mut errs = references(&config);
+        metrics.prime(&crate::metrics::KnownLabels {
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| (l.name.as_str(), l.tls.is_some()))
+                .collect(),
+            upstreams: config.upstreams.iter().map(|u| u.name.as_str()).collect(),
+            cluster: config.cluster.is_some(),
+        });
         // Before the files are read (see Baseline).
         let watch_baseline = Baseline::take(&config);
         let mut listener_tls = Vec::new();

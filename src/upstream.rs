@@ -576,7 +576,11 @@ impl FailureKind {
         }
     }
 
-    /// The metric label (`gatehouse_upstream_errors_total{kind}`).
+    /// Every value [`FailureKind::label`] returns.
+    pub const LABELS: [&'static str; 5] =
+        ["invalid_cert", "handshake", "timeout", "refused", "other"];
+
+    /// The metric label (`gatehouse_upstream_errors_total{kind}`): one of [`FailureKind::LABELS`].
     pub fn label(self) -> &'static str {
         match self {
             FailureKind::InvalidCert => "invalid_cert",

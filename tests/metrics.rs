@@ -288,3 +288,45 @@ async fn a_real_prometheus_scrapes_gatehouse() {
         }
     }
 }
+
+/// Before anything happened, every series whose labels the configuration decides is already
+/// there at 0 (`rate()` alerts have something to evaluate from the first scrape), across the
+/// families whose events are rare: reloads, verify failures, upstream errors, cluster link
+/// ends and refusals, timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_with_known_labels_exist_at_zero_from_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rp = RelayPki::new(tmp.path());
+    let (port, mport) = (reserved_port(), reserved_port());
+    let conf = Conf::new()
+        .listener(rp.listener("edge", port, &[Protocol::Http, Protocol::Cluster]))
+        .upstream("web", Group::new(local(reserved_port())))
+        .upstream("master", rp.master(addr(reserved_port())))
+        .route(Route::new("web", "web"))
+        .cluster(rp.cluster("master"))
+        .metrics(mport);
+    let _gh = Gatehouse::start(tmp.path(), &conf);
+    let text = request(addr(mport), None, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap()
+        .text();
+    for series in [
+        r#"gatehouse_tls_reloads_total{result="success"} 0"#,
+        r#"gatehouse_tls_reloads_total{result="failure"} 0"#,
+        r#"gatehouse_tls_client_verify_failures_total{listener="edge",reason="unknown_ca"} 0"#,
+        r#"gatehouse_tls_client_verify_failures_total{listener="edge",reason="expired"} 0"#,
+        r#"gatehouse_connections_total{listener="edge",protocol="rejected"} 0"#,
+        r#"gatehouse_connections_active{listener="edge",protocol="cluster"} 0"#,
+        r#"gatehouse_handshakes_total{listener="edge",result="timeout"} 0"#,
+        r#"gatehouse_upstream_errors_total{kind="refused",upstream="web"} 0"#,
+        r#"gatehouse_upstream_errors_total{kind="invalid_cert",upstream="master"} 0"#,
+        r#"gatehouse_cluster_links_active{kind="anonymous"} 0"#,
+        r#"gatehouse_cluster_links_closed_total{end="not_taken"} 0"#,
+        r#"gatehouse_cluster_links_closed_total{end="stalled"} 0"#,
+        r#"gatehouse_cluster_links_refused_total{reason="identity"} 0"#,
+        r#"gatehouse_http_client_timeouts_total{listener="edge",phase="body"} 0"#,
+        r#"gatehouse_http_requests_total{route="web",status="5xx"} 0"#,
+    ] {
+        assert!(text.contains(series), "missing {series}:\n{text}");
+    }
+}

@@ -859,19 +859,39 @@ enum Refusal {
     NoValidFirstMessage,
 }
 
+/// Every `reason` of `gatehouse_cluster_links_refused_total`, in [`Refusal`]'s order.
+pub(crate) const REFUSAL_LABELS: [&str; Refusal::COUNT] = [
+    "anonymous_max_clients",
+    "anonymous_max_per_ip",
+    "no_route",
+    "anonymous_child",
+    "authorizer",
+    "identity",
+    "no_valid_first_message",
+];
+
+/// Every `end` of `gatehouse_cluster_links_closed_total` ([`LinkEnd::kind`]).
+pub(crate) const LINK_END_LABELS: [&str; 13] = [
+    "closed",
+    "idle",
+    "framing",
+    "malformed",
+    "violations",
+    "filter",
+    "revoked",
+    "io",
+    "shutdown",
+    "replaced",
+    "lifetime",
+    "stalled",
+    "not_taken",
+];
+
 impl Refusal {
     const COUNT: usize = 7;
 
     fn label(self) -> &'static str {
-        match self {
-            Refusal::AnonymousMaxClients => "anonymous_max_clients",
-            Refusal::AnonymousMaxPerIp => "anonymous_max_per_ip",
-            Refusal::NoRoute => "no_route",
-            Refusal::AnonymousChild => "anonymous_child",
-            Refusal::Authorizer => "authorizer",
-            Refusal::Identity => "identity",
-            Refusal::NoValidFirstMessage => "no_valid_first_message",
-        }
+        REFUSAL_LABELS[self as usize]
     }
 }
 
@@ -965,6 +985,7 @@ struct LinkLine<'a> {
 /// What a close line adds.
 #[derive(serde::Serialize)]
 struct Closed {
+    #[serde(serialize_with = "crate::audit::three_decimals")]
     duration_s: f64,
     messages_up: u64,
     messages_down: u64,
@@ -1291,6 +1312,29 @@ pub(crate) async fn close(mut s: Stream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_link_end_is_listed_once() {
+        let d = Direction::Upstream;
+        let t = Duration::from_secs(1);
+        let ends = [
+            LinkEnd::Closed(d),
+            LinkEnd::Idle(d, t),
+            LinkEnd::Frame(d, FrameError::EmptyLength),
+            LinkEnd::Malformed(d, MessageError::NotObject),
+            LinkEnd::Violations(1),
+            LinkEnd::Filter(String::new(), String::new()),
+            LinkEnd::Revoked(String::new(), String::new()),
+            LinkEnd::Io("upstream", String::new()),
+            LinkEnd::Shutdown,
+            LinkEnd::Replaced,
+            LinkEnd::Lifetime(t),
+            LinkEnd::Stalled(d, t),
+            LinkEnd::NotTaken(None),
+        ];
+        let kinds: Vec<&str> = ends.iter().map(LinkEnd::kind).collect();
+        assert_eq!(kinds, LINK_END_LABELS);
+    }
 
     fn limits(max: usize, per_ip: usize) -> Limits {
         Limits {

@@ -170,6 +170,7 @@ struct AccessLine<'a> {
     route: Option<&'a str>,
     peer: Option<SocketAddr>,
     status: u16,
+    #[serde(serialize_with = "crate::audit::three_decimals")]
     duration_ms: f64,
 }
 

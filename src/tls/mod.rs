@@ -356,6 +356,10 @@ impl ListenerContexts {
     }
 }
 
+/// Every value [`verify_reason`] returns (`gatehouse_tls_client_verify_failures_total{reason}`).
+pub(crate) const VERIFY_FAILURE_LABELS: [&str; 3] = ["unknown_ca", "expired", "other"];
+
+/// Why a client certificate failed verification, as a metric label.
 fn verify_reason(r: Result<(), X509VerifyError>) -> &'static str {
     match r {
         Err(e)
@@ -411,5 +415,22 @@ impl TlsAccept for Callbacks {
         ssl: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         Some(Arc::new(TlsInfo::from_ssl(ssl)))
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn every_verify_reason_is_listed() {
+        for r in [
+            Err(X509VerifyError::UNABLE_TO_GET_ISSUER_CERT_LOCALLY),
+            Err(X509VerifyError::CERT_HAS_EXPIRED),
+            Err(X509VerifyError::CERT_REVOKED),
+            Ok(()),
+        ] {
+            assert!(VERIFY_FAILURE_LABELS.contains(&verify_reason(r)));
+        }
     }
 }
