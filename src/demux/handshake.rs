@@ -46,6 +46,8 @@ pub struct Handshakes {
     counters: [prometheus::IntCounter; 5],
     /// One sampler per result that is logged (timeout, failed, the two refusals).
     log: [Sampler; 5],
+    /// Failed handshakes: one sampler per cause (`tls::handshake_failure_cause`).
+    failed_log: Vec<Sampler>,
 }
 
 /// A connection's place among the listener's `max_connections`, held until it ends.
@@ -102,6 +104,9 @@ impl Handshakes {
             open: Arc::new(AtomicUsize::new(0)),
             counters,
             log: RESULTS.map(|_| Sampler::new(Duration::from_secs(10))),
+            failed_log: (0..=crate::tls::HANDSHAKE_FAILURES.len())
+                .map(|_| Sampler::new(Duration::from_secs(10)))
+                .collect(),
         }
     }
 
@@ -159,10 +164,11 @@ impl Handshakes {
         };
         let left = self.timeout.saturating_sub(accepted.elapsed());
         // `Stream` is a box; TLS takes an `IO`: the pass-through wrapper is one (no prefix).
+        let callbacks = tls.callbacks_for(&peer);
         let hs = pingora_core::protocols::tls::server::handshake_with_callback(
             &tls.acceptor,
             super::PrefixedIo::new(bytes::Bytes::new(), stream),
-            &*tls.callbacks,
+            &callbacks,
         );
         match tokio::time::timeout(left, hs).await {
             Ok(Ok(s)) => {
@@ -170,7 +176,17 @@ impl Handshakes {
                 Some((Box::new(s), place))
             }
             Ok(Err(e)) => {
-                self.count(FAILED, &peer, &crate::logsafe::EscText(&e.to_string()));
+                self.counters[FAILED].inc();
+                let text = e.to_string();
+                let (cause, words) = crate::tls::handshake_failure_cause(&text);
+                if let Some(more) = self.failed_log[cause].admit_note() {
+                    let text = crate::logsafe::EscText(&text);
+                    if words.is_empty() {
+                        log::warn!(target: "gatehouse::tls", "listener {}: {peer}: handshake failed: {text}{more}", self.listener);
+                    } else {
+                        log::warn!(target: "gatehouse::tls", "listener {}: {peer}: handshake failed: {words} ({text}){more}", self.listener);
+                    }
+                }
                 None
             }
             Err(_) => {

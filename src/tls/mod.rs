@@ -12,15 +12,17 @@ use crate::config::{
     Alpn, CertKeyFiles, ClientAuth, ConfigError, ListenerSettings, ListenerTlsSettings, TlsVersion,
 };
 use crate::host::HostPattern;
+use crate::logging::Sampler;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use boring::ex_data::Index;
 use boring::pkey::{PKey, Private};
 use boring::ssl::{
-    NameType, SslAcceptor, SslAcceptorBuilder, SslMethod, SslOptions, SslSessionCacheMode,
+    NameType, Ssl, SslAcceptor, SslAcceptorBuilder, SslMethod, SslOptions, SslSessionCacheMode,
     SslVerifyMode, SslVersion,
 };
-use boring::x509::{X509StoreContextRef, X509VerifyError, X509};
+use boring::x509::{X509StoreContext, X509StoreContextRef, X509VerifyError, X509};
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::{TlsRef, ALPN};
 use std::any::Any;
@@ -131,6 +133,9 @@ pub struct ListenerTlsMaterial {
     resumption: bool,
     /// `gatehouse_tls_client_verify_failures_total`, counted from the verify callback.
     verify_failures: prometheus::IntCounterVec,
+    /// One line per 10 s for enrolling agents, one for rejected certificates: a client repeats
+    /// either at will.
+    verify_log: Arc<[Sampler; 2]>,
 }
 
 impl ListenerTlsMaterial {
@@ -173,6 +178,9 @@ impl ListenerTlsMaterial {
             alpn,
             resumption: t.session_resumption,
             verify_failures: metrics.tls_verify_failures.clone(),
+            verify_log: Arc::new(std::array::from_fn(|_| {
+                Sampler::new(std::time::Duration::from_secs(10))
+            })),
         };
         // Build once now so that bad curves and the like surface in `check`, not at start.
         if let Err(e) = m
@@ -263,7 +271,7 @@ impl ListenerTlsMaterial {
         self.set_alpn(&mut s);
         Ok(ListenerAcceptor {
             acceptor: s.build(),
-            callbacks: Box::new(Callbacks { live }),
+            live,
         })
     }
 
@@ -286,16 +294,12 @@ impl ListenerTlsMaterial {
         let failures = self.verify_failures.clone();
         // Optional: accept anything; an unverified client is simply anonymous (Icinga's model).
         let optional = self.client_auth == ClientAuth::Optional;
+        let log = self.verify_log.clone();
         let verify = move |ok: bool, ctx: &mut X509StoreContextRef| {
             if !ok {
                 let reason = verify_reason(ctx.verify_result());
                 failures.with_label_values(&[&listener, reason]).inc();
-                log::info!(
-                    target: "gatehouse::tls",
-                    "listener {listener}: client certificate rejected at depth {}: {reason} ({:?})",
-                    ctx.error_depth(),
-                    ctx.verify_result()
-                );
+                log_verify_failure(&listener, optional, reason, ctx, &log);
             }
             ok || optional
         };
@@ -356,6 +360,111 @@ impl ListenerContexts {
     }
 }
 
+/// Logs a client certificate that did not verify, naming the peer (set on the connection by
+/// [`ListenerAcceptor::callbacks_for`]): on an `optional` listener a self-signed leaf is an
+/// Icinga agent enrolling (`icinga2 pki new-cert` makes one), so that is what the line says;
+/// anything else is "not accepted", with the reason.
+fn log_verify_failure(
+    listener: &str,
+    optional: bool,
+    reason: &str,
+    ctx: &X509StoreContextRef,
+    log: &[Sampler; 2],
+) {
+    let peer = X509StoreContext::ssl_idx()
+        .ok()
+        .and_then(|i| ctx.ex_data(i))
+        .and_then(|ssl| peer_index().and_then(|i| ssl.ex_data(i)))
+        .map_or("-", String::as_str);
+    let cert = ctx.current_cert();
+    let cn = cert
+        .and_then(|c| {
+            c.subject_name()
+                .entries_by_nid(boring::nid::Nid::COMMONNAME)
+                .next()
+                .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+        })
+        .unwrap_or_default();
+    let cn = crate::logsafe::EscText(&cn);
+    let self_signed = ctx.error_depth() == 0
+        && cert.is_some_and(|c| c.public_key().and_then(|k| c.verify(&k)).unwrap_or(false));
+    if optional && self_signed {
+        if let Some(more) = log[0].admit_note() {
+            log::info!(target: "gatehouse::tls", "listener {listener}: {peer}: anonymous (self-signed, enrolling): CN={cn}{more}");
+        }
+    } else if let Some(more) = log[1].admit_note() {
+        let then = if optional {
+            "served as anonymous"
+        } else {
+            "handshake refused"
+        };
+        log::info!(
+            target: "gatehouse::tls",
+            "listener {listener}: {peer}: client certificate CN={cn} not accepted: {reason} ({}, depth {}); {then}{more}",
+            ctx.verify_result().err().map_or("", |e| e.error_string()),
+            ctx.error_depth()
+        );
+    }
+}
+
+/// The connection's peer address on its `Ssl`, for the verify callback's log line.
+fn peer_index() -> Option<Index<Ssl, String>> {
+    static INDEX: std::sync::OnceLock<Option<Index<Ssl, String>>> = std::sync::OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
+}
+
+/// A failed handshake's cause in words, from BoringSSL's reason in Pingora's error text: its
+/// index in [`HANDSHAKE_FAILURES`] (`0` when unknown, words empty) and the words. Logs sample
+/// per cause, so that one kind (a probe that connects and leaves) does not hide another.
+pub fn handshake_failure_cause(error: &str) -> (usize, &'static str) {
+    HANDSHAKE_FAILURES
+        .iter()
+        .position(|(needle, _)| error.contains(needle))
+        .map_or((0, ""), |i| (i + 1, HANDSHAKE_FAILURES[i].1))
+}
+
+/// BoringSSL reasons (or Pingora's words) a handshake fails with, and what they mean.
+pub const HANDSHAKE_FAILURES: &[(&str, &str)] = &[
+    (
+        "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+        "no client certificate (client_auth: required)",
+    ),
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "its client certificate was not accepted",
+    ),
+    ("HTTP_REQUEST", "not TLS: plain HTTP on a TLS port"),
+    (
+        "WRONG_VERSION_NUMBER",
+        "not TLS, or a TLS version this listener does not speak",
+    ),
+    (
+        "UNSUPPORTED_PROTOCOL",
+        "a TLS version this listener does not speak (min_version)",
+    ),
+    ("NO_SHARED_CIPHER", "no cipher in common"),
+    (
+        "NO_SHARED_GROUP",
+        "no key-exchange curve in common (curves)",
+    ),
+    (
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "the client does not trust this listener's certificate",
+    ),
+    (
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "the client refused this listener's certificate",
+    ),
+    (
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "the client refused this listener's certificate",
+    ),
+    (
+        "unexpected EOF",
+        "the client closed the connection during the handshake",
+    ),
+];
+
 /// Every value [`verify_reason`] returns (`gatehouse_tls_client_verify_failures_total{reason}`).
 pub(crate) const VERIFY_FAILURE_LABELS: [&str; 3] = ["unknown_ca", "expired", "other"];
 
@@ -384,6 +493,7 @@ fn verify_reason(r: Result<(), X509VerifyError>) -> &'static str {
 /// Per-handshake hooks: the certificate and trust of the moment, and the identity.
 struct Callbacks {
     live: Arc<ArcSwap<ListenerContexts>>,
+    peer: String,
 }
 
 /// One listener's TLS acceptor and the callbacks each handshake runs (certificate by SNI from
@@ -391,13 +501,28 @@ struct Callbacks {
 pub struct ListenerAcceptor {
     /// The first context of every handshake.
     pub acceptor: SslAcceptor,
-    /// Passed to Pingora's `handshake_with_callback`.
-    pub callbacks: Box<dyn TlsAccept + Send + Sync>,
+    /// The contexts to switch to by SNI.
+    live: Arc<ArcSwap<ListenerContexts>>,
+}
+
+impl ListenerAcceptor {
+    /// What Pingora's `handshake_with_callback` takes for one connection from `peer`: the
+    /// certificate by SNI, the identity once done, and `peer` on the connection for the
+    /// verify callback's log line.
+    pub fn callbacks_for(&self, peer: &str) -> impl TlsAccept + Send + Sync {
+        Callbacks {
+            live: self.live.clone(),
+            peer: peer.to_string(),
+        }
+    }
 }
 
 #[async_trait]
 impl TlsAccept for Callbacks {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        if let Some(i) = peer_index() {
+            ssl.set_ex_data(i, self.peer.clone());
+        }
         let name = ssl
             .servername(NameType::HOST_NAME)
             .map(|s| s.to_ascii_lowercase());
