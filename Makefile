@@ -40,6 +40,7 @@ deb: deps
 	rm -rf $(PACKAGE_FILES)
 	$(TARGET_DIR)/release/gatehouse package-files $(PACKAGE_FILES)
 	gzip -9n $(PACKAGE_FILES)/man/*.1
+	bash scripts/package-docs.sh $(PACKAGE_FILES)/doc
 	$(CARGO) deb --no-build --locked
 
 deps:

@@ -142,6 +142,20 @@ impl Plan {
                 ));
                 JsonLines::log()
             }));
+        // Every identity file, as this user: `gatehouse check` run as the service user proves
+        // what the links will need.
+        if let Some(id) = config
+            .cluster
+            .as_ref()
+            .and_then(|c| c.upstream_identity.as_ref())
+        {
+            for problem in crate::cluster::identity::check_cert_dir(&id.cert_dir) {
+                errs.push(ConfigError::new(
+                    "cluster.upstream_identity.cert_dir",
+                    problem,
+                ));
+            }
+        }
         let relay = config.cluster.as_ref().and_then(|c| {
             match Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone()) {
                 Ok(mut relay) => {

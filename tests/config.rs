@@ -546,3 +546,105 @@ fn the_packaged_config_keeps_dashboards_off_the_agent() {
     assert!(policy.may_run(who, "lease4-get", &svc(&["dhcp4", "dhcp6"])));
     assert!(!policy.may_run(who, "config-set", &svc(&["dhcp4"])));
 }
+
+/// `gatehouse check` run as the service user reports every identity file in `cert_dir` that
+/// user cannot read (the keys `icinga2 pki new-cert` writes are 0600 root), a `.crt` without
+/// its key and a key that is not the certificate's; with readable files it passes. Needs root
+/// (to run the check as another user): skips loudly otherwise, fails under CI.
+#[test]
+fn check_as_the_service_user_reports_unreadable_identities() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
+        let msg = "\n!!!!! SKIPPED: running `gatehouse check` as another user needs root !!!!!\n";
+        assert!(!in_ci(), "{msg}");
+        eprintln!("{msg}");
+        return;
+    }
+    if !require_binary("runuser") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rp = RelayPki::new(dir);
+    let conf = Conf::new()
+        .server(conf::Server::for_test(dir))
+        .listener(rp.listener(
+            "edge",
+            reserved_port(),
+            &[Protocol::Http, Protocol::Cluster],
+        ))
+        .upstream(
+            "master",
+            rp.master(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                reserved_port(),
+            ))),
+        )
+        .cluster(rp.cluster("master"));
+    let file = dir.join("gatehouse.yaml");
+    conf.write(&file);
+    // Everything readable by the service user (here `nobody`)...
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for d in [dir.join("pki"), rp.ids.clone()] {
+        open(&d, 0o755);
+        for e in std::fs::read_dir(&d).unwrap() {
+            open(&e.unwrap().path(), 0o644);
+        }
+    }
+    open(&file, 0o644);
+    let check = || {
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(gatehouse_bin())
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = check();
+    assert!(ok, "{out}");
+    // ...but one agent's key as `icinga2 pki new-cert` leaves it, one without its key, one
+    // whose key is another's.
+    open(&rp.ids.join("agent1.key"), 0o600);
+    let other = rp
+        .pki
+        .ca
+        .issue(&gatehouse::pki::CertSpec::new("agent2"))
+        .unwrap();
+    other.write(&rp.ids, "agent2").unwrap();
+    std::fs::remove_file(rp.ids.join("agent2.key")).unwrap();
+    let third = rp
+        .pki
+        .ca
+        .issue(&gatehouse::pki::CertSpec::new("agent3"))
+        .unwrap();
+    third.write(&rp.ids, "agent3").unwrap();
+    std::fs::copy(rp.ids.join("agent1.key"), rp.ids.join("agent3.key")).unwrap();
+    for f in ["agent2.crt", "agent3.crt", "agent3.key"] {
+        open(&rp.ids.join(f), 0o644);
+    }
+    let (ok, out) = check();
+    assert!(!ok, "{out}");
+    for want in [
+        "cluster.upstream_identity.cert_dir",
+        "agent1.key: cannot read: Permission denied",
+        "agent2.key: cannot read: No such file",
+        "agent3.crt: key does not match the certificate",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+}

@@ -177,6 +177,65 @@ fn package_holds_binary_unit_conffile_man_pages_completions_docs() {
     }
 }
 
+/// The installed docs fit the package: every relative link in README.md, ARCHITECTURE.md and
+/// docs/*.md resolves to a file of the package (not to the source tree's `conf/` or `src/`),
+/// and the README says what the shipped /etc config does about client certificates.
+#[test]
+fn installed_docs_link_only_to_what_the_package_has() {
+    let u = Unpacked::new();
+    let doc = u.path("/usr/share/doc/gatehouse");
+    let mut pages = vec![doc.join("README.md"), doc.join("ARCHITECTURE.md")];
+    for e in std::fs::read_dir(doc.join("docs")).unwrap() {
+        pages.push(e.unwrap().path());
+    }
+    let root = u.root.canonicalize().unwrap();
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for target in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            let target = target.split('#').next().unwrap_or("").trim();
+            if target.is_empty()
+                || target.contains("://")
+                || target.starts_with("mailto:")
+                || target.contains(' ')
+            {
+                continue;
+            }
+            checked += 1;
+            let resolved = page.parent().unwrap().join(target);
+            let inside = resolved.canonicalize().is_ok_and(|p| p.starts_with(&root));
+            if !inside {
+                broken.push(format!(
+                    "{} -> {target}",
+                    page.strip_prefix(&u.root).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} links found");
+    assert!(
+        broken.is_empty(),
+        "links that the package cannot follow:\n{}",
+        broken.join("\n")
+    );
+
+    let readme = std::fs::read_to_string(doc.join("README.md")).unwrap();
+    let conf: serde_yaml::Value = serde_yaml::from_str(&u.read(CONFIG)).unwrap();
+    let auth = conf["listeners"][0]["tls"]["client_auth"].as_str().unwrap();
+    assert!(
+        readme.contains(&format!("client_auth: {auth}")),
+        "the packaged README does not say client_auth: {auth}"
+    );
+    for source_only in ["make run", "target/debug", "](conf/", "](../conf/"] {
+        assert!(!readme.contains(source_only), "README: {source_only}");
+    }
+}
+
 #[test]
 fn control_fields_and_conffiles() {
     let deb = deb();

@@ -110,19 +110,7 @@ impl CertDir {
             return Ok(Some(c.cert));
         }
         let (crt_pem, key_pem) = tokio::try_join!(read(&crt), read(&key))?;
-        let chain = X509::stack_from_pem(&crt_pem)
-            .ok()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| format!("{}: not a PEM certificate", crt.display()))?;
-        let pkey = PKey::private_key_from_pem(&key_pem)
-            .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
-        if !tls::key_matches(&chain[0], &pkey) {
-            return Err(format!(
-                "{}: key does not match the certificate",
-                crt.display()
-            ));
-        }
-        let cert = Arc::new(CertKey::new(chain, pkey));
+        let cert = Arc::new(parse_pair(&crt, &crt_pem, &key, &key_pem)?);
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
             cn.to_string(),
             Cached {
@@ -140,6 +128,55 @@ impl CertDir {
             .get(cn)
             .cloned()
     }
+}
+
+/// A `<cn>.crt` and `<cn>.key` pair as read: a PEM chain and the key of its leaf.
+fn parse_pair(crt: &Path, crt_pem: &[u8], key: &Path, key_pem: &[u8]) -> Result<CertKey, String> {
+    let chain = X509::stack_from_pem(crt_pem)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format!("{}: not a PEM certificate", crt.display()))?;
+    let pkey = PKey::private_key_from_pem(key_pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    if !tls::key_matches(&chain[0], &pkey) {
+        return Err(format!(
+            "{}: key does not match the certificate",
+            crt.display()
+        ));
+    }
+    Ok(CertKey::new(chain, pkey))
+}
+
+/// What `gatehouse check` (and start) finds wrong in a `cert_dir`, as the user it runs as:
+/// the folder unreadable, a `<cn>.crt` without its `.key`, a file that user cannot read (the
+/// keys `icinga2 pki new-cert` writes are 0600 root), one that does not parse, a key that is not
+/// the certificate's. Links would otherwise be refused one by one, long after the check passed.
+pub fn check_cert_dir(dir: &Path) -> Vec<String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return vec![format!("{}: cannot list: {e}", dir.display())],
+    };
+    let mut crts: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    crts.sort();
+    let mut problems = Vec::new();
+    for crt in crts {
+        let key = crt.with_extension("key");
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
+        match (read(&crt), read(&key)) {
+            (Ok(c), Ok(k)) => {
+                if let Err(e) = parse_pair(&crt, &c, &key, &k) {
+                    problems.push(e);
+                }
+            }
+            (c, k) => problems.extend([c.err(), k.err()].into_iter().flatten()),
+        }
+    }
+    problems
 }
 
 async fn modified(p: &Path) -> Option<SystemTime> {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Writes the documentation as the Debian package installs it into OUT (`make deb` calls it):
+# ARCHITECTURE.md and docs/*.md with their links into the source tree pointed at what the
+# package has instead (conf/ is installed as examples/, the unit under /usr/lib/systemd).
+# tests/package.rs checks that every relative link in the installed docs resolves.
+set -euo pipefail
+out=${1:?usage: package-docs.sh OUT}
+here=$(cd "$(dirname "$0")/.." && pwd)
+rm -rf "$out"
+mkdir -p "$out/docs"
+rewrite() {
+    sed -e 's#\](\.\./conf/gatehouse\.service)#](../../../../lib/systemd/system/gatehouse.service)#g' \
+        -e 's#\](\.\./conf/)#](../examples/)#g' \
+        -e 's#\](\.\./conf/\([^)]*\))#](../examples/\1)#g' \
+        "$1"
+}
+for f in "$here"/docs/*.md; do
+    rewrite "$f" > "$out/docs/$(basename "$f")"
+done
+cp "$here/ARCHITECTURE.md" "$out/ARCHITECTURE.md"
