@@ -122,7 +122,8 @@ impl Node {
         }
     }
 
-    fn defs(&self) -> Vec<String> {
+    /// The `-D` path defines that keep this node in its folder.
+    pub fn defs(&self) -> Vec<String> {
         let d = self.dir.display();
         vec![
             format!("-DConfigDir={d}/etc"),
