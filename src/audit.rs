@@ -1,5 +1,8 @@
-//! The audit trail: one typed [`AuditEvent`] for every Kea command (allowed, denied or
-//! malformed) and every cluster message the relay denied, handed to an [`AuditSink`].
+//! The audit trail: one typed [`AuditEvent`] for every Kea command (allowed, denied, malformed,
+//! answered at the edge), every cluster message the relay denied, every HTTP request refused or
+//! answered at the edge (route access, basic credentials, the authorizer, a rate limit, a
+//! filter), and every cluster link refused before its upstream connection or replaced by a
+//! newer one of its identity, handed to an [`AuditSink`].
 //!
 //! The built-in sink, [`JsonLines`] (`audit.path`), writes one JSON object per line to a file
 //! (appended, one `write` per line so concurrent records never interleave) or to the log
@@ -107,7 +110,59 @@ pub struct ClusterEvent {
     pub reason: String,
 }
 
-/// One audited event. Serialized with a `kind` field: `kea` or `cluster`.
+/// An HTTP request Gatehouse answered itself instead of forwarding it (Kea commands are
+/// [`KeaEvent`]s).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HttpEvent {
+    /// Listener name.
+    pub listener: String,
+    /// Client address.
+    pub client: Option<String>,
+    /// Who sent it.
+    pub identity: Caller,
+    /// Route name.
+    pub route: String,
+    /// The request method.
+    pub method: String,
+    /// The (normalised) request path.
+    pub path: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// `denied` (the route's `allow`/`deny`, or the authorizer), `unauthorized` (basic
+    /// credentials missing or wrong), `rate_limited` (`rate_limit`), `answered` (a filter
+    /// answered at the edge).
+    pub verdict: &'static str,
+    /// The rule, authorizer or filter, and why.
+    pub reason: String,
+}
+
+/// A cluster link refused before its upstream connection, or closed because a newer link of
+/// the same identity took its place.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LinkEvent {
+    /// Listener name.
+    pub listener: String,
+    /// Client address.
+    pub client: String,
+    /// Who the link belongs to.
+    pub identity: Caller,
+    /// The endpoint the client dialled (its SNI).
+    pub sni: String,
+    /// `refused` or `replaced`.
+    pub verdict: &'static str,
+    /// Why: the limit, route, authorizer or identity that refused it (as
+    /// `gatehouse_cluster_links_refused_total{reason}` names it), with the detail.
+    pub reason: String,
+}
+
+/// One audited event. Serialized with a `kind` field: `kea`, `cluster`, `http` or `link`.
+///
+/// | kind | when | verdicts |
+/// |---|---|---|
+/// | `kea` | every Kea command | `allowed`, `denied`, `malformed`, `misrouted`, `answered` |
+/// | `cluster` | a cluster message the policy or a filter refused | `denied` |
+/// | `http` | an HTTP request answered at the edge | `denied`, `unauthorized`, `rate_limited`, `answered` |
+/// | `link` | a cluster link refused before its upstream, or replaced | `refused`, `replaced` |
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum AuditEvent {
@@ -115,6 +170,10 @@ pub enum AuditEvent {
     Kea(KeaEvent),
     /// A refused cluster message.
     Cluster(ClusterEvent),
+    /// An HTTP request refused or answered at the edge.
+    Http(HttpEvent),
+    /// A cluster link refused or replaced.
+    Link(LinkEvent),
 }
 
 /// Where audit events go. Called on the request or link's own task: keep it quick, and
@@ -144,8 +203,15 @@ pub trait AuditSink: Send + Sync + 'static {
 }
 
 /// The built-in sink: JSON lines with a `time` field first.
+///
+/// To a file (`audit.path`) every event is written. To the log target, the refusals a client
+/// can repeat at will (`http` and `link` events) are sampled like the log lines they
+/// accompany: the first of each kind per 10 s, the next one written carrying `held_back`,
+/// the number not written in between; `kea` and `cluster` events are always written.
 pub struct JsonLines {
     file: Option<Mutex<File>>,
+    /// `http`, `link`: for the log target only.
+    repeatable: [crate::logging::Sampler; 2],
 }
 
 #[derive(Serialize)]
@@ -153,6 +219,8 @@ struct Line<'a> {
     time: String,
     #[serde(flatten)]
     event: &'a AuditEvent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_back: Option<u64>,
 }
 
 impl JsonLines {
@@ -164,20 +232,44 @@ impl JsonLines {
             )),
             None => None,
         };
-        Ok(JsonLines { file })
+        Ok(JsonLines {
+            file,
+            repeatable: Self::samplers(),
+        })
     }
 
     /// The log target only (never fails).
     pub fn log() -> JsonLines {
-        JsonLines { file: None }
+        JsonLines {
+            file: None,
+            repeatable: Self::samplers(),
+        }
+    }
+
+    fn samplers() -> [crate::logging::Sampler; 2] {
+        std::array::from_fn(|_| crate::logging::Sampler::new(std::time::Duration::from_secs(10)))
     }
 }
 
 impl AuditSink for JsonLines {
     fn record(&self, event: &AuditEvent) {
+        let sampler = match event {
+            AuditEvent::Http(_) => Some(&self.repeatable[0]),
+            AuditEvent::Link(_) => Some(&self.repeatable[1]),
+            AuditEvent::Kea(_) | AuditEvent::Cluster(_) => None,
+        };
+        let held_back = match sampler.filter(|_| self.file.is_none()) {
+            None => None,
+            Some(s) => match s.admit() {
+                None => return,
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
+        };
         let line = Line {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             event,
+            held_back,
         };
         let Ok(text) = serde_json::to_string(&line) else {
             log::error!(target: "gatehouse::audit", "cannot encode an audit event: {event:?}");

@@ -18,7 +18,7 @@ use super::filter::{Action, CertRequest, Chain, LinkInfo, Message, MethodPolicy,
 use super::identity::{CertDir, IdentityMapper, Mapped, OwnIdentity};
 use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
-use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent};
+use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent, LinkEvent};
 use crate::authz::{Guarded, Identity, Question, Target};
 use crate::config::{ClusterRouteSettings, ClusterSettings, LogFormat, Toward};
 use crate::identity::TlsInfo;
@@ -143,9 +143,11 @@ impl Relay {
         self.identity = m;
     }
 
-    /// Counts a link refused before any upstream connection and logs it (one line per reason
-    /// per 10 s: a client can repeat a refusal at will); the caller closes it.
-    fn refused(&self, listener: &str, who: &str, reason: Refusal, detail: std::fmt::Arguments<'_>) {
+    /// Counts, audits and logs a link refused before any upstream connection (one log line
+    /// per reason per 10 s: a client can repeat a refusal at will); the caller closes it.
+    fn refused(&self, party: &Party<'_>, reason: Refusal, detail: std::fmt::Arguments<'_>) {
+        let listener = party.listener;
+        let who = party.who;
         self.metrics
             .connections
             .with_label_values(&[listener, "rejected"])
@@ -154,6 +156,8 @@ impl Relay {
             .cluster_links_refused
             .with_label_values(&[reason.label()])
             .inc();
+        self.audit
+            .record(&party.event("refused", format!("{}: {detail}", reason.label())));
         if let Some(more) = self.refusal_log[reason as usize].admit_note() {
             log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {detail}{more}");
         }
@@ -198,6 +202,18 @@ impl Relay {
             Some(cn) => format!("{}@{addr}", Esc(cn)),
             None => format!("anonymous@{addr}"),
         };
+        let sni = info.sni.as_deref().unwrap_or("");
+        let party = Party {
+            listener,
+            who: &who,
+            client: &addr,
+            caller: Caller {
+                cn: cn.map(str::to_string),
+                fingerprint: auth.map(|c| c.fingerprint.clone()),
+                user: None,
+            },
+            sni,
+        };
 
         let _anon_slot = match cn {
             Some(_) => None,
@@ -206,8 +222,7 @@ impl Relay {
                 Err(AnonRefusal::Total) => {
                     let max = self.limits.anonymous_max;
                     self.refused(
-                        listener,
-                        &who,
+                        &party,
                         Refusal::AnonymousMaxClients,
                         format_args!(
                             "{max} anonymous links open (cluster.limits.anonymous_max_clients)"
@@ -220,12 +235,11 @@ impl Relay {
                         self.limits.anonymous_per_ip,
                         ip.map_or_else(|| "-".to_string(), |i| i.to_string()),
                     );
-                    self.refused(listener, &who, Refusal::AnonymousMaxPerIp, format_args!("{max} anonymous links open from {from} (cluster.limits.anonymous_max_per_ip)"));
+                    self.refused(&party, Refusal::AnonymousMaxPerIp, format_args!("{max} anonymous links open from {from} (cluster.limits.anonymous_max_per_ip)"));
                     return close(down).await;
                 }
             },
         };
-        let sni = info.sni.as_deref().unwrap_or("");
         let Some((route_index, route)) = self
             .routes
             .iter()
@@ -233,8 +247,7 @@ impl Relay {
             .find(|(_, r)| r.sni.matches(sni))
         else {
             self.refused(
-                listener,
-                &who,
+                &party,
                 Refusal::NoRoute,
                 format_args!("no cluster route for SNI {}", EscOpt(Some(sni))),
             );
@@ -243,7 +256,7 @@ impl Relay {
         // A child route is a parent speaking down: only an identity may use it (the policy's
         // anonymous rule guards the way up, and nothing would guard the way down).
         if route.toward == Toward::Child && cn.is_none() {
-            self.refused(listener, &who, Refusal::AnonymousChild, format_args!("the route for SNI {} leads to a child (toward: child), which takes authenticated parents only", EscOpt(Some(sni))));
+            self.refused(&party, Refusal::AnonymousChild, format_args!("the route for SNI {} leads to a child (toward: child), which takes authenticated parents only", EscOpt(Some(sni))));
             return close(down).await;
         }
         let group = &self.upstreams[route.upstream];
@@ -272,8 +285,7 @@ impl Relay {
                 let d = a.decide(&link_q).await;
                 if !d.allow {
                     self.refused(
-                        listener,
-                        &who,
+                        &party,
                         Refusal::Authorizer,
                         format_args!("authorizer {}: {}", a.name(), EscText(&d.reason)),
                     );
@@ -287,12 +299,7 @@ impl Relay {
             Mapped::Own => None,
             Mapped::Anonymous => Some(self.anonymous_cert.clone()),
             Mapped::Refuse(why) => {
-                self.refused(
-                    listener,
-                    &who,
-                    Refusal::Identity,
-                    format_args!("{}", EscText(&why)),
-                );
+                self.refused(&party, Refusal::Identity, format_args!("{}", EscText(&why)));
                 return close(down).await;
             }
         };
@@ -303,8 +310,7 @@ impl Relay {
             Ok(f) => f,
             Err(why) => {
                 self.refused(
-                    listener,
-                    &who,
+                    &party,
                     Refusal::NoValidFirstMessage,
                     format_args!("{why}; nothing was sent upstream"),
                 );
@@ -427,6 +433,15 @@ impl Relay {
             .cluster_links_closed
             .with_label_values(&[end.kind()])
             .inc();
+        if matches!(end, LinkEnd::Replaced) {
+            self.audit.record(&party.event(
+                "replaced",
+                format!(
+                    "a newer link of the same identity on this route (cluster.limits.max_links_per_identity: {})",
+                    self.limits.per_identity
+                ),
+            ));
+        }
         if self.log_format == LogFormat::Json {
             LinkLine {
                 event: "link_closed",
@@ -846,6 +861,29 @@ const NOT_TAKEN_WITHIN: Duration = Duration::from_secs(10);
 /// The CN of the self-signed certificate anonymous clients present upstream: the name the
 /// master logs for them ("client certificate not signed by CA").
 pub const ANONYMOUS_CN: &str = "gatehouse-anonymous";
+
+/// Who a link is, as its refusal or replacement is recorded.
+struct Party<'a> {
+    listener: &'a str,
+    /// `cn@address` or `anonymous@address`, for log lines.
+    who: &'a str,
+    client: &'a str,
+    caller: Caller,
+    sni: &'a str,
+}
+
+impl Party<'_> {
+    fn event(&self, verdict: &'static str, reason: String) -> AuditEvent {
+        AuditEvent::Link(LinkEvent {
+            listener: self.listener.to_string(),
+            client: self.client.to_string(),
+            identity: self.caller.clone(),
+            sni: self.sni.to_string(),
+            verdict,
+            reason,
+        })
+    }
+}
 
 /// Why a link was refused before any upstream connection (`cluster_links_refused{reason}`).
 #[derive(Debug, Clone, Copy)]

@@ -51,6 +51,15 @@ impl RequestCtx {
         self.tls_info().and_then(|t| t.authenticated())
     }
 
+    /// The caller as an audit event records it.
+    pub fn caller(&self) -> crate::audit::Caller {
+        crate::audit::Caller {
+            cn: self.client().and_then(|c| c.cn.clone()),
+            fingerprint: self.client().map(|c| c.fingerprint.clone()),
+            user: self.user.clone(),
+        }
+    }
+
     /// The caller: a basic-auth user (with the certificate, if any), else the certificate,
     /// else anonymous.
     pub fn identity(&self) -> Identity<'_> {

@@ -21,7 +21,7 @@ use super::kea::dispatch::{self, Dispatch, Endpoint, Reply, Target, TargetError}
 use super::kea::{self, agent, command_label, KeaPolicy};
 use super::reply::{self, respond};
 use super::route::Route;
-use crate::audit::{AuditEvent, AuditSink, Caller, KeaEvent, PeerResult};
+use crate::audit::{AuditEvent, AuditSink, KeaEvent, PeerResult};
 use crate::authz::Guarded;
 use crate::config::KeaTarget;
 use crate::logsafe::EscText;
@@ -67,11 +67,7 @@ impl<'a> Record<'a> {
             event: KeaEvent {
                 listener: flow.listener.to_string(),
                 client: session.client_addr().map(|a| a.to_string()),
-                identity: Caller {
-                    cn: ctx.client().and_then(|c| c.cn.clone()),
-                    fingerprint: ctx.client().map(|c| c.fingerprint.clone()),
-                    user: ctx.user.clone(),
-                },
+                identity: ctx.caller(),
                 route: route.name.to_string(),
                 command: None,
                 services: None,

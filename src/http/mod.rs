@@ -22,7 +22,7 @@ pub mod route;
 pub use ctx::RequestCtx;
 pub use forward::xfcc;
 
-use crate::audit::AuditSink;
+use crate::audit::{AuditEvent, AuditSink, HttpEvent};
 use crate::authz::{Guarded, Identity, Question, Target};
 use crate::config::LogFormat;
 use crate::logsafe::{Esc, EscText};
@@ -175,6 +175,29 @@ struct AccessLine<'a> {
 }
 
 impl HttpGateway {
+    /// Records a request answered here instead of forwarded ([`HttpEvent`]).
+    fn audit_answer(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        route: &str,
+        status: u16,
+        verdict: &'static str,
+        reason: &str,
+    ) {
+        self.audit.record(&AuditEvent::Http(HttpEvent {
+            listener: self.listener.to_string(),
+            client: session.client_addr().map(|a| a.to_string()),
+            identity: ctx.caller(),
+            route: route.to_string(),
+            method: req_method(session).to_string(),
+            path: session.req_header().uri.path().to_string(),
+            status,
+            verdict,
+            reason: reason.to_string(),
+        }));
+    }
+
     /// Whether the answer being proxied is still within its group's `answer_timeout`
     /// (checked at its head and at every piece of its body; a peer that sends nothing at all
     /// meets `read_timeout` first). The clock starts when the request is sent upstream and
@@ -297,6 +320,12 @@ impl ProxyHttp for HttpGateway {
                     } else {
                         "Unauthorized: basic credentials are taken over TLS only"
                     };
+                    let why = if header.is_some() {
+                        "basic credentials refused"
+                    } else {
+                        "no basic credentials"
+                    };
+                    self.audit_answer(session, ctx, &route.name, 401, "unauthorized", why);
                     reply::unauthorized(session, text, &auth.challenge()).await?;
                     return Ok(true);
                 }
@@ -307,12 +336,9 @@ impl ProxyHttp for HttpGateway {
             if let Some(more) = self.refusal_log[Refused::Route as usize].admit_note() {
                 log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}{more}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
             }
-            reply::respond(
-                session,
-                403,
-                &format!("route '{}' is not allowed for {who}", route.name),
-            )
-            .await?;
+            let text = format!("route '{}' is not allowed for {who}", route.name);
+            self.audit_answer(session, ctx, &route.name, 403, "denied", &text);
+            reply::respond(session, 403, &text).await?;
             return Ok(true);
         }
         if let Some(a) = &self.authorizer {
@@ -332,6 +358,8 @@ impl ProxyHttp for HttpGateway {
                 if let Some(more) = self.refusal_log[Refused::Authorizer as usize].admit_note() {
                     log::warn!(target: "gatehouse::access", "listener {}: route {}: authorizer {} refused {who}: {}{more}", self.listener, route.name, a.name(), EscText(&d.reason));
                 }
+                let why = format!("authorizer {}: {}", a.name(), d.reason);
+                self.audit_answer(session, ctx, &route.name, 403, "denied", &why);
                 reply::respond(session, 403, &d.reason).await?;
                 return Ok(true);
             }
@@ -342,12 +370,19 @@ impl ProxyHttp for HttpGateway {
                 for f in self.filters.iter() {
                     if let HttpAction::Answer(a) = f.request(&view).await {
                         log::debug!(target: "gatehouse::access", "listener {}: route {}: answered by filter {}", self.listener, route.name, f.name());
-                        edge = Some(a);
+                        edge = Some((f.name().to_string(), a));
                         break;
                     }
                 }
             }
-            if let Some(a) = edge {
+            if let Some((filter, a)) = edge {
+                let verdict = if a.status == 429 {
+                    "rate_limited"
+                } else {
+                    "answered"
+                };
+                let why = format!("filter {filter}");
+                self.audit_answer(session, ctx, &route.name, a.status, verdict, &why);
                 reply::answer(session, a).await?;
                 return Ok(true);
             }
