@@ -7,7 +7,7 @@ BIN       = target/debug/gatehouse
 TARGET_DIR   = $(or $(CARGO_TARGET_DIR),target)
 PACKAGE_FILES = $(TARGET_DIR)/release/package-files
 
-.PHONY: run test check certs build deps deb bench bench-deps fuzz soak clean-certs
+.PHONY: run test check certs build deps deb bench bench-deps fuzz soak clean-certs embedder
 
 ## run: build, write dev certs if absent, start Gatehouse with conf/gatehouse.yaml
 run: deps build certs
@@ -19,6 +19,13 @@ test: deps deb
 	$(CARGO) build --examples
 	$(CARGO) test --lib --bins --tests --no-fail-fast
 	$(CARGO) test --doc
+	$(MAKE) embedder
+
+## embedder: a crate outside Gatehouse (tests/fixtures/embedder) built on its documented
+## surface alone, and its test (same dependency versions and target dir as this crate)
+embedder:
+	cp Cargo.lock tests/fixtures/embedder/Cargo.lock
+	CARGO_TARGET_DIR=$(abspath $(TARGET_DIR)) $(CARGO) test --manifest-path tests/fixtures/embedder/Cargo.toml
 
 ## check: formatting and lints, warnings are errors
 check:

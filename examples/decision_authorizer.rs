@@ -95,7 +95,7 @@ impl DecisionService {
     }
 }
 
-#[async_trait::async_trait]
+#[gatehouse::async_trait]
 impl Authorizer for DecisionService {
     fn name(&self) -> &str {
         "decision-service"

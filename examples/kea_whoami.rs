@@ -19,7 +19,7 @@ use std::process::ExitCode;
 /// Answers `gatehouse-whoami`.
 struct WhoAmI;
 
-#[async_trait::async_trait]
+#[gatehouse::async_trait]
 impl HttpFilter for WhoAmI {
     fn name(&self) -> &str {
         "whoami"

@@ -15,7 +15,7 @@ pub enum ErrorKind {
     Config,
     /// Finding or signalling a running instance (`gatehouse reload`).
     Signal,
-    /// Writing files (`gatehouse dev-certs`).
+    /// Writing files (`gatehouse dev-certs`); starting a [`crate::testing::Instance`].
     Io,
     /// Making certificates (`gatehouse dev-certs`).
     Pki,

@@ -40,11 +40,20 @@
 //!
 //! - [`error`]: [`Error`], the one error type of the public entry points (kind, context, cause;
 //!   every configuration problem at once).
-//! - [`builder`]: [`Gatehouse`], the builder: a config plus added extensions
-//!   ([`cluster::filter::RpcFilter`], [`cluster::identity::IdentityMapper`], [`audit::AuditSink`])
-//!   → a Pingora `Server`.
+//! - [`builder`]: [`Gatehouse`], the builder: a config plus added extensions → a Pingora
+//!   `Server`. The five extension points: [`cluster::filter::RpcFilter`] (cluster messages),
+//!   [`http::filter::HttpFilter`] (HTTP phases, Kea commands and answers),
+//!   [`authz::Authorizer`] (an external decision on requests, commands and links),
+//!   [`cluster::identity::IdentityMapper`] (the certificate a link presents upstream),
+//!   [`audit::AuditSink`] (where audit events go).
+//! - [`testing`]: an instance run in a test ([`testing::Instance`]) on reserved ports.
 //!
-//! The binary (`src/main.rs`) is the builder with nothing added.
+//! The library installs no logger: a binary calls [`logging::init`] (or its own); Gatehouse
+//! logs through the `log` crate. The binary (`src/main.rs`) is the builder with nothing added.
+//!
+//! What an embedder names from the crates underneath is re-exported: [`macro@async_trait`] (the
+//! traits' async methods) and [`pingora`] (the `Server` that [`Gatehouse::build`] returns, the
+//! arguments of its `run`).
 
 // `deny`, not `forbid`: `memory::release` is the one documented exception.
 #![deny(unsafe_code)]
@@ -69,8 +78,18 @@ pub mod metrics;
 pub mod pki;
 pub mod reload;
 pub mod server;
+pub mod testing;
 pub mod tls;
 pub mod upstream;
+
+pub use async_trait::async_trait;
+
+/// The Pingora server types an embedder names: what [`Gatehouse::build`] returns and how it
+/// runs, so that an embedder need not depend on `pingora-core` itself.
+pub mod pingora {
+    pub use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+    pub use pingora_core::services::Service;
+}
 
 pub use builder::Gatehouse;
 pub use config::{Config, ConfigError, ConfigErrors};

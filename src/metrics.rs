@@ -324,9 +324,9 @@ impl Metrics {
     }
 }
 
-/// The label values of the families [`Metrics::prime`] creates at zero that other modules
-/// decide; each list sits next to the code that picks one of them (its `label()`), and the
-/// unit tests there check the two agree.
+/// The label values [`Metrics::prime`] creates series for. The fixed vocabularies come from
+/// the modules that pick them (each list sits next to its `label()`, and the unit tests there
+/// check the two agree): the server passes them in, so this module depends on none of them.
 pub struct KnownLabels<'a> {
     /// Listener names, and whether each one terminates TLS.
     pub listeners: Vec<(&'a str, bool)>,
@@ -334,6 +334,14 @@ pub struct KnownLabels<'a> {
     pub upstreams: Vec<&'a str>,
     /// Whether a cluster relay runs.
     pub cluster: bool,
+    /// `gatehouse_tls_client_verify_failures_total{reason}`.
+    pub verify_reasons: &'a [&'a str],
+    /// `gatehouse_upstream_errors_total{kind}`.
+    pub upstream_error_kinds: &'a [&'a str],
+    /// `gatehouse_cluster_links_closed_total{end}`.
+    pub link_ends: &'a [&'a str],
+    /// `gatehouse_cluster_links_refused_total{reason}`.
+    pub link_refusals: &'a [&'a str],
 }
 
 impl Metrics {
@@ -353,14 +361,14 @@ impl Metrics {
                     .with_label_values(&[listener, protocol]);
             }
             if tls {
-                for reason in crate::tls::VERIFY_FAILURE_LABELS {
+                for reason in known.verify_reasons {
                     self.tls_verify_failures
                         .with_label_values(&[listener, reason]);
                 }
             }
         }
         for upstream in &known.upstreams {
-            for kind in crate::upstream::FailureKind::LABELS {
+            for kind in known.upstream_error_kinds {
                 self.upstream_errors.with_label_values(&[upstream, kind]);
             }
         }
@@ -371,10 +379,10 @@ impl Metrics {
             for direction in ["upstream", "downstream"] {
                 self.cluster_bytes.with_label_values(&[direction]);
             }
-            for end in crate::cluster::relay::LINK_END_LABELS {
+            for end in known.link_ends {
                 self.cluster_links_closed.with_label_values(&[end]);
             }
-            for reason in crate::cluster::relay::REFUSAL_LABELS {
+            for reason in known.link_refusals {
                 self.cluster_links_refused.with_label_values(&[reason]);
             }
         }

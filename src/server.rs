@@ -78,6 +78,10 @@ impl Plan {
                 .collect(),
             upstreams: config.upstreams.iter().map(|u| u.name.as_str()).collect(),
             cluster: config.cluster.is_some(),
+            verify_reasons: &crate::tls::VERIFY_FAILURE_LABELS,
+            upstream_error_kinds: &crate::upstream::FailureKind::LABELS,
+            link_ends: &crate::cluster::relay::LINK_END_LABELS,
+            link_refusals: &crate::cluster::relay::REFUSAL_LABELS,
         });
         // Before the files are read (see Baseline).
         let watch_baseline = Baseline::take(&config);

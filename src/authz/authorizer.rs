@@ -134,7 +134,7 @@ impl Decision {
 /// /// Keeps `shutdown` to the night shift's certificate.
 /// struct NightShift;
 ///
-/// #[async_trait::async_trait]
+/// #[gatehouse::async_trait]
 /// impl Authorizer for NightShift {
 ///     fn name(&self) -> &str {
 ///         "night-shift"

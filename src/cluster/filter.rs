@@ -168,6 +168,25 @@ impl Interest {
         self
     }
 
+    /// The (direction, method) pairs asked for by name; `None` when it takes every method or
+    /// replies.
+    pub(crate) fn named(&self) -> Option<Vec<(Direction, &str)>> {
+        if self.replies {
+            return None;
+        }
+        let methods = self.methods.as_ref()?;
+        let dirs = [
+            (self.upstream, Direction::Upstream),
+            (self.downstream, Direction::Downstream),
+        ];
+        Some(
+            dirs.iter()
+                .filter(|(on, _)| *on)
+                .flat_map(|(_, d)| methods.iter().map(move |m| (*d, m.as_str())))
+                .collect(),
+        )
+    }
+
     /// Whether a message in `direction` with `method` is wanted.
     pub fn wants(&self, direction: Direction, method: Option<&str>) -> bool {
         let dir = match direction {
@@ -222,6 +241,29 @@ impl MethodPolicy {
     /// The given policy.
     pub fn new(policy: Policy) -> Self {
         MethodPolicy(policy)
+    }
+
+    /// Whether `method` in `dir` is denied to an anonymous caller and to an authenticated one
+    /// whatever its name (probed with a CN no rule names).
+    fn denies_everyone(&self, dir: Direction, method: &str) -> bool {
+        use crate::authz::Identity;
+        static PROBE: std::sync::OnceLock<Option<crate::identity::ClientCert>> =
+            std::sync::OnceLock::new();
+        let probe = PROBE.get_or_init(|| {
+            crate::pki::self_signed(&crate::pki::CertSpec::new("gatehouse-policy-probe"))
+                .ok()
+                .map(|i| crate::identity::ClientCert::from_x509(i.cert, true))
+        });
+        let denied = |who| {
+            matches!(
+                self.0.decide(who, dir, Some(method)),
+                super::policy::Verdict::Deny(_)
+            )
+        };
+        denied(Identity::Anonymous)
+            && probe
+                .as_ref()
+                .is_some_and(|c| denied(Identity::Verified(c)))
     }
 }
 
@@ -378,8 +420,36 @@ impl Chain {
         }
     }
 
+    /// Adds `f` after the built-ins; warns when it would never run ([`Chain::never_sees`]).
     pub(crate) fn add(&mut self, f: Box<dyn RpcFilter>) {
-        self.added.push((f.interest(), f));
+        let interest = f.interest();
+        if let Some(list) = self.never_sees(&interest) {
+            log::warn!(
+                target: "gatehouse::cluster",
+                "filter {}: every message it asked for ({list}) is denied by cluster.policy, which runs before added filters: it will never see one (allow them in cluster.policy to let the filter decide)",
+                f.name()
+            );
+        }
+        self.added.push((interest, f));
+    }
+
+    /// When the method policy, which runs first, denies every message `interest` names to
+    /// every caller (anonymous and authenticated alike), those messages (`method direction`,
+    /// listed): a filter with that interest never runs, and a test of it would pass for the
+    /// wrong reason.
+    pub(crate) fn never_sees(&self, interest: &Interest) -> Option<String> {
+        let wanted = interest.named()?;
+        let all_denied = !wanted.is_empty()
+            && wanted
+                .iter()
+                .all(|(dir, m)| self.policy.denies_everyone(*dir, m));
+        all_denied.then(|| {
+            wanted
+                .iter()
+                .map(|(d, m)| format!("{m} {}", d.label()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     /// Whether any filter may answer at the edge (the relay then also watches for answers).
@@ -457,6 +527,31 @@ mod tests {
 
     fn json(p: &[u8]) -> serde_json::Value {
         serde_json::from_slice(p).unwrap()
+    }
+
+    #[test]
+    fn a_filter_behind_a_policy_that_denies_all_it_wants_is_named() {
+        let chain = Chain::new(
+            MethodPolicy::new(Policy::new(&crate::config::icinga_policy())),
+            CertRequest::new(65536),
+        );
+        // The built-in policy refuses config::Update from every child: a filter for it
+        // upstream never runs.
+        let update_up = Interest::methods(["config::Update"]).upstream_only();
+        assert_eq!(
+            chain.never_sees(&update_up).as_deref(),
+            Some("config::Update upstream")
+        );
+        // Downstream (from the parent) it flows, as do check results, and anything broad.
+        for fine in [
+            Interest::methods(["config::Update"]),
+            Interest::methods(["config::Update"]).downstream_only(),
+            Interest::methods(["event::CheckResult"]).upstream_only(),
+            Interest::methods(["config::Update", "event::CheckResult"]).upstream_only(),
+            Interest::all(),
+        ] {
+            assert_eq!(chain.never_sees(&fine), None, "{fine:?}");
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub enum Mapped {
 /// /// Every link goes upstream with the upstream's own certificate, except `root`'s.
 /// struct NoRoot;
 ///
-/// #[async_trait::async_trait]
+/// #[gatehouse::async_trait]
 /// impl IdentityMapper for NoRoot {
 ///     async fn upstream_identity(&self, link: &LinkInfo<'_>) -> Mapped {
 ///         match link.identity.cn() {

@@ -118,7 +118,7 @@ pub enum HttpAction {
 /// /// Answers `gatehouse-whoami` at the edge with the caller's identity.
 /// struct WhoAmI;
 ///
-/// #[async_trait::async_trait]
+/// #[gatehouse::async_trait]
 /// impl HttpFilter for WhoAmI {
 ///     fn name(&self) -> &str {
 ///         "whoami"

@@ -67,32 +67,12 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// A port on 127.0.0.1 for Gatehouse or a peer to listen on (or for a peer that never listens), kept
-/// from everyone else for the rest of this process.
-///
-/// Why not `127.0.0.1:0` in the config: Pingora 0.9.1 binds a listener inside `Server::run`
-/// and hands the socket to the service's accept loop; nothing tells which port the kernel
-/// picked (`Server` and `Service` keep their listeners private, `Listeners::addresses` gives
-/// the configured strings, `ServiceWithDependents::listen_addresses` too, the execution-phase
-/// watch carries none). Worse, its table of listening fds is keyed by the configured address,
-/// so two `127.0.0.1:0` listeners of one server get one socket (the second takes the first's
-/// fd, and the double close at shutdown aborts the process).
-///
-/// Why not bind-then-release ([`free_port`]): another test could take the port in between.
-/// Here the port stays bound, with `SO_REUSEADDR` and never listening, by a socket this process
-/// keeps open: the kernel hands it to no `bind(…:0)` and no outgoing connection, while Pingora,
-/// which binds with `SO_REUSEADDR`, can still bind and listen on it (Linux refuses a second
-/// bind only next to a listening socket). Until Gatehouse listens, a connection is refused as
-/// on a free port; a port nobody listens on stays refused (a dead peer).
+/// A port on 127.0.0.1 for Gatehouse or a peer to listen on (or for a peer that never
+/// listens), kept from everyone else for the rest of this process: the library's
+/// [`gatehouse::testing::reserved_port`], which says why not `127.0.0.1:0` and why not
+/// bind-then-release. Until something listens, a connection is refused as on a free port.
 pub fn reserved_port() -> u16 {
-    static KEPT: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
-    let s = tokio::net::TcpSocket::new_v4().expect("socket");
-    s.set_reuseaddr(true).expect("SO_REUSEADDR");
-    s.bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .expect("bind 127.0.0.1:0");
-    let port = s.local_addr().expect("local addr").port();
-    KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(s);
-    port
+    gatehouse::testing::reserved_port()
 }
 
 /// Waits until `a` accepts connections; panics with `name`'s log (`log`) if the process exits
@@ -548,14 +528,13 @@ fn conf_for(dir: &Path, conf: &Conf) -> Conf {
 /// per process does not get in the way: each `Server` has its own runtimes, listening-fd table
 /// and shutdown watch; the fast-timeout threshold it sets in `run` is a global, but every
 /// instance sets the same value (none); logging is this process's `log` logger (off unless
-/// `RUST_LOG` is set). Signals are not used: `RunArgs::shutdown_signal` is [`StopSignal`],
-/// fired on drop, where the default would watch SIGINT/SIGTERM/SIGQUIT of the whole test
-/// process. The one handler it installs is the certificate reloader's SIGHUP, harmless here.
+/// `RUST_LOG` is set). It runs as any embedder's test would: [`gatehouse::testing::Instance`]
+/// (no signals watched; stopped on drop), counting in a registry of its own and recording
+/// every audit event.
 struct InProcess {
     registry: prometheus::Registry,
     audit: Arc<Mutex<Vec<AuditEvent>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    instance: gatehouse::testing::Instance,
 }
 
 impl InProcess {
@@ -569,81 +548,20 @@ impl InProcess {
         let metrics = Arc::new(gatehouse::metrics::Metrics::register(&registry).unwrap());
         let audit = Arc::new(Mutex::new(Vec::new()));
         let sink = AuditLog(audit.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let (built, is_built) = std::sync::mpsc::channel();
-        // Built on the thread that runs it: Pingora's `run` blocks on a runtime of its own,
-        // which may not start inside the test's.
-        let thread = std::thread::Builder::new()
-            .name("gatehouse-in-process".into())
-            .spawn(move || {
-                let server = gatehouse::Gatehouse::from_config_in(config, metrics)
-                    .map(|g| g.with_audit_sink(sink))
-                    .and_then(|g| g.build(&gatehouse::RunOptions::default()));
-                match server {
-                    Err(e) => {
-                        let _ = built.send(Err(e.to_string()));
-                    }
-                    Ok(server) => {
-                        let _ = built.send(Ok(()));
-                        let signal = StopSignal(Mutex::new(Some(stopped)));
-                        server.run(pingora_core::server::RunArgs {
-                            shutdown_signal: Box::new(signal),
-                        });
-                    }
-                }
-            })
-            .expect("spawn the Gatehouse thread");
-        match is_built.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("Gatehouse did not build: {e}\n{yaml}"),
-            Err(_) => panic!("the Gatehouse thread died while building:\n{yaml}"),
-        }
+        let instance = gatehouse::Gatehouse::from_config_in(config, metrics)
+            .map(|g| g.with_audit_sink(sink))
+            .and_then(gatehouse::testing::Instance::start)
+            .unwrap_or_else(|e| panic!("Gatehouse did not start: {e}\n{yaml}"));
         InProcess {
             registry,
             audit,
-            stop: Some(stop),
-            thread: Some(thread),
+            instance,
         }
     }
 
     /// Whether `Server::run` returned (or never started).
     fn ended(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
-    }
-}
-
-/// Stops the server (fast shutdown: no grace period), then waits up to 10 s for its runtimes.
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ended() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        match self.thread.take() {
-            Some(t) if t.is_finished() => {
-                let _ = t.join();
-            }
-            Some(_) => eprintln!("an in-process Gatehouse did not stop within 10 s"),
-            None => {}
-        }
-    }
-}
-
-/// Pingora's shutdown signal for an in-process instance: a fast shutdown once the harness
-/// sends (or drops) the other end.
-struct StopSignal(Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
-
-#[async_trait::async_trait]
-impl pingora_core::server::ShutdownSignalWatch for StopSignal {
-    async fn recv(&self) -> pingora_core::server::ShutdownSignal {
-        let stopped = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(stopped) = stopped {
-            let _ = stopped.await;
-        }
-        pingora_core::server::ShutdownSignal::FastShutdown
+        self.instance.ended()
     }
 }
 
