@@ -148,9 +148,9 @@ fn parse_pair(crt: &Path, crt_pem: &[u8], key: &Path, key_pem: &[u8]) -> Result<
 }
 
 /// What `gatehouse check` (and start) finds wrong in a `cert_dir`, as the user it runs as:
-/// the folder unreadable, a `<cn>.crt` without its `.key`, a file that user cannot read (the
-/// keys `icinga2 pki new-cert` writes are 0600 root), one that does not parse, a key that is not
-/// the certificate's. Links would otherwise be refused one by one, long after the check passed.
+/// the folder unreadable, a `<cn>.crt` + `<cn>.key` pair that user cannot read (the keys
+/// `icinga2 pki new-cert` writes are 0600 root), one that does not parse, a key that is not
+/// the certificate's. A `.crt` without a `.key` beside it (a CA certificate) is no identity. Links would otherwise be refused one by one, long after the check passed.
 pub fn check_cert_dir(dir: &Path) -> Vec<String> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -165,6 +165,10 @@ pub fn check_cert_dir(dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     for crt in crts {
         let key = crt.with_extension("key");
+        // A certificate alone (a CA's, say) is no identity: only pairs are checked.
+        if !key.exists() {
+            continue;
+        }
         let read =
             |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
         match (read(&crt), read(&key)) {
