@@ -1,9 +1,10 @@
 //! The crate's layering: no two top-level modules depend on each other, directly or through
 //! others, so the data path reads top-down (accept → TLS → demux → http | rpc → upstream).
 //!
-//! How it is checked: every `crate::<module>` path in `src/` (outside comments and test
-//! modules) is an edge from the file's top-level module to `<module>`; the graph must have
-//! no cycle. A new `use` that closes a circle fails here with the cycle spelled out.
+//! How it is checked, twice: every `crate::<module>` path in `src/` (outside comments and test
+//! modules) is an edge between top-level modules, and that graph must have no cycle; then
+//! every module at every depth, with `super::`, `self::` and child paths resolved, must form
+//! no cycle either. A new `use` that closes a circle fails here with the cycle spelled out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -34,8 +35,7 @@ fn edges() -> BTreeMap<String, BTreeSet<String>> {
             if top == "lib" || top == "main" {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            let code = without_test_modules(&std::fs::read_to_string(&path).unwrap());
             let deps = graph.entry(top.clone()).or_default();
             for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
                 for part in line.split("crate::").skip(1) {
@@ -101,41 +101,29 @@ fn top_level_modules_form_no_cycle() {
     assert_acyclic(&graph, "module");
 }
 
-/// The `http` module's own parts, one level down: `http` (its `mod.rs`) and each child module
-/// (`kea`, `kea_flow`, `filter`, `route`, …, a folder counting as one). An edge is a
-/// `super::…`, `crate::http::…` or (in `mod.rs`) `<child>::…` path from one to another.
-fn http_edges() -> BTreeMap<String, BTreeSet<String>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
-    let children: BTreeSet<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter_map(|p| {
-            let name = p
-                .file_name()?
-                .to_string_lossy()
-                .trim_end_matches(".rs")
-                .to_string();
-            (name != "mod").then_some(name)
-        })
-        .collect();
-    let target = |name: &str| {
-        if children.contains(name) {
-            name.to_string()
-        } else {
-            "http".to_string()
-        }
-    };
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut stack = vec![dir.clone()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
+/// Every module at every depth (`http`, `http::kea`, `http::kea::dispatch`, …; a file is a
+/// module, `mod.rs` its folder's) and the modules it uses: `crate::…`, `super::…` (chains
+/// included), `self::…` and, in a parent, `<child>::…` paths, `{…}` groups expanded, each
+/// resolved to the longest module prefix that exists. Whole files are read, less their
+/// `#[cfg(test)] mod … { … }` blocks and comment lines. A parent's `pub use child::…` is a
+/// re-export (the facade), not a use; the parent's own code naming a re-exported item is.
+fn module_edges() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
                 continue;
             }
-            let rel = path.strip_prefix(&dir).unwrap();
-            let parts: Vec<String> = rel
+            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+                continue;
+            }
+            let mut parts: Vec<String> = path
+                .strip_prefix(&src)
+                .unwrap()
                 .components()
                 .map(|c| {
                     c.as_os_str()
@@ -144,91 +132,229 @@ fn http_edges() -> BTreeMap<String, BTreeSet<String>> {
                         .to_string()
                 })
                 .collect();
-            let node = if parts == ["mod"] {
-                "http".to_string()
-            } else {
-                parts[0].clone()
-            };
-            // How `super::` reads from this file: the http level, or the child itself.
-            let depth = parts.len() - usize::from(parts.last().map(String::as_str) == Some("mod"));
-            let http_super = match depth {
-                1 => "super::",
-                _ => "super::super::",
-            };
-            let text = std::fs::read_to_string(&path).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or("");
-            let deps = graph.entry(node.clone()).or_default();
-            let names = |rest: &str| -> Vec<String> {
-                let rest = rest.trim_start();
-                // `super::{a, b::c}` names a and b; `super::a::{x, y}` names a alone.
-                let list = match rest.strip_prefix('{') {
-                    Some(inner) => inner.split('}').next().unwrap_or(""),
-                    None => rest
-                        .split([',', ';', ':', ' ', '(', ')'])
-                        .next()
-                        .unwrap_or(""),
+            if parts.last().map(String::as_str) == Some("mod") {
+                parts.pop();
+            }
+            if parts == ["lib"] || parts == ["main"] {
+                continue;
+            }
+            files.insert(parts.join("::"), path);
+        }
+    }
+    let modules: BTreeSet<String> = files.keys().cloned().collect();
+    let resolve = |parts: &[String]| -> Option<String> {
+        (1..=parts.len())
+            .rev()
+            .map(|i| parts[..i].join("::"))
+            .find(|m| modules.contains(m))
+    };
+    let mut graph = BTreeMap::new();
+    for (module, path) in &files {
+        let here: Vec<String> = module.split("::").map(String::from).collect();
+        let text = without_test_modules(&std::fs::read_to_string(path).unwrap());
+        let children: BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim_start();
+                let l = l.strip_prefix("pub ").unwrap_or(l);
+                let l = l.strip_prefix("pub(crate) ").unwrap_or(l);
+                l.strip_prefix("mod ")?
+                    .strip_suffix(';')
+                    .map(|n| n.trim().to_string())
+            })
+            .collect();
+        // What the parent re-exports from its children: the facade is no use, but the
+        // parent's own code naming a re-exported item is a use of that child.
+        let mut reexported: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            let t = line.trim_start();
+            for p in ["pub use ", "pub(crate) use "] {
+                let Some(r) = t.strip_prefix(p) else { continue };
+                let Some(child) = children.iter().find(|c| r.starts_with(&format!("{c}::"))) else {
+                    continue;
                 };
-                list.split(',')
-                    .map(|n| {
-                        n.trim()
-                            .chars()
-                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                            .collect::<String>()
-                    })
-                    .filter(|n| !n.is_empty() && n != "self")
-                    .collect()
-            };
-            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-                let mut found = Vec::new();
-                for part in line.split("crate::http::").skip(1) {
-                    found.extend(names(part));
-                }
-                if node != "http" && depth <= 2 {
-                    for part in line.split(http_super).skip(1) {
-                        // One `super::` more leaves `http`: not an edge inside it.
-                        if !part.starts_with("super::") {
-                            found.extend(names(part));
-                        }
-                    }
-                }
-                if node == "http" {
-                    for child in &children {
-                        let pat = format!("{child}::");
-                        let mut rest = line;
-                        while let Some(at) = rest.find(&pat) {
-                            let before = rest[..at].chars().last();
-                            if !before
-                                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-                            {
-                                found.push(child.clone());
-                            }
-                            rest = &rest[at + pat.len()..];
-                        }
-                    }
-                }
-                for f in found {
-                    let t = target(&f);
-                    if t != node {
-                        deps.insert(t);
+                let r = &r[child.len() + 2..];
+                let names = r
+                    .strip_prefix('{')
+                    .map_or(r, |g| g.split('}').next().unwrap_or(""));
+                for n in names.split(',') {
+                    let n = n.trim().trim_end_matches(';');
+                    let n = n.rsplit("::").next().unwrap_or(n).trim();
+                    if !n.is_empty() {
+                        reexported.push((n.to_string(), format!("{module}::{child}")));
                     }
                 }
             }
         }
+        let mut deps = BTreeSet::new();
+        for line in text.lines() {
+            let t = line.trim_start();
+            if t.starts_with("//") {
+                continue;
+            }
+            let reexport = ["pub use ", "pub(crate) use "].iter().any(|p| {
+                t.starts_with(p)
+                    && children
+                        .iter()
+                        .any(|c| t[p.len()..].starts_with(&format!("{c}::")))
+            });
+            if reexport {
+                continue;
+            }
+            for (name, child) in &reexported {
+                let named = line.match_indices(name.as_str()).any(|(i, _)| {
+                    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+                    !line[..i].ends_with(|c: char| word(c) || c == ':')
+                        && !line[i + name.len()..].starts_with(word)
+                });
+                if named && modules.contains(child) {
+                    deps.insert(child.clone());
+                }
+            }
+            for (at, _) in line.match_indices("::") {
+                // The path's first segment ends here; find where it starts.
+                let head_start = line[..at]
+                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .map_or(0, |i| i + 1);
+                let path = &line[head_start..];
+                if line[head_start..at].contains("::") {
+                    continue; // not the first `::` of this path
+                }
+                let first = &line[head_start..at];
+                let base: Vec<String> = match first {
+                    "crate" => Vec::new(),
+                    "self" => here.clone(),
+                    "super" => here[..here.len() - 1].to_vec(),
+                    c if children.contains(c) => {
+                        let mut b = here.clone();
+                        b.push(c.to_string());
+                        b
+                    }
+                    _ => continue,
+                };
+                let rest = &path[first.len() + 2..];
+                for target in expand(base, rest) {
+                    if let Some(m) = resolve(&target) {
+                        if &m != module {
+                            deps.insert(m);
+                        }
+                    }
+                }
+            }
+        }
+        graph.insert(module.clone(), deps);
     }
     graph
 }
 
-/// No circle inside `http` either: `mod.rs` (the gateway) uses its parts, and no part reaches
-/// back into the gateway or around to itself. (The Kea flow once lived in `impl HttpGateway`
-/// beside it, fan-out called back into the flow, and `kea` and `filter` used each other.)
+/// The module paths `rest` names after `base`: `super::a::b`, `{a, b::c}`, chains of
+/// `super::`.
+fn expand(mut base: Vec<String>, rest: &str) -> Vec<Vec<String>> {
+    let mut rest = rest;
+    loop {
+        if let Some(r) = rest.strip_prefix("super::") {
+            base.pop();
+            rest = r;
+        } else if let Some(inner) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut items = Vec::new();
+            let mut start = 0;
+            for (i, c) in inner.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        items.push(&inner[start..i]);
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        items.push(&inner[start..i]);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            return items
+                .into_iter()
+                .flat_map(|item| expand(base.clone(), item.trim()))
+                .collect();
+        } else {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.is_empty() || name == "self" {
+                return vec![base];
+            }
+            base.push(name.clone());
+            match rest[name.len()..].strip_prefix("::") {
+                Some(r) => rest = r,
+                None => return vec![base],
+            }
+        }
+    }
+}
+
+/// `text` without its `#[cfg(test)] mod … { … }` blocks (braces matched).
+fn without_test_modules(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "#[cfg(test)]".len()..];
+        let item = after.trim_start();
+        let is_mod = ["mod ", "pub mod ", "pub(crate) mod ", "pub(super) mod "]
+            .iter()
+            .any(|p| item.starts_with(p));
+        if !is_mod {
+            out.push_str("#[cfg(test)]");
+            rest = after;
+            continue;
+        }
+        let Some(open) = item.find('{') else {
+            rest = after;
+            continue;
+        };
+        let mut depth = 0;
+        let mut end = item.len();
+        for (i, c) in item[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// No circle between any two modules at any depth: a parent uses its parts, no part reaches
+/// back into its parent or around to itself. (The Kea flow once lived in `impl HttpGateway`
+/// beside the gateway, fan-out called back into the flow, `kea` and `filter` used each other.)
 #[test]
-fn http_modules_form_no_cycle() {
-    let graph = http_edges();
+fn modules_at_every_depth_form_no_cycle() {
+    let graph = module_edges();
     assert!(
         graph
             .get("http")
-            .is_some_and(|d| d.contains("kea_flow") && d.contains("route")),
-        "scanned too little: {graph:?}"
+            .is_some_and(|d| d.contains("http::kea_flow") && d.contains("http::route")),
+        "scanned too little: {:?}",
+        graph.get("http")
     );
-    assert_acyclic(&graph, "http module");
+    assert!(
+        graph
+            .get("http::kea_flow")
+            .is_some_and(|d| d.contains("http::kea::dispatch")),
+        "a `super::kea::dispatch` path not read: {:?}",
+        graph.get("http::kea_flow")
+    );
+    assert_acyclic(&graph, "module");
 }

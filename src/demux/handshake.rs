@@ -167,7 +167,7 @@ impl Handshakes {
         let callbacks = tls.callbacks_for(&peer);
         let hs = pingora_core::protocols::tls::server::handshake_with_callback(
             &tls.acceptor,
-            super::PrefixedIo::new(bytes::Bytes::new(), stream),
+            super::prefixed::PrefixedIo::new(bytes::Bytes::new(), stream),
             &callbacks,
         );
         match tokio::time::timeout(left, hs).await {
