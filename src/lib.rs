@@ -84,11 +84,14 @@ pub mod upstream;
 
 pub use async_trait::async_trait;
 
-/// The Pingora server types an embedder names: what [`Gatehouse::build`] returns and how it
-/// runs, so that an embedder need not depend on `pingora-core` itself.
+/// The Pingora types an embedder names: what [`Gatehouse::build`] returns and how it runs, and
+/// the certificate-and-key an [`cluster::identity::IdentityMapper`] presents
+/// ([`cluster::identity::Mapped::Present`]), so that an embedder need not depend on
+/// `pingora-core` itself.
 pub mod pingora {
     pub use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
     pub use pingora_core::services::Service;
+    pub use pingora_core::utils::tls::CertKey;
 }
 
 pub use builder::Gatehouse;

@@ -104,3 +104,94 @@ async fn two_instances_run_in_one_process_and_stop_apart() {
     assert_eq!(post(b_port).await, Ok(200), "b still serves");
     assert_eq!(b.audit().len(), 3);
 }
+
+/// An added `IdentityMapper` replaces `cluster.upstream_identity`: here every authenticated
+/// link goes upstream as `mapped-agent` (a certificate the mapper holds), `root` is refused
+/// before the master is dialled. Run with `gatehouse::testing`, raw netstrings over real TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_mapper_chooses_what_a_link_presents_upstream() {
+    use common::sink::{Sink, SinkMode};
+    use common::{tls_connect, ClientOpts, Protocol, RelayPki};
+    use gatehouse::cluster::filter::LinkInfo;
+    use gatehouse::cluster::identity::{IdentityMapper, Mapped};
+    use gatehouse::pingora::CertKey;
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+
+    struct Fixed(Arc<CertKey>);
+
+    #[gatehouse::async_trait]
+    impl IdentityMapper for Fixed {
+        async fn upstream_identity(&self, link: &LinkInfo<'_>) -> Mapped {
+            match link.identity.cn() {
+                Some("root") => Mapped::Refuse("root may not link".into()),
+                Some(_) => Mapped::Present(self.0.clone()),
+                None => Mapped::Anonymous,
+            }
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rp = RelayPki::new(dir);
+    rp.pki.issue("root", gatehouse::pki::CertSpec::new("root"));
+    let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
+    let port = reserved_port();
+    let conf = Conf::new()
+        .server(common::conf::Server::for_test(dir))
+        .listener(rp.listener("edge", port, &[Protocol::Cluster]))
+        .upstream("master", rp.master(sink.addr))
+        .cluster(rp.cluster("master"));
+    let config = Config::parse(&conf.to_yaml(), dir).unwrap();
+    let mapped = rp
+        .pki
+        .ca
+        .issue(&gatehouse::pki::CertSpec::new("mapped-agent"))
+        .unwrap();
+    let mapper = Fixed(Arc::new(CertKey::new(vec![mapped.cert], mapped.key)));
+    let instance = gatehouse::testing::Instance::start(
+        Gatehouse::from_config(config)
+            .unwrap()
+            .with_identity_mapper(mapper),
+    )
+    .unwrap();
+
+    let hello = gatehouse::cluster::codec::encode(
+        br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{}}"#,
+    );
+    let opts = |who: &str| ClientOpts {
+        ca: Some(rp.pki.ca_path()),
+        cert: Some(rp.pki.paths(who)),
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut agent = tls_connect(addr, &opts("agent1")).await.unwrap();
+    agent.write_all(&hello).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.frames().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "agent1's Hello never reached the master"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sink.client_cns.lock().unwrap().clone(),
+        vec![Some("mapped-agent".to_string())],
+        "agent1 went upstream as the mapper said, not as cert_dir's agent1"
+    );
+    let mut root = tls_connect(addr, &opts("root")).await.unwrap();
+    let _ = root.write_all(&hello).await;
+    assert!(
+        common::closed_within(&mut root, Duration::from_secs(5)).await,
+        "root's link was not refused"
+    );
+    assert_eq!(
+        sink.client_cns.lock().unwrap().len(),
+        1,
+        "the master was not dialled for root"
+    );
+    drop((agent, root));
+    instance.stop();
+}
