@@ -16,6 +16,61 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+/// What became of an audited command, message, request or link (serialized in snake case:
+/// `allowed`, `rate_limited`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Forwarded (a Kea command).
+    Allowed,
+    /// Refused by a rule, the policy, a filter or the authorizer.
+    Denied,
+    /// Could not be parsed or was over its size limit.
+    Malformed,
+    /// Named a `service` the route does not serve (a Kea daemon route).
+    Misrouted,
+    /// Answered at the edge by a filter.
+    Answered,
+    /// Basic credentials missing or wrong.
+    Unauthorized,
+    /// Over a `rate_limit`.
+    RateLimited,
+    /// A cluster link refused before its upstream connection.
+    Refused,
+    /// A cluster link closed for a newer one of the same identity.
+    Replaced,
+}
+
+impl Verdict {
+    /// The name as written in the audit line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::Malformed => "malformed",
+            Verdict::Misrouted => "misrouted",
+            Verdict::Answered => "answered",
+            Verdict::Unauthorized => "unauthorized",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::Refused => "refused",
+            Verdict::Replaced => "replaced",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `verdict == "denied"`, as the audit line spells it.
+impl PartialEq<&str> for Verdict {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Who a recorded caller was.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Caller {
@@ -45,7 +100,7 @@ pub struct KeaEvent {
     pub services: Option<Vec<String>>,
     /// `allowed`, `denied`, `malformed`, `misrouted` (a `service` the route does not serve)
     /// or `answered` (by an added filter).
-    pub verdict: &'static str,
+    pub verdict: Verdict,
     /// HTTP status answered.
     pub status: u16,
     /// Why it was refused, or why a forwarded command has no complete answer (upstream
@@ -105,7 +160,7 @@ pub struct ClusterEvent {
     /// The message's method (`-` for a reply).
     pub method: String,
     /// `denied`.
-    pub verdict: &'static str,
+    pub verdict: Verdict,
     /// The rule or filter that refused it.
     pub reason: String,
 }
@@ -131,7 +186,7 @@ pub struct HttpEvent {
     /// `denied` (the route's `allow`/`deny`, or the authorizer), `unauthorized` (basic
     /// credentials missing or wrong), `rate_limited` (`rate_limit`), `answered` (a filter
     /// answered at the edge).
-    pub verdict: &'static str,
+    pub verdict: Verdict,
     /// The rule, authorizer or filter, and why.
     pub reason: String,
 }
@@ -149,7 +204,7 @@ pub struct LinkEvent {
     /// The endpoint the client dialled (its SNI).
     pub sni: String,
     /// `refused` or `replaced`.
-    pub verdict: &'static str,
+    pub verdict: Verdict,
     /// Why: the limit, route, authorizer or identity that refused it (as
     /// `gatehouse_cluster_links_refused_total{reason}` names it), with the detail.
     pub reason: String,
@@ -298,6 +353,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn verdicts_are_written_as_named() {
+        use Verdict::*;
+        for v in [
+            Allowed,
+            Denied,
+            Malformed,
+            Misrouted,
+            Answered,
+            Unauthorized,
+            RateLimited,
+            Refused,
+            Replaced,
+        ] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+            assert!(v == v.as_str());
+        }
+    }
+
+    #[test]
     fn durations_are_written_with_three_decimals_at_most() {
         #[derive(Serialize)]
         struct D(#[serde(serialize_with = "three_decimals")] f64);
@@ -327,7 +401,7 @@ mod tests {
             sni: "master1".into(),
             toward: "parent",
             method: "config::Update".into(),
-            verdict: "denied",
+            verdict: Verdict::Denied,
             reason: "cluster.policy[1]".into(),
         }));
         let text = std::fs::read_to_string(&path).unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::audit::{AuditEvent, HttpEvent, LinkEvent};
+use gatehouse::audit::{AuditEvent, HttpEvent, LinkEvent, Verdict};
 use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -144,7 +144,7 @@ async fn http_refusals_and_link_refusals_are_audited() {
     assert_eq!(
         (e.verdict, e.reason.as_str(), e.identity.cn.as_deref()),
         (
-            "denied",
+            Verdict::Denied,
             "route 'ops' is not allowed for cn=agent1",
             Some("agent1")
         )

@@ -729,7 +729,7 @@ async fn configured_policy_decides_by_identity_and_direction() {
                 c.identity.cn.unwrap_or_default(),
                 c.direction,
                 c.method,
-                c.verdict,
+                c.verdict.as_str(),
                 c.reason,
             )),
             _ => None,

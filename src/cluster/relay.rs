@@ -18,7 +18,7 @@ use super::filter::{Action, CertRequest, Chain, LinkInfo, Message, MethodPolicy,
 use super::identity::{CertDir, IdentityMapper, Mapped, OwnIdentity};
 use super::policy::{Direction, Policy};
 use super::{method_index, METHOD_LABELS};
-use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent, LinkEvent};
+use crate::audit::{AuditEvent, AuditSink, Caller, ClusterEvent, LinkEvent, Verdict};
 use crate::authz::{Guarded, Identity, Question, Target};
 use crate::config::{ClusterRouteSettings, ClusterSettings, LogFormat, Toward};
 use crate::identity::TlsInfo;
@@ -157,7 +157,7 @@ impl Relay {
             .with_label_values(&[reason.label()])
             .inc();
         self.audit
-            .record(&party.event("refused", format!("{}: {detail}", reason.label())));
+            .record(&party.event(Verdict::Refused, format!("{}: {detail}", reason.label())));
         if let Some(more) = self.refusal_log[reason as usize].admit_note() {
             log::warn!(target: "gatehouse::cluster", "listener {listener}: refusing {who}: {detail}{more}");
         }
@@ -435,7 +435,7 @@ impl Relay {
             .inc();
         if matches!(end, LinkEnd::Replaced) {
             self.audit.record(&party.event(
-                "replaced",
+                Verdict::Replaced,
                 format!(
                     "a newer link of the same identity on this route (cluster.limits.max_links_per_identity: {})",
                     self.limits.per_identity
@@ -773,7 +773,7 @@ impl Relay {
                 Toward::Child => "child",
             },
             method: method.to_string(),
-            verdict: "denied",
+            verdict: Verdict::Denied,
             reason: why.to_string(),
         }));
         log::warn!(target: "gatehouse::cluster", "{}: denied {} {} message ({}); violation {n}/{}", link.who, Esc(method), dir.label(), EscText(why), self.max_violations);
@@ -873,7 +873,7 @@ struct Party<'a> {
 }
 
 impl Party<'_> {
-    fn event(&self, verdict: &'static str, reason: String) -> AuditEvent {
+    fn event(&self, verdict: Verdict, reason: String) -> AuditEvent {
         AuditEvent::Link(LinkEvent {
             listener: self.listener.to_string(),
             client: self.client.to_string(),

@@ -21,7 +21,7 @@ use super::kea::dispatch::{self, Dispatch, Endpoint, Reply, Target, TargetError}
 use super::kea::{self, agent, command_label, KeaPolicy};
 use super::reply::{self, respond};
 use super::route::Route;
-use crate::audit::{AuditEvent, AuditSink, KeaEvent, PeerResult};
+use crate::audit::{AuditEvent, AuditSink, KeaEvent, PeerResult, Verdict};
 use crate::authz::Guarded;
 use crate::config::KeaTarget;
 use crate::logsafe::EscText;
@@ -71,7 +71,7 @@ impl<'a> Record<'a> {
                 route: route.name.to_string(),
                 command: None,
                 services: None,
-                verdict: "malformed",
+                verdict: Verdict::Malformed,
                 status: 0,
                 reason: Some("the request ended before its body was read".into()),
                 results: None,
@@ -87,7 +87,7 @@ impl<'a> Record<'a> {
     fn allowed(&mut self, cmd: &kea::Command) {
         self.event.command = Some(cmd.command.clone());
         self.event.services = Some(cmd.effective_services().to_vec());
-        self.event.verdict = "allowed";
+        self.event.verdict = Verdict::Allowed;
         self.event.reason = Some("interrupted before the answer was complete".into());
     }
 
@@ -105,7 +105,7 @@ impl Drop for Record<'_> {
         let command = e.command.as_deref().map(command_label).unwrap_or("other");
         self.metrics
             .kea_commands
-            .with_label_values(&[&e.route, command, e.verdict])
+            .with_label_values(&[&e.route, command, e.verdict.as_str()])
             .inc();
         self.audit.record(&AuditEvent::Kea(e.clone()));
     }
@@ -166,7 +166,7 @@ impl KeaFlow<'_> {
             Decision::Allowed(cmd, body) => {
                 rec.allowed(&cmd);
                 if let Some((by, a)) = self.filter_command(session, ctx, &cmd, &body).await {
-                    rec.event.verdict = "answered";
+                    rec.event.verdict = Verdict::Answered;
                     rec.done(a.status, kea::result_codes(&a.body));
                     reply::answer(session, a).await?;
                     log::info!(target: "gatehouse::access", "listener {}: route {}: {who}: command answered by filter {by}", self.listener, route.name);
@@ -465,7 +465,7 @@ impl KeaFlow<'_> {
                         policy.max_body
                     ),
                     cmd: None,
-                    verdict: "malformed",
+                    verdict: Verdict::Malformed,
                 })
             }
         };
@@ -476,7 +476,7 @@ impl KeaFlow<'_> {
                     status: 400,
                     text,
                     cmd: None,
-                    verdict: "malformed",
+                    verdict: Verdict::Malformed,
                 })
             }
         };
@@ -485,7 +485,7 @@ impl KeaFlow<'_> {
                 status: 400,
                 text,
                 cmd: Some(cmd),
-                verdict: "misrouted",
+                verdict: Verdict::Misrouted,
             });
         }
         let who = ctx.identity();
@@ -507,7 +507,7 @@ impl KeaFlow<'_> {
                             status: 403,
                             text: d.reason.into_owned(),
                             cmd: Some(cmd),
-                            verdict: "denied",
+                            verdict: Verdict::Denied,
                         });
                     }
                 }
@@ -517,7 +517,7 @@ impl KeaFlow<'_> {
                 status: 403,
                 text,
                 cmd: Some(cmd),
-                verdict: "denied",
+                verdict: Verdict::Denied,
             }),
         }
     }
@@ -808,7 +808,7 @@ enum Decision {
         status: u16,
         text: String,
         cmd: Option<kea::Command>,
-        verdict: &'static str,
+        verdict: Verdict,
     },
 }
 

@@ -22,7 +22,7 @@ pub mod route;
 pub use ctx::RequestCtx;
 pub use forward::xfcc;
 
-use crate::audit::{AuditEvent, AuditSink, HttpEvent};
+use crate::audit::{AuditEvent, AuditSink, HttpEvent, Verdict};
 use crate::authz::{Guarded, Identity, Question, Target};
 use crate::config::LogFormat;
 use crate::logsafe::{Esc, EscText};
@@ -182,7 +182,7 @@ impl HttpGateway {
         ctx: &RequestCtx,
         route: &str,
         status: u16,
-        verdict: &'static str,
+        verdict: Verdict,
         reason: &str,
     ) {
         self.audit.record(&AuditEvent::Http(HttpEvent {
@@ -325,7 +325,7 @@ impl ProxyHttp for HttpGateway {
                     } else {
                         "no basic credentials"
                     };
-                    self.audit_answer(session, ctx, &route.name, 401, "unauthorized", why);
+                    self.audit_answer(session, ctx, &route.name, 401, Verdict::Unauthorized, why);
                     reply::unauthorized(session, text, &auth.challenge()).await?;
                     return Ok(true);
                 }
@@ -337,7 +337,7 @@ impl ProxyHttp for HttpGateway {
                 log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}{more}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
             }
             let text = format!("route '{}' is not allowed for {who}", route.name);
-            self.audit_answer(session, ctx, &route.name, 403, "denied", &text);
+            self.audit_answer(session, ctx, &route.name, 403, Verdict::Denied, &text);
             reply::respond(session, 403, &text).await?;
             return Ok(true);
         }
@@ -359,7 +359,7 @@ impl ProxyHttp for HttpGateway {
                     log::warn!(target: "gatehouse::access", "listener {}: route {}: authorizer {} refused {who}: {}{more}", self.listener, route.name, a.name(), EscText(&d.reason));
                 }
                 let why = format!("authorizer {}: {}", a.name(), d.reason);
-                self.audit_answer(session, ctx, &route.name, 403, "denied", &why);
+                self.audit_answer(session, ctx, &route.name, 403, Verdict::Denied, &why);
                 reply::respond(session, 403, &d.reason).await?;
                 return Ok(true);
             }
@@ -377,9 +377,9 @@ impl ProxyHttp for HttpGateway {
             }
             if let Some((filter, a)) = edge {
                 let verdict = if a.status == 429 {
-                    "rate_limited"
+                    Verdict::RateLimited
                 } else {
-                    "answered"
+                    Verdict::Answered
                 };
                 let why = format!("filter {filter}");
                 self.audit_answer(session, ctx, &route.name, a.status, verdict, &why);
