@@ -4,7 +4,6 @@
 //! `SslDigest`, so every request on the connection (HTTP/1 keep-alive and HTTP/2 streams
 //! alike) sees the same parsed [`TlsInfo`] without touching the certificate again.
 
-use crate::logsafe::EscOpt;
 use boring::hash::MessageDigest;
 use boring::nid::Nid;
 use boring::ssl::{NameType, SslRef};
@@ -56,11 +55,6 @@ impl TlsInfo {
     /// The client, only if its certificate verified; otherwise it is anonymous.
     pub fn authenticated(&self) -> Option<&ClientCert> {
         self.client.as_ref().filter(|c| c.verified)
-    }
-
-    /// The authenticated CN for logs (escaped), or `-`.
-    pub fn cn_or_dash(&self) -> EscOpt<'_> {
-        EscOpt(self.authenticated().and_then(|c| c.cn.as_deref()))
     }
 }
 
