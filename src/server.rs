@@ -616,12 +616,17 @@ fn running_instance(config: &Config, file: &Path) -> crate::Result<i32> {
 /// sockets over `server.upgrade_sock` and finishes what it has in flight. Waits until the new
 /// process has taken over (it wrote `server.pid_file`). Returns (old pid, new pid).
 ///
-/// One order, the one the systemd unit uses through this command: the new process waits (up
-/// to 5 s) for the sockets, the old one retries until the new one listens.
+/// One order, the one the systemd unit uses through this command: the old process is told to
+/// hand over only once the new one listens on `server.upgrade_sock` (it waits up to 5 s for
+/// the sockets); a new process that fails before then leaves the old one serving.
 pub fn request_upgrade(file: &Path, exe: &Path) -> crate::Result<(i32, i32)> {
+    use std::os::unix::fs::MetadataExt;
     let plan = Plan::load(file)?;
     let old = running_instance(&plan.config, file)?;
     let fail = |context: String| Error::new(ErrorKind::Signal, context);
+    let sock = &plan.config.server.upgrade_sock;
+    let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let stale = inode(sock);
     let mut child = std::process::Command::new(exe)
         .arg("run")
         .arg("-c")
@@ -630,6 +635,29 @@ pub fn request_upgrade(file: &Path, exe: &Path) -> crate::Result<(i32, i32)> {
         .stdin(std::process::Stdio::null())
         .spawn()
         .map_err(|e| fail(format!("cannot start {}", exe.display())).because(e))?;
+    // SIGQUIT only once the new process listens on the upgrade socket (it replaces the file):
+    // the old one hands its sockets over and stops whatever happens, so a new process that
+    // died first would leave nothing serving.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(fail(format!(
+                "the new gatehouse exited with {status} before it took the sockets; pid {old} still serves"
+            )));
+        }
+        if inode(sock).is_some_and(|i| Some(i) != stale) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!(
+                "the new gatehouse did not listen on {} within 10 s; pid {old} still serves",
+                sock.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     if let Err(e) = kill(Pid::from_raw(old), Signal::SIGQUIT) {
         let _ = child.kill();
         let _ = child.wait();

@@ -300,15 +300,19 @@ async fn a_shared_pid_file_is_refused_and_reload_checks_the_config() {
 }
 
 /// `gatehouse upgrade -c FILE`: checks, starts the new process, hands over; requests keep
-/// being answered, the old process exits, the pid file names the new one, and a broken file
-/// is refused before anything is signalled.
+/// being answered, the old process exits, the pid file names the new one. A broken file is
+/// refused before anything is signalled, and a new process that fails before it takes the
+/// sockets leaves the old one serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upgrade_command_hands_over() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let web = Upstream::h1(None, Behavior::Echo).await;
     let port = reserved_port();
+    let sock_dir = dir.join("sock");
+    std::fs::create_dir_all(&sock_dir).unwrap();
     let conf = Conf::new()
+        .server(conf::Server::for_test(dir).upgrade_sock(sock_dir.join("up.sock")))
         .listener(Listener::new("edge", port))
         .upstream("web", Group::new(web.addr))
         .route(Route::new("web", "web"));
@@ -327,6 +331,21 @@ async fn the_upgrade_command_hands_over() {
     let (ok, out) = gatehouse(&["upgrade", "-c", broken.to_str().unwrap()]).await;
     assert!(!ok, "{out}");
     assert!(old.wait_exit(Duration::from_millis(100)).is_none(), "{out}");
+
+    // A new process that fails before it takes the sockets (here: it cannot make the upgrade
+    // socket): the old one is never told to stop, and serves on.
+    std::fs::remove_dir(&sock_dir).unwrap();
+    let (ok, out) = gatehouse(&["upgrade", "-c", file]).await;
+    assert!(!ok && out.contains("still serves"), "{out}");
+    assert!(
+        old.wait_exit(Duration::from_secs(2)).is_none(),
+        "the old one was stopped: {out}"
+    );
+    let r = request(addr(port), None, "GET", "/still", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    std::fs::create_dir_all(&sock_dir).unwrap();
 
     let (ok, out) = gatehouse(&["upgrade", "-c", file]).await;
     let new = pid_in(&pid_file).unwrap_or(0);
