@@ -1,5 +1,6 @@
 //! docs/cluster-relay.md, "Gatehouse in front of an Icinga master", run as written: its shell
-//! blocks in order, in one shell, against a real Icinga master (this host's 2.13), with only
+//! blocks in order, in one shell, against a real Icinga master and agents (2.13, this host's,
+//! and 2.16, chrooted: `icinga2` in the script is that release's), with only
 //! what a test must put in replaced: host paths (into a temp dir), ports, the edge's name, the
 //! service user (`nobody`/`nogroup` for `gatehouse`), and `systemctl restart` (Gatehouse started
 //! as that user instead). Then an agent connects through the edge, the enrolled agent holds a
@@ -66,7 +67,16 @@ fn fingerprint(pem: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cluster_relay_guide_runs_as_written() {
+async fn the_cluster_relay_guide_runs_as_written_with_icinga_2_13() {
+    guide("2.13").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_relay_guide_runs_as_written_with_icinga_2_16() {
+    guide("2.16").await
+}
+
+async fn guide(release: &'static str) {
     if !is_root() {
         let msg = "\n!!!!! SKIPPED: the walkthrough installs files as root and runs as another user !!!!!\n";
         assert!(!in_ci(), "{msg}");
@@ -78,7 +88,7 @@ async fn the_cluster_relay_guide_runs_as_written() {
             return;
         }
     }
-    let Some(release) = icinga::Release::get("2.13") else {
+    let Some(release) = icinga::Release::get(release) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -92,7 +102,7 @@ async fn the_cluster_relay_guide_runs_as_written() {
     // --- the master: its CA, its own certificate, the ApiListener off the public port ---
     let master = Node::of(t, "master", release.clone());
     let agent = Node::of(t, "agent", release.clone());
-    let enrolled = Node::of(t, "enrolled", release);
+    let enrolled = Node::of(t, "enrolled", release.clone());
     master.run(&["pki", "new-ca"], false);
     let ca_crt = master.dir.join("data/ca/ca.crt");
     let (_, csr) = master.new_cert("master1", &master.certs());
@@ -169,7 +179,8 @@ object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
             &master
         };
         script.push_str(&format!(
-            "icinga2() {{ command icinga2 \"$@\" {}; }}\necho '>>> {who}'\n{}\n",
+            "icinga2() {{ {} \"$@\" {}; }}\necho '>>> {who}'\n{}\n",
+            release.shell(),
             defs(node),
             fill(block, &node.dir.join("data"))
         ));

@@ -207,11 +207,8 @@ impl Relay {
             listener,
             who: &who,
             client: &addr,
-            caller: Caller {
-                cn: cn.map(str::to_string),
-                fingerprint: auth.map(|c| c.fingerprint.clone()),
-                user: None,
-            },
+            cn,
+            fingerprint: auth.map(|c| c.fingerprint.as_str()),
             sni,
         };
 
@@ -446,7 +443,7 @@ impl Relay {
             LinkLine {
                 event: "link_closed",
                 closed: Some(Closed {
-                    duration_s: (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
+                    duration_s: started.elapsed().as_secs_f64(),
                     messages_up: up_n,
                     messages_down: down_n,
                     end: end.kind(),
@@ -868,7 +865,8 @@ struct Party<'a> {
     /// `cn@address` or `anonymous@address`, for log lines.
     who: &'a str,
     client: &'a str,
-    caller: Caller,
+    cn: Option<&'a str>,
+    fingerprint: Option<&'a str>,
     sni: &'a str,
 }
 
@@ -877,7 +875,11 @@ impl Party<'_> {
         AuditEvent::Link(LinkEvent {
             listener: self.listener.to_string(),
             client: self.client.to_string(),
-            identity: self.caller.clone(),
+            identity: Caller {
+                cn: self.cn.map(str::to_string),
+                fingerprint: self.fingerprint.map(str::to_string),
+                user: None,
+            },
             sni: self.sni.to_string(),
             verdict,
             reason,

@@ -40,6 +40,19 @@ impl Release {
         })
     }
 
+    /// The `icinga2` command of this release as a shell words prefix (`icinga2`, or `chroot`
+    /// into its root, in the same working directory: the host's `/tmp` is there too), for
+    /// scripts that run it by name with relative paths.
+    pub fn shell(&self) -> String {
+        match &self.root {
+            None => "command icinga2".into(),
+            Some(root) => format!(
+                "/usr/sbin/chroot {} /bin/sh -c 'cd \"$0\" && exec /usr/sbin/icinga2 \"$@\"' \"$PWD\"",
+                root.display()
+            ),
+        }
+    }
+
     /// The `icinga2` command of this release, running as the current user (root in CI)
     /// without dropping privileges.
     pub fn command(&self) -> Command {
