@@ -46,35 +46,14 @@ async fn until(what: &str, gh: &Gatehouse, f: impl Fn(&[AuditEvent]) -> bool) {
     }
 }
 
-async fn curl(pki: &Pki, who: &str, port: u16, path: &str, extra: &[&str]) -> String {
-    let (cert, key) = pki.paths(who);
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .arg("--cacert")
-            .arg(pki.ca_path())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .args(["--resolve", &format!("master1:{port}:127.0.0.1")])
-            .args(extra)
-            .arg(format!("https://master1:{port}{path}"))
-            .output(),
-    )
-    .await
-    .expect("curl within 20 s")
-    .expect("run curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The status curl (defaults: HTTP/2) got for `path`, as `who`, asking for `master1`.
+async fn status(pki: &Pki, who: &str, port: u16, path: &str, extra: &[&str]) -> String {
+    let resolve = format!("master1:{port}:127.0.0.1");
+    let mut args = vec!["--resolve", resolve.as_str()];
+    args.extend_from_slice(extra);
+    curl(pki, who, &format!("https://master1:{port}{path}"), &args)
+        .await
+        .status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,15 +103,15 @@ async fn http_refusals_and_link_refusals_are_audited() {
     let pki = &rp.pki;
 
     // HTTP: a route's allow, basic credentials, a rate limit — curl with its defaults (HTTP/2).
-    assert_eq!(curl(pki, "agent1", port, "/ops", &[]).await, "403");
-    assert_eq!(curl(pki, "agent1", port, "/auth", &[]).await, "401");
+    assert_eq!(status(pki, "agent1", port, "/ops", &[]).await, "403");
+    assert_eq!(status(pki, "agent1", port, "/auth", &[]).await, "401");
     assert_eq!(
-        curl(pki, "agent1", port, "/auth", &["-u", "alice:wrong"]).await,
+        status(pki, "agent1", port, "/auth", &["-u", "alice:wrong"]).await,
         "401"
     );
-    assert_eq!(curl(pki, "agent1", port, "/limited", &[]).await, "200");
-    assert_eq!(curl(pki, "agent1", port, "/limited", &[]).await, "429");
-    assert_eq!(curl(pki, "agent1", port, "/", &[]).await, "200");
+    assert_eq!(status(pki, "agent1", port, "/limited", &[]).await, "200");
+    assert_eq!(status(pki, "agent1", port, "/limited", &[]).await, "429");
+    assert_eq!(status(pki, "agent1", port, "/", &[]).await, "200");
     until("four HTTP events", &gh, |_| http_events(&gh).len() >= 4).await;
     let h = http_events(&gh);
     let find = |route: &str, status: u16| {

@@ -175,13 +175,9 @@ async fn master_and_agent(m: &'static str, a: &'static str) {
     // --- PKI: Icinga's own CA on the master (icinga2 pki new-ca / new-cert / sign-csr) ---
     let master = Node::of(root, "master", m);
     let agent = Node::of(root, "agent", a);
-    master.run(&["pki", "new-ca"], false);
-    let ca_crt = master.dir.join("data/ca/ca.crt");
+    let ca_crt = master.new_ca_master();
     let new_cert = |node: &Node, cn: &str, dir: &Path| node.new_cert(cn, dir);
     let sign = |csr: &Path, crt: &Path| master.sign_csr(csr, crt);
-    let (_, csr) = new_cert(&master, "master1", &master.certs());
-    sign(&csr, &master.certs().join("master1.crt"));
-    std::fs::copy(&ca_crt, master.certs().join("ca.crt")).unwrap();
 
     // agent1's own key, with a certificate that expires in 10 days: it must get renewed.
     let (agent_key, _) = new_cert(&agent, "agent1", &agent.certs());
@@ -251,10 +247,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
         common_conf("master1", "master", SALT)
     );
     let master_d = master.start(&master_conf);
-    master.wait_log(
-        &format!("Started new listener on '[127.0.0.1]:{mport}'"),
-        Duration::from_secs(30),
-    );
+    master.wait_listening(mport, Duration::from_secs(30));
 
     // --- Gatehouse on the cluster port ---
     let (cert, key) = (edge.join("edge.crt"), edge.join("edge.key"));
@@ -551,10 +544,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     )
     .await;
     let _master_d = master.start(&master_conf);
-    master.wait_log(
-        &format!("Started new listener on '[127.0.0.1]:{mport}'"),
-        Duration::from_secs(30),
-    );
+    master.wait_listening(mport, Duration::from_secs(30));
     eventually(
         "agent1 reconnected through Gatehouse after the master restart",
         Duration::from_secs(60),
@@ -587,11 +577,7 @@ async fn rest_through_gatehouse(release: &'static str) {
     let root = tmp.path();
     let (mport, gport) = (reserved_port(), reserved_port());
     let master = Node::of(root, "master", release);
-    master.run(&["pki", "new-ca"], false);
-    let ca_crt = master.dir.join("data/ca/ca.crt");
-    let (_, csr) = master.new_cert("master1", &master.certs());
-    master.sign_csr(&csr, &master.certs().join("master1.crt"));
-    std::fs::copy(&ca_crt, master.certs().join("ca.crt")).unwrap();
+    let ca_crt = master.new_ca_master();
     let icinga_ca = Ca::from_pem(
         &std::fs::read(&ca_crt).unwrap(),
         &std::fs::read(master.dir.join("data/ca/ca.key")).unwrap(),
@@ -624,10 +610,7 @@ for (i in range({BULK})) {{
         common_conf("master1", "master", SALT)
     );
     let _master_d = master.start(&master_conf);
-    master.wait_log(
-        &format!("Started new listener on '[127.0.0.1]:{mport}'"),
-        Duration::from_secs(30),
-    );
+    master.wait_listening(mport, Duration::from_secs(30));
     let (fport, from_master) = counting_forwarder(addr(mport)).await;
     let mut group = Group::new(local(fport)).tls(
         UpstreamTls::new("master1")

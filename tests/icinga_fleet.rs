@@ -305,10 +305,7 @@ async fn master_dials_agent(release: &'static str) {
         aport,
     );
     let _agent_d = agent.start(&agent_conf);
-    agent.wait_log(
-        &format!("Started new listener on '[127.0.0.1]:{aport}'"),
-        Duration::from_secs(20),
-    );
+    agent.wait_listening(aport, Duration::from_secs(20));
 
     // --- Gatehouse between them ---
     let pair = |stem: &str| cert_pair(&edge, stem);
@@ -618,10 +615,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     let mut m1_d = Some(m1.start(&master_conf("master1", m1port)));
     let mut m2_d = Some(m2.start(&master_conf("master2", m2port)));
     for (n, p) in [(&m1, m1port), (&m2, m2port)] {
-        n.wait_log(
-            &format!("Started new listener on '[127.0.0.1]:{p}'"),
-            Duration::from_secs(20),
-        );
+        n.wait_listening(p, Duration::from_secs(20));
     }
 
     // --- Gatehouse: one route, one group holding both masters ---

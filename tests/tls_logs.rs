@@ -77,18 +77,24 @@ async fn handshake_outcomes_are_logged_in_words() {
     let selfsigned = gatehouse::pki::self_signed(&gatehouse::pki::CertSpec::new("agent2")).unwrap();
     let (crt, key) = selfsigned.write(dir, "agent2").unwrap();
     let (crt, key) = (crt.to_str().unwrap(), key.to_str().unwrap());
-    let err = curl(&[
-        "--cacert",
-        ca,
-        "--resolve",
-        &resolve(optional),
-        "--cert",
-        crt,
-        "--key",
-        key,
-        &url(optional),
-    ])
-    .await;
+    // curl to `port` over TLS trusting the edge CA, with the self-signed certificate or none.
+    let tls_curl = |port: u16, with_cert: bool| {
+        let mut args = vec![
+            "--cacert".to_string(),
+            ca.to_string(),
+            "--resolve".to_string(),
+            resolve(port),
+        ];
+        if with_cert {
+            args.extend(["--cert", crt, "--key", key].map(String::from));
+        }
+        args.push(url(port));
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&args).await
+        }
+    };
+    let err = tls_curl(optional, true).await;
     assert!(err.is_empty(), "{err}");
     let l = line_with(&gh, &["listener open", "agent2"]);
     assert!(
@@ -97,14 +103,7 @@ async fn handshake_outcomes_are_logged_in_words() {
     );
 
     // No certificate where one is required.
-    let err = curl(&[
-        "--cacert",
-        ca,
-        "--resolve",
-        &resolve(required),
-        &url(required),
-    ])
-    .await;
+    let err = tls_curl(required, false).await;
     assert!(!err.is_empty(), "served without a certificate");
     let l = line_with(&gh, &["listener strict", "no client certificate"]);
     assert!(
@@ -113,18 +112,7 @@ async fn handshake_outcomes_are_logged_in_words() {
     );
 
     // A certificate from another CA where one is required.
-    let err = curl(&[
-        "--cacert",
-        ca,
-        "--resolve",
-        &resolve(required),
-        "--cert",
-        crt,
-        "--key",
-        key,
-        &url(required),
-    ])
-    .await;
+    let err = tls_curl(required, true).await;
     assert!(!err.is_empty(), "served with a stranger's certificate");
     let l = line_with(&gh, &["listener strict", "not accepted"]);
     assert!(l.contains("CN=agent2") && l.contains("unknown_ca"), "{l}");

@@ -103,11 +103,7 @@ async fn guide(release: &'static str) {
     let master = Node::of(t, "master", release.clone());
     let agent = Node::of(t, "agent", release.clone());
     let enrolled = Node::of(t, "enrolled", release.clone());
-    master.run(&["pki", "new-ca"], false);
-    let ca_crt = master.dir.join("data/ca/ca.crt");
-    let (_, csr) = master.new_cert("master1", &master.certs());
-    master.sign_csr(&csr, &master.certs().join("master1.crt"));
-    std::fs::copy(&ca_crt, master.certs().join("ca.crt")).unwrap();
+    let ca_crt = master.new_ca_master();
     let master_conf = format!(
         r#"{}
 object Endpoint "master1" {{ }}
@@ -124,10 +120,7 @@ object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
         common_conf("master1", "master", SALT)
     );
     let _master_d = master.start(&master_conf);
-    master.wait_log(
-        &format!("Started new listener on '[127.0.0.1]:{mport}'"),
-        Duration::from_secs(30),
-    );
+    master.wait_listening(mport, Duration::from_secs(30));
 
     // --- the guide's blocks, in one shell ---
     let run_dir = t.join("run");

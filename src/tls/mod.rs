@@ -375,7 +375,7 @@ fn log_verify_failure(
         .ok()
         .and_then(|i| ctx.ex_data(i))
         .and_then(|ssl| peer_index().and_then(|i| ssl.ex_data(i)))
-        .map_or("-", String::as_str);
+        .map_or("-", |p| &**p);
     let cert = ctx.current_cert();
     let cn = cert
         .and_then(|c| {
@@ -408,8 +408,8 @@ fn log_verify_failure(
 }
 
 /// The connection's peer address on its `Ssl`, for the verify callback's log line.
-fn peer_index() -> Option<Index<Ssl, String>> {
-    static INDEX: std::sync::OnceLock<Option<Index<Ssl, String>>> = std::sync::OnceLock::new();
+fn peer_index() -> Option<Index<Ssl, Arc<str>>> {
+    static INDEX: std::sync::OnceLock<Option<Index<Ssl, Arc<str>>>> = std::sync::OnceLock::new();
     *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
 }
 
@@ -493,7 +493,8 @@ fn verify_reason(r: Result<(), X509VerifyError>) -> &'static str {
 /// Per-handshake hooks: the certificate and trust of the moment, and the identity.
 struct Callbacks {
     live: Arc<ArcSwap<ListenerContexts>>,
-    peer: String,
+    /// Shared with the connection's `Ssl` (one allocation per handshake, not two).
+    peer: Arc<str>,
 }
 
 /// One listener's TLS acceptor and the callbacks each handshake runs (certificate by SNI from
@@ -512,7 +513,7 @@ impl ListenerAcceptor {
     pub fn callbacks_for(&self, peer: &str) -> impl TlsAccept + Send + Sync {
         Callbacks {
             live: self.live.clone(),
-            peer: peer.to_string(),
+            peer: Arc::from(peer),
         }
     }
 }

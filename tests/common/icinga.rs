@@ -215,6 +215,25 @@ impl Node {
         }
     }
 
+    /// `icinga2 pki new-ca` on this node, then its own `master1` certificate (from that CA, in
+    /// its certs folder, with the CA beside it): a CA master. Returns the CA certificate.
+    pub fn new_ca_master(&self) -> PathBuf {
+        self.run(&["pki", "new-ca"], false);
+        let ca_crt = self.dir.join("data/ca/ca.crt");
+        let (_, csr) = self.new_cert("master1", &self.certs());
+        self.sign_csr(&csr, &self.certs().join("master1.crt"));
+        std::fs::copy(&ca_crt, self.certs().join("ca.crt")).unwrap();
+        ca_crt
+    }
+
+    /// Waits (up to `within`) until the node's ApiListener listens on 127.0.0.1:`port`.
+    pub fn wait_listening(&self, port: u16, within: Duration) {
+        self.wait_log(
+            &format!("Started new listener on '[127.0.0.1]:{port}'"),
+            within,
+        );
+    }
+
     /// Waits until the node's log contains `needle`.
     pub fn wait_log(&self, needle: &str, within: Duration) {
         let deadline = Instant::now() + within;
