@@ -179,6 +179,7 @@ async fn relay_throughput(
             }
         }));
     }
+    // Warm-up, then the measured window: the time is the measurement.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (n0, c0, t0) = (
         sink.count.load(Ordering::Relaxed),
@@ -195,6 +196,7 @@ async fn relay_throughput(
     for t in tasks {
         t.abort();
     }
+    // Until what was in flight has arrived: the count unchanged over 300 ms.
     let mut last = u64::MAX;
     while sink.count.load(Ordering::Relaxed) != last {
         last = sink.count.load(Ordering::Relaxed);
@@ -228,6 +230,7 @@ async fn ping_pong(target: SocketAddr, o: &ClientOpts, n: usize) -> (f64, f64) {
 async fn idle_links(target: SocketAddr, o: &ClientOpts, n: usize, pid: u32) -> f64 {
     let before = rss_kib(pid);
     let links = open_links(target, o, n, 32, &hello()).await;
+    // RSS has no event to wait for: it is read once the proxy has settled, links open or gone.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid);
     let opened = links.len();
@@ -278,41 +281,140 @@ fn main() {
 
 async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    if is_root() {
-        // nginx workers run as nobody and must read certs and write temp files here.
+    let b = Bench::setup(tmp.path().to_path_buf());
+    let http = http_rows(&b, http_secs);
+    let relay = relay_rows(&b, relay_secs, &idle).await;
+    report_http(&http, http_secs);
+    report_relay(&relay);
+    report_targets(&b.key_label, &http, &relay);
+}
+
+/// One run's certificates, files and settings, shared by every section.
+struct Bench {
+    dir: PathBuf,
+    f: Files,
+    pki: Pki,
+    /// The server certificate every proxy and sink presents.
+    server: gatehouse::pki::Issued,
+    /// Gatehouse's `cert_dir` (agent1).
+    ids: PathBuf,
+    key_label: String,
+    /// `BENCH_READ_BUFFER`.
+    rb: Option<String>,
+    gh_bin: &'static str,
+    only_gh: bool,
+    relay_links: Vec<usize>,
+}
+
+impl Bench {
+    fn setup(dir: PathBuf) -> Bench {
+        if is_root() {
+            // nginx workers run as nobody and must read certs and write temp files here.
+            let _ = Command::new("chmod")
+                .args(["-R", "a+rwX"])
+                .arg(&dir)
+                .status();
+            let _ = Command::new("chmod").args(["a+rx"]).arg(&dir).status();
+        }
+        // BENCH_KEYS=rsa4096: every key RSA-4096, as Icinga's CA issues them (default EC P-256).
+        let rsa_bits = match std::env::var("BENCH_KEYS").as_deref() {
+            Ok("rsa4096") => Some(4096),
+            Ok("rsa2048") => Some(2048),
+            _ => None,
+        };
+        let pki = Pki::with_keys(&dir, "pki", rsa_bits);
+        let key_label = match rsa_bits {
+            Some(bits) => format!("RSA-{bits}"),
+            None => "EC P-256".to_string(),
+        };
+        let server = pki.server("server", &[]);
+        pki.issue("client", CertSpec::new("agent1"));
+        pki.issue("gatehouse", CertSpec::new("gatehouse"));
+        let ids = dir.join("identities");
+        std::fs::create_dir_all(&ids).unwrap();
+        pki.ca
+            .issue(&pki.spec(CertSpec::new("agent1")))
+            .unwrap()
+            .write(&ids, "agent1")
+            .unwrap();
+        write_pems(&pki);
         let _ = Command::new("chmod")
-            .args(["-R", "a+rwX"])
+            .args(["-R", "a+rX"])
             .arg(&dir)
             .status();
-        let _ = Command::new("chmod").args(["a+rx"]).arg(&dir).status();
+        // Same-run A/B of two builds: BENCH_GATEHOUSE_BIN runs another gatehouse binary under
+        // this same harness; BENCH_ONLY_GATEHOUSE=1 measures only Gatehouse (HTTP front and
+        // relay, no peers, no ping-pong); BENCH_RELAY_LINKS picks the relay link counts (1,16).
+        let gh_bin: &'static str = match std::env::var("BENCH_GATEHOUSE_BIN") {
+            Ok(p) if !p.trim().is_empty() => Box::leak(p.into_boxed_str()),
+            _ => gatehouse_bin(),
+        };
+        eprintln!("gatehouse binary: {gh_bin}");
+        Bench {
+            f: Files {
+                dir: dir.clone(),
+                pki: pki.dir.clone(),
+            },
+            dir,
+            pki,
+            server,
+            ids,
+            key_label,
+            rb: std::env::var("BENCH_READ_BUFFER").ok(),
+            gh_bin,
+            only_gh: std::env::var("BENCH_ONLY_GATEHOUSE").is_ok_and(|v| v == "1"),
+            relay_links: std::env::var("BENCH_RELAY_LINKS")
+                .unwrap_or_else(|_| "1,16".into())
+                .split(',')
+                .filter_map(|v| v.trim().parse().ok())
+                .filter(|n| *n > 0)
+                .collect(),
+        }
     }
-    let rb = std::env::var("BENCH_READ_BUFFER").ok();
-    // BENCH_KEYS=rsa4096: every key RSA-4096, as Icinga's CA issues them (default EC P-256).
-    let rsa_bits = match std::env::var("BENCH_KEYS").as_deref() {
-        Ok("rsa4096") => Some(4096),
-        Ok("rsa2048") => Some(2048),
-        _ => None,
-    };
-    let pki = Pki::with_keys(&dir, "pki", rsa_bits);
-    let key_label = match rsa_bits {
-        Some(bits) => format!("RSA-{bits}"),
-        None => "EC P-256".to_string(),
-    };
-    let server = pki.server("server", &[]);
-    pki.issue("client", CertSpec::new("agent1"));
-    pki.issue("gatehouse", CertSpec::new("gatehouse"));
-    let ids = dir.join("identities");
-    std::fs::create_dir_all(&ids).unwrap();
-    pki.ca
-        .issue(&pki.spec(CertSpec::new("agent1")))
-        .unwrap()
-        .write(&ids, "agent1")
-        .unwrap();
-    let f = Files {
-        dir: dir.clone(),
-        pki: pki.dir.clone(),
-    };
+
+    // Each helper starts a proxy on its config in `dir`, logging to `dir`/`name`.log.
+
+    fn nginx(&self, name: &'static str, conf: &str, port: u16) -> Proc {
+        let log = self.dir.join(format!("{name}.log"));
+        spawn(
+            name,
+            Command::new("nginx")
+                .args(["-e", "stderr", "-c"])
+                .arg(self.dir.join(conf))
+                .args(["-g", "daemon off;"]),
+            &log,
+            port,
+        )
+    }
+
+    fn haproxy(&self, stem: &str, port: u16) -> Proc {
+        let log = self.dir.join(format!("{stem}.log"));
+        spawn(
+            "haproxy",
+            Command::new("haproxy")
+                .args(["-db", "-f"])
+                .arg(self.dir.join(format!("{stem}.cfg"))),
+            &log,
+            port,
+        )
+    }
+
+    fn gatehouse(&self, stem: &str, port: u16) -> Proc {
+        let log = self.dir.join(format!("{stem}.log"));
+        spawn(
+            "gatehouse",
+            gatehouse_cmd_wrapped(self.gh_bin)
+                .args(["run", "-c"])
+                .arg(self.dir.join(format!("{stem}.yaml")))
+                .env("RUST_LOG", "warn"),
+            &log,
+            port,
+        )
+    }
+}
+
+/// `server.pem` and `client.pem` (certificate then key), as HAProxy takes them.
+fn write_pems(pki: &Pki) {
     for (pem, parts) in [
         ("server.pem", ["server.crt", "server.key"]),
         ("client.pem", ["client.crt", "client.key"]),
@@ -323,34 +425,25 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             .collect();
         std::fs::write(pki.dir.join(pem), joined).unwrap();
     }
-    let _ = Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(&dir)
-        .status();
-    // Same-run A/B of two builds: BENCH_GATEHOUSE_BIN runs another gatehouse binary under
-    // this same harness; BENCH_ONLY_GATEHOUSE=1 measures only Gatehouse (HTTP front and
-    // relay, no peers, no ping-pong); BENCH_RELAY_LINKS picks the relay link counts (1,16).
-    let gh_bin: &'static str = match std::env::var("BENCH_GATEHOUSE_BIN") {
-        Ok(p) if !p.trim().is_empty() => Box::leak(p.into_boxed_str()),
-        _ => gatehouse_bin(),
-    };
-    let only_gh = std::env::var("BENCH_ONLY_GATEHOUSE").is_ok_and(|v| v == "1");
-    let relay_links: Vec<usize> = std::env::var("BENCH_RELAY_LINKS")
-        .unwrap_or_else(|_| "1,16".into())
-        .split(',')
-        .filter_map(|v| v.trim().parse().ok())
-        .filter(|n| *n > 0)
-        .collect();
-    eprintln!("gatehouse binary: {gh_bin}");
+}
 
-    // --- HTTP ---
-    let (bport, pport, nport, hport, gport) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+// --- HTTP ---
+
+/// The HTTP section's ports: backend (mTLS), backend (plain TLS, for `direct`), nginx front,
+/// HAProxy front, Gatehouse.
+#[derive(Clone, Copy)]
+struct HttpPorts {
+    backend: u16,
+    plain: u16,
+    nginx: u16,
+    haproxy: u16,
+    gatehouse: u16,
+}
+
+/// Writes `backend.conf`, `front.conf`, `haproxy-http.cfg` and `gh-http.yaml`.
+fn write_http_configs(b: &Bench, p: HttpPorts) {
+    let (f, d) = (&b.f, b.dir.display());
+    let (bport, pport, nport, hport, gport) = (p.backend, p.plain, p.nginx, p.haproxy, p.gatehouse);
     let backend_conf = format!(
         "{}http {{ access_log off; {} keepalive_requests 1000000; keepalive_timeout 75s;\n ssl_certificate {}; ssl_certificate_key {}; ssl_session_cache shared:B:10m;\n server {{ listen 127.0.0.1:{bport} ssl; ssl_client_certificate {}; ssl_verify_client on; location / {{ default_type application/json; return 200 '{{\"result\":0,\"text\":\"pong\"}}\\n'; }} }}\n server {{ listen 127.0.0.1:{pport} ssl; location / {{ default_type application/json; return 200 '{{\"result\":0,\"text\":\"pong\"}}\\n'; }} }} }}\n",
         f.nginx_prelude("backend", 1, false), f.nginx_http_temps("backend"), f.p("server.crt"), f.p("server.key"), f.p("ca.crt")
@@ -364,10 +457,9 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         f.p("server.pem"), f.p("ca.crt"), f.p("client.pem")
     );
     let gh_http = format!(
-        "server: {{ threads: 2, work_stealing: {ws}, pid_file: {d}/gh-http.pid, upgrade_sock: {d}/gh-http.sock }}\nlisteners:\n  - name: http\n    address: \"127.0.0.1:{gport}\"\n    keepalive_requests: 1000000\n    tls: {{ cert: {}, key: {}, client_auth: none, alpn: [http/1.1] }}\n{rb_block}upstreams:\n  b: {{ peers: [\"127.0.0.1:{bport}\"], tls: {{ ca: {}, client_cert: {}, client_key: {}, sni: localhost }} }}\nroutes: [ {{ name: b, upstream: b }} ]\n",
+        "server: {{ threads: 2, work_stealing: {ws}, pid_file: {d}/gh-http.pid, upgrade_sock: {d}/gh-http.sock }}\nlisteners:\n  - name: http\n    address: \"127.0.0.1:{gport}\"\n    keepalive_requests: 1000000\n    tls: {{ cert: {}, key: {}, client_auth: none, alpn: [http/1.1] }}\n{rb_block}upstreams:\n  b: {{ peers: [\"127.0.0.1:{bport}\"], tls: {{ ca: {}, client_cert: {}, client_key: {}, sni: localhost }} }}\nroutes: [ {{ name: b, upstream: b }}, {{ name: kea, path_prefix: /kea, upstream: b, kea: {{ default: allow }} }} ]\n",
         f.p("server.crt"), f.p("server.key"), f.p("ca.crt"), f.p("gatehouse.crt"), f.p("gatehouse.key"),
-        d = dir.display(),
-        rb_block = rb.as_deref().map(|v| format!("    read_buffer: {v}\n")).unwrap_or_default(),
+        rb_block = b.rb.as_deref().map(|v| format!("    read_buffer: {v}\n")).unwrap_or_default(),
         ws = std::env::var("BENCH_WORK_STEALING").map_or(true, |v| v != "false"),
     );
     for (name, text) in [
@@ -376,53 +468,18 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         ("haproxy-http.cfg", &haproxy_http),
         ("gh-http.yaml", &gh_http),
     ] {
-        std::fs::write(dir.join(name), text).unwrap();
+        std::fs::write(b.dir.join(name), text).unwrap();
     }
-    // Each helper starts a proxy on its config in `dir`, logging to `dir`/`name`.log.
-    let nginx = |name: &'static str, conf: &str, port: u16| {
-        let log = dir.join(format!("{name}.log"));
-        spawn(
-            name,
-            Command::new("nginx")
-                .args(["-e", "stderr", "-c"])
-                .arg(dir.join(conf))
-                .args(["-g", "daemon off;"]),
-            &log,
-            port,
-        )
-    };
-    let backend = nginx("nginx-backend", "backend.conf", bport);
-    let front = nginx("nginx-front", "front.conf", nport);
-    let haproxy = |stem: &str, port: u16| {
-        let log = dir.join(format!("{stem}.log"));
-        spawn(
-            "haproxy",
-            Command::new("haproxy")
-                .args(["-db", "-f"])
-                .arg(dir.join(format!("{stem}.cfg"))),
-            &log,
-            port,
-        )
-    };
-    let gatehouse = |stem: &str, port: u16| {
-        let log = dir.join(format!("{stem}.log"));
-        spawn(
-            "gatehouse",
-            gatehouse_cmd_wrapped(gh_bin)
-                .args(["run", "-c"])
-                .arg(dir.join(format!("{stem}.yaml")))
-                .env("RUST_LOG", "warn"),
-            &log,
-            port,
-        )
-    };
-    let hap = haproxy("haproxy-http", hport);
-    let gh = gatehouse("gh-http", gport);
-    // The Pingora floor: examples/bare_pingora, built by `make bench`.
-    let bare_bin = std::path::Path::new(gh_bin)
+}
+
+/// The Pingora floor: examples/bare_pingora (built by `make bench`) in front of the backend
+/// on `bport`, and its port; `None` when it is missing or only Gatehouse is measured.
+fn start_bare_pingora(b: &Bench, bport: u16) -> Option<(Proc, u16)> {
+    let f = &b.f;
+    let bare_bin = std::path::Path::new(b.gh_bin)
         .with_file_name("examples")
         .join("bare_pingora");
-    let bare = if only_gh {
+    if b.only_gh {
         None
     } else if bare_bin.exists() {
         let xport = free_port();
@@ -433,7 +490,7 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             .arg("localhost")
             .args([f.p("ca.crt"), f.p("gatehouse.crt"), f.p("gatehouse.key")]);
         Some((
-            spawn("bare_pingora", &mut c, &dir.join("bare.log"), xport),
+            spawn("bare_pingora", &mut c, &b.dir.join("bare.log"), xport),
             xport,
         ))
     } else {
@@ -442,45 +499,87 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             bare_bin.display()
         );
         None
+    }
+}
+
+/// wrk against each HTTP front (and the backend directly), every front's processes stopped
+/// afterwards.
+fn http_rows(b: &Bench, http_secs: f64) -> Vec<HttpRow> {
+    let p = HttpPorts {
+        backend: free_port(),
+        plain: free_port(),
+        nginx: free_port(),
+        haproxy: free_port(),
+        gatehouse: free_port(),
     };
+    write_http_configs(b, p);
+    let backend = b.nginx("nginx-backend", "backend.conf", p.backend);
+    let front = b.nginx("nginx-front", "front.conf", p.nginx);
+    let hap = b.haproxy("haproxy-http", p.haproxy);
+    let gh = b.gatehouse("gh-http", p.gatehouse);
+    let bare = start_bare_pingora(b, p.backend);
 
     let mut http = Vec::new();
     eprintln!("HTTP: wrk -t2 -c64 -d{http_secs}s keep-alive against each front ...");
-    if !only_gh {
-        http.push(wrk("direct", pport, http_secs, None));
-        http.push(wrk("nginx", nport, http_secs, Some(front.child.id())));
-        http.push(wrk("haproxy", hport, http_secs, Some(hap.child.id())));
+    if !b.only_gh {
+        http.push(wrk("direct", p.plain, http_secs, None));
+        http.push(wrk("nginx", p.nginx, http_secs, Some(front.child.id())));
+        http.push(wrk("haproxy", p.haproxy, http_secs, Some(hap.child.id())));
     }
-    if let Some((p, port)) = &bare {
-        http.push(wrk("pingora (bare)", *port, http_secs, Some(p.child.id())));
+    if let Some((proc, port)) = &bare {
+        http.push(wrk(
+            "pingora (bare)",
+            *port,
+            http_secs,
+            Some(proc.child.id()),
+        ));
     }
-    http.push(wrk("gatehouse", gport, http_secs, Some(gh.child.id())));
+    http.push(wrk(
+        "gatehouse",
+        p.gatehouse,
+        http_secs,
+        Some(gh.child.id()),
+    ));
     drop((gh, bare, hap, front, backend));
+    http
+}
 
-    // --- relay ---
-    let count_sink = Sink::start(
-        acceptor(&server, Some(pki.ca.cert()), false),
-        SinkMode::Count,
-    )
-    .await;
-    let echo_sink = Sink::start(
-        acceptor(&server, Some(pki.ca.cert()), false),
-        SinkMode::Echo,
-    )
-    .await;
-    let (g_count, g_echo) = (free_port(), free_port());
-    let (h_count, h_echo, n_count, n_echo) = (free_port(), free_port(), free_port(), free_port());
+// --- relay ---
+
+/// The relay section's front ports, each proxy's count and echo listener.
+#[derive(Clone, Copy)]
+struct RelayPorts {
+    g_count: u16,
+    g_echo: u16,
+    h_count: u16,
+    h_echo: u16,
+    n_count: u16,
+    n_echo: u16,
+}
+
+/// Writes `gh-relay.yaml`, `haproxy-relay.cfg` and `stream.conf`: each proxy terminating TLS
+/// with client certificates required in front of the `count` and `echo` sinks.
+fn write_relay_configs(b: &Bench, p: RelayPorts, count: SocketAddr, echo: SocketAddr) {
+    let f = &b.f;
+    let RelayPorts {
+        g_count,
+        g_echo,
+        h_count,
+        h_echo,
+        n_count,
+        n_echo,
+    } = p;
     // Every bench link presents the same client certificate (agent1), so the per-identity
     // link limit (default 1, see cluster.limits.max_links_per_identity) is lifted here.
     let gh_relay = format!(
         "server: {{ threads: 2, pid_file: {d}/gh-relay.pid, upgrade_sock: {d}/gh-relay.sock }}\nlisteners:\n  - {{ name: count, address: \"127.0.0.1:{g_count}\", protocols: [cluster], {rb_flow}tls: {{ cert: {c}, key: {k}, client_auth: required, client_ca: {ca} }} }}\n  - {{ name: echo, address: \"127.0.0.1:{g_echo}\", protocols: [cluster], {rb_flow}tls: {{ cert: {c}, key: {k}, client_auth: required, client_ca: {ca} }} }}\nupstreams:\n  count: {{ peers: [\"{cs}\"], tls: {{ ca: {ca}, client_cert: {gc}, client_key: {gk}, sni: localhost }} }}\n  echo: {{ peers: [\"{es}\"], tls: {{ ca: {ca}, client_cert: {gc}, client_key: {gk}, sni: localhost }} }}\ncluster:\n  routes: [ {{ sni: count, upstream: count }}, {{ sni: echo, upstream: echo }} ]\n  upstream_identity: {{ cert_dir: {ids} }}\n  limits: {{ idle_timeout: 600s, max_links_per_identity: 1000000 }}\n",
-        d = dir.display(), c = f.p("server.crt"), k = f.p("server.key"), ca = f.p("ca.crt"), gc = f.p("gatehouse.crt"), gk = f.p("gatehouse.key"),
-        cs = count_sink.addr, es = echo_sink.addr, ids = ids.display(),
-        rb_flow = rb.as_deref().map(|v| format!("read_buffer: {v}, ")).unwrap_or_default(),
+        d = b.dir.display(), c = f.p("server.crt"), k = f.p("server.key"), ca = f.p("ca.crt"), gc = f.p("gatehouse.crt"), gk = f.p("gatehouse.key"),
+        cs = count, es = echo, ids = b.ids.display(),
+        rb_flow = b.rb.as_deref().map(|v| format!("read_buffer: {v}, ")).unwrap_or_default(),
     );
     let hap_relay = format!(
         "global\n  nbthread 2\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\nfrontend count\n  bind 127.0.0.1:{h_count} ssl crt {sp} ca-file {ca} verify required\n  default_backend count\nfrontend echo\n  bind 127.0.0.1:{h_echo} ssl crt {sp} ca-file {ca} verify required\n  default_backend echo\nbackend count\n  server s 127.0.0.1:{cp} ssl verify required ca-file {ca} crt {cl} sni str(localhost)\nbackend echo\n  server s 127.0.0.1:{ep} ssl verify required ca-file {ca} crt {cl} sni str(localhost)\n",
-        sp = f.p("server.pem"), ca = f.p("ca.crt"), cl = f.p("client.pem"), cp = count_sink.addr.port(), ep = echo_sink.addr.port()
+        sp = f.p("server.pem"), ca = f.p("ca.crt"), cl = f.p("client.pem"), cp = count.port(), ep = echo.port()
     );
     let stream_server = |listen: u16, to: SocketAddr| {
         format!(
@@ -491,49 +590,146 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     let nginx_stream = format!(
         "{}stream {{\n{}{}}}\n",
         f.nginx_prelude("stream", 2, true),
-        stream_server(n_count, count_sink.addr),
-        stream_server(n_echo, echo_sink.addr)
+        stream_server(n_count, count),
+        stream_server(n_echo, echo)
     );
-    std::fs::write(dir.join("gh-relay.yaml"), gh_relay).unwrap();
-    std::fs::write(dir.join("haproxy-relay.cfg"), hap_relay).unwrap();
-    std::fs::write(dir.join("stream.conf"), nginx_stream).unwrap();
-    let start_relays = || {
-        [
-            gatehouse("gh-relay", g_count),
-            haproxy("haproxy-relay", h_count),
-            nginx("nginx-stream", "stream.conf", n_count),
-        ]
-    };
-    let with_ports = |procs: &[Proc; 3]| -> [(&'static str, u16, u16, u32); 3] {
-        [
-            ("gatehouse", g_count, g_echo, procs[0].child.id()),
-            ("haproxy", h_count, h_echo, procs[1].child.id()),
-            ("nginx", n_count, n_echo, procs[2].child.id()),
-        ]
-    };
-    let mut relays = start_relays();
+    std::fs::write(b.dir.join("gh-relay.yaml"), gh_relay).unwrap();
+    std::fs::write(b.dir.join("haproxy-relay.cfg"), hap_relay).unwrap();
+    std::fs::write(b.dir.join("stream.conf"), nginx_stream).unwrap();
+}
 
-    // The client does not verify the proxies (its CPU is not what is measured); SNI picks
-    // Gatehouse's route. Every proxy requires and verifies the client certificate.
-    let agent = |sni: &str| ClientOpts {
-        ca: None,
-        cert: Some(pki.paths("client")),
-        sni: Some(sni.into()),
-        tls12: false,
+fn start_relays(b: &Bench, p: RelayPorts) -> [Proc; 3] {
+    [
+        b.gatehouse("gh-relay", p.g_count),
+        b.haproxy("haproxy-relay", p.h_count),
+        b.nginx("nginx-stream", "stream.conf", p.n_count),
+    ]
+}
+
+/// Each relay proxy: (name, count port, echo port, pid).
+fn with_ports(p: RelayPorts, procs: &[Proc; 3]) -> [(&'static str, u16, u16, u32); 3] {
+    [
+        ("gatehouse", p.g_count, p.g_echo, procs[0].child.id()),
+        ("haproxy", p.h_count, p.h_echo, procs[1].child.id()),
+        ("nginx", p.n_count, p.n_echo, procs[2].child.id()),
+    ]
+}
+
+/// The relay section's measurements.
+struct RelayResults {
+    /// (path, links, msgs/s, proxy CPU µs/msg).
+    relay: Vec<(&'static str, usize, f64, Option<f64>)>,
+    /// (p50, p99) µs straight to the echo sink.
+    direct_rtt: (f64, f64),
+    rtts: Vec<(&'static str, (f64, f64))>,
+    /// (proxy, links, KiB/link).
+    idle_rows: Vec<(&'static str, usize, f64)>,
+}
+
+/// The client options of the relay section. The client does not verify the proxies (its CPU
+/// is not what is measured); SNI picks Gatehouse's route. Every proxy requires and verifies
+/// the client certificate.
+struct RelayClients {
+    count: ClientOpts,
+    echo: ClientOpts,
+    local: ClientOpts,
+}
+
+impl RelayClients {
+    fn new(pki: &Pki) -> RelayClients {
+        let agent = |sni: &str| ClientOpts {
+            ca: None,
+            cert: Some(pki.paths("client")),
+            sni: Some(sni.into()),
+            tls12: false,
+        };
+        RelayClients {
+            count: agent("count"),
+            echo: agent("echo"),
+            local: agent("localhost"),
+        }
+    }
+
+    /// Gatehouse's options for its `count` route, the others' otherwise.
+    fn count_for(&self, proxy: &str) -> &ClientOpts {
+        if proxy == "gatehouse" {
+            &self.count
+        } else {
+            &self.local
+        }
+    }
+}
+
+/// Throughput, ping-pong and idle links through each relay proxy.
+async fn relay_rows(b: &Bench, relay_secs: f64, idle: &[usize]) -> RelayResults {
+    let sink = |mode| Sink::start(acceptor(&b.server, Some(b.pki.ca.cert()), false), mode);
+    let count_sink = sink(SinkMode::Count).await;
+    let echo_sink = sink(SinkMode::Echo).await;
+    let p = RelayPorts {
+        g_count: free_port(),
+        g_echo: free_port(),
+        h_count: free_port(),
+        h_echo: free_port(),
+        n_count: free_port(),
+        n_echo: free_port(),
     };
-    let count_o = agent("count");
-    let echo_o = agent("echo");
-    let local = agent("localhost");
-    let proxies = with_ports(&relays);
-    eprintln!("relay: {relay_links:?} links, {relay_secs} s each ...");
+    write_relay_configs(b, p, count_sink.addr, echo_sink.addr);
+    let mut relays = start_relays(b, p);
+    let c = RelayClients::new(&b.pki);
+    let proxies = with_ports(p, &relays);
+    let relay = throughput_rows(b, &c, &count_sink, proxies, relay_secs).await;
+    let direct_rtt = if b.only_gh {
+        (f64::NAN, f64::NAN)
+    } else {
+        ping_pong(echo_sink.addr, &c.local, 5000).await
+    };
+    let mut rtts = Vec::new();
+    for (name, _, eport, _) in proxies.into_iter().filter(|_| !b.only_gh) {
+        let o = if name == "gatehouse" {
+            &c.echo
+        } else {
+            &c.local
+        };
+        rtts.push((name, ping_pong(addr(eport), o, 5000).await));
+    }
+    let mut idle_rows = Vec::new();
+    for n in idle {
+        eprintln!("idle: {n} links per proxy ...");
+        // Fresh processes for each count: memory an allocator kept from the previous count
+        // (or from the throughput runs) must not flatter the next.
+        drop(relays); // stopped before the new ones bind the same ports
+        relays = start_relays(b, p);
+        for (name, cport, _, pid) in with_ports(p, &relays) {
+            let o = c.count_for(name);
+            idle_rows.push((name, *n, idle_links(addr(cport), o, *n, pid).await));
+        }
+    }
+    drop(relays);
+    RelayResults {
+        relay,
+        direct_rtt,
+        rtts,
+        idle_rows,
+    }
+}
+
+/// Pipelined throughput for each link count, straight to the sink and through each proxy.
+async fn throughput_rows(
+    b: &Bench,
+    c: &RelayClients,
+    count_sink: &Sink,
+    proxies: [(&'static str, u16, u16, u32); 3],
+    relay_secs: f64,
+) -> Vec<(&'static str, usize, f64, Option<f64>)> {
+    eprintln!("relay: {:?} links, {relay_secs} s each ...", b.relay_links);
     let mut relay = Vec::new();
-    for links in relay_links.iter().copied() {
-        if !only_gh {
+    for links in b.relay_links.iter().copied() {
+        if !b.only_gh {
             let (rate, _) = relay_throughput(
                 count_sink.addr,
-                &local,
+                &c.local,
                 links,
-                &count_sink,
+                count_sink,
                 None,
                 relay_secs,
             )
@@ -541,58 +737,42 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             relay.push(("direct", links, rate, None));
         }
         for (name, cport, _, pid) in proxies {
-            if only_gh && name != "gatehouse" {
+            if b.only_gh && name != "gatehouse" {
                 continue;
             }
-            let o = if name == "gatehouse" {
-                &count_o
-            } else {
-                &local
-            };
-            let (rate, cpu) =
-                relay_throughput(addr(cport), o, links, &count_sink, Some(pid), relay_secs).await;
+            let (rate, cpu) = relay_throughput(
+                addr(cport),
+                c.count_for(name),
+                links,
+                count_sink,
+                Some(pid),
+                relay_secs,
+            )
+            .await;
             relay.push((name, links, rate, cpu));
         }
     }
-    let direct_rtt = if only_gh {
-        (f64::NAN, f64::NAN)
-    } else {
-        ping_pong(echo_sink.addr, &local, 5000).await
-    };
-    let mut rtts = Vec::new();
-    for (name, _, eport, _) in proxies.into_iter().filter(|_| !only_gh) {
-        let o = if name == "gatehouse" { &echo_o } else { &local };
-        rtts.push((name, ping_pong(addr(eport), o, 5000).await));
-    }
-    let mut idle_rows = Vec::new();
-    for n in &idle {
-        eprintln!("idle: {n} links per proxy ...");
-        // Fresh processes for each count: memory an allocator kept from the previous count
-        // (or from the throughput runs) must not flatter the next.
-        drop(relays); // stopped before the new ones bind the same ports
-        relays = start_relays();
-        for (name, cport, _, pid) in with_ports(&relays) {
-            let o = if name == "gatehouse" {
-                &count_o
-            } else {
-                &local
-            };
-            idle_rows.push((name, *n, idle_links(addr(cport), o, *n, pid).await));
-        }
-    }
+    relay
+}
 
-    // --- report ---
-    let nginx_http = http
-        .iter()
+// --- report ---
+
+/// nginx's (req/s, p99 ms), NaN when it was not measured.
+fn nginx_http(http: &[HttpRow]) -> (f64, f64) {
+    http.iter()
         .find(|r| r.name == "nginx")
         .map(|r| (r.rps, r.p99_ms))
-        .unwrap_or((f64::NAN, f64::NAN));
+        .unwrap_or((f64::NAN, f64::NAN))
+}
+
+fn report_http(http: &[HttpRow], http_secs: f64) {
+    let nginx_http = nginx_http(http);
     println!("\n## HTTP (wrk -t2 -c64 -d{http_secs}s, keep-alive; backend nginx with mTLS; fronts re-originate mTLS)");
     println!(
         "| front | req/s | p50 ms | p99 ms | errors | front CPU | CPU µs/req | req/s vs nginx | p99 vs nginx |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &http {
+    for r in http {
         println!(
             "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.2}× | {:.2}× |",
             r.name,
@@ -610,10 +790,13 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
             r.p99_ms / nginx_http.1
         );
     }
+}
+
+fn report_relay(r: &RelayResults) {
     println!("\n## JSON-RPC relay (~{} B event::CheckResult frames, pipelined; mTLS both sides; sink counts)", check_result().len());
     println!("| path | links | msgs/s | proxy CPU µs/msg |");
     println!("|---|---:|---:|---:|");
-    for (name, links, rate, cpu) in &relay {
+    for (name, links, rate, cpu) in &r.relay {
         println!(
             "| {name} | {links} | {rate:.0} | {} |",
             cpu.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into())
@@ -622,56 +805,46 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     println!("\n## Ping-pong (one message in flight, echo sink), µs");
     println!("| path | p50 | p99 | added p50 per crossing |");
     println!("|---|---:|---:|---:|");
-    println!("| direct | {:.0} | {:.0} | - |", direct_rtt.0, direct_rtt.1);
-    for (name, (p50, p99)) in &rtts {
+    println!(
+        "| direct | {:.0} | {:.0} | - |",
+        r.direct_rtt.0, r.direct_rtt.1
+    );
+    for (name, (p50, p99)) in &r.rtts {
         println!(
             "| {name} | {p50:.0} | {p99:.0} | {:.0} |",
-            p50 - direct_rtt.0
+            p50 - r.direct_rtt.0
         );
     }
-    if !idle_rows.is_empty() {
+    if !r.idle_rows.is_empty() {
         println!(
             "\n## Idle authenticated links (Hello, then silence): proxy RSS growth per link, KiB"
         );
         println!("| proxy | links | KiB/link |");
         println!("|---|---:|---:|");
-        for (name, n, kib) in &idle_rows {
+        for (name, n, kib) in &r.idle_rows {
             println!("| {name} | {n} | {kib:.1} |");
         }
     }
+}
 
-    // Targets, measured in this run: issue 16's R1 (relay) and R3 (idle links) — R2 (reconnect
-    // storms) is `benches/storm.rs`, which `make bench` runs next — then issue 5's HTTP and
-    // ping-pong targets, kept for the record.
-    let gh_http = http.iter().find(|r| r.name == "gatehouse");
-    let peers16: Vec<_> = relay
-        .iter()
-        .filter(|(n, l, _, _)| *l == 16 && (*n == "haproxy" || *n == "nginx"))
-        .collect();
-    let best_relay16 = peers16.iter().map(|r| r.2).fold(0.0, f64::max);
-    let best_cpu16 = peers16
-        .iter()
-        .filter_map(|r| r.3)
-        .fold(f64::INFINITY, f64::min);
-    let gh16 = relay
-        .iter()
-        .find(|(n, l, _, _)| *n == "gatehouse" && *l == 16);
-    let verdict = |ok: bool| if ok { "holds" } else { "MISSED" };
-    println!("\n## Targets");
-    let no_peers = "neither HAProxy nor nginx measured in this run: no verdict";
-    if gh16.is_some() && peers16.is_empty() {
-        println!("- R1 relay, 16 links: {no_peers}");
-    } else if let Some((_, _, rate, cpu)) = gh16 {
-        let ratio = rate / best_relay16;
-        let cpu = cpu.unwrap_or(f64::NAN);
-        let cpu_ratio = cpu / best_cpu16;
-        println!(
-            "- R1 relay, 16 links: msgs/s ≥ 1.2× the better of HAProxy/nginx and CPU/msg ≤ 0.8× the better peer's: {ratio:.2}×, {cpu:.2} µs/msg = {cpu_ratio:.2}× ({best_cpu16:.2} µs) → {}",
-            verdict(ratio >= 1.2 && cpu_ratio <= 0.8)
-        );
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "holds"
+    } else {
+        "MISSED"
     }
+}
+
+const NO_PEERS: &str = "neither HAProxy nor nginx measured in this run: no verdict";
+
+/// Targets, measured in this run: issue 16's R1 (relay) and R3 (idle links) — R2 (reconnect
+/// storms) is `benches/storm.rs`, which `make bench` runs next — then issue 5's HTTP and
+/// ping-pong targets, kept for the record.
+fn report_targets(key_label: &str, http: &[HttpRow], r: &RelayResults) {
+    println!("\n## Targets");
+    report_r1(&r.relay);
     // Every link count must hold, not just the largest (fixed costs amortize with more links).
-    let gh_idle: Vec<_> = idle_rows.iter().filter(|r| r.0 == "gatehouse").collect();
+    let gh_idle: Vec<_> = r.idle_rows.iter().filter(|r| r.0 == "gatehouse").collect();
     if !gh_idle.is_empty() {
         let worst = gh_idle.iter().map(|r| r.2).fold(0.0, f64::max);
         let each: Vec<String> = gh_idle
@@ -686,21 +859,49 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
         );
     }
     println!("- R2 reconnect storm: see the storm tables (`cargo bench --bench storm`)");
+    let nginx_http = nginx_http(http);
+    let gh_http = http.iter().find(|r| r.name == "gatehouse");
     if gh_http.is_some() && nginx_http.0.is_nan() {
-        println!("- (issue 5) P1 HTTP: {no_peers}");
+        println!("- (issue 5) P1 HTTP: {NO_PEERS}");
     } else if let Some(g) = gh_http {
-        let (r, p) = (g.rps / nginx_http.0, g.p99_ms / nginx_http.1);
+        let (ratio, p) = (g.rps / nginx_http.0, g.p99_ms / nginx_http.1);
         println!(
-            "- (issue 5) P1 HTTP ≥ 1.3× nginx req/s and p99 ≤ 0.8× nginx: {r:.2}× req/s, {p:.2}× p99 → {}",
-            verdict(r >= 1.3 && p <= 0.8)
+            "- (issue 5) P1 HTTP ≥ 1.3× nginx req/s and p99 ≤ 0.8× nginx: {ratio:.2}× req/s, {p:.2}× p99 → {}",
+            verdict(ratio >= 1.3 && p <= 0.8)
         );
     }
-    if let Some((_, (p50, _))) = rtts.iter().find(|r| r.0 == "gatehouse") {
-        let added = p50 - direct_rtt.0;
+    if let Some((_, (p50, _))) = r.rtts.iter().find(|r| r.0 == "gatehouse") {
+        let added = p50 - r.direct_rtt.0;
         println!(
             "- (issue 5) P4 ≤ 30 µs added per crossing at p50: {added:.0} µs → {}",
             verdict(added <= 30.0)
         );
     }
-    drop(relays);
+}
+
+/// R1: Gatehouse's relay with 16 links against the better of HAProxy and nginx.
+fn report_r1(relay: &[(&'static str, usize, f64, Option<f64>)]) {
+    let peers16: Vec<_> = relay
+        .iter()
+        .filter(|(n, l, _, _)| *l == 16 && (*n == "haproxy" || *n == "nginx"))
+        .collect();
+    let best_relay16 = peers16.iter().map(|r| r.2).fold(0.0, f64::max);
+    let best_cpu16 = peers16
+        .iter()
+        .filter_map(|r| r.3)
+        .fold(f64::INFINITY, f64::min);
+    let gh16 = relay
+        .iter()
+        .find(|(n, l, _, _)| *n == "gatehouse" && *l == 16);
+    if gh16.is_some() && peers16.is_empty() {
+        println!("- R1 relay, 16 links: {NO_PEERS}");
+    } else if let Some((_, _, rate, cpu)) = gh16 {
+        let ratio = rate / best_relay16;
+        let cpu = cpu.unwrap_or(f64::NAN);
+        let cpu_ratio = cpu / best_cpu16;
+        println!(
+            "- R1 relay, 16 links: msgs/s ≥ 1.2× the better of HAProxy/nginx and CPU/msg ≤ 0.8× the better peer's: {ratio:.2}×, {cpu:.2} µs/msg = {cpu_ratio:.2}× ({best_cpu16:.2} µs) → {}",
+            verdict(ratio >= 1.2 && cpu_ratio <= 0.8)
+        );
+    }
 }

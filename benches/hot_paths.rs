@@ -10,9 +10,9 @@ use gatehouse::cluster::filter::{
 use gatehouse::cluster::policy::{Direction, Policy};
 use gatehouse::cluster::{codec, envelope};
 use gatehouse::http::route::{HostPattern, Route, Router};
+use gatehouse::identity::{ClientCert, TlsInfo};
 use gatehouse::metrics::Metrics;
 use gatehouse::pki::{Ca, CertSpec};
-use gatehouse::tls::{ClientCert, TlsInfo};
 
 fn check_result() -> Vec<u8> {
     let output = "x".repeat(430);

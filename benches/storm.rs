@@ -407,6 +407,7 @@ async fn storm(
         port,
     );
     let pid = p.child.id();
+    // The proxy idles a moment after it listens, so that its start-up is not the storm's.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sni = if proxy == "gatehouse" {
         "storm"
@@ -419,61 +420,16 @@ async fn storm(
     // The storm starts now: the sink's clock is reset to it.
     let t0 = Instant::now();
     let base_ns = t0.duration_since(t_sink).as_nanos() as u64;
-    let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
-    let mut tasks = Vec::with_capacity(links);
-    for n in 0..links {
-        let (c, gate) = (client.clone(), gate.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.ok();
-            match tokio::time::timeout(Duration::from_secs(60), link(&c, target, sni, n)).await {
-                Ok(r) => r,
-                Err(_) => Err("client: no link within 60 s".into()),
-            }
-        }));
-    }
-    let mut open = Vec::with_capacity(links);
-    let mut client_errors = BTreeMap::new();
-    for (n, t) in tasks.into_iter().enumerate() {
-        match t.await.unwrap() {
-            Ok(s) => open.push((n, s)),
-            Err(e) => *client_errors.entry(e).or_default() += 1,
-        }
-    }
+    let (open, client_errors) = open_links_at_once(&client, target, sni, links, parallel).await;
     let st = sink.state.clone();
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline && st.delivered.load(Ordering::Relaxed) < open.len() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let all = open.len();
+    common::holds_within(wait, || st.delivered.load(Ordering::Relaxed) >= all).await;
     let cpu = cpu_secs(pid) - cpu0;
     let tcp1 = tcp_counters();
     let tcp = (tcp1.0 - tcp0.0, tcp1.1 - tcp0.1);
     let delivered = st.delivered.load(Ordering::Relaxed);
     let secs = (st.last_ns.load(Ordering::Relaxed).saturating_sub(base_ns)) as f64 / 1e9;
-    // Links the client still holds: did the proxy close them, or leave them open with
-    // nothing delivered upstream?
-    let mut checks = tokio::task::JoinSet::new();
-    for (n, mut s) in open {
-        checks.spawn(async move {
-            let mut b = [0u8; 64];
-            let closed = matches!(
-                tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await,
-                Ok(Ok(0)) | Ok(Err(_))
-            );
-            (n, closed, s)
-        });
-    }
-    let (mut open_undelivered, mut closed_by_proxy) = (0, 0);
-    let mut held = Vec::new();
-    while let Some(r) = checks.join_next().await {
-        let (n, closed, s) = r.unwrap();
-        if closed {
-            closed_by_proxy += 1;
-        } else if !st.seen[n].load(Ordering::Relaxed) {
-            open_undelivered += 1;
-        }
-        held.push(s);
-    }
-    drop(held);
+    let (open_undelivered, closed_by_proxy) = closed_or_undelivered(open, &st).await;
     drop(p);
     let mut hs = st.handshake_ms.lock().unwrap().clone();
     let sink_hs = (pct(&mut hs, 0.5), pct(&mut hs, 0.99), pct(&mut hs, 1.0));
@@ -499,6 +455,66 @@ async fn storm(
             BTreeMap::new()
         },
     }
+}
+
+/// Opens `links` links to `target`, at most `parallel` handshakes in flight: the links that
+/// opened, by number, and the errors of the others, grouped.
+async fn open_links_at_once(
+    client: &Arc<SslConnector>,
+    target: SocketAddr,
+    sni: &'static str,
+    links: usize,
+    parallel: usize,
+) -> (Vec<(usize, Tls)>, BTreeMap<String, usize>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut tasks = Vec::with_capacity(links);
+    for n in 0..links {
+        let (c, gate) = (client.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok();
+            match tokio::time::timeout(Duration::from_secs(60), link(&c, target, sni, n)).await {
+                Ok(r) => r,
+                Err(_) => Err("client: no link within 60 s".into()),
+            }
+        }));
+    }
+    let mut open = Vec::with_capacity(links);
+    let mut client_errors = BTreeMap::new();
+    for (n, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(s) => open.push((n, s)),
+            Err(e) => *client_errors.entry(e).or_default() += 1,
+        }
+    }
+    (open, client_errors)
+}
+
+/// Links the client still holds: did the proxy close them, or leave them open with nothing
+/// delivered upstream? (open and undelivered, closed by the proxy).
+async fn closed_or_undelivered(open: Vec<(usize, Tls)>, st: &SinkState) -> (usize, usize) {
+    let mut checks = tokio::task::JoinSet::new();
+    for (n, mut s) in open {
+        checks.spawn(async move {
+            let mut b = [0u8; 64];
+            let closed = matches!(
+                tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            );
+            (n, closed, s)
+        });
+    }
+    let (mut open_undelivered, mut closed_by_proxy) = (0, 0);
+    let mut held = Vec::new();
+    while let Some(r) = checks.join_next().await {
+        let (n, closed, s) = r.unwrap();
+        if closed {
+            closed_by_proxy += 1;
+        } else if !st.seen[n].load(Ordering::Relaxed) {
+            open_undelivered += 1;
+        }
+        held.push(s);
+    }
+    (open_undelivered, closed_by_proxy)
 }
 
 /// The sink's TLS: its server certificate, client certificates required; session resumption
@@ -544,35 +560,74 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let links = env_num("STORM_LINKS", 2000.0) as usize;
-    let parallel = env_num("STORM_CONCURRENCY", 64.0) as usize;
-    let wait = Duration::from_secs_f64(env_num("STORM_WAIT", 20.0));
-    let sink_threads = env_num("STORM_SINK_THREADS", 1.0) as usize;
-    let keys: Vec<(&'static str, Option<u32>)> =
-        match std::env::var("STORM_KEYS").as_deref().unwrap_or("both") {
-            "rsa4096" => vec![("rsa4096", Some(4096))],
-            "p256" => vec![("p256", None)],
-            _ => vec![("rsa4096", Some(4096)), ("p256", None)],
-        };
-    let resume = std::env::var("STORM_RESUME").is_ok_and(|v| v == "on");
-    let upstream_ec = std::env::var("STORM_UPSTREAM_KEY").map_or(true, |v| v != "same");
-    let proxies: Vec<&'static str> = std::env::var("STORM_PROXIES")
-        .unwrap_or_else(|_| "gatehouse,haproxy,nginx".into())
-        .split(',')
-        .filter_map(|p| match p.trim() {
-            "gatehouse" => Some("gatehouse"),
-            "haproxy" => Some("haproxy"),
-            "nginx" => Some("nginx"),
-            _ => None,
-        })
-        .collect();
+    let set = Settings::from_env();
     let root = tempfile::tempdir().unwrap();
     let _ = Command::new("chmod")
         .args(["a+rx"])
         .arg(root.path())
         .status();
+    eprintln!(
+        "storm: {} links, {} at a time, keys {:?}, upstream identity {}, sink resumption {}, proxies {:?}, Gatehouse connect_timeout {}",
+        set.links,
+        set.parallel,
+        set.keys.iter().map(|k| k.0).collect::<Vec<_>>(),
+        if set.upstream_ec { "p256" } else { "same as the agents'" },
+        if set.resume { "on" } else { "off" },
+        set.proxies,
+        std::env::var("STORM_CONNECT_TIMEOUT").unwrap_or_else(|_| "default (2s)".into())
+    );
+    let rows = run_storms(&set, root.path());
+    print_rows(&set, &rows);
+    print_r2(&rows);
+    if std::env::var("STORM_KEEP").is_ok_and(|v| v == "1") {
+        eprintln!("kept {}", root.keep().display());
+    }
+}
+
+/// The run's settings, from the environment (see the module's doc).
+struct Settings {
+    links: usize,
+    parallel: usize,
+    wait: Duration,
+    sink_threads: usize,
+    keys: Vec<(&'static str, Option<u32>)>,
+    resume: bool,
+    upstream_ec: bool,
+    proxies: Vec<&'static str>,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        Settings {
+            links: env_num("STORM_LINKS", 2000.0) as usize,
+            parallel: env_num("STORM_CONCURRENCY", 64.0) as usize,
+            wait: Duration::from_secs_f64(env_num("STORM_WAIT", 20.0)),
+            sink_threads: env_num("STORM_SINK_THREADS", 1.0) as usize,
+            keys: match std::env::var("STORM_KEYS").as_deref().unwrap_or("both") {
+                "rsa4096" => vec![("rsa4096", Some(4096))],
+                "p256" => vec![("p256", None)],
+                _ => vec![("rsa4096", Some(4096)), ("p256", None)],
+            },
+            resume: std::env::var("STORM_RESUME").is_ok_and(|v| v == "on"),
+            upstream_ec: std::env::var("STORM_UPSTREAM_KEY").map_or(true, |v| v != "same"),
+            proxies: std::env::var("STORM_PROXIES")
+                .unwrap_or_else(|_| "gatehouse,haproxy,nginx".into())
+                .split(',')
+                .filter_map(|p| match p.trim() {
+                    "gatehouse" => Some("gatehouse"),
+                    "haproxy" => Some("haproxy"),
+                    "nginx" => Some("nginx"),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One storm per key type and proxy, each in a folder of its own under `root`.
+fn run_storms(set: &Settings, root: &Path) -> Vec<Row> {
     let sink_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(sink_threads)
+        .worker_threads(set.sink_threads)
         .thread_name("sink")
         .enable_all()
         .build()
@@ -582,23 +637,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    eprintln!(
-        "storm: {links} links, {parallel} at a time, keys {:?}, upstream identity {}, sink resumption {}, proxies {proxies:?}, Gatehouse connect_timeout {}",
-        keys.iter().map(|k| k.0).collect::<Vec<_>>(),
-        if upstream_ec { "p256" } else { "same as the agents'" },
-        if resume { "on" } else { "off" },
-        std::env::var("STORM_CONNECT_TIMEOUT").unwrap_or_else(|_| "default (2s)".into())
-    );
     let mut rows = Vec::new();
-    for (name, rsa) in keys {
-        let (k, server, ca) = make_keys(root.path(), name, rsa, upstream_ec);
+    for (name, rsa) in set.keys.iter().copied() {
+        let (k, server, ca) = make_keys(root, name, rsa, set.upstream_ec);
         let _ = Command::new("chmod")
             .args(["-R", "a+rX"])
-            .arg(root.path())
+            .arg(root)
             .status();
         let client = Arc::new(client_connector(&k));
-        for proxy in &proxies {
-            let run = root.path().join(format!("{name}-{proxy}"));
+        for proxy in &set.proxies {
+            let run = root.join(format!("{name}-{proxy}"));
             std::fs::create_dir_all(&run).unwrap();
             let _ = Command::new("chmod").args(["a+rwx"]).arg(&run).status();
             eprintln!("{name} {proxy} ...");
@@ -607,11 +655,11 @@ fn main() {
                 &k,
                 &run,
                 &sink_rt,
-                sink_acceptor(&server, ca.cert(), resume),
+                sink_acceptor(&server, ca.cert(), set.resume),
                 client.clone(),
-                links,
-                parallel,
-                wait,
+                set.links,
+                set.parallel,
+                set.wait,
             ));
             eprintln!(
                 "  {} of {} delivered, {:.0} links/s",
@@ -620,18 +668,24 @@ fn main() {
                 r.delivered as f64 / r.secs
             );
             rows.push(r);
+            // Lets the previous storm's connections wind down before the next one starts.
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+    rows
+}
 
+fn print_rows(set: &Settings, rows: &[Row]) {
     println!(
-        "\n## Reconnect storm ({links} links, {parallel} handshakes at a time; mTLS both sides; first messages counted at the sink; upstream certificate {}; sink session resumption {})",
-        if upstream_ec { "EC P-256" } else { "the agents' key type" },
-        if resume { "on" } else { "off: every upstream handshake is a full one" }
+        "\n## Reconnect storm ({} links, {} handshakes at a time; mTLS both sides; first messages counted at the sink; upstream certificate {}; sink session resumption {})",
+        set.links,
+        set.parallel,
+        if set.upstream_ec { "EC P-256" } else { "the agents' key type" },
+        if set.resume { "on" } else { "off: every upstream handshake is a full one" }
     );
     println!("| keys | proxy | links/s | delivered | failed at client | open, nothing upstream | closed by proxy | proxy CPU s | CPU ms/link | sink handshake p50/p99/max ms | listen overflows / SYN retransmits |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
-    for r in &rows {
+    for r in rows {
         println!(
             "| {} | {} | {:.0} | {}/{} | {} | {} | {} | {:.1} | {:.1} | {:.0}/{:.0}/{:.0} | {}/{} |",
             r.keys,
@@ -653,7 +707,7 @@ fn main() {
     }
     println!("\n| keys | proxy | client errors | sink handshakes resumed | sink handshake errors | Gatehouse upstream connect failures |");
     println!("|---|---|---|---:|---|---|");
-    for r in &rows {
+    for r in rows {
         println!(
             "| {} | {} | {} | {} | {} | {} |",
             r.keys,
@@ -664,6 +718,9 @@ fn main() {
             grouped(&r.gh_failures)
         );
     }
+}
+
+fn print_r2(rows: &[Row]) {
     println!("\n## Target R2 (≥ 1.2× the better of HAProxy/nginx links/s, every first message delivered)");
     let keyset: Vec<&str> = {
         let mut v: Vec<&str> = rows.iter().map(|r| r.keys).collect();
@@ -689,8 +746,5 @@ fn main() {
                 if ok { "holds" } else { "MISSED" }
             );
         }
-    }
-    if std::env::var("STORM_KEEP").is_ok_and(|v| v == "1") {
-        eprintln!("kept {}", root.keep().display());
     }
 }

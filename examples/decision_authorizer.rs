@@ -15,7 +15,7 @@
 //! Only plain `http://host:port/path` URLs on this host are supported: it is an example.
 
 use gatehouse::authz::{Authorizer, Decision, Question, Target};
-use gatehouse::{Gatehouse, RunOptions};
+use gatehouse::{Error, Gatehouse, RunOptions};
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -65,33 +65,33 @@ impl DecisionService {
     }
 
     /// One HTTP/1.1 exchange; the service closes the connection after answering.
-    async fn post(&self, body: &[u8]) -> Result<Value, String> {
-        let mut s = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| format!("{}: {e}", self.addr))?;
+    async fn post(&self, body: &[u8]) -> gatehouse::Result<Value> {
+        let io = |e: std::io::Error| {
+            Error::extension(format!("decision service {}", self.addr)).because(e)
+        };
+        let mut s = TcpStream::connect(&self.addr).await.map_err(io)?;
         let head = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.path,
             self.addr,
             body.len()
         );
-        s.write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(body).await.map_err(|e| e.to_string())?;
+        s.write_all(head.as_bytes()).await.map_err(io)?;
+        s.write_all(body).await.map_err(io)?;
         let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
+        s.read_to_end(&mut resp).await.map_err(io)?;
         let text = String::from_utf8_lossy(&resp);
         let (head, body) = text
             .split_once("\r\n\r\n")
-            .ok_or("no HTTP answer from the decision service")?;
+            .ok_or_else(|| Error::extension("no HTTP answer from the decision service"))?;
         if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            return Err(format!(
+            return Err(Error::extension(format!(
                 "decision service answered {}",
                 head.lines().next().unwrap_or("")
-            ));
+            )));
         }
-        serde_json::from_str(body).map_err(|e| format!("decision service: not JSON: {e}"))
+        serde_json::from_str(body)
+            .map_err(|e| Error::extension("decision service: not JSON").because(e))
     }
 }
 
@@ -101,8 +101,9 @@ impl Authorizer for DecisionService {
         "decision-service"
     }
 
-    async fn authorize(&self, q: &Question<'_>) -> Result<Decision, String> {
-        let body = serde_json::to_vec(&Self::input(q)).map_err(|e| e.to_string())?;
+    async fn authorize(&self, q: &Question<'_>) -> gatehouse::Result<Decision> {
+        let body = serde_json::to_vec(&Self::input(q))
+            .map_err(|e| Error::extension("decision input").because(e))?;
         let v = self.post(&body).await?;
         let r = &v["result"];
         let (allow, reason, ttl) = match r {
@@ -110,11 +111,11 @@ impl Authorizer for DecisionService {
             Value::Object(_) => (
                 r["allow"]
                     .as_bool()
-                    .ok_or("result.allow is not a boolean")?,
+                    .ok_or_else(|| Error::extension("result.allow is not a boolean"))?,
                 r["reason"].as_str().map(str::to_string),
                 r["ttl_ms"].as_u64(),
             ),
-            _ => return Err("no result in the decision".into()),
+            _ => return Err(Error::extension("no result in the decision")),
         };
         let d = if allow {
             Decision::allow()

@@ -10,7 +10,7 @@
 //! cargo run --example kea_whoami -- -c conf/kea-rbac.yaml
 //! ```
 
-use gatehouse::http::filter::{EdgeAnswer, HttpAction, HttpFilter, Request};
+use gatehouse::http::filter::{EdgeAnswer, HttpAction, HttpFilter, Phases, Request};
 use gatehouse::http::kea::Command;
 use gatehouse::{Gatehouse, RunOptions};
 use serde_json::json;
@@ -23,6 +23,10 @@ struct WhoAmI;
 impl HttpFilter for WhoAmI {
     fn name(&self) -> &str {
         "whoami"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::KEA_COMMAND
     }
 
     async fn kea_command(&self, req: &Request<'_>, cmd: &Command, _body: &[u8]) -> HttpAction {

@@ -113,7 +113,7 @@ impl Gatehouse {
     }
 
     /// Asks `authorizer` about every HTTP request, Kea command and cluster link the YAML rules
-    /// allowed (both must allow). Each call may take [`AUTHORIZER_TIMEOUT`]; an error or a
+    /// allowed (both must allow). Each call may take 2 s (`AUTHORIZER_TIMEOUT`); an error or a
     /// timeout denies; decisions with a TTL are cached per identity and target, and a live
     /// cluster link is re-checked when its TTL runs out and closed if the answer turned.
     pub fn with_authorizer(mut self, authorizer: impl Authorizer) -> Self {

@@ -1,5 +1,6 @@
-//! The crate's one error type for its public entry points: what kind of thing failed, what
-//! Gatehouse was doing (the file, key path, pid or peer), and the cause.
+//! The crate's one error type for its public entry points and its extensions: what kind of
+//! thing failed, what Gatehouse (or the extension) was doing (the file, key path, pid, peer or
+//! decision point), and the cause.
 //!
 //! A configuration error keeps every problem found ([`ConfigErrors`]: file, then one line per
 //! key path), because `gatehouse check` must report them all at once. Errors on the data path
@@ -19,6 +20,10 @@ pub enum ErrorKind {
     Io,
     /// Making certificates (`gatehouse dev-certs`).
     Pki,
+    /// An extension could not do its job: an [`crate::authz::Authorizer`] whose decision point
+    /// is unreachable (the request is denied), an [`crate::http::filter::HttpFilter`] that will
+    /// not send a request on (it fails with 500).
+    Extension,
 }
 
 /// An error from a Gatehouse entry point.
@@ -42,6 +47,18 @@ impl Error {
             config: None,
             source: None,
         }
+    }
+
+    /// An extension's failure ([`ErrorKind::Extension`]), saying what it was doing.
+    ///
+    /// ```
+    /// let e = gatehouse::Error::extension("policy service: no answer")
+    ///     .because(std::io::Error::from(std::io::ErrorKind::TimedOut));
+    /// assert_eq!(e.kind(), gatehouse::ErrorKind::Extension);
+    /// assert!(e.to_string().starts_with("policy service: no answer: "));
+    /// ```
+    pub fn extension(context: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Extension, context)
     }
 
     /// The same error, caused by `source`.

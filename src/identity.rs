@@ -116,7 +116,7 @@ fn dn_string(name: &X509NameRef) -> String {
 /// An attribute value escaped per RFC 4514 §2.4: `"+,;<>\` and a leading `#` or space or a
 /// trailing space get a backslash; control characters (which §2.4 would allow raw) become
 /// `\XX` hex so the DN fits in a header and a log line.
-pub fn rfc4514_value(v: &str) -> String {
+pub(crate) fn rfc4514_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len() + 4);
     let last = v.chars().count().saturating_sub(1);
     for (i, c) in v.chars().enumerate() {
@@ -140,7 +140,7 @@ pub fn rfc4514_value(v: &str) -> String {
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         let _ = write!(s, "{b:02x}");

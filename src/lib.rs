@@ -1,59 +1,53 @@
 //! Gatehouse: an edge proxy for control planes (ISC Kea, Icinga 2) on Pingora + BoringSSL.
 //!
-//! # Layout
+//! # The embedding surface
 //!
-//! The data path reads top-down: accept → TLS → demux → HTTP | cluster → upstream.
-//!
-//! - [`config`]: the YAML file lowered into the validated runtime model ([`Config`]); the serde
-//!   schema stays private inside it, errors carry key paths.
-//! - [`identity`]: what a handshake says about the caller ([`identity::TlsInfo`]: SNI, CN,
-//!   SANs, SPIFFE URIs, fingerprint), read once per connection.
-//! - [`host`]: host and SNI patterns, shared by routes, `sni_certs` and cluster routes.
-//! - [`tls`]: certificate material, downstream TLS settings (SNI certs, client auth), and
-//!   upstream trust ([`tls::upstream`]).
-//! - [`demux`]: the per-listener Pingora app: reads the first byte, replays it
-//!   ([`demux::PrefixedIo`]) into the HTTP proxy or the cluster relay.
-//! - [`http`]: the `ProxyHttp` — path normalisation ([`http::path`]), routing ([`http::route`]),
-//!   route access, identity forwarding, Kea command authorization ([`http::kea`]), filters
-//!   ([`http::filter`]) with the built-in ones (per-caller rates, [`http::limit`]; `list-commands`
-//!   cut to the caller), Kea dispatch to daemons by service and fan-out to every peer ([`http::kea::dispatch`]); failure answers, access log.
-//! - [`authz`]: [`authz::Identity`] and the one matcher language of every rule (`cn:`, `dns:`,
-//!   `spiffe://`, `fingerprint:`, `anonymous`, `*`), first-match rule lists, route admission.
-//! - [`audit`]: typed audit events and their sink (the JSON-lines file is the built-in one).
-//! - [`cluster`]: the Icinga 2 cluster relay — netstring codec ([`cluster::codec`]), envelope
-//!   ([`cluster::envelope`]), method policy ([`cluster::policy`]), the link itself ([`cluster::relay`]).
-//! - [`upstream`]: upstream groups (load balancing, health checks, peer settings) and
-//!   the classification of upstream failures.
-//! - [`metrics`]: the Prometheus families.
-//! - [`health`]: `/healthz` and `/readyz` beside `/metrics` (listeners bound, upstream groups
-//!   healthy, shutdown).
-//! - [`logging`]: `log_format: json` — JSON lines for the access and cluster-link logs, and the
-//!   binary's logger.
-//! - [`server`]: assembly of all of the above into a Pingora `Server`.
-//! - [`reload`]: SIGHUP certificate reload (all TLS files re-read, swapped in all or nothing);
-//!   [`reload::watch`] reloads blocks with `tls.watch: true` when their files change.
-//! - [`pki`]: throwaway CAs and certificates (`gatehouse dev-certs`, tests).
-//! - [`glob`]: `*` globs for method and CN patterns.
-//! - [`logsafe`]: [`logsafe::Esc`], how every client-chosen string is written into a log line.
-//! - [`memory`]: freed memory handed back to the system after a burst (the crate's one
-//!   `unsafe`: `mi_collect`, `malloc_trim`).
-//!
-//! - [`error`]: [`Error`], the one error type of the public entry points (kind, context, cause;
-//!   every configuration problem at once).
-//! - [`builder`]: [`Gatehouse`], the builder: a config plus added extensions → a Pingora
-//!   `Server`. The five extension points: [`cluster::filter::RpcFilter`] (cluster messages),
-//!   [`http::filter::HttpFilter`] (HTTP phases, Kea commands and answers),
-//!   [`authz::Authorizer`] (an external decision on requests, commands and links),
-//!   [`cluster::identity::IdentityMapper`] (the certificate a link presents upstream),
-//!   [`audit::AuditSink`] (where audit events go).
-//! - [`testing`]: an instance run in a test ([`testing::Instance`]) on reserved ports.
+//! - [`Gatehouse`], the builder: a config plus added extensions → a Pingora `Server`
+//!   ([`pingora::Server`], run with [`pingora::RunArgs`]); [`RunOptions`] for a binary.
+//! - The five extension points and the types they take and return:
+//!   [`cluster::filter::RpcFilter`] (cluster messages), [`http::filter::HttpFilter`] (HTTP
+//!   phases, Kea commands and answers, [`http::kea::Command`]), [`authz::Authorizer`] (an
+//!   external decision on requests, commands and links), [`cluster::identity::IdentityMapper`]
+//!   (the certificate a link presents upstream), [`audit::AuditSink`] (where audit events go).
+//! - [`authz::Identity`] and [`identity`]: who is calling (SNI, CN, SANs, SPIFFE URIs,
+//!   fingerprint, basic user), read once per connection.
+//! - [`config`]: the validated runtime model of the YAML file (the serde schema stays private
+//!   inside it; errors carry key paths).
+//! - [`Error`]: the one error type of the entry points (kind, context, cause; every
+//!   configuration problem at once).
+//! - [`metrics::Metrics`], [`logging`], [`pki`] (throwaway CAs and certificates), and
+//!   [`testing`]: an instance run in a test on reserved ports, stopped when the test is done.
 //!
 //! The library installs no logger: a binary calls [`logging::init`] (or its own); Gatehouse
 //! logs through the `log` crate. The binary (`src/main.rs`) is the builder with nothing added.
-//!
 //! What an embedder names from the crates underneath is re-exported: [`macro@async_trait`] (the
-//! traits' async methods) and [`pingora`] (the `Server` that [`Gatehouse::build`] returns, the
-//! arguments of its `run`).
+//! traits' async methods) and [`pingora`].
+//!
+//! # Inside (crate-private)
+//!
+//! The data path reads top-down: accept → TLS → demux → HTTP | cluster → upstream.
+//!
+//! - `tls`: certificate material, downstream TLS settings (SNI certs, client auth), upstream
+//!   trust (`tls::upstream`).
+//! - `demux`: the per-listener Pingora app: reads the first byte, replays it (`PrefixedIo`)
+//!   into the HTTP proxy or the cluster relay; bounds from accept on.
+//! - `http`: the `ProxyHttp` — path normalisation, routing, route access, identity forwarding,
+//!   the filter chain (`http::filter::Chain`) with the built-in filters (`http::builtin`:
+//!   per-caller rates, `list-commands` cut to the caller), and Kea (`http::kea`: command
+//!   parsing and rules; serving, sending and streaming in `serve`, `send`, `stream`; several
+//!   targets in `dispatch`; the agent's own answers in `agent`); failure answers, access log.
+//! - `cluster`: the Icinga 2 cluster relay — netstring codec, envelope, method policy, the
+//!   filter chain, the link (`cluster::relay`: admission, the pump, link bookkeeping).
+//! - `upstream`: upstream groups (load balancing, health checks, peer settings) and the
+//!   classification of upstream failures.
+//! - `authz`: the matcher language of every rule, first-match lists, route admission, the
+//!   guarded authorizer (timeout, cache, fail mode).
+//! - `audit`, `metrics`, `health` (`/healthz`, `/readyz`), `logging`, `logsafe` (how every
+//!   client-chosen string is written into a log line).
+//! - `server`: assembly of all of the above into a Pingora `Server`; `builder` on top.
+//! - `reload`: SIGHUP certificate reload, all or nothing; `reload::watch` for `tls.watch`.
+//! - `host` (host and SNI patterns), `glob` (`*` globs), `memory` (freed memory handed back
+//!   after a burst: the crate's one `unsafe`).
 
 // `deny`, not `forbid`: `memory::release` is the one documented exception.
 #![deny(unsafe_code)]
@@ -61,26 +55,30 @@
 
 pub mod audit;
 pub mod authz;
-pub mod builder;
+mod builder;
 pub mod cluster;
 pub mod config;
-pub mod demux;
-pub mod error;
-pub mod glob;
-pub mod health;
-pub mod host;
+mod demux;
+mod error;
+mod glob;
+mod health;
+mod host;
 pub mod http;
 pub mod identity;
 pub mod logging;
+#[doc(hidden)]
 pub mod logsafe;
-pub mod memory;
+mod memory;
 pub mod metrics;
 pub mod pki;
+#[doc(hidden)]
 pub mod reload;
+#[doc(hidden)]
 pub mod server;
 pub mod testing;
+#[doc(hidden)]
 pub mod tls;
-pub mod upstream;
+mod upstream;
 
 pub use async_trait::async_trait;
 
@@ -95,6 +93,5 @@ pub mod pingora {
 }
 
 pub use builder::Gatehouse;
-pub use config::{Config, ConfigError, ConfigErrors};
 pub use error::{Error, ErrorKind, Result};
-pub use server::{Plan, RunOptions};
+pub use server::RunOptions;

@@ -4,12 +4,12 @@
 //! (`gatehouse::access`, one record per request) and the cluster-link log (`gatehouse::cluster`,
 //! link open and close) carry a JSON object as their message — built by serde_json, so every
 //! client-chosen string (path, method, CN, SNI) is JSON-escaped and numbers stay numbers — and
-//! mark the record with the key-value `json = ""` ([`JSON_KEY`]). Audit records sent to the
+//! mark the record with the key-value `json = ""` (`JSON_KEY`). Audit records sent to the
 //! log target `gatehouse::audit` are JSON too and marked `json = "audit"`.
 //!
 //! What reaches the screen is the logger's business. The binary installs [`init`]: text is
 //! env_logger's usual `[time LEVEL target] message`; JSON writes *every* record as one object
-//! on one line ([`write_json_line`]): `time`, `level`, `target`, then the fields of a marked
+//! on one line: `time`, `level`, `target`, then the fields of a marked
 //! record (or, for `json = "audit"`, the record under `audit`), else `message`. So a stream of
 //! Gatehouse's stderr is JSON lines throughout, Pingora's own records included.
 //!
@@ -30,10 +30,10 @@ use std::time::SystemTime;
 
 /// The key-value that marks a record whose message is a JSON object: empty, its members are
 /// the line's fields; otherwise the name of the member that holds it.
-pub const JSON_KEY: &str = "json";
+pub(crate) const JSON_KEY: &str = "json";
 
 /// Installs the process logger: `RUST_LOG` filters (default `info`), stderr, lines in
-/// `format`, Pingora's own warnings and errors sampled ([`SampledPingora`]). Fails if a logger
+/// `format`, Pingora's own warnings and errors sampled (`SampledPingora`). Fails if a logger
 /// is already installed.
 pub fn init(format: LogFormat) -> Result<(), log::SetLoggerError> {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
@@ -74,7 +74,7 @@ fn upgrade_chatter(record: &Record<'_>) -> Option<&'static str> {
 /// Pingora writes them per connection or request ("Fail to proxy: … Connection closed" for a
 /// client that hangs up mid-head, for one), so a client could otherwise fill the log at will;
 /// Gatehouse's own lines are sampled where a client can repeat them and pass through here.
-pub struct SampledPingora<L> {
+pub(crate) struct SampledPingora<L> {
     inner: L,
     /// Per target: the error and the warning sampler.
     samplers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<[Sampler; 2]>>>,
@@ -167,7 +167,7 @@ pub(crate) fn info_json(target: &str, what: &str, line: &impl serde::Serialize) 
     }
 }
 
-/// An env_logger format: [`write_json_line`] with the current time.
+/// An env_logger format: the line described above, with the current time.
 pub fn format_json(buf: &mut env_logger::fmt::Formatter, record: &Record<'_>) -> io::Result<()> {
     // One write per record: env_logger buffers the formatter and writes it whole, and the
     // line is built here first so a failed encode never leaves half a line.
@@ -180,7 +180,7 @@ pub fn format_json(buf: &mut env_logger::fmt::Formatter, record: &Record<'_>) ->
 /// `level`, `target`, then the members of a message marked with [`JSON_KEY`] (or the message
 /// under the member the mark names), else `message` as a string. A marked message that is
 /// not a JSON object is written as `message` too, so the line is always one JSON document.
-pub fn write_json_line(
+pub(crate) fn write_json_line(
     out: &mut impl Write,
     time: SystemTime,
     record: &Record<'_>,
@@ -225,6 +225,16 @@ fn is_json_object(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sampler_writes_one_line_per_window() {
+        use std::time::Duration;
+
+        let s = Sampler::new(Duration::from_secs(10));
+        assert_eq!(s.admit(), Some(0)); // written
+        assert_eq!(s.admit(), None); // held back, counted
+        assert_eq!(s.admit(), None);
+    }
     use serde_json::Value;
 
     fn line(record: &Record<'_>) -> Value {
@@ -300,18 +310,8 @@ mod tests {
 /// refused connection): the first line of a window is written, the rest are counted, and the
 /// next line written says how many were held back. So a flood writes a line every window, not
 /// a line per connection.
-///
-/// ```
-/// use gatehouse::logging::Sampler;
-/// use std::time::Duration;
-///
-/// let s = Sampler::new(Duration::from_secs(10));
-/// assert_eq!(s.admit(), Some(0)); // written
-/// assert_eq!(s.admit(), None); // held back, counted
-/// assert_eq!(s.admit(), None);
-/// ```
 #[derive(Debug)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     window: std::time::Duration,
     state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }

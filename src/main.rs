@@ -91,19 +91,7 @@ enum KeaCmd {
 const PACKAGE_FILES: &str = "package-files";
 
 fn main() -> ExitCode {
-    let matches = Cli::command()
-        .subcommand(
-            Command::new(PACKAGE_FILES)
-                .hide(true)
-                .about("Write the man pages (DIR/man) and shell completions (DIR/completions)")
-                .arg(
-                    Arg::new("dir")
-                        .value_name("DIR")
-                        .required(true)
-                        .value_parser(clap::value_parser!(PathBuf)),
-                ),
-        )
-        .get_matches();
+    let matches = command_line().get_matches();
     if let Some((PACKAGE_FILES, m)) = matches.subcommand() {
         return package_files(m);
     }
@@ -118,69 +106,104 @@ fn main() -> ExitCode {
             config,
             upgrade,
             daemon,
-        } => {
-            let opts = gatehouse::RunOptions { upgrade, daemon };
-            let run = gatehouse::Gatehouse::load(&config).and_then(|g| {
-                let _ = gatehouse::logging::init(g.config().log_format);
-                g.run(&opts)
-            });
-            match run {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprint!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Cmd::Check { config } => match gatehouse::Gatehouse::load(&config) {
-            Ok(g) => {
-                if let Some(w) = gatehouse::server::fd_budget_warning(g.config()) {
-                    eprintln!("warning: {w}");
-                }
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Cmd::Reload { config } => match gatehouse::server::request_reload(&config) {
-            Ok(pid) => {
-                println!("sent SIGHUP to gatehouse (pid {pid}); it logs the outcome and counts it in gatehouse_tls_reloads_total");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("reload: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Cmd::Upgrade { config } => {
-            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gatehouse"));
-            match gatehouse::server::request_upgrade(&config, &exe) {
-                Ok((old, new)) => {
-                    println!("gatehouse pid {new} took over from pid {old}, which finishes its requests and exits");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("upgrade: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => run(&config, &gatehouse::RunOptions { upgrade, daemon }),
+        Cmd::Check { config } => check(&config),
+        Cmd::Reload { config } => reload(&config),
+        Cmd::Upgrade { config } => upgrade(&config),
         Cmd::Kea { cmd } => kea(cmd),
-        Cmd::DevCerts { dir } => match gatehouse::pki::write_dev_pki(&dir) {
-            Ok(files) => {
-                for f in files {
-                    println!("wrote {}", f.display());
-                }
-                ExitCode::SUCCESS
+        Cmd::DevCerts { dir } => dev_certs(&dir),
+    }
+}
+
+/// [`Cli`] with the hidden [`PACKAGE_FILES`] subcommand added.
+fn command_line() -> Command {
+    Cli::command().subcommand(
+        Command::new(PACKAGE_FILES)
+            .hide(true)
+            .about("Write the man pages (DIR/man) and shell completions (DIR/completions)")
+            .arg(
+                Arg::new("dir")
+                    .value_name("DIR")
+                    .required(true)
+                    .value_parser(clap::value_parser!(PathBuf)),
+            ),
+    )
+}
+
+/// `gatehouse run`: the logger starts once the file has said which format it wants.
+fn run(config: &Path, opts: &gatehouse::RunOptions) -> ExitCode {
+    let run = gatehouse::Gatehouse::load(config).and_then(|g| {
+        let _ = gatehouse::logging::init(g.config().log_format);
+        g.run(opts)
+    });
+    match run {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gatehouse check`: loads everything `run` would, and warns about the descriptor budget.
+fn check(config: &Path) -> ExitCode {
+    match gatehouse::Gatehouse::load(config) {
+        Ok(g) => {
+            if let Some(w) = gatehouse::server::fd_budget_warning(g.config()) {
+                eprintln!("warning: {w}");
             }
-            Err(e) => {
-                eprintln!("dev-certs: {e}");
-                ExitCode::FAILURE
+            println!("{}: ok", config.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gatehouse reload`.
+fn reload(config: &Path) -> ExitCode {
+    match gatehouse::server::request_reload(config) {
+        Ok(pid) => {
+            println!("sent SIGHUP to gatehouse (pid {pid}); it logs the outcome and counts it in gatehouse_tls_reloads_total");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("reload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gatehouse upgrade`: the new process runs this same executable.
+fn upgrade(config: &Path) -> ExitCode {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gatehouse"));
+    match gatehouse::server::request_upgrade(config, &exe) {
+        Ok((old, new)) => {
+            println!("gatehouse pid {new} took over from pid {old}, which finishes its requests and exits");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("upgrade: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gatehouse dev-certs DIR`.
+fn dev_certs(dir: &Path) -> ExitCode {
+    match gatehouse::pki::write_dev_pki(dir) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
             }
-        },
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dev-certs: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -6,21 +6,20 @@ use crate::authz::{Access, Guarded};
 use crate::cluster::Relay;
 use crate::config::{
     Config, ConfigError, ConfigErrors, FanOut, ForwardIdentity, KeaTarget, ListenerSettings,
-    Protocol, ServerSettings,
+    LogFormat, Protocol, ServerSettings,
 };
 use crate::demux::{Handshakes, ListenerApp};
 use crate::error::{Error, ErrorKind};
 use crate::health::{self, Readiness};
-use crate::http::command_list::CommandList;
+use crate::http::builtin::{CommandList, RateLimit};
 use crate::http::filter::HttpFilter;
 use crate::http::kea::KeaPolicy;
-use crate::http::limit::RateLimit;
 use crate::http::route::{Route, Router};
 use crate::http::{ClientBounds, HttpGateway};
 use crate::metrics::Metrics;
 use crate::reload::watch::{Baseline, FileWatcher};
 use crate::reload::{LiveListener, Reloader};
-use crate::tls::ListenerTlsMaterial;
+use crate::tls::{ListenerAcceptor, ListenerTlsMaterial};
 use crate::upstream::{HealthService, UpstreamGroup};
 use arc_swap::ArcSwap;
 use nix::sys::signal::{kill, Signal};
@@ -31,6 +30,7 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::{background_service, GenBackgroundService};
 use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -70,139 +70,25 @@ impl Plan {
     /// registry of the embedder's, so two instances in one process count apart).
     pub fn from_config_in(config: Config, metrics: Arc<Metrics>) -> Result<Plan, Vec<ConfigError>> {
         let mut errs = references(&config);
-        metrics.prime(&crate::metrics::KnownLabels {
-            listeners: config
-                .listeners
-                .iter()
-                .map(|l| (l.name.as_str(), l.tls.is_some()))
-                .collect(),
-            upstreams: config.upstreams.iter().map(|u| u.name.as_str()).collect(),
-            cluster: config.cluster.is_some(),
-            verify_reasons: &crate::tls::VERIFY_FAILURE_LABELS,
-            upstream_error_kinds: &crate::upstream::FailureKind::LABELS,
-            link_ends: &crate::cluster::relay::LINK_END_LABELS,
-            link_refusals: &crate::cluster::relay::REFUSAL_LABELS,
-        });
+        prime_metrics(&metrics, &config);
         // Before the files are read (see Baseline).
         let watch_baseline = Baseline::take(&config);
-        let mut listener_tls = Vec::new();
-        for (i, l) in config.listeners.iter().enumerate() {
-            listener_tls.push(l.tls.as_ref().and_then(|t| {
-                ListenerTlsMaterial::load(l, t, &format!("listeners[{i}].tls"), &metrics)
-                    .map_err(|e| errs.extend(e))
-                    .ok()
-            }));
-        }
-        let mut upstreams = Vec::new();
-        let mut health = Vec::new();
-        for u in &config.upstreams {
-            match UpstreamGroup::build(u) {
-                Ok((g, hc)) => {
-                    upstreams.push(g);
-                    health.extend(hc);
-                }
-                Err(e) => errs.extend(e),
-            }
-        }
+        let listener_tls = load_listener_tls(&config, &metrics, &mut errs);
+        let (upstreams, health) = build_upstreams(&config, &mut errs);
         if !errs.is_empty() {
             // Routes index the groups: with one missing, they would point at the wrong one.
             return Err(errs);
         }
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for (i, r) in config.routes.iter().enumerate() {
-            let mut route = Route::plain(
-                &r.name,
-                r.host.clone(),
-                &r.path_prefix,
-                r.upstream,
-                &metrics,
-            );
-            route.access = Access::new(r.allow.clone(), r.deny.clone());
-            route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
-            route.kea = r.kea.as_ref().map(|k| Arc::new(KeaPolicy::new(k)));
-            route.fan_out = r.kea.as_ref().is_some_and(|k| k.fan_out == FanOut::All);
-            route.answer_timeout = r.answer_timeout;
-            if let Some(b) = &r.basic_auth {
-                match crate::http::basic::BasicAuth::load(&b.users_file, &b.realm) {
-                    Ok(a) => route.basic_auth = Some(Arc::new(a)),
-                    Err(e) => errs.push(ConfigError::new(
-                        format!("routes[{i}].basic_auth.users_file"),
-                        e,
-                    )),
-                }
-            }
-            routes.push(route);
-        }
+        let routes = build_routes(&config, &metrics, &mut errs);
         let upstreams: Arc<[UpstreamGroup]> = upstreams.into();
-        let audit_path = config.audit_path.clone();
-        let audit: Arc<dyn AuditSink> =
-            Arc::new(JsonLines::open(audit_path.as_deref()).unwrap_or_else(|e| {
-                errs.push(ConfigError::new(
-                    "audit.path",
-                    format!(
-                        "cannot open {}: {e}",
-                        audit_path.as_deref().unwrap_or(Path::new("-")).display()
-                    ),
-                ));
-                JsonLines::log()
-            }));
-        // Every identity file, as this user: `gatehouse check` run as the service user proves
-        // what the links will need.
-        if let Some(id) = config
-            .cluster
-            .as_ref()
-            .and_then(|c| c.upstream_identity.as_ref())
-        {
-            for problem in crate::cluster::identity::check_cert_dir(&id.cert_dir) {
-                errs.push(ConfigError::new(
-                    "cluster.upstream_identity.cert_dir",
-                    problem,
-                ));
-            }
-        }
-        let relay = config.cluster.as_ref().and_then(|c| {
-            match Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone()) {
-                Ok(mut relay) => {
-                    relay.set_log_format(config.log_format);
-                    Some(relay)
-                }
-                Err(e) => {
-                    errs.push(ConfigError::new(
-                        "cluster",
-                        format!(
-                            "cannot make the certificate anonymous clients present upstream: {e}"
-                        ),
-                    ));
-                    None
-                }
-            }
-        });
+        let audit = open_audit(&config, &mut errs);
+        check_identity_files(&config, &mut errs);
+        let relay = build_relay(&config, &upstreams, &audit, &metrics, &mut errs);
         if !errs.is_empty() {
             return Err(errs);
         }
         let router = Router::new(routes);
-        let kea_routes: Vec<_> = router
-            .routes()
-            .iter()
-            .filter_map(|r| Some((r.name.to_string(), r.kea.clone()?)))
-            .collect();
-        // Built-in filters run before any an embedder adds.
-        let mut http_filters: Vec<Box<dyn HttpFilter>> = Vec::new();
-        let limited: Vec<_> = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                let limit = r.rate_limit?;
-                let counter = metrics.http_rate_limited.with_label_values(&[&r.name]);
-                Some((r.name.clone(), limit, counter))
-            })
-            .collect();
-        if !limited.is_empty() {
-            http_filters.push(Box::new(RateLimit::new(limited)));
-        }
-        if !kea_routes.is_empty() {
-            http_filters.push(Box::new(CommandList::new(kea_routes)));
-        }
+        let http_filters = builtin_filters(&config, &router, &metrics);
         Ok(Plan {
             config,
             listener_tls,
@@ -251,30 +137,19 @@ impl Plan {
 
     /// Builds the Pingora server (not yet running).
     pub fn into_server(self, opts: &RunOptions) -> Result<Server, ConfigError> {
-        // Only connect failures are retried (see HttpGateway::fail_to_connect).
-        let max_retries = self
-            .upstreams
-            .iter()
-            .map(|u| u.peer_count)
-            .max()
-            .unwrap_or(1);
-        if !opts.upgrade {
-            pid_file_guard(&self.config)?;
-        }
-        let conf = server_conf(&self.config.server, max_retries);
-        let opt = Opt {
-            upgrade: opts.upgrade,
-            daemon: opts.daemon,
-            ..Opt::default()
+        let mut server = self.bootstrap_server(opts)?;
+        let shared = ListenerShared {
+            router: Arc::new(self.router),
+            relay: self.relay.map(Arc::new),
+            http_filters: Arc::new(crate::http::filter::Chain::new(self.http_filters)),
+            upstreams: &self.upstreams,
+            audit: &self.audit,
+            authorizer: &self.authorizer,
+            metrics: &self.metrics,
+            log_format: self.config.log_format,
+            budget: fd_budget(self.config.listeners.len()),
         };
-        let mut server = Server::new_with_opt_and_conf(opt, conf);
-        server.bootstrap();
-
-        let router = Arc::new(self.router);
-        let relay = self.relay.map(Arc::new);
-        let http_filters: Arc<[Box<dyn HttpFilter>]> = self.http_filters.into();
         let mut live = Vec::new();
-        let budget = fd_budget(self.config.listeners.len());
         if let Some(w) = fd_budget_warning(&self.config) {
             log::warn!("{w}");
         }
@@ -285,69 +160,7 @@ impl Plan {
             .zip(&self.listener_tls)
             .enumerate()
         {
-            let carries_http = l.accepts(Protocol::Http);
-            let http = carries_http.then(|| {
-                let gateway = HttpGateway::new(
-                    &l.name,
-                    tls.is_some(),
-                    router.clone(),
-                    self.upstreams.clone(),
-                    self.audit.clone(),
-                    l.keepalive_timeout,
-                    self.metrics.clone(),
-                )
-                .with_authorizer(self.authorizer.clone())
-                .with_filters(http_filters.clone())
-                .with_log_format(self.config.log_format)
-                .with_client_bounds(ClientBounds {
-                    body: l.body_timeout,
-                    send: l.send_timeout,
-                });
-                let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
-                proxy.server_options = Some(http_options(l));
-                proxy.h2_options = Some(h2_options(l));
-                proxy
-            });
-            let cluster = l
-                .accepts(Protocol::Cluster)
-                .then(|| relay.clone())
-                .flatten();
-            let app = ListenerApp::new(
-                &l.name,
-                http,
-                cluster,
-                l.first_byte_timeout,
-                l.header_timeout,
-                self.metrics.clone(),
-            )
-            .with_max_per_identity(l.max_connections_per_identity)
-            .with_body_timeout(l.body_timeout);
-            let acceptor = match tls {
-                Some(t) => {
-                    let at = format!("listeners[{i}].tls");
-                    let contexts = Arc::new(ArcSwap::from_pointee(
-                        t.contexts(0).map_err(|e| ConfigError::new(&at, e))?,
-                    ));
-                    let acceptor = t
-                        .acceptor(contexts.clone())
-                        .map_err(|e| ConfigError::new(&at, e))?;
-                    live.push(LiveListener { index: i, contexts });
-                    Some(acceptor)
-                }
-                None => None,
-            };
-            let app = app.with_handshakes(Handshakes::new(
-                &l.name,
-                acceptor,
-                l.handshake_timeout,
-                l.max_handshakes_per_ip,
-                l.max_connections.unwrap_or(budget.per_listener),
-                &self.metrics,
-            ));
-            let mut svc = Service::new(format!("listener {}", l.name), app);
-            let buffers = l4_buffers(l);
-            // TLS runs in the app (`demux::Handshakes`), bounded from accept.
-            svc.add_listener(ListenerConfig::tcp(l.address.to_string()).l4_buffer(buffers));
+            let svc = shared.service(&server.configuration, i, l, tls.as_ref(), &mut live)?;
             log::info!(
                 "listener {} on {} ({}, {:?})",
                 l.name,
@@ -369,33 +182,360 @@ impl Plan {
             self.upstreams.clone(),
             self.metrics.clone(),
         );
-        reloader.publish_initial(&self.listener_tls.iter().flatten().collect::<Vec<_>>());
-        let reloader = Arc::new(reloader);
-        if let Some(w) =
-            FileWatcher::new(reloader.clone(), self.metrics.clone(), self.watch_baseline)
-        {
-            server.add_service(background_service("certificate file watch", w));
-        }
-        server.add_service(GenBackgroundService::new(
-            "BG certificate reload".into(),
+        add_reload_services(
+            &mut server,
             reloader,
-        ));
+            &self.listener_tls,
+            &self.metrics,
+            self.watch_baseline,
+        );
         if let Some(address) = self.config.metrics {
-            let readiness = Arc::new(Readiness::new(
-                &self.config.listeners,
-                self.upstreams.clone(),
-            ));
-            let endpoint = health::Endpoint::new(
+            let endpoint = metrics_endpoint(
+                &server,
+                address,
+                &self.config,
+                &self.upstreams,
                 &self.metrics,
-                readiness,
-                server.watch_execution_phase(),
-                &address.to_string(),
             );
             log::info!("metrics on http://{address}/metrics, probes on /healthz and /readyz");
             server.add_service(endpoint);
         }
         Ok(server)
     }
+
+    /// A bootstrapped server for `server:`, unless another instance runs on its pid file.
+    fn bootstrap_server(&self, opts: &RunOptions) -> Result<Server, ConfigError> {
+        // Only connect failures are retried (see HttpGateway::fail_to_connect).
+        let max_retries = self
+            .upstreams
+            .iter()
+            .map(|u| u.peer_count)
+            .max()
+            .unwrap_or(1);
+        if !opts.upgrade {
+            pid_file_guard(&self.config)?;
+        }
+        let conf = server_conf(&self.config.server, max_retries);
+        let opt = Opt {
+            upgrade: opts.upgrade,
+            daemon: opts.daemon,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
+        server.bootstrap();
+        Ok(server)
+    }
+}
+
+/// What every listener's app shares, built once by [`Plan::into_server`].
+struct ListenerShared<'a> {
+    router: Arc<Router>,
+    relay: Option<Arc<Relay>>,
+    http_filters: Arc<crate::http::filter::Chain>,
+    upstreams: &'a Arc<[UpstreamGroup]>,
+    audit: &'a Arc<dyn AuditSink>,
+    authorizer: &'a Option<Arc<Guarded>>,
+    metrics: &'a Arc<Metrics>,
+    log_format: LogFormat,
+    budget: FdBudget,
+}
+
+impl ListenerShared<'_> {
+    /// The service of listener `i`; a TLS listener's contexts join `live`, which reloads swap.
+    fn service(
+        &self,
+        conf: &Arc<ServerConf>,
+        i: usize,
+        l: &ListenerSettings,
+        tls: Option<&ListenerTlsMaterial>,
+        live: &mut Vec<LiveListener>,
+    ) -> Result<Service<ListenerApp>, ConfigError> {
+        let carries_http = l.accepts(Protocol::Http);
+        let http = carries_http.then(|| self.http_proxy(conf, l, tls.is_some()));
+        let cluster = l
+            .accepts(Protocol::Cluster)
+            .then(|| self.relay.clone())
+            .flatten();
+        let app = ListenerApp::new(
+            &l.name,
+            http,
+            cluster,
+            l.first_byte_timeout,
+            l.header_timeout,
+            self.metrics.clone(),
+        )
+        .with_max_per_identity(l.max_connections_per_identity)
+        .with_body_timeout(l.body_timeout);
+        let acceptor = match tls {
+            Some(t) => Some(tls_acceptor(i, t, live)?),
+            None => None,
+        };
+        let app = app.with_handshakes(Handshakes::new(
+            &l.name,
+            acceptor,
+            l.handshake_timeout,
+            l.max_handshakes_per_ip,
+            l.max_connections.unwrap_or(self.budget.per_listener),
+            self.metrics,
+        ));
+        let mut svc = Service::new(format!("listener {}", l.name), app);
+        let buffers = l4_buffers(l);
+        // TLS runs in the app (`demux::Handshakes`), bounded from accept.
+        svc.add_listener(ListenerConfig::tcp(l.address.to_string()).l4_buffer(buffers));
+        Ok(svc)
+    }
+
+    /// The HTTP proxy of listener `l`, with its connection options.
+    fn http_proxy(
+        &self,
+        conf: &Arc<ServerConf>,
+        l: &ListenerSettings,
+        https: bool,
+    ) -> HttpProxy<HttpGateway> {
+        let gateway = HttpGateway::new(
+            &l.name,
+            https,
+            self.router.clone(),
+            self.upstreams.clone(),
+            self.audit.clone(),
+            l.keepalive_timeout,
+            self.metrics.clone(),
+        )
+        .with_authorizer(self.authorizer.clone())
+        .with_filters(self.http_filters.clone())
+        .with_log_format(self.log_format)
+        .with_client_bounds(ClientBounds {
+            body: l.body_timeout,
+            send: l.send_timeout,
+        });
+        let mut proxy = pingora_proxy::http_proxy(conf, gateway);
+        proxy.server_options = Some(http_options(l));
+        proxy.h2_options = Some(h2_options(l));
+        proxy
+    }
+}
+
+/// Listener `i`'s TLS acceptor, over contexts kept in `live` for reloads to swap.
+fn tls_acceptor(
+    i: usize,
+    t: &ListenerTlsMaterial,
+    live: &mut Vec<LiveListener>,
+) -> Result<ListenerAcceptor, ConfigError> {
+    let at = format!("listeners[{i}].tls");
+    let contexts = Arc::new(ArcSwap::from_pointee(
+        t.contexts(0).map_err(|e| ConfigError::new(&at, e))?,
+    ));
+    let acceptor = t
+        .acceptor(contexts.clone())
+        .map_err(|e| ConfigError::new(&at, e))?;
+    live.push(LiveListener { index: i, contexts });
+    Ok(acceptor)
+}
+
+/// The certificate reload on SIGHUP, and the file watch when the files can be watched.
+fn add_reload_services(
+    server: &mut Server,
+    reloader: Reloader,
+    listener_tls: &[Option<ListenerTlsMaterial>],
+    metrics: &Arc<Metrics>,
+    watch_baseline: Baseline,
+) {
+    reloader.publish_initial(&listener_tls.iter().flatten().collect::<Vec<_>>());
+    let reloader = Arc::new(reloader);
+    if let Some(w) = FileWatcher::new(reloader.clone(), metrics.clone(), watch_baseline) {
+        server.add_service(background_service("certificate file watch", w));
+    }
+    server.add_service(GenBackgroundService::new(
+        "BG certificate reload".into(),
+        reloader,
+    ));
+}
+
+/// The `/metrics`, `/healthz` and `/readyz` endpoint on `metrics.address`.
+fn metrics_endpoint(
+    server: &Server,
+    address: std::net::SocketAddr,
+    config: &Config,
+    upstreams: &Arc<[UpstreamGroup]>,
+    metrics: &Metrics,
+) -> health::Endpoint {
+    let readiness = Arc::new(Readiness::new(&config.listeners, upstreams.clone()));
+    health::Endpoint::new(
+        metrics,
+        readiness,
+        server.watch_execution_phase(),
+        &address.to_string(),
+    )
+}
+
+/// Creates the series the configuration names at 0, so alerts evaluate from the first scrape.
+fn prime_metrics(metrics: &Metrics, config: &Config) {
+    metrics.prime(&crate::metrics::KnownLabels {
+        listeners: config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.tls.is_some()))
+            .collect(),
+        upstreams: config.upstreams.iter().map(|u| u.name.as_str()).collect(),
+        cluster: config.cluster.is_some(),
+        verify_reasons: &crate::tls::VERIFY_FAILURE_LABELS,
+        upstream_error_kinds: &crate::upstream::FailureKind::LABELS,
+        link_ends: &crate::cluster::relay::LINK_END_LABELS,
+        link_refusals: &crate::cluster::relay::REFUSAL_LABELS,
+    });
+}
+
+/// Each listener's certificates, keys and CAs (`None` for plaintext or a file that failed).
+fn load_listener_tls(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    errs: &mut Vec<ConfigError>,
+) -> Vec<Option<ListenerTlsMaterial>> {
+    let mut listener_tls = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        listener_tls.push(l.tls.as_ref().and_then(|t| {
+            ListenerTlsMaterial::load(l, t, &format!("listeners[{i}].tls"), metrics)
+                .map_err(|e| errs.extend(e))
+                .ok()
+        }));
+    }
+    listener_tls
+}
+
+/// The upstream groups that build, in order, with their health-check services.
+fn build_upstreams(
+    config: &Config,
+    errs: &mut Vec<ConfigError>,
+) -> (Vec<UpstreamGroup>, Vec<HealthService>) {
+    let mut upstreams = Vec::new();
+    let mut health = Vec::new();
+    for u in &config.upstreams {
+        match UpstreamGroup::build(u) {
+            Ok((g, hc)) => {
+                upstreams.push(g);
+                health.extend(hc);
+            }
+            Err(e) => errs.extend(e),
+        }
+    }
+    (upstreams, health)
+}
+
+/// The HTTP routes, with their users files loaded.
+fn build_routes(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    errs: &mut Vec<ConfigError>,
+) -> Vec<Route> {
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for (i, r) in config.routes.iter().enumerate() {
+        let mut route = Route::plain(&r.name, r.host.clone(), &r.path_prefix, r.upstream, metrics);
+        route.access = Access::new(r.allow.clone(), r.deny.clone());
+        route.forward_xfcc = r.forward_identity == ForwardIdentity::Xfcc;
+        route.kea = r.kea.as_ref().map(|k| Arc::new(KeaPolicy::new(k)));
+        route.fan_out = r.kea.as_ref().is_some_and(|k| k.fan_out == FanOut::All);
+        route.answer_timeout = r.answer_timeout;
+        if let Some(b) = &r.basic_auth {
+            match crate::http::basic::BasicAuth::load(&b.users_file, &b.realm) {
+                Ok(a) => route.basic_auth = Some(Arc::new(a)),
+                Err(e) => errs.push(ConfigError::new(
+                    format!("routes[{i}].basic_auth.users_file"),
+                    e,
+                )),
+            }
+        }
+        routes.push(route);
+    }
+    routes
+}
+
+/// The audit sink of `audit.path`; the log (with an error reported) when it cannot be opened.
+fn open_audit(config: &Config, errs: &mut Vec<ConfigError>) -> Arc<dyn AuditSink> {
+    let audit_path = config.audit_path.clone();
+    Arc::new(JsonLines::open(audit_path.as_deref()).unwrap_or_else(|e| {
+        errs.push(ConfigError::new(
+            "audit.path",
+            format!(
+                "cannot open {}: {e}",
+                audit_path.as_deref().unwrap_or(Path::new("-")).display()
+            ),
+        ));
+        JsonLines::log()
+    }))
+}
+
+/// Checks `cluster.upstream_identity.cert_dir`'s files now, not when a link first needs one.
+fn check_identity_files(config: &Config, errs: &mut Vec<ConfigError>) {
+    // Every identity file, as this user: `gatehouse check` run as the service user proves
+    // what the links will need.
+    if let Some(id) = config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.upstream_identity.as_ref())
+    {
+        for problem in crate::cluster::identity::check_cert_dir(&id.cert_dir) {
+            errs.push(ConfigError::new(
+                "cluster.upstream_identity.cert_dir",
+                problem,
+            ));
+        }
+    }
+}
+
+/// The cluster relay, when the config has a `cluster:` section.
+fn build_relay(
+    config: &Config,
+    upstreams: &Arc<[UpstreamGroup]>,
+    audit: &Arc<dyn AuditSink>,
+    metrics: &Arc<Metrics>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<Relay> {
+    config.cluster.as_ref().and_then(|c| {
+        match Relay::new(c, upstreams.clone(), audit.clone(), metrics.clone()) {
+            Ok(mut relay) => {
+                relay.set_log_format(config.log_format);
+                Some(relay)
+            }
+            Err(e) => {
+                errs.push(ConfigError::new(
+                    "cluster",
+                    format!("cannot make the certificate anonymous clients present upstream: {e}"),
+                ));
+                None
+            }
+        }
+    })
+}
+
+/// The built-in HTTP filters: the routes' rate limits, then Kea's `list-commands`.
+fn builtin_filters(
+    config: &Config,
+    router: &Router,
+    metrics: &Metrics,
+) -> Vec<Box<dyn HttpFilter>> {
+    let kea_routes: Vec<_> = router
+        .routes()
+        .iter()
+        .filter_map(|r| Some((r.name.to_string(), r.kea.clone()?)))
+        .collect();
+    // Built-in filters run before any an embedder adds.
+    let mut http_filters: Vec<Box<dyn HttpFilter>> = Vec::new();
+    let limited: Vec<_> = config
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let limit = r.rate_limit?;
+            let counter = metrics.http_rate_limited.with_label_values(&[&r.name]);
+            Some((r.name.clone(), limit, counter))
+        })
+        .collect();
+    if !limited.is_empty() {
+        http_filters.push(Box::new(RateLimit::new(limited)));
+    }
+    if !kea_routes.is_empty() {
+        http_filters.push(Box::new(CommandList::new(kea_routes)));
+    }
+    http_filters
 }
 
 /// Refuses a fresh start while `server.pid_file` names another live gatehouse: two instances

@@ -5,7 +5,8 @@
 //!
 //! ```no_run
 //! use gatehouse::testing::{isolate, reserved_port, Instance};
-//! use gatehouse::{Config, Gatehouse};
+//! use gatehouse::config::Config;
+//! use gatehouse::Gatehouse;
 //!
 //! let dir = std::env::temp_dir();
 //! let port = reserved_port();

@@ -1,7 +1,9 @@
 //! Upstream groups: Pingora load balancers with optional health checks, and the
 //! `HttpPeer` each request is sent to (timeouts and the group's own TLS settings).
 
-use crate::config::{ConfigError, HealthProbe, LoadBalancing, ProbeKind, UpstreamSettings};
+use crate::config::{
+    ConfigError, HealthProbe, LoadBalancing, ProbeKind, UpstreamAuthSettings, UpstreamSettings,
+};
 use crate::tls::upstream::UpstreamTlsMaterial;
 use arc_swap::ArcSwap;
 use pingora_core::services::background::background_service;
@@ -87,6 +89,21 @@ impl pingora_core::connectors::L4Connect for BoundedConnect {
 }
 
 impl PeerTemplate {
+    /// The template of group `u`, with its TLS material loaded.
+    fn new(u: &UpstreamSettings, tls: Option<UpstreamTlsMaterial>) -> PeerTemplate {
+        PeerTemplate {
+            tls: tls.map(ArcSwap::from_pointee),
+            connect_timeout: u.connect_timeout,
+            tls_handshake_timeout: u.tls_handshake_timeout,
+            l4: Arc::new(BoundedConnect {
+                timeout: u.connect_timeout,
+            }),
+            read_timeout: u.read_timeout,
+            answer_timeout: u.answer_timeout,
+            idle_timeout: u.idle_timeout,
+        }
+    }
+
     fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut p = HttpPeer::new(addr, self.tls.is_some(), String::new());
         if let Some(t) = &self.tls {
@@ -157,38 +174,10 @@ impl UpstreamGroup {
         };
         let addrs = &u.peers;
         let authorization = match &u.basic_auth {
-            Some(a) => {
-                let text = std::fs::read_to_string(&a.password_file).map_err(|e| {
-                    vec![ConfigError::new(
-                        format!("{at}.basic_auth.password_file"),
-                        format!("{}: {e}", a.password_file.display()),
-                    )]
-                })?;
-                let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
-                if password.is_empty() {
-                    return Err(vec![ConfigError::new(
-                        format!("{at}.basic_auth.password_file"),
-                        format!(
-                            "{}: the first line (the password) is empty",
-                            a.password_file.display()
-                        ),
-                    )]);
-                }
-                Some(basic_authorization(&a.user, password))
-            }
+            Some(a) => Some(read_authorization(a, &at)?),
             None => None,
         };
-        let template = PeerTemplate {
-            tls: tls.map(ArcSwap::from_pointee),
-            connect_timeout: u.connect_timeout,
-            tls_handshake_timeout: u.tls_handshake_timeout,
-            l4: Arc::new(BoundedConnect {
-                timeout: u.connect_timeout,
-            }),
-            read_timeout: u.read_timeout,
-            answer_timeout: u.answer_timeout,
-            idle_timeout: u.idle_timeout,
-        };
+        let template = PeerTemplate::new(u, tls);
         let http_check = u
             .health_check
             .as_ref()
@@ -214,20 +203,7 @@ impl UpstreamGroup {
                 http: http_check.as_ref().map(|c| c.1.clone()),
                 probed,
             });
-        let (selector, service) = match u.load_balancing {
-            LoadBalancing::RoundRobin => {
-                let (l, s) = with_health(lb::<RoundRobin>(addrs, &at)?, hc);
-                (Selector::RoundRobin(l), s)
-            }
-            LoadBalancing::Random => {
-                let (l, s) = with_health(lb::<Random>(addrs, &at)?, hc);
-                (Selector::Random(l), s)
-            }
-            LoadBalancing::ConsistentHash => {
-                let (l, s) = with_health(lb::<Consistent>(addrs, &at)?, hc);
-                (Selector::Hash(l), s)
-            }
-        };
+        let (selector, service) = load_balancer(u.load_balancing, addrs, &at, hc)?;
         Ok((
             UpstreamGroup {
                 name: name.into(),
@@ -299,20 +275,7 @@ impl UpstreamGroup {
     /// What the health check says about each peer, in configuration order; `None` when the
     /// group has no `health_check` (its peers are never probed). A peer is `Up` only when its
     /// latest check passed *and* the load balancer has it in the rotation. `/readyz` reads
-    /// this ([`crate::health`]).
-    ///
-    /// ```
-    /// use gatehouse::config::Config;
-    /// use gatehouse::upstream::{PeerHealth, UpstreamGroup};
-    ///
-    /// let yaml = "listeners: [{ name: edge, address: '127.0.0.1:5665' }]\n\
-    ///             upstreams: { kea: { peers: ['127.0.0.1:8000'], health_check: { kind: tcp } } }";
-    /// let config = Config::parse(yaml, ".".as_ref()).unwrap();
-    /// let (kea, _check_loop) = UpstreamGroup::build(&config.upstreams[0]).unwrap();
-    /// // Until the check loop (a server background service) has run once, nothing is known.
-    /// let peer = "127.0.0.1:8000".parse().unwrap();
-    /// assert_eq!(kea.peer_health(), Some(vec![(peer, PeerHealth::Unknown)]));
-    /// ```
+    /// this (`health`).
     pub fn peer_health(&self) -> Option<Vec<(SocketAddr, PeerHealth)>> {
         let probed = self.probed.as_ref()?;
         Some(
@@ -531,6 +494,50 @@ where
     (task, Some(Box::new(svc)))
 }
 
+/// The group's load balancer for `policy`, with its health check attached.
+fn load_balancer(
+    policy: LoadBalancing,
+    addrs: &[SocketAddr],
+    at: &str,
+    hc: Option<HealthSetup<'_>>,
+) -> Result<(Selector, Option<HealthService>), Vec<ConfigError>> {
+    Ok(match policy {
+        LoadBalancing::RoundRobin => {
+            let (l, s) = with_health(lb::<RoundRobin>(addrs, at)?, hc);
+            (Selector::RoundRobin(l), s)
+        }
+        LoadBalancing::Random => {
+            let (l, s) = with_health(lb::<Random>(addrs, at)?, hc);
+            (Selector::Random(l), s)
+        }
+        LoadBalancing::ConsistentHash => {
+            let (l, s) = with_health(lb::<Consistent>(addrs, at)?, hc);
+            (Selector::Hash(l), s)
+        }
+    })
+}
+
+/// `a` as an `Authorization` value; the password is the first line of its file.
+fn read_authorization(a: &UpstreamAuthSettings, at: &str) -> Result<String, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(&a.password_file).map_err(|e| {
+        vec![ConfigError::new(
+            format!("{at}.basic_auth.password_file"),
+            format!("{}: {e}", a.password_file.display()),
+        )]
+    })?;
+    let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if password.is_empty() {
+        return Err(vec![ConfigError::new(
+            format!("{at}.basic_auth.password_file"),
+            format!(
+                "{}: the first line (the password) is empty",
+                a.password_file.display()
+            ),
+        )]);
+    }
+    Ok(basic_authorization(&a.user, password))
+}
+
 fn lb<S>(addrs: &[SocketAddr], at: &str) -> Result<LoadBalancer<S>, Vec<ConfigError>>
 where
     S: BackendSelection + 'static,
@@ -625,4 +632,21 @@ fn is_tls_alert(e: &pingora_error::Error) -> bool {
     }
     let t = text.to_ascii_uppercase();
     t.contains("CERTIFICATE_REQUIRED") || t.contains("TLSV1_ALERT") || t.contains("SSLV3_ALERT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_probed_peer_is_unknown_until_its_first_check() {
+        let yaml = "listeners: [{ name: edge, address: '127.0.0.1:5665' }]\n\
+                    upstreams: { kea: { peers: ['127.0.0.1:8000'], health_check: { kind: tcp } } }";
+        let config = Config::parse(yaml, ".".as_ref()).unwrap();
+        let (kea, _check_loop) = UpstreamGroup::build(&config.upstreams[0]).unwrap();
+        // Until the check loop (a server background service) has run once, nothing is known.
+        let peer = "127.0.0.1:8000".parse().unwrap();
+        assert_eq!(kea.peer_health(), Some(vec![(peer, PeerHealth::Unknown)]));
+    }
 }

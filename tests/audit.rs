@@ -10,7 +10,8 @@ use common::*;
 use gatehouse::audit::{AuditEvent, HttpEvent, LinkEvent, Verdict};
 use gatehouse::cluster::codec;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 fn addr(port: u16) -> SocketAddr {
@@ -38,12 +39,14 @@ fn link_events(gh: &Gatehouse) -> Vec<LinkEvent> {
 }
 
 /// Waits (up to 10 s) until `f` holds on the recorded events.
-async fn until(what: &str, gh: &Gatehouse, f: impl Fn(&[AuditEvent]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f(&gh.audit()) {
-        assert!(Instant::now() < deadline, "no {what} in {:#?}", gh.audit());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until_audited(what: &str, gh: &Gatehouse, f: impl Fn(&[AuditEvent]) -> bool) {
+    until_explained(
+        what,
+        Duration::from_secs(10),
+        || f(&gh.audit()),
+        || format!("{:#?}", gh.audit()),
+    )
+    .await
 }
 
 /// The status curl (defaults: HTTP/2) got for `path`, as `who`, asking for `master1`.
@@ -66,13 +69,36 @@ async fn http_refusals_and_link_refusals_are_audited() {
     let rp = RelayPki::new(dir);
     let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
     let web = Upstream::h1(None, Behavior::Echo).await;
+    let port = reserved_port();
+    let gh = Gatehouse::in_process(dir, &refusing_conf(dir, &rp, &sink, &web, port));
+    let pki = &rp.pki;
+
+    http_refusals_are_audited(&gh, pki, port).await;
+    let anon = ClientOpts {
+        ca: Some(pki.ca_path()),
+        cert: None,
+        sni: Some("master1".into()),
+        tls12: false,
+    };
+    let anonymous = second_anonymous_link_is_audited(&gh, &sink, &anon, port).await;
+    let agent = ClientOpts {
+        cert: Some(pki.paths("agent1")),
+        ..anon.clone()
+    };
+    let agents = replaced_link_is_audited(&gh, &sink, &agent, port).await;
+    drop((anonymous, agents));
+}
+
+/// One listener for HTTP and cluster links with a route for each HTTP refusal (`/ops` for
+/// `cn:ops` only, `/auth` for basic user alice, `/limited` at one request), a catch-all, and
+/// a relay allowing one anonymous link per IP and one link per identity.
+fn refusing_conf(dir: &Path, rp: &RelayPki, sink: &Sink, web: &Upstream, port: u16) -> Conf {
     let users = dir.join("users");
     std::fs::write(
         &users,
         format!("alice:{}\n", gatehouse::http::basic::hash("pw-a").unwrap()),
     )
     .unwrap();
-    let port = reserved_port();
     let mut auth = Route::new("auth", "web")
         .path("/auth")
         .allow(["user:alice"]);
@@ -80,7 +106,7 @@ async fn http_refusals_and_link_refusals_are_audited() {
         users_file: users,
         realm: None,
     });
-    let conf = Conf::new()
+    Conf::new()
         .listener(rp.listener("edge", port, &[Protocol::Http, Protocol::Cluster]))
         .upstream("web", Group::new(web.addr))
         .upstream("master", rp.master(sink.addr))
@@ -98,11 +124,12 @@ async fn http_refusals_and_link_refusals_are_audited() {
                     .anonymous_max_per_ip(1)
                     .max_links_per_identity(1),
             ),
-        );
-    let gh = Gatehouse::in_process(dir, &conf);
-    let pki = &rp.pki;
+        )
+}
 
-    // HTTP: a route's allow, basic credentials, a rate limit — curl with its defaults (HTTP/2).
+/// A route's allow, basic credentials, a rate limit — curl with its defaults (HTTP/2): one
+/// event per refusal, none for the requests that went through.
+async fn http_refusals_are_audited(gh: &Gatehouse, pki: &Pki, port: u16) {
     assert_eq!(status(pki, "agent1", port, "/ops", &[]).await, "403");
     assert_eq!(status(pki, "agent1", port, "/auth", &[]).await, "401");
     assert_eq!(
@@ -112,8 +139,8 @@ async fn http_refusals_and_link_refusals_are_audited() {
     assert_eq!(status(pki, "agent1", port, "/limited", &[]).await, "200");
     assert_eq!(status(pki, "agent1", port, "/limited", &[]).await, "429");
     assert_eq!(status(pki, "agent1", port, "/", &[]).await, "200");
-    until("four HTTP events", &gh, |_| http_events(&gh).len() >= 4).await;
-    let h = http_events(&gh);
+    until_audited("four HTTP events", gh, |_| http_events(gh).len() >= 4).await;
+    let h = http_events(gh);
     let find = |route: &str, status: u16| {
         h.iter()
             .find(|e| e.route == route && e.status == status)
@@ -155,32 +182,37 @@ async fn http_refusals_and_link_refusals_are_audited() {
         4,
         "nothing for the requests that went through: {h:#?}"
     );
+}
 
-    // Cluster: a second anonymous link from this address is refused at the edge.
-    let hello = codec::encode(br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{}}"#);
-    let anon = ClientOpts {
-        ca: Some(pki.ca_path()),
-        cert: None,
-        sni: Some("master1".into()),
-        tls12: false,
-    };
-    let mut first = tls_connect(addr(port), &anon).await.unwrap();
-    first.write_all(&hello).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sink.frames().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the first link never reached the master"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut second = tls_connect(addr(port), &anon).await.unwrap();
-    let _ = second.write_all(&hello).await;
-    until("a refused link", &gh, |_| {
-        link_events(&gh).iter().any(|e| e.verdict == "refused")
+type Link = tokio_boring::SslStream<tokio::net::TcpStream>;
+
+fn hello() -> Vec<u8> {
+    codec::encode(br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{}}"#)
+}
+
+/// A second anonymous link from this address is refused at the edge, and audited so. Returns
+/// both links, kept open until the test ends.
+async fn second_anonymous_link_is_audited(
+    gh: &Gatehouse,
+    sink: &Sink,
+    anon: &ClientOpts,
+    port: u16,
+) -> (Link, Link) {
+    let mut first = tls_connect(addr(port), anon).await.unwrap();
+    first.write_all(&hello()).await.unwrap();
+    until(
+        "the first link to reach the master",
+        Duration::from_secs(10),
+        || !sink.frames().is_empty(),
+    )
+    .await;
+    let mut second = tls_connect(addr(port), anon).await.unwrap();
+    let _ = second.write_all(&hello()).await;
+    until_audited("a refused link", gh, |_| {
+        link_events(gh).iter().any(|e| e.verdict == "refused")
     })
     .await;
-    let l = link_events(&gh);
+    let l = link_events(gh);
     let refused = l.iter().find(|e| e.verdict == "refused").unwrap();
     assert!(
         refused.reason.starts_with("anonymous_max_per_ip: "),
@@ -190,35 +222,38 @@ async fn http_refusals_and_link_refusals_are_audited() {
         (refused.sni.as_str(), refused.identity.cn.as_ref()),
         ("master1", None)
     );
+    (first, second)
+}
 
-    // The same identity twice: the older link is replaced, and that is recorded for it.
-    let agent = ClientOpts {
-        cert: Some(pki.paths("agent1")),
-        ..anon.clone()
-    };
-    let mut a1 = tls_connect(addr(port), &agent).await.unwrap();
-    a1.write_all(&hello).await.unwrap();
+/// The same identity twice: the older link is replaced, and that is recorded for it. Returns
+/// both links, kept open until the test ends.
+async fn replaced_link_is_audited(
+    gh: &Gatehouse,
+    sink: &Sink,
+    agent: &ClientOpts,
+    port: u16,
+) -> (Link, Link) {
+    let mut a1 = tls_connect(addr(port), agent).await.unwrap();
+    a1.write_all(&hello()).await.unwrap();
     let before = sink.frames().len();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sink.frames().len() == before {
-        assert!(
-            Instant::now() < deadline,
-            "agent1's first link never reached the master"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut a2 = tls_connect(addr(port), &agent).await.unwrap();
-    a2.write_all(&hello).await.unwrap();
-    until("a replaced link", &gh, |_| {
-        link_events(&gh).iter().any(|e| e.verdict == "replaced")
+    until(
+        "agent1's first link to reach the master",
+        Duration::from_secs(10),
+        || sink.frames().len() > before,
+    )
+    .await;
+    let mut a2 = tls_connect(addr(port), agent).await.unwrap();
+    a2.write_all(&hello()).await.unwrap();
+    until_audited("a replaced link", gh, |_| {
+        link_events(gh).iter().any(|e| e.verdict == "replaced")
     })
     .await;
-    let l = link_events(&gh);
+    let l = link_events(gh);
     let replaced = l.iter().find(|e| e.verdict == "replaced").unwrap();
     assert_eq!(replaced.identity.cn.as_deref(), Some("agent1"));
     assert!(
         replaced.reason.contains("max_links_per_identity: 1"),
         "{replaced:?}"
     );
-    drop((first, second, a1, a2));
+    (a1, a2)
 }

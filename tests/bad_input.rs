@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+type Link = tokio_boring::SslStream<TcpStream>;
+
 const HEARTBEAT: &[u8] = br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#;
 
 fn addr(port: u16) -> SocketAddr {
@@ -181,8 +183,16 @@ async fn raw_tcp(port: u16, bytes: &[u8]) -> Vec<u8> {
 async fn netstring_and_message_corpus() {
     let e = Edge::start().await;
     let mut neighbour = e.neighbour().await;
+    framing_errors_close_the_link(&e, &mut neighbour).await;
+    a_frame_split_per_byte_is_fine(&e).await;
+    bad_payloads_are_dropped_or_close(&e, &mut neighbour).await;
+    // Last: it outlasts the 2 s idle limit that would also close the quiet neighbour.
+    a_stalled_frame_is_closed_by_the_idle_limit(&e).await;
+}
 
-    // Framing errors close even an authenticated link.
+/// Framing errors close even an authenticated link; counted apart: five broken frames, one
+/// over the limit.
+async fn framing_errors_close_the_link(e: &Edge, neighbour: &mut Link) {
     let framing: &[(&str, &[u8], &str)] = &[
         ("10 digits", b"1234567890:", "longer than 9 digits"),
         ("leading zero", b"05:hello,", "leading zero"),
@@ -209,9 +219,8 @@ async fn netstring_and_message_corpus() {
             "{case}: not closed"
         );
         e.gh.wait_log(log);
-        e.still_healthy(&mut neighbour, case).await;
+        e.still_healthy(neighbour, case).await;
     }
-    // Counted apart: five broken frames, one over the limit.
     let m = e.metrics().await;
     for (verdict, n) in [("malformed", 5), ("too_large", 1)] {
         let series = format!(
@@ -219,8 +228,9 @@ async fn netstring_and_message_corpus() {
         );
         assert!(m.lines().any(|l| l == series), "no `{series}` in:\n{m}");
     }
+}
 
-    // A frame split one byte per TCP segment is fine.
+async fn a_frame_split_per_byte_is_fine(e: &Edge) {
     let mut s = tls_connect(addr(e.port), &e.agent()).await.unwrap();
     for b in codec::encode(HEARTBEAT) {
         s.write_all(&[b]).await.unwrap();
@@ -230,8 +240,11 @@ async fn netstring_and_message_corpus() {
         read_frame(&mut s, Duration::from_secs(5)).await,
         Some(codec::encode(HEARTBEAT))
     );
+}
 
-    // Bad payloads: dropped (and counted) on an authenticated link, which stays up...
+/// Bad payloads: dropped (and counted) on an authenticated link, which stays up, and close
+/// an anonymous one.
+async fn bad_payloads_are_dropped_or_close(e: &Edge, neighbour: &mut Link) {
     let deep = format!(
         "{{\"method\":\"x\",\"p\":{}{}}}",
         "[".repeat(32),
@@ -269,7 +282,6 @@ async fn netstring_and_message_corpus() {
             "{case}: {line}"
         );
     }
-    // ...and close an anonymous one.
     for (case, payload, _) in payloads {
         let mut a = tls_connect(addr(e.port), &e.anon()).await.unwrap();
         a.write_all(&codec::encode(payload)).await.unwrap();
@@ -277,13 +289,14 @@ async fn netstring_and_message_corpus() {
             closed_within(&mut a, Duration::from_secs(3)).await,
             "anonymous {case}: not closed"
         );
-        e.still_healthy(&mut neighbour, case).await;
+        e.still_healthy(neighbour, case).await;
     }
     let m = e.metrics().await;
     assert!(m.contains(r#"gatehouse_cluster_messages_total{direction="upstream",method="other",verdict="malformed"}"#), "{m}");
+}
 
-    // Last (it outlasts the 2 s idle limit that would also close the quiet neighbour): a length
-    // that promises more than is ever sent is closed by the idle limit.
+/// A length that promises more than is ever sent is closed by the idle limit.
+async fn a_stalled_frame_is_closed_by_the_idle_limit(e: &Edge) {
     let mut s = tls_connect(addr(e.port), &e.agent()).await.unwrap();
     s.write_all(b"100:{\"method\":").await.unwrap();
     assert!(
@@ -310,8 +323,20 @@ async fn netstring_and_message_corpus() {
 async fn transport_and_certificate_corpus() {
     let e = Edge::start().await;
     let mut neighbour = e.neighbour().await;
+    tls_garbage_is_closed_unanswered(&e, &mut neighbour).await;
 
-    // TLS garbage and plain HTTP on the TLS port: no TLS, no answer but a close.
+    // No first byte after the handshake: closed after first_byte_timeout (1s), counted.
+    let mut quiet = tls_connect(addr(e.port), &e.agent()).await.unwrap();
+    assert!(closed_within(&mut quiet, Duration::from_secs(4)).await);
+    e.gh.wait_log("sent nothing within 1s");
+
+    unverifiable_certificates_are_anonymous(&e).await;
+    hostile_cns_forge_nothing(&e).await;
+    e.still_healthy(&mut neighbour, "certificates").await;
+}
+
+/// TLS garbage and plain HTTP on the TLS port: no TLS, no answer but a close.
+async fn tls_garbage_is_closed_unanswered(e: &Edge, neighbour: &mut Link) {
     let out = raw_tcp(
         e.port,
         &[0x16, 0x03, 0x01, 0xff, 0xff, 0xde, 0xad, 0xbe, 0xef],
@@ -327,14 +352,11 @@ async fn transport_and_certificate_corpus() {
         "plain HTTP on the TLS port must not be served"
     );
     e.gh.wait_log("handshake");
-    e.still_healthy(&mut neighbour, "TLS garbage").await;
+    e.still_healthy(neighbour, "TLS garbage").await;
+}
 
-    // No first byte after the handshake: closed after first_byte_timeout (1s), counted.
-    let mut quiet = tls_connect(addr(e.port), &e.agent()).await.unwrap();
-    assert!(closed_within(&mut quiet, Duration::from_secs(4)).await);
-    e.gh.wait_log("sent nothing within 1s");
-
-    // Certificates that do not verify: served as anonymous (optional mode), counted by reason.
+/// Certificates that do not verify: served as anonymous (optional mode), counted by reason.
+async fn unverifiable_certificates_are_anonymous(e: &Edge) {
     let expired = e
         .pki
         .ca
@@ -371,8 +393,10 @@ async fn transport_and_certificate_corpus() {
             "{name}: {m}"
         );
     }
+}
 
-    // A CA-signed CN with a line break cannot forge log lines; a wildcard CN is no file name.
+/// A CA-signed CN with a line break cannot forge log lines; a wildcard CN is no file name.
+async fn hostile_cns_forge_nothing(e: &Edge) {
     let evil = e
         .pki
         .ca
@@ -399,22 +423,51 @@ async fn transport_and_certificate_corpus() {
     s.write_all(&codec::encode(HEARTBEAT)).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
     e.gh.wait_log("is not usable as a file name");
-    e.still_healthy(&mut neighbour, "certificates").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_corpus() {
     let e = Edge::start().await;
     let mut neighbour = e.neighbour().await;
-    let o = e.agent();
-    let mut o_web = o.clone();
+    let mut o_web = e.agent();
     o_web.sni = Some("localhost".into());
 
-    // Request smuggling: both Content-Length and Transfer-Encoding, or two Content-Lengths.
-    let before = e.web.seen().len();
+    smuggled_requests_never_reach_the_origin(&e, &o_web).await;
+    oversized_requests_are_refused_unforwarded(&e, &o_web).await;
+    // (Links idle out after 2 s here: the neighbour speaks between the slower cases below.)
+    e.still_healthy(&mut neighbour, "smuggling, big headers, Kea body")
+        .await;
+    slowloris_heads_are_cut(&e, &o_web, &mut neighbour).await;
+
+    // A spoofed X-Forwarded-Client-Cert never reaches the origin.
     let r = request(
         addr(e.port),
         Some(&o_web),
+        "GET",
+        "/xfcc",
+        &[("X-Forwarded-Client-Cert", "Hash=00;Subject=\"CN=root\"")],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let last = e
+        .web
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path == "/xfcc")
+        .unwrap();
+    assert_eq!(last.header("x-forwarded-client-cert"), None);
+
+    e.still_healthy(&mut neighbour, "HTTP corpus").await;
+}
+
+/// Request smuggling: both Content-Length and Transfer-Encoding, or two Content-Lengths.
+async fn smuggled_requests_never_reach_the_origin(e: &Edge, o_web: &ClientOpts) {
+    let before = e.web.seen().len();
+    let r = request(
+        addr(e.port),
+        Some(o_web),
         "POST",
         "/smuggle-clte",
         &[("Content-Length", "4"), ("Transfer-Encoding", "chunked")],
@@ -442,7 +495,7 @@ async fn http_corpus() {
     }
     let mut raw = b"POST /dup-cl HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 9\r\nConnection: close\r\n\r\nabc".to_vec();
     raw.extend_from_slice(b"GET /smuggled2 HTTP/1.1\r\nHost: x\r\n\r\n");
-    let resp = tls_raw(addr(e.port), &o_web, &raw).await;
+    let resp = tls_raw(addr(e.port), o_web, &raw).await;
     assert!(
         resp.starts_with(b"HTTP/1.1 400"),
         "duplicate Content-Length: {}",
@@ -453,12 +506,14 @@ async fn http_corpus() {
         .seen()
         .iter()
         .any(|s| s.path == "/smuggled2" || s.path == "/dup-cl"));
+}
 
-    // Oversized headers: refused, the origin never sees them.
+/// Oversized headers refused, a huge body to a Kea route 413: the origin never sees them.
+async fn oversized_requests_are_refused_unforwarded(e: &Edge, o_web: &ClientOpts) {
     let big = "a".repeat(2 << 20);
     let r = request(
         addr(e.port),
-        Some(&o_web),
+        Some(o_web),
         "GET",
         "/big-header",
         &[("X-Big", &big)],
@@ -471,10 +526,9 @@ async fn http_corpus() {
     );
     assert!(!e.web.seen().iter().any(|s| s.path == "/big-header"));
 
-    // A huge body to a Kea route: 413 before anything is forwarded.
     let r = request(
         addr(e.port),
-        Some(&o_web),
+        Some(o_web),
         "POST",
         "/kea",
         &[("Content-Type", "application/json")],
@@ -484,40 +538,42 @@ async fn http_corpus() {
     .unwrap();
     assert_eq!(r.status, 413);
     assert!(!e.web.seen().iter().any(|s| s.path == "/kea"));
+}
 
-    // Slowloris: a head trickling in (a header line every 300 ms) is cut at header_timeout
-    // (1 s), on a fresh connection and on a keep-alive one after a complete request; a head
-    // sent slowly but whole within the limit is served.
-    let trickle = |s: tokio_boring::SslStream<TcpStream>, first: &'static [u8]| async move {
-        let mut s = s;
-        let t0 = std::time::Instant::now();
-        s.write_all(first).await.unwrap();
-        for i in 0..20 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if s.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
-                .await
-                .is_err()
-            {
-                break;
-            }
-            if closed_within(&mut s, Duration::from_millis(1)).await {
-                break;
-            }
+/// Sends `first`, then a header line every 300 ms until the server closes: whether it closed
+/// and how long that took.
+async fn trickle(mut s: Link, first: &'static [u8]) -> (bool, Duration) {
+    let t0 = std::time::Instant::now();
+    s.write_all(first).await.unwrap();
+    for i in 0..20 {
+        // The pace of a slowloris client: each line well within header_timeout on its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if s.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            break;
         }
-        let closed = closed_within(&mut s, Duration::from_secs(2)).await;
-        (closed, t0.elapsed())
-    };
-    // (Links idle out after 2 s here: the neighbour speaks between the slower cases below.)
-    e.still_healthy(&mut neighbour, "smuggling, big headers, Kea body")
-        .await;
-    let s = tls_connect(addr(e.port), &o_web).await.unwrap();
+        if closed_within(&mut s, Duration::from_millis(1)).await {
+            break;
+        }
+    }
+    let closed = closed_within(&mut s, Duration::from_secs(2)).await;
+    (closed, t0.elapsed())
+}
+
+/// Slowloris: a head trickling in (a header line every 300 ms) is cut at header_timeout
+/// (1 s), on a fresh connection and on a keep-alive one after a complete request; a head
+/// sent slowly but whole within the limit is served.
+async fn slowloris_heads_are_cut(e: &Edge, o_web: &ClientOpts, neighbour: &mut Link) {
+    let s = tls_connect(addr(e.port), o_web).await.unwrap();
     let (closed, took) = trickle(s, b"GET /slow HTTP/1.1\r\nHost: localhost\r\n").await;
     assert!(
         closed && took < Duration::from_secs(4),
         "slowloris head held the connection ({took:?})"
     );
-    e.still_healthy(&mut neighbour, "slowloris").await;
-    let mut s = tls_connect(addr(e.port), &o_web).await.unwrap();
+    e.still_healthy(neighbour, "slowloris").await;
+    let mut s = tls_connect(addr(e.port), o_web).await.unwrap();
     s.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
@@ -533,24 +589,8 @@ async fn http_corpus() {
         closed && took < Duration::from_secs(4),
         "keep-alive slowloris held the connection ({took:?})"
     );
-    e.still_healthy(&mut neighbour, "keep-alive slowloris")
-        .await;
-    let mut s = tls_connect(addr(e.port), &o_web).await.unwrap();
-    for part in [
-        &b"GET /slow-but-fine HTTP/1.1\r\n"[..],
-        b"Host: localhost\r\n",
-        b"Connection: close\r\n\r\n",
-    ] {
-        s.write_all(part).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    assert!(
-        out.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&out)
-    );
+    e.still_healthy(neighbour, "keep-alive slowloris").await;
+    a_slow_but_whole_head_is_served(e, o_web).await;
     assert!(!e
         .web
         .seen()
@@ -564,28 +604,26 @@ async fn http_corpus() {
         "{}",
         e.metrics().await
     );
+}
 
-    // A spoofed X-Forwarded-Client-Cert never reaches the origin.
-    let r = request(
-        addr(e.port),
-        Some(&o_web),
-        "GET",
-        "/xfcc",
-        &[("X-Forwarded-Client-Cert", "Hash=00;Subject=\"CN=root\"")],
-        b"",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200);
-    let last = e
-        .web
-        .seen()
-        .into_iter()
-        .rfind(|s| s.path == "/xfcc")
-        .unwrap();
-    assert_eq!(last.header("x-forwarded-client-cert"), None);
-
-    e.still_healthy(&mut neighbour, "HTTP corpus").await;
+async fn a_slow_but_whole_head_is_served(e: &Edge, o_web: &ClientOpts) {
+    let mut s = tls_connect(addr(e.port), o_web).await.unwrap();
+    for part in [
+        &b"GET /slow-but-fine HTTP/1.1\r\n"[..],
+        b"Host: localhost\r\n",
+        b"Connection: close\r\n\r\n",
+    ] {
+        s.write_all(part).await.unwrap();
+        // Three parts 250 ms apart: slow, but the whole head within header_timeout (1 s).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 /// Writes raw bytes over TLS and reads until the server closes (or 5 s).

@@ -375,75 +375,9 @@ fn the_typed_test_config_writes_only_schema_keys() {
                 .error_log("/tmp/gh.log")
                 .work_stealing(false),
         )
-        .listener(
-            Listener::new("edge", 5665)
-                .protocols(&[Protocol::Http, Protocol::Cluster])
-                .first_byte_timeout("1s")
-                .header_timeout("1s")
-                .read_buffer("4KiB")
-                .keepalive_timeout("2s")
-                .keepalive_requests(3)
-                .max_connections_per_identity(2)
-                .handshake_timeout("5s")
-                .max_handshakes_per_ip(8)
-                .max_connections(100)
-                .tls(
-                    ListenerTls::new("s.crt", "s.key")
-                        .client_auth(ClientAuth::Optional)
-                        .client_ca("ca.crt")
-                        .min_version("tls1.3")
-                        .curves("X25519")
-                        .alpn(["h2", "http/1.1"])
-                        .session_resumption(true)
-                        .watch(true),
-                ),
-        )
-        .upstream(
-            "kea",
-            Group::peers(["127.0.0.1:1", "127.0.0.1:2"])
-                .load_balancing("consistent_hash")
-                .health_check(conf::HealthCheck {
-                    kind: "http".into(),
-                    interval: Some("1s".into()),
-                    path: Some("/health".into()),
-                    host: Some("kea.internal".into()),
-                })
-                .connect_timeout("1s")
-                .tls_handshake_timeout("5s")
-                .read_timeout("1s")
-                .idle_timeout("1s")
-                .tls(
-                    UpstreamTls::new("kea.internal")
-                        .ca("ca.crt")
-                        .client_cert("c.crt")
-                        .client_key("c.key")
-                        .verify_cert(true)
-                        .verify_hostname(true)
-                        .alt_cn("kea")
-                        .curves("X25519")
-                        .alpn("h2h1")
-                        .watch(true),
-                ),
-        )
-        .route(
-            Route::new("kea", "kea")
-                .host("*.example.org")
-                .path("/kea")
-                .allow(["cn:ops"])
-                .deny(["cn:intern"])
-                .xfcc()
-                .rate_limit(0.5, Some(3))
-                .kea(
-                    KeaRoute::deny_by_default()
-                        .max_body("64KiB")
-                        .fan_out("all")
-                        .rule(
-                            KeaRule::new(["cn:ops"])
-                                .commands(AllowDeny::only(["*"]).deny(["shutdown"]))
-                                .services(AllowDeny::only(["dhcp4"])),
-                        ),
-                ),
-        )
+        .listener(listener_with_every_key())
+        .upstream("kea", group_with_every_key())
+        .route(kea_route_with_every_key())
         .upstream("zk6", Group::new("unix:/run/kea/k6.sock"))
         .upstream("zz-auth", {
             let mut g = Group::new("127.0.0.1:3");
@@ -467,38 +401,15 @@ fn the_typed_test_config_writes_only_schema_keys() {
             });
             r
         })
-        .cluster(
-            Cluster::new("master1", "kea")
-                .child_route("agent1", "kea")
-                .cert_dir("ids")
-                .missing("own")
-                .max_violations(3)
-                .limits(
-                    Limits::default()
-                        .max_links_per_identity(2)
-                        .anonymous_max_clients(2)
-                        .anonymous_max_per_ip(1)
-                        .certificate_request_size("4KiB")
-                        .anonymous_message_size("2KiB")
-                        .message_size("1MiB")
-                        .idle_timeout("3s")
-                        .anonymous_idle_timeout("1s"),
-                )
-                .policy(
-                    PolicyRule::new("*")
-                        .direction("upstream")
-                        .allow(["a"])
-                        .deny(["b"]),
-                ),
-        )
+        .cluster(cluster_with_every_key())
         .metrics(9090)
         .audit_path("audit.jsonl")
         .log_format("json");
     let text = every.to_yaml();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("ids")).unwrap();
-    let config =
-        gatehouse::Config::parse(&text, tmp.path()).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    let config = gatehouse::config::Config::parse(&text, tmp.path())
+        .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
     assert_eq!(config.listeners[0].keepalive_requests, 3, "{text}");
     assert!(config.listeners[0].tls.as_ref().unwrap().watch, "{text}");
     assert!(config.upstreams[0].tls.as_ref().unwrap().watch, "{text}");
@@ -507,6 +418,102 @@ fn the_typed_test_config_writes_only_schema_keys() {
         gatehouse::config::LogFormat::Json,
         "{text}"
     );
+}
+
+fn listener_with_every_key() -> Listener {
+    Listener::new("edge", 5665)
+        .protocols(&[Protocol::Http, Protocol::Cluster])
+        .first_byte_timeout("1s")
+        .header_timeout("1s")
+        .read_buffer("4KiB")
+        .keepalive_timeout("2s")
+        .keepalive_requests(3)
+        .max_connections_per_identity(2)
+        .handshake_timeout("5s")
+        .max_handshakes_per_ip(8)
+        .max_connections(100)
+        .tls(
+            ListenerTls::new("s.crt", "s.key")
+                .client_auth(ClientAuth::Optional)
+                .client_ca("ca.crt")
+                .min_version("tls1.3")
+                .curves("X25519")
+                .alpn(["h2", "http/1.1"])
+                .session_resumption(true)
+                .watch(true),
+        )
+}
+
+fn group_with_every_key() -> Group {
+    Group::peers(["127.0.0.1:1", "127.0.0.1:2"])
+        .load_balancing("consistent_hash")
+        .health_check(conf::HealthCheck {
+            kind: "http".into(),
+            interval: Some("1s".into()),
+            path: Some("/health".into()),
+            host: Some("kea.internal".into()),
+        })
+        .connect_timeout("1s")
+        .tls_handshake_timeout("5s")
+        .read_timeout("1s")
+        .idle_timeout("1s")
+        .tls(
+            UpstreamTls::new("kea.internal")
+                .ca("ca.crt")
+                .client_cert("c.crt")
+                .client_key("c.key")
+                .verify_cert(true)
+                .verify_hostname(true)
+                .alt_cn("kea")
+                .curves("X25519")
+                .alpn("h2h1")
+                .watch(true),
+        )
+}
+
+fn kea_route_with_every_key() -> Route {
+    Route::new("kea", "kea")
+        .host("*.example.org")
+        .path("/kea")
+        .allow(["cn:ops"])
+        .deny(["cn:intern"])
+        .xfcc()
+        .rate_limit(0.5, Some(3))
+        .kea(
+            KeaRoute::deny_by_default()
+                .max_body("64KiB")
+                .fan_out("all")
+                .rule(
+                    KeaRule::new(["cn:ops"])
+                        .commands(AllowDeny::only(["*"]).deny(["shutdown"]))
+                        .services(AllowDeny::only(["dhcp4"])),
+                ),
+        )
+}
+
+fn cluster_with_every_key() -> Cluster {
+    Cluster::new("master1", "kea")
+        .child_route("agent1", "kea")
+        .cert_dir("ids")
+        .missing("own")
+        .max_violations(3)
+        .limits(
+            Limits::default()
+                .max_links_per_identity(2)
+                .anonymous_max_clients(2)
+                .anonymous_max_per_ip(1)
+                .certificate_request_size("4KiB")
+                .anonymous_message_size("2KiB")
+                .message_size("1MiB")
+                .idle_timeout("3s")
+                .anonymous_idle_timeout("1s"),
+        )
+        .policy(
+            PolicyRule::new("*")
+                .direction("upstream")
+                .allow(["a"])
+                .deny(["b"]),
+        )
 }
 
 /// The packaged /etc config is safe as shipped: its dashboard rule reads the DHCP daemons,
@@ -572,6 +579,39 @@ fn check_as_the_service_user_reports_unreadable_identities() {
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let rp = RelayPki::new(dir);
+    let file = write_relay_conf(dir, &rp);
+    // Everything readable by the service user (here `nobody`)...
+    for d in [dir.join("pki"), rp.ids.clone()] {
+        set_mode(&d, 0o755);
+        for e in std::fs::read_dir(&d).unwrap() {
+            set_mode(&e.unwrap().path(), 0o644);
+        }
+    }
+    set_mode(&file, 0o644);
+    let (ok, out) = check_as_nobody(&file);
+    assert!(ok, "{out}");
+    // ...but one agent's key as `icinga2 pki new-cert` leaves it, a certificate with no key
+    // (not an identity: fine), one whose key is another's.
+    spoil_identities(&rp);
+    let (ok, out) = check_as_nobody(&file);
+    assert!(!ok, "{out}");
+    for want in [
+        "cluster.upstream_identity.cert_dir",
+        "agent1.key: cannot read: Permission denied",
+        "agent3.crt: key does not match the certificate",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("agent2"), "{out}");
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+}
+
+/// Writes `dir/gatehouse.yaml`: a relay with `rp`'s `cert_dir` identities; returns its path.
+fn write_relay_conf(dir: &Path, rp: &RelayPki) -> std::path::PathBuf {
     let conf = Conf::new()
         .server(conf::Server::for_test(dir))
         .listener(rp.listener(
@@ -589,37 +629,29 @@ fn check_as_the_service_user_reports_unreadable_identities() {
         .cluster(rp.cluster("master"));
     let file = dir.join("gatehouse.yaml");
     conf.write(&file);
-    // Everything readable by the service user (here `nobody`)...
-    let open = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
-    for d in [dir.join("pki"), rp.ids.clone()] {
-        open(&d, 0o755);
-        for e in std::fs::read_dir(&d).unwrap() {
-            open(&e.unwrap().path(), 0o644);
-        }
-    }
-    open(&file, 0o644);
-    let check = || {
-        let out = std::process::Command::new("runuser")
-            .args(["-u", "nobody", "--"])
-            .arg(gatehouse_bin())
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
-    let (ok, out) = check();
-    assert!(ok, "{out}");
-    // ...but one agent's key as `icinga2 pki new-cert` leaves it, a certificate with no key
-    // (not an identity: fine), one whose key is another's.
-    open(&rp.ids.join("agent1.key"), 0o600);
+    file
+}
+
+/// `gatehouse check -c file` as `nobody`: (success, stdout + stderr).
+fn check_as_nobody(file: &Path) -> (bool, String) {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(gatehouse_bin())
+        .args(["check", "-c"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// agent1's key 0600, agent2 a certificate without a key, agent3 with agent1's key.
+fn spoil_identities(rp: &RelayPki) {
+    set_mode(&rp.ids.join("agent1.key"), 0o600);
     let other = rp
         .pki
         .ca
@@ -635,16 +667,6 @@ fn check_as_the_service_user_reports_unreadable_identities() {
     third.write(&rp.ids, "agent3").unwrap();
     std::fs::copy(rp.ids.join("agent1.key"), rp.ids.join("agent3.key")).unwrap();
     for f in ["agent2.crt", "agent3.crt", "agent3.key"] {
-        open(&rp.ids.join(f), 0o644);
+        set_mode(&rp.ids.join(f), 0o644);
     }
-    let (ok, out) = check();
-    assert!(!ok, "{out}");
-    for want in [
-        "cluster.upstream_identity.cert_dir",
-        "agent1.key: cannot read: Permission denied",
-        "agent3.crt: key does not match the certificate",
-    ] {
-        assert!(out.contains(want), "no {want:?} in:\n{out}");
-    }
-    assert!(!out.contains("agent2"), "{out}");
 }

@@ -111,11 +111,11 @@ async fn two_instances_run_in_one_process_and_stop_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_mapper_chooses_what_a_link_presents_upstream() {
     use common::sink::{Sink, SinkMode};
-    use common::{tls_connect, ClientOpts, Protocol, RelayPki};
+    use common::{tls_connect, until, ClientOpts, Protocol, RelayPki};
     use gatehouse::cluster::filter::LinkInfo;
     use gatehouse::cluster::identity::{IdentityMapper, Mapped};
     use gatehouse::pingora::CertKey;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
     struct Fixed(Arc<CertKey>);
@@ -168,14 +168,12 @@ async fn an_identity_mapper_chooses_what_a_link_presents_upstream() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut agent = tls_connect(addr, &opts("agent1")).await.unwrap();
     agent.write_all(&hello).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sink.frames().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "agent1's Hello never reached the master"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "agent1's Hello to reach the master",
+        Duration::from_secs(10),
+        || !sink.frames().is_empty(),
+    )
+    .await;
     assert_eq!(
         sink.client_cns.lock().unwrap().clone(),
         vec![Some("mapped-agent".to_string())],

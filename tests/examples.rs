@@ -53,10 +53,10 @@ async fn redact_filter_rewrites_answers_and_passes_the_rest() {
     // the ping answered at the edge and the config push refused by the built-in policy.
     let redacted = leaky.replace("password=hunter2", "password=***");
     let want = [hello.to_string(), redacted, clean.to_string()];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sink.frames().len() < want.len() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    holds_within(Duration::from_secs(10), || {
+        sink.frames().len() >= want.len()
+    })
+    .await;
     let at_master: Vec<String> = sink
         .frames()
         .iter()
@@ -184,72 +184,118 @@ impl Decisions {
     }
 }
 
+/// `examples/decision_authorizer` in front of an echo origin and an echo master, asking
+/// [`Decisions`]; alice and bob have client certificates.
+struct DecisionEdge {
+    rp: RelayPki,
+    web: Upstream,
+    decisions: Decisions,
+    gh: Gatehouse,
+    edge: SocketAddr,
+    _sink: Sink,
+    _tmp: tempfile::TempDir,
+}
+
+impl DecisionEdge {
+    async fn start() -> DecisionEdge {
+        let tmp = tempfile::tempdir().unwrap();
+        let rp = RelayPki::new(tmp.path());
+        rp.pki
+            .issue("alice", gatehouse::pki::CertSpec::new("alice"));
+        rp.pki.issue("bob", gatehouse::pki::CertSpec::new("bob"));
+        let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
+        let web = Upstream::h1(None, Behavior::Echo).await;
+        let decisions = Decisions::start().await;
+        let port = reserved_port();
+        let conf = Conf::new()
+            .listener(rp.listener("edge", port, &[Protocol::Http, Protocol::Cluster]))
+            .upstream("web", Group::new(web.addr))
+            .upstream("master", rp.master(sink.addr))
+            .route(Route::new("web", "web").deny(["anonymous"]))
+            .cluster(rp.cluster("master"))
+            .metrics(reserved_port());
+        let url = format!("http://{}/v1/data/gatehouse/decision", decisions.addr);
+        let gh = Gatehouse::start_bin_env(
+            &example_bin("decision_authorizer"),
+            &[("DECISION_URL", &url)],
+            tmp.path(),
+            &conf,
+        );
+        DecisionEdge {
+            rp,
+            web,
+            decisions,
+            gh,
+            edge: SocketAddr::from(([127, 0, 0, 1], port)),
+            _sink: sink,
+            _tmp: tmp,
+        }
+    }
+
+    /// `GET path` as `cn`.
+    async fn get(&self, cn: &str, path: &str) -> Response {
+        let o = ClientOpts {
+            ca: Some(self.rp.pki.ca_path()),
+            cert: Some(self.rp.pki.paths(cn)),
+            sni: Some("localhost".into()),
+            tls12: false,
+        };
+        request(self.edge, Some(&o), "GET", path, &[], b"")
+            .await
+            .unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decision_authorizer_allows_caches_fails_closed_and_revokes_links() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rp = RelayPki::new(tmp.path());
-    rp.pki
-        .issue("alice", gatehouse::pki::CertSpec::new("alice"));
-    rp.pki.issue("bob", gatehouse::pki::CertSpec::new("bob"));
-    let sink = Sink::start(rp.master_acceptor(), SinkMode::Echo).await;
-    let web = Upstream::h1(None, Behavior::Echo).await;
-    let decisions = Decisions::start().await;
-    let port = reserved_port();
-    let conf = Conf::new()
-        .listener(rp.listener("edge", port, &[Protocol::Http, Protocol::Cluster]))
-        .upstream("web", Group::new(web.addr))
-        .upstream("master", rp.master(sink.addr))
-        .route(Route::new("web", "web").deny(["anonymous"]))
-        .cluster(rp.cluster("master"))
-        .metrics(reserved_port());
-    let url = format!("http://{}/v1/data/gatehouse/decision", decisions.addr);
-    let gh = Gatehouse::start_bin_env(
-        &example_bin("decision_authorizer"),
-        &[("DECISION_URL", &url)],
-        tmp.path(),
-        &conf,
-    );
-    let edge = SocketAddr::from(([127, 0, 0, 1], port));
-    let client = |cn: &str| ClientOpts {
-        ca: Some(rp.pki.ca_path()),
-        cert: Some(rp.pki.paths(cn)),
-        sni: Some("localhost".into()),
-        tls12: false,
-    };
-    let get = |cn: &'static str, path: &'static str| {
-        let o = client(cn);
-        async move {
-            request(edge, Some(&o), "GET", path, &[], b"")
-                .await
-                .unwrap()
-        }
-    };
+    let mut e = DecisionEdge::start().await;
+    http_answers_are_cached_and_denials_explained(&e).await;
+    an_open_link_is_revoked(&e).await;
 
-    // Allowed (cached for a minute), denied with the service's reason, YAML deny first.
-    decisions.set("alice", true, 60_000);
-    decisions.set("bob", false, 0);
+    // The service goes away: fail closed (a path alice has no cached answer for).
+    e.decisions.task.abort();
+    let _ = (&mut e.decisions.task).await;
+    let r = e.get("alice", "/b").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("failing closed"), "{}", r.text());
+    let m = e.gh.metrics_text().await;
+    for needle in [
+        r#"gatehouse_authorizer_calls_total{result="cached",target="http"} 2"#,
+        r#"gatehouse_authorizer_calls_total{result="deny",target="http"} 1"#,
+        r#"gatehouse_authorizer_calls_total{result="error",target="http"} 1"#,
+    ] {
+        assert!(m.contains(needle), "missing `{needle}`:\n{m}");
+    }
+}
+
+/// Allowed (cached for a minute), denied with the service's reason, YAML deny first.
+async fn http_answers_are_cached_and_denials_explained(e: &DecisionEdge) {
+    e.decisions.set("alice", true, 60_000);
+    e.decisions.set("bob", false, 0);
     for _ in 0..3 {
-        assert_eq!(get("alice", "/a").await.status, 200);
+        assert_eq!(e.get("alice", "/a").await.status, 200);
     }
     assert_eq!(
-        decisions.calls("http"),
+        e.decisions.calls("http"),
         1,
         "alice's answer came from the cache twice"
     );
-    let r = get("bob", "/a").await;
+    let r = e.get("bob", "/a").await;
     assert_eq!(r.status, 403);
     assert!(r.text().contains("bob is not on the list"), "{}", r.text());
-    assert_eq!(web.seen().len(), 3, "bob never reached the origin");
+    assert_eq!(e.web.seen().len(), 3, "bob never reached the origin");
+}
 
-    // A cluster link: allowed for 500 ms at a time, then revoked while open.
-    decisions.set("agent1", true, 500);
+/// A cluster link: allowed for 500 ms at a time, then revoked while open.
+async fn an_open_link_is_revoked(e: &DecisionEdge) {
+    e.decisions.set("agent1", true, 500);
     let agent = ClientOpts {
-        ca: Some(rp.pki.ca_path()),
-        cert: Some(rp.pki.paths("agent1")),
+        ca: Some(e.rp.pki.ca_path()),
+        cert: Some(e.rp.pki.paths("agent1")),
         sni: Some("master1".into()),
         tls12: false,
     };
-    let mut s = tls_connect(edge, &agent).await.unwrap();
+    let mut s = tls_connect(e.edge, &agent).await.unwrap();
     s.write_all(&ns(
         r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{}}"#,
     ))
@@ -257,12 +303,14 @@ async fn decision_authorizer_allows_caches_fails_closed_and_revokes_links() {
     .unwrap();
     let (hello, _) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
     assert_eq!(hello.len(), 1, "the link is up and echoed");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(
-        decisions.calls("link") >= 2,
-        "re-checked as the TTL ran out"
-    );
-    decisions.set("agent1", false, 0);
+    // The link's first decision lives 500 ms: the service is asked again as it runs out.
+    until(
+        "the link re-checked as the TTL ran out",
+        Duration::from_secs(5),
+        || e.decisions.calls("link") >= 2,
+    )
+    .await;
+    e.decisions.set("agent1", false, 0);
     let t0 = std::time::Instant::now();
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
@@ -271,23 +319,7 @@ async fn decision_authorizer_allows_caches_fails_closed_and_revokes_links() {
         "the link was not closed after the revocation"
     );
     assert!(t0.elapsed() < Duration::from_secs(3));
-    gh.wait_log("revoked by authorizer decision-service");
-
-    // The service goes away: fail closed (a path alice has no cached answer for).
-    decisions.task.abort();
-    drop(decisions);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = get("alice", "/b").await;
-    assert_eq!(r.status, 403, "{}", r.text());
-    assert!(r.text().contains("failing closed"), "{}", r.text());
-    let m = gh.metrics_text().await;
-    for needle in [
-        r#"gatehouse_authorizer_calls_total{result="cached",target="http"} 2"#,
-        r#"gatehouse_authorizer_calls_total{result="deny",target="http"} 1"#,
-        r#"gatehouse_authorizer_calls_total{result="error",target="http"} 1"#,
-    ] {
-        assert!(m.contains(needle), "missing `{needle}`:\n{m}");
-    }
+    e.gh.wait_log("revoked by authorizer decision-service");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,19 +388,8 @@ async fn kea_whoami_is_answered_at_the_edge_and_the_rest_goes_to_kea() {
         !kea.logs().contains("gatehouse-whoami"),
         "Kea never saw the edge-answered command"
     );
-    let audit = std::fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
-    let verdicts: Vec<(String, String)> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|v| {
-            (
-                v["command"].as_str().unwrap_or("-").to_string(),
-                v["verdict"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
     assert_eq!(
-        verdicts,
+        audit_verdicts(&tmp.path().join("audit.jsonl")),
         [
             ("gatehouse-whoami".to_string(), "answered".to_string()),
             ("version-get".into(), "allowed".into()),
@@ -382,4 +403,19 @@ async fn kea_whoami_is_answered_at_the_edge_and_the_rest_goes_to_kea() {
         ),
         "{m}"
     );
+}
+
+/// (command, verdict) of every line of an audit file.
+fn audit_verdicts(path: &std::path::Path) -> Vec<(String, String)> {
+    let audit = std::fs::read_to_string(path).unwrap();
+    audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["command"].as_str().unwrap_or("-").to_string(),
+                v["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }

@@ -220,7 +220,9 @@ async fn connections_are_capped_per_identity() {
     };
     let first = tls_connect(addr(port), &who("a")).await.unwrap();
     let _second = tls_connect(addr(port), &who("a")).await.unwrap();
-    // Both are held open (idle) before the third arrives.
+    // Both are held open (idle) before the third arrives. The server takes a connection's
+    // place once its side of the handshake ends, a moment after the client's, and nothing
+    // counts a connection that has not spoken yet: that moment cannot be waited for.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut third = tls_connect(addr(port), &who("a")).await.unwrap();
     assert!(
@@ -231,18 +233,17 @@ async fn connections_are_capped_per_identity() {
     let r = request(addr(port), Some(&who("b")), "GET", "/", &[], b"").await;
     assert_eq!(r.map(|r| r.status).ok(), Some(200), "b is not limited by a");
     drop(first);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut ok = false;
-    for _ in 0..50 {
-        if let Ok(r) = request(addr(port), Some(&who("a")), "GET", "/", &[], b"").await {
-            ok = r.status == 200;
-            if ok {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok, "a closed connection frees its place\n{}", gh.log_text());
+    let a = who("a");
+    let served = || async {
+        let r = request(addr(port), Some(&a), "GET", "/", &[], b"").await;
+        r.is_ok_and(|r| r.status == 200).then_some(())
+    };
+    let freed = first_within_async(Duration::from_secs(3), POLL, served).await;
+    assert!(
+        freed.is_some(),
+        "a closed connection frees its place\n{}",
+        gh.log_text()
+    );
     // At least the third connection (retries above may add more while `first` closes).
     let m = gh.metrics_text().await;
     let refused = m
@@ -262,152 +263,19 @@ async fn connections_are_capped_per_identity() {
 /// TLS too, and with curl's defaults (HTTP/2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kea_commands_fan_out_to_every_agent() {
-    use common::kea::{Kea, KeaTls};
     if !common::kea::installed() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let edge = Pki::edge(tmp.path(), &["dashboard-1"]);
-    let up = common::kea::upstream_pki(tmp.path());
-    let k1 = Kea::start(&tmp.path().join("k1"), reserved_port(), None);
-    let mut k2 = Kea::start(&tmp.path().join("k2"), reserved_port(), None);
-    let hang = Upstream::h1(None, Behavior::Hang).await;
-    let tls = || Some(KeaTls::from_pki(&up));
-    let t1 = Kea::start(&tmp.path().join("t1"), reserved_port(), tls());
-    let t2 = Kea::start(&tmp.path().join("t2"), reserved_port(), tls());
-    let (port, mport) = (reserved_port(), reserved_port());
-    let kea = || {
-        KeaRoute::deny_by_default().fan_out("all").rule(
-            KeaRule::new(["cn:dashboard-*"]).commands(AllowDeny::only([
-                "*-get",
-                "version-get",
-                "list-commands",
-            ])),
-        )
-    };
-    let conf = Conf::new()
-        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
-            &edge,
-            "server",
-            ClientAuth::Required,
-        )))
-        .upstream(
-            "fleet",
-            Group::peers([k1.addr, k2.addr, hang.addr]).read_timeout("1s"),
-        )
-        .upstream(
-            "fleet-tls",
-            Group::peers([t1.addr, t2.addr]).tls(UpstreamTls::mutual(
-                "kea.internal",
-                &up,
-                "gatehouse",
-            )),
-        )
-        .route(Route::new("fleet", "fleet").host("localhost").kea(kea()))
-        .route(Route::new("fleet-tls", "fleet-tls").host("*").kea(kea()))
-        .audit_path(tmp.path().join("audit.jsonl"))
-        .metrics(mport);
-    let gh = Gatehouse::start(tmp.path(), &conf);
-    let client = |sni: &str| ClientOpts {
-        ca: Some(edge.ca_path()),
-        cert: Some(edge.paths("dashboard-1")),
-        sni: Some(sni.into()),
-        tls12: false,
-    };
-    let send = |sni: &'static str, body: &'static str| {
-        let o = client(sni);
-        async move {
-            let t0 = std::time::Instant::now();
-            let r = request(
-                addr(port),
-                Some(&o),
-                "POST",
-                "/",
-                &[("Content-Type", "application/json")],
-                body.as_bytes(),
-            )
-            .await
-            .unwrap();
-            (r, t0.elapsed())
-        }
-    };
-    let peers = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["peer"].as_str().unwrap_or("?").to_string())
-            .collect()
-    };
-
-    // version-get: both agents answer, the hanging peer is a timeout after ~read_timeout.
-    let (r, took) = send("localhost", r#"{"command":"version-get"}"#).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
-    assert_eq!(
-        peers(&v),
-        [
-            k1.addr.to_string(),
-            k2.addr.to_string(),
-            hang.addr.to_string()
-        ],
-        "{v}"
-    );
-    assert_eq!(v[0]["result"], 0, "{v}");
-    assert_eq!(v[1]["result"], 0, "{v}");
-    assert!(v[0]["text"].as_str().unwrap().starts_with("2."), "{v}");
-    assert_eq!(
-        v[2],
-        serde_json::json!({"result": 1, "text": "upstream error: timeout", "peer": hang.addr.to_string()})
-    );
-    assert!(
-        took < Duration::from_secs(3),
-        "bounded by read_timeout: {took:?}"
-    );
-
-    // config-get on dhcp4: each agent's own configuration, in peer order.
-    let (r, _) = send(
-        "localhost",
-        r#"{"command":"config-get","service":["dhcp4"]}"#,
-    )
-    .await;
-    let v = r.json();
-    assert_eq!(peers(&v)[..2], [k1.addr.to_string(), k2.addr.to_string()]);
-    for e in &v.as_array().unwrap()[..2] {
-        assert_eq!(e["result"], 0, "{e}");
-        assert!(e["arguments"]["Dhcp4"].is_object(), "{e}");
-    }
-
-    // list-commands is cut to the caller's rule in every agent's element.
-    let (r, _) = send(
-        "localhost",
-        r#"{"command":"list-commands","service":["dhcp4"]}"#,
-    )
-    .await;
-    let v = r.json();
-    for e in &v.as_array().unwrap()[..2] {
-        let names: Vec<&str> = e["arguments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|n| n.as_str())
-            .collect();
-        assert!(names.contains(&"config-get"), "{e}");
-        assert!(
-            names
-                .iter()
-                .all(|n| n.ends_with("-get") || *n == "list-commands"),
-            "only what dashboard-1 may run: {e}"
-        );
-    }
+    let mut f = KeaFleet::start().await;
+    f.version_get_bounds_the_hanging_peer().await;
+    f.each_agent_answers_for_itself().await;
 
     // A denied command reaches no agent.
-    let (r, _) = send(
-        "localhost",
-        r#"{"command":"config-set","service":["dhcp4"],"arguments":{}}"#,
-    )
-    .await;
+    let (r, _) = f
+        .send(r#"{"command":"config-set","service":["dhcp4"],"arguments":{}}"#)
+        .await;
     assert_eq!(r.status, 403);
-    for k in [&k1, &k2] {
+    for k in [&f.k1, &f.k2] {
         assert!(
             !k.logs().contains("Received command 'config-set'"),
             "{}",
@@ -416,71 +284,254 @@ async fn kea_commands_fan_out_to_every_agent() {
     }
 
     // One agent stopped mid-test: reported as refused, the other still answers.
-    k2.stop();
-    let (r, _) = send("localhost", r#"{"command":"version-get"}"#).await;
+    f.k2.stop();
+    let (r, _) = f.send(r#"{"command":"version-get"}"#).await;
     let v = r.json();
     assert_eq!(v[0]["result"], 0, "{v}");
     assert_eq!(v[1]["text"], "upstream error: refused", "{v}");
-    assert_eq!(v[1]["peer"], k2.addr.to_string());
+    assert_eq!(v[1]["peer"], f.k2.addr.to_string());
 
-    // The mutual-TLS fleet, through curl with its defaults (HTTP/2).
-    let (status, body) = curl(
-        &edge,
-        "dashboard-1",
-        &format!("https://127.0.0.1:{port}/"),
-        &[
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            r#"{"command":"version-get"}"#,
-        ],
-    )
-    .await;
-    assert_eq!(status, "200 2", "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(peers(&v), [t1.addr.to_string(), t2.addr.to_string()], "{v}");
-    assert!(
-        v.as_array().unwrap().iter().all(|e| e["result"] == 0),
-        "{v}"
-    );
+    f.the_mtls_fleet_answers_curl().await;
+    f.audit_and_metrics_name_each_peer().await;
+}
 
-    // One audit record per command, with each peer's outcome; per-peer metrics.
-    let audit: Vec<serde_json::Value> = std::fs::read_to_string(tmp.path().join("audit.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let first = &audit[0];
-    assert_eq!(
-        (first["command"].as_str(), first["verdict"].as_str()),
-        (Some("version-get"), Some("allowed"))
-    );
-    assert_eq!(
-        first["peers"],
-        serde_json::json!([
-            {"peer": k1.addr.to_string(), "results": [0]},
-            {"peer": k2.addr.to_string(), "results": [0]},
-            {"peer": hang.addr.to_string(), "results": [1], "error": "upstream error: timeout"},
-        ])
-    );
-    assert_eq!(audit.iter().filter(|a| a["verdict"] == "denied").count(), 1);
-    let m = metrics_text(mport).await;
-    for needle in [
-        format!(
-            r#"gatehouse_kea_fanout_peer_total{{outcome="timeout",peer="{}",route="fleet"}} 4"#,
-            hang.addr
-        ),
-        format!(
-            r#"gatehouse_kea_fanout_peer_total{{outcome="refused",peer="{}",route="fleet"}} 1"#,
-            k2.addr
-        ),
-        format!(
-            r#"gatehouse_kea_fanout_peer_total{{outcome="ok",peer="{}",route="fleet-tls"}} 1"#,
-            t1.addr
-        ),
-    ] {
-        assert!(m.contains(&needle), "{needle}\n{m}\n{}", gh.log_text());
+/// Two plain Control Agents and a hanging peer (group `fleet`, `read_timeout: 1s`, SNI
+/// localhost), two over mutual TLS (`fleet-tls`, any other SNI), `dashboard-1` allowed
+/// `*-get` and `list-commands`.
+struct KeaFleet {
+    edge: Pki,
+    k1: common::kea::Kea,
+    k2: common::kea::Kea,
+    hang: Upstream,
+    t1: common::kea::Kea,
+    t2: common::kea::Kea,
+    gh: Gatehouse,
+    port: u16,
+    mport: u16,
+    tmp: tempfile::TempDir,
+}
+
+impl KeaFleet {
+    async fn start() -> KeaFleet {
+        use common::kea::{Kea, KeaTls};
+        let tmp = tempfile::tempdir().unwrap();
+        let edge = Pki::edge(tmp.path(), &["dashboard-1"]);
+        let up = common::kea::upstream_pki(tmp.path());
+        let k1 = Kea::start(&tmp.path().join("k1"), reserved_port(), None);
+        let k2 = Kea::start(&tmp.path().join("k2"), reserved_port(), None);
+        let hang = Upstream::h1(None, Behavior::Hang).await;
+        let tls = || Some(KeaTls::from_pki(&up));
+        let t1 = Kea::start(&tmp.path().join("t1"), reserved_port(), tls());
+        let t2 = Kea::start(&tmp.path().join("t2"), reserved_port(), tls());
+        let (port, mport) = (reserved_port(), reserved_port());
+        let kea = || {
+            KeaRoute::deny_by_default().fan_out("all").rule(
+                KeaRule::new(["cn:dashboard-*"]).commands(AllowDeny::only([
+                    "*-get",
+                    "version-get",
+                    "list-commands",
+                ])),
+            )
+        };
+        let conf = Conf::new()
+            .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
+                &edge,
+                "server",
+                ClientAuth::Required,
+            )))
+            .upstream(
+                "fleet",
+                Group::peers([k1.addr, k2.addr, hang.addr]).read_timeout("1s"),
+            )
+            .upstream(
+                "fleet-tls",
+                Group::peers([t1.addr, t2.addr]).tls(UpstreamTls::mutual(
+                    "kea.internal",
+                    &up,
+                    "gatehouse",
+                )),
+            )
+            .route(Route::new("fleet", "fleet").host("localhost").kea(kea()))
+            .route(Route::new("fleet-tls", "fleet-tls").host("*").kea(kea()))
+            .audit_path(tmp.path().join("audit.jsonl"))
+            .metrics(mport);
+        let gh = Gatehouse::start(tmp.path(), &conf);
+        KeaFleet {
+            edge,
+            k1,
+            k2,
+            hang,
+            t1,
+            t2,
+            gh,
+            port,
+            mport,
+            tmp,
+        }
     }
+
+    /// POSTs `body` to the plain fleet as dashboard-1: the answer and how long it took.
+    async fn send(&self, body: &str) -> (Response, Duration) {
+        let o = ClientOpts {
+            ca: Some(self.edge.ca_path()),
+            cert: Some(self.edge.paths("dashboard-1")),
+            sni: Some("localhost".into()),
+            tls12: false,
+        };
+        let t0 = std::time::Instant::now();
+        let r = request(
+            addr(self.port),
+            Some(&o),
+            "POST",
+            "/",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+        (r, t0.elapsed())
+    }
+
+    /// version-get: both agents answer, the hanging peer is a timeout after ~read_timeout.
+    async fn version_get_bounds_the_hanging_peer(&self) {
+        let (r, took) = self.send(r#"{"command":"version-get"}"#).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(
+            peers(&v),
+            [
+                self.k1.addr.to_string(),
+                self.k2.addr.to_string(),
+                self.hang.addr.to_string()
+            ],
+            "{v}"
+        );
+        assert_eq!(v[0]["result"], 0, "{v}");
+        assert_eq!(v[1]["result"], 0, "{v}");
+        assert!(v[0]["text"].as_str().unwrap().starts_with("2."), "{v}");
+        assert_eq!(
+            v[2],
+            serde_json::json!({"result": 1, "text": "upstream error: timeout", "peer": self.hang.addr.to_string()})
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "bounded by read_timeout: {took:?}"
+        );
+    }
+
+    /// config-get on dhcp4: each agent's own configuration, in peer order; list-commands is
+    /// cut to the caller's rule in every agent's element.
+    async fn each_agent_answers_for_itself(&self) {
+        let (r, _) = self
+            .send(r#"{"command":"config-get","service":["dhcp4"]}"#)
+            .await;
+        let v = r.json();
+        assert_eq!(
+            peers(&v)[..2],
+            [self.k1.addr.to_string(), self.k2.addr.to_string()]
+        );
+        for e in &v.as_array().unwrap()[..2] {
+            assert_eq!(e["result"], 0, "{e}");
+            assert!(e["arguments"]["Dhcp4"].is_object(), "{e}");
+        }
+
+        let (r, _) = self
+            .send(r#"{"command":"list-commands","service":["dhcp4"]}"#)
+            .await;
+        let v = r.json();
+        for e in &v.as_array().unwrap()[..2] {
+            let names: Vec<&str> = e["arguments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|n| n.as_str())
+                .collect();
+            assert!(names.contains(&"config-get"), "{e}");
+            assert!(
+                names
+                    .iter()
+                    .all(|n| n.ends_with("-get") || *n == "list-commands"),
+                "only what dashboard-1 may run: {e}"
+            );
+        }
+    }
+
+    /// The mutual-TLS fleet, through curl with its defaults (HTTP/2).
+    async fn the_mtls_fleet_answers_curl(&self) {
+        let (status, body) = curl(
+            &self.edge,
+            "dashboard-1",
+            &format!("https://127.0.0.1:{}/", self.port),
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                r#"{"command":"version-get"}"#,
+            ],
+        )
+        .await;
+        assert_eq!(status, "200 2", "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            peers(&v),
+            [self.t1.addr.to_string(), self.t2.addr.to_string()],
+            "{v}"
+        );
+        assert!(
+            v.as_array().unwrap().iter().all(|e| e["result"] == 0),
+            "{v}"
+        );
+    }
+
+    /// One audit record per command, with each peer's outcome; per-peer metrics.
+    async fn audit_and_metrics_name_each_peer(&self) {
+        let audit: Vec<serde_json::Value> =
+            std::fs::read_to_string(self.tmp.path().join("audit.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        let first = &audit[0];
+        assert_eq!(
+            (first["command"].as_str(), first["verdict"].as_str()),
+            (Some("version-get"), Some("allowed"))
+        );
+        assert_eq!(
+            first["peers"],
+            serde_json::json!([
+                {"peer": self.k1.addr.to_string(), "results": [0]},
+                {"peer": self.k2.addr.to_string(), "results": [0]},
+                {"peer": self.hang.addr.to_string(), "results": [1], "error": "upstream error: timeout"},
+            ])
+        );
+        assert_eq!(audit.iter().filter(|a| a["verdict"] == "denied").count(), 1);
+        let m = metrics_text(self.mport).await;
+        for needle in [
+            format!(
+                r#"gatehouse_kea_fanout_peer_total{{outcome="timeout",peer="{}",route="fleet"}} 4"#,
+                self.hang.addr
+            ),
+            format!(
+                r#"gatehouse_kea_fanout_peer_total{{outcome="refused",peer="{}",route="fleet"}} 1"#,
+                self.k2.addr
+            ),
+            format!(
+                r#"gatehouse_kea_fanout_peer_total{{outcome="ok",peer="{}",route="fleet-tls"}} 1"#,
+                self.t1.addr
+            ),
+        ] {
+            assert!(m.contains(&needle), "{needle}\n{m}\n{}", self.gh.log_text());
+        }
+    }
+}
+
+/// The `peer` of every element of a fanned-out answer.
+fn peers(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["peer"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 /// Every fanned-out copy is prepared like a single forward: Gatehouse's own

@@ -60,15 +60,17 @@ fn handshakes(metrics: &str, result: &str) -> u64 {
 /// (it closes at once: a failed handshake), so that connection holds no place when a test
 /// starts counting places.
 async fn probe_gone(gh: &Gatehouse) {
-    let start = Instant::now();
-    while handshakes(&gh.metrics_text().await, "failed") < 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the readiness probe's connection was never seen to end:\n{}",
-            gh.metrics_text().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    handshakes_reach(gh, "failed", 1).await;
+}
+
+/// Waits (up to 10 s) until `gatehouse_handshakes_total{result}` is at least `n`.
+async fn handshakes_reach(gh: &Gatehouse, result: &str, n: u64) {
+    gh.wait_metrics(
+        &format!("{n} handshakes counted {result}"),
+        Duration::from_secs(10),
+        |m| handshakes(m, result) >= n,
+    )
+    .await;
 }
 
 /// A TCP connection from `src` that never starts TLS.
@@ -157,7 +159,8 @@ async fn max_handshakes_per_ip_closes_the_excess_at_accept() {
         held.push(idle("127.0.0.1", port).await);
     }
     // Let the listener take all three before the fourth (generously: in `make test` the flood
-    // test of this file loads the box at the same time).
+    // test of this file loads the box at the same time). Nothing counts a handshake under way,
+    // so their places being taken cannot be waited for.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let mut fourth = idle("127.0.0.1", port).await;
     assert!(
@@ -173,8 +176,10 @@ async fn max_handshakes_per_ip_closes_the_excess_at_accept() {
         get_from("127.0.0.1", port, &pki).await.is_err(),
         "127.0.0.1 is still at its cap"
     );
+    // The three end as failed handshakes, each giving its place back as it is counted.
+    let failed = handshakes(&gh.metrics_text().await, "failed");
     drop(held);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    handshakes_reach(&gh, "failed", failed + 3).await;
     assert_eq!(
         get_from("127.0.0.1", port, &pki).await,
         Ok(200),
@@ -197,14 +202,16 @@ async fn max_connections_closes_the_excess_at_accept() {
         &conf(&pki, &web, port, |l| l.max_connections(2)),
     );
     probe_gone(&gh).await;
+    // Both places are taken at accept, before the handshakes that have now completed.
     let a = tls_connect(addr(port), &client(&pki)).await.unwrap();
     let b = tls_connect(addr(port), &client(&pki)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         get_from("127.0.0.2", port, &pki).await.is_err(),
         "a third connection was let in"
     );
     drop(a);
+    // A connection that never spoke ends without a counter moving: its place given back
+    // cannot be waited for, and trying the listener meanwhile would count refusals.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get_from("127.0.0.2", port, &pki).await, Ok(200));
     drop(b);
@@ -257,11 +264,20 @@ async fn a_flood_from_one_address_leaves_the_service_up() {
         "only {} connections could be opened",
         flood.len()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let m = tokio::time::timeout(Duration::from_secs(5), metrics_text(metrics_port))
-        .await
-        .expect("/metrics answers during the flood");
-    assert!(handshakes(&m, "over_ip_limit") >= 500, "{m}");
+    let refused = || async {
+        let m = tokio::time::timeout(Duration::from_secs(5), metrics_text(metrics_port))
+            .await
+            .expect("/metrics answers during the flood");
+        (handshakes(&m, "over_ip_limit") >= 500).then_some(())
+    };
+    eventually_some(
+        "500 of the flood refused at accept",
+        Duration::from_secs(10),
+        POLL,
+        refused,
+        || gh.log_text(),
+    )
+    .await;
     let health = tokio::time::timeout(
         Duration::from_secs(5),
         request(addr(metrics_port), None, "GET", "/healthz", &[], b""),
@@ -341,6 +357,7 @@ async fn memory_returns_after_a_flood() {
     for _ in 0..20 {
         assert_eq!(get_from("127.0.0.1", port, &pki).await, Ok(200));
     }
+    // The baseline once the warm-up's buffers are released: RSS has no event to wait for.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = status_kib(pid, "VmRSS:");
     let mut held = Vec::new();
@@ -373,15 +390,22 @@ async fn memory_returns_after_a_flood() {
         }
     }
     assert!(held.len() >= 400, "only {} uploads started", held.len());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let peak = status_kib(pid, "VmRSS:");
+    // The uploads' buffers grow as Gatehouse reads them: the peak is the first reading past
+    // twice the baseline (or what it reached in 10 s, which the assertion below judges).
+    let mut peak = status_kib(pid, "VmRSS:");
+    holds_within(Duration::from_secs(10), || {
+        peak = peak.max(status_kib(pid, "VmRSS:"));
+        peak > 2 * before
+    })
+    .await;
     drop(held);
     let start = Instant::now();
     let mut now = status_kib(pid, "VmRSS:");
-    while now > 2 * before && start.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    holds_within(Duration::from_secs(60), || {
         now = status_kib(pid, "VmRSS:");
-    }
+        now <= 2 * before
+    })
+    .await;
     eprintln!(
         "flood: RSS {before} KiB before, {peak} KiB during, {now} KiB {:?} after",
         start.elapsed()

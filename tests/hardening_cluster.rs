@@ -69,18 +69,9 @@ async fn within<F: Future>(what: &str, t: Duration, f: F) -> F::Output {
     }
 }
 
-/// Polls `cond` every 20 ms for at most `t`; whether it became true.
+/// Whether `cond` held within `t` (the tests word their own failures).
 async fn eventually(t: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + t;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_within(t, cond).await
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -275,21 +266,12 @@ impl Edge {
 
     /// Waits for a log line containing every needle; returns it.
     async fn log_line(&self, needles: &[&str], t: Duration) -> Option<String> {
-        let deadline = Instant::now() + t;
-        loop {
-            if let Some(l) = self
-                .gh
-                .log_text()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return Some(l.to_string());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let line = || {
+            let log = self.gh.log_text();
+            let l = log.lines().find(|l| needles.iter().all(|n| l.contains(n)));
+            std::future::ready(l.map(str::to_string))
+        };
+        first_within_async(t, POLL, line).await
     }
 }
 
@@ -339,7 +321,6 @@ async fn anonymous_links_are_capped_per_ip() {
 
     // The third anonymous link from 127.0.0.1 is refused right after its first byte.
     let refused = e.try_anonymous_link().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         refused,
         Ok(()),
@@ -348,14 +329,19 @@ async fn anonymous_links_are_capped_per_ip() {
         e.sink.frames().len(),
         e.sink.client_cns.lock().unwrap().len()
     );
+    // An authenticated client is not limited by the anonymous cap; its link, relayed and
+    // echoed after the refused one, shows the refused one would have reached the master by now.
+    let _agent = e
+        .hello_link(Some("agent1"), "agent1 beside two anonymous links")
+        .await;
     assert_eq!(
         e.sink.frames().len(),
-        2,
-        "nothing of the refused link reaches the master"
+        3,
+        "nothing of the refused link reaches the master (two anonymous Hellos and agent1's)"
     );
     assert_eq!(
         e.sink.client_cns.lock().unwrap().len(),
-        2,
+        3,
         "no upstream connection for the refused link"
     );
     let line = e
@@ -378,32 +364,22 @@ async fn anonymous_links_are_capped_per_ip() {
         "{m}"
     );
 
-    // An authenticated client is not limited by the anonymous cap.
-    let _agent = e
-        .hello_link(Some("agent1"), "agent1 beside two anonymous links")
-        .await;
-
     // Closing one anonymous link frees a place.
     within("close", T, a1.shutdown()).await.ok();
     drop(a1);
-    let mut freed = false;
-    for _ in 0..100 {
-        let m = e.metrics().await;
-        if metric(
-            &m,
+    let one_active = |m: &str| {
+        metric(
+            m,
             "gatehouse_cluster_links_active",
             &[("kind", "anonymous")],
         ) == 1.0
-        {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        freed,
-        "the closed anonymous link is still counted as active"
-    );
+    };
+    e.gh.wait_metrics(
+        "the closed anonymous link no longer counted as active",
+        Duration::from_secs(5),
+        one_active,
+    )
+    .await;
     let _a4 = e
         .hello_link(None, "a new anonymous link after one closed")
         .await;
@@ -438,9 +414,13 @@ async fn anonymous_max_per_ip_key_takes_effect() {
         Ok(()),
         "with anonymous_max_per_ip: 1 the second anonymous link must be refused"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(e.sink.frames().len(), 1);
-    assert_eq!(e.sink.client_cns.lock().unwrap().len(), 1);
+    // A later link, relayed and echoed, shows the refused one would have reached the master
+    // by now: nothing of it did (the first anonymous Hello and agent1's only).
+    let _agent = e
+        .hello_link(Some("agent1"), "agent1 after the refusal")
+        .await;
+    assert_eq!(e.sink.frames().len(), 2);
+    assert_eq!(e.sink.client_cns.lock().unwrap().len(), 2);
     let m = e.metrics().await;
     assert_eq!(
         metric(
@@ -646,46 +626,10 @@ impl Drop for ReadingLink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_certificate_request_is_denied_without_building_a_tree() {
     let e = Edge::start(None, true, SinkMode::Echo).await;
-    let pid = e.gh.pid();
     let pem = std::fs::read_to_string(e.pki.paths("agent1").0).unwrap();
     let mut link = ReadingLink::new(e.hello_link(Some("agent1"), "agent1").await);
 
-    let big = padded_cert_request("big", 8 << 20);
-    let rss_before = status_kib(pid, "VmRSS:");
-    // Reset the peak (VmHWM) so it measures this send only (Linux >= 4.0, own child).
-    let peak_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
-    let t0 = Instant::now();
-    let mut frame = ns(&big);
-    frame.extend(ns(&heartbeat("after-big")));
-    within(
-        "sending 8 MiB",
-        Duration::from_secs(60),
-        link.w.write_all(&frame),
-    )
-    .await
-    .unwrap();
-    within("flush", T, link.w.flush()).await.unwrap();
-    let mut rss_max = rss_before;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while e.sink_frame("after-big").is_none() && link.open() && Instant::now() < deadline {
-        rss_max = rss_max.max(status_kib(pid, "VmRSS:"));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    rss_max = rss_max.max(status_kib(pid, "VmRSS:"));
-    let peak = if peak_reset {
-        status_kib(pid, "VmHWM:").max(rss_max)
-    } else {
-        rss_max
-    };
-    let growth_mib = peak.saturating_sub(rss_before) / 1024;
-    println!(
-        "8 MiB pki::RequestCertificate: RSS before {} MiB, peak {} MiB (growth {growth_mib} MiB, \
-         VmHWM reset: {peak_reset}), heartbeat after it at the master after {:?}",
-        rss_before / 1024,
-        peak / 1024,
-        t0.elapsed()
-    );
-
+    let rss = send_8_mib_cert_request(&e, &mut link).await;
     let mut failures = Vec::new();
     if !eventually(T, || e.sink_frame("after-big").is_some()).await {
         failures.push("the heartbeat after the large request never reached the master".into());
@@ -714,15 +658,81 @@ async fn oversized_certificate_request_is_denied_without_building_a_tree() {
             "gatehouse_cluster_messages_total{{direction=\"upstream\",method=\"pki::RequestCertificate\",verdict=\"denied\"}} is {denied}, not 1"
         ));
     }
+    let growth_mib = rss.peak.saturating_sub(rss.before) / 1024;
     if growth_mib >= 64 {
         failures.push(format!(
             "Gatehouse's RSS grew by {growth_mib} MiB ({} → {} MiB) for one 8 MiB request",
-            rss_before / 1024,
-            peak / 1024
+            rss.before / 1024,
+            rss.peak / 1024
         ));
     }
+    small_cert_request_gets_the_clients_certificate(&e, &mut link, &pem, &mut failures).await;
+    assert!(
+        failures.is_empty(),
+        "oversized pki::RequestCertificate:\n  {}",
+        failures.join("\n  ")
+    );
+}
 
-    // Below the limit: a 10 KiB request is forwarded with the client's certificate.
+/// Gatehouse's resident memory before a send and at its peak during it, in KiB.
+struct RssPeak {
+    before: u64,
+    peak: u64,
+}
+
+/// Sends an 8 MiB `pki::RequestCertificate` then heartbeat `after-big`, sampling the edge's
+/// RSS until the heartbeat reaches the master, the link closes or a minute passes.
+async fn send_8_mib_cert_request(e: &Edge, link: &mut ReadingLink) -> RssPeak {
+    let pid = e.gh.pid();
+    let big = padded_cert_request("big", 8 << 20);
+    let rss_before = status_kib(pid, "VmRSS:");
+    // Reset the peak (VmHWM) so it measures this send only (Linux >= 4.0, own child).
+    let peak_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let t0 = Instant::now();
+    let mut frame = ns(&big);
+    frame.extend(ns(&heartbeat("after-big")));
+    within(
+        "sending 8 MiB",
+        Duration::from_secs(60),
+        link.w.write_all(&frame),
+    )
+    .await
+    .unwrap();
+    within("flush", T, link.w.flush()).await.unwrap();
+    let mut rss_max = rss_before;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while e.sink_frame("after-big").is_none() && link.open() && Instant::now() < deadline {
+        rss_max = rss_max.max(status_kib(pid, "VmRSS:"));
+        // The sampling period of the RSS watch.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rss_max = rss_max.max(status_kib(pid, "VmRSS:"));
+    let peak = if peak_reset {
+        status_kib(pid, "VmHWM:").max(rss_max)
+    } else {
+        rss_max
+    };
+    println!(
+        "8 MiB pki::RequestCertificate: RSS before {} MiB, peak {} MiB (growth {} MiB, \
+         VmHWM reset: {peak_reset}), heartbeat after it at the master after {:?}",
+        rss_before / 1024,
+        peak / 1024,
+        peak.saturating_sub(rss_before) / 1024,
+        t0.elapsed()
+    );
+    RssPeak {
+        before: rss_before,
+        peak,
+    }
+}
+
+/// Below the limit: a 10 KiB request is forwarded with the client's certificate (`pem`).
+async fn small_cert_request_gets_the_clients_certificate(
+    e: &Edge,
+    link: &mut ReadingLink,
+    pem: &str,
+    failures: &mut Vec<String>,
+) {
     let small = padded_cert_request("small", 10 << 10);
     within("write", T, link.w.write_all(&ns(&small)))
         .await
@@ -734,17 +744,12 @@ async fn oversized_certificate_request_is_denied_without_building_a_tree() {
     {
         Some(raw) => {
             let v: serde_json::Value = serde_json::from_slice(&frame_payload(&raw)).unwrap();
-            if v["params"]["cert_request"].as_str() != Some(pem.as_str()) {
+            if v["params"]["cert_request"].as_str() != Some(pem) {
                 failures.push("the 10 KiB request lacks the client's certificate".into());
             }
         }
         None => failures.push("the 10 KiB request (below the limit) was not forwarded".into()),
     }
-    assert!(
-        failures.is_empty(),
-        "oversized pki::RequestCertificate:\n  {}",
-        failures.join("\n  ")
-    );
 }
 
 /// Item 3: `certificate_request_size: 4KiB` set explicitly denies a 10 KiB request (a 1 KiB
@@ -796,8 +801,43 @@ async fn cluster_log_lines_escape_sni_cn_and_method() {
     // the link with the odd CN opens and is logged.
     let e = Edge::start(anon_limits(), false, SinkMode::Echo).await;
     let mut failures = Vec::new();
+    let _odd = odd_cn_is_escaped(&e, &mut failures).await;
+    let _anonymous = denied_method_is_escaped(&e, &mut failures).await;
+    let _snis = control_character_snis_are_escaped(&e, &mut failures).await;
 
-    // 1. A CA-signed certificate whose CN carries a line break and a fake log header.
+    // Nothing may start a line of its own, and no raw control character may reach the log.
+    // (env_logger indents the continuation lines of a multi-line message by 4 spaces, so a
+    // raw line break shows up as `    [2026-01-01…`: counted as forged too, a log shipper or
+    // `grep '^ *\['` would not tell it apart.) A plain link's line, logged after all the
+    // others, shows every line of theirs is in the log by now.
+    let _marker = e.hello_link(Some("agent1"), "the last link").await;
+    let marker = e.log_line(&["link open: agent1@", "sni=master1"], T).await;
+    assert!(marker.is_some(), "no `link open` line for the last link");
+    let log = e.gh.log_text();
+    for l in log.lines() {
+        let lower = l.to_lowercase();
+        if lower.starts_with("[2026-01-01t00:00:00z") {
+            failures.push(format!("forged log line: {l:?}"));
+        } else if lower.trim_start().starts_with("[2026-01-01t00:00:00z") {
+            failures.push(format!(
+                "forged log line (indented by env_logger as a continuation line): {l:?}"
+            ));
+        }
+        if l.chars().any(|c| c.is_control()) {
+            failures.push(format!("raw control character in a log line: {l:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "cluster-side log escaping:\n  {}\n--- log ---\n{log}",
+        failures.join("\n  ")
+    );
+}
+
+/// A CA-signed certificate whose CN carries a line break and a fake log header, sending a
+/// denied `config::Update`: the CN escaped in its `denied` and `link open:` lines. Returns
+/// the link, kept open until the test ends.
+async fn odd_cn_is_escaped(e: &Edge, failures: &mut Vec<String>) -> Tls {
     let evil_cn = format!("agent{FORGED}");
     e.pki.issue("evil", CertSpec::new(&evil_cn));
     let mut s = e.hello_link(Some("evil"), "the odd-CN client").await;
@@ -818,8 +858,12 @@ async fn cluster_log_lines_escape_sni_cn_and_method() {
         Some(l) if l.to_lowercase().contains(FORGED_ESCAPED) => {}
         l => failures.push(format!("CN: no escaped CN in `link open:`: {l:?}")),
     }
+    s
+}
 
-    // 2. A denied method name with a line break (anonymous: only hello/heartbeat/pki pass).
+/// A denied method name with a line break (anonymous: only hello/heartbeat/pki pass), escaped
+/// in its `denied` line. Returns the link, kept open until the test ends.
+async fn denied_method_is_escaped(e: &Edge, failures: &mut Vec<String>) -> Tls {
     let mut a = e.hello_link(None, "anonymous").await;
     let method = format!("x{}", FORGED.replace('\n', "\\n"));
     within(
@@ -835,11 +879,15 @@ async fn cluster_log_lines_escape_sni_cn_and_method() {
         Some(l) if l.to_lowercase().contains(FORGED_ESCAPED) => {}
         l => failures.push(format!("method: not escaped in the `denied` line: {l:?}")),
     }
+    a
+}
 
-    // 3. SNIs with control characters. BoringSSL's client sends any byte but NUL; the server
-    // refuses only empty or NUL-containing names. Routed ones (*.example.org) open a link and
-    // are logged in `link open:`; the others are refused with `no cluster route for SNI`.
-    // The client is agent1 (authenticated), so these links do not count as anonymous ones.
+/// SNIs with control characters. BoringSSL's client sends any byte but NUL; the server
+/// refuses only empty or NUL-containing names. Routed ones (*.example.org) open a link and
+/// are logged in `link open:`; the others are refused with `no cluster route for SNI`.
+/// The client is agent1 (authenticated), so these links do not count as anonymous ones.
+/// Returns the links, kept open until the test ends.
+async fn control_character_snis_are_escaped(e: &Edge, failures: &mut Vec<String>) -> Vec<Tls> {
     let any = connector(None, Some(e.pki.paths("agent1")));
     let mut sent = Vec::new();
     for (case, sni, routed) in [
@@ -872,7 +920,7 @@ async fn cluster_log_lines_escape_sni_cn_and_method() {
         "no SNI with a newline could be sent"
     );
     // Each SNI shows up in its line; a line break as `\n` (other control characters are
-    // checked below: none may reach the log raw, whatever the escape syntax).
+    // checked by the caller: none may reach the log raw, whatever the escape syntax).
     for (case, sni, routed, _) in &sent {
         let line_kind = if *routed {
             "link open: agent1@"
@@ -893,31 +941,7 @@ async fn cluster_log_lines_escape_sni_cn_and_method() {
             )),
         }
     }
-
-    // Nothing may start a line of its own, and no raw control character may reach the log.
-    // (env_logger indents the continuation lines of a multi-line message by 4 spaces, so a
-    // raw line break shows up as `    [2026-01-01…`: counted as forged too, a log shipper or
-    // `grep '^ *\['` would not tell it apart.)
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = e.gh.log_text();
-    for l in log.lines() {
-        let lower = l.to_lowercase();
-        if lower.starts_with("[2026-01-01t00:00:00z") {
-            failures.push(format!("forged log line: {l:?}"));
-        } else if lower.trim_start().starts_with("[2026-01-01t00:00:00z") {
-            failures.push(format!(
-                "forged log line (indented by env_logger as a continuation line): {l:?}"
-            ));
-        }
-        if l.chars().any(|c| c.is_control()) {
-            failures.push(format!("raw control character in a log line: {l:?}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "cluster-side log escaping:\n  {}\n--- log ---\n{log}",
-        failures.join("\n  ")
-    );
+    sent.into_iter().map(|(.., s)| s).collect()
 }
 
 /// A plaintext listener `edge` on `port` and a route to an upstream nobody answers.
@@ -967,6 +991,29 @@ impl Sleeper {
     fn alive(&mut self) -> bool {
         matches!(self.0.try_wait(), Ok(None))
     }
+
+    /// Whether the process has been sent a signal: one still pending (`kill` queues it at
+    /// once, before the process runs to act on it), or it died of it. Exact right after the
+    /// sender has returned: no wait for the process to act on it.
+    fn signalled(&mut self) -> bool {
+        if !self.alive() {
+            return true;
+        }
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let empty = |mask: &str| u64::from_str_radix(mask, 16).is_ok_and(|m| m == 0);
+        let pending = ["SigPnd:", "ShdPnd:"]
+            .iter()
+            .any(|f| field(f).is_none_or(|mask| !empty(mask)));
+        let dying = field("State:").is_none_or(|s| s.starts_with('Z') || s.starts_with('X'));
+        pending || dying
+    }
 }
 
 impl Drop for Sleeper {
@@ -989,8 +1036,7 @@ async fn reload_against_sleep(dir: &Path) -> Result<(), String> {
     let pid = sleeper.0.id();
     std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
     let (ok, out) = gatehouse_cli(vec!["reload".into(), "-c".into(), cfg_s]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let alive = sleeper.alive();
+    let alive = !sleeper.signalled();
     let lower = out.to_lowercase();
     let words: Vec<&str> = lower.split(|c: char| !c.is_ascii_alphanumeric()).collect();
     let says_not_gatehouse = words.contains(&"not") && words.contains(&"gatehouse");
@@ -1332,7 +1378,11 @@ async fn a_blocked_direction_holds_one_message() {
     let s = e.connect(Some("agent1")).await;
     let (mut r, mut w) = tokio::io::split(s);
     within("hello", T, w.write_all(&ns(HELLO))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The baseline once the link is relayed: the master has taken its connection.
+    until("the link to reach the master", T, || {
+        e.sink.client_cns.lock().unwrap().len() == 1
+    })
+    .await;
     let before = status_kib(pid, "VmRSS:");
     let big = ns(&format!(
         r#"{{"jsonrpc":"2.0","method":"event::Heartbeat","params":{{"pad":"{}"}}}}"#,
@@ -1349,6 +1399,7 @@ async fn a_blocked_direction_holds_one_message() {
     let mut peak = before;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
+        // RSS sampled over a 5 s window while the writer is blocked: the measurement itself.
         tokio::time::sleep(Duration::from_millis(100)).await;
         peak = peak.max(status_kib(pid, "VmRSS:"));
     }

@@ -895,75 +895,39 @@ async fn client_controlled_values_cannot_start_a_log_line() {
         let dir = tmp.path().join(if audit_file { "file" } else { "target" });
         std::fs::create_dir_all(&dir).unwrap();
         let port = reserved_port();
-        let kea = KeaRoute::deny_by_default().rule(
-            KeaRule::new(["cn:*"])
-                .commands(AllowDeny::only(["version-get"]))
-                .services(AllowDeny::only(["dhcp4"])),
-        );
-        let mut conf = web_conf(&web, [listener("edge", port, &pki)])
-            .upstream("dead", Group::new(local(dead)).connect_timeout("1s"))
-            .route(Route::new("web", "web").path("/web"))
-            .route(
-                Route::new("kea-open", "dead")
-                    .path("/kea-open")
-                    .kea(KeaRoute::allow_all()),
-            )
-            .route(Route::new("kea", "dead").path("/kea").kea(kea));
+        let mut conf = log_vector_conf(&web, &pki, port, dead);
         if audit_file {
             conf = conf.audit_path(dir.join("audit.jsonl"));
         }
         let gh = Gatehouse::start(&dir, &conf);
         let kea_requests = send_log_vectors(port, &pki).await;
-        // Let the last access lines reach the log.
+        // The last access line, and an audit record for every Kea request: all the vectors
+        // are in the log and the audit by now.
         gh.wait_log("/web/evil");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let audit_lines = || -> Vec<String> {
+            if audit_file {
+                std::fs::read_to_string(dir.join("audit.jsonl"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                gh.log_text()
+                    .lines()
+                    .filter_map(audit_payload)
+                    .map(str::to_string)
+                    .collect()
+            }
+        };
+        holds_within(T, || audit_lines().len() >= kea_requests).await;
         let log = gh.log_text();
+        let audit_lines = audit_lines();
         let case = if audit_file {
             "audit.path"
         } else {
             "audit in the log"
         };
-
-        // The vectors were logged at all (escaped): a refusal naming the forged command,
-        // and the encoded path as sent.
-        if !log
-            .lines()
-            .any(|l| l.contains("is not allowed for") && l.contains("forged"))
-        {
-            problems.push(format!("{case}: no refusal line names the forged command"));
-        }
-        if !log
-            .lines()
-            .any(|l| l.contains("gatehouse::access") && l.to_ascii_lowercase().contains("/x%0d%0a"))
-        {
-            problems.push(format!(
-                "{case}: no access line with the percent-encoded path as sent"
-            ));
-        }
-        for l in foreign_lines(&log) {
-            problems.push(format!("{case}: a value started a log line: {l:?}"));
-        }
-        let audit_lines: Vec<String> = if audit_file {
-            std::fs::read_to_string(dir.join("audit.jsonl"))
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_string)
-                .collect()
-        } else {
-            log.lines()
-                .filter_map(audit_payload)
-                .map(str::to_string)
-                .collect()
-        };
-        if audit_lines.len() != kea_requests {
-            problems.push(format!(
-                "{case}: {} audit records for {kea_requests} Kea requests: {audit_lines:#?}",
-                audit_lines.len()
-            ));
-        }
-        for l in &audit_lines {
-            check_audit_line(l, &mut problems);
-        }
+        check_log_vectors(case, &log, &audit_lines, kea_requests, &mut problems);
         drop(gh);
     }
     assert!(
@@ -971,6 +935,63 @@ async fn client_controlled_values_cannot_start_a_log_line() {
         "log injection:\n{}",
         problems.join("\n")
     );
+}
+
+/// Listener `edge` on `port`: `/web` to the origin, `/kea-open` (any command) and `/kea`
+/// (`version-get` on dhcp4 only) to `dead`, where nobody listens.
+fn log_vector_conf(web: &Upstream, pki: &Pki, port: u16, dead: u16) -> Conf {
+    let kea = KeaRoute::deny_by_default().rule(
+        KeaRule::new(["cn:*"])
+            .commands(AllowDeny::only(["version-get"]))
+            .services(AllowDeny::only(["dhcp4"])),
+    );
+    web_conf(web, [listener("edge", port, pki)])
+        .upstream("dead", Group::new(local(dead)).connect_timeout("1s"))
+        .route(Route::new("web", "web").path("/web"))
+        .route(
+            Route::new("kea-open", "dead")
+                .path("/kea-open")
+                .kea(KeaRoute::allow_all()),
+        )
+        .route(Route::new("kea", "dead").path("/kea").kea(kea))
+}
+
+/// After [`send_log_vectors`]: the vectors were logged at all (escaped) — a refusal naming
+/// the forged command, and the encoded path as sent —, none started a line of its own, and
+/// `audit_lines` hold one well-formed record per Kea request.
+fn check_log_vectors(
+    case: &str,
+    log: &str,
+    audit_lines: &[String],
+    kea_requests: usize,
+    problems: &mut Vec<String>,
+) {
+    if !log
+        .lines()
+        .any(|l| l.contains("is not allowed for") && l.contains("forged"))
+    {
+        problems.push(format!("{case}: no refusal line names the forged command"));
+    }
+    if !log
+        .lines()
+        .any(|l| l.contains("gatehouse::access") && l.to_ascii_lowercase().contains("/x%0d%0a"))
+    {
+        problems.push(format!(
+            "{case}: no access line with the percent-encoded path as sent"
+        ));
+    }
+    for l in foreign_lines(log) {
+        problems.push(format!("{case}: a value started a log line: {l:?}"));
+    }
+    if audit_lines.len() != kea_requests {
+        problems.push(format!(
+            "{case}: {} audit records for {kea_requests} Kea requests: {audit_lines:#?}",
+            audit_lines.len()
+        ));
+    }
+    for l in audit_lines {
+        check_audit_line(l, problems);
+    }
 }
 
 // === 5. slow clients and slow upstreams (hardening round 3) ===
@@ -1051,10 +1072,37 @@ async fn a_stalled_request_body_ends_at_body_timeout() {
         .metrics(reserved_port());
     conf.upstream_mut("web").read_timeout = Some("20s".into());
     let gh = Gatehouse::start(tmp.path(), &conf);
-    let anon = client(&pki, None);
 
-    // HTTP/1.1
-    let mut s = connect(port, &anon).await;
+    stalled_h1_bodies_get_408(&gh, port, &client(&pki, None)).await;
+    a_stalled_h2_body_ends_its_connection(&gh, port, &pki).await;
+    assert!(
+        client_timeouts(&gh, "body").await >= 3.0,
+        "not counted:\n{}",
+        within("metrics", gh.metrics_text()).await
+    );
+    // A body that keeps coming, slower than the origin's patience would like but with
+    // gaps under the bound, goes through on both protocols.
+    let (send, _conn) = h2_connect(port, &pki).await;
+    let (resp, mut body) = h2_post(send, port, "/slow").await;
+    for i in 0..4 {
+        // Gaps of half the body_timeout: slow but steady.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        body.send_data(Bytes::from(vec![b'a'; 10]), i == 3).unwrap();
+    }
+    let resp = within("h2 slow body answer", resp).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = web.seen();
+    let slow = seen
+        .iter()
+        .find(|s| s.path == "/slow")
+        .expect("the slow body reached the origin");
+    assert_eq!(slow.body.len(), 40);
+}
+
+/// HTTP/1.1 bodies that stop after their first bytes are answered 408 at body_timeout, on a
+/// plain route and on a Kea route (which reads the command body itself).
+async fn stalled_h1_bodies_get_408(gh: &Gatehouse, port: u16, anon: &ClientOpts) {
+    let mut s = connect(port, anon).await;
     let t0 = Instant::now();
     within(
         "write",
@@ -1075,8 +1123,7 @@ async fn a_stalled_request_body_ends_at_body_timeout() {
         "408 after {took:?} (body_timeout 1s, upstream read_timeout 20s)"
     );
 
-    // HTTP/1 on a Kea route, which reads the command body itself.
-    let mut s = connect(port, &anon).await;
+    let mut s = connect(port, anon).await;
     let t0 = Instant::now();
     within(
         "write",
@@ -1094,9 +1141,11 @@ async fn a_stalled_request_body_ends_at_body_timeout() {
         "408 after {:?}",
         t0.elapsed()
     );
+}
 
-    // HTTP/2
-    let (send, conn) = h2_connect(port, &pki).await;
+/// An HTTP/2 stream whose body stops ends its connection at body_timeout, unanswered.
+async fn a_stalled_h2_body_ends_its_connection(gh: &Gatehouse, port: u16, pki: &Pki) {
+    let (send, conn) = h2_connect(port, pki).await;
     let (resp, mut body) = h2_post(send, port, "/upload").await;
     body.send_data(Bytes::from_static(b"0123456789"), false)
         .unwrap();
@@ -1116,27 +1165,6 @@ async fn a_stalled_request_body_ends_at_body_timeout() {
         "the stalled stream got an answer"
     );
     gh.wait_log("sent no piece of an HTTP/2 request body within 1s");
-    assert!(
-        client_timeouts(&gh, "body").await >= 3.0,
-        "not counted:\n{}",
-        within("metrics", gh.metrics_text()).await
-    );
-    // A body that keeps coming, slower than the origin's patience would like but with
-    // gaps under the bound, goes through on both protocols.
-    let (send, _conn) = h2_connect(port, &pki).await;
-    let (resp, mut body) = h2_post(send, port, "/slow").await;
-    for i in 0..4 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        body.send_data(Bytes::from(vec![b'a'; 10]), i == 3).unwrap();
-    }
-    let resp = within("h2 slow body answer", resp).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let seen = web.seen();
-    let slow = seen
-        .iter()
-        .find(|s| s.path == "/slow")
-        .expect("the slow body reached the origin");
-    assert_eq!(slow.body.len(), 40);
 }
 
 /// `body_timeout: 1s` with an upstream that takes nothing of an 8 MiB HTTP/2 upload: once the
@@ -1157,6 +1185,7 @@ async fn an_http2_body_held_back_by_the_server_is_not_a_stall() {
     let (_resp, mut body) = h2_post(send, port, "/upload").await;
     body.send_data(Bytes::from(vec![b'u'; 8 << 20]), false)
         .unwrap();
+    // Four times body_timeout: a stall would have been cut by now.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         !conn.is_finished(),
@@ -1192,10 +1221,7 @@ async fn max_concurrent_streams_caps_upstream_requests_per_connection() {
     let (send, _conn) = h2_connect(port, &pki).await;
     let mut send = within("h2 ready", send.ready()).await.unwrap();
     // The server's SETTINGS arrive after the handshake: until then the limit is unknown.
-    let t0 = Instant::now();
-    while send.current_max_send_streams() == usize::MAX && t0.elapsed() < T {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_within(T, || send.current_max_send_streams() != usize::MAX).await;
     assert_eq!(
         send.current_max_send_streams(),
         3,
@@ -1219,7 +1245,10 @@ async fn max_concurrent_streams_caps_upstream_requests_per_connection() {
         let _ = body.send_data(Bytes::from_static(b"x"), false);
         held.push((resp, body));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every stream the client got to send reaches the origin (over the limit, a broken cap
+    // lets all six through): then count.
+    let sent = held.len();
+    holds_within(T, || *web.connections.lock().unwrap() >= sent).await;
     let upstream = *web.connections.lock().unwrap();
     assert_eq!(
         upstream, 3,
@@ -1284,15 +1313,15 @@ async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
     assert!(took < Duration::from_secs(10), "dropped after {took:?}");
     // Pingora drops the upstream session before it reports the failure (and the counter is
     // bumped there): the origin may see its write fail a moment before the count.
-    let counted = Instant::now();
-    while client_timeouts(&gh, "send").await < 1.0 && counted.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        client_timeouts(&gh, "send").await >= 1.0,
-        "not counted within 5 s of the drop:\n{}",
-        within("metrics", gh.metrics_text()).await
-    );
+    let timeouts = |m: &str| {
+        metric(
+            m,
+            "gatehouse_http_client_timeouts_total",
+            &[("listener", "edge"), ("phase", "send")],
+        ) >= 1.0
+    };
+    gh.wait_metrics("the drop counted", Duration::from_secs(5), timeouts)
+        .await;
     drop(s);
 }
 
@@ -1306,33 +1335,9 @@ async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
 async fn answer_timeout_bounds_an_upstream_that_drips() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = edge_pki(tmp.path());
-    let drip = |head_first: bool, len: usize| {
-        move |mut s: TcpStream, _tx: tokio::sync::mpsc::UnboundedSender<String>| async move {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
-            );
-            let head = head.as_bytes();
-            let body = vec![b' '; len];
-            let mut bytes: Vec<u8> = Vec::new();
-            if head_first {
-                if s.write_all(head).await.is_err() {
-                    return;
-                }
-            } else {
-                bytes.extend_from_slice(head);
-            }
-            bytes.extend_from_slice(&body);
-            for b in bytes {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if s.write_all(&[b]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    };
-    let (body_drip, _r1) = raw_origin(drip(true, 100)).await;
-    let (head_drip, _r2) = raw_origin(drip(false, 100)).await;
-    let (stream, _r3) = raw_origin(drip(true, 20)).await;
+    let (body_drip, _r1) = raw_origin(|s, _tx| drip(s, true, 100)).await;
+    let (head_drip, _r2) = raw_origin(|s, _tx| drip(s, false, 100)).await;
+    let (stream, _r3) = raw_origin(|s, _tx| drip(s, true, 20)).await;
     let port = reserved_port();
     let group = |at: SocketAddr| Group::new(at).read_timeout("5s").answer_timeout("1s");
     let conf = Conf::new()
@@ -1356,32 +1361,7 @@ async fn answer_timeout_bounds_an_upstream_that_drips() {
     let gh = Gatehouse::start(tmp.path(), &conf);
     let anon = client(&pki, None);
 
-    for (path, body) in [("/body", ""), ("/kea", r#"{"command":"config-get"}"#)] {
-        let mut s = connect(port, &anon).await;
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        within("write", s.write_all(req.as_bytes())).await.unwrap();
-        let t0 = Instant::now();
-        let (got, closed) = read_until_close(&mut s, Duration::from_secs(15)).await;
-        let took = t0.elapsed();
-        let text = String::from_utf8_lossy(&got);
-        assert!(closed, "{path}: still open after 15 s: {text:?}");
-        assert!(
-            text.starts_with("HTTP/1.1 200"),
-            "{path}: the head was sent on at once: {text:?}"
-        );
-        let body_len = text.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
-        assert!(
-            body_len < 100,
-            "{path}: the whole dripped answer arrived ({body_len} bytes after {took:?}): nothing bounded it"
-        );
-        assert!(
-            took < Duration::from_secs(5),
-            "{path}: cut only after {took:?} (answer_timeout 1s)"
-        );
-    }
+    dripped_bodies_are_cut(port, &anon).await;
     // A route with its own answer_timeout (a stream): the 2 s answer arrives whole.
     let t0 = Instant::now();
     let r = get(port, &anon, "/stream", &[]).await;
@@ -1414,6 +1394,62 @@ async fn answer_timeout_bounds_an_upstream_that_drips() {
                 &[("upstream", up), ("kind", "timeout")]
             ) >= 1.0,
             "{up}: not counted as a timeout:\n{m}"
+        );
+    }
+}
+
+/// An origin's answer of `len` body bytes, one byte every 100 ms (the head sent at once when
+/// `head_first`, else dripped too).
+async fn drip(mut s: TcpStream, head_first: bool, len: usize) {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    );
+    let head = head.as_bytes();
+    let mut bytes: Vec<u8> = Vec::new();
+    if head_first {
+        if s.write_all(head).await.is_err() {
+            return;
+        }
+    } else {
+        bytes.extend_from_slice(head);
+    }
+    bytes.extend_from_slice(&vec![b' '; len]);
+    for b in bytes {
+        // The drip itself: every read within read_timeout, the whole beyond answer_timeout.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(&[b]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A dripped body is cut about a second in (the head passed on at once), on a plain route
+/// and on a Kea route alike.
+async fn dripped_bodies_are_cut(port: u16, anon: &ClientOpts) {
+    for (path, body) in [("/body", ""), ("/kea", r#"{"command":"config-get"}"#)] {
+        let mut s = connect(port, anon).await;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        within("write", s.write_all(req.as_bytes())).await.unwrap();
+        let t0 = Instant::now();
+        let (got, closed) = read_until_close(&mut s, Duration::from_secs(15)).await;
+        let took = t0.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(closed, "{path}: still open after 15 s: {text:?}");
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "{path}: the head was sent on at once: {text:?}"
+        );
+        let body_len = text.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+        assert!(
+            body_len < 100,
+            "{path}: the whole dripped answer arrived ({body_len} bytes after {took:?}): nothing bounded it"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "{path}: cut only after {took:?} (answer_timeout 1s)"
         );
     }
 }
@@ -1502,7 +1538,12 @@ async fn repeated_refusals_write_one_line_per_kind() {
             "the cluster listener answered HTTP"
         );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every refusal's access line: all the refusals' lines are in the log by now.
+    let access_lines = || {
+        let log = gh.log_text();
+        log.lines().filter(|l| l.contains("status=403")).count()
+    };
+    holds_within(T, || access_lines() >= 30).await;
     let log = gh.log_text();
     let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
     assert_eq!(
@@ -1538,10 +1579,23 @@ async fn pingora_lines_a_client_triggers_are_sampled() {
         within("write", s.write_all(b"GET /half HTTP/1.1\r\nHo"))
             .await
             .unwrap();
+        // The hang-up comes once the edge is reading the half head, not with it.
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(s);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Pingora's first line for them, then a request answered after them: their lines are in
+    // the log by now.
+    holds_within(T, || {
+        let log = gh.log_text();
+        log.lines()
+            .any(|l| l.contains(" pingora") && (l.contains("ERROR") || l.contains("WARN")))
+    })
+    .await;
+    assert_eq!(
+        get(port, &client(&pki, None), "/after", &[]).await.status,
+        200
+    );
+    gh.wait_log("path=/after");
     let log = gh.log_text();
     let pingora: Vec<&str> = log
         .lines()
@@ -1581,6 +1635,7 @@ async fn a_stream_that_keeps_receiving_is_not_cut() {
             return;
         }
         for i in 0..16 {
+            // The stream's pace: a chunk every 500 ms, each gap within every idle bound.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let event = format!("{{\"type\":\"CheckResult\",\"n\":{i}}}\n");
             let chunk = format!("{:x}\r\n{event}\r\n", event.len());
@@ -1657,29 +1712,7 @@ async fn answers_stream_through_the_edge_piece_by_piece() {
     let go_on = std::sync::Arc::new(tokio::sync::Notify::new());
     let (origin, _r) = raw_origin({
         let go_on = go_on.clone();
-        move |mut s, _tx| {
-            let go_on = go_on.clone();
-            async move {
-                let first = "{\"results\":[{\"name\":\"first-object\"}";
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
-                    first.len()
-                );
-                if s.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                // The rest only once the client has seen the first part.
-                if tokio::time::timeout(Duration::from_secs(10), go_on.notified())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let rest = ",{\"name\":\"last-object\"}]}";
-                let tail = format!("{:x}\r\n{rest}\r\n0\r\n\r\n", rest.len());
-                let _ = s.write_all(tail.as_bytes()).await;
-            }
-        }
+        move |s, _tx| answer_in_two_parts(s, go_on.clone())
     })
     .await;
     let port = reserved_port();
@@ -1698,27 +1731,52 @@ async fn answers_stream_through_the_edge_piece_by_piece() {
     .await
     .unwrap();
     let mut got = Vec::new();
-    while !String::from_utf8_lossy(&got).contains("first-object") {
+    read_until_seen(&mut s, &mut got, "first-object").await;
+    go_on.notify_one();
+    read_until_seen(&mut s, &mut got, "last-object").await;
+
+    the_first_part_streams_over_h2(port, &pki, &go_on).await;
+}
+
+/// A chunked answer: the first object at once, the rest only once `go_on` is notified.
+async fn answer_in_two_parts(mut s: TcpStream, go_on: std::sync::Arc<tokio::sync::Notify>) {
+    let first = "{\"results\":[{\"name\":\"first-object\"}";
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
+        first.len()
+    );
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), go_on.notified())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let rest = ",{\"name\":\"last-object\"}]}";
+    let tail = format!("{:x}\r\n{rest}\r\n0\r\n\r\n", rest.len());
+    let _ = s.write_all(tail.as_bytes()).await;
+}
+
+/// Reads into `got` until it contains `what`; panics if the connection ends first.
+async fn read_until_seen<S: AsyncRead + Unpin>(s: &mut S, got: &mut Vec<u8>, what: &str) {
+    while !String::from_utf8_lossy(got).contains(what) {
         let mut b = [0u8; 4096];
         let n = within(
-            "the first part, before the origin sends the rest",
+            &format!("{what}, before the origin sends more"),
             s.read(&mut b),
         )
         .await
         .unwrap();
-        assert!(n > 0, "closed before the first part");
+        assert!(n > 0, "closed before {what}");
         got.extend_from_slice(&b[..n]);
     }
-    go_on.notify_one();
-    while !String::from_utf8_lossy(&got).contains("last-object") {
-        let mut b = [0u8; 4096];
-        let n = within("the rest", s.read(&mut b)).await.unwrap();
-        assert!(n > 0, "closed before the rest");
-        got.extend_from_slice(&b[..n]);
-    }
+}
 
-    // HTTP/2
-    let (send, _conn) = h2_connect(port, &pki).await;
+/// Over HTTP/2: the first part arrives before the origin sends the rest.
+async fn the_first_part_streams_over_h2(port: u16, pki: &Pki, go_on: &tokio::sync::Notify) {
+    let (send, _conn) = h2_connect(port, pki).await;
     let mut send = within("h2 ready", send.ready()).await.unwrap();
     let req = http::Request::builder()
         .uri(format!("https://localhost:{port}/v1/objects/hosts"))

@@ -29,20 +29,20 @@ async fn probe_until(
     what: &str,
     want: impl Fn(&Response) -> bool,
 ) -> Response {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let last = std::cell::RefCell::new(String::new());
+    let answer = || async {
         let r = probe(mport, path).await;
-        if want(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never {what}; last answer {}: {}",
-            r.status,
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        *last.borrow_mut() = format!("{}: {}", r.status, r.text());
+        want(&r).then_some(r)
+    };
+    eventually_some(
+        &format!("{path} to have {what}"),
+        Duration::from_secs(15),
+        POLL,
+        answer,
+        || format!("last answer {}", last.borrow()),
+    )
+    .await
 }
 
 /// The TLS listener of these tests: `edge` on `port`, client certificates optional.
@@ -133,16 +133,13 @@ fn asked(origin: &Upstream, path: &str) -> Vec<Seen> {
 
 /// Waits (up to 15 s) until `origin` has answered `n` requests at `path`.
 async fn asked_until(origin: &Upstream, path: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while asked(origin, path).len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{} answered {} of {n} checks at {path}",
-            origin.addr,
-            asked(origin, path).len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_explained(
+        &format!("{n} checks at {path}"),
+        Duration::from_secs(15),
+        || asked(origin, path).len() >= n,
+        || format!("{} answered {}", origin.addr, asked(origin, path).len()),
+    )
+    .await
 }
 
 /// Waits until `origin`'s answer at `path` (changed just before) is the one the load balancer
@@ -271,6 +268,7 @@ async fn the_check_interval_paces_the_checks() {
     // Every TCP check is one accepted connection (no client sends anything meanwhile).
     let connections = || *origin.connections.lock().unwrap();
     let (before, since) = (connections(), Instant::now());
+    // A 2 s window: the check rate is what is measured.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (checks, watched) = (connections() - before, since.elapsed());
     // A pass starts `interval` after the previous one started (never in bursts): at most one
@@ -368,14 +366,20 @@ async fn sigterm_turns_readyz_503_while_the_process_drains() {
     gh.wait_log("/readyz answers 503");
     // Pingora stops accepting on the listeners at once (the grace period is for work in
     // flight), so the balancer's next connection is refused rather than served.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(addr(port)).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the edge still accepts after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let refused = || async {
+        tokio::net::TcpStream::connect(addr(port))
+            .await
+            .is_err()
+            .then_some(())
+    };
+    eventually_some(
+        "the edge to refuse connections after SIGTERM",
+        Duration::from_secs(5),
+        POLL,
+        refused,
+        || gh.log_text(),
+    )
+    .await;
     let r = probe(mport, "/readyz").await;
     assert_eq!(r.status, 503, "still draining: {}", r.text());
     assert!(
@@ -425,20 +429,27 @@ async fn a_graceful_upgrade_keeps_readyz_answering_ready() {
                     .await
                     .map(|r| (r.status, r.text()));
                 answers.lock().unwrap().push(a);
+                // A balancer's probe interval.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
 
-    let new = old.start_upgrade();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new = old.start_upgrade_listening();
     old.signal("QUIT");
     assert!(
         old.exited_within(Duration::from_secs(30)),
         "the old process did not exit:\n{}",
         old.log_text()
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Twenty probes after the old process is gone: the new one answers them all.
+    let at_exit = answers.lock().unwrap().len();
+    until(
+        "20 probes after the hand-over",
+        Duration::from_secs(10),
+        || answers.lock().unwrap().len() >= at_exit + 20,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     poller.await.unwrap();
 

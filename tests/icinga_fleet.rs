@@ -57,8 +57,6 @@ fn icinga_pki(ca_node: &Node, nodes: &[(&Node, &str)]) -> (Ca, PathBuf) {
     (ca, ca_crt)
 }
 
-/// A certificate for endpoint `cn` (SAN DNS = CN, as Icinga's own), signed by the Icinga CA
-/// with a new key minted for the edge, written as `dir/cn.crt` + `.key`.
 /// `dir/<stem>.crt` and `dir/<stem>.key`.
 fn cert_pair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     (
@@ -67,6 +65,8 @@ fn cert_pair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// A certificate for endpoint `cn` (SAN DNS = CN, as Icinga's own), signed by the Icinga CA
+/// with a new key minted for the edge, written as `dir/cn.crt` + `.key`.
 fn mint(ca: &Ca, dir: &Path, cn: &str) -> Issued {
     std::fs::create_dir_all(dir).unwrap();
     let i = ca.issue(&CertSpec::new(cn).dns(&[cn])).unwrap();
@@ -258,8 +258,48 @@ async fn master_dials_agent(release: &'static str) {
     let master = Node::of(root, "master", release.clone());
     let agent = Node::of(root, "agent", release);
     let (ca, ca_crt) = icinga_pki(&master, &[(&master, "master1"), (&agent, "agent1")]);
-    // agent1's certificate expires in 10 days (its own key): it must be renewed through the
-    // child route, where its request travels back along the link the master opened.
+    let agent_key = shorten_agent1_certificate(&ca, &agent);
+    let edge = mint_dialled_edge(&ca, root);
+    let fake = stand_in_agent2(&ca, root).await;
+
+    // --- agent1: listens, never dials; accepts config from its parent ---
+    let agent_conf = icinga::agent1_conf(
+        &common_conf("agent1", "agent1", ""),
+        // No host: the agent never dials, the master comes through Gatehouse.
+        "object Endpoint \"master1\" { }\nobject Endpoint \"agent1\" { }",
+        aport,
+    );
+    let _agent_d = agent.start(&agent_conf);
+    agent.wait_listening(aport, Duration::from_secs(20));
+
+    let conf = child_routes_conf(&edge, &ca_crt, gport, aport, fake.addr)
+        .audit_path(root.join("audit.jsonl"))
+        .metrics(metrics_port);
+    let gh = Gatehouse::start(root, &conf);
+    let _master_d = master.start(&dialling_master_conf(&master, mport, gport));
+    let d = Dialled {
+        root: root.to_path_buf(),
+        master,
+        agent,
+        ca_crt,
+        mport,
+        metrics_port,
+        gh,
+        fake,
+    };
+    d.the_link_comes_up().await;
+    d.config_flows_down_and_results_up(&agent_key).await;
+    d.the_policy_follows_the_hierarchy().await;
+    eprintln!(
+        "master_dials_agent_through_gatehouse: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// agent1's certificate expires in 10 days (its own key): it must be renewed through the
+/// child route, where its request travels back along the link the master opened. Returns
+/// agent1's key.
+fn shorten_agent1_certificate(ca: &Ca, agent: &Node) -> boring::pkey::PKey<boring::pkey::Private> {
     let agent_key = boring::pkey::PKey::private_key_from_pem(
         &std::fs::read(agent.certs().join("agent1.key")).unwrap(),
     )
@@ -273,21 +313,27 @@ async fn master_dials_agent(release: &'static str) {
         )
         .unwrap();
     std::fs::write(agent.certs().join("agent1.crt"), short.cert_pem()).unwrap();
+    agent_key
+}
 
-    // The edge's certificates, all signed by the Icinga CA with keys of its own: the ones it
-    // serves by SNI when the master dials agent1 / agent2, its own identity, and the one it
-    // presents to agents on master1's behalf (cert_dir, keyed by the client's CN).
+/// The edge's certificates, all signed by the Icinga CA with keys of its own: the ones it
+/// serves by SNI when the master dials agent1 / agent2, its own identity, and the one it
+/// presents to agents on master1's behalf (cert_dir, keyed by the client's CN). Returns the
+/// edge's folder.
+fn mint_dialled_edge(ca: &Ca, root: &Path) -> PathBuf {
     let edge = root.join("edge");
-    let ids = edge.join("identities");
-    mint(&ca, &edge, "agent1");
-    mint(&ca, &edge, "agent2");
-    mint(&ca, &edge, "gatehouse-edge");
-    mint(&ca, &ids, "master1");
+    mint(ca, &edge, "agent1");
+    mint(ca, &edge, "agent2");
+    mint(ca, &edge, "gatehouse-edge");
+    mint(ca, &edge.join("identities"), "master1");
+    edge
+}
 
-    // The stand-in agent2: says hello, then tries to push config and a command up, then
-    // heartbeats; records what the master sends it.
-    let fake = FakeAgent::start(
-        acceptor(&mint(&ca, &root.join("agent2"), "agent2"), Some(ca.cert()), false),
+/// The stand-in agent2: says hello, then tries to push config and a command up, then
+/// heartbeats; records what the master sends it.
+async fn stand_in_agent2(ca: &Ca, root: &Path) -> FakeAgent {
+    FakeAgent::start(
+        acceptor(&mint(ca, &root.join("agent2"), "agent2"), Some(ca.cert()), false),
         vec![
             r#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"capabilities":3,"version":21306}}"#,
             r#"{"jsonrpc":"2.0","method":"config::Update","params":{"update":{"master":{"/evil.conf":"object Host \"evil\" { check_command = \"dummy\" }"}},"update_v2":{},"checksums":{}}}"#,
@@ -295,32 +341,25 @@ async fn master_dials_agent(release: &'static str) {
             r#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#,
         ],
     )
-    .await;
+    .await
+}
 
-    // --- agent1: listens, never dials; accepts config from its parent ---
-    let agent_conf = icinga::agent1_conf(
-        &common_conf("agent1", "agent1", ""),
-        // No host: the agent never dials, the master comes through Gatehouse.
-        "object Endpoint \"master1\" { }\nobject Endpoint \"agent1\" { }",
-        aport,
-    );
-    let _agent_d = agent.start(&agent_conf);
-    agent.wait_listening(aport, Duration::from_secs(20));
-
-    // --- Gatehouse between them ---
-    let pair = |stem: &str| cert_pair(&edge, stem);
+/// Gatehouse between the dialling master and its agents: by SNI, `agent1` to the real agent
+/// on `aport`, `agent2` to the stand-in at `fake`, both `toward: child`.
+fn child_routes_conf(edge: &Path, ca_crt: &Path, gport: u16, aport: u16, fake: SocketAddr) -> Conf {
+    let pair = |stem: &str| cert_pair(edge, stem);
     let (edge_crt, edge_key) = pair("gatehouse-edge");
     // The agents' upstreams trust Icinga's CA and see the edge's own certificate on the wire;
     // the identity they authenticate comes from cert_dir (master1.crt: the master's).
     let child = |port: String, sni: &str| {
         Group::new(port).tls(
             UpstreamTls::new(sni)
-                .ca(&ca_crt)
+                .ca(ca_crt)
                 .client_cert(&edge_crt)
                 .client_key(&edge_key),
         )
     };
-    let conf = Conf::new()
+    Conf::new()
         .listener(
             Listener::new("cluster", gport)
                 .protocols(&[Protocol::Cluster])
@@ -330,11 +369,11 @@ async fn master_dials_agent(release: &'static str) {
                         .sni_cert(&["agent1"], pair("agent1"))
                         .sni_cert(&["agent2"], pair("agent2"))
                         .client_auth(ClientAuth::Required)
-                        .client_ca(&ca_crt),
+                        .client_ca(ca_crt),
                 ),
         )
         .upstream("agent1", child(format!("127.0.0.1:{aport}"), "agent1"))
-        .upstream("agent2", child(fake.addr.to_string(), "agent2"))
+        .upstream("agent2", child(fake.to_string(), "agent2"))
         // Both links carry CN master1, one per endpoint dialled: the per-identity link limit
         // counts (CN, SNI), so neither replaces the other.
         .cluster(
@@ -343,11 +382,11 @@ async fn master_dials_agent(release: &'static str) {
                 .child_route("agent2", "agent2")
                 .cert_dir(edge.join("identities")),
         )
-        .audit_path(root.join("audit.jsonl"))
-        .metrics(metrics_port);
-    let gh = Gatehouse::start(root, &conf);
+}
 
-    // --- master1: dials agent1 and agent2 through Gatehouse; syncs a service to agent1 ---
+/// master1 on `mport`, dialling agent1 and agent2 through Gatehouse on `gport`; it syncs a
+/// service (`zones.d/agent1/synced.conf`, written here) to agent1.
+fn dialling_master_conf(master: &Node, mport: u16, gport: u16) -> String {
     std::fs::create_dir_all(master.dir.join("etc/zones.d/agent1")).unwrap();
     std::fs::write(
         master.dir.join("etc/zones.d/agent1/synced.conf"),
@@ -355,7 +394,7 @@ async fn master_dials_agent(release: &'static str) {
 "#,
     )
     .unwrap();
-    let master_conf = format!(
+    format!(
         r#"{}
 object Endpoint "master1" {{ }}
 object Endpoint "agent1" {{ host = "127.0.0.1"; port = "{gport}" }}   // Gatehouse, SNI agent1
@@ -371,149 +410,191 @@ object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
 object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1" }}
 "#,
         common_conf("master1", "master", "")
-    );
-    let _master_d = master.start(&master_conf);
-    let diag = || diag(&gh, &[&master, &agent]);
+    )
+}
 
-    // 1. The link comes up: the master reports agent1 connected, each side saw the other's
-    //    identity, and Gatehouse routed it by SNI.
-    eventually(
-        "the master to report agent1 connected",
-        Duration::from_secs(30),
-        || async {
-            api(mport, "master1", &ca_crt, "/v1/objects/endpoints/agent1")
+/// A master dialling agent1 (and the stand-in agent2) through Gatehouse.
+struct Dialled {
+    root: PathBuf,
+    master: Node,
+    agent: Node,
+    ca_crt: PathBuf,
+    mport: u16,
+    metrics_port: u16,
+    gh: Gatehouse,
+    fake: FakeAgent,
+}
+
+impl Dialled {
+    fn diag(&self) -> String {
+        diag(&self.gh, &[&self.master, &self.agent])
+    }
+
+    /// 1. The link comes up: the master reports agent1 connected, each side saw the other's
+    ///    identity, and Gatehouse routed it by SNI.
+    async fn the_link_comes_up(&self) {
+        eventually(
+            "the master to report agent1 connected",
+            Duration::from_secs(30),
+            || async {
+                api(
+                    self.mport,
+                    "master1",
+                    &self.ca_crt,
+                    "/v1/objects/endpoints/agent1",
+                )
                 .await
                 .is_some_and(|v| v["results"][0]["attrs"]["connected"] == true)
-        },
-        &diag,
-    )
-    .await;
-    gh.wait_log("sni=agent1 → upstream agent1");
-    agent.wait_log(
-        "New client connection for identity 'master1'",
-        Duration::from_secs(10),
-    );
-
-    // 2. Config sync flows down: the agent stores the master's zones.d/agent1, reloads, and
-    //    checks the synced service; its result comes back up to the master.
-    eventually(
-        "a check result of the synced service from agent1 at the master",
-        Duration::from_secs(45),
-        || async {
-            last_check(mport, "master1", &ca_crt, "services/agent1-host!synced")
-                .await
-                .is_some_and(|r| {
-                    r["check_source"] == "agent1" && r["output"] == "synced through gatehouse"
-                })
-        },
-        &diag,
-    )
-    .await;
-    // 3. Renewal through the child route: the master signed a new certificate for the agent's
-    //    own key (it judged the agent's certificate, not the edge's).
-    let agent_crt = agent.certs().join("agent1.crt");
-    let days_left = |p: &Path| {
-        let c = boring::x509::X509::from_pem(&std::fs::read(p).unwrap_or_default()).ok()?;
-        let now = boring::asn1::Asn1Time::days_from_now(0).ok()?;
-        now.diff(c.not_after()).ok().map(|d| d.days)
-    };
-    eventually(
-        "agent1's certificate renewed through the child route",
-        Duration::from_secs(30),
-        || async { days_left(&agent_crt).is_some_and(|d| d > 30) },
-        &diag,
-    )
-    .await;
-    let renewed = boring::x509::X509::from_pem(&std::fs::read(&agent_crt).unwrap()).unwrap();
-    assert!(
-        renewed.public_key().unwrap().public_eq(&agent_key),
-        "renewed for the agent's own key"
-    );
-    let synced = std::fs::read_to_string(agent.dir.join("data/api/zones/agent1/_etc/synced.conf"))
-        .unwrap_or_default();
-    assert!(synced.contains("synced through gatehouse"), "{synced}");
-    assert!(
-        last_check(mport, "master1", &ca_crt, "hosts/agent1-host")
-            .await
-            .is_some_and(|r| r["check_source"] == "agent1"),
-        "agent1-host's results reach the master too\n{}",
-        diag()
-    );
-
-    // 3. The policy follows the hierarchy. Down: the master's config::Update reached the
-    //    stand-in agent2. Up: its config::Update and event::ExecuteCommand were refused
-    //    (counted, audited, logged), while its hello passed.
-    eventually(
-        "agent2's pushes refused and the master's config::Update delivered to it",
-        Duration::from_secs(20),
-        || async {
-            let m = metrics_text(metrics_port).await;
-            let denied = |method: &str| {
-                metric(&m, &format!(r#"gatehouse_cluster_messages_total{{direction="downstream",method="{method}",verdict="denied"}}"#))
-            };
-            denied("config::Update") >= 1
-                && denied("event::ExecuteCommand") >= 1
-                && ["icinga::Hello", "config::Update"]
-                    .iter()
-                    .all(|want| fake.methods().iter().any(|m| m == want))
-        },
-        &|| format!("agent2 got {:?}\n{}", fake.methods(), diag()),
-    )
-    .await;
-    let m = metrics_text(metrics_port).await;
-    let count = |dir: &str, method: &str, verdict: &str| {
-        metric(
-            &m,
-            &format!(
-                r#"gatehouse_cluster_messages_total{{direction="{dir}",method="{method}",verdict="{verdict}"}}"#
-            ),
+            },
+            || self.diag(),
         )
-    };
-    // Link directions: "upstream" = from the client (the master), "downstream" = from the agent.
-    assert!(count("upstream", "config::Update", "forwarded") >= 2, "{m}");
-    assert_eq!(count("upstream", "config::Update", "denied"), 0, "{m}");
-    assert!(
-        count("downstream", "event::CheckResult", "forwarded") >= 1,
-        "{m}"
-    );
-    assert!(
-        count("downstream", "icinga::Hello", "forwarded") >= 2,
-        "{m}"
-    );
-    let audit = std::fs::read_to_string(root.join("audit.jsonl")).unwrap_or_default();
-    let refused: Vec<Value> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    for method in ["config::Update", "event::ExecuteCommand"] {
-        assert!(
-            refused.iter().any(|r| r["kind"] == "cluster"
-                && r["method"] == method
-                && r["direction"] == "downstream"
-                && r["verdict"] == "denied"),
-            "no audit record for the refused {method}:\n{audit}"
+        .await;
+        self.gh.wait_log("sni=agent1 → upstream agent1");
+        self.agent.wait_log(
+            "New client connection for identity 'master1'",
+            Duration::from_secs(10),
         );
     }
-    assert!(
-        gh.log_text()
-            .contains("denied config::Update downstream message (cluster.policy[1])"),
-        "{}",
-        diag()
-    );
-    // What passed the policy arrived: agent2's icinga::Hello set its version at the master.
-    // (Icinga itself would silently discard a config::Update from a child zone: the edge's
-    // refusal is the second line of defence, and the one that is logged and counted.)
-    let v = api(mport, "master1", &ca_crt, "/v1/objects/endpoints/agent2").await;
-    let attrs = v.as_ref().map(|v| &v["results"][0]["attrs"]);
-    assert!(
-        attrs.is_some_and(|a| a["connected"] == true && a["icinga_version"] == 21306),
-        "{attrs:?}\n{}",
-        diag()
-    );
-    eprintln!(
-        "master_dials_agent_through_gatehouse: {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+
+    /// 2. Config sync flows down: the agent stores the master's zones.d/agent1, reloads, and
+    ///    checks the synced service; its result comes back up to the master. 3. Renewal
+    ///    through the child route: the master signed a new certificate for the agent's own
+    ///    key (it judged the agent's certificate, not the edge's).
+    async fn config_flows_down_and_results_up(
+        &self,
+        agent_key: &boring::pkey::PKey<boring::pkey::Private>,
+    ) {
+        let (mport, ca_crt) = (self.mport, &self.ca_crt);
+        eventually(
+            "a check result of the synced service from agent1 at the master",
+            Duration::from_secs(45),
+            || async {
+                last_check(mport, "master1", ca_crt, "services/agent1-host!synced")
+                    .await
+                    .is_some_and(|r| {
+                        r["check_source"] == "agent1" && r["output"] == "synced through gatehouse"
+                    })
+            },
+            || self.diag(),
+        )
+        .await;
+        let agent_crt = self.agent.certs().join("agent1.crt");
+        let days_left = |p: &Path| {
+            let c = boring::x509::X509::from_pem(&std::fs::read(p).unwrap_or_default()).ok()?;
+            let now = boring::asn1::Asn1Time::days_from_now(0).ok()?;
+            now.diff(c.not_after()).ok().map(|d| d.days)
+        };
+        eventually(
+            "agent1's certificate renewed through the child route",
+            Duration::from_secs(30),
+            || async { days_left(&agent_crt).is_some_and(|d| d > 30) },
+            || self.diag(),
+        )
+        .await;
+        let renewed = boring::x509::X509::from_pem(&std::fs::read(&agent_crt).unwrap()).unwrap();
+        assert!(
+            renewed.public_key().unwrap().public_eq(agent_key),
+            "renewed for the agent's own key"
+        );
+        let synced = std::fs::read_to_string(
+            self.agent
+                .dir
+                .join("data/api/zones/agent1/_etc/synced.conf"),
+        )
+        .unwrap_or_default();
+        assert!(synced.contains("synced through gatehouse"), "{synced}");
+        assert!(
+            last_check(mport, "master1", ca_crt, "hosts/agent1-host")
+                .await
+                .is_some_and(|r| r["check_source"] == "agent1"),
+            "agent1-host's results reach the master too\n{}",
+            self.diag()
+        );
+    }
+
+    /// 3. The policy follows the hierarchy. Down: the master's config::Update reached the
+    ///    stand-in agent2. Up: its config::Update and event::ExecuteCommand were refused
+    ///    (counted, audited, logged), while its hello passed.
+    async fn the_policy_follows_the_hierarchy(&self) {
+        eventually(
+            "agent2's pushes refused and the master's config::Update delivered to it",
+            Duration::from_secs(20),
+            || async {
+                let m = metrics_text(self.metrics_port).await;
+                let denied = |method: &str| {
+                    metric(&m, &format!(r#"gatehouse_cluster_messages_total{{direction="downstream",method="{method}",verdict="denied"}}"#))
+                };
+                denied("config::Update") >= 1
+                    && denied("event::ExecuteCommand") >= 1
+                    && ["icinga::Hello", "config::Update"]
+                        .iter()
+                        .all(|want| self.fake.methods().iter().any(|m| m == want))
+            },
+            || format!("agent2 got {:?}\n{}", self.fake.methods(), self.diag()),
+        )
+        .await;
+        let m = metrics_text(self.metrics_port).await;
+        let count = |dir: &str, method: &str, verdict: &str| {
+            metric(
+                &m,
+                &format!(
+                    r#"gatehouse_cluster_messages_total{{direction="{dir}",method="{method}",verdict="{verdict}"}}"#
+                ),
+            )
+        };
+        // Link directions: "upstream" = from the client (the master), "downstream" = from the agent.
+        assert!(count("upstream", "config::Update", "forwarded") >= 2, "{m}");
+        assert_eq!(count("upstream", "config::Update", "denied"), 0, "{m}");
+        assert!(
+            count("downstream", "event::CheckResult", "forwarded") >= 1,
+            "{m}"
+        );
+        assert!(
+            count("downstream", "icinga::Hello", "forwarded") >= 2,
+            "{m}"
+        );
+        self.refusals_are_audited_and_logged();
+        // What passed the policy arrived: agent2's icinga::Hello set its version at the master.
+        // (Icinga itself would silently discard a config::Update from a child zone: the edge's
+        // refusal is the second line of defence, and the one that is logged and counted.)
+        let v = api(
+            self.mport,
+            "master1",
+            &self.ca_crt,
+            "/v1/objects/endpoints/agent2",
+        )
+        .await;
+        let attrs = v.as_ref().map(|v| &v["results"][0]["attrs"]);
+        assert!(
+            attrs.is_some_and(|a| a["connected"] == true && a["icinga_version"] == 21306),
+            "{attrs:?}\n{}",
+            self.diag()
+        );
+    }
+
+    fn refusals_are_audited_and_logged(&self) {
+        let audit = std::fs::read_to_string(self.root.join("audit.jsonl")).unwrap_or_default();
+        let refused: Vec<Value> = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        for method in ["config::Update", "event::ExecuteCommand"] {
+            assert!(
+                refused.iter().any(|r| r["kind"] == "cluster"
+                    && r["method"] == method
+                    && r["direction"] == "downstream"
+                    && r["verdict"] == "denied"),
+                "no audit record for the refused {method}:\n{audit}"
+            );
+        }
+        assert!(
+            self.gh
+                .log_text()
+                .contains("denied config::Update downstream message (cluster.policy[1])"),
+            "{}",
+            self.diag()
+        );
+    }
 }
 
 /// The config header of the HA test: both masters in zone "master".
@@ -585,72 +666,19 @@ async fn ha_masters(release: &'static str) {
     let m1 = Node::of(root, "master1", release.clone());
     let m2 = Node::of(root, "master2", release.clone());
     let agent = Node::of(root, "agent", release);
-    let (ca, ca_crt) = icinga_pki(
-        &m1,
-        &[(&m1, "master1"), (&m2, "master2"), (&agent, "agent1")],
-    );
-    let edge = root.join("edge");
-    mint(&ca, &edge, "master1");
-    mint(&ca, &edge, "gatehouse-edge");
-    mint(&ca, &edge.join("identities"), "agent1");
+    let (ca_crt, edge) = ha_pki(root, &m1, &m2, &agent);
 
-    // --- the HA zone: each master dials the other directly ---
-    let master_conf = |node: &str, port: u16| {
-        format!(
-            r#"{}
-object Endpoint "master1" {{ host = "127.0.0.1"; port = "{m1port}" }}
-object Endpoint "master2" {{ host = "127.0.0.1"; port = "{m2port}" }}
-object ApiListener "api" {{
-  bind_host = "127.0.0.1"
-  bind_port = {port}
-  accept_config = true
-  accept_commands = true
-}}
-object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
-object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1" }}
-"#,
-            ha_conf(node, "master")
-        )
-    };
-    let mut m1_d = Some(m1.start(&master_conf("master1", m1port)));
-    let mut m2_d = Some(m2.start(&master_conf("master2", m2port)));
+    // The HA zone: each master dials the other directly.
+    let mut m1_d = Some(m1.start(&ha_master_conf("master1", m1port, (m1port, m2port))));
+    let mut m2_d = Some(m2.start(&ha_master_conf("master2", m2port, (m1port, m2port))));
     for (n, p) in [(&m1, m1port), (&m2, m2port)] {
         n.wait_listening(p, Duration::from_secs(20));
     }
-
-    // --- Gatehouse: one route, one group holding both masters ---
-    let pair = |stem: &str| cert_pair(&edge, stem);
-    let (edge_crt, edge_key) = pair("gatehouse-edge");
-    let conf = Conf::new()
-        .listener(
-            Listener::new("cluster", gport)
-                .protocols(&[Protocol::Cluster])
-                .tls(
-                    ListenerTls::new(&edge_crt, &edge_key)
-                        .sni_cert(&["master1"], pair("master1"))
-                        .client_auth(ClientAuth::Optional)
-                        .client_ca(&ca_crt),
-                ),
-        )
-        .upstream(
-            "masters",
-            Group::peers([format!("127.0.0.1:{m1port}"), format!("127.0.0.1:{m2port}")])
-                .health_check(HealthCheck::tcp("1s"))
-                .connect_timeout("2s")
-                .tls(
-                    // The masters' own certificates: master1's, or master2's.
-                    UpstreamTls::new("master1")
-                        .ca(&ca_crt)
-                        .client_cert(&edge_crt)
-                        .client_key(&edge_key)
-                        .alt_cn("master2"),
-                ),
-        )
-        .cluster(Cluster::new("master1", "masters").cert_dir(edge.join("identities")))
-        .metrics(metrics_port);
-    let gh = Gatehouse::start(root, &conf);
-
-    // --- agent1: dials "master1" at Gatehouse; master2 has no host (see above) ---
+    let gh = Gatehouse::start(
+        root,
+        &ha_edge_conf(&edge, &ca_crt, gport, (m1port, m2port)).metrics(metrics_port),
+    );
+    // agent1: dials "master1" at Gatehouse; master2 has no host (see above).
     let agent_conf = icinga::agent1_conf(
         &ha_conf("agent1", "agent1"),
         &format!(
@@ -661,29 +689,7 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     let _agent_d = agent.start(&agent_conf);
     let diag = || diag(&gh, &[&m1, &m2, &agent]);
 
-    // Which master did the link go to?
-    let peer_of = |line: &str| -> u16 {
-        line.rsplit("peer 127.0.0.1:")
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no peer port in `{line}`"))
-    };
-    let mut first = None;
-    eventually(
-        "agent1's link through Gatehouse",
-        Duration::from_secs(30),
-        || {
-            first = gh
-                .log_text()
-                .lines()
-                .find(|l| l.contains("link open: agent1@"))
-                .map(String::from);
-            std::future::ready(first.is_some())
-        },
-        &diag,
-    )
-    .await;
-    let first_port = peer_of(first.as_deref().unwrap());
+    let first_port = first_link_peer(&gh, &diag).await;
     let (gone, gone_port, stay, stay_port, stay_name) = if first_port == m1port {
         (&mut m1_d, m1port, &m2, m2port, "master2")
     } else {
@@ -702,34 +708,13 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
         &diag,
     )
     .await;
-    let up_m = metrics_text(metrics_port).await;
-    assert!(
-        metric(
-            &up_m,
-            r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"}"#
-        ) > 0,
-        "{up_m}"
-    );
+    check_results_are_forwarded(metrics_port).await;
 
     // Stop the master holding the link.
     let stopped_at = now_secs();
     drop(gone.take());
     let t_stop = Instant::now();
-
-    // The agent comes back through Gatehouse to the other master.
-    eventually(
-        &format!("agent1's new link to {stay_name}"),
-        Duration::from_secs(40),
-        || {
-            let relinked = gh.log_text().lines().any(|l| {
-                l.contains("link open: agent1@")
-                    && l.ends_with(&format!("peer 127.0.0.1:{stay_port}"))
-            });
-            std::future::ready(relinked)
-        },
-        &diag,
-    )
-    .await;
+    agent1_relinks_to(&gh, stay_port, stay_name, &diag).await;
     let relinked_after = t_stop.elapsed();
     eventually(
         &format!("{stay_name} to hold agent1's link and get fresh check results"),
@@ -750,4 +735,125 @@ object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry
     );
     drop(m1_d);
     drop(m2_d);
+}
+
+/// Icinga's PKI on master1 (for both masters and agent1) and the edge's certificates: its
+/// own, master1's (served to the agent), agent1's `cert_dir` identity. Returns the CA
+/// certificate and the edge's folder.
+fn ha_pki(root: &Path, m1: &Node, m2: &Node, agent: &Node) -> (PathBuf, PathBuf) {
+    let (ca, ca_crt) = icinga_pki(m1, &[(m1, "master1"), (m2, "master2"), (agent, "agent1")]);
+    let edge = root.join("edge");
+    mint(&ca, &edge, "master1");
+    mint(&ca, &edge, "gatehouse-edge");
+    mint(&ca, &edge.join("identities"), "agent1");
+    (ca_crt, edge)
+}
+
+/// Gatehouse (metrics on `metrics_port`) counted agent1's check results as forwarded.
+async fn check_results_are_forwarded(metrics_port: u16) {
+    let m = metrics_text(metrics_port).await;
+    assert!(
+        metric(
+            &m,
+            r#"gatehouse_cluster_messages_total{direction="upstream",method="event::CheckResult",verdict="forwarded"}"#
+        ) > 0,
+        "{m}"
+    );
+}
+
+/// Master `node` of the HA zone, its API on `port`; `ports` are master1's and master2's.
+fn ha_master_conf(node: &str, port: u16, (m1port, m2port): (u16, u16)) -> String {
+    format!(
+        r#"{}
+object Endpoint "master1" {{ host = "127.0.0.1"; port = "{m1port}" }}
+object Endpoint "master2" {{ host = "127.0.0.1"; port = "{m2port}" }}
+object ApiListener "api" {{
+  bind_host = "127.0.0.1"
+  bind_port = {port}
+  accept_config = true
+  accept_commands = true
+}}
+object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
+object Host "agent1-host" {{ check_command = "dummy"; check_interval = 2s; retry_interval = 2s; zone = "agent1"; address = "127.0.0.1" }}
+"#,
+        ha_conf(node, "master")
+    )
+}
+
+/// Gatehouse for the HA zone: one route, one health-checked group holding both masters.
+fn ha_edge_conf(edge: &Path, ca_crt: &Path, gport: u16, (m1port, m2port): (u16, u16)) -> Conf {
+    let pair = |stem: &str| cert_pair(edge, stem);
+    let (edge_crt, edge_key) = pair("gatehouse-edge");
+    Conf::new()
+        .listener(
+            Listener::new("cluster", gport)
+                .protocols(&[Protocol::Cluster])
+                .tls(
+                    ListenerTls::new(&edge_crt, &edge_key)
+                        .sni_cert(&["master1"], pair("master1"))
+                        .client_auth(ClientAuth::Optional)
+                        .client_ca(ca_crt),
+                ),
+        )
+        .upstream(
+            "masters",
+            Group::peers([format!("127.0.0.1:{m1port}"), format!("127.0.0.1:{m2port}")])
+                .health_check(HealthCheck::tcp("1s"))
+                .connect_timeout("2s")
+                .tls(
+                    // The masters' own certificates: master1's, or master2's.
+                    UpstreamTls::new("master1")
+                        .ca(ca_crt)
+                        .client_cert(&edge_crt)
+                        .client_key(&edge_key)
+                        .alt_cn("master2"),
+                ),
+        )
+        .cluster(Cluster::new("master1", "masters").cert_dir(edge.join("identities")))
+}
+
+/// The master port agent1's first link through Gatehouse went to.
+async fn first_link_peer(gh: &Gatehouse, diag: &impl Fn() -> String) -> u16 {
+    let mut first = None;
+    eventually(
+        "agent1's link through Gatehouse",
+        Duration::from_secs(30),
+        || {
+            first = gh
+                .log_text()
+                .lines()
+                .find(|l| l.contains("link open: agent1@"))
+                .map(String::from);
+            std::future::ready(first.is_some())
+        },
+        diag,
+    )
+    .await;
+    let line = first.unwrap();
+    line.rsplit("peer 127.0.0.1:")
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peer port in `{line}`"))
+}
+
+/// The agent comes back through Gatehouse to the master on `stay_port`.
+async fn agent1_relinks_to(
+    gh: &Gatehouse,
+    stay_port: u16,
+    stay_name: &str,
+    diag: &impl Fn() -> String,
+) {
+    eventually(
+        &format!("agent1's new link to {stay_name}"),
+        Duration::from_secs(40),
+        || {
+            let relinked = gh.log_text().lines().any(|l| {
+                l.contains("link open: agent1@")
+                    && l.ends_with(&format!("peer 127.0.0.1:{stay_port}"))
+            });
+            std::future::ready(relinked)
+        },
+        diag,
+    )
+    .await;
 }

@@ -12,7 +12,7 @@ use common::kea::{Daemon, KeaDaemon};
 use common::*;
 use gatehouse::audit::{AuditEvent, KeaEvent};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -42,21 +42,18 @@ async fn post(edge: &Pki, who: &str, port: u16, path: &str, body: &str) -> (Stri
 
 /// The Kea records of the in-process Gatehouse, waiting up to 5 s for `n` of them.
 async fn kea_records(gh: &Gatehouse, n: usize) -> Vec<KeaEvent> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let recs: Vec<KeaEvent> = gh
-            .audit()
+    let recs = || -> Vec<KeaEvent> {
+        gh.audit()
             .into_iter()
             .filter_map(|e| match e {
                 AuditEvent::Kea(k) => Some(k),
                 _ => None,
             })
-            .collect();
-        if recs.len() >= n || Instant::now() > deadline {
-            return recs;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .collect()
+    };
+    // Fewer than `n` after 5 s: the caller's assertions say what is missing.
+    holds_within(Duration::from_secs(5), || recs().len() >= n).await;
+    recs()
 }
 
 /// The issue's bypass: a rule `services: { allow: [dhcp6] }` in front of a dhcp4 daemon (Kea 3
@@ -79,47 +76,7 @@ async fn a_daemon_route_refuses_other_services_and_never_sends_service() {
         );
     let gh = Gatehouse::in_process(tmp.path(), &conf);
 
-    let (status, v) = post(
-        &edge,
-        "dashboard-1",
-        port,
-        "/dhcp4",
-        r#"{"command": "config-get", "service": ["dhcp6"]}"#,
-    )
-    .await;
-    assert_eq!(status, "400", "{v}");
-    assert_eq!(v["result"], 400);
-    assert!(v["text"].as_str().unwrap().contains("dhcp4 daemon"), "{v}");
-    let (status, v) = post(
-        &edge,
-        "dashboard-1",
-        port,
-        "/dhcp4",
-        r#"{"command": "config-get"}"#,
-    )
-    .await;
-    assert_eq!(
-        status, "403",
-        "no service is the route's daemon for the rules: {v}"
-    );
-    assert_eq!(
-        v["text"],
-        "service 'dhcp4' is not allowed for cn=dashboard-1"
-    );
-    let (status, v) = post(
-        &edge,
-        "ops",
-        port,
-        "/dhcp4",
-        r#"{"command":"config-get","service":["dhcp4","dhcp6"]}"#,
-    )
-    .await;
-    assert_eq!(status, "400", "{v}");
-    assert!(
-        daemon.seen().is_empty(),
-        "nothing refused reached the daemon"
-    );
-
+    other_services_never_reach_the_daemon(&edge, port, &daemon).await;
     let sent =
         r#"{ "command" : "config-get", "service":["dhcp4"] , "arguments": {"x": [1, "service"]} }"#;
     let (status, _) = post(&edge, "ops", port, "/dhcp4", sent).await;
@@ -155,6 +112,52 @@ async fn a_daemon_route_refuses_other_services_and_never_sends_service() {
     );
 }
 
+/// On a `kea.daemon: dhcp4` route with [`common::kea::bypass_rules`]: a `service` naming
+/// another daemon is refused (400), no `service` is dhcp4 for the rules (403 for the
+/// dashboard); nothing refused reaches the daemon.
+async fn other_services_never_reach_the_daemon(edge: &Pki, port: u16, daemon: &Upstream) {
+    let (status, v) = post(
+        edge,
+        "dashboard-1",
+        port,
+        "/dhcp4",
+        r#"{"command": "config-get", "service": ["dhcp6"]}"#,
+    )
+    .await;
+    assert_eq!(status, "400", "{v}");
+    assert_eq!(v["result"], 400);
+    assert!(v["text"].as_str().unwrap().contains("dhcp4 daemon"), "{v}");
+    let (status, v) = post(
+        edge,
+        "dashboard-1",
+        port,
+        "/dhcp4",
+        r#"{"command": "config-get"}"#,
+    )
+    .await;
+    assert_eq!(
+        status, "403",
+        "no service is the route's daemon for the rules: {v}"
+    );
+    assert_eq!(
+        v["text"],
+        "service 'dhcp4' is not allowed for cn=dashboard-1"
+    );
+    let (status, v) = post(
+        edge,
+        "ops",
+        port,
+        "/dhcp4",
+        r#"{"command":"config-get","service":["dhcp4","dhcp6"]}"#,
+    )
+    .await;
+    assert_eq!(status, "400", "{v}");
+    assert!(
+        daemon.seen().is_empty(),
+        "nothing refused reached the daemon"
+    );
+}
+
 /// An upstream that accepts and never answers (a hung daemon or agent): the command is
 /// answered 504 Kea-shaped after the group's `read_timeout` (curl with its defaults gets the
 /// answer), and audited with the failure — on the single-forward path and on dispatch.
@@ -164,13 +167,7 @@ async fn a_hung_upstream_is_bounded_and_audited() {
     let edge = Pki::edge(tmp.path(), &["ops"]);
     let hung = Upstream::h1(None, Behavior::Hang).await;
     let hung_sock = tmp.path().join("hung.sock");
-    let hung_unix = tokio::net::UnixListener::bind(&hung_sock).unwrap();
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hung_unix.accept().await {
-            held.push(s);
-        }
-    });
+    let _hold = hung_unix_daemon(&hung_sock);
     let port = reserved_port();
     let conf = Conf::new()
         .listener(edge_listener(port, &edge))
@@ -220,7 +217,29 @@ async fn a_hung_upstream_is_bounded_and_audited() {
             {"result": 1, "text": "unable to forward command to the dhcp4 service: upstream error: timeout"},
         ])
     );
-    let recs = kea_records(&gh, 2).await;
+    timeouts_are_audited(&gh, &hung_sock).await;
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_kea_commands_total{command="config-set",route="agent",verdict="allowed"} 1"#),
+        "{m}"
+    );
+}
+
+/// A UNIX socket at `path` that accepts and holds every connection, never answering.
+fn hung_unix_daemon(path: &Path) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    })
+}
+
+/// The single forward and the dispatch to the hung upstreams are both recorded with the
+/// timeout, per peer.
+async fn timeouts_are_audited(gh: &Gatehouse, hung_sock: &Path) {
+    let recs = kea_records(gh, 2).await;
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert_eq!((recs[0].verdict.as_str(), recs[0].status), ("allowed", 504));
     assert_eq!(recs[0].reason.as_deref(), Some("upstream error: timeout"));
@@ -238,11 +257,6 @@ async fn a_hung_upstream_is_bounded_and_audited() {
     assert!(peers
         .iter()
         .all(|p| p.error.as_deref() == Some("upstream error: timeout")));
-    let m = gh.metrics_text().await;
-    assert!(
-        m.contains(r#"gatehouse_kea_commands_total{command="config-set",route="agent",verdict="allowed"} 1"#),
-        "{m}"
-    );
 }
 
 /// A daemon that closes half way through its answer: the client's answer is cut, and the
@@ -301,56 +315,8 @@ async fn an_answer_cut_mid_way_is_still_audited() {
 async fn unix_daemons_that_misbehave_get_typed_slots() {
     let tmp = tempfile::tempdir().unwrap();
     let edge = Pki::edge(tmp.path(), &["ops"]);
-    let fake = |name: &str, answer: &[u8]| {
-        let answer = answer.to_vec();
-        let path = tmp.path().join(name);
-        let l = tokio::net::UnixListener::bind(&path).unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(&answer).await;
-            }
-        });
-        format!("unix:{}", path.display())
-    };
     let port = reserved_port();
-    let conf = Conf::new()
-        .listener(edge_listener(port, &edge))
-        .upstream(
-            "garbage",
-            Group::new(fake("g.sock", b"<html>not kea</html>")),
-        )
-        .upstream(
-            "cut",
-            Group::new(fake("c.sock", b"{ \"result\": 0, \"argu")),
-        )
-        .upstream(
-            "good",
-            Group::new(fake("ok.sock", br#"{ "result": 0, "text": "fine" }"#)),
-        )
-        .upstream("big", {
-            // A 2 KiB answer: over the route's 1 KiB `max_answer`.
-            let big = format!(r#"{{ "result": 0, "text": "{}" }}"#, "x".repeat(2048));
-            Group::new(fake("big.sock", big.as_bytes()))
-        })
-        .route(Route::agent(
-            "kea",
-            KeaRoute::allow_all()
-                .service("dhcp4", "garbage")
-                .service("dhcp6", "cut")
-                .service("d2", "good"),
-        ))
-        .route(
-            Route::agent(
-                "small",
-                KeaRoute::allow_all()
-                    .service("dhcp4", "big")
-                    .service("d2", "good")
-                    .max_answer("1KiB"),
-            )
-            .path("/small"),
-        );
+    let conf = misbehaving_daemons_conf(tmp.path(), &edge, port);
     let gh = Gatehouse::in_process(tmp.path(), &conf);
 
     // An answer over kea.max_answer is that daemon's slot, and the audit says so.
@@ -409,6 +375,63 @@ async fn unix_daemons_that_misbehave_get_typed_slots() {
     );
 }
 
+/// A synthetic UNIX daemon at `path` that answers `answer` to whatever it is sent, then
+/// closes; its `unix:` address.
+fn fake_unix_daemon(path: &Path, answer: &[u8]) -> String {
+    let answer = answer.to_vec();
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(&answer).await;
+        }
+    });
+    format!("unix:{}", path.display())
+}
+
+/// Route `kea` dispatching dhcp4 to a daemon answering garbage, dhcp6 to one closing
+/// mid-object, d2 to a good one; route `/small` with a 1 KiB `max_answer` sending dhcp4 to a
+/// daemon answering 2 KiB.
+fn misbehaving_daemons_conf(dir: &Path, edge: &Pki, port: u16) -> Conf {
+    let fake = |name: &str, answer: &[u8]| fake_unix_daemon(&dir.join(name), answer);
+    Conf::new()
+        .listener(edge_listener(port, edge))
+        .upstream(
+            "garbage",
+            Group::new(fake("g.sock", b"<html>not kea</html>")),
+        )
+        .upstream(
+            "cut",
+            Group::new(fake("c.sock", b"{ \"result\": 0, \"argu")),
+        )
+        .upstream(
+            "good",
+            Group::new(fake("ok.sock", br#"{ "result": 0, "text": "fine" }"#)),
+        )
+        .upstream("big", {
+            let big = format!(r#"{{ "result": 0, "text": "{}" }}"#, "x".repeat(2048));
+            Group::new(fake("big.sock", big.as_bytes()))
+        })
+        .route(Route::agent(
+            "kea",
+            KeaRoute::allow_all()
+                .service("dhcp4", "garbage")
+                .service("dhcp6", "cut")
+                .service("d2", "good"),
+        ))
+        .route(
+            Route::agent(
+                "small",
+                KeaRoute::allow_all()
+                    .service("dhcp4", "big")
+                    .service("d2", "good")
+                    .max_answer("1KiB"),
+            )
+            .path("/small"),
+        )
+}
+
 /// Real Kea 2.2 dhcp4 and dhcp6 with no agent, Gatehouse in the agent's place: dispatch in
 /// `service` order, an unmapped service, the agent's own commands, a daemon stopped mid-test,
 /// a `kea.daemon` route over a UNIX socket; curl (HTTP/2) and kea-shell as clients.
@@ -422,127 +445,11 @@ async fn real_daemons_with_gatehouse_as_their_agent() {
     let d4 = KeaDaemon::start(&tmp.path().join("k4"), Daemon::Dhcp4);
     let mut d6 = KeaDaemon::start(&tmp.path().join("k6"), Daemon::Dhcp6);
     let port = reserved_port();
-    let conf = Conf::new()
-        .listener(edge_listener(port, &edge))
-        .upstream("k4", Group::new(d4.peer()))
-        .upstream("k6", Group::new(d6.peer()))
-        .route(Route::agent(
-            "agent",
-            KeaRoute::allow_all()
-                .service("dhcp4", "k4")
-                .service("dhcp6", "k6"),
-        ))
-        .route(
-            Route::new("dhcp4", "k4")
-                .path("/dhcp4")
-                .kea(KeaRoute::allow_all().daemon("dhcp4")),
-        )
-        .route(
-            Route::agent(
-                "readonly",
-                KeaRoute::deny_by_default()
-                    .service("dhcp4", "k4")
-                    .service("dhcp6", "k6")
-                    .rule(
-                        KeaRule::new(["cn:ops"])
-                            .commands(AllowDeny::only(["*-get", "list-commands"])),
-                    ),
-            )
-            .path("/ro"),
-        );
-    let gh = Gatehouse::in_process(tmp.path(), &conf);
+    let gh = Gatehouse::in_process(tmp.path(), &agent_in_place_conf(&edge, port, &d4, &d6));
 
-    // Identity-aware list-commands on a services route: each daemon's list cut to the caller's.
-    let (_, v) = post(
-        &edge,
-        "ops",
-        port,
-        "/ro",
-        r#"{"command":"list-commands","service":["dhcp4","dhcp6"]}"#,
-    )
-    .await;
-    for (i, daemon) in ["dhcp4", "dhcp6"].iter().enumerate() {
-        let names: Vec<&str> = v[i]["arguments"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{daemon}: {v}"))
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert!(
-            names.contains(&"config-get") && names.contains(&"list-commands"),
-            "{daemon}: {names:?}"
-        );
-        assert!(
-            names
-                .iter()
-                .all(|n| n.ends_with("-get") || *n == "list-commands"),
-            "{daemon}: only what ops may run: {names:?}"
-        );
-    }
-
-    // Dispatch: one element per service, in the order asked, each the daemon's own answer.
-    let (status, v) = post(
-        &edge,
-        "ops",
-        port,
-        "/",
-        r#"{"command":"config-get","service":["dhcp6","dhcp4"]}"#,
-    )
-    .await;
-    assert_eq!(status, "200", "{v}");
-    assert!(v[0]["arguments"]["Dhcp6"].is_object(), "dhcp6 first: {v}");
-    assert!(v[1]["arguments"]["Dhcp4"].is_object(), "dhcp4 second: {v}");
-    let direct: Value = serde_json::from_str(&d4.ask(r#"{"command":"version-get"}"#)).unwrap();
-    let (_, v) = post(
-        &edge,
-        "ops",
-        port,
-        "/",
-        r#"{"command":"version-get","service":["dhcp4"]}"#,
-    )
-    .await;
-    assert_eq!(
-        v,
-        json!([direct]),
-        "the daemon's answer, as the agent listed it"
-    );
-    let (_, v) = post(
-        &edge,
-        "ops",
-        port,
-        "/",
-        r#"{"command":"version-get","service":["d2","dhcp4"]}"#,
-    )
-    .await;
-    assert_eq!(
-        v[0],
-        json!({"result": 1, "text": "forwarding socket is not configured for the server type d2"})
-    );
-    assert_eq!(v[1]["result"], 0);
-
-    // The agent's own commands, answered at the edge.
-    let (_, v) = post(&edge, "ops", port, "/", r#"{"command":"config-get"}"#).await;
-    let sockets = &v[0]["arguments"]["Control-agent"]["control-sockets"];
-    assert_eq!(sockets["dhcp4"]["socket-type"], "unix");
-    assert_eq!(
-        sockets["dhcp4"]["socket-name"],
-        d4.sock.display().to_string()
-    );
-    assert!(sockets["dhcp6"].is_object(), "{v}");
-    let (_, v) = post(&edge, "ops", port, "/", r#"{"command":"list-commands"}"#).await;
-    assert!(v[0]["arguments"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("status-get")));
-    let (_, v) = post(
-        &edge,
-        "ops",
-        port,
-        "/",
-        r#"{"command":"config-set","arguments":{}}"#,
-    )
-    .await;
-    assert_eq!(v[0]["result"], 1, "{v}");
+    each_daemons_list_is_cut_to_the_caller(&edge, port).await;
+    let direct = dispatch_follows_the_service_order(&edge, port, &d4).await;
+    the_agents_own_commands_are_answered_at_the_edge(&edge, port, &d4).await;
 
     // A daemon route over a UNIX socket: the daemon's object, listed.
     let (status, v) = post(
@@ -593,7 +500,138 @@ async fn real_daemons_with_gatehouse_as_their_agent() {
         (peers[1].service.as_deref(), &peers[1].results[..]),
         (Some("dhcp4"), &[0][..])
     );
-    let _ = Path::new(&d4.sock);
+}
+
+/// Gatehouse as the agent of `d4` and `d6`: route `agent` (everything), `/dhcp4` a daemon
+/// route, `/ro` read-only for ops.
+fn agent_in_place_conf(edge: &Pki, port: u16, d4: &KeaDaemon, d6: &KeaDaemon) -> Conf {
+    Conf::new()
+        .listener(edge_listener(port, edge))
+        .upstream("k4", Group::new(d4.peer()))
+        .upstream("k6", Group::new(d6.peer()))
+        .route(Route::agent(
+            "agent",
+            KeaRoute::allow_all()
+                .service("dhcp4", "k4")
+                .service("dhcp6", "k6"),
+        ))
+        .route(
+            Route::new("dhcp4", "k4")
+                .path("/dhcp4")
+                .kea(KeaRoute::allow_all().daemon("dhcp4")),
+        )
+        .route(
+            Route::agent(
+                "readonly",
+                KeaRoute::deny_by_default()
+                    .service("dhcp4", "k4")
+                    .service("dhcp6", "k6")
+                    .rule(
+                        KeaRule::new(["cn:ops"])
+                            .commands(AllowDeny::only(["*-get", "list-commands"])),
+                    ),
+            )
+            .path("/ro"),
+        )
+}
+
+/// Identity-aware list-commands on a services route: each daemon's list cut to the caller's.
+async fn each_daemons_list_is_cut_to_the_caller(edge: &Pki, port: u16) {
+    let (_, v) = post(
+        edge,
+        "ops",
+        port,
+        "/ro",
+        r#"{"command":"list-commands","service":["dhcp4","dhcp6"]}"#,
+    )
+    .await;
+    for (i, daemon) in ["dhcp4", "dhcp6"].iter().enumerate() {
+        let names: Vec<&str> = v[i]["arguments"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{daemon}: {v}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            names.contains(&"config-get") && names.contains(&"list-commands"),
+            "{daemon}: {names:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .all(|n| n.ends_with("-get") || *n == "list-commands"),
+            "{daemon}: only what ops may run: {names:?}"
+        );
+    }
+}
+
+/// Dispatch: one element per service, in the order asked, each the daemon's own answer; an
+/// unmapped service answered as the agent would. Returns dhcp4's own `version-get` answer.
+async fn dispatch_follows_the_service_order(edge: &Pki, port: u16, d4: &KeaDaemon) -> Value {
+    let (status, v) = post(
+        edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"config-get","service":["dhcp6","dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(status, "200", "{v}");
+    assert!(v[0]["arguments"]["Dhcp6"].is_object(), "dhcp6 first: {v}");
+    assert!(v[1]["arguments"]["Dhcp4"].is_object(), "dhcp4 second: {v}");
+    let direct: Value = serde_json::from_str(&d4.ask(r#"{"command":"version-get"}"#)).unwrap();
+    let (_, v) = post(
+        edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"version-get","service":["dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!([direct]),
+        "the daemon's answer, as the agent listed it"
+    );
+    let (_, v) = post(
+        edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"version-get","service":["d2","dhcp4"]}"#,
+    )
+    .await;
+    assert_eq!(
+        v[0],
+        json!({"result": 1, "text": "forwarding socket is not configured for the server type d2"})
+    );
+    assert_eq!(v[1]["result"], 0);
+    direct
+}
+
+async fn the_agents_own_commands_are_answered_at_the_edge(edge: &Pki, port: u16, d4: &KeaDaemon) {
+    let (_, v) = post(edge, "ops", port, "/", r#"{"command":"config-get"}"#).await;
+    let sockets = &v[0]["arguments"]["Control-agent"]["control-sockets"];
+    assert_eq!(sockets["dhcp4"]["socket-type"], "unix");
+    assert_eq!(
+        sockets["dhcp4"]["socket-name"],
+        d4.sock.display().to_string()
+    );
+    assert!(sockets["dhcp6"].is_object(), "{v}");
+    let (_, v) = post(edge, "ops", port, "/", r#"{"command":"list-commands"}"#).await;
+    assert!(v[0]["arguments"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("status-get")));
+    let (_, v) = post(
+        edge,
+        "ops",
+        port,
+        "/",
+        r#"{"command":"config-set","arguments":{}}"#,
+    )
+    .await;
+    assert_eq!(v[0]["result"], 1, "{v}");
 }
 
 /// A child process stopped when the test ends, however it ends.
@@ -651,10 +689,64 @@ async fn import_agent_then_serve_its_basic_auth_clients() {
     let edge = Pki::edge(tmp.path(), &["ops"]);
     let d4 = KeaDaemon::start(&tmp.path().join("k4"), Daemon::Dhcp4);
     let agent_dir = tmp.path().join("agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
+    let agent_port = reserved_port();
+    let agent_conf = write_agent_conf(&agent_dir, &edge, agent_port, &d4);
+    let mut agent = start_real_agent(&agent_conf, &agent_dir, agent_port).await;
+    // The real agent: its clients work, and a Gatehouse group with the agent's credentials.
+    let (ok, text) = kea_shell(&edge, agent_port, "bob", "pw-b", "dhcp4").await;
+    assert!(
+        ok && text.contains("2.2.0"),
+        "the real agent with bob: {text}"
+    );
+    the_agent_takes_a_groups_credentials(tmp.path(), &edge, agent_port).await;
+    agent.stop();
+
+    // The import, run in the agent's place.
+    let gh_dir = tmp.path().join("gh");
+    let file = import_agent(&agent_conf, &gh_dir);
+    let log = gh_dir.join("gh.log");
+    let mut gh = KillOnDrop(
+        std::process::Command::new(gatehouse_bin())
+            .args(["run", "-c", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(
+        "gatehouse",
+        &mut gh.0,
+        std::net::SocketAddr::from(([127, 0, 0, 1], agent_port)),
+        Instant::now() + Duration::from_secs(15),
+        &log,
+    );
+    for (user, pw) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        let (ok, text) = kea_shell(&edge, agent_port, user, pw, "dhcp4").await;
+        assert!(
+            ok && text.contains("2.2.0"),
+            "{user} through the imported config: {text}"
+        );
+    }
+    let (_, text) = kea_shell(&edge, agent_port, "alice", "wrong", "dhcp4").await;
+    assert!(text.contains("401"), "a wrong password: {text}");
+    curl_basic_credentials_over_h2(&edge, agent_port).await;
+    gh.stop();
+    let audit = std::fs::read_to_string(gh_dir.join("audit.jsonl")).unwrap();
+    let users_seen: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["identity"]["user"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(users_seen, ["alice", "bob", "alice"], "{audit}");
+}
+
+/// Writes `agent_dir/kea-ctrl-agent.conf`: a Kea 2.2 agent on `agent_port` over mTLS (the
+/// edge PKI's server certificate, clients of its CA required) for `d4`, with basic clients
+/// alice (password inline) and bob (`bob.pw`); returns its path.
+fn write_agent_conf(agent_dir: &Path, edge: &Pki, agent_port: u16, d4: &KeaDaemon) -> PathBuf {
+    std::fs::create_dir_all(agent_dir).unwrap();
     // Kea 2.2 takes the file's whole content as the password: no newline.
     std::fs::write(agent_dir.join("bob.pw"), "pw-b").unwrap();
-    let agent_port = reserved_port();
     let (server_crt, server_key) = edge.paths("server");
     let agent_conf = agent_dir.join("kea-ctrl-agent.conf");
     std::fs::write(
@@ -678,29 +770,37 @@ async fn import_agent_then_serve_its_basic_auth_clients() {
         ),
     )
     .unwrap();
-    let mut agent = KillOnDrop(
+    agent_conf
+}
+
+/// The real kea-ctrl-agent on `agent_conf`, once it listens on `agent_port`.
+async fn start_real_agent(agent_conf: &Path, agent_dir: &Path, agent_port: u16) -> KillOnDrop {
+    let agent = KillOnDrop(
         std::process::Command::new("kea-ctrl-agent")
             .arg("-c")
-            .arg(&agent_conf)
-            .env("KEA_PIDFILE_DIR", &agent_dir)
-            .env("KEA_LOCKFILE_DIR", &agent_dir)
+            .arg(agent_conf)
+            .env("KEA_PIDFILE_DIR", agent_dir)
+            .env("KEA_LOCKFILE_DIR", agent_dir)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err() {
-        assert!(Instant::now() < deadline, "the real agent did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The real agent: its clients work, and a Gatehouse group with the agent's credentials.
-    let (ok, text) = kea_shell(&edge, agent_port, "bob", "pw-b", "dhcp4").await;
-    assert!(
-        ok && text.contains("2.2.0"),
-        "the real agent with bob: {text}"
+    let mut agent = agent;
+    wait_listening(
+        "the real agent",
+        &mut agent.0,
+        std::net::SocketAddr::from(([127, 0, 0, 1], agent_port)),
+        Instant::now() + Duration::from_secs(15),
+        &agent_dir.join("agent.log"),
     );
+    agent
+}
+
+/// A Gatehouse in front of the real agent, its group sending alice's credentials: the agent
+/// answers.
+async fn the_agent_takes_a_groups_credentials(dir: &Path, edge: &Pki, agent_port: u16) {
     let gh_port = reserved_port();
-    let pw = tmp.path().join("agent-alice.pw");
+    let pw = dir.join("agent-alice.pw");
     std::fs::write(&pw, "pw-a\n").unwrap();
     let mut with_creds = Group::new(format!("127.0.0.1:{agent_port}")).tls(
         UpstreamTls::new("localhost")
@@ -713,14 +813,14 @@ async fn import_agent_then_serve_its_basic_auth_clients() {
         password_file: pw.clone(),
     });
     let conf = Conf::new()
-        .listener(edge_listener(gh_port, &edge))
+        .listener(edge_listener(gh_port, edge))
         .upstream("agent", with_creds)
         .route(Route::new("agent", "agent").kea(KeaRoute::allow_all()));
-    let g1 = tmp.path().join("g1");
+    let g1 = dir.join("g1");
     std::fs::create_dir_all(&g1).unwrap();
-    let gh = Gatehouse::start(&g1, &conf);
+    let _gh = Gatehouse::start(&g1, &conf);
     let (status, v) = post(
-        &edge,
+        edge,
         "ops",
         gh_port,
         "/",
@@ -732,16 +832,16 @@ async fn import_agent_then_serve_its_basic_auth_clients() {
         ("200", &json!(0)),
         "the agent took the group's credentials: {v}"
     );
-    drop(gh);
-    agent.stop();
+}
 
-    // The import.
-    let gh_dir = tmp.path().join("gh");
-    std::fs::create_dir_all(&gh_dir).unwrap();
+/// `gatehouse kea import-agent` on `agent_conf` into `gh_dir` (users file 0600), completed
+/// with a test `server:` and `audit:` section: the path of a config that passes `check`.
+fn import_agent(agent_conf: &Path, gh_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(gh_dir).unwrap();
     let users = gh_dir.join("kea-users");
     let out = std::process::Command::new(gatehouse_bin())
         .args(["kea", "import-agent"])
-        .arg(&agent_conf)
+        .arg(agent_conf)
         .arg("--users-file")
         .arg(&users)
         .output()
@@ -772,34 +872,15 @@ async fn import_agent_then_serve_its_basic_auth_clients() {
     .unwrap();
     let (ok, text) = gatehouse_cmd(&["check", "-c", file.to_str().unwrap()]);
     assert!(ok, "{text}\n{yaml}");
-    let log = gh_dir.join("gh.log");
-    let mut gh = KillOnDrop(
-        std::process::Command::new(gatehouse_bin())
-            .args(["run", "-c", file.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(
-        "gatehouse",
-        &mut gh.0,
-        std::net::SocketAddr::from(([127, 0, 0, 1], agent_port)),
-        Instant::now() + Duration::from_secs(15),
-        &log,
-    );
-    for (user, pw) in [("alice", "pw-a"), ("bob", "pw-b")] {
-        let (ok, text) = kea_shell(&edge, agent_port, user, pw, "dhcp4").await;
-        assert!(
-            ok && text.contains("2.2.0"),
-            "{user} through the imported config: {text}"
-        );
-    }
-    let (_, text) = kea_shell(&edge, agent_port, "alice", "wrong", "dhcp4").await;
-    assert!(text.contains("401"), "a wrong password: {text}");
+    file
+}
+
+/// curl `-u` over HTTP/2 to the imported config: a wrong password 401 with the agent's realm
+/// and a Kea-shaped body, alice's own answered.
+async fn curl_basic_credentials_over_h2(edge: &Pki, agent_port: u16) {
     let url = format!("https://localhost:{agent_port}/");
     let c = curl(
-        &edge,
+        edge,
         "ops",
         &url,
         &[
@@ -833,7 +914,7 @@ async fn import_agent_then_serve_its_basic_auth_clients() {
         c.body
     );
     let c = curl(
-        &edge,
+        edge,
         "ops",
         &url,
         &[
@@ -847,14 +928,6 @@ async fn import_agent_then_serve_its_basic_auth_clients() {
     )
     .await;
     assert_eq!(c.status, "200", "{}", c.body);
-    gh.stop();
-    let audit = std::fs::read_to_string(gh_dir.join("audit.jsonl")).unwrap();
-    let users_seen: Vec<String> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["identity"]["user"].as_str().map(str::to_string))
-        .collect();
-    assert_eq!(users_seen, ["alice", "bob", "alice"], "{audit}");
 }
 
 /// `fan_out: all` on a `kea.services` route: every peer of the service's group gets the
@@ -912,11 +985,16 @@ async fn a_client_that_leaves_mid_command_is_still_audited() {
     let edge = Pki::edge(tmp.path(), &["ops"]);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let slow = l.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let told = asked.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let told = told.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
+                told.store(true, std::sync::atomic::Ordering::Relaxed);
+                // The slow daemon under test: it answers after the client has left.
                 tokio::time::sleep(Duration::from_millis(800)).await;
                 let body = r#"[ { "result": 0, "text": "late" } ]"#;
                 let _ = s
@@ -946,7 +1024,13 @@ async fn a_client_that_leaves_mid_command_is_still_audited() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client leaves once the command has reached the daemon, before its answer.
+    until(
+        "the command to reach the daemon",
+        Duration::from_secs(5),
+        || asked.load(std::sync::atomic::Ordering::Relaxed),
+    )
+    .await;
     drop(s);
     let recs = kea_records(&gh, 1).await;
     assert_eq!(

@@ -206,11 +206,7 @@ async fn kea_3_0_service_bypass_is_closed_by_a_daemon_route() {
     let edge = Pki::edge(tmp.path(), &["dashboard-1", "ops-admin"]);
     let port = reserved_port();
     let conf = Conf::new()
-        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
-            &edge,
-            "server",
-            ClientAuth::Required,
-        )))
+        .listener(edge_listener(port, &edge))
         .upstream(
             "dhcp4",
             Group::new(kea.http.unwrap()).tls(UpstreamTls::mutual(
@@ -221,18 +217,23 @@ async fn kea_3_0_service_bypass_is_closed_by_a_daemon_route() {
         )
         .route(Route::new("dhcp4", "dhcp4").kea(common::kea::bypass_rules("ops-admin")));
     let _gh = Gatehouse::start(tmp.path(), &conf);
-    let (status, v) = via_edge(
-        &edge,
-        "dashboard-1",
-        port,
-        "/",
-        std::str::from_utf8(bypass).unwrap(),
-    )
-    .await;
+    the_daemon_route_closes_the_bypass(&edge, port, std::str::from_utf8(bypass).unwrap()).await;
+}
+
+/// Listener `edge` on `port`, client certificates of `edge` required.
+fn edge_listener(port: u16, edge: &Pki) -> Listener {
+    Listener::new("edge", port).tls(ListenerTls::from_pki(edge, "server", ClientAuth::Required))
+}
+
+/// Through a `kea.daemon: dhcp4` route with [`common::kea::bypass_rules`]: the `bypass`
+/// command (dhcp6) refused, no service judged as dhcp4 (the dashboard may not read it,
+/// ops-admin may).
+async fn the_daemon_route_closes_the_bypass(edge: &Pki, port: u16, bypass: &str) {
+    let (status, v) = via_edge(edge, "dashboard-1", port, "/", bypass).await;
     assert_eq!(status, "400", "{v}");
     assert!(v.to_string().contains("dhcp4 daemon"), "{v}");
     let (status, v) = via_edge(
-        &edge,
+        edge,
         "dashboard-1",
         port,
         "/",
@@ -244,7 +245,7 @@ async fn kea_3_0_service_bypass_is_closed_by_a_daemon_route() {
         "no service is dhcp4, which the dashboards may not read: {v}"
     );
     let (status, v) = via_edge(
-        &edge,
+        edge,
         "ops-admin",
         port,
         "/",
@@ -277,15 +278,10 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
     std::fs::write(&pw, "daemon-secret\n").unwrap();
     let o4 = KeaDaemon::start(&r26, Daemon::Dhcp4, None, None);
     let o6 = KeaDaemon::start(&r26, Daemon::Dhcp6, None, None);
-    let unix = |k: &KeaDaemon| format!("unix:{}", k.unix.display());
     let edge = Pki::edge(tmp.path(), &["ops"]);
     let port = reserved_port();
     let conf = Conf::new()
-        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
-            &edge,
-            "server",
-            ClientAuth::Required,
-        )))
+        .listener(edge_listener(port, &edge))
         .upstream("k4", {
             let mut g = Group::new(k4.http.unwrap());
             g.basic_auth = Some(UpstreamAuth {
@@ -293,62 +289,12 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
                 password_file: pw.clone(),
             });
             g
-        })
-        .upstream("k4-no-auth", Group::new(k4.http.unwrap()))
-        .upstream("k6", Group::new(unix(&k6)))
-        .upstream("o4", Group::new(unix(&o4)))
-        .upstream("o6", Group::new(unix(&o6)))
-        .route(Route::agent(
-            "kea3",
-            KeaRoute::allow_all()
-                .service("dhcp4", "k4")
-                .service("dhcp6", "k6"),
-        ))
-        .route(
-            Route::new("no-auth", "k4-no-auth")
-                .path("/no-auth")
-                .kea(KeaRoute::allow_all().daemon("dhcp4")),
-        )
-        .route(
-            Route::agent(
-                "kea26",
-                KeaRoute::allow_all()
-                    .service("dhcp4", "o4")
-                    .service("dhcp6", "o6"),
-            )
-            .path("/old"),
-        );
-    let _gh = Gatehouse::start(tmp.path(), &conf);
-    for (path, release) in [("/", "3.0"), ("/old", "2.6")] {
-        let (status, v) = via_edge(
-            &edge,
-            "ops",
-            port,
-            path,
-            r#"{"command":"config-get","service":["dhcp6","dhcp4"]}"#,
-        )
-        .await;
-        assert_eq!(status, "200", "{release}: {v}");
-        let list = v.as_array().unwrap_or_else(|| panic!("{release}: {v}"));
-        assert_eq!(list.len(), 2, "one element per daemon ({release}): {v}");
-        assert!(list[0]["arguments"]["Dhcp6"].is_object(), "{release}: {v}");
-        assert!(list[1]["arguments"]["Dhcp4"].is_object(), "{release}: {v}");
-        let (_, v) = via_edge(
-            &edge,
-            "ops",
-            port,
-            path,
-            r#"{"command":"version-get","service":["dhcp4"]}"#,
-        )
-        .await;
-        assert!(
-            v[0]["text"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with(release),
-            "{v}"
-        );
-    }
+        });
+    let _gh = Gatehouse::start(
+        tmp.path(),
+        &agent_of_both_releases(conf, &k4, &k6, &o4, &o6),
+    );
+    both_releases_answer_in_service_order(&edge, port).await;
     let (_, v) = via_edge(&edge, "ops", port, "/", r#"{"command":"config-get"}"#).await;
     let sockets = &v[0]["arguments"]["Control-agent"]["control-sockets"];
     assert_eq!(sockets["dhcp4"]["socket-type"], "http", "{v}");
@@ -398,4 +344,75 @@ async fn kea_3_0_and_2_6_daemons_with_gatehouse_as_their_agent() {
         v[1]["text"].as_str().unwrap_or_default().starts_with("3.0"),
         "{v}"
     );
+}
+
+/// `conf` (with group `k4`: the 3.0 dhcp4 with credentials) completed: route `kea3` for the
+/// 3.0 daemons, `/no-auth` to `k4` without credentials, `/old` for the 2.6 daemons `o4`, `o6`.
+fn agent_of_both_releases(
+    conf: Conf,
+    k4: &KeaDaemon,
+    k6: &KeaDaemon,
+    o4: &KeaDaemon,
+    o6: &KeaDaemon,
+) -> Conf {
+    let unix = |k: &KeaDaemon| format!("unix:{}", k.unix.display());
+    conf.upstream("k4-no-auth", Group::new(k4.http.unwrap()))
+        .upstream("k6", Group::new(unix(k6)))
+        .upstream("o4", Group::new(unix(o4)))
+        .upstream("o6", Group::new(unix(o6)))
+        .route(Route::agent(
+            "kea3",
+            KeaRoute::allow_all()
+                .service("dhcp4", "k4")
+                .service("dhcp6", "k6"),
+        ))
+        .route(
+            Route::new("no-auth", "k4-no-auth")
+                .path("/no-auth")
+                .kea(KeaRoute::allow_all().daemon("dhcp4")),
+        )
+        .route(
+            Route::agent(
+                "kea26",
+                KeaRoute::allow_all()
+                    .service("dhcp4", "o4")
+                    .service("dhcp6", "o6"),
+            )
+            .path("/old"),
+        )
+}
+
+/// Each release's daemons answer in `service` order, unwrapped from their lists, each its
+/// own version.
+async fn both_releases_answer_in_service_order(edge: &Pki, port: u16) {
+    for (path, release) in [("/", "3.0"), ("/old", "2.6")] {
+        let (status, v) = via_edge(
+            edge,
+            "ops",
+            port,
+            path,
+            r#"{"command":"config-get","service":["dhcp6","dhcp4"]}"#,
+        )
+        .await;
+        assert_eq!(status, "200", "{release}: {v}");
+        let list = v.as_array().unwrap_or_else(|| panic!("{release}: {v}"));
+        assert_eq!(list.len(), 2, "one element per daemon ({release}): {v}");
+        assert!(list[0]["arguments"]["Dhcp6"].is_object(), "{release}: {v}");
+        assert!(list[1]["arguments"]["Dhcp4"].is_object(), "{release}: {v}");
+        let (_, v) = via_edge(
+            edge,
+            "ops",
+            port,
+            path,
+            r#"{"command":"version-get","service":["dhcp4"]}"#,
+        )
+        .await;
+        assert!(
+            v[0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(release),
+            "{v}"
+        );
+    }
 }

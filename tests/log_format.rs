@@ -13,7 +13,7 @@ use gatehouse::pki::CertSpec;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn addr(port: u16) -> SocketAddr {
@@ -149,7 +149,7 @@ async fn send_vectors(s: &Setup, closed: &str) {
 }
 
 /// Every line of the log, each parsed as one JSON object (panics on any other line).
-fn json_lines(log: &str) -> Vec<serde_json::Map<String, Value>> {
+fn json_lines(log: &str) -> Vec<JsonLine> {
     log.lines()
         .map(|l| match serde_json::from_str::<Value>(l) {
             Ok(Value::Object(m)) => m,
@@ -159,19 +159,18 @@ fn json_lines(log: &str) -> Vec<serde_json::Map<String, Value>> {
 }
 
 /// Waits until a log line contains every one of `needles` (up to 5 s); the whole log then.
-fn wait_for(gh: &Gatehouse, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+fn wait_for_line(gh: &Gatehouse, needles: &[&str]) -> String {
+    let log = || {
         let log = gh.log_text();
-        if log.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no line with {needles:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let found = log.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+        found.then_some(log)
+    };
+    common::wait_for(
+        &format!("a line with {needles:?}"),
+        Duration::from_secs(5),
+        log,
+        || gh.log_text(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +178,7 @@ async fn json_lines_carry_the_text_fields_typed_and_escaped() {
     let tmp = tempfile::tempdir().unwrap();
     let s = start(tmp.path(), Some("json")).await;
     send_vectors(&s, "\"event\":\"link_closed\"").await;
-    let log = wait_for(&s.gh, &["gatehouse::access", "\"status\":400"]);
+    let log = wait_for_line(&s.gh, &["gatehouse::access", "\"status\":400"]);
     let lines = json_lines(&log);
     for l in &lines {
         for key in ["time", "level", "target"] {
@@ -192,8 +191,40 @@ async fn json_lines_carry_the_text_fields_typed_and_escaped() {
         .filter(|l| l["target"] == "gatehouse::access" && l.contains_key("status"))
         .collect();
     assert_eq!(access.len(), 4, "one access line per request:\n{log}");
-    let web = s.web.addr.to_string();
+    access_lines_are_typed(&access, &s.web.addr.to_string());
+    let audit: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "gatehouse::audit")
+        .collect();
+    assert_eq!(audit.len(), 1, "{log}");
+    assert_eq!(
+        audit[0]["audit"]["kind"], "kea",
+        "the audit record nested, not a string"
+    );
+    assert_eq!(audit[0]["audit"]["command"], "version-get");
 
+    let links: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "gatehouse::cluster" && l.contains_key("event"))
+        .collect();
+    assert_eq!(links.len(), 2, "link open and close:\n{log}");
+    link_lines_are_typed(links[0], links[1], &s.sink.addr.to_string());
+
+    // Everything else is wrapped, Pingora's lines included.
+    assert!(
+        lines.iter().any(|l| l["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("pingora"))
+            && l["message"].is_string()),
+        "Pingora's own records as JSON lines too:\n{log}"
+    );
+}
+
+type JsonLine = serde_json::Map<String, Value>;
+
+/// The four access lines of [`send_vectors`]: the hostile CN and path, an anonymous POST, the
+/// Kea command, the request refused before routing.
+fn access_lines_are_typed(access: &[&JsonLine], web: &str) {
     let evil = access[0];
     assert_eq!(evil["level"], "INFO");
     assert_eq!(evil["listener"], "edge");
@@ -201,7 +232,7 @@ async fn json_lines_carry_the_text_fields_typed_and_escaped() {
     assert_eq!(evil["method"], "GET");
     assert_eq!(evil["path"], EVIL_PATH);
     assert_eq!(evil["route"], "web");
-    assert_eq!(evil["peer"], web.as_str());
+    assert_eq!(evil["peer"], web);
     assert_eq!(evil["status"], 200, "a number");
     assert!(
         evil["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
@@ -226,35 +257,21 @@ async fn json_lines_carry_the_text_fields_typed_and_escaped() {
         (access[2]["path"].as_str(), access[2]["status"].as_u64()),
         (Some("/kea"), Some(200))
     );
-    let audit: Vec<_> = lines
-        .iter()
-        .filter(|l| l["target"] == "gatehouse::audit")
-        .collect();
-    assert_eq!(audit.len(), 1, "{log}");
-    assert_eq!(
-        audit[0]["audit"]["kind"], "kea",
-        "the audit record nested, not a string"
-    );
-    assert_eq!(audit[0]["audit"]["command"], "version-get");
 
     let refused = access[3];
     assert_eq!(refused["status"], 400);
     assert_eq!(refused["route"], Value::Null, "answered before routing");
     assert_eq!(refused["peer"], Value::Null);
+}
 
-    let links: Vec<_> = lines
-        .iter()
-        .filter(|l| l["target"] == "gatehouse::cluster" && l.contains_key("event"))
-        .collect();
-    assert_eq!(links.len(), 2, "link open and close:\n{log}");
-    let (open, closed) = (links[0], links[1]);
-    let master = s.sink.addr.to_string();
+/// The hostile link's `link_open` and `link_closed` lines, to the master at `master`.
+fn link_lines_are_typed(open: &JsonLine, closed: &JsonLine, master: &str) {
     for l in [open, closed] {
         assert_eq!(l["listener"], "edge");
         assert_eq!(l["cn"], EVIL_CN);
         assert_eq!(l["sni"], EVIL_SNI, "the SNI exactly as sent");
         assert_eq!(l["upstream"], "master");
-        assert_eq!(l["peer"], master.as_str());
+        assert_eq!(l["peer"], master);
         assert!(
             l["client"].as_str().unwrap().starts_with("127.0.0.1:"),
             "{l:?}"
@@ -275,15 +292,6 @@ async fn json_lines_carry_the_text_fields_typed_and_escaped() {
     );
     assert_eq!(closed["end"], "closed");
     assert_eq!(closed["reason"], "client closed the connection");
-
-    // Everything else is wrapped, Pingora's lines included.
-    assert!(
-        lines.iter().any(|l| l["target"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("pingora"))
-            && l["message"].is_string()),
-        "Pingora's own records as JSON lines too:\n{log}"
-    );
 }
 
 /// Without `log_format` the lines are env_logger's text, and the same hostile values come out
@@ -293,7 +301,7 @@ async fn text_lines_still_escape_what_clients_choose() {
     let tmp = tempfile::tempdir().unwrap();
     let s = start(tmp.path(), None).await;
     send_vectors(&s, "link closed:").await;
-    let log = wait_for(&s.gh, &["gatehouse::access", "status=400"]);
+    let log = wait_for_line(&s.gh, &["gatehouse::access", "status=400"]);
     for l in log.lines() {
         let b = l.as_bytes();
         let env_logger_line =

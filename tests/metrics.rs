@@ -10,7 +10,7 @@ use gatehouse::cluster::codec;
 use gatehouse::pki::CertSpec;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 fn addr(port: u16) -> SocketAddr {
@@ -73,11 +73,10 @@ async fn busy_gatehouse(dir: &std::path::Path) -> (Gatehouse, u16, Sink, Upstrea
     let hello = codec::encode(br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{}}"#);
     let update = codec::encode(br#"{"jsonrpc":"2.0","method":"config::Update","params":{}}"#);
     link.write_all(&[hello, update].concat()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sink.frames().is_empty() {
-        assert!(Instant::now() < deadline, "relay did not deliver");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the relay to deliver", Duration::from_secs(5), || {
+        !sink.frames().is_empty()
+    })
+    .await;
     drop(link);
     (gh, mport, sink, web)
 }
@@ -216,35 +215,53 @@ async fn a_real_prometheus_scrapes_gatehouse() {
     let (_gh, mport, _sink, _web) = busy_gatehouse(tmp.path()).await;
     let prom = Prometheus::start(tmp.path(), mport);
 
-    let value = |res: &serde_json::Value| -> f64 {
-        res[0]["value"][1]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, up) = prom.query(r#"up{job="gatehouse"}"#).await;
-        let (_, reqs) = prom
-            .query(r#"sum(gatehouse_http_requests_total{job="gatehouse"})"#)
-            .await;
-        if value(&up) == 1.0 && value(&reqs) > 0.0 {
-            assert_eq!(value(&reqs), 5.0, "five requests were made");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never saw gatehouse up with traffic (up={up}, requests={reqs}):\n{}",
-            std::fs::read_to_string(tmp.path().join("prometheus.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let reqs = scraped_requests(&prom, tmp.path()).await;
+    assert_eq!(reqs, 5.0, "five requests were made");
     let (_, denied) = prom
         .query(r#"gatehouse_cluster_messages_total{direction="upstream",method="config::Update",verdict="denied"}"#)
         .await;
     assert_eq!(value(&denied), 1.0);
+    dashboard_queries_are_valid(&prom).await;
+}
 
-    // Every query of the shipped dashboard is valid PromQL over metrics that exist.
+/// The value of a query's first result (NaN when there is none).
+fn value(res: &serde_json::Value) -> f64 {
+    res[0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Waits until Prometheus has scraped Gatehouse up with traffic; the requests it counted.
+async fn scraped_requests(prom: &Prometheus, dir: &std::path::Path) -> f64 {
+    let last = std::cell::RefCell::new(String::new());
+    let scraped = || async {
+        let (_, up) = prom.query(r#"up{job="gatehouse"}"#).await;
+        let (_, reqs) = prom
+            .query(r#"sum(gatehouse_http_requests_total{job="gatehouse"})"#)
+            .await;
+        *last.borrow_mut() = format!("up={up}, requests={reqs}");
+        (value(&up) == 1.0 && value(&reqs) > 0.0).then_some(value(&reqs))
+    };
+    // Prometheus scrapes on its own interval: asking twice a second is enough.
+    eventually_some(
+        "Prometheus to see gatehouse up with traffic",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        scraped,
+        || {
+            format!(
+                "{}:\n{}",
+                last.borrow(),
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            )
+        },
+    )
+    .await
+}
+
+/// Every query of the shipped dashboard is valid PromQL over metrics that exist.
+async fn dashboard_queries_are_valid(prom: &Prometheus) {
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -405,12 +405,7 @@ fn unit_runs_as_gatehouse_sandboxed_and_reload_is_the_upgrade() {
     let u = Unpacked::new();
     let unit = u.read(UNIT);
     let s = service_section(&unit);
-    let one = |k: &str| -> &str {
-        match s.get(k).map(Vec::as_slice) {
-            Some([v]) => v,
-            other => panic!("{k}= should be set once, is {other:?}"),
-        }
-    };
+    let one = |k: &str| set_once(&s, k);
     assert_eq!(one("User"), "gatehouse");
     assert_eq!(one("Group"), "gatehouse");
     assert_eq!(one("Type"), "forking");
@@ -434,8 +429,6 @@ fn unit_runs_as_gatehouse_sandboxed_and_reload_is_the_upgrade() {
     }
     assert_eq!(one("RuntimeDirectory"), "gatehouse");
     assert_eq!(one("LogsDirectory"), "gatehouse");
-    let writable: Vec<&str> = one("ReadWritePaths").split_whitespace().collect();
-    assert_eq!(writable, ["/run/gatehouse", "/var/log/gatehouse"]);
     let check = format!("/usr/bin/gatehouse check -c {CONFIG}");
     assert_eq!(s["ExecStartPre"], std::slice::from_ref(&check));
     assert_eq!(
@@ -447,12 +440,32 @@ fn unit_runs_as_gatehouse_sandboxed_and_reload_is_the_upgrade() {
         [format!("/usr/bin/gatehouse upgrade -c {CONFIG}")],
         "reload = `gatehouse upgrade`: check, new process, SIGQUIT (tests/upgrade.rs runs it)"
     );
+    the_shipped_config_writes_where_the_unit_lets_it(&u, &s);
+    if !require_binary("systemd-analyze") {
+        return;
+    }
+    systemd_analyze_accepts(&u, &unit);
+}
 
-    // The shipped config agrees with the unit: pid file, upgrade socket and any log file
-    // where the service may write.
+/// The one value `[Service]` key `k` is given; panics when it is set never or more than once.
+fn set_once<'a>(s: &'a BTreeMap<String, Vec<String>>, k: &str) -> &'a str {
+    match s.get(k).map(Vec::as_slice) {
+        Some([v]) => v,
+        other => panic!("{k}= should be set once, is {other:?}"),
+    }
+}
+
+/// The shipped config agrees with the unit (`[Service]` in `s`): pid file, upgrade socket and
+/// any log file where the service may write.
+fn the_shipped_config_writes_where_the_unit_lets_it(
+    u: &Unpacked,
+    s: &BTreeMap<String, Vec<String>>,
+) {
+    let writable: Vec<&str> = set_once(s, "ReadWritePaths").split_whitespace().collect();
+    assert_eq!(writable, ["/run/gatehouse", "/var/log/gatehouse"]);
     let conf: serde_yaml::Value = serde_yaml::from_str(&u.read(CONFIG)).unwrap();
     let server = &conf["server"];
-    assert_eq!(server["pid_file"].as_str(), Some(one("PIDFile")));
+    assert_eq!(server["pid_file"].as_str(), Some(set_once(s, "PIDFile")));
     let sock = server["upgrade_sock"].as_str().unwrap_or_default();
     assert!(sock.starts_with("/run/gatehouse/"), "upgrade_sock {sock}");
     for written in [&server["error_log"], &conf["audit"]["path"]] {
@@ -463,12 +476,12 @@ fn unit_runs_as_gatehouse_sandboxed_and_reload_is_the_upgrade() {
             );
         }
     }
+}
 
-    if !require_binary("systemd-analyze") {
-        return;
-    }
-    // systemd-analyze checks that the binaries exist, so a copy runs the unpacked one; it
-    // exits 0 on unknown keys and bad values, so anything it says fails the test.
+/// `systemd-analyze verify` says nothing about the unit. It checks that the binaries exist,
+/// so a copy runs the unpacked one; it exits 0 on unknown keys and bad values, so anything it
+/// says fails the test.
+fn systemd_analyze_accepts(u: &Unpacked, unit: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("gatehouse.service");
     let unpacked_bin = u.path("/usr/bin/gatehouse");
@@ -600,40 +613,10 @@ async fn shipped_config_passes_check_and_runs_after_the_first_step() {
         std::fs::create_dir_all(u.path(d)).unwrap();
     }
     let bin = u.path("/usr/bin/gatehouse");
-    let gatehouse = |args: &[&str]| {
-        let out = Command::new(&bin).args(args).output().unwrap();
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    };
-    let config_arg = config.to_str().unwrap();
-    let (ok, out) = gatehouse(&["check", "-c", config_arg]);
-    assert!(
-        !ok,
-        "the shipped config passed check without certificates:\n{out}"
-    );
-    assert!(
-        out.contains("listeners[0].tls.cert") && out.contains("certs/server.crt"),
-        "{out}"
-    );
-
-    // The first step, as the header spells it.
-    let step: Vec<String> = shipped
-        .lines()
-        .map(|l| l.trim_start_matches('#').trim())
-        .find(|l| l.starts_with("gatehouse dev-certs "))
-        .unwrap_or_else(|| panic!("no `gatehouse dev-certs` step in the header:\n{shipped}"))
-        .split_whitespace()
-        .skip(1)
-        .map(relocate)
-        .collect();
-    let step: Vec<&str> = step.iter().map(String::as_str).collect();
-    let (ok, out) = gatehouse(&step);
-    assert!(ok, "{out}");
-    let (ok, out) = gatehouse(&["check", "-c", config_arg]);
-    assert!(ok, "the shipped config after the first step:\n{out}");
+    check_passes_after_the_first_step(&bin, &shipped, &config, &relocate);
 
     // Run it, on ports of this test.
+    let config_arg = config.to_str().unwrap();
     let mut conf: serde_yaml::Value = serde_yaml::from_str(&relocate(&shipped)).unwrap();
     let (port, metrics) = (reserved_port(), reserved_port());
     conf["listeners"][0]["address"] = format!("127.0.0.1:{port}").into();
@@ -664,41 +647,13 @@ async fn shipped_config_passes_check_and_runs_after_the_first_step() {
     let pid = std::fs::read_to_string(u.path("/run/gatehouse/gatehouse.pid")).unwrap();
     assert_eq!(pid.trim(), child.0.id().to_string(), "server.pid_file");
 
-    let certs = u.path("/etc/gatehouse/certs");
-    let curl = |client: bool| {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code} %{http_version}",
-        ])
-        .arg("--cacert")
-        .arg(certs.join("ca.crt"))
-        .args(["-H", "Content-Type: application/json"])
-        .args(["-d", r#"{"command": "config-get", "service": ["dhcp4"]}"#]);
-        if client {
-            cmd.arg("--cert")
-                .arg(certs.join("client.crt"))
-                .arg("--key")
-                .arg(certs.join("client.key"));
-        }
-        let out = cmd
-            .arg(format!("https://localhost:{port}/"))
-            .output()
-            .expect("curl runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
     if require_binary("curl") {
+        let certs = u.path("/etc/gatehouse/certs");
         // client_auth: required — no certificate, no handshake.
-        let (ok, out) = curl(false);
+        let (ok, out) = curl_kea_command(&certs, port, false);
         assert!(!ok, "a client without a certificate was served:\n{out}");
         // The dev client (CN=dev-client) matches no rule: default deny, Kea-shaped, over HTTP/2.
-        let (ok, out) = curl(true);
+        let (ok, out) = curl_kea_command(&certs, port, true);
         assert!(ok, "{out}");
         let (body, status) = out.rsplit_once('\n').unwrap();
         assert_eq!(status, "403 2", "{body}");
@@ -709,4 +664,76 @@ async fn shipped_config_passes_check_and_runs_after_the_first_step() {
     }
     let m = metrics_text(metrics).await;
     assert!(m.contains("gatehouse_build_info"), "{m}");
+}
+
+/// The relocated shipped config at `config` fails `check` (no certificates), and passes once
+/// the `gatehouse dev-certs` step its header spells out has run.
+fn check_passes_after_the_first_step(
+    bin: &Path,
+    shipped: &str,
+    config: &Path,
+    relocate: &impl Fn(&str) -> String,
+) {
+    let gatehouse = |args: &[&str]| {
+        let out = Command::new(bin).args(args).output().unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let config_arg = config.to_str().unwrap();
+    let (ok, out) = gatehouse(&["check", "-c", config_arg]);
+    assert!(
+        !ok,
+        "the shipped config passed check without certificates:\n{out}"
+    );
+    assert!(
+        out.contains("listeners[0].tls.cert") && out.contains("certs/server.crt"),
+        "{out}"
+    );
+    let step: Vec<String> = shipped
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .find(|l| l.starts_with("gatehouse dev-certs "))
+        .unwrap_or_else(|| panic!("no `gatehouse dev-certs` step in the header:\n{shipped}"))
+        .split_whitespace()
+        .skip(1)
+        .map(relocate)
+        .collect();
+    let step: Vec<&str> = step.iter().map(String::as_str).collect();
+    let (ok, out) = gatehouse(&step);
+    assert!(ok, "{out}");
+    let (ok, out) = gatehouse(&["check", "-c", config_arg]);
+    assert!(ok, "the shipped config after the first step:\n{out}");
+}
+
+/// curl (HTTP/2) POSTing a Kea `config-get` to the packaged edge on `port`, trusting the dev
+/// CA in `certs`, with the dev client certificate when `client`: (success, body and
+/// `\n<status> <version>`).
+fn curl_kea_command(certs: &Path, port: u16, client: bool) -> (bool, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code} %{http_version}",
+    ])
+    .arg("--cacert")
+    .arg(certs.join("ca.crt"))
+    .args(["-H", "Content-Type: application/json"])
+    .args(["-d", r#"{"command": "config-get", "service": ["dhcp4"]}"#]);
+    if client {
+        cmd.arg("--cert")
+            .arg(certs.join("client.crt"))
+            .arg("--key")
+            .arg(certs.join("client.key"));
+    }
+    let out = cmd
+        .arg(format!("https://localhost:{port}/"))
+        .output()
+        .expect("curl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }

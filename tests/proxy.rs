@@ -143,6 +143,37 @@ async fn mtls_on_both_sides_forwards_identity_and_headers() {
     );
 }
 
+/// `client_auth: required` on `port`: no certificate gets no answer (TLS 1.2: the handshake
+/// fails; 1.3: an alert on the first read), nor does `stranger`'s from an unknown CA; alice's
+/// passes.
+async fn required_takes_only_good_certificates(w: &World, port: u16, stranger: &ClientOpts) {
+    let mut o = w.client(None);
+    o.tls12 = true;
+    assert!(
+        tls_connect(addr(port), &o).await.is_err(),
+        "handshake must fail"
+    );
+    assert!(
+        request(addr(port), Some(&w.client(None)), "GET", "/", &[], b"")
+            .await
+            .is_err()
+    );
+    assert!(request(addr(port), Some(stranger), "GET", "/", &[], b"")
+        .await
+        .is_err());
+    let ok = request(
+        addr(port),
+        Some(&w.client(Some("alice"))),
+        "GET",
+        "/",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_auth_required_and_optional() {
     let tmp = tempfile::tempdir().unwrap();
@@ -157,38 +188,9 @@ async fn client_auth_required_and_optional() {
         .metrics(reserved_port());
     let gh = Gatehouse::start(tmp.path(), &conf);
 
-    // required: no cert → no response (TLS 1.2: handshake fails; 1.3: alert on first read).
-    let mut o = w.client(None);
-    o.tls12 = true;
-    assert!(
-        tls_connect(addr(req_port), &o).await.is_err(),
-        "handshake must fail"
-    );
-    assert!(
-        request(addr(req_port), Some(&w.client(None)), "GET", "/", &[], b"")
-            .await
-            .is_err()
-    );
-    // required: a cert from an unknown CA is rejected and counted.
     let mut stranger = w.client(None);
     stranger.cert = Some(w.other.paths("mallory"));
-    assert!(
-        request(addr(req_port), Some(&stranger), "GET", "/", &[], b"")
-            .await
-            .is_err()
-    );
-    // required: a good cert passes.
-    let ok = request(
-        addr(req_port),
-        Some(&w.client(Some("alice"))),
-        "GET",
-        "/",
-        &[],
-        b"",
-    )
-    .await
-    .unwrap();
-    assert_eq!(ok.status, 200);
+    required_takes_only_good_certificates(&w, req_port, &stranger).await;
 
     // optional: no cert → served, logged as `-`.
     let r = request(
@@ -501,9 +503,18 @@ async fn xfcc_is_built_by_gatehouse_and_never_passed_through() {
     assert_eq!(r.status, 200);
     assert_eq!(origin.seen()[2].header("x-forwarded-client-cert"), None);
 
-    // Route access by SPIFFE prefix: admin in, alice (no SPIFFE ID) and anonymous out.
+    routes_are_allowed_by_spiffe_prefix(&w, port, &o).await;
     assert_eq!(
-        request(addr(port), Some(&o), "GET", "/ops", &[], b"")
+        origin.seen().len(),
+        4,
+        "refused requests never reach the origin"
+    );
+}
+
+/// Route access by SPIFFE prefix: admin (`admin`) in, alice (no SPIFFE ID) and anonymous out.
+async fn routes_are_allowed_by_spiffe_prefix(w: &World, port: u16, admin: &ClientOpts) {
+    assert_eq!(
+        request(addr(port), Some(admin), "GET", "/ops", &[], b"")
             .await
             .unwrap()
             .status,
@@ -527,11 +538,6 @@ async fn xfcc_is_built_by_gatehouse_and_never_passed_through() {
         .await
         .unwrap();
     assert_eq!(r.status, 403);
-    assert_eq!(
-        origin.seen().len(),
-        4,
-        "refused requests never reach the origin"
-    );
 }
 
 /// How many TLS 1.3 session tickets a listener hands one client. BoringSSL sends them with the
@@ -608,6 +614,7 @@ async fn slow_handshake_origin(
         while let Ok((tcp, _)) = l.accept().await {
             let acc = acc.clone();
             tokio::spawn(async move {
+                // The busy master under test: its handshake starts late.
                 tokio::time::sleep(delay).await;
                 let Ok(mut s) = tokio_boring::accept(&acc, tcp).await else {
                     return;

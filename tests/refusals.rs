@@ -146,17 +146,47 @@ async fn answers_sent_without_the_body_reach_curl_intact() {
     let pki = Arc::new(Pki::edge(tmp.path(), &["ops", "other", "client"]));
     let origin = Upstream::h1(None, Behavior::Echo).await;
     let port = reserved_port();
-    let listener = Listener::new("edge", port).tls(ListenerTls::from_pki(
-        &pki,
-        "server",
-        ClientAuth::Required,
-    ));
+    let _gh = Gatehouse::start(tmp.path(), &refusing_conf(tmp.path(), &pki, &origin, port));
+
+    let mut failures = Vec::new();
+    let mut report = String::new();
+    for kind in kinds() {
+        let name = kind.name;
+        let (f, statuses) = hammer(port, &pki, Arc::new(kind), tmp.path()).await;
+        report.push_str(&format!("{name}: {statuses:?}, {} failed\n", f.len()));
+        failures.extend(f);
+    }
+    eprintln!("{report}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} curl runs failed:\n{}\n{report}",
+        failures.len(),
+        13 * 2 * TRIES,
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        origin.seen().iter().all(|s| s.path == "/limited"),
+        "only the one request the rate limit let through reached the origin"
+    );
+}
+
+/// One route per kind of answer sent without the request body: `/route` (cn:ops only),
+/// `/rule` (a Kea rule for cn:client, 1 KiB bodies), `/auth` (basic, alice), `/limited` (one
+/// request), `/agent` (the agent's own commands answered at the edge).
+fn refusing_conf(dir: &Path, pki: &Pki, origin: &Upstream, port: u16) -> Conf {
+    let listener =
+        Listener::new("edge", port).tls(ListenerTls::from_pki(pki, "server", ClientAuth::Required));
     let mut auth = Route::new("auth", "origin").path("/auth");
     auth.basic_auth = Some(conf::BasicAuth {
-        users_file: users_file(tmp.path()),
+        users_file: users_file(dir),
         realm: None,
     });
-    let conf = Conf::new()
+    Conf::new()
         .listener(listener)
         .upstream("origin", Group::new(origin.addr))
         .route(
@@ -179,108 +209,51 @@ async fn answers_sent_without_the_body_reach_curl_intact() {
         )
         .route(
             Route::agent("agent", KeaRoute::allow_all().service("dhcp4", "origin")).path("/agent"),
-        );
-    let _gh = Gatehouse::start(tmp.path(), &conf);
+        )
+}
 
+/// The 13 kinds of answer [`refusing_conf`] sends without the body, with and without one.
+fn kinds() -> Vec<Kind> {
     let command = r#"{"command":"config-set","service":["dhcp4"],"arguments":{"Dhcp4":{}}}"#;
     let big = format!(
         r#"{{"command":"config-set","service":["dhcp4"],"arguments":{{"pad":"{}"}}}}"#,
         "x".repeat(200 * 1024)
     );
-    let kinds = vec![
-        ("route", "/route", "other", &[][..], None, &[403][..]),
-        (
-            "route+body",
-            "/route",
-            "other",
-            &[],
-            Some(command.to_string()),
-            &[403],
-        ),
-        (
-            "route+200KiB",
-            "/route",
-            "other",
-            &[],
-            Some(big.clone()),
-            &[403],
-        ),
-        (
-            "rule",
-            "/rule",
-            "client",
-            &[],
-            Some(command.to_string()),
-            &[403],
-        ),
-        ("rule+nobody", "/rule", "client", &[], None, &[400]),
-        ("413", "/rule", "client", &[], Some(big.clone()), &[413]),
-        ("401", "/auth", "ops", &[], None, &[401]),
-        (
-            "401+body",
-            "/auth",
-            "ops",
-            &[],
-            Some(command.to_string()),
-            &[401],
-        ),
-        (
+    let kind = |name, path, who, args, body: Option<&str>, want| Kind {
+        name,
+        path,
+        who,
+        args,
+        body: body.map(str::to_string),
+        want,
+    };
+    vec![
+        kind("route", "/route", "other", &[], None, &[403]),
+        kind("route+body", "/route", "other", &[], Some(command), &[403]),
+        kind("route+200KiB", "/route", "other", &[], Some(&big), &[403]),
+        kind("rule", "/rule", "client", &[], Some(command), &[403]),
+        kind("rule+nobody", "/rule", "client", &[], None, &[400]),
+        kind("413", "/rule", "client", &[], Some(&big), &[413]),
+        kind("401", "/auth", "ops", &[], None, &[401]),
+        kind("401+body", "/auth", "ops", &[], Some(command), &[401]),
+        kind(
             "401+wrong",
             "/auth",
             "ops",
             &["-u", "alice:wrong"],
-            Some(command.to_string()),
+            Some(command),
             &[401],
         ),
-        ("429", "/limited", "ops", &[], None, &[200, 429]),
-        (
-            "429+body",
-            "/limited",
-            "ops",
-            &[],
-            Some(command.to_string()),
-            &[429],
-        ),
-        (
+        kind("429", "/limited", "ops", &[], None, &[200, 429]),
+        kind("429+body", "/limited", "ops", &[], Some(command), &[429]),
+        kind(
             "edge",
             "/agent",
             "ops",
             &[],
-            Some(r#"{"command":"list-commands"}"#.to_string()),
+            Some(r#"{"command":"list-commands"}"#),
             &[200],
         ),
-        ("edge+nobody", "/agent", "ops", &[], None, &[400]),
-    ];
-    let mut failures = Vec::new();
-    let mut report = String::new();
-    for (name, path, who, args, body, want) in kinds {
-        let kind = Arc::new(Kind {
-            name,
-            path,
-            who,
-            args,
-            body,
-            want,
-        });
-        let (f, statuses) = hammer(port, &pki, kind, tmp.path()).await;
-        report.push_str(&format!("{name}: {statuses:?}, {} failed\n", f.len()));
-        failures.extend(f);
-    }
-    eprintln!("{report}");
-    assert!(
-        failures.is_empty(),
-        "{} of {} curl runs failed:\n{}\n{report}",
-        failures.len(),
-        13 * 2 * TRIES,
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(
-        origin.seen().iter().all(|s| s.path == "/limited"),
-        "only the one request the rate limit let through reached the origin"
-    );
+        kind("edge+nobody", "/agent", "ops", &[], None, &[400]),
+    ]
 }

@@ -329,66 +329,8 @@ async fn anonymous_links_are_limited() {
         sink.client_cns.lock().unwrap().clone(),
         vec![Some(gatehouse::cluster::relay::ANONYMOUS_CN.to_string())]
     );
-
-    // pki::RequestCertificate carries the client's own certificate to the master.
-    a.write_all(&ns(
-        r#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":"t1"},"id":"1"}"#,
-    ))
-    .await
-    .unwrap();
-    let (got, _) = read_frames(&mut a, 1, Duration::from_secs(5)).await;
-    let mut b = BytesMut::from(&got[0][..]);
-    let v: serde_json::Value =
-        serde_json::from_slice(codec::decode(&mut b, 1 << 20).unwrap().unwrap().payload()).unwrap();
-    assert_eq!(v["params"]["ticket"], "t1");
-    assert_eq!(
-        v["params"]["cert_request"].as_str().unwrap().as_bytes(),
-        &selfsigned.cert_pem()[..],
-        "the master must judge the agent's certificate, not the edge's"
-    );
-
-    // Cap: two anonymous links at once; the third is refused, the first two live on.
-    let mut b2 = tls_connect(addr(port), &anon).await.unwrap();
-    b2.write_all(&ns(HELLO)).await.unwrap();
-    assert_eq!(
-        read_frames(&mut b2, 1, Duration::from_secs(5))
-            .await
-            .0
-            .len(),
-        1
-    );
-    let mut third = tls_connect(addr(port), &anon).await.unwrap();
-    third.write_all(&ns(HELLO)).await.unwrap();
-    assert_eq!(
-        read_until_closed(&mut third, Duration::from_secs(3)).await,
-        Some(String::new()),
-        "third anonymous link must be refused, its Hello never relayed"
-    );
-    // Refused by the total cap, not the per-IP one (3 here): its reason, its line.
-    let line = gh.wait_log("refusing anonymous@127.0.0.1");
-    assert!(
-        line.contains("refusing anonymous@127.0.0.1") && line.contains(": 2 anonymous links open"),
-        "{line}"
-    );
-    let m = gh.metrics_text().await;
-    assert!(
-        m.contains(r#"gatehouse_cluster_links_refused_total{reason="anonymous_max_clients"} 1"#)
-            && m.contains(
-                r#"gatehouse_cluster_links_refused_total{reason="anonymous_max_per_ip"} 0"#
-            ),
-        "{m}"
-    );
-    assert_eq!(
-        sink.client_cns.lock().unwrap().len(),
-        2,
-        "no upstream connection for the refused link"
-    );
-    a.write_all(&ns(HEARTBEAT)).await.unwrap();
-    assert_eq!(
-        read_frames(&mut a, 1, Duration::from_secs(5)).await.0.len(),
-        1,
-        "first link unaffected"
-    );
+    cert_request_carries_the_clients_certificate(&mut a, &selfsigned.cert_pem()).await;
+    let mut b2 = the_third_anonymous_link_is_refused(&f, &anon, &mut a).await;
 
     // Size: over anonymous_message_size (2KiB) closes an anonymous link.
     let big = format!(
@@ -420,6 +362,75 @@ async fn anonymous_links_are_limited() {
     m.write_all(&ns("{not json")).await.unwrap();
     assert!(closed_within(&mut m, Duration::from_secs(3)).await);
     gh.wait_log("malformed message from the anonymous client");
+}
+
+type Link = tokio_boring::SslStream<tokio::net::TcpStream>;
+
+/// pki::RequestCertificate on anonymous link `a` carries the client's own certificate (`pem`)
+/// to the master.
+async fn cert_request_carries_the_clients_certificate(a: &mut Link, pem: &[u8]) {
+    a.write_all(&ns(
+        r#"{"jsonrpc":"2.0","method":"pki::RequestCertificate","params":{"ticket":"t1"},"id":"1"}"#,
+    ))
+    .await
+    .unwrap();
+    let (got, _) = read_frames(a, 1, Duration::from_secs(5)).await;
+    let mut b = BytesMut::from(&got[0][..]);
+    let v: serde_json::Value =
+        serde_json::from_slice(codec::decode(&mut b, 1 << 20).unwrap().unwrap().payload()).unwrap();
+    assert_eq!(v["params"]["ticket"], "t1");
+    assert_eq!(
+        v["params"]["cert_request"].as_str().unwrap().as_bytes(),
+        pem,
+        "the master must judge the agent's certificate, not the edge's"
+    );
+}
+
+/// Cap: two anonymous links at once (`a` and a second one, returned); the third is refused
+/// (by the total cap, not the per-IP one: 3 here), the first two live on.
+async fn the_third_anonymous_link_is_refused(f: &Fixture, anon: &ClientOpts, a: &mut Link) -> Link {
+    let (sink, gh, port) = (&f.sink, &f.gh, f.port);
+    let mut b2 = tls_connect(addr(port), anon).await.unwrap();
+    b2.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        read_frames(&mut b2, 1, Duration::from_secs(5))
+            .await
+            .0
+            .len(),
+        1
+    );
+    let mut third = tls_connect(addr(port), anon).await.unwrap();
+    third.write_all(&ns(HELLO)).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut third, Duration::from_secs(3)).await,
+        Some(String::new()),
+        "third anonymous link must be refused, its Hello never relayed"
+    );
+    let line = gh.wait_log("refusing anonymous@127.0.0.1");
+    assert!(
+        line.contains("refusing anonymous@127.0.0.1") && line.contains(": 2 anonymous links open"),
+        "{line}"
+    );
+    let m = gh.metrics_text().await;
+    assert!(
+        m.contains(r#"gatehouse_cluster_links_refused_total{reason="anonymous_max_clients"} 1"#)
+            && m.contains(
+                r#"gatehouse_cluster_links_refused_total{reason="anonymous_max_per_ip"} 0"#
+            ),
+        "{m}"
+    );
+    assert_eq!(
+        sink.client_cns.lock().unwrap().len(),
+        2,
+        "no upstream connection for the refused link"
+    );
+    a.write_all(&ns(HEARTBEAT)).await.unwrap();
+    assert_eq!(
+        read_frames(a, 1, Duration::from_secs(5)).await.0.len(),
+        1,
+        "first link unaffected"
+    );
+    b2
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,46 +682,7 @@ async fn configured_policy_decides_by_identity_and_direction() {
         );
     // In process: denials are read from its counters and typed audit events.
     let gh = Gatehouse::in_process(tmp.path(), &conf.cluster(cluster));
-    let t = Duration::from_secs(5);
-    let cr = check_result();
-
-    let mut a1 = tls_connect(addr(port), &c.agent(Some("agent1")))
-        .await
-        .unwrap();
-    let mut burst = ns(HELLO);
-    burst.extend(ns(&cr));
-    burst.extend(ns(HEARTBEAT));
-    a1.write_all(&burst).await.unwrap();
-    let expected = texts(&[ns(HELLO), ns(HEARTBEAT)]);
-    assert_eq!(texts(&read_frames(&mut a1, 2, t).await.0), expected);
-    assert_eq!(
-        texts(&sink.frames()),
-        expected,
-        "agent1's check result is denied upstream"
-    );
-
-    let mut a2 = tls_connect(addr(port), &c.agent(Some("agent2")))
-        .await
-        .unwrap();
-    let mut burst = ns(HELLO);
-    burst.extend(ns(&cr));
-    burst.extend(ns(CONFIG_UPDATE));
-    burst.extend(ns(HEARTBEAT));
-    a2.write_all(&burst).await.unwrap();
-    assert_eq!(
-        texts(&read_frames(&mut a2, 3, t).await.0),
-        texts(&[ns(HELLO), ns(CONFIG_UPDATE), ns(HEARTBEAT)]),
-        "agent2 gets everything back but the check result (denied downstream)"
-    );
-    assert_eq!(
-        texts(&sink.frames()[2..]),
-        texts(&[ns(HELLO), ns(&cr), ns(CONFIG_UPDATE), ns(HEARTBEAT)]),
-        "agent2 may send a check result and, under this policy, config::Update upstream"
-    );
-    assert_eq!(
-        sink.client_cns.lock().unwrap().clone(),
-        vec![Some("agent1".to_string()), Some("agent2".to_string())]
-    );
+    let _links = each_agents_check_results_go_its_way(&c, &sink, port).await;
 
     let m = gh.metrics_text().await;
     for needle in [
@@ -751,6 +723,51 @@ async fn configured_policy_decides_by_identity_and_direction() {
             denial("agent2", "downstream", "cluster.policy[1]"),
         ]
     );
+}
+
+/// agent1's check result never reaches the master; agent2's does, but its echo never comes
+/// back; agent2's config::Update passes. Returns both links, kept open until the test ends.
+async fn each_agents_check_results_go_its_way(c: &Icinga, sink: &Sink, port: u16) -> (Link, Link) {
+    let t = Duration::from_secs(5);
+    let cr = check_result();
+    let mut a1 = tls_connect(addr(port), &c.agent(Some("agent1")))
+        .await
+        .unwrap();
+    let mut burst = ns(HELLO);
+    burst.extend(ns(&cr));
+    burst.extend(ns(HEARTBEAT));
+    a1.write_all(&burst).await.unwrap();
+    let expected = texts(&[ns(HELLO), ns(HEARTBEAT)]);
+    assert_eq!(texts(&read_frames(&mut a1, 2, t).await.0), expected);
+    assert_eq!(
+        texts(&sink.frames()),
+        expected,
+        "agent1's check result is denied upstream"
+    );
+
+    let mut a2 = tls_connect(addr(port), &c.agent(Some("agent2")))
+        .await
+        .unwrap();
+    let mut burst = ns(HELLO);
+    burst.extend(ns(&cr));
+    burst.extend(ns(CONFIG_UPDATE));
+    burst.extend(ns(HEARTBEAT));
+    a2.write_all(&burst).await.unwrap();
+    assert_eq!(
+        texts(&read_frames(&mut a2, 3, t).await.0),
+        texts(&[ns(HELLO), ns(CONFIG_UPDATE), ns(HEARTBEAT)]),
+        "agent2 gets everything back but the check result (denied downstream)"
+    );
+    assert_eq!(
+        texts(&sink.frames()[2..]),
+        texts(&[ns(HELLO), ns(&cr), ns(CONFIG_UPDATE), ns(HEARTBEAT)]),
+        "agent2 may send a check result and, under this policy, config::Update upstream"
+    );
+    assert_eq!(
+        sink.client_cns.lock().unwrap().clone(),
+        vec![Some("agent1".to_string()), Some("agent2".to_string())]
+    );
+    (a1, a2)
 }
 
 /// `cluster.upstream_identity.missing`: a client whose CN has no certificate in `cert_dir` is

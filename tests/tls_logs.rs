@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -16,18 +16,17 @@ fn addr(port: u16) -> SocketAddr {
 
 /// Waits (up to 10 s) for a log line containing every needle; the line.
 fn line_with(gh: &Gatehouse, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let line = || {
         let log = gh.log_text();
-        if let Some(l) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-            return l.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no line with {needles:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let l = log.lines().find(|l| needles.iter().all(|n| l.contains(n)));
+        l.map(str::to_string)
+    };
+    wait_for(
+        &format!("a line with {needles:?}"),
+        Duration::from_secs(10),
+        line,
+        || gh.log_text(),
+    )
 }
 
 async fn curl(args: &[&str]) -> String {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -40,9 +40,53 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         tls12: false,
     };
 
-    // A cluster link on the old process.
+    let link = cluster_link_until_closed(port, &pki);
+    old.wait_log("link open: agent1@");
+    let mut http = agent.clone();
+    http.sni = Some("localhost".into());
+    let load = HttpLoad::start(port, &http);
+    load.serves(20).await;
+
+    // The upgrade: new process with --upgrade, then SIGQUIT to the old one once the new one
+    // listens for its sockets.
+    let new = old.start_upgrade_listening();
+    Command::new("kill")
+        .args(["-QUIT", &old.pid().to_string()])
+        .status()
+        .unwrap();
+    let before_switch = load.ok.load(Ordering::Relaxed);
+    the_new_process_takes_over(&new).await;
+    load.serves(20).await;
+    let (ok, failed) = load.stop().await;
+    let state = tokio::task::spawn_blocking(move || link.join().unwrap())
+        .await
+        .unwrap();
+    drop(new);
+    assert!(
+        ok > before_switch && before_switch > 0,
+        "load ran on both sides of the switch ({before_switch} then {ok})"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the upgrade",
+        ok + failed
+    );
+    assert!(
+        state.contains(boring::ssl::ShutdownState::RECEIVED),
+        "the old process must close its cluster links with close_notify"
+    );
+}
+
+/// A cluster link of agent1 (a blocking boring client, whose `get_shutdown` tells whether a
+/// close_notify arrived) that sends a heartbeat, reads its echo, then reads until the server
+/// closes; the thread returns the link's shutdown state.
+fn cluster_link_until_closed(
+    port: u16,
+    pki: &Pki,
+) -> std::thread::JoinHandle<boring::ssl::ShutdownState> {
     let (ca, (crt, key)) = (pki.ca_path(), pki.paths("agent1"));
-    let link = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         use std::io::{Read, Write};
         let mut b = boring::ssl::SslConnector::builder(boring::ssl::SslMethod::tls()).unwrap();
         b.set_ca_file(ca).unwrap();
@@ -59,48 +103,75 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
         s.get_shutdown()
-    });
-    old.wait_log("link open: agent1@");
+    })
+}
 
-    // HTTP load: 4 clients, a new TLS connection per request, until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failed, o) = (stop.clone(), ok.clone(), failed.clone(), agent.clone());
-        let mut o = o;
-        o.sni = Some("localhost".into());
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match request(addr(port), Some(&o), "GET", "/load", &[], b"").await {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
+/// HTTP load: 4 clients, a new TLS connection per request, until told to stop.
+struct HttpLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HttpLoad {
+    fn start(port: u16, client: &ClientOpts) -> HttpLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (stop, ok, failed, o) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match request(addr(port), Some(&o), "GET", "/load", &[], b"").await {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }));
+        }
+        HttpLoad {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // The upgrade: new process with --upgrade, then SIGQUIT to the old one.
-    let new = old.start_upgrade();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Command::new("kill")
-        .args(["-QUIT", &old.pid().to_string()])
-        .status()
-        .unwrap();
-    let before_switch = ok.load(Ordering::Relaxed);
-
-    // The new process must take over and keep serving.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !new.log_text().contains("path=/load") {
-        assert!(
-            Instant::now() < deadline,
-            "the new process never served:\n{}",
-            new.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    /// Waits until `n` more requests have been answered (failures count for [`HttpLoad::stop`]).
+    async fn serves(&self, n: usize) {
+        let from = self.ok.load(Ordering::Relaxed);
+        until(
+            &format!("the load to be answered {n} more times"),
+            Duration::from_secs(15),
+            || self.ok.load(Ordering::Relaxed) >= from + n,
+        )
+        .await
     }
-    // Waiting for the sockets is part of every upgrade: said at INFO, not as Pingora's ERROR.
+
+    /// Stops the clients: (requests answered 200, requests failed).
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The new process of an upgrade takes over and serves, and says it waited for the sockets
+/// at INFO (waiting is part of every upgrade), not as Pingora's ERROR.
+async fn the_new_process_takes_over(new: &Gatehouse) {
+    until_explained(
+        "the new process to serve",
+        Duration::from_secs(15),
+        || new.log_text().contains("path=/load"),
+        || new.log_text(),
+    )
+    .await;
     let log = new.log_text();
     let waits: Vec<&str> = log
         .lines()
@@ -111,30 +182,6 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         "{log}"
     );
     assert!(!log.contains("No incoming socket transfer"), "{log}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    let state = tokio::task::spawn_blocking(move || link.join().unwrap())
-        .await
-        .unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    drop(new);
-    assert!(
-        ok > before_switch && before_switch > 0,
-        "load ran on both sides of the switch ({before_switch} then {ok})"
-    );
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed during the upgrade",
-        ok + failed
-    );
-    assert!(
-        state.contains(boring::ssl::ShutdownState::RECEIVED),
-        "the old process must close its cluster links with close_notify"
-    );
 }
 
 /// A second instance started on a running one's addresses without `--upgrade` (the probe's
@@ -232,12 +279,8 @@ fn pid_in(file: &std::path::Path) -> Option<i32> {
 }
 
 /// Waits up to 15 s for `f`.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until_15s(what: &str, f: impl FnMut() -> bool) {
+    until(what, Duration::from_secs(15), f).await
 }
 
 /// Two configurations that share a `pid_file` (the operator's example started next to the
@@ -260,7 +303,7 @@ async fn a_shared_pid_file_is_refused_and_reload_checks_the_config() {
             .route(Route::new("web", "web"))
     };
     let mut first = Gatehouse::start(&a, &conf(&a, reserved_port()));
-    until("the first instance's pid file", || {
+    until_15s("the first instance's pid file", || {
         pid_in(&shared) == Some(first.pid() as i32)
     })
     .await;
@@ -320,7 +363,7 @@ async fn the_upgrade_command_hands_over() {
     let pid_file = dir.join("gh.pid");
     let file = dir.join("gatehouse.yaml");
     let file = file.to_str().unwrap();
-    until("the pid file", || {
+    until_15s("the pid file", || {
         pid_in(&pid_file) == Some(old.pid() as i32)
     })
     .await;
@@ -380,7 +423,7 @@ async fn the_upgrade_command_hands_over() {
         .args(["-TERM", &new.to_string()])
         .status()
         .unwrap();
-    until("the new process's pid file removed at exit", || {
+    until_15s("the new process's pid file removed at exit", || {
         !pid_file.exists()
     })
     .await;

@@ -97,14 +97,105 @@ async fn guide(release: &'static str) {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let (mport, gport, aport) = (reserved_port(), reserved_port(), reserved_port());
+    let ports = Ports {
+        master: reserved_port(),
+        edge: reserved_port(),
+    };
+    let aport = reserved_port();
 
     // --- the master: its CA, its own certificate, the ApiListener off the public port ---
     let master = Node::of(t, "master", release.clone());
     let agent = Node::of(t, "agent", release.clone());
     let enrolled = Node::of(t, "enrolled", release.clone());
     let ca_crt = master.new_ca_master();
-    let master_conf = format!(
+    let _master_d = master.start(&guide_master_conf(ports.master));
+    master.wait_listening(ports.master, Duration::from_secs(30));
+
+    // --- the guide's blocks, in one shell ---
+    let run_dir = t.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let chown = Command::new("chown")
+        .args(["nobody:nogroup"])
+        .arg(&run_dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let log = t.join("gatehouse.log");
+    let script = guide_script(t, &run_dir, &log, ports, &release, &master, &enrolled);
+    let (_gh, said) = run_guide(t, &script, &run_dir, &log).await;
+
+    the_guide_left_what_it_says(t, &ca_crt, &enrolled, &said);
+
+    // An agent through the edge, under its own identity; asked through the edge's REST API.
+    let (_, csr) = agent.new_cert("agent1", &agent.certs());
+    master.sign_csr(&csr, &agent.certs().join("agent1.crt"));
+    std::fs::copy(&ca_crt, agent.certs().join("ca.crt")).unwrap();
+    let agent_conf = icinga::agent1_conf(
+        &common_conf("agent1", "agent1", ""),
+        &format!(
+            "object Endpoint \"master1\" {{ host = \"127.0.0.1\"; port = \"{}\" }}\nobject Endpoint \"agent1\" {{ }}",
+            ports.edge
+        ),
+        aport,
+    );
+    let _agent_d = agent.start(&agent_conf);
+    let edge_ca = t.join("edge-certs/ca.crt");
+    eventually(
+        "agent1 connected, as the master tells through the edge",
+        Duration::from_secs(60),
+        || agent1_connected(&edge_ca, ports.edge),
+        || {
+            format!(
+                "--- gatehouse\n{}\n--- master\n{}\n--- agent\n{}",
+                icinga::tail(&std::fs::read_to_string(&log).unwrap_or_default(), 20),
+                icinga::tail(&master.log(), 20),
+                icinga::tail(&agent.log(), 20)
+            )
+        },
+    )
+    .await;
+    // Under agent1's own identity (the log is written a moment later).
+    master.wait_log(
+        "New client connection for identity 'agent1'",
+        Duration::from_secs(10),
+    );
+}
+
+/// The identity key is root's, 0640, as the guide set it; the enrolled agent holds a
+/// certificate the Icinga CA signed; what save-cert was shown, and saved, is the edge's
+/// master1 certificate: the one the guide says to compare with.
+fn the_guide_left_what_it_says(t: &Path, ca_crt: &Path, enrolled: &Node, said: &str) {
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let key = std::fs::metadata(t.join("etc/gatehouse/identities/agent1.key")).unwrap();
+        assert_eq!(key.permissions().mode() & 0o777, 0o640);
+        assert_eq!(key.uid(), 0);
+    }
+    let ca = boring::x509::X509::from_pem(&std::fs::read(ca_crt).unwrap()).unwrap();
+    let signed =
+        boring::x509::X509::from_pem(&std::fs::read(enrolled.certs().join("agent2.crt")).unwrap())
+            .unwrap();
+    assert!(
+        signed.verify(&ca.public_key().unwrap()).unwrap_or(false),
+        "agent2.crt is not signed by the Icinga CA:\n{said}"
+    );
+    assert_eq!(
+        fingerprint(&enrolled.certs().join("trusted-parent.crt")),
+        fingerprint(&t.join("etc/gatehouse/edge/master1.crt"))
+    );
+}
+
+/// The master's API port and the edge's public one.
+#[derive(Clone, Copy)]
+struct Ports {
+    master: u16,
+    edge: u16,
+}
+
+/// The master on `mport`, with endpoints agent1 and agent2 (a zone of its own) and an API
+/// user.
+fn guide_master_conf(mport: u16) -> String {
+    format!(
         r#"{}
 object Endpoint "master1" {{ }}
 object Endpoint "agent1" {{ }}
@@ -118,22 +209,24 @@ object ApiListener "api" {{
 object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
 "#,
         common_conf("master1", "master", SALT)
-    );
-    let _master_d = master.start(&master_conf);
-    master.wait_listening(mport, Duration::from_secs(30));
+    )
+}
 
-    // --- the guide's blocks, in one shell ---
-    let run_dir = t.join("run");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    let chown = Command::new("chown")
-        .args(["nobody:nogroup"])
-        .arg(&run_dir)
-        .status()
-        .unwrap();
-    assert!(chown.success());
-    let log = t.join("gatehouse.log");
+/// The guide's blocks as one bash script, each after an `icinga2` function running
+/// `release` on the node the block is for, with what a test must put in replaced (paths
+/// under `t`, ports, the edge's name, the service user; `systemctl restart` becomes
+/// Gatehouse started as `nobody`, logging to `log`, waited for on its port).
+fn guide_script(
+    t: &Path,
+    run_dir: &Path,
+    log: &Path,
+    ports: Ports,
+    release: &icinga::Release,
+    master: &Node,
+    enrolled: &Node,
+) -> String {
+    let (gport, mport) = (ports.edge, ports.master);
     let bin_dir = Path::new(gatehouse_bin()).parent().unwrap();
-    let defs = |n: &Node| n.defs().join(" ");
     let mut script = format!(
         "set -euo pipefail\nexport PATH={}:$PATH\nexport ICINGA2_USER=root ICINGA2_GROUP=root\n",
         bin_dir.display()
@@ -164,25 +257,41 @@ object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
     std::fs::create_dir_all(t.join("etc/gatehouse")).unwrap();
     for (who, block) in &blocks {
         let node = if who.contains("CA master") {
-            &master
+            master
         } else if who.contains("agent") {
-            &enrolled
+            enrolled
         } else {
             assert!(who.contains("edge"), "{who}");
-            &master
+            master
         };
         script.push_str(&format!(
             "icinga2() {{ {} \"$@\" {}; }}\necho '>>> {who}'\n{}\n",
             release.shell(),
-            defs(node),
+            node.defs().join(" "),
             fill(block, &node.dir.join("data"))
         ));
     }
+    script
+}
+
+/// The Gatehouse the guide started, by the pid in its pid file; killed on drop.
+struct KillPid(String);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.trim()).status();
+    }
+}
+
+/// Runs `script` in `t` (within 120 s): it succeeds, `gatehouse check` as the service user
+/// said `ok`, and Gatehouse wrote its pid file in `run_dir`. Returns the Gatehouse it started
+/// and what the script and Gatehouse (`log`) said.
+async fn run_guide(t: &Path, script: &str, run_dir: &Path, log: &Path) -> (KillPid, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new("bash")
             .arg("-c")
-            .arg(&script)
+            .arg(script)
             .current_dir(t)
             .output(),
     )
@@ -193,16 +302,10 @@ object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
         "{}{}\n--- gatehouse\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&log).unwrap_or_default()
+        std::fs::read_to_string(log).unwrap_or_default()
     );
     let pid = std::fs::read_to_string(run_dir.join("gatehouse.pid")).unwrap_or_default();
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").arg(self.0.trim()).status();
-        }
-    }
-    let _gh = Kill(pid.clone());
+    let gh = KillPid(pid.clone());
     assert!(
         out.status.success(),
         "the guide failed:\n{script}\n---\n{said}"
@@ -215,75 +318,18 @@ object ApiUser "root" {{ password = "icinga-secret"; permissions = [ "*" ] }}
         !pid.trim().is_empty(),
         "gatehouse wrote no pid file:\n{said}"
     );
+    (gh, said)
+}
 
-    // Ownership and modes as the guide set them.
-    {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let key = std::fs::metadata(t.join("etc/gatehouse/identities/agent1.key")).unwrap();
-        assert_eq!(key.permissions().mode() & 0o777, 0o640);
-        assert_eq!(key.uid(), 0);
-    }
-
-    // The enrolled agent holds a certificate the Icinga CA signed, for its own key.
-    let ca = boring::x509::X509::from_pem(&std::fs::read(&ca_crt).unwrap()).unwrap();
-    let signed =
-        boring::x509::X509::from_pem(&std::fs::read(enrolled.certs().join("agent2.crt")).unwrap())
-            .unwrap();
-    assert!(
-        signed.verify(&ca.public_key().unwrap()).unwrap_or(false),
-        "agent2.crt is not signed by the Icinga CA:\n{said}"
-    );
-    // What save-cert was shown, and saved, is the edge's master1 certificate: the one the
-    // guide says to compare with.
-    assert_eq!(
-        fingerprint(&enrolled.certs().join("trusted-parent.crt")),
-        fingerprint(&t.join("etc/gatehouse/edge/master1.crt"))
-    );
-
-    // An agent through the edge, under its own identity; asked through the edge's REST API.
-    let (_, csr) = agent.new_cert("agent1", &agent.certs());
-    master.sign_csr(&csr, &agent.certs().join("agent1.crt"));
-    std::fs::copy(&ca_crt, agent.certs().join("ca.crt")).unwrap();
-    let agent_conf = icinga::agent1_conf(
-        &common_conf("agent1", "agent1", ""),
-        &format!(
-            "object Endpoint \"master1\" {{ host = \"127.0.0.1\"; port = \"{gport}\" }}\nobject Endpoint \"agent1\" {{ }}"
-        ),
-        aport,
-    );
-    let _agent_d = agent.start(&agent_conf);
-    let ca_path = t.join("edge-certs/ca.crt");
-    let connected = || {
-        let ca_path = ca_path.clone();
-        async move {
-            let out = tokio::process::Command::new("curl")
-                .args(["-sS", "--max-time", "5", "-u", API_AUTH, "--cacert"])
-                .arg(&ca_path)
-                .args(["--resolve", &format!("master1:{gport}:127.0.0.1")])
-                .arg(format!("https://master1:{gport}/v1/status/ApiListener"))
-                .output()
-                .await
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).contains("\"agent1\"")
-        }
-    };
-    eventually(
-        "agent1 connected, as the master tells through the edge",
-        Duration::from_secs(60),
-        connected,
-        || {
-            format!(
-                "--- gatehouse\n{}\n--- master\n{}\n--- agent\n{}",
-                icinga::tail(&std::fs::read_to_string(&log).unwrap_or_default(), 20),
-                icinga::tail(&master.log(), 20),
-                icinga::tail(&agent.log(), 20)
-            )
-        },
-    )
-    .await;
-    // Under agent1's own identity (the log is written a moment later).
-    master.wait_log(
-        "New client connection for identity 'agent1'",
-        Duration::from_secs(10),
-    );
+/// Whether the master, asked through the edge on `gport` with curl, lists agent1 connected.
+async fn agent1_connected(ca_path: &Path, gport: u16) -> bool {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-u", API_AUTH, "--cacert"])
+        .arg(ca_path)
+        .args(["--resolve", &format!("master1:{gport}:127.0.0.1")])
+        .arg(format!("https://master1:{gport}/v1/status/ApiListener"))
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("\"agent1\"")
 }

@@ -75,15 +75,10 @@ fn client_of(pki: &Pki) -> ClientOpts {
 
 /// Waits up to 5 s until `gh`'s metrics have the exact line `line`.
 async fn wait_line(gh: &Gatehouse, line: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = gh.metrics_text().await;
-        if m.lines().any(|l| l == line) {
-            return m;
-        }
-        assert!(std::time::Instant::now() < deadline, "no `{line}` in:\n{m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gh.wait_metrics(&format!("`{line}`"), Duration::from_secs(5), |m| {
+        m.lines().any(|l| l == line)
+    })
+    .await
 }
 
 const SUCCESS: &str = r#"gatehouse_tls_reloads_total{result="success"}"#;
@@ -164,6 +159,19 @@ impl Load {
             failures,
             tasks,
         }
+    }
+
+    /// Waits until the suite's client has had `n` more requests answered (a failure fails the
+    /// test only at [`Load::finish`]).
+    async fn serves(&self, n: usize) {
+        let from = self.ok.load(Ordering::Relaxed);
+        until_explained(
+            &format!("the load to be answered {n} more times"),
+            Duration::from_secs(10),
+            || self.ok.load(Ordering::Relaxed) >= from + n,
+            || format!("failures: {:?}", self.failures.lock().unwrap()),
+        )
+        .await
     }
 
     /// Stops the load; returns (requests answered 200 by the suite's client, by curl).
@@ -323,7 +331,7 @@ async fn renamed_and_rewritten_files_rotate_under_load_with_no_failed_request() 
     assert_eq!(served(port, &client).await, der(first));
 
     let load = Load::start(port, &client, 3);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.serves(5).await;
 
     // Renamed over the old files, the certificate first: for a moment it does not match the
     // key still in place, which must not count as a failed reload.
@@ -336,7 +344,7 @@ async fn renamed_and_rewritten_files_rotate_under_load_with_no_failed_request() 
         der(second),
         "new handshakes get the renamed-in certificate"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.serves(5).await;
 
     // Written in place (truncated and rewritten, same inode).
     std::fs::write(live.join("server.crt"), third.cert_pem()).unwrap();
@@ -347,7 +355,7 @@ async fn renamed_and_rewritten_files_rotate_under_load_with_no_failed_request() 
         der(third),
         "new handshakes get the rewritten certificate"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.serves(5).await;
 
     let (ok, curl_ok) = load.finish().await;
     assert!(ok > 20 && curl_ok > 0, "only {ok} + {curl_ok} requests ran");
@@ -467,6 +475,8 @@ async fn a_mismatched_pair_keeps_the_old_certificate_until_the_key_lands() {
     // again, another file in the folder.
     std::fs::write(live.join("server.crt"), second.cert_pem()).unwrap();
     std::fs::write(live.join("notes.txt"), b"renewed").unwrap();
+    // Nothing marks an event the watcher took and acted on by doing nothing: it is given a
+    // second, over three times the quiet a batch waits for (300 ms), to (not) retry.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let m = gh.metrics_text().await;
     assert!(
@@ -581,6 +591,8 @@ async fn upstream_client_certificate_and_ca_rotate_for_new_connections() {
 
     // The origin moves to a certificate of the new CA: refused until the CA file follows.
     origin.set_tls(acceptor(&origin_new, Some(old.ca.cert()), false));
+    // Waits out the pooled connection's idle_timeout (200 ms): a request meanwhile would
+    // reuse it, made before the origin moved.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = get().await.unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
@@ -623,6 +635,8 @@ async fn a_block_without_watch_waits_for_sighup() {
         "only the watched block is reloaded: {line}"
     );
     assert_eq!(served(pa, &client).await, der(a2));
+    // Nothing marks a reload that did not happen: the unwatched block is given a second, over
+    // three times the quiet a batch waits for (300 ms), to (not) change.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         served(pb, &client).await,
@@ -706,8 +720,7 @@ async fn after_a_graceful_upgrade_the_new_process_watches() {
     let mut old = Gatehouse::start(dir, &conf);
     old.wait_log("watching the files of listeners[0].tls");
 
-    let new = old.start_upgrade();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new = old.start_upgrade_listening();
     Command::new("kill")
         .args(["-QUIT", &old.pid().to_string()])
         .status()

@@ -46,10 +46,8 @@ impl Drop for Proc {
         };
         let group = Pid::from_raw(pid);
         let _ = killpg(group, Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        crate::common::first_within(Duration::from_secs(5), || child.try_wait().ok().flatten());
         // Also reaps workers that outlived their master.
         let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();

@@ -139,7 +139,7 @@ impl Decision {
 ///     fn name(&self) -> &str {
 ///         "night-shift"
 ///     }
-///     async fn authorize(&self, q: &Question<'_>) -> Result<Decision, String> {
+///     async fn authorize(&self, q: &Question<'_>) -> gatehouse::Result<Decision> {
 ///         Ok(match q.target {
 ///             Target::Kea { command: "shutdown", .. } if q.identity.cn() != Some("night-ops") => {
 ///                 Decision::deny("only night-ops may shut Kea down")
@@ -156,7 +156,7 @@ pub trait Authorizer: Send + Sync + 'static {
 
     /// Decides one question. An `Err` (say, the decision service is down) denies: Gatehouse
     /// fails closed.
-    async fn authorize(&self, q: &Question<'_>) -> Result<Decision, String>;
+    async fn authorize(&self, q: &Question<'_>) -> crate::Result<Decision>;
 }
 
 /// Most decisions kept; when full, the cache is emptied (a flood of distinct paths must not
@@ -206,7 +206,7 @@ impl Guarded {
                 return Decision::deny(format!(
                     "authorizer {} failed ({}); failing closed",
                     self.name(),
-                    crate::logsafe::EscText(&e)
+                    crate::logsafe::EscText(&e.to_string())
                 ));
             }
             Err(_) => {
@@ -273,7 +273,8 @@ mod tests {
 
     struct Counting {
         calls: Arc<AtomicUsize>,
-        answer: Result<Decision, String>,
+        /// The decision, or the error's context.
+        answer: Result<Decision, &'static str>,
         delay: Duration,
     }
 
@@ -282,14 +283,17 @@ mod tests {
         fn name(&self) -> &str {
             "counting"
         }
-        async fn authorize(&self, _: &Question<'_>) -> Result<Decision, String> {
+        async fn authorize(&self, _: &Question<'_>) -> crate::Result<Decision> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
-            self.answer.clone()
+            self.answer.clone().map_err(crate::Error::extension)
         }
     }
 
-    fn guarded(answer: Result<Decision, String>, delay: Duration) -> (Guarded, Arc<AtomicUsize>) {
+    fn guarded(
+        answer: Result<Decision, &'static str>,
+        delay: Duration,
+    ) -> (Guarded, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let g = Guarded::new(
             Box::new(Counting {
@@ -338,7 +342,7 @@ mod tests {
         assert!(!g.decide(&Q).await.allow);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "no TTL, no cache");
 
-        let (g, _) = guarded(Err("connection refused".into()), Duration::ZERO);
+        let (g, _) = guarded(Err("connection refused"), Duration::ZERO);
         let d = g.decide(&Q).await;
         assert!(!d.allow && d.reason.contains("failing closed"), "{d:?}");
 

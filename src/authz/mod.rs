@@ -7,16 +7,17 @@
 //! `dns:<glob>` (a DNS SAN), `spiffe://…` (a URI SAN prefix), `fingerprint:sha256:<hex>`
 //! (colons and case ignored), `user:<glob>`, `anonymous`, and `"*"` (everyone, anonymous
 //! included). Route access ([`Access`]), Kea command rules and the cluster
-//! method policy all use them, and ordered rule lists decide with [`FirstMatch`]. A bare glob
+//! method policy all use them, and ordered rule lists decide with `FirstMatch`. A bare glob
 //! (`agent-*`) is refused when the config loads, with the fix in the message: it used to be read
 //! as a CN glob in one place and as nothing in another.
 //!
 //! [`Authorizer`] is the call-out an embedder adds next to these rules (an external decision
-//! service, say); Gatehouse wraps it in [`Guarded`]: time-bounded, fail-closed, TTL-cached.
+//! service, say); Gatehouse wraps it in `Guarded`: time-bounded, fail-closed, TTL-cached.
 
 mod authorizer;
 
-pub use authorizer::{Authorizer, Decision, Guarded, Question, Target};
+pub(crate) use authorizer::Guarded;
+pub use authorizer::{Authorizer, Decision, Question, Target};
 
 use crate::glob;
 use crate::identity::{ClientCert, TlsInfo};
@@ -198,7 +199,7 @@ impl Matcher {
 }
 
 /// Whether any matcher in `list` matches.
-pub fn any_matches(list: &[Matcher], id: Identity<'_>) -> bool {
+pub(crate) fn any_matches(list: &[Matcher], id: Identity<'_>) -> bool {
     list.iter().any(|m| m.matches(id))
 }
 
@@ -206,7 +207,7 @@ pub fn any_matches(list: &[Matcher], id: Identity<'_>) -> bool {
 /// condition holds, e.g. the direction of a cluster message) decides. Kea command rules and
 /// the cluster method policy are both this.
 #[derive(Debug, Clone)]
-pub struct FirstMatch<T> {
+pub(crate) struct FirstMatch<T> {
     rules: Vec<(Vec<Matcher>, T)>,
 }
 

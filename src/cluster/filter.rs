@@ -235,6 +235,7 @@ pub trait RpcFilter: Send + Sync + 'static {
 }
 
 /// `cluster.policy` (or Icinga's own rules when it is absent) as a filter.
+#[doc(hidden)]
 pub struct MethodPolicy(Policy);
 
 impl MethodPolicy {
@@ -287,6 +288,7 @@ impl RpcFilter for MethodPolicy {
 /// certificate in `params.cert_request`, or the master would judge (and maybe sign) the
 /// edge's certificate; oversized requests and requests without a client certificate are
 /// denied.
+#[doc(hidden)]
 pub struct CertRequest {
     max: usize,
 }
@@ -338,7 +340,7 @@ impl RpcFilter for CertRequest {
 /// counts as not set. Only that field is spliced, from the envelope's offsets: the message is
 /// never parsed into a tree. Returns the new payload; `Ok(None)`: forward unchanged;
 /// `Err`: must not be forwarded.
-pub fn with_cert_request(
+pub(crate) fn with_cert_request(
     payload: &[u8],
     env: &Envelope<'_>,
     client_cert: Option<&X509>,

@@ -151,7 +151,7 @@ fn parse_pair(crt: &Path, crt_pem: &[u8], key: &Path, key_pem: &[u8]) -> Result<
 /// the folder unreadable, a `<cn>.crt` + `<cn>.key` pair that user cannot read (the keys
 /// `icinga2 pki new-cert` writes are 0600 root), one that does not parse, a key that is not
 /// the certificate's. A `.crt` without a `.key` beside it (a CA certificate) is no identity. Links would otherwise be refused one by one, long after the check passed.
-pub fn check_cert_dir(dir: &Path) -> Vec<String> {
+pub(crate) fn check_cert_dir(dir: &Path) -> Vec<String> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => return vec![format!("{}: cannot list: {e}", dir.display())],
@@ -213,7 +213,7 @@ impl IdentityMapper for CertDir {
 
 /// No mapping: every authenticated link goes upstream with the upstream's own certificate,
 /// anonymous ones anonymous ([`Mapped::Anonymous`]).
-pub struct OwnIdentity;
+pub(crate) struct OwnIdentity;
 
 #[async_trait]
 impl IdentityMapper for OwnIdentity {

@@ -14,18 +14,22 @@
 //! the relay presents, downstream, the certificate for the endpoint the client dialled (by SNI,
 //! see `tls.sni_certs`) and, upstream, a certificate for the client's own CN from `cert_dir`.
 
+#[doc(hidden)]
 pub mod codec;
+#[doc(hidden)]
 pub mod envelope;
 pub mod filter;
 pub mod identity;
+#[doc(hidden)]
 pub mod policy;
+#[doc(hidden)]
 pub mod relay;
 
-pub use relay::Relay;
+pub(crate) use relay::Relay;
 
 /// The bounded `method` label values of `gatehouse_cluster_messages_total`: Icinga's cluster
 /// methods, then `reply` (no method) and `other`.
-pub const METHOD_LABELS: &[&str] = &[
+pub(crate) const METHOD_LABELS: &[&str] = &[
     "icinga::Hello",
     "event::Heartbeat",
     "pki::RequestCertificate",
@@ -59,7 +63,7 @@ pub const METHOD_LABELS: &[&str] = &[
 ];
 
 /// Index into [`METHOD_LABELS`]: the method if known, `reply` for replies, else `other`.
-pub fn method_index(method: Option<&str>) -> usize {
+pub(crate) fn method_index(method: Option<&str>) -> usize {
     let known = METHOD_LABELS.len() - 2;
     match method {
         None => known,

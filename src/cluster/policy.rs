@@ -1,7 +1,7 @@
 //! Who may send which JSON-RPC method in which direction.
 //!
 //! Rules name callers with [`crate::authz::Matcher`]s like every other rule, and are tried in
-//! order; the **first rule whose identity and direction match decides** ([`FirstMatch`]):
+//! order; the **first rule whose identity and direction match decides** (`FirstMatch`):
 //! a method in its `deny` list is denied; otherwise, if it has an `allow` list, the method is
 //! allowed only if listed; a rule with only `deny` allows everything else. No matching rule
 //! → allowed. Replies (no `method`) are never filtered: they answer the other side's requests.

@@ -282,101 +282,128 @@ fn lower_listeners(
                 format!("listener name `{}` is empty or used twice", l.name),
             );
         }
-        let address = cx.addr(format!("{at}.address"), &l.address, " (IPv6 as [::1]:5665)");
-        if let Some(a) = address {
-            if let Some(prev) = taken.insert(a, at.clone()) {
-                cx.err(
-                    format!("{at}.address"),
-                    format!("{a} is already used by {prev}"),
-                );
-            }
-        }
-        if l.protocols.is_empty() {
-            cx.err(format!("{at}.protocols"), "must name http, cluster or both");
-        }
-        // Below 1 KiB most TLS records take several reads; above 1 MiB it is resident
-        // memory per idle connection for no gain (larger reads bypass the buffer anyway).
-        if let Some(rb) = l
-            .read_buffer
-            .filter(|rb| !(1024..=1024 * 1024).contains(&rb.0))
-        {
-            cx.err(
-                format!("{at}.read_buffer"),
-                format!("{} bytes is outside 1KiB..=1MiB", rb.0),
-            );
-        }
-        if l.keepalive_timeout.get() < Duration::from_secs(1) {
-            cx.err(format!("{at}.keepalive_timeout"), "must be at least 1s");
-        }
-        if l.keepalive_requests == 0 {
-            cx.err(format!("{at}.keepalive_requests"), "must be at least 1");
-        }
-        if l.max_connections_per_identity == Some(0) {
-            cx.err(
-                format!("{at}.max_connections_per_identity"),
-                "must be at least 1 (leave it out for no limit)",
-            );
-        }
-        if l.handshake_timeout.get().is_zero() {
-            cx.err(format!("{at}.handshake_timeout"), "must be more than 0");
-        }
-        if l.max_handshakes_per_ip == 0 {
-            cx.err(format!("{at}.max_handshakes_per_ip"), "must be at least 1");
-        }
-        for (key, d) in [
-            ("body_timeout", l.body_timeout),
-            ("send_timeout", l.send_timeout),
-        ] {
-            if d.get().is_zero() {
-                cx.err(format!("{at}.{key}"), "must be more than 0");
-            }
-        }
-        if !(1..=1024).contains(&l.max_concurrent_streams) {
-            // The body watch (`demux`) follows at most 1024 streams of a connection.
-            cx.err(
-                format!("{at}.max_concurrent_streams"),
-                "must be between 1 and 1024",
-            );
-        }
-        if l.max_connections == Some(0) {
-            cx.err(
-                format!("{at}.max_connections"),
-                "must be at least 1 (leave it out for a share of the descriptor limit)",
-            );
-        }
+        let address = listener_address(cx, &at, l, taken);
+        check_listener_bounds(cx, &at, l);
         let tls = l
             .tls
             .as_ref()
             .map(|t| lower_listener_tls(cx, &format!("{at}.tls"), t, &l.protocols));
         if let Some(address) = address {
-            out.push(ListenerSettings {
-                name: l.name.clone(),
-                address,
-                tls,
-                protocols: l.protocols.clone(),
-                first_byte_timeout: l.first_byte_timeout.get(),
-                header_timeout: l.header_timeout.get(),
-                // A cluster link's records are mostly large batches that bypass the buffer, or
-                // rare heartbeats: without it an idle link is 1 KiB smaller and a busy one
-                // makes the same two reads per record (header, then body).
-                read_buffer: match l.read_buffer {
-                    Some(rb) => cx.bytes(&format!("{at}.read_buffer"), rb),
-                    None if l.protocols.contains(&Protocol::Http) => 1024,
-                    None => 0,
-                },
-                keepalive_timeout: l.keepalive_timeout.get(),
-                keepalive_requests: l.keepalive_requests,
-                max_connections_per_identity: l.max_connections_per_identity,
-                handshake_timeout: l.handshake_timeout.get(),
-                max_handshakes_per_ip: l.max_handshakes_per_ip,
-                max_connections: l.max_connections,
-                body_timeout: l.body_timeout.get(),
-                send_timeout: l.send_timeout.get(),
-                max_concurrent_streams: l.max_concurrent_streams,
-            });
+            out.push(listener_settings(cx, &at, l, address, tls));
         }
     }
     out
+}
+
+/// One listener's address, claimed in `taken` so no two listeners (nor metrics) share it.
+fn listener_address(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    l: &ListenerSection,
+    taken: &mut BTreeMap<SocketAddr, String>,
+) -> Option<SocketAddr> {
+    let address = cx.addr(format!("{at}.address"), &l.address, " (IPv6 as [::1]:5665)");
+    if let Some(a) = address {
+        if let Some(prev) = taken.insert(a, at.to_string()) {
+            cx.err(
+                format!("{at}.address"),
+                format!("{a} is already used by {prev}"),
+            );
+        }
+    }
+    address
+}
+
+/// A listener's protocols, sizes, timeouts and caps: none may refuse every connection.
+fn check_listener_bounds(cx: &mut Lowering<'_>, at: &str, l: &ListenerSection) {
+    if l.protocols.is_empty() {
+        cx.err(format!("{at}.protocols"), "must name http, cluster or both");
+    }
+    // Below 1 KiB most TLS records take several reads; above 1 MiB it is resident
+    // memory per idle connection for no gain (larger reads bypass the buffer anyway).
+    if let Some(rb) = l
+        .read_buffer
+        .filter(|rb| !(1024..=1024 * 1024).contains(&rb.0))
+    {
+        cx.err(
+            format!("{at}.read_buffer"),
+            format!("{} bytes is outside 1KiB..=1MiB", rb.0),
+        );
+    }
+    if l.keepalive_timeout.get() < Duration::from_secs(1) {
+        cx.err(format!("{at}.keepalive_timeout"), "must be at least 1s");
+    }
+    if l.keepalive_requests == 0 {
+        cx.err(format!("{at}.keepalive_requests"), "must be at least 1");
+    }
+    if l.max_connections_per_identity == Some(0) {
+        cx.err(
+            format!("{at}.max_connections_per_identity"),
+            "must be at least 1 (leave it out for no limit)",
+        );
+    }
+    if l.handshake_timeout.get().is_zero() {
+        cx.err(format!("{at}.handshake_timeout"), "must be more than 0");
+    }
+    if l.max_handshakes_per_ip == 0 {
+        cx.err(format!("{at}.max_handshakes_per_ip"), "must be at least 1");
+    }
+    for (key, d) in [
+        ("body_timeout", l.body_timeout),
+        ("send_timeout", l.send_timeout),
+    ] {
+        if d.get().is_zero() {
+            cx.err(format!("{at}.{key}"), "must be more than 0");
+        }
+    }
+    if !(1..=1024).contains(&l.max_concurrent_streams) {
+        // The body watch (`demux`) follows at most 1024 streams of a connection.
+        cx.err(
+            format!("{at}.max_concurrent_streams"),
+            "must be between 1 and 1024",
+        );
+    }
+    if l.max_connections == Some(0) {
+        cx.err(
+            format!("{at}.max_connections"),
+            "must be at least 1 (leave it out for a share of the descriptor limit)",
+        );
+    }
+}
+
+/// The model of a listener whose address parsed.
+fn listener_settings(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    l: &ListenerSection,
+    address: SocketAddr,
+    tls: Option<ListenerTlsSettings>,
+) -> ListenerSettings {
+    ListenerSettings {
+        name: l.name.clone(),
+        address,
+        tls,
+        protocols: l.protocols.clone(),
+        first_byte_timeout: l.first_byte_timeout.get(),
+        header_timeout: l.header_timeout.get(),
+        // A cluster link's records are mostly large batches that bypass the buffer, or
+        // rare heartbeats: without it an idle link is 1 KiB smaller and a busy one
+        // makes the same two reads per record (header, then body).
+        read_buffer: match l.read_buffer {
+            Some(rb) => cx.bytes(&format!("{at}.read_buffer"), rb),
+            None if l.protocols.contains(&Protocol::Http) => 1024,
+            None => 0,
+        },
+        keepalive_timeout: l.keepalive_timeout.get(),
+        keepalive_requests: l.keepalive_requests,
+        max_connections_per_identity: l.max_connections_per_identity,
+        handshake_timeout: l.handshake_timeout.get(),
+        max_handshakes_per_ip: l.max_handshakes_per_ip,
+        max_connections: l.max_connections,
+        body_timeout: l.body_timeout.get(),
+        send_timeout: l.send_timeout.get(),
+        max_concurrent_streams: l.max_concurrent_streams,
+    }
 }
 
 fn lower_listener_tls(
@@ -448,6 +475,49 @@ fn lower_listener_tls(
 
 fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> UpstreamSettings {
     let at = format!("upstreams.{name}");
+    let (peers, unix) = lower_peers(cx, &at, u);
+    let health_check = u
+        .health_check
+        .as_ref()
+        .and_then(|hc| lower_health_probe(cx, &at, hc));
+    let tls = u.tls.as_ref().map(|t| lower_upstream_tls(cx, &at, t));
+    // A zero bound would fail every connection to the group (as a timeout), not disable it.
+    for (key, d) in [
+        ("connect_timeout", u.connect_timeout),
+        ("tls_handshake_timeout", u.tls_handshake_timeout),
+        ("read_timeout", u.read_timeout),
+        ("answer_timeout", u.answer_timeout),
+    ] {
+        if d.get().is_zero() {
+            cx.err(format!("{at}.{key}"), "must be more than 0");
+        }
+    }
+    let basic_auth = u
+        .basic_auth
+        .as_ref()
+        .map(|a| lower_upstream_auth(cx, &at, a));
+    UpstreamSettings {
+        name: name.to_string(),
+        peers,
+        unix,
+        basic_auth,
+        load_balancing: u.load_balancing,
+        health_check,
+        connect_timeout: u.connect_timeout.get(),
+        tls_handshake_timeout: u.tls_handshake_timeout.get(),
+        read_timeout: u.read_timeout.get(),
+        answer_timeout: u.answer_timeout.get(),
+        idle_timeout: u.idle_timeout.get(),
+        tls,
+    }
+}
+
+/// A group's TCP and `unix:` peers; a group is one kind, and a `unix:` one has no HTTP options.
+fn lower_peers(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    u: &UpstreamSection,
+) -> (Vec<SocketAddr>, Vec<PathBuf>) {
     if u.peers.is_empty() {
         cx.err(format!("{at}.peers"), "at least one peer is needed");
     }
@@ -486,98 +556,92 @@ fn lower_upstream(cx: &mut Lowering<'_>, name: &str, u: &UpstreamSection) -> Ups
             }
         }
     }
-    let health_check = u.health_check.as_ref().and_then(|hc| {
-        let path = if hc.path.starts_with('/') {
-            hc.path.parse::<http::Uri>().map_err(|e| e.to_string())
-        } else {
-            Err("must start with /".to_string())
-        };
-        let path = path
-            .map_err(|m| cx.err(format!("{at}.health_check.path"), m))
-            .ok()?;
-        Some(HealthProbe {
-            kind: hc.kind,
-            interval: hc.interval.get(),
-            path,
-            host: hc.host.clone(),
-        })
-    });
-    let tls = u.tls.as_ref().map(|t| {
-        if t.client_cert.is_some() != t.client_key.is_some() {
-            cx.err(
-                format!("{at}.tls"),
-                "client_cert and client_key go together",
-            );
-        }
-        if t.second_keyshare.is_some() {
-            cx.err(
-                format!("{at}.tls.second_keyshare"),
-                "removed, it never had an effect: Pingora applies it only when built with its post-quantum `pq_use_second_keyshare` feature, which Gatehouse is not; delete the key",
-            );
-        }
-        if t.watch && t.ca.is_none() && t.client_cert.is_none() {
-            cx.err(
-                format!("{at}.tls.watch"),
-                "this block names no file to watch (the system trust store is not watched): set ca or client_cert, or leave watch out",
-            );
-        }
-        if t.sni.is_empty() && (t.verify_cert || t.verify_hostname) {
-            cx.err(
-                format!("{at}.tls.sni"),
-                "an empty SNI disables verification: set it, or set verify_cert and verify_hostname to false",
-            );
-        }
-        UpstreamTlsSettings {
-            ca: t.ca.as_deref().map(|p| cx.path(p)),
-            client: match (&t.client_cert, &t.client_key) {
-                (Some(c), Some(k)) => Some(cx.files(c, k)),
-                _ => None,
-            },
-            sni: t.sni.clone(),
-            verify_cert: t.verify_cert,
-            verify_hostname: t.verify_hostname,
-            alt_cn: t.alt_cn.clone(),
-            curves: t.curves.clone(),
-            alpn: t.alpn,
-            watch: t.watch,
-        }
-    });
-    // A zero bound would fail every connection to the group (as a timeout), not disable it.
-    for (key, d) in [
-        ("connect_timeout", u.connect_timeout),
-        ("tls_handshake_timeout", u.tls_handshake_timeout),
-        ("read_timeout", u.read_timeout),
-        ("answer_timeout", u.answer_timeout),
-    ] {
-        if d.get().is_zero() {
-            cx.err(format!("{at}.{key}"), "must be more than 0");
-        }
+    (peers, unix)
+}
+
+/// The health check of one group; `None` when its path is not a request path.
+fn lower_health_probe(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    hc: &HealthCheckSection,
+) -> Option<HealthProbe> {
+    let path = if hc.path.starts_with('/') {
+        hc.path.parse::<http::Uri>().map_err(|e| e.to_string())
+    } else {
+        Err("must start with /".to_string())
+    };
+    let path = path
+        .map_err(|m| cx.err(format!("{at}.health_check.path"), m))
+        .ok()?;
+    Some(HealthProbe {
+        kind: hc.kind,
+        interval: hc.interval.get(),
+        path,
+        host: hc.host.clone(),
+    })
+}
+
+/// One group's `tls:` block, refusing combinations that would silently not do what they say.
+fn lower_upstream_tls(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    t: &UpstreamTlsSection,
+) -> UpstreamTlsSettings {
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        cx.err(
+            format!("{at}.tls"),
+            "client_cert and client_key go together",
+        );
     }
-    let basic_auth = u.basic_auth.as_ref().map(|a| {
-        if a.user.is_empty() || a.user.contains(':') {
-            cx.err(
-                format!("{at}.basic_auth.user"),
-                "must be a non-empty name without `:`",
-            );
-        }
-        UpstreamAuthSettings {
-            user: a.user.clone(),
-            password_file: cx.path(&a.password_file),
-        }
-    });
-    UpstreamSettings {
-        name: name.to_string(),
-        peers,
-        unix,
-        basic_auth,
-        load_balancing: u.load_balancing,
-        health_check,
-        connect_timeout: u.connect_timeout.get(),
-        tls_handshake_timeout: u.tls_handshake_timeout.get(),
-        read_timeout: u.read_timeout.get(),
-        answer_timeout: u.answer_timeout.get(),
-        idle_timeout: u.idle_timeout.get(),
-        tls,
+    if t.second_keyshare.is_some() {
+        cx.err(
+            format!("{at}.tls.second_keyshare"),
+            "removed, it never had an effect: Pingora applies it only when built with its post-quantum `pq_use_second_keyshare` feature, which Gatehouse is not; delete the key",
+        );
+    }
+    if t.watch && t.ca.is_none() && t.client_cert.is_none() {
+        cx.err(
+            format!("{at}.tls.watch"),
+            "this block names no file to watch (the system trust store is not watched): set ca or client_cert, or leave watch out",
+        );
+    }
+    if t.sni.is_empty() && (t.verify_cert || t.verify_hostname) {
+        cx.err(
+            format!("{at}.tls.sni"),
+            "an empty SNI disables verification: set it, or set verify_cert and verify_hostname to false",
+        );
+    }
+    UpstreamTlsSettings {
+        ca: t.ca.as_deref().map(|p| cx.path(p)),
+        client: match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => Some(cx.files(c, k)),
+            _ => None,
+        },
+        sni: t.sni.clone(),
+        verify_cert: t.verify_cert,
+        verify_hostname: t.verify_hostname,
+        alt_cn: t.alt_cn.clone(),
+        curves: t.curves.clone(),
+        alpn: t.alpn,
+        watch: t.watch,
+    }
+}
+
+/// The credentials one group sends; the user must fit before the `:` of HTTP basic.
+fn lower_upstream_auth(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    a: &UpstreamAuthSection,
+) -> UpstreamAuthSettings {
+    if a.user.is_empty() || a.user.contains(':') {
+        cx.err(
+            format!("{at}.basic_auth.user"),
+            "must be a non-empty name without `:`",
+        );
+    }
+    UpstreamAuthSettings {
+        user: a.user.clone(),
+        password_file: cx.path(&a.password_file),
     }
 }
 
@@ -597,34 +661,7 @@ fn lower_routes(
                 format!("route name `{}` is used twice", r.name),
             );
         }
-        let services = r.kea.as_ref().and_then(|k| k.services.as_ref());
-        let upstream = match (&r.upstream, services) {
-            (Some(name), None) => {
-                let u = index(name);
-                if u.is_none() {
-                    cx.err(
-                        format!("{at}.upstream"),
-                        format!("unknown upstream `{name}`"),
-                    );
-                }
-                u
-            }
-            (Some(_), Some(_)) => {
-                cx.err(
-                    format!("{at}.upstream"),
-                    "a `kea.services` route sends each command to its service's group: remove `upstream`",
-                );
-                None
-            }
-            (None, Some(s)) => s.values().next().and_then(|name| index(name)),
-            (None, None) => {
-                cx.err(
-                    format!("{at}.upstream"),
-                    "missing: every route needs `upstream` (a Kea agent route may name `kea.services` instead)",
-                );
-                None
-            }
-        };
+        let upstream = route_upstream(cx, &at, r, index);
         if !r.path_prefix.starts_with('/') {
             cx.err(format!("{at}.path_prefix"), "must start with /");
         }
@@ -638,39 +675,11 @@ fn lower_routes(
             .kea
             .as_ref()
             .map(|k| lower_kea(cx, &format!("{at}.kea"), k, index));
-        let rate_limit = r.rate_limit.as_ref().map(|l| {
-            let rps = l.requests_per_second;
-            if !(rps.is_finite() && (1e-6..=1e9).contains(&rps)) {
-                cx.err(
-                    format!("{at}.rate_limit.requests_per_second"),
-                    "must be between 0.000001 and 1000000000",
-                );
-            }
-            if l.burst == Some(0) {
-                cx.err(format!("{at}.rate_limit.burst"), "must be at least 1");
-            }
-            RateLimitSettings {
-                requests_per_second: rps,
-                burst: l
-                    .burst
-                    .unwrap_or_else(|| rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
-            }
-        });
-        let basic_auth = r.basic_auth.as_ref().map(|b| {
-            if b.realm.is_empty()
-                || b.realm.contains(['"', '\\'])
-                || b.realm.chars().any(char::is_control)
-            {
-                cx.err(
-                    format!("{at}.basic_auth.realm"),
-                    "must be non-empty, without quotes, backslashes or control characters",
-                );
-            }
-            BasicAuthSettings {
-                users_file: cx.path(&b.users_file),
-                realm: b.realm.clone(),
-            }
-        });
+        let rate_limit = r.rate_limit.as_ref().map(|l| lower_rate_limit(cx, &at, l));
+        let basic_auth = r
+            .basic_auth
+            .as_ref()
+            .map(|b| lower_route_basic_auth(cx, &at, b));
         if !keys.insert((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
             cx.err(
                 at.clone(),
@@ -701,6 +710,82 @@ fn lower_routes(
         }
     }
     out
+}
+
+/// The group a route sends to: `upstream`, or a `kea.services` route's first service's group.
+fn route_upstream(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    r: &RouteSection,
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> Option<usize> {
+    let services = r.kea.as_ref().and_then(|k| k.services.as_ref());
+    match (&r.upstream, services) {
+        (Some(name), None) => {
+            let u = index(name);
+            if u.is_none() {
+                cx.err(
+                    format!("{at}.upstream"),
+                    format!("unknown upstream `{name}`"),
+                );
+            }
+            u
+        }
+        (Some(_), Some(_)) => {
+            cx.err(
+                format!("{at}.upstream"),
+                "a `kea.services` route sends each command to its service's group: remove `upstream`",
+            );
+            None
+        }
+        (None, Some(s)) => s.values().next().and_then(|name| index(name)),
+        (None, None) => {
+            cx.err(
+                format!("{at}.upstream"),
+                "missing: every route needs `upstream` (a Kea agent route may name `kea.services` instead)",
+            );
+            None
+        }
+    }
+}
+
+/// A route's `rate_limit:`; the burst defaults to one second's worth.
+fn lower_rate_limit(cx: &mut Lowering<'_>, at: &str, l: &RateLimitSection) -> RateLimitSettings {
+    let rps = l.requests_per_second;
+    if !(rps.is_finite() && (1e-6..=1e9).contains(&rps)) {
+        cx.err(
+            format!("{at}.rate_limit.requests_per_second"),
+            "must be between 0.000001 and 1000000000",
+        );
+    }
+    if l.burst == Some(0) {
+        cx.err(format!("{at}.rate_limit.burst"), "must be at least 1");
+    }
+    RateLimitSettings {
+        requests_per_second: rps,
+        burst: l
+            .burst
+            .unwrap_or_else(|| rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
+    }
+}
+
+/// A route's `basic_auth:`; the realm goes into a quoted challenge header as is.
+fn lower_route_basic_auth(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    b: &BasicAuthSection,
+) -> BasicAuthSettings {
+    if b.realm.is_empty() || b.realm.contains(['"', '\\']) || b.realm.chars().any(char::is_control)
+    {
+        cx.err(
+            format!("{at}.basic_auth.realm"),
+            "must be non-empty, without quotes, backslashes or control characters",
+        );
+    }
+    BasicAuthSettings {
+        users_file: cx.path(&b.users_file),
+        realm: b.realm.clone(),
+    }
 }
 
 fn lower_kea(
@@ -798,6 +883,31 @@ fn lower_cluster(
     c: &ClusterSection,
     index: &dyn Fn(&str) -> Option<usize>,
 ) -> ClusterSettings {
+    let routes = lower_cluster_routes(cx, c, index);
+    let upstream_identity = c
+        .upstream_identity
+        .as_ref()
+        .map(|id| lower_upstream_identity(cx, id));
+    let policy = match &c.policy {
+        None => icinga_policy(),
+        Some(rules) => lower_policy(cx, rules),
+    };
+    let limits = lower_cluster_limits(cx, &c.limits);
+    ClusterSettings {
+        routes,
+        upstream_identity,
+        limits,
+        policy,
+        max_violations: c.max_violations,
+    }
+}
+
+/// `cluster.routes`: which group a link goes to, by the SNI it asked for.
+fn lower_cluster_routes(
+    cx: &mut Lowering<'_>,
+    c: &ClusterSection,
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> Vec<ClusterRouteSettings> {
     if c.routes.is_empty() {
         cx.err("cluster.routes", "at least one route is needed");
     }
@@ -819,24 +929,29 @@ fn lower_cluster(
             });
         }
     }
-    let upstream_identity = c.upstream_identity.as_ref().map(|id| {
-        let cert_dir = cx.path(&id.cert_dir);
-        if !cert_dir.is_dir() {
-            cx.err(
-                "cluster.upstream_identity.cert_dir",
-                format!("{}: not a directory", cert_dir.display()),
-            );
-        }
-        UpstreamIdentitySettings {
-            cert_dir,
-            missing: id.missing,
-        }
-    });
-    let policy = match &c.policy {
-        None => icinga_policy(),
-        Some(rules) => lower_policy(cx, rules),
-    };
-    let l = &c.limits;
+    routes
+}
+
+/// `cluster.upstream_identity`; its folder must exist now, its files are checked on load.
+fn lower_upstream_identity(
+    cx: &mut Lowering<'_>,
+    id: &UpstreamIdentitySection,
+) -> UpstreamIdentitySettings {
+    let cert_dir = cx.path(&id.cert_dir);
+    if !cert_dir.is_dir() {
+        cx.err(
+            "cluster.upstream_identity.cert_dir",
+            format!("{}: not a directory", cert_dir.display()),
+        );
+    }
+    UpstreamIdentitySettings {
+        cert_dir,
+        missing: id.missing,
+    }
+}
+
+/// `cluster.limits`, refusing any that would refuse every link or message.
+fn lower_cluster_limits(cx: &mut Lowering<'_>, l: &ClusterLimitsSection) -> ClusterLimits {
     if l.anonymous_max_per_ip == 0 {
         cx.err(
             "cluster.limits.anonymous_max_per_ip",
@@ -885,13 +1000,7 @@ fn lower_cluster(
             "must be more than 0",
         );
     }
-    ClusterSettings {
-        routes,
-        upstream_identity,
-        limits,
-        policy,
-        max_violations: c.max_violations,
-    }
+    limits
 }
 
 fn lower_policy(cx: &mut Lowering<'_>, rules: &[PolicyRuleSection]) -> Vec<PolicyRule> {

@@ -1,7 +1,7 @@
 //! The YAML configuration, in three layers (as in River): `schema` (serde types and
 //! defaults; unknown keys rejected with key path and line), `lower` (everything serde cannot
 //! check — references, duplicates, combinations, each value's syntax — reporting *every*
-//! problem under its key path, while building the model) and [`model`], the validated
+//! problem under its key path, while building the model) and `model`, the validated
 //! runtime [`Config`] the rest of the crate works on. Schema types never leave this module.
 //! Loading the certificates the config names is the TLS module's job ([`crate::tls`]),
 //! reported the same way.
@@ -9,11 +9,11 @@
 #[cfg(test)]
 mod doc_sync;
 mod lower;
-pub mod model;
+mod model;
 mod schema;
 mod units;
 
-pub use lower::icinga_policy;
+pub(crate) use lower::icinga_policy;
 #[cfg(test)]
 pub(crate) use lower::{
     kea_from_yaml, listener_from_yaml, policy_from_yaml, server_from_yaml, server_keys,

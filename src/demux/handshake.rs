@@ -110,11 +110,6 @@ impl Handshakes {
         }
     }
 
-    /// The listener's bound on open connections.
-    pub fn max_connections(&self) -> usize {
-        self.max_connections
-    }
-
     fn count(&self, result: usize, peer: &str, detail: &dyn std::fmt::Display) {
         self.counters[result].inc();
         if result == OK {

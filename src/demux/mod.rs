@@ -148,6 +148,57 @@ impl ListenerApp {
             Protocol::Cluster => self.cluster.is_some(),
         }
     }
+
+    /// The connection's place under `max_connections_per_identity`; `Err` at the cap (logged).
+    fn take_identity_slot(&self, stream: &Stream) -> Result<Option<PerIdentitySlot<'_>>, ()> {
+        let Some(cap) = &self.per_identity else {
+            return Ok(None);
+        };
+        let info = stream
+            .get_ssl_digest()
+            .and_then(|d| d.extension.get::<TlsInfo>().cloned());
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let key = Identity::of(info.as_ref()).limit_key(ip);
+        match cap.take(key) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                if let Some(more) = self.refusal_log[0].admit_note() {
+                    log::warn!(target: "gatehouse::demux", "listener {}: {} ({}) already has {} connections open (max_connections_per_identity); closing{more}", self.name, peer(stream), Identity::of(info.as_ref()), cap.max);
+                }
+                Err(())
+            }
+        }
+    }
+
+    /// `stream` with the `first` byte put back, and the HTTP client watch its protocol needs.
+    fn replay_first_byte(&self, stream: Stream, first: [u8; 1], proto: Protocol) -> Stream {
+        // HTTP/2 frames its own headers; only HTTP/1 heads need the deadline.
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let who = (proto == Protocol::Http).then(|| peer(&stream));
+        let mut io = PrefixedIo::new(first.to_vec(), stream);
+        match who {
+            Some(who) if h2 => {
+                io = io.with_body_watch(
+                    self.body_timeout,
+                    self.body_timeouts.clone(),
+                    self.name.clone(),
+                    who,
+                );
+            }
+            Some(who) => {
+                io = io.with_head_deadline(
+                    self.header_timeout,
+                    self.head_timeouts.clone(),
+                    self.name.clone(),
+                    who,
+                );
+            }
+            None => {}
+        }
+        Box::new(io)
+    }
 }
 
 fn peer(stream: &Stream) -> String {
@@ -180,26 +231,11 @@ impl ServerApp for ListenerApp {
             }
             None => (stream, None),
         };
-        let _slot = match &self.per_identity {
-            None => None,
-            Some(cap) => {
-                let info = stream
-                    .get_ssl_digest()
-                    .and_then(|d| d.extension.get::<TlsInfo>().cloned());
-                let ip = stream
-                    .get_socket_digest()
-                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-                let key = Identity::of(info.as_ref()).limit_key(ip);
-                match cap.take(key) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        if let Some(more) = self.refusal_log[0].admit_note() {
-                            log::warn!(target: "gatehouse::demux", "listener {}: {} ({}) already has {} connections open (max_connections_per_identity); closing{more}", self.name, peer(&stream), Identity::of(info.as_ref()), cap.max);
-                        }
-                        refuse(&self.metrics, &self.name, stream, "over_identity_limit").await;
-                        return None;
-                    }
-                }
+        let _slot = match self.take_identity_slot(&stream) {
+            Ok(slot) => slot,
+            Err(()) => {
+                refuse(&self.metrics, &self.name, stream, "over_identity_limit").await;
+                return None;
             }
         };
         let mut first = [0u8; 1];
@@ -227,30 +263,7 @@ impl ServerApp for ListenerApp {
             refuse(&self.metrics, &self.name, stream, "rejected").await;
             return None;
         }
-        // HTTP/2 frames its own headers; only HTTP/1 heads need the deadline.
-        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let who = (proto == Protocol::Http).then(|| peer(&stream));
-        let mut io = PrefixedIo::new(first.to_vec(), stream);
-        match who {
-            Some(who) if h2 => {
-                io = io.with_body_watch(
-                    self.body_timeout,
-                    self.body_timeouts.clone(),
-                    self.name.clone(),
-                    who,
-                );
-            }
-            Some(who) => {
-                io = io.with_head_deadline(
-                    self.header_timeout,
-                    self.head_timeouts.clone(),
-                    self.name.clone(),
-                    who,
-                );
-            }
-            None => {}
-        }
-        let io: Stream = Box::new(io);
+        let io = self.replay_first_byte(stream, first, proto);
         match (proto, &self.http, &self.cluster) {
             (Protocol::Cluster, _, Some(cluster)) => {
                 let _active = ActiveGuard::open(&self.metrics, &self.name, "cluster");

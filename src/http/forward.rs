@@ -4,7 +4,7 @@
 //! edits of the response header on its way back.
 
 use super::ctx::RequestCtx;
-use super::filter::HttpFilter;
+use super::filter::{Chain, Phases};
 use super::route::Route;
 use crate::identity::ClientCert;
 use crate::upstream::UpstreamGroup;
@@ -69,40 +69,38 @@ pub(super) fn upstream_credentials(
     Ok(())
 }
 
-/// Applies the added filters' `upstream_request` phase.
+/// Applies the filters' `upstream_request` phase (a refusal fails the request with 500).
 pub(super) fn filter_upstream(
-    filters: &[Box<dyn HttpFilter>],
+    filters: &Chain,
     listener: &str,
     session: &Session,
     ctx: &RequestCtx,
     req: &mut RequestHeader,
 ) -> Result<()> {
+    if !filters.runs(Phases::UPSTREAM_REQUEST) {
+        return Ok(());
+    }
     let Some(view) = ctx.view(session, listener) else {
         return Ok(());
     };
-    for f in filters {
-        if let Err(e) = f.upstream_request(&view, req) {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                format!("filter {}: {e}", f.name()),
-            );
-        }
-    }
-    Ok(())
+    filters
+        .upstream_request(&view, req)
+        .or_else(|e| Error::e_explain(ErrorType::InternalError, e))
 }
 
-/// Applies the added filters' `response` phase.
+/// Applies the filters' `response` phase.
 pub(super) fn filter_response(
-    filters: &[Box<dyn HttpFilter>],
+    filters: &Chain,
     listener: &str,
     session: &Session,
     ctx: &RequestCtx,
     resp: &mut ResponseHeader,
 ) {
+    if !filters.runs(Phases::RESPONSE) {
+        return;
+    }
     if let Some(view) = ctx.view(session, listener) {
-        for f in filters {
-            f.response(&view, resp);
-        }
+        filters.response(&view, resp);
     }
 }
 

@@ -3,24 +3,23 @@
 //! classifies upstream failures and writes one access-log line per request.
 //!
 //! Request path: `request_filter` (identity, route, 404, route access 403; Kea routes are
-//! served here, see `kea_flow`) → `upstream_peer` (load balancer) →
+//! served here, see `kea::serve`) → `upstream_peer` (load balancer) →
 //! `upstream_request_filter` (forwarding headers) → Pingora proxies → `logging`.
 //! Failures: `fail_to_connect` / `error_while_proxy` classify → `fail_to_proxy` answers.
 
+#[doc(hidden)]
 pub mod basic;
-pub mod command_list;
+pub(crate) mod builtin;
 mod ctx;
 pub mod filter;
 mod forward;
 pub mod kea;
-mod kea_flow;
-pub mod limit;
-pub mod path;
+mod path;
 mod reply;
+#[doc(hidden)]
 pub mod route;
 
-pub use ctx::RequestCtx;
-pub use forward::xfcc;
+pub(crate) use ctx::RequestCtx;
 
 use crate::audit::{AuditEvent, AuditSink, HttpEvent, Verdict};
 use crate::authz::{Guarded, Identity, Question, Target};
@@ -29,7 +28,7 @@ use crate::logsafe::{Esc, EscText};
 use crate::metrics;
 use crate::upstream::{FailureKind, UpstreamGroup};
 use async_trait::async_trait;
-use filter::{HttpAction, HttpFilter};
+use filter::{Chain, Phases};
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -41,7 +40,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The HTTP proxy logic of one listener.
-pub struct HttpGateway {
+pub(crate) struct HttpGateway {
     listener: Arc<str>,
     https: bool,
     router: Arc<Router>,
@@ -56,8 +55,8 @@ pub struct HttpGateway {
     keepalive_secs: u64,
     /// The added authorizer, asked after the route's own rules allowed a request.
     authorizer: Option<Arc<Guarded>>,
-    /// Added HTTP filters, in order.
-    filters: Arc<[Box<dyn HttpFilter>]>,
+    /// The HTTP filters, built-in then added, by phase.
+    filters: Arc<Chain>,
     /// How the access line is written.
     log_format: LogFormat,
     /// When this gateway was built (the agent's `status-get` uptime on `kea.services` routes).
@@ -84,7 +83,7 @@ impl Refused {
 
 /// How long a listener waits on a slow client once a request head is in.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientBounds {
+pub(crate) struct ClientBounds {
     /// Longest gap between two pieces of an HTTP/1 request body (`listeners[].body_timeout`;
     /// HTTP/2 bodies are watched below the codec, see `demux`).
     pub body: std::time::Duration,
@@ -124,7 +123,7 @@ impl HttpGateway {
             metrics,
             keepalive_secs: keepalive.as_secs().max(1),
             authorizer: None,
-            filters: Arc::from(Vec::new()),
+            filters: Arc::default(),
             log_format: LogFormat::Text,
             started: Instant::now(),
             client_bounds: ClientBounds::default(),
@@ -147,7 +146,7 @@ impl HttpGateway {
     }
 
     /// Runs `filters` in every request's phases.
-    pub fn with_filters(mut self, filters: Arc<[Box<dyn HttpFilter>]>) -> Self {
+    pub(crate) fn with_filters(mut self, filters: Arc<Chain>) -> Self {
         self.filters = filters;
         self
     }
@@ -224,6 +223,166 @@ impl HttpGateway {
     }
 }
 
+impl HttpGateway {
+    /// The listener's bounds on this session.
+    fn bound_session(&self, session: &mut Session) {
+        // Pingora reads the next request head with no time limit once a client asked for
+        // keep-alive: bound the idle wait (ignored for HTTP/2, closed by h2_idle_timeout).
+        session.set_keepalive(Some(self.keepalive_secs));
+        // HTTP/1 only (a no-op for HTTP/2): each body read, and each write toward a client
+        // that stopped reading, is bounded; our own early answers and Kea answers included.
+        session.set_read_timeout(Some(self.client_bounds.body));
+        session.set_write_timeout(Some(self.client_bounds.send));
+        // A request sent behind another on one HTTP/1 connection is answered after it, in
+        // order (RFC 9112 §9.3.2), not dropped with the connection.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+    }
+
+    /// The route for the request's host and path.
+    fn route_of(&self, session: &Session) -> Option<Arc<route::Route>> {
+        let req = session.req_header();
+        // HTTP/2 carries the host in :authority (the URI), HTTP/1 in the Host header.
+        let host = req
+            .uri
+            .host()
+            .map(normalize_host)
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(normalize_host)
+            })
+            .unwrap_or_default();
+        self.router.find(&host, req.uri.path()).cloned()
+    }
+
+    /// `routes[].basic_auth`: the user, or a 401 (credentials are taken over TLS only).
+    async fn basic_auth(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &route::Route,
+    ) -> Result<bool> {
+        let Some(auth) = &route.basic_auth else {
+            return Ok(false);
+        };
+        let header = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let user = match (self.https, header) {
+            (true, Some(h)) => auth.check(Some(h)).await,
+            _ => None,
+        };
+        if let Some(u) = user {
+            ctx.user = Some(u);
+            return Ok(false);
+        }
+        if header.is_some() {
+            if let Some(more) = self.refusal_log[Refused::Basic as usize].admit_note() {
+                log::warn!(target: "gatehouse::access", "listener {}: route {}: basic credentials refused ({}){more}", self.listener, route.name, Identity::of(ctx.tls_info()));
+            }
+        }
+        let text = if self.https {
+            "Unauthorized"
+        } else {
+            "Unauthorized: basic credentials are taken over TLS only"
+        };
+        let why = if header.is_some() {
+            "basic credentials refused"
+        } else {
+            "no basic credentials"
+        };
+        self.audit_answer(session, ctx, &route.name, 401, Verdict::Unauthorized, why);
+        reply::unauthorized(session, text, &auth.challenge()).await?;
+        Ok(true)
+    }
+
+    /// The route's `allow`/`deny`: a 403 for a caller it does not admit.
+    async fn route_access(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &route::Route,
+    ) -> Result<bool> {
+        if route.access.admits(ctx.identity()) {
+            return Ok(false);
+        }
+        let who = ctx.identity().to_string();
+        if let Some(more) = self.refusal_log[Refused::Route as usize].admit_note() {
+            log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}{more}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
+        }
+        let text = format!("route '{}' is not allowed for {who}", route.name);
+        self.audit_answer(session, ctx, &route.name, 403, Verdict::Denied, &text);
+        reply::respond(session, 403, &text).await?;
+        Ok(true)
+    }
+
+    /// The added authorizer, asked once the YAML rules allowed the request: a 403 if it denies.
+    async fn ask_authorizer(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &route::Route,
+    ) -> Result<bool> {
+        let Some(a) = &self.authorizer else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        let q = Question {
+            listener: &self.listener,
+            identity: ctx.identity(),
+            target: Target::Http {
+                route: &route.name,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+            },
+        };
+        let d = a.decide(&q).await;
+        if d.allow {
+            return Ok(false);
+        }
+        let who = ctx.identity().to_string();
+        if let Some(more) = self.refusal_log[Refused::Authorizer as usize].admit_note() {
+            log::warn!(target: "gatehouse::access", "listener {}: route {}: authorizer {} refused {who}: {}{more}", self.listener, route.name, a.name(), EscText(&d.reason));
+        }
+        let why = format!("authorizer {}: {}", a.name(), d.reason);
+        self.audit_answer(session, ctx, &route.name, 403, Verdict::Denied, &why);
+        reply::respond(session, 403, &d.reason).await?;
+        Ok(true)
+    }
+
+    /// The filters' `request` phase: an edge answer, audited (a 429 as `rate_limited`).
+    async fn request_filters(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &route::Route,
+    ) -> Result<bool> {
+        if !self.filters.runs(Phases::REQUEST) {
+            return Ok(false);
+        }
+        let edge = match ctx.view(session, &self.listener) {
+            Some(view) => self.filters.request(&view).await,
+            None => None,
+        };
+        let Some((filter, a)) = edge else {
+            return Ok(false);
+        };
+        log::debug!(target: "gatehouse::access", "listener {}: route {}: answered by filter {filter}", self.listener, route.name);
+        let verdict = if a.status == 429 {
+            Verdict::RateLimited
+        } else {
+            Verdict::Answered
+        };
+        let why = format!("filter {filter}");
+        self.audit_answer(session, ctx, &route.name, a.status, verdict, &why);
+        reply::answer(session, a).await?;
+        Ok(true)
+    }
+}
+
 fn req_method(session: &Session) -> &str {
     session.req_header().method.as_str()
 }
@@ -265,130 +424,26 @@ impl ProxyHttp for HttpGateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.tls = session.digest().and_then(|d| d.ssl_digest.clone());
-        // Pingora reads the next request head with no time limit once a client asked for
-        // keep-alive: bound the idle wait (ignored for HTTP/2, closed by h2_idle_timeout).
-        session.set_keepalive(Some(self.keepalive_secs));
-        // HTTP/1 only (a no-op for HTTP/2): each body read, and each write toward a client
-        // that stopped reading, is bounded; our own early answers and Kea answers included.
-        session.set_read_timeout(Some(self.client_bounds.body));
-        session.set_write_timeout(Some(self.client_bounds.send));
-        // A request sent behind another on one HTTP/1 connection is answered after it, in
-        // order (RFC 9112 §9.3.2), not dropped with the connection.
-        session.as_downstream_mut().set_pipelining_enabled(true);
+        self.bound_session(session);
         if let Err(e) = normalize_request_path(session) {
             reply::respond(session, 400, &e.to_string()).await?;
             return Ok(true);
         }
-        let req = session.req_header();
-        // HTTP/2 carries the host in :authority (the URI), HTTP/1 in the Host header.
-        let host = req
-            .uri
-            .host()
-            .map(normalize_host)
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(normalize_host)
-            })
-            .unwrap_or_default();
-        let Some(route) = self.router.find(&host, req.uri.path()).cloned() else {
+        let Some(route) = self.route_of(session) else {
             reply::respond(session, 404, "no route for this host and path").await?;
             return Ok(true);
         };
         ctx.route = Some(route.clone());
-        if let Some(auth) = &route.basic_auth {
-            let header = session
-                .req_header()
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
-            let user = match (self.https, header) {
-                (true, Some(h)) => auth.check(Some(h)).await,
-                _ => None,
-            };
-            match user {
-                Some(u) => ctx.user = Some(u),
-                None => {
-                    if header.is_some() {
-                        if let Some(more) = self.refusal_log[Refused::Basic as usize].admit_note() {
-                            log::warn!(target: "gatehouse::access", "listener {}: route {}: basic credentials refused ({}){more}", self.listener, route.name, Identity::of(ctx.tls_info()));
-                        }
-                    }
-                    let text = if self.https {
-                        "Unauthorized"
-                    } else {
-                        "Unauthorized: basic credentials are taken over TLS only"
-                    };
-                    let why = if header.is_some() {
-                        "basic credentials refused"
-                    } else {
-                        "no basic credentials"
-                    };
-                    self.audit_answer(session, ctx, &route.name, 401, Verdict::Unauthorized, why);
-                    reply::unauthorized(session, text, &auth.challenge()).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        if !route.access.admits(ctx.identity()) {
-            let who = ctx.identity().to_string();
-            if let Some(more) = self.refusal_log[Refused::Route as usize].admit_note() {
-                log::warn!(target: "gatehouse::access", "listener {}: route {} refused {who} for {} {}{more}", self.listener, route.name, Esc(req_method(session)), Esc(session.req_header().uri.path()));
-            }
-            let text = format!("route '{}' is not allowed for {who}", route.name);
-            self.audit_answer(session, ctx, &route.name, 403, Verdict::Denied, &text);
-            reply::respond(session, 403, &text).await?;
+        // Each step answers (and audits) a refusal itself; `true`: the request is answered.
+        if self.basic_auth(session, ctx, &route).await?
+            || self.route_access(session, ctx, &route).await?
+            || self.ask_authorizer(session, ctx, &route).await?
+            || self.request_filters(session, ctx, &route).await?
+        {
             return Ok(true);
         }
-        if let Some(a) = &self.authorizer {
-            let req = session.req_header();
-            let q = Question {
-                listener: &self.listener,
-                identity: ctx.identity(),
-                target: Target::Http {
-                    route: &route.name,
-                    method: req.method.as_str(),
-                    path: req.uri.path(),
-                },
-            };
-            let d = a.decide(&q).await;
-            if !d.allow {
-                let who = ctx.identity().to_string();
-                if let Some(more) = self.refusal_log[Refused::Authorizer as usize].admit_note() {
-                    log::warn!(target: "gatehouse::access", "listener {}: route {}: authorizer {} refused {who}: {}{more}", self.listener, route.name, a.name(), EscText(&d.reason));
-                }
-                let why = format!("authorizer {}: {}", a.name(), d.reason);
-                self.audit_answer(session, ctx, &route.name, 403, Verdict::Denied, &why);
-                reply::respond(session, 403, &d.reason).await?;
-                return Ok(true);
-            }
-        }
-        if !self.filters.is_empty() {
-            let mut edge = None;
-            if let Some(view) = ctx.view(session, &self.listener) {
-                for f in self.filters.iter() {
-                    if let HttpAction::Answer(a) = f.request(&view).await {
-                        log::debug!(target: "gatehouse::access", "listener {}: route {}: answered by filter {}", self.listener, route.name, f.name());
-                        edge = Some((f.name().to_string(), a));
-                        break;
-                    }
-                }
-            }
-            if let Some((filter, a)) = edge {
-                let verdict = if a.status == 429 {
-                    Verdict::RateLimited
-                } else {
-                    Verdict::Answered
-                };
-                let why = format!("filter {filter}");
-                self.audit_answer(session, ctx, &route.name, a.status, verdict, &why);
-                reply::answer(session, a).await?;
-                return Ok(true);
-            }
-        }
         if let Some(kea) = &route.kea {
-            let flow = kea_flow::KeaFlow {
+            let flow = kea::KeaFlow {
                 listener: &self.listener,
                 https: self.https,
                 upstreams: &self.upstreams,
@@ -441,9 +496,7 @@ impl ProxyHttp for HttpGateway {
         forward::forwarding_headers(self.https, session, route, ctx.client(), req)?;
         forward::upstream_credentials(route, &self.upstreams[route.upstream], req)?;
         ctx.answer_deadline = Some(Instant::now() + route.answer_timeout(&self.upstreams));
-        if !self.filters.is_empty() {
-            forward::filter_upstream(&self.filters, &self.listener, session, ctx, req)?;
-        }
+        forward::filter_upstream(&self.filters, &self.listener, session, ctx, req)?;
         Ok(())
     }
 
@@ -487,9 +540,7 @@ impl ProxyHttp for HttpGateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !self.filters.is_empty() {
-            forward::filter_response(&self.filters, &self.listener, session, ctx, resp);
-        }
+        forward::filter_response(&self.filters, &self.listener, session, ctx, resp);
         Ok(())
     }
 
@@ -624,11 +675,9 @@ impl ProxyHttp for HttpGateway {
                 None => self.unrouted.observe(status, elapsed.as_secs_f64()),
             }
         }
-        if !self.filters.is_empty() {
+        if self.filters.runs(Phases::LOGGING) {
             if let Some(view) = ctx.view(session, &self.listener) {
-                for f in self.filters.iter() {
-                    f.logging(&view, status, elapsed);
-                }
+                self.filters.logging(&view, status, elapsed);
             }
         }
         // The line is built only if it will be written: this runs on every request.

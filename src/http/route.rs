@@ -3,7 +3,7 @@
 pub use crate::host::{normalize_host, HostPattern};
 
 use super::kea::KeaPolicy;
-use crate::authz::{Access, Authorizer, Decision, Question, Target};
+use crate::authz::Access;
 use crate::metrics::{Metrics, RouteMetrics};
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ pub struct Route {
     /// Send allowed Kea commands to every peer of the group (`kea.fan_out: all`).
     pub fan_out: bool,
     /// This route's request counters and histogram.
-    pub metrics: RouteMetrics,
+    pub(crate) metrics: RouteMetrics,
     /// Callers must give HTTP basic credentials (`routes[].basic_auth`).
     pub basic_auth: Option<Arc<super::basic::BasicAuth>>,
     /// The bound on a whole answer, instead of the upstream's `answer_timeout`.
@@ -114,49 +114,6 @@ impl Router {
     }
 }
 
-/// The YAML route rules — `allow`/`deny` and Kea `rules` — as an [`Authorizer`]. The gateway
-/// applies them itself, synchronously, through the same [`Access`] and [`KeaPolicy`] this
-/// calls; the impl lets an embedder compose or test them like any other authorizer.
-#[async_trait::async_trait]
-impl Authorizer for Router {
-    fn name(&self) -> &str {
-        "routes"
-    }
-
-    async fn authorize(&self, q: &Question<'_>) -> Result<Decision, String> {
-        let by_name = |name: &str| self.routes.iter().find(|r| &*r.name == name);
-        Ok(match q.target {
-            Target::Http { route, .. } => match by_name(route) {
-                Some(r) if r.access.admits(q.identity) => Decision::allow(),
-                Some(r) => Decision::deny(format!(
-                    "route '{}' is not allowed for {}",
-                    r.name, q.identity
-                )),
-                None => Decision::deny(format!("no route named '{route}'")),
-            },
-            Target::Kea {
-                route,
-                command,
-                services,
-            } => match by_name(route).and_then(|r| r.kea.as_ref()) {
-                Some(k) => {
-                    let cmd = super::kea::Command {
-                        command: command.to_string(),
-                        services: services.to_vec(),
-                    };
-                    match k.decide(q.identity, &cmd) {
-                        Ok(()) => Decision::allow(),
-                        Err(why) => Decision::deny(why),
-                    }
-                }
-                None => Decision::deny(format!("route '{route}' has no kea rules")),
-            },
-            // Links are admitted by the relay's caps and routes, not by HTTP routes.
-            Target::Link { .. } => Decision::allow(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,27 +146,5 @@ mod tests {
         assert_eq!(name("other.net", "/api/v1/x"), Some("api".into()));
         let none = Router::new(vec![r("only", "kea.internal", "/")]);
         assert!(none.find("other", "/").is_none());
-    }
-
-    #[tokio::test]
-    async fn yaml_rules_are_an_authorizer() {
-        let mut admins = r("admins", "*", "/admin");
-        admins.access = Access::new(
-            Some(vec![crate::authz::Matcher::Cn("admin".into())]),
-            Vec::new(),
-        );
-        let router = Router::new(vec![admins, r("open", "*", "/")]);
-        let q = |route| Question {
-            listener: "l",
-            identity: crate::authz::Identity::Anonymous,
-            target: Target::Http {
-                route,
-                method: "GET",
-                path: "/",
-            },
-        };
-        assert!(router.authorize(&q("open")).await.unwrap().allow);
-        let d = router.authorize(&q("admins")).await.unwrap();
-        assert_eq!(d.reason, "route 'admins' is not allowed for anonymous");
     }
 }

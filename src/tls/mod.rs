@@ -6,7 +6,7 @@
 
 pub mod upstream;
 
-pub use crate::identity::{ClientCert, TlsInfo};
+pub(crate) use crate::identity::TlsInfo;
 
 use crate::config::{
     Alpn, CertKeyFiles, ClientAuth, ConfigError, ListenerSettings, ListenerTlsSettings, TlsVersion,

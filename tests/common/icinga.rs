@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An Icinga release a node runs.
 #[derive(Clone, Debug)]
@@ -236,16 +236,12 @@ impl Node {
 
     /// Waits until the node's log contains `needle`.
     pub fn wait_log(&self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{}: no `{needle}` in its log:\n{}",
-                self.name,
-                tail(&self.log(), 40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        super::wait::wait_for(
+            &format!("`{needle}` in {}'s log", self.name),
+            within,
+            || self.log().contains(needle).then_some(()),
+            || tail(&self.log(), 40),
+        )
     }
 }
 
@@ -266,12 +262,9 @@ impl Drop for Daemon {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = || self.child.try_wait().ok().flatten();
+        if super::wait::first_within(Duration::from_secs(10), exited).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -313,19 +306,16 @@ object Zone "global-big" {{ global = true }}
 }
 
 /// Polls `f` every 500 ms until it holds; fails after `within` with `what` and `diag()` (the
-/// logs worth reading). Icinga acts on its own timers, so its tests wait for states.
+/// logs worth reading). Icinga acts on its own timers, so its tests wait for states; asking its
+/// API twice a second is often enough and keeps the master's log readable.
 pub async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F, diag: impl Fn() -> String)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}\n{}",
-            diag()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let holds = || {
+        let fut = f();
+        async move { fut.await.then_some(()) }
+    };
+    super::wait::eventually_some(what, within, Duration::from_millis(500), holds, diag).await
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Whether Kea's daemons are installed; skips (loudly) or fails under CI, as
 /// [`super::require_binary`].
@@ -212,26 +212,30 @@ impl Kea {
     }
 
     fn wait(&mut self, what: &str, ready: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !ready() {
-            for c in &mut self.children {
+        let (dir, chrooted, children) = (&self.dir, &self.chrooted, &mut self.children);
+        let logs = || Kea::logs_of(dir, chrooted);
+        let up = || {
+            if ready() {
+                return Some(());
+            }
+            for c in children.iter_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("kea exited ({st}) before {what}:\n{}", self.logs());
+                    panic!("kea exited ({st}) before {what}:\n{}", logs());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "kea: no {what}:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            None
+        };
+        super::wait::wait_for(&format!("kea: {what}"), Duration::from_secs(15), up, logs);
     }
 
     /// Kea's own log files, for failure messages and for proving what Kea received.
     pub fn logs(&self) -> String {
-        if !self.chrooted.is_empty() {
-            return self.chrooted.iter().map(|d| d.logs()).collect();
+        Kea::logs_of(&self.dir, &self.chrooted)
+    }
+
+    fn logs_of(dir: &Path, chrooted: &[super::kea_root::KeaDaemon]) -> String {
+        if !chrooted.is_empty() {
+            return chrooted.iter().map(|d| d.logs()).collect();
         }
         [
             "kea-dhcp4.log",
@@ -243,7 +247,7 @@ impl Kea {
         .map(|f| {
             format!(
                 "== {f}\n{}",
-                std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
+                std::fs::read_to_string(dir.join(f)).unwrap_or_default()
             )
         })
         .collect()
@@ -265,13 +269,7 @@ impl Kea {
         for mut c in self.children.drain(..).rev() {
             // SIGTERM lets Kea remove its socket and pid files.
             sigterm(c.id());
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            super::wait::first_within(Duration::from_secs(3), || c.try_wait().ok().flatten());
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a daemon may take to open its control sockets.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -288,8 +288,10 @@ impl KeaDaemon {
 
     /// Waits for `ready`; panics with the daemon's output if it exits first or takes too long.
     fn wait(&mut self, what: &str, ready: impl Fn() -> bool) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !ready() {
+        let up = || {
+            if ready() {
+                return Some(());
+            }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
                     "Kea {} exited ({st}) before its {what} was up:\n{}",
@@ -297,14 +299,15 @@ impl KeaDaemon {
                     self.logs()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "Kea {}: no {what} after {START_TIMEOUT:?}:\n{}",
-                self.version,
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            None
+        };
+        let up = super::wait::first_within(START_TIMEOUT, up).is_some();
+        assert!(
+            up,
+            "Kea {}: no {what} after {START_TIMEOUT:?}:\n{}",
+            self.version,
+            self.logs()
+        );
     }
 
     /// The daemon's stdout (its log) and stderr, for failure messages.
@@ -331,12 +334,10 @@ impl KeaDaemon {
             nix::unistd::Pid::from_raw(c.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if super::wait::first_within(Duration::from_secs(3), || c.try_wait().ok().flatten())
+            .is_some()
+        {
+            return;
         }
         let _ = c.kill();
         let _ = c.wait();

@@ -64,6 +64,7 @@ impl Sink {
                     let cn = s.ssl().peer_certificate().and_then(|c| super::cn_of(&c));
                     cns.lock().unwrap().push(cn);
                     if mode == SinkMode::Stall {
+                        // Holds the connection, never reading: the stalled master under test.
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
                     }
@@ -73,6 +74,7 @@ impl Sink {
                             br#"{"jsonrpc":"2.0","method":"event::Heartbeat","params":{}}"#,
                         );
                         while s.write_all(&beat).await.is_ok() {
+                            // The master's pace: it keeps talking, so the link is never idle.
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         return;

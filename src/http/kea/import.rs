@@ -28,18 +28,6 @@ pub fn import_agent(text: &str, file: &Path, users_file: &Path) -> Result<Import
         .get("Control-agent")
         .and_then(Value::as_object)
         .ok_or_else(|| format!("{}: no `Control-agent` object", file.display()))?;
-    let folder = file.parent().unwrap_or(Path::new("."));
-    let str_of =
-        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
-
-    let host = str_of(ca, "http-host").unwrap_or_else(|| "127.0.0.1".into());
-    let port = ca.get("http-port").and_then(Value::as_u64).unwrap_or(8000);
-    let address = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let q = |s: &str| Value::String(s.to_string()).to_string();
 
     let mut y = String::new();
     let _ = writeln!(
@@ -49,7 +37,36 @@ pub fn import_agent(text: &str, file: &Path, users_file: &Path) -> Result<Import
          # with `kea.rules` (docs/authorization.md), then `gatehouse check -c <this file>`.\n",
         file.display()
     );
-    let _ = writeln!(y, "listeners:\n  - name: kea\n    address: {}", q(&address));
+    write_listener(&mut y, ca);
+    let services = write_upstreams(&mut y, ca, file)?;
+    let users = write_route(&mut y, ca, &services, file, users_file)?;
+    Ok(Imported { yaml: y, users })
+}
+
+/// The string value of `m[k]`, if it is one.
+fn str_of(m: &Map<String, Value>, k: &str) -> Option<String> {
+    m.get(k).and_then(Value::as_str).map(str::to_string)
+}
+
+/// `s` as a quoted YAML scalar (a JSON string is one), whatever it holds.
+fn quote(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// The `listeners:` section: the agent's address and, when it had them, its TLS files.
+fn write_listener(y: &mut String, ca: &Map<String, Value>) {
+    let host = str_of(ca, "http-host").unwrap_or_else(|| "127.0.0.1".into());
+    let port = ca.get("http-port").and_then(Value::as_u64).unwrap_or(8000);
+    let address = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let _ = writeln!(
+        y,
+        "listeners:\n  - name: kea\n    address: {}",
+        quote(&address)
+    );
     let tls_files = (
         str_of(ca, "cert-file"),
         str_of(ca, "key-file"),
@@ -60,8 +77,8 @@ pub fn import_agent(text: &str, file: &Path, users_file: &Path) -> Result<Import
             let _ = writeln!(
                 y,
                 "    tls:\n      cert: {}\n      key: {}",
-                q(&cert),
-                q(&key)
+                quote(&cert),
+                quote(&key)
             );
             let required = ca
                 .get("cert-required")
@@ -72,7 +89,7 @@ pub fn import_agent(text: &str, file: &Path, users_file: &Path) -> Result<Import
                     y,
                     "      client_auth: {}    # the agent's cert-required: {required}\n      client_ca: {}    # a CA file (the agent also took a folder)",
                     if required { "required" } else { "optional" },
-                    q(&a)
+                    quote(&a)
                 );
             }
         }
@@ -83,7 +100,14 @@ pub fn import_agent(text: &str, file: &Path, users_file: &Path) -> Result<Import
             );
         }
     }
+}
 
+/// The `upstreams:` section, one group per control socket; returns the service names.
+fn write_upstreams(
+    y: &mut String,
+    ca: &Map<String, Value>,
+    file: &Path,
+) -> Result<Vec<String>, String> {
     let sockets = ca
         .get("control-sockets")
         .and_then(Value::as_object)
@@ -94,36 +118,8 @@ pub fn import_agent(text: &str, file: &Path, users_file: &Path) -> Result<Import
     let _ = writeln!(y, "\nupstreams:");
     let mut services = Vec::new();
     for (service, s) in sockets {
-        let s = s.as_object().ok_or_else(|| {
-            format!(
-                "{}: control-sockets.{service} is not an object",
-                file.display()
-            )
-        })?;
-        let kind = str_of(s, "socket-type").unwrap_or_else(|| "unix".into());
-        let peer = match kind.as_str() {
-            "unix" => {
-                let name = str_of(s, "socket-name").ok_or_else(|| {
-                    format!(
-                        "{}: control-sockets.{service} has no socket-name",
-                        file.display()
-                    )
-                })?;
-                format!("unix:{name}")
-            }
-            "http" | "https" => {
-                let addr = str_of(s, "socket-address").unwrap_or_else(|| "127.0.0.1".into());
-                let port = s.get("socket-port").and_then(Value::as_u64).unwrap_or(8000);
-                format!("{addr}:{port}")
-            }
-            other => {
-                return Err(format!(
-                "{}: control-sockets.{service}: socket-type `{other}` is not unix, http or https",
-                file.display()
-            ))
-            }
-        };
-        let _ = writeln!(y, "  {service}:\n    peers: [{}]", q(&peer));
+        let (kind, peer) = socket_peer(service, s, file)?;
+        let _ = writeln!(y, "  {service}:\n    peers: [{}]", quote(&peer));
         if kind == "https" {
             let _ = writeln!(
                 y,
@@ -132,7 +128,52 @@ pub fn import_agent(text: &str, file: &Path, users_file: &Path) -> Result<Import
         }
         services.push(service.clone());
     }
+    Ok(services)
+}
 
+/// One `control-sockets` entry as its `socket-type` and the peer Gatehouse names it by.
+fn socket_peer(service: &str, s: &Value, file: &Path) -> Result<(String, String), String> {
+    let s = s.as_object().ok_or_else(|| {
+        format!(
+            "{}: control-sockets.{service} is not an object",
+            file.display()
+        )
+    })?;
+    let kind = str_of(s, "socket-type").unwrap_or_else(|| "unix".into());
+    let peer = match kind.as_str() {
+        "unix" => {
+            let name = str_of(s, "socket-name").ok_or_else(|| {
+                format!(
+                    "{}: control-sockets.{service} has no socket-name",
+                    file.display()
+                )
+            })?;
+            format!("unix:{name}")
+        }
+        "http" | "https" => {
+            let addr = str_of(s, "socket-address").unwrap_or_else(|| "127.0.0.1".into());
+            let port = s.get("socket-port").and_then(Value::as_u64).unwrap_or(8000);
+            format!("{addr}:{port}")
+        }
+        other => {
+            return Err(format!(
+                "{}: control-sockets.{service}: socket-type `{other}` is not unix, http or https",
+                file.display()
+            ))
+        }
+    };
+    Ok((kind, peer))
+}
+
+/// The `routes:` section (one `kea.services` route); returns the agent's users file, if any.
+fn write_route(
+    y: &mut String,
+    ca: &Map<String, Value>,
+    services: &[String],
+    file: &Path,
+    users_file: &Path,
+) -> Result<Option<String>, String> {
+    let folder = file.parent().unwrap_or(Path::new("."));
     let _ = writeln!(y, "\nroutes:\n  - name: kea\n    path_prefix: /");
     let users = match ca.get("authentication").and_then(Value::as_object) {
         Some(auth) => {
@@ -144,22 +185,22 @@ pub fn import_agent(text: &str, file: &Path, users_file: &Path) -> Result<Import
             let _ = writeln!(
                 y,
                 "    basic_auth:                        # the agent's authentication.clients\n      users_file: {}\n      realm: {}",
-                q(&users_file.display().to_string()),
-                q(&realm)
+                quote(&users_file.display().to_string()),
+                quote(&realm)
             );
             Some(users)
         }
         None => None,
     };
     let _ = writeln!(y, "    kea:\n      services:");
-    for s in &services {
+    for s in services {
         let _ = writeln!(y, "        {s}: {s}");
     }
     let _ = writeln!(
         y,
         "      default: allow                   # as the agent: every caller, every command"
     );
-    Ok(Imported { yaml: y, users })
+    Ok(users)
 }
 
 /// The agent's basic-auth clients as users-file lines (passwords hashed).

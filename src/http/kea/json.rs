@@ -7,15 +7,6 @@ use bytes::{Bytes, BytesMut};
 /// The `result` codes of a Kea answer read as it streams past, in constant memory: the
 /// `result` member of the top-level object, or of each object in the top-level list. Nested
 /// `result` members (inside `arguments`) are not codes and are skipped.
-///
-/// ```
-/// use gatehouse::http::kea::json::ResultScanner;
-///
-/// let mut s = ResultScanner::default();
-/// s.feed(br#"[ { "arguments": { "result": 7 }, "res"#);
-/// s.feed(br#"ult": 0 }, { "result": -1, "text": "x" } ]"#);
-/// assert_eq!(s.codes(), &[0, -1]);
-/// ```
 #[derive(Debug, Default)]
 pub struct ResultScanner {
     /// Open containers: `true` for an object. Only the first two levels are kept.
@@ -145,13 +136,6 @@ impl ResultScanner {
 /// `body` (a command that parsed) without its top-level `service` member; every other byte
 /// stays as sent. `None` when it has none. Kea 3.2 refuses a `service` that is not its own
 /// and 3.0 ignores it, so a daemon never gets one.
-///
-/// ```
-/// use gatehouse::http::kea::json::without_service;
-///
-/// let cut = without_service(br#"{"command": "config-get", "service": ["dhcp4"], "arguments": {}}"#);
-/// assert_eq!(&cut.unwrap()[..], br#"{"command": "config-get", "arguments": {}}"#);
-/// ```
 pub fn without_service(body: &[u8]) -> Option<Bytes> {
     let mut at = skip_ws(body, 0);
     if body.get(at) != Some(&b'{') {
@@ -261,6 +245,24 @@ fn skip_value(b: &[u8], at: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_scanner_reads_top_level_codes_across_feeds() {
+        let mut s = ResultScanner::default();
+        s.feed(br#"[ { "arguments": { "result": 7 }, "res"#);
+        s.feed(br#"ult": 0 }, { "result": -1, "text": "x" } ]"#);
+        assert_eq!(s.codes(), &[0, -1]);
+    }
+
+    #[test]
+    fn without_service_keeps_every_other_byte() {
+        let cut =
+            without_service(br#"{"command": "config-get", "service": ["dhcp4"], "arguments": {}}"#);
+        assert_eq!(
+            &cut.unwrap()[..],
+            br#"{"command": "config-get", "arguments": {}}"#
+        );
+    }
 
     fn scan_split(answer: &[u8]) -> Vec<i64> {
         // Every split point gives the same codes as one chunk.

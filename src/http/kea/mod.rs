@@ -1,16 +1,23 @@
 //! Kea: parse `{"command", "service", "arguments"}`, decide per identity, and send what is
 //! allowed where the route says — a Control Agent (as sent), one daemon (`kea.daemon`:
 //! `service` checked and removed), or the daemon of each service (`kea.services`: Gatehouse
-//! is the agent, its own commands answered in [`agent`]).
+//! is the agent, its own commands answered in `agent`).
 //!
-//! Inside: [`json`] reads answers' result codes as they stream and cuts `service` out of a
-//! command byte-exactly; [`dispatch`] is the one step that sends a command to a list of
+//! Inside: `json` reads answers' result codes as they stream and cuts `service` out of a
+//! command byte-exactly; `dispatch` is the one step that sends a command to a list of
 //! targets (services, or every peer with `fan_out: all`) and merges typed replies.
 
-pub mod agent;
-pub mod dispatch;
+pub(crate) mod agent;
+pub(crate) mod dispatch;
+mod flow;
+#[doc(hidden)]
 pub mod import;
-pub mod json;
+pub(crate) mod json;
+mod send;
+mod serve;
+mod stream;
+
+pub(crate) use flow::KeaFlow;
 
 use crate::authz::{FirstMatch, Identity};
 use crate::config::{AllowDeny, KeaDefault, KeaSettings, KeaTarget};
@@ -18,7 +25,7 @@ use crate::glob;
 use serde::Deserialize;
 
 /// Kea 2.x commands: the bounded `command` label of `gatehouse_kea_commands_total`.
-pub const KNOWN_COMMANDS: &[&str] = &[
+pub(crate) const KNOWN_COMMANDS: &[&str] = &[
     "build-report",
     "cache-clear",
     "cache-get",
@@ -127,6 +134,7 @@ pub const KNOWN_COMMANDS: &[&str] = &[
 ];
 
 /// The metric label for a command: itself if Kea knows it, else `other`.
+#[doc(hidden)]
 pub fn command_label(command: &str) -> &'static str {
     KNOWN_COMMANDS
         .iter()
@@ -147,10 +155,10 @@ pub struct Command {
 
 /// The service name standing for the Control Agent itself: a command with no `service` runs
 /// there (`config-get` then returns the agent's own config, sockets and auth clients).
-pub const CONTROL_AGENT: &str = "ca";
+pub(crate) const CONTROL_AGENT: &str = "ca";
 
 impl Command {
-    /// The services the command runs on: as sent, or [`CONTROL_AGENT`] when none is named, so
+    /// The services the command runs on: as sent, or `ca` when none is named, so
     /// a `services` allow list without `ca` refuses commands aimed at the agent itself.
     pub fn effective_services(&self) -> &[String] {
         static CA: once_cell::sync::Lazy<[String; 1]> =
@@ -173,6 +181,7 @@ struct Raw {
 }
 
 /// Parses a command body; the error is what a client should be told.
+#[doc(hidden)]
 pub fn parse(body: &[u8]) -> Result<Command, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("empty body: expected {\"command\": ...}".into());
@@ -201,6 +210,7 @@ fn permits(list: &AllowDeny, name: &str) -> bool {
 }
 
 /// A route's Kea rules, compiled, and what stands behind the route.
+#[doc(hidden)]
 pub struct KeaPolicy {
     /// Largest body read.
     pub max_body: usize,
@@ -297,6 +307,7 @@ impl KeaPolicy {
 }
 
 /// The `result` codes of Kea's answer: a list (one per service), or one object.
+#[doc(hidden)]
 pub fn result_codes(body: &[u8]) -> Vec<i64> {
     #[derive(Deserialize)]
     struct Answer {

@@ -1,7 +1,7 @@
 //! Identity-aware `list-commands`, the built-in filter every `kea:` route gets.
 
-use super::filter::{HttpFilter, Request};
-use super::kea::{Command, KeaPolicy};
+use crate::http::filter::{HttpFilter, Phases, Request};
+use crate::http::kea::{Command, KeaPolicy};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +27,10 @@ impl CommandList {
 impl HttpFilter for CommandList {
     fn name(&self) -> &str {
         "list-commands"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::KEA_ANSWER
     }
 
     fn wants_kea_answer(&self, req: &Request<'_>, cmd: &Command) -> bool {
@@ -55,9 +59,9 @@ impl HttpFilter for CommandList {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kea::test_support::{cert, cmd, policy};
     use super::*;
     use crate::authz::Identity;
+    use crate::http::kea::test_support::{cert, cmd, policy};
 
     /// The Control Agent answers `list-commands` with one object, a daemon's with a list: both
     /// are cut, other routes and other commands are left alone.

@@ -15,6 +15,14 @@
 //!
 //! The built-in forwarding headers (`X-Forwarded-For`/`-Proto`, the `X-Forwarded-Client-Cert`
 //! rules) run before the added `upstream_request` phases.
+//!
+//! A filter says which phases it implements ([`HttpFilter::phases`]); the gateway's `Chain`
+//! calls a filter only in those, and a phase no filter declared costs a request nothing (no
+//! view built, no future boxed).
+
+mod chain;
+
+pub(crate) use chain::Chain;
 
 use super::kea::Command;
 use crate::authz::Identity;
@@ -108,11 +116,49 @@ pub enum HttpAction {
     Answer(EdgeAnswer),
 }
 
+/// The phases of an [`HttpFilter`], as a set: `Phases::REQUEST | Phases::RESPONSE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Phases(u8);
+
+impl Phases {
+    /// No phase.
+    pub const NONE: Phases = Phases(0);
+    /// [`HttpFilter::request`].
+    pub const REQUEST: Phases = Phases(1);
+    /// [`HttpFilter::kea_command`].
+    pub const KEA_COMMAND: Phases = Phases(1 << 1);
+    /// [`HttpFilter::wants_kea_answer`] and [`HttpFilter::kea_answer`].
+    pub const KEA_ANSWER: Phases = Phases(1 << 2);
+    /// [`HttpFilter::upstream_request`].
+    pub const UPSTREAM_REQUEST: Phases = Phases(1 << 3);
+    /// [`HttpFilter::response`].
+    pub const RESPONSE: Phases = Phases(1 << 4);
+    /// [`HttpFilter::logging`].
+    pub const LOGGING: Phases = Phases(1 << 5);
+    /// Every phase (the default of [`HttpFilter::phases`]).
+    pub const ALL: Phases = Phases((1 << 6) - 1);
+
+    /// Whether every phase of `other` is in `self`.
+    pub const fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Phases {
+    type Output = Phases;
+
+    fn bitor(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+}
+
 /// An HTTP filter. Every phase has a default that does nothing, so a filter implements only
-/// what it needs.
+/// what it needs, and says which with [`HttpFilter::phases`] (by default all of them: a filter
+/// that does not say is called everywhere and pays a boxed future per request in the async
+/// ones).
 ///
 /// ```
-/// use gatehouse::http::filter::{EdgeAnswer, HttpAction, HttpFilter, Request};
+/// use gatehouse::http::filter::{EdgeAnswer, HttpAction, HttpFilter, Phases, Request};
 /// use gatehouse::http::kea::Command;
 ///
 /// /// Answers `gatehouse-whoami` at the edge with the caller's identity.
@@ -122,6 +168,9 @@ pub enum HttpAction {
 /// impl HttpFilter for WhoAmI {
 ///     fn name(&self) -> &str {
 ///         "whoami"
+///     }
+///     fn phases(&self) -> Phases {
+///         Phases::KEA_COMMAND
 ///     }
 ///     async fn kea_command(&self, req: &Request<'_>, cmd: &Command, _body: &[u8]) -> HttpAction {
 ///         if cmd.command != "gatehouse-whoami" {
@@ -136,6 +185,12 @@ pub enum HttpAction {
 pub trait HttpFilter: Send + Sync + 'static {
     /// A short name for logs and audit records.
     fn name(&self) -> &str;
+
+    /// The phases this filter implements; it is called in those only. A phase left out is
+    /// never called, even if implemented.
+    fn phases(&self) -> Phases {
+        Phases::ALL
+    }
 
     /// A request on any route, after routing, the YAML rules and the authorizer.
     async fn request(&self, _req: &Request<'_>) -> HttpAction {
@@ -158,12 +213,13 @@ pub trait HttpFilter: Send + Sync + 'static {
     /// said so and the answer is JSON.
     fn kea_answer(&self, _req: &Request<'_>, _cmd: &Command, _answer: &mut serde_json::Value) {}
 
-    /// The request about to go upstream. An `Err` fails the request with 500.
+    /// The request about to go upstream. An `Err` fails the request with 500 (and is logged
+    /// with the filter's name).
     fn upstream_request(
         &self,
         _req: &Request<'_>,
         _upstream: &mut RequestHeader,
-    ) -> Result<(), String> {
+    ) -> crate::Result<()> {
         Ok(())
     }
 

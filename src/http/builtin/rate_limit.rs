@@ -8,8 +8,8 @@
 //! are swept, and past [`MAX_KEYS`] busy callers every further one shares a single overflow
 //! bucket (so filling the table buys an attacker no unlimited requests).
 
-use super::filter::{EdgeAnswer, HttpAction, HttpFilter, Request};
 use crate::config::RateLimitSettings;
+use crate::http::filter::{EdgeAnswer, HttpAction, HttpFilter, Phases, Request};
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -98,7 +98,8 @@ impl Limiter {
     }
 
     /// How many callers have a bucket now.
-    pub fn keys(&self) -> usize {
+    #[cfg(test)]
+    fn keys(&self) -> usize {
         self.buckets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -131,6 +132,10 @@ impl RateLimit {
 impl HttpFilter for RateLimit {
     fn name(&self) -> &str {
         "rate-limit"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request(&self, req: &Request<'_>) -> HttpAction {
