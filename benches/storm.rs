@@ -27,6 +27,8 @@
 //! kernel caps at `net.core.somaxconn`, 4096 here), `STORM_RUST_LOG` (Gatehouse's `RUST_LOG`, default
 //! `info`), `STORM_KEEP=1` keeps the run's folder (configs, logs, certificates).
 //!
+//! `STORM_GATEHOUSE_BIN` runs another Gatehouse build under the same harness (A/B).
+//!
 //! `STORM_RESUME` (`off` by default): whether the sink lets a proxy resume a TLS session.
 //! nginx and HAProxy present one certificate upstream for every agent, so after their first
 //! full handshake they resume that one session for all the others; that shared identity is
@@ -79,7 +81,8 @@ struct SinkState {
     handshake_ms: Mutex<Vec<f64>>,
 }
 
-/// A master stand-in: requires client certificates, reads each link's first message and
+/// A master stand-in: requires client certificates, sends its `icinga::Hello` at once (and with
+/// it, under `STORM_RESUME=on`, its session tickets), reads each link's first message and
 /// records its number, then drains the link until it closes.
 struct StormSink {
     addr: SocketAddr,
@@ -140,6 +143,14 @@ impl StormSink {
                     };
                     if s.ssl().session_reused() {
                         st.resumed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // As an Icinga master: its own icinga::Hello at once. (A TLS 1.3 server's
+                    // session tickets go out with its first write; a master that never wrote
+                    // would hand out none.)
+                    let hello = br#"{"jsonrpc":"2.0","method":"icinga::Hello","params":{"version":21300,"capabilities":3}}"#;
+                    if s.write_all(&codec::encode(hello)).await.is_err() || s.flush().await.is_err()
+                    {
+                        return;
                     }
                     st.handshake_ms
                         .lock()
@@ -255,7 +266,10 @@ fn proxy_cmd(name: &str, k: &Keys, run: &Path, port: u16, sink: SocketAddr) -> C
                 c = k.p("server.crt"), key = k.p("server.key"), ca = k.p("ca.crt"), ids = k.p("ids"), uc = k.p("upstream.crt"), uk = k.p("upstream.key"),
             );
             std::fs::write(run.join("gh.yaml"), conf).unwrap();
-            let mut c = Command::new(gatehouse_bin());
+            // STORM_GATEHOUSE_BIN: another build in the same harness (A/B).
+            let bin =
+                std::env::var("STORM_GATEHOUSE_BIN").unwrap_or_else(|_| gatehouse_bin().into());
+            let mut c = Command::new(bin);
             c.args(["run", "-c"]).arg(run.join("gh.yaml")).env(
                 "RUST_LOG",
                 std::env::var("STORM_RUST_LOG").unwrap_or_else(|_| "info".into()),

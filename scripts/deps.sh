@@ -9,9 +9,10 @@ set -euo pipefail
 # debootstrap for the Debian 13 roots of Kea 2.6 / 3.0, scripts/peer-root.sh).
 # Package (make deb, tests/package.rs): dpkg-shlibdeps (dpkg-dev) for the Depends line, objcopy
 # and strip (binutils) for the debug symbols, systemd-analyze (systemd) to verify the unit, groff
-# (groff-base) to render the man pages; curl for the package's smoke tests.
+# (groff-base) to render the man pages; curl for the package's smoke tests; strace to count the
+# system calls `read_buffer` saves (tests/relay.rs).
 PKGS=(cmake libclang-dev git debootstrap kea-ctrl-agent kea-dhcp4-server kea-dhcp6-server icinga2-bin icinga2-common prometheus
-  dpkg-dev binutils systemd groff-base curl)
+  dpkg-dev binutils systemd groff-base curl strace)
 # Benchmarks (make bench): the anchors and the load generator.
 [ "${BENCH:-0}" = 1 ] && PKGS=(wrk nginx haproxy libnginx-mod-stream)
 

@@ -47,9 +47,10 @@
 //! - `server`: assembly of all of the above into a Pingora `Server`; `builder` on top.
 //! - `reload`: SIGHUP certificate reload, all or nothing; `reload::watch` for `tls.watch`.
 //! - `host` (host and SNI patterns), `glob` (`*` globs), `memory` (freed memory handed back
-//!   after a burst: the crate's one `unsafe`).
+//!   after a burst), `ffi` (every `unsafe` call: the allocators' trim, BoringSSL's
+//!   `SSL_set_session` for resumed upstream links).
 
-// `deny`, not `forbid`: `memory::release` is the one documented exception.
+// `deny`, not `forbid`: `ffi` holds the crate's `unsafe` calls, each documented.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -60,6 +61,7 @@ pub mod cluster;
 pub mod config;
 mod demux;
 mod error;
+mod ffi;
 mod glob;
 mod health;
 mod host;

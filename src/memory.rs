@@ -37,16 +37,6 @@ impl BackgroundService for Trimmer {
 }
 
 /// Asks the allocators to return freed pages to the system now.
-#[allow(unsafe_code)]
 pub fn release() {
-    // The crate's one `unsafe`: neither allocator has another way to give pages back, and no
-    // safe wrapper exists.
-    // SAFETY: both calls take no pointers and only rearrange the allocator's own free lists,
-    // under its own locks; `mi_collect(false)` collects the calling thread's heap and the
-    // process-wide arenas, never another thread's live blocks.
-    unsafe {
-        libmimalloc_sys::mi_collect(false);
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        libc::malloc_trim(0);
-    }
+    crate::ffi::release_freed_memory();
 }

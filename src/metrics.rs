@@ -110,6 +110,9 @@ pub struct Metrics {
     /// `gatehouse_kea_fanout_peer_total{route, peer, outcome}`: per-peer outcome of fanned-out
     /// Kea commands (`ok`, or the failure class).
     pub kea_fanout_peers: IntCounterVec,
+    /// `gatehouse_cluster_upstream_handshakes_total{upstream, session}`: TLS handshakes of
+    /// cluster links toward their upstream (session: `resumed` or `full`).
+    pub cluster_upstream_handshakes: IntCounterVec,
 }
 
 impl Metrics {
@@ -173,6 +176,14 @@ impl Metrics {
             &["route"],
         )?;
         registry.register(Box::new(http_duration.clone()))?;
+        let cluster_upstream_handshakes = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_cluster_upstream_handshakes_total",
+                "TLS handshakes of cluster links toward their upstream (session: resumed, full).",
+            ),
+            &["upstream", "session"],
+        )?;
+        registry.register(Box::new(cluster_upstream_handshakes.clone()))?;
         let upstream_errors = IntCounterVec::new(Opts::new("gatehouse_upstream_errors_total", "Failures talking to upstream peers (kind: invalid_cert, handshake, timeout, refused, other)."), &["upstream", "kind"])?;
         registry.register(Box::new(upstream_errors.clone()))?;
         let http_head_timeouts = IntCounterVec::new(
@@ -293,6 +304,7 @@ impl Metrics {
             http_rate_limited,
             cluster_links_replaced,
             kea_fanout_peers,
+            cluster_upstream_handshakes,
         })
     }
 
@@ -525,8 +537,9 @@ mod tests {
             http_rate_limited,
             cluster_links_replaced,
             kea_fanout_peers,
+            cluster_upstream_handshakes,
         } = &metrics;
-        let collectors: [&dyn Collector; 23] = [
+        let collectors: [&dyn Collector; 24] = [
             build_info,
             connections,
             connections_active,
@@ -550,6 +563,7 @@ mod tests {
             http_rate_limited,
             cluster_links_replaced,
             kea_fanout_peers,
+            cluster_upstream_handshakes,
         ];
         let problems = doc_problems(&collectors);
         assert!(

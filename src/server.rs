@@ -270,14 +270,17 @@ impl ListenerShared<'_> {
             Some(t) => Some(tls_acceptor(i, t, live)?),
             None => None,
         };
-        let app = app.with_handshakes(Handshakes::new(
-            &l.name,
-            acceptor,
-            l.handshake_timeout,
-            l.max_handshakes_per_ip,
-            l.max_connections.unwrap_or(self.budget.per_listener),
-            self.metrics,
-        ));
+        let app = app.with_handshakes(
+            Handshakes::new(
+                &l.name,
+                acceptor,
+                l.handshake_timeout,
+                l.max_handshakes_per_ip,
+                l.max_connections.unwrap_or(self.budget.per_listener),
+                self.metrics,
+            )
+            .with_read_ahead(l.read_buffer, l.accepts(Protocol::Http)),
+        );
         let mut svc = Service::new(format!("listener {}", l.name), app);
         let buffers = l4_buffers(l);
         // TLS runs in the app (`demux::Handshakes`), bounded from accept.
@@ -872,10 +875,12 @@ fn h2_options(l: &ListenerSettings) -> pingora_core::protocols::http::v2::server
     o
 }
 
-/// The buffers below TLS of a listener's connections: `read_buffer` for reads; for writes
-/// Pingora's default where HTTP is spoken, none on `[cluster]`-only listeners.
+/// The buffers Pingora keeps below TLS for a listener's connections: none for reads (the
+/// read-ahead under TLS, `read_buffer`, is Gatehouse's: it exists only while a connection is
+/// busy, where Pingora's would stay resident); for writes Pingora's default where HTTP is
+/// spoken, none on `[cluster]`-only listeners.
 fn l4_buffers(l: &ListenerSettings) -> L4BufferSettings {
-    let buffers = L4BufferSettings::default().read(l.read_buffer);
+    let buffers = L4BufferSettings::default().read(0);
     if l.accepts(Protocol::Http) {
         buffers
     } else {
@@ -961,8 +966,8 @@ mod tests {
         );
     }
 
-    /// The buffers handed to Pingora below TLS: `read_buffer` for reads (0 = none), writes
-    /// buffered only where HTTP is spoken.
+    /// The buffers handed to Pingora below TLS: none for reads (`read_buffer` is the
+    /// read-ahead's, see `tls::read_ahead`), writes buffered only where HTTP is spoken.
     #[test]
     fn listener_l4_buffers() {
         let yaml = r#"
@@ -982,10 +987,7 @@ cluster: { routes: [ { sni: "*", upstream: u } ] }
             .map(l4_buffers)
             .map(|b| (b.read_capacity(), b.write_capacity() > 0))
             .collect();
-        assert_eq!(
-            got,
-            [(3072, true), (1024, true), (0, false), (16384, false)]
-        );
+        assert_eq!(got, [(0, true), (0, true), (0, false), (0, false)]);
     }
 
     #[test]

@@ -4,11 +4,16 @@
 use crate::config::{
     ConfigError, HealthProbe, LoadBalancing, ProbeKind, UpstreamAuthSettings, UpstreamSettings,
 };
+use crate::tls::read_ahead::ReadAhead;
+use crate::tls::relay_client::SessionKey;
 use crate::tls::upstream::UpstreamTlsMaterial;
 use arc_swap::ArcSwap;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::Stream;
 use pingora_core::services::background::background_service;
 use pingora_core::services::ServiceWithDependents;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::CertKey;
 use pingora_http::ResponseHeader;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
@@ -27,6 +32,10 @@ pub fn basic_authorization(user: &str, password: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Basic {b64}")
 }
+
+/// The most one read below TLS takes on a busy cluster link's upstream side (as
+/// `listeners[].read_buffer` on the client side).
+const LINK_READ_AHEAD: usize = 64 * 1024;
 
 /// Linear probing bound for hash selection (Pingora's `max_iterations`).
 const MAX_SELECT_ITERATIONS: usize = 256;
@@ -234,6 +243,46 @@ impl UpstreamGroup {
     /// The peer for one request to `addr`.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         self.template.peer(addr)
+    }
+
+    /// A fresh connection to `addr` for a cluster link, presenting `cert` (`None`: the
+    /// group's own `client_cert`). Over TLS it is the relay's own client
+    /// ([`crate::tls::relay_client`]): Pingora's TCP connect and TLS handshake, one context
+    /// per group, a session offered when this peer handed one to the same certificate
+    /// before, and the read-ahead below TLS. `true`: the session was resumed.
+    pub(crate) async fn connect_link(
+        &self,
+        connector: &TransportConnector,
+        addr: SocketAddr,
+        cert: Option<Arc<CertKey>>,
+    ) -> pingora_error::Result<(Stream, bool)> {
+        use pingora_error::{Error, ErrorType, OrErr};
+        let t = &self.template;
+        let Some(tls) = t.tls.as_ref().map(|m| m.load_full()) else {
+            return Ok((connector.new_stream(&t.peer(addr)).await?, false));
+        };
+        let mut tcp = HttpPeer::new(addr, false, String::new());
+        tcp.options.connection_timeout = Some(t.connect_timeout);
+        tcp.options.total_connection_timeout = Some(t.connect_timeout);
+        let l4 = connector.new_stream(&tcp).await?;
+        let presented = cert.or_else(|| tls.client().cloned());
+        let key = SessionKey::new(addr, presented.as_deref().map(|c| c.leaf()));
+        let conf = tls
+            .relay_client()
+            .configure(&tls.peer_tls(), presented.as_deref(), key)
+            .or_err(ErrorType::InternalError, "the relay's TLS settings")?;
+        let below = ReadAhead::new(l4, LINK_READ_AHEAD);
+        let hs = pingora_core::protocols::tls::client::handshake(conf, tls.sni(), below, None);
+        let s = match tokio::time::timeout(t.tls_handshake_timeout, hs).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let limit = t.tls_handshake_timeout;
+                let why = format!("TLS handshake with {addr}, timeout {limit:?}");
+                return Error::e_explain(ErrorType::ConnectTimedout, why);
+            }
+        };
+        let resumed = s.ssl().session_reused();
+        Ok((Box::new(s), resumed))
     }
 
     /// The `Host` a request built by Gatehouse itself names: the group's TLS SNI when set,

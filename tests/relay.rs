@@ -43,16 +43,15 @@ impl Icinga {
         let icinga = Pki::new(dir, "icinga");
         icinga.server("master1", &["master1"]);
         icinga.issue("agent1", CertSpec::new("agent1").dns(&["agent1"]));
+        icinga.issue("agent2", CertSpec::new("agent2").dns(&["agent2"]));
         icinga.issue("edge", CertSpec::new("gatehouse-edge"));
         // cert_dir: a key minted for the edge with CN=agent1 (the agent's own key stays home).
         let ids = dir.join("identities");
         std::fs::create_dir_all(&ids).unwrap();
-        icinga
-            .ca
-            .issue(&CertSpec::new("agent1"))
-            .unwrap()
-            .write(&ids, "agent1")
-            .unwrap();
+        for agent in ["agent1", "agent2"] {
+            let id = icinga.ca.issue(&CertSpec::new(agent)).unwrap();
+            id.write(&ids, agent).unwrap();
+        }
         let edge_pki = Pki::new(dir, "web");
         edge_pki.server("server", &[]);
         Icinga { icinga, edge_pki }
@@ -295,6 +294,126 @@ async fn relays_both_ways_byte_exact_with_identity_and_policy() {
         "link must close after 3 violations"
     );
     gh.wait_log("policy violations");
+}
+
+/// A link that comes back (an agent after a network blip, a replaced link) resumes the TLS
+/// session the master gave its identity: the master skips the certificate checks and the
+/// signature, and still sees that identity. A session is never offered for another identity:
+/// the master would take it as the first one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_identity_resumes_its_upstream_session_and_no_other_does() {
+    let f = Fixture::start(SinkMode::Echo).await;
+    for cn in ["agent1", "agent1", "agent2", "agent2", "agent1"] {
+        let mut s = tls_connect(addr(f.port), &f.c.agent(Some(cn)))
+            .await
+            .unwrap();
+        s.write_all(&ns(HELLO)).await.unwrap();
+        // The echo is read after the master's session ticket, so the session is kept.
+        let (echoed, _) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
+        assert_eq!(echoed, vec![ns(HELLO)], "{cn}");
+    }
+    let cns: Vec<Option<String>> = f.sink.client_cns.lock().unwrap().clone();
+    let want = ["agent1", "agent1", "agent2", "agent2", "agent1"].map(|c| Some(c.to_string()));
+    assert_eq!(
+        cns, want,
+        "each link under its own identity, resumed or not"
+    );
+    let resumed = f.sink.resumed.lock().unwrap().clone();
+    assert_eq!(resumed, [false, true, false, true, true]);
+    let m = f.gh.metrics_text().await;
+    for needle in [
+        r#"gatehouse_cluster_upstream_handshakes_total{session="full",upstream="icinga-master1"} 2"#,
+        r#"gatehouse_cluster_upstream_handshakes_total{session="resumed",upstream="icinga-master1"} 3"#,
+    ] {
+        assert!(m.contains(needle), "missing `{needle}`:\n{m}");
+    }
+}
+
+/// Whether every thread of `pid` has a tracer.
+fn all_traced(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("status")).is_ok_and(|st| {
+            st.lines()
+                .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+        })
+    })
+}
+
+/// `read_buffer`: the edge reads several TLS records per `recvfrom` while a link is busy
+/// (64 KiB, the default), where 1 KiB leaves it at about two per record (header, then body).
+/// Counted with strace on the edge while 300 records of ~16 KiB cross one link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_buffer_sets_how_many_records_one_read_takes() {
+    if !require_binary("strace") {
+        return;
+    }
+    let per_record = |rb: Option<&'static str>| async move {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Icinga::new(tmp.path());
+        let sink = Sink::start(c.master_acceptor(), SinkMode::Count).await;
+        let web = Upstream::h1(None, Behavior::Echo).await;
+        let port = reserved_port();
+        let mut conf = c.conf(tmp.path(), port, sink.addr, web.addr);
+        if let Some(rb) = rb {
+            conf.listener_mut("cluster").read_buffer = Some(rb.into());
+        }
+        let gh = Gatehouse::start(tmp.path(), &conf);
+        let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+            .await
+            .unwrap();
+        s.write_all(&ns(HELLO)).await.unwrap();
+        wait_until("the link to be relayed", Duration::from_secs(5), || {
+            sink.count.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        });
+        let out = tmp.path().join("strace.txt");
+        let mut strace = std::process::Command::new("strace")
+            .args(["-f", "-c", "-e", "trace=recvfrom,read", "-o"])
+            .arg(&out)
+            .args(["-p", &gh.pid().to_string()])
+            .spawn()
+            .unwrap();
+        wait_until(
+            "strace to attach to every thread",
+            Duration::from_secs(5),
+            || all_traced(gh.pid()),
+        );
+        let frame = ns(&check_result());
+        let batch: Vec<u8> = frame.repeat(16 * 1024 / frame.len());
+        for _ in 0..300 {
+            s.write_all(&batch).await.unwrap();
+        }
+        s.flush().await.unwrap();
+        let want = 1 + 300 * (batch.len() / frame.len()) as u64;
+        wait_until(
+            "every record to reach the master",
+            Duration::from_secs(20),
+            || sink.count.load(std::sync::atomic::Ordering::Relaxed) >= want,
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(strace.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        strace.wait().unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let calls: u64 = text
+            .lines()
+            .filter(|l| l.ends_with(" recvfrom") || l.ends_with(" read"))
+            .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+            .sum();
+        calls as f64 / 300.0
+    };
+    let small = per_record(Some("1KiB")).await;
+    let default = per_record(None).await;
+    eprintln!("reads per record: read_buffer 1KiB {small:.2}, default (64KiB) {default:.2}");
+    assert!(small >= 1.5, "1 KiB: {small:.2} reads per record");
+    assert!(
+        default <= 0.8,
+        "64 KiB: {default:.2} reads per record (1 KiB: {small:.2})"
+    );
 }
 
 /// Anonymous links: the policy's anonymous rule, `pki::RequestCertificate` carrying the

@@ -10,6 +10,7 @@
 
 use crate::logging::Sampler;
 use crate::metrics::Metrics;
+use crate::tls::read_ahead::ReadAhead;
 use crate::tls::ListenerAcceptor;
 use pingora_core::protocols::Stream;
 use std::collections::HashMap;
@@ -48,6 +49,9 @@ pub struct Handshakes {
     log: [Sampler; 5],
     /// Failed handshakes: one sampler per cause (`tls::handshake_failure_cause`).
     failed_log: Vec<Sampler>,
+    /// The most one read below TLS takes while a connection is busy (`read_buffer`), and
+    /// whether an idle connection keeps its 1 KiB quiet buffer (where HTTP is spoken).
+    read_ahead: (usize, bool),
 }
 
 /// A connection's place among the listener's `max_connections`, held until it ends.
@@ -107,7 +111,15 @@ impl Handshakes {
             failed_log: (0..=crate::tls::HANDSHAKE_FAILURES.len())
                 .map(|_| Sampler::new(Duration::from_secs(10)))
                 .collect(),
+            read_ahead: (crate::tls::read_ahead::QUIET, false),
         }
+    }
+
+    /// Reads below TLS take up to `cap` bytes while a connection is busy
+    /// ([`crate::tls::read_ahead`]); with `keep_quiet` an idle connection keeps 1 KiB.
+    pub fn with_read_ahead(mut self, cap: usize, keep_quiet: bool) -> Handshakes {
+        self.read_ahead = (cap, keep_quiet);
+        self
     }
 
     fn count(&self, result: usize, peer: &str, detail: &dyn std::fmt::Display) {
@@ -158,11 +170,15 @@ impl Handshakes {
             InHandshake { of: self, ip }
         };
         let left = self.timeout.saturating_sub(accepted.elapsed());
-        // `Stream` is a box; TLS takes an `IO`: the pass-through wrapper is one (no prefix).
+        // Records are read through a buffer that is large only while the connection is busy.
+        let below = match self.read_ahead {
+            (cap, true) => ReadAhead::new(stream, cap).keeping_quiet_buffer(),
+            (cap, false) => ReadAhead::new(stream, cap),
+        };
         let callbacks = tls.callbacks_for(&peer);
         let hs = pingora_core::protocols::tls::server::handshake_with_callback(
             &tls.acceptor,
-            super::prefixed::PrefixedIo::new(bytes::Bytes::new(), stream),
+            below,
             &callbacks,
         );
         match tokio::time::timeout(left, hs).await {

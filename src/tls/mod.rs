@@ -4,6 +4,8 @@
 //! Loading is separate from use so that `gatehouse check` can load every file and report
 //! every problem, each under the key path that named the file.
 
+pub(crate) mod read_ahead;
+pub(crate) mod relay_client;
 pub mod upstream;
 
 pub(crate) use crate::identity::TlsInfo;

@@ -1,6 +1,7 @@
 //! Upstream TLS: one upstream's own trust store, client identity and handshake options,
 //! applied to every `HttpPeer` Gatehouse builds for it.
 
+use super::relay_client::{PeerTls, RelayClient};
 use crate::config::{ConfigError, UpstreamTlsSettings};
 use boring::ssl::{SslConnector, SslMethod};
 use boring::x509::X509;
@@ -26,6 +27,8 @@ pub struct UpstreamTlsMaterial {
     /// Hash of everything above. Pingora's pool key ignores the CA store (and ALPN), so
     /// without this a peer with the wrong CA could reuse a connection made with the right one.
     group_key: u64,
+    /// The cluster relay's client for these settings (its sessions die with them).
+    relay: Arc<RelayClient>,
 }
 
 impl UpstreamTlsMaterial {
@@ -54,10 +57,11 @@ impl UpstreamTlsMaterial {
         if !errs.is_empty() {
             return Err(errs);
         }
+        let ca: Option<Arc<Box<[X509]>>> = ca.map(|v| Arc::new(v.into_boxed_slice()));
 
         let mut h = DefaultHasher::new();
         t.sni.hash(&mut h);
-        for c in ca.iter().flatten() {
+        for c in ca.iter().flat_map(|c| c.iter()) {
             c.to_der().unwrap_or_default().hash(&mut h);
         }
         if let Some(cc) = &client {
@@ -68,9 +72,15 @@ impl UpstreamTlsMaterial {
         (t.verify_cert, t.verify_hostname, &t.alt_cn, &t.curves).hash(&mut h);
         t.alpn.hash(&mut h);
 
+        let relay = RelayClient::new(ca.as_deref().map(|c| &c[..])).map_err(|e| {
+            vec![ConfigError::new(
+                at.to_string(),
+                format!("cannot make a TLS client of these settings: {e}"),
+            )]
+        })?;
         Ok(UpstreamTlsMaterial {
             sni: t.sni.clone(),
-            ca: ca.map(|v| Arc::new(v.into_boxed_slice())),
+            ca,
             client: client.map(|c| Arc::new(CertKey::new(c.chain, c.key))),
             verify_cert: t.verify_cert,
             verify_hostname: t.verify_hostname,
@@ -78,7 +88,29 @@ impl UpstreamTlsMaterial {
             curves: t.curves.clone().map(Cow::Owned),
             alpn: super::alpn(t.alpn),
             group_key: h.finish(),
+            relay: Arc::new(relay),
         })
+    }
+
+    /// The cluster relay's TLS client for these settings.
+    pub(crate) fn relay_client(&self) -> &RelayClient {
+        &self.relay
+    }
+
+    /// The client certificate presented by default (`client_cert`).
+    pub(crate) fn client(&self) -> Option<&Arc<CertKey>> {
+        self.client.as_ref()
+    }
+
+    /// How peers are checked and greeted, for the relay's client.
+    pub(crate) fn peer_tls(&self) -> PeerTls<'_> {
+        PeerTls {
+            sni: &self.sni,
+            curves: self.curves.as_deref(),
+            verify_cert: self.verify_cert,
+            verify_hostname: self.verify_hostname,
+            alt_cn: self.alt_cn.as_deref(),
+        }
     }
 
     /// The client certificate presented to peers, if any.

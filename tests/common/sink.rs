@@ -29,6 +29,8 @@ pub struct Sink {
     pub addr: SocketAddr,
     pub frames: Arc<Mutex<Vec<Vec<u8>>>>,
     pub client_cns: Arc<Mutex<Vec<Option<String>>>>,
+    /// Per connection, in accept order: whether its TLS session was resumed.
+    pub resumed: Arc<Mutex<Vec<bool>>>,
     /// Frames received, in every mode that reads.
     pub count: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -47,22 +49,26 @@ impl Sink {
         let frames = Arc::new(Mutex::new(Vec::new()));
         let client_cns = Arc::new(Mutex::new(Vec::new()));
         let count = Arc::new(AtomicU64::new(0));
-        let (f2, c2, n2, acc) = (
+        let resumed = Arc::new(Mutex::new(Vec::new()));
+        let (f2, c2, n2, r2, acc) = (
             frames.clone(),
             client_cns.clone(),
             count.clone(),
+            resumed.clone(),
             Arc::new(acc),
         );
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = l.accept().await {
                 let _ = tcp.set_nodelay(true);
                 let (frames, cns, count, acc) = (f2.clone(), c2.clone(), n2.clone(), acc.clone());
+                let reused = r2.clone();
                 tokio::spawn(async move {
                     let Ok(mut s) = tokio_boring::accept(&acc, tcp).await else {
                         return;
                     };
                     let cn = s.ssl().peer_certificate().and_then(|c| super::cn_of(&c));
                     cns.lock().unwrap().push(cn);
+                    reused.lock().unwrap().push(s.ssl().session_reused());
                     if mode == SinkMode::Stall {
                         // Holds the connection, never reading: the stalled master under test.
                         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -109,6 +115,7 @@ impl Sink {
             addr,
             frames,
             client_cns,
+            resumed,
             count,
             task,
         }

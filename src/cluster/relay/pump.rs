@@ -305,9 +305,12 @@ pub(super) fn make_room(buf: &mut BytesMut, busy: bool) -> usize {
     // A short read alone must not shrink a busy link's reads.
     let want = if busy { READ_CHUNK } else { READ_IDLE };
     let free = buf.capacity() - buf.len();
-    // A large message part-read already has room for exactly its rest (the codec reserved
-    // it): growing more would double its buffer, a second copy's worth.
-    if free == 0 || (free < want / 4 && buf.len() < READ_CHUNK) {
+    // A busy link has room for a whole TLS record (16 KiB) behind a partial frame, so each
+    // record is one read and one write on, not two. A large message part-read already has
+    // room for exactly its rest (the codec reserved it): growing more would double its
+    // buffer, a second copy's worth.
+    let short = if busy { free < want } else { free < want / 4 };
+    if free == 0 || (short && buf.len() < READ_CHUNK) {
         buf.reserve(want);
     }
     buf.capacity() - buf.len()

@@ -44,14 +44,18 @@ impl Relay {
             log::warn!(target: "gatehouse::cluster", "{who}: upstream {}: no healthy peer", group.name);
             return None;
         };
-        let mut peer = group.peer(peer_addr);
-        if admitted.client_cert.is_some() {
-            peer.client_cert_key = admitted.client_cert.clone();
-        }
         // Boxed: the connect future (TCP + TLS handshake state) is large, and inline it would
         // size every link's task for the whole life of the link.
-        match Box::pin(self.connector.new_stream(&peer)).await {
-            Ok(s) => Some((s, peer_addr)),
+        let cert = admitted.client_cert.clone();
+        match Box::pin(group.connect_link(&self.connector, peer_addr, cert)).await {
+            Ok((s, resumed)) => {
+                let session = if resumed { "resumed" } else { "full" };
+                self.metrics
+                    .cluster_upstream_handshakes
+                    .with_label_values(&[&group.name, session])
+                    .inc();
+                Some((s, peer_addr))
+            }
             Err(e) => {
                 let kind = FailureKind::classify(&e);
                 self.metrics.upstream_error(&group.name, kind.label());

@@ -1,0 +1,34 @@
+//! Every `unsafe` call of the crate, each where a checked need has no safe route.
+//!
+//! - [`release_freed_memory`]: neither allocator has another way to give freed pages back.
+//! - [`offer_session`]: BoringSSL's `SSL_set_session`, the only way to resume an upstream TLS
+//!   session (`tls::relay_client`); `boring` marks it `unsafe` because the session must come
+//!   from the same `SslContext`.
+
+use boring::error::ErrorStack;
+use boring::ssl::{SslRef, SslSessionRef};
+
+/// Asks the allocators to return freed pages to the system now.
+#[allow(unsafe_code)]
+pub(crate) fn release_freed_memory() {
+    // SAFETY: both calls take no pointers and only rearrange the allocator's own free lists,
+    // under its own locks; `mi_collect(false)` collects the calling thread's heap and the
+    // process-wide arenas, never another thread's live blocks.
+    unsafe {
+        libmimalloc_sys::mi_collect(false);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        libc::malloc_trim(0);
+    }
+}
+
+/// Offers `session` in the next handshake of `ssl`, which must not have started (BoringSSL
+/// aborts the process otherwise); a session the server declines costs a full handshake.
+///
+/// `session` must come from `ssl`'s own context: the relay client keeps one session cache per
+/// context and takes sessions only from it, and configures `ssl` fresh from that context
+/// just before (`tls::relay_client::RelayClient::configure`).
+#[allow(unsafe_code)]
+pub(crate) fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) -> Result<(), ErrorStack> {
+    // SAFETY: the caller's contract above: same context, handshake not started.
+    unsafe { ssl.set_session(session) }
+}
