@@ -56,14 +56,20 @@ deps:
 clean-certs:
 	rm -rf $(DEV_CERTS)
 
-## bench: micro-benchmarks, then Gatehouse vs nginx and HAProxy end to end (release build): HTTP,
-## relay (R1), idle links (R3), then reconnect storms (R2: 2,000 links RSA-4096 and EC, 9,000 EC)
+## bench: micro-benchmarks, then Gatehouse vs nginx and HAProxy end to end (release build): HTTP
+## (H1), relay in three load shapes with system calls per record (R1), ping-pong rounds (P4), idle
+## links EC and RSA-4096 (R3), reconnect storms (R2: 2,000 links RSA-4096 and EC, 9,000 EC), and a
+## second storm round against a master that kept running, with and without resumption (R2b)
+R2B = STORM_LINKS=1000 STORM_KEYS=rsa4096 STORM_UPSTREAM_KEY=same STORM_IDENTITIES=distinct \
+      STORM_ROUNDS=2 STORM_RESUME=both STORM_PROXIES=gatehouse
 bench: deps bench-deps
 	$(CARGO) bench --bench hot_paths
 	$(CARGO) build --release --example bare_pingora
 	ulimit -n $$(ulimit -Hn); $(CARGO) bench --bench e2e
+	ulimit -n $$(ulimit -Hn); BENCH_KEYS=rsa4096 BENCH_PARTS=idle BENCH_IDLE=2000 $(CARGO) bench --bench e2e
 	ulimit -n $$(ulimit -Hn); $(CARGO) bench --bench storm
 	ulimit -n $$(ulimit -Hn); STORM_LINKS=9000 STORM_KEYS=p256 STORM_CONCURRENCY=256 $(CARGO) bench --bench storm
+	ulimit -n $$(ulimit -Hn); $(R2B) $(CARGO) bench --bench storm
 
 ## soak: 30 min of mixed HTTP + cluster load with reconnect storms and reloads (SOAK_SECS to change)
 soak: deps

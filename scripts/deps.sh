@@ -13,8 +13,8 @@ set -euo pipefail
 # system calls `read_buffer` saves (tests/relay.rs).
 PKGS=(cmake libclang-dev git debootstrap kea-ctrl-agent kea-dhcp4-server kea-dhcp6-server icinga2-bin icinga2-common prometheus
   dpkg-dev binutils systemd groff-base curl strace)
-# Benchmarks (make bench): the anchors and the load generator.
-[ "${BENCH:-0}" = 1 ] && PKGS=(wrk nginx haproxy libnginx-mod-stream)
+# Benchmarks (make bench): the anchors, the load generator, and perf to count system calls.
+[ "${BENCH:-0}" = 1 ] && PKGS=(wrk nginx haproxy libnginx-mod-stream linux-perf)
 
 if [ "${BENCH:-0}" != 1 ] && ! cargo deb --version >/dev/null 2>&1; then
   echo "deps: installing cargo-deb (cargo install cargo-deb --locked)"

@@ -4,6 +4,10 @@
 //! - [`offer_session`]: BoringSSL's `SSL_set_session`, the only way to resume an upstream TLS
 //!   session (`tls::relay_client`); `boring` marks it `unsafe` because the session must come
 //!   from the same `SslContext`.
+//! - [`shed_handshake_config`]: BoringSSL's `SSL_set_shed_handshake_config`, which `boring`
+//!   does not wrap; it frees each connection's copy of its configuration (credential, verify
+//!   parameters, lists) once the handshake is done, memory an idle link otherwise holds for
+//!   its whole life.
 
 use boring::error::ErrorStack;
 use boring::ssl::{SslRef, SslSessionRef};
@@ -31,4 +35,16 @@ pub(crate) fn release_freed_memory() {
 pub(crate) fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) -> Result<(), ErrorStack> {
     // SAFETY: the caller's contract above: same context, handshake not started.
     unsafe { ssl.set_session(session) }
+}
+
+/// Lets BoringSSL free `ssl`'s configuration when its handshake completes (on a client, only if
+/// renegotiation is off, BoringSSL's default). Nothing Gatehouse reads after a handshake is
+/// configuration: the peer's certificate, verify result, SNI and ALPN are the handshake's
+/// results, kept on the connection and its session.
+#[allow(unsafe_code)]
+pub(crate) fn shed_handshake_config(ssl: &mut SslRef) {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: `ssl` is a live `SSL` borrowed mutably for the call; the function only sets a
+    // flag on its configuration, which BoringSSL itself frees later, after the handshake.
+    unsafe { pingora_core::tls::ssl_sys::SSL_set_shed_handshake_config(ssl.as_ptr(), 1) }
 }

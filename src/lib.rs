@@ -48,7 +48,7 @@
 //! - `reload`: SIGHUP certificate reload, all or nothing; `reload::watch` for `tls.watch`.
 //! - `host` (host and SNI patterns), `glob` (`*` globs), `memory` (freed memory handed back
 //!   after a burst), `ffi` (every `unsafe` call: the allocators' trim, BoringSSL's
-//!   `SSL_set_session` for resumed upstream links).
+//!   `SSL_set_session` for resumed upstream links and `SSL_set_shed_handshake_config`).
 
 // `deny`, not `forbid`: `ffi` holds the crate's `unsafe` calls, each documented.
 #![deny(unsafe_code)]

@@ -342,22 +342,74 @@ fn all_traced(pid: u32) -> bool {
     })
 }
 
-/// `read_buffer`: the edge reads several TLS records per `recvfrom` while a link is busy
-/// (64 KiB, the default), where 1 KiB leaves it at about two per record (header, then body).
-/// Counted with strace on the edge while 300 records of ~16 KiB cross one link.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_buffer_sets_how_many_records_one_read_takes() {
-    if !require_binary("strace") {
-        return;
+/// `strace -c` attached to every thread of a running Gatehouse, counting some system calls.
+struct Strace {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    calls: &'static [&'static str],
+}
+
+impl Strace {
+    fn attach(pid: u32, calls: &'static [&'static str], out: std::path::PathBuf) -> Strace {
+        let child = std::process::Command::new("strace")
+            .args([
+                "-f",
+                "-c",
+                "-e",
+                &format!("trace={}", calls.join(",")),
+                "-o",
+            ])
+            .arg(&out)
+            .args(["-p", &pid.to_string()])
+            .spawn()
+            .unwrap();
+        wait_until(
+            "strace to attach to every thread",
+            Duration::from_secs(5),
+            || all_traced(pid),
+        );
+        Strace { child, out, calls }
     }
-    let per_record = |rb: Option<&'static str>| async move {
+
+    /// Detaches and returns how many of the calls were made.
+    fn stop(mut self) -> u64 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        self.child.wait().unwrap();
+        let text = std::fs::read_to_string(&self.out).unwrap();
+        text.lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .last()
+                    .is_some_and(|c| self.calls.contains(&c))
+            })
+            .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// An agent's link through a fresh Gatehouse (its cluster listener's `read_buffer` set when
+/// given) to a counting master, Hello relayed: what the strace tests measure on.
+struct TracedLink {
+    tmp: tempfile::TempDir,
+    sink: Sink,
+    _web: Upstream,
+    gh: Gatehouse,
+    s: tokio_boring::SslStream<tokio::net::TcpStream>,
+}
+
+impl TracedLink {
+    async fn start(read_buffer: Option<&str>) -> TracedLink {
         let tmp = tempfile::tempdir().unwrap();
         let c = Icinga::new(tmp.path());
         let sink = Sink::start(c.master_acceptor(), SinkMode::Count).await;
         let web = Upstream::h1(None, Behavior::Echo).await;
         let port = reserved_port();
         let mut conf = c.conf(tmp.path(), port, sink.addr, web.addr);
-        if let Some(rb) = rb {
+        if let Some(rb) = read_buffer {
             conf.listener_mut("cluster").read_buffer = Some(rb.into());
         }
         let gh = Gatehouse::start(tmp.path(), &conf);
@@ -368,43 +420,48 @@ async fn read_buffer_sets_how_many_records_one_read_takes() {
         wait_until("the link to be relayed", Duration::from_secs(5), || {
             sink.count.load(std::sync::atomic::Ordering::Relaxed) >= 1
         });
-        let out = tmp.path().join("strace.txt");
-        let mut strace = std::process::Command::new("strace")
-            .args(["-f", "-c", "-e", "trace=recvfrom,read", "-o"])
-            .arg(&out)
-            .args(["-p", &gh.pid().to_string()])
-            .spawn()
-            .unwrap();
+        TracedLink {
+            tmp,
+            sink,
+            _web: web,
+            gh,
+            s,
+        }
+    }
+
+    fn trace(&self, calls: &'static [&'static str]) -> Strace {
+        Strace::attach(self.gh.pid(), calls, self.tmp.path().join("strace.txt"))
+    }
+
+    /// Waits until the master has counted `n` messages (the Hello included).
+    fn wait_for(&self, n: u64) {
         wait_until(
-            "strace to attach to every thread",
-            Duration::from_secs(5),
-            || all_traced(gh.pid()),
+            "every message to reach the master",
+            Duration::from_secs(30),
+            || self.sink.count.load(std::sync::atomic::Ordering::Relaxed) >= n,
         );
+    }
+}
+
+/// `read_buffer`: the edge reads several TLS records per `recvfrom` while a link is busy
+/// (64 KiB, the default), where 1 KiB leaves it at about two per record (header, then body).
+/// Counted with strace on the edge while 300 records of ~16 KiB cross one link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_buffer_sets_how_many_records_one_read_takes() {
+    if !require_binary("strace") {
+        return;
+    }
+    let per_record = |rb: Option<&'static str>| async move {
+        let mut l = TracedLink::start(rb).await;
+        let strace = l.trace(&["recvfrom", "read"]);
         let frame = ns(&check_result());
         let batch: Vec<u8> = frame.repeat(16 * 1024 / frame.len());
         for _ in 0..300 {
-            s.write_all(&batch).await.unwrap();
+            l.s.write_all(&batch).await.unwrap();
         }
-        s.flush().await.unwrap();
-        let want = 1 + 300 * (batch.len() / frame.len()) as u64;
-        wait_until(
-            "every record to reach the master",
-            Duration::from_secs(20),
-            || sink.count.load(std::sync::atomic::Ordering::Relaxed) >= want,
-        );
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(strace.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
-        strace.wait().unwrap();
-        let text = std::fs::read_to_string(&out).unwrap();
-        let calls: u64 = text
-            .lines()
-            .filter(|l| l.ends_with(" recvfrom") || l.ends_with(" read"))
-            .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
-            .sum();
-        calls as f64 / 300.0
+        l.s.flush().await.unwrap();
+        l.wait_for(1 + 300 * (batch.len() / frame.len()) as u64);
+        strace.stop() as f64 / 300.0
     };
     let small = per_record(Some("1KiB")).await;
     let default = per_record(None).await;
@@ -413,6 +470,31 @@ async fn read_buffer_sets_how_many_records_one_read_takes() {
     assert!(
         default <= 0.8,
         "64 KiB: {default:.2} reads per record (1 KiB: {small:.2})"
+    );
+}
+
+/// A peer that writes each message as a TLS record of its own: what the read-ahead took in
+/// one system call is read out before the write toward the master, so a burst of 3,000
+/// one-message records costs far fewer writes than records (one each before). Counted with
+/// strace on the edge (which also slows it, so records queue as they do under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_records_go_on_in_batches() {
+    if !require_binary("strace") {
+        return;
+    }
+    let mut l = TracedLink::start(None).await;
+    let strace = l.trace(&["sendto", "write", "writev", "sendmsg"]);
+    let frame = ns(&check_result());
+    for _ in 0..3000 {
+        l.s.write_all(&frame).await.unwrap();
+    }
+    l.s.flush().await.unwrap();
+    l.wait_for(3001);
+    let per_record = strace.stop() as f64 / 3000.0;
+    eprintln!("writes per one-message record: {per_record:.2}");
+    assert!(
+        per_record <= 0.5,
+        "{per_record:.2} writes per one-message record"
     );
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod syscalls;
+
 use crate::common::{tls_connect, ClientOpts};
 use gatehouse::cluster::codec;
 use std::net::SocketAddr;
@@ -90,38 +92,47 @@ pub fn tree(pid: u32) -> Vec<u32> {
     out
 }
 
+/// CPU seconds (user + system) in a `/proc/…/stat` file (a process's or a thread's).
+pub fn stat_cpu_secs(stat: &Path) -> f64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
 /// CPU seconds (user + system) of a process tree.
 pub fn cpu_secs(pid: u32) -> f64 {
     tree(pid)
         .iter()
+        .map(|p| stat_cpu_secs(Path::new(&format!("/proc/{p}/stat"))))
+        .sum()
+}
+
+/// The sum over a process tree of a `/proc/<pid>/<file>` line's KiB (`VmRSS:` in `status`,
+/// `Pss:` in `smaps_rollup`).
+pub fn tree_kib(pid: u32, file: &str, key: &str) -> u64 {
+    tree(pid)
+        .iter()
         .map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let f: Vec<&str> = stat
-                .rsplit_once(')')
-                .map(|(_, r)| r)
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12)) / 100.0
+            std::fs::read_to_string(format!("/proc/{p}/{file}"))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
         })
         .sum()
 }
 
 /// Resident memory of a process tree, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    tree(pid)
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/status"))
-                .unwrap_or_default()
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
+    tree_kib(pid, "status", "VmRSS:")
 }
 
 /// Open file descriptors of one process.

@@ -536,6 +536,8 @@ impl TlsAccept for Callbacks {
         if let Err(e) = ssl.set_ssl_context(ctx.context()) {
             log::warn!(target: "gatehouse::tls", "could not switch to the certificate for {name:?}: {e}");
         }
+        // The configuration copied into this connection is needed only until it completes.
+        crate::ffi::shed_handshake_config(ssl);
     }
 
     async fn handshake_complete_callback(

@@ -196,6 +196,8 @@ impl RelayClient {
             let _ = crate::ffi::offer_session(&mut conf, &s);
         }
         conf.set_ex_data(*KEY, key);
+        // A link lives for days after its handshake: the configuration copy is freed then.
+        crate::ffi::shed_handshake_config(&mut conf);
         ext::clear_error_stack();
         Ok(conf)
     }

@@ -93,7 +93,14 @@ impl Relay {
             match read {
                 Err(_) => return LinkEnd::Idle(dir, idle),
                 Ok(Ok(0)) => return LinkEnd::Closed(dir),
-                Ok(Ok(n)) => busy = n == room || n >= READ_IDLE,
+                Ok(Ok(n)) => {
+                    busy = n == room || n >= READ_IDLE;
+                    // Small records are gathered; a full one (16 KiB) is a write's worth
+                    // already, and gathering after it measured slower (more reads that wait).
+                    if busy && n < READ_CHUNK / 2 {
+                        gather(r, &mut buf);
+                    }
+                }
                 Ok(Err(e)) => return LinkEnd::Io(dir.sender(), format!("read: {e}")),
             }
         }
@@ -298,8 +305,37 @@ pub(super) async fn flush_before_end<W: AsyncWrite + Unpin>(
 /// keep 16 KiB each); a busy one (its last read filled all the room it was given, or was
 /// large) reads 16 KiB at a time, a quiet one a few hundred bytes. Returns the room to read
 /// into.
+/// The most one pump pass gathers beyond its first read (see [`gather`]).
+const GATHER: usize = 4 * READ_CHUNK;
+
+/// Takes, without waiting, what the layers below already hold, up to [`GATHER`] bytes: TLS
+/// returns one record per read, and the read-ahead under it often holds many more from the
+/// same system call. A peer writing small records (one message each) would otherwise cost a
+/// write upstream per record; now one write carries up to 64 KiB. Room grows only once a
+/// gathered read brought something (a link that just went quiet keeps its small buffer), and
+/// then by a whole record, so that records are not split across writes. An end or an error
+/// met here is left for the next read, which meets it again (both are sticky).
+fn gather<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let start = buf.len();
+    while buf.capacity() - buf.len() >= READ_CHUNK / 2 && buf.len() - start < GATHER {
+        // A read that would wait registers this no-op waker; the pump's next read, a real
+        // poll, registers its own.
+        let read = std::pin::pin!(r.read_buf(buf));
+        match read.poll(&mut cx) {
+            std::task::Poll::Ready(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK && buf.len() - start < GATHER {
+            buf.reserve(GATHER);
+        }
+    }
+}
+
 pub(super) fn make_room(buf: &mut BytesMut, busy: bool) -> usize {
-    if buf.is_empty() && buf.capacity() > if busy { 4 * READ_CHUNK } else { READ_IDLE } {
+    // A busy link keeps what `gather` grew (a record and 64 KiB more) until it goes quiet.
+    if buf.is_empty() && buf.capacity() > if busy { 8 * READ_CHUNK } else { READ_IDLE } {
         *buf = BytesMut::new();
     }
     // A short read alone must not shrink a busy link's reads.
