@@ -126,12 +126,19 @@ struct Fixture {
 
 impl Fixture {
     async fn start(mode: SinkMode) -> Fixture {
+        Fixture::start_with(mode, |_| {}).await
+    }
+
+    /// As [`Fixture::start`], with the config edited first.
+    async fn start_with(mode: SinkMode, edit: impl FnOnce(&mut Conf)) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let c = Icinga::new(tmp.path());
         let sink = Sink::start(c.master_acceptor(), mode).await;
         let web = Upstream::h1(None, Behavior::Echo).await;
         let port = reserved_port();
-        let gh = Gatehouse::start(tmp.path(), &c.conf(tmp.path(), port, sink.addr, web.addr));
+        let mut conf = c.conf(tmp.path(), port, sink.addr, web.addr);
+        edit(&mut conf);
+        let gh = Gatehouse::start(tmp.path(), &conf);
         Fixture {
             c,
             sink,
@@ -394,43 +401,29 @@ impl Strace {
 /// An agent's link through a fresh Gatehouse (its cluster listener's `read_buffer` set when
 /// given) to a counting master, Hello relayed: what the strace tests measure on.
 struct TracedLink {
-    tmp: tempfile::TempDir,
-    sink: Sink,
-    _web: Upstream,
-    gh: Gatehouse,
+    f: Fixture,
     s: tokio_boring::SslStream<tokio::net::TcpStream>,
 }
 
 impl TracedLink {
-    async fn start(read_buffer: Option<&str>) -> TracedLink {
-        let tmp = tempfile::tempdir().unwrap();
-        let c = Icinga::new(tmp.path());
-        let sink = Sink::start(c.master_acceptor(), SinkMode::Count).await;
-        let web = Upstream::h1(None, Behavior::Echo).await;
-        let port = reserved_port();
-        let mut conf = c.conf(tmp.path(), port, sink.addr, web.addr);
-        if let Some(rb) = read_buffer {
-            conf.listener_mut("cluster").read_buffer = Some(rb.into());
-        }
-        let gh = Gatehouse::start(tmp.path(), &conf);
-        let mut s = tls_connect(addr(port), &c.agent(Some("agent1")))
+    async fn start(read_buffer: Option<&'static str>) -> TracedLink {
+        let f = Fixture::start_with(SinkMode::Count, |conf| {
+            if let Some(rb) = read_buffer {
+                conf.listener_mut("cluster").read_buffer = Some(rb.into());
+            }
+        })
+        .await;
+        let mut s = tls_connect(addr(f.port), &f.c.agent(Some("agent1")))
             .await
             .unwrap();
         s.write_all(&ns(HELLO)).await.unwrap();
-        wait_until("the link to be relayed", Duration::from_secs(5), || {
-            sink.count.load(std::sync::atomic::Ordering::Relaxed) >= 1
-        });
-        TracedLink {
-            tmp,
-            sink,
-            _web: web,
-            gh,
-            s,
-        }
+        let l = TracedLink { f, s };
+        l.wait_for(1);
+        l
     }
 
     fn trace(&self, calls: &'static [&'static str]) -> Strace {
-        Strace::attach(self.gh.pid(), calls, self.tmp.path().join("strace.txt"))
+        Strace::attach(self.f.gh.pid(), calls, self.f.tmp.path().join("strace.txt"))
     }
 
     /// Waits until the master has counted `n` messages (the Hello included).
@@ -438,7 +431,7 @@ impl TracedLink {
         wait_until(
             "every message to reach the master",
             Duration::from_secs(30),
-            || self.sink.count.load(std::sync::atomic::Ordering::Relaxed) >= n,
+            || self.f.sink.count.load(std::sync::atomic::Ordering::Relaxed) >= n,
         );
     }
 }
