@@ -81,6 +81,25 @@ pub struct Caller {
     /// The basic-auth user (`routes[].basic_auth`), when one authenticated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The verified bearer token (`routes[].bearer`), when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenCaller>,
+}
+
+/// What the audit records of a verified bearer token: who issued it to whom, and which one it
+/// was (`jti`), so an IdP's own logs can be joined.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TokenCaller {
+    /// The `issuers:` key that verified it.
+    pub issuer: String,
+    /// The `iss` claim.
+    pub iss: String,
+    /// The `sub` claim.
+    pub sub: String,
+    /// `client_id` (else `azp`).
+    pub client: Option<String>,
+    /// The `jti` claim.
+    pub jti: Option<String>,
 }
 
 /// A Kea command and what became of it.
@@ -396,6 +415,7 @@ mod tests {
                 cn: Some("agent\n1".into()),
                 fingerprint: None,
                 user: None,
+                token: None,
             },
             direction: "upstream",
             sni: "master1".into(),

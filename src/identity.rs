@@ -38,6 +38,54 @@ pub struct ClientCert {
     pub cert: X509,
 }
 
+/// A bearer token that verified (`routes[].bearer`): its issuer, signature, time window and
+/// audience checked. What rules match (`sub:`, `client:`, `claim:NAME=GLOB`) and what audit
+/// events record.
+#[derive(Debug, Clone)]
+pub struct BearerToken {
+    /// The `issuers:` key that verified it.
+    pub issuer: std::sync::Arc<str>,
+    /// The `iss` claim.
+    pub iss: String,
+    /// The `sub` claim.
+    pub sub: String,
+    /// The `client_id` claim, else `azp` (RFC 9068; OpenID Connect).
+    pub client: Option<String>,
+    /// The `jti` claim.
+    pub jti: Option<String>,
+    /// The `exp` claim, seconds since the epoch.
+    pub exp: i64,
+    /// Every claim, as the token carried them.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BearerToken {
+    /// The claim at `path` (`groups`, or `realm_access.roles` into nested objects).
+    pub fn claim(&self, path: &str) -> Option<&serde_json::Value> {
+        let mut parts = path.split('.');
+        let first = self.claims.get(parts.next()?)?;
+        parts.try_fold(first, |v, key| v.as_object()?.get(key))
+    }
+
+    /// Whether the claim at `path` matches the `*` glob `pattern`: a string as is, a number or
+    /// boolean as written in JSON, an array if any of its elements does.
+    pub fn claim_matches(&self, path: &str, pattern: &str) -> bool {
+        fn one(v: &serde_json::Value, pattern: &str) -> bool {
+            match v {
+                serde_json::Value::String(s) => crate::glob::matches(pattern, s),
+                serde_json::Value::Number(n) => crate::glob::matches(pattern, &n.to_string()),
+                serde_json::Value::Bool(b) => crate::glob::matches(pattern, &b.to_string()),
+                _ => false,
+            }
+        }
+        match self.claim(path) {
+            Some(serde_json::Value::Array(items)) => items.iter().any(|v| one(v, pattern)),
+            Some(v) => one(v, pattern),
+            None => false,
+        }
+    }
+}
+
 impl TlsInfo {
     /// Reads SNI and the client certificate off a finished handshake.
     pub fn from_ssl(ssl: &SslRef) -> TlsInfo {

@@ -10,7 +10,7 @@
 //!   external decision on requests, commands and links), [`cluster::identity::IdentityMapper`]
 //!   (the certificate a link presents upstream), [`audit::AuditSink`] (where audit events go).
 //! - [`authz::Identity`] and [`identity`]: who is calling (SNI, CN, SANs, SPIFFE URIs,
-//!   fingerprint, basic user), read once per connection.
+//!   fingerprint, basic user, a verified bearer token's claims), read once per connection.
 //! - [`config`]: the validated runtime model of the YAML file (the serde schema stays private
 //!   inside it; errors carry key paths).
 //! - [`Error`]: the one error type of the entry points (kind, context, cause; every
@@ -42,6 +42,9 @@
 //!   classification of upstream failures.
 //! - `authz`: the matcher language of every rule, first-match lists, route admission, the
 //!   guarded authorizer (timeout, cache, fail mode).
+//! - `token`: bearer tokens (JWT access tokens) from `issuers:` on `routes[].bearer` — JWS
+//!   verification on BoringSSL (`token::jws`), each issuer's keys fetched and cached
+//!   (`token::keys`, over Pingora's connector in `token::fetch`).
 //! - `audit`, `metrics`, `health` (`/healthz`, `/readyz`), `logging`, `logsafe` (how every
 //!   client-chosen string is written into a log line).
 //! - `server`: assembly of all of the above into a Pingora `Server`; `builder` on top.
@@ -80,6 +83,8 @@ pub mod server;
 pub mod testing;
 #[doc(hidden)]
 pub mod tls;
+#[doc(hidden)]
+pub mod token;
 mod upstream;
 
 pub use async_trait::async_trait;

@@ -113,6 +113,12 @@ pub struct Metrics {
     /// `gatehouse_cluster_upstream_handshakes_total{upstream, session}`: TLS handshakes of
     /// cluster links toward their upstream (session: `resumed` or `full`).
     pub cluster_upstream_handshakes: IntCounterVec,
+    /// `gatehouse_bearer_tokens_total{issuer, result}`: bearer tokens checked on `bearer`
+    /// routes (result: `ok` or why refused; issuer `-` when `iss` named none of the route's).
+    pub bearer_tokens: IntCounterVec,
+    /// `gatehouse_bearer_key_fetches_total{issuer, result}`: fetches of an issuer's keys
+    /// (result: `ok`, `failed`).
+    pub bearer_key_fetches: IntCounterVec,
 }
 
 impl Metrics {
@@ -184,6 +190,10 @@ impl Metrics {
             &["upstream", "session"],
         )?;
         registry.register(Box::new(cluster_upstream_handshakes.clone()))?;
+        let bearer_tokens = IntCounterVec::new(Opts::new("gatehouse_bearer_tokens_total", "Bearer tokens checked on bearer routes, by issuer and result: ok, or why refused (malformed, algorithm, unknown_key, key_mismatch, signature, type, expired, not_yet_valid, issuer, audience, claims, keys_unavailable)."), &["issuer", "result"])?;
+        registry.register(Box::new(bearer_tokens.clone()))?;
+        let bearer_key_fetches = IntCounterVec::new(Opts::new("gatehouse_bearer_key_fetches_total", "Fetches of a token issuer's keys (discovery document and JWK set, or the JWK set file), by result: ok, failed."), &["issuer", "result"])?;
+        registry.register(Box::new(bearer_key_fetches.clone()))?;
         let upstream_errors = IntCounterVec::new(Opts::new("gatehouse_upstream_errors_total", "Failures talking to upstream peers (kind: invalid_cert, handshake, timeout, refused, other)."), &["upstream", "kind"])?;
         registry.register(Box::new(upstream_errors.clone()))?;
         let http_head_timeouts = IntCounterVec::new(
@@ -305,6 +315,8 @@ impl Metrics {
             cluster_links_replaced,
             kea_fanout_peers,
             cluster_upstream_handshakes,
+            bearer_tokens,
+            bearer_key_fetches,
         })
     }
 
@@ -346,6 +358,10 @@ pub(crate) struct KnownLabels<'a> {
     pub link_ends: &'a [&'a str],
     /// `gatehouse_cluster_links_refused_total{reason}`.
     pub link_refusals: &'a [&'a str],
+    /// Token issuer names.
+    pub issuers: Vec<&'a str>,
+    /// `gatehouse_bearer_tokens_total{result}`, `ok` and the refusals.
+    pub bearer_results: &'a [&'a str],
 }
 
 impl Metrics {
@@ -374,6 +390,14 @@ impl Metrics {
         for upstream in &known.upstreams {
             for kind in known.upstream_error_kinds {
                 self.upstream_errors.with_label_values(&[upstream, kind]);
+            }
+        }
+        for issuer in &known.issuers {
+            for result in ["ok", "failed"] {
+                self.bearer_key_fetches.with_label_values(&[issuer, result]);
+            }
+            for result in std::iter::once(&"ok").chain(known.bearer_results) {
+                self.bearer_tokens.with_label_values(&[issuer, result]);
             }
         }
         if known.cluster {
@@ -538,8 +562,12 @@ mod tests {
             cluster_links_replaced,
             kea_fanout_peers,
             cluster_upstream_handshakes,
+            bearer_tokens,
+            bearer_key_fetches,
         } = &metrics;
-        let collectors: [&dyn Collector; 24] = [
+        let collectors: [&dyn Collector; 26] = [
+            bearer_tokens,
+            bearer_key_fetches,
             build_info,
             connections,
             connections_active,

@@ -385,6 +385,8 @@ fn prime_metrics(metrics: &Metrics, config: &Config) {
         upstream_error_kinds: &crate::upstream::FailureKind::LABELS,
         link_ends: &crate::cluster::relay::LINK_END_LABELS,
         link_refusals: &crate::cluster::relay::REFUSAL_LABELS,
+        issuers: config.issuers.iter().map(|i| i.name.as_str()).collect(),
+        bearer_results: &crate::token::Refusal::LABELS,
     });
 }
 
@@ -431,6 +433,16 @@ fn build_routes(
     errs: &mut Vec<ConfigError>,
 ) -> Vec<Route> {
     let mut routes = Vec::with_capacity(config.routes.len());
+    let issuers: Vec<Option<Arc<crate::token::Issuer>>> = config
+        .issuers
+        .iter()
+        .map(|s| {
+            crate::token::Issuer::new(s, metrics.clone())
+                .map(Arc::new)
+                .map_err(|e| errs.push(ConfigError::new(format!("issuers.{}", s.name), e)))
+                .ok()
+        })
+        .collect();
     for (i, r) in config.routes.iter().enumerate() {
         let mut route = Route::plain(&r.name, r.host.clone(), &r.path_prefix, r.upstream, metrics);
         route.access = Access::new(r.allow.clone(), r.deny.clone());
@@ -446,6 +458,20 @@ fn build_routes(
                     e,
                 )),
             }
+        }
+        if let Some(b) = &r.bearer {
+            let list = b
+                .issuers
+                .iter()
+                .filter_map(|&i| issuers.get(i).cloned().flatten())
+                .collect();
+            route.bearer = Some(Arc::new(crate::token::Bearer::new(
+                list,
+                b.require,
+                b.forward,
+                b.realm.clone(),
+                metrics.clone(),
+            )));
         }
         routes.push(route);
     }

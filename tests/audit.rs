@@ -7,7 +7,7 @@ mod common;
 
 use common::sink::{Sink, SinkMode};
 use common::*;
-use gatehouse::audit::{AuditEvent, HttpEvent, LinkEvent, Verdict};
+use gatehouse::audit::{AuditEvent, LinkEvent, Verdict};
 use gatehouse::cluster::codec;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,16 +16,6 @@ use tokio::io::AsyncWriteExt;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn http_events(gh: &Gatehouse) -> Vec<HttpEvent> {
-    gh.audit()
-        .into_iter()
-        .filter_map(|e| match e {
-            AuditEvent::Http(h) => Some(h),
-            _ => None,
-        })
-        .collect()
 }
 
 fn link_events(gh: &Gatehouse) -> Vec<LinkEvent> {
@@ -139,8 +129,8 @@ async fn http_refusals_are_audited(gh: &Gatehouse, pki: &Pki, port: u16) {
     assert_eq!(status(pki, "agent1", port, "/limited", &[]).await, "200");
     assert_eq!(status(pki, "agent1", port, "/limited", &[]).await, "429");
     assert_eq!(status(pki, "agent1", port, "/", &[]).await, "200");
-    until_audited("four HTTP events", gh, |_| http_events(gh).len() >= 4).await;
-    let h = http_events(gh);
+    until_audited("four HTTP events", gh, |_| gh.http_events().len() >= 4).await;
+    let h = gh.http_events();
     let find = |route: &str, status: u16| {
         h.iter()
             .find(|e| e.route == route && e.status == status)

@@ -405,7 +405,7 @@ fn the_typed_test_config_writes_only_schema_keys() {
         .metrics(9090)
         .audit_path("audit.jsonl")
         .log_format("json");
-    let text = every.to_yaml();
+    let text = with_every_issuer_key(every).to_yaml();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("ids")).unwrap();
     let config = gatehouse::config::Config::parse(&text, tmp.path())
@@ -413,11 +413,56 @@ fn the_typed_test_config_writes_only_schema_keys() {
     assert_eq!(config.listeners[0].keepalive_requests, 3, "{text}");
     assert!(config.listeners[0].tls.as_ref().unwrap().watch, "{text}");
     assert!(config.upstreams[0].tls.as_ref().unwrap().watch, "{text}");
+    let corp = &config.issuers[0];
+    assert_eq!(
+        (corp.audience.len(), corp.leeway, corp.max_stale),
+        (
+            2,
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(600)
+        ),
+        "{text}"
+    );
+    let bearer = config.routes.last().and_then(|r| r.bearer.as_ref());
+    assert_eq!(
+        bearer.map(|b| (b.issuers.clone(), b.forward)),
+        Some((vec![0, 1], true))
+    );
     assert_eq!(
         config.log_format,
         gatehouse::config::LogFormat::Json,
         "{text}"
     );
+}
+
+/// Two issuers (every key between them) and a route taking both.
+fn with_every_issuer_key(c: Conf) -> Conf {
+    c.issuer(
+        "corp",
+        conf::Issuer::new("https://idp.example.org", "urn:a")
+            .audiences(["urn:a", "urn:b"])
+            .jwks_url("https://idp.example.org/jwks")
+            .algorithms(["ES256"])
+            .leeway("10s")
+            .typ(["at+jwt"])
+            .ca("idp-ca.pem")
+            .fetch_timeout("2s")
+            .refresh_interval("5m")
+            .min_refresh_interval("5s")
+            .max_stale("10m"),
+    )
+    .issuer(
+        "files",
+        conf::Issuer::new("https://ci.example.org", "urn:a").jwks_file("jwks.json"),
+    )
+    .route(
+        Route::new("tokens", "kea").path("/tokens").bearer(
+            conf::Bearer::new(["corp", "files"])
+                .require("token_and_cert")
+                .forward(true)
+                .realm("edge"),
+        ),
+    )
 }
 
 fn listener_with_every_key() -> Listener {
@@ -669,4 +714,91 @@ fn spoil_identities(rp: &RelayPki) {
     for f in ["agent2.crt", "agent3.crt", "agent3.key"] {
         set_mode(&rp.ids.join(f), 0o644);
     }
+}
+
+/// Every bad `issuers:` / `routes[].bearer` value is refused under its key path, all at once:
+/// an algorithm that is not accepted (`none`, `HS256`), a non-https key URL, both key sources,
+/// an unknown issuer, a token matcher on a route that takes no tokens, a token matcher in the
+/// cluster policy, basic and bearer on one route, and bounds out of range.
+#[test]
+fn bad_issuer_and_bearer_values_are_refused_with_their_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Conf::new()
+        .listener(Listener::new("edge", 5665))
+        .upstream("web", Group::new("127.0.0.1:9"))
+        .issuer(
+            "idp",
+            conf::Issuer::new("http://idp.example.org", "urn:a")
+                .algorithms(["RS256", "none", "HS256"])
+                .leeway("10m")
+                .refresh_interval("1h")
+                .max_stale("1m"),
+        )
+        .issuer(
+            "both",
+            conf::Issuer::new("https://b.example.org", "")
+                .jwks_url("https://b.example.org/jwks")
+                .jwks_file("jwks.json"),
+        )
+        .issuer(
+            "plainurl",
+            conf::Issuer::new("https://c.example.org", "urn:a").jwks_url("http://c.example.org/k"),
+        )
+        .route(
+            Route::new("t", "web")
+                .path("/t")
+                .bearer(conf::Bearer::new(["idp", "ghost"]).realm("a\"b")),
+        )
+        .route(
+            Route::new("c", "web")
+                .path("/c")
+                .allow(["claim:groups=ops", "sub:x"]),
+        )
+        .route({
+            let mut r = Route::new("both", "web")
+                .path("/both")
+                .bearer(conf::Bearer::new(["idp"]));
+            r.basic_auth = Some(conf::BasicAuth {
+                users_file: "users".into(),
+                realm: None,
+            });
+            r
+        })
+        .route(Route::new("m", "web").path("/m").allow(["claim:=x"]));
+    let text = c.to_yaml();
+    let errs = gatehouse::config::Config::parse(&text, tmp.path()).unwrap_err();
+    let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let all = all.join("\n");
+    for (key, says) in [
+        ("issuers.idp.issuer", "not an https:// URL"),
+        ("issuers.idp.algorithms[1]", "`none` is not accepted"),
+        ("issuers.idp.algorithms[2]", "`HS256` is not accepted"),
+        ("issuers.idp.leeway", "at most 5m"),
+        ("issuers.idp.max_stale", "at least refresh_interval"),
+        ("issuers.both", "exclude each other"),
+        ("issuers.both.audience", "at least one non-empty"),
+        ("issuers.plainurl.jwks_url", "not an https:// URL"),
+        ("routes[0].bearer.issuers[1]", "unknown issuer `ghost`"),
+        ("routes[0].bearer.realm", "without quotes"),
+        ("routes[1].allow[0]", "no `bearer:`"),
+        ("routes[1].allow[1]", "no `bearer:`"),
+        ("routes[2].bearer", "not both"),
+        ("routes[3].allow[0]", "claim:NAME=GLOB"),
+    ] {
+        assert!(
+            all.lines().any(|l| l.contains(key) && l.contains(says)),
+            "no `{key}`: …{says}… in:\n{all}"
+        );
+    }
+    let policy = Conf::new()
+        .listener(Listener::new("edge", 5665).protocols(&[Protocol::Cluster]))
+        .upstream("m", Group::new("127.0.0.1:9"))
+        .cluster(conf::Cluster::new("m1", "m").policy(conf::PolicyRule::new("sub:x").deny(["*"])));
+    let errs = gatehouse::config::Config::parse(&policy.to_yaml(), tmp.path()).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("cluster.policy[0].identity")
+                && e.to_string().contains("no bearer token")),
+        "{errs:?}"
+    );
 }

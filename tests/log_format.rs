@@ -323,10 +323,10 @@ async fn text_lines_still_escape_what_clients_choose() {
     };
     let evil = access("path=/web/q");
     assert!(
-        evil.contains(&format!("cn={EVIL_CN_TEXT} method=GET path=/web/q\\\"u'o%0At%01e route=web peer={} status=200 duration_ms=", s.web.addr)),
+        evil.contains(&format!("cn={EVIL_CN_TEXT} sub=- method=GET path=/web/q\\\"u'o%0At%01e route=web peer={} status=200 duration_ms=", s.web.addr)),
         "{evil}"
     );
-    assert!(access("path=/web/anon").contains("cn=- method=POST"));
+    assert!(access("path=/web/anon").contains("cn=- sub=- method=POST"));
     assert!(access("status=400").contains("route=- peer=- status=400"));
     // The audit record is the line's message, as before.
     let audit = log

@@ -6,7 +6,9 @@
 //! certificate, self-signed, unknown CA). [`Matcher`]s name identities: `cn:<glob>`,
 //! `dns:<glob>` (a DNS SAN), `spiffe://…` (a URI SAN prefix), `fingerprint:sha256:<hex>`
 //! (colons and case ignored), `user:<glob>`, `anonymous`, and `"*"` (everyone, anonymous
-//! included). Route access ([`Access`]), Kea command rules and the cluster
+//! included); for a caller with a verified bearer token (`routes[].bearer`), `sub:<glob>`,
+//! `client:<glob>` (`client_id`, else `azp`) and `claim:NAME=GLOB` (`NAME` may be a dotted
+//! path into objects; an array claim matches if any element does). Route access ([`Access`]), Kea command rules and the cluster
 //! method policy all use them, and ordered rule lists decide with `FirstMatch`. A bare glob
 //! (`agent-*`) is refused when the config loads, with the fix in the message: it used to be read
 //! as a CN glob in one place and as nothing in another.
@@ -20,7 +22,7 @@ pub(crate) use authorizer::Guarded;
 pub use authorizer::{Authorizer, Decision, Question, Target};
 
 use crate::glob;
-use crate::identity::{ClientCert, TlsInfo};
+use crate::identity::{BearerToken, ClientCert, TlsInfo};
 use crate::logsafe::Esc;
 use std::fmt;
 
@@ -41,6 +43,14 @@ pub enum Identity<'a> {
         /// The verified certificate, if any.
         cert: Option<&'a ClientCert>,
     },
+    /// A caller whose bearer token verified (`routes[].bearer`), with the connection's
+    /// verified certificate when it has one.
+    Token {
+        /// The verified token.
+        token: &'a BearerToken,
+        /// The verified certificate, if any.
+        cert: Option<&'a ClientCert>,
+    },
 }
 
 impl<'a> Identity<'a> {
@@ -57,11 +67,12 @@ impl<'a> Identity<'a> {
         }
     }
 
-    /// What per-caller limits count by: `cn:<cn>` (else `fingerprint:<hex>`) when verified,
-    /// `user:<name>` for a basic-auth user, `ip:<address>` for anonymous callers (`ip:-`
-    /// without one).
+    /// What per-caller limits count by: `sub:<sub>@<issuer>` for a token caller, `cn:<cn>`
+    /// (else `fingerprint:<hex>`) when verified, `user:<name>` for a basic-auth user,
+    /// `ip:<address>` for anonymous callers (`ip:-` without one).
     pub fn limit_key(self, ip: Option<std::net::IpAddr>) -> String {
         match (self, ip) {
+            (Identity::Token { token, .. }, _) => format!("sub:{}@{}", token.sub, token.issuer),
             (Identity::User { name, .. }, _) => format!("user:{name}"),
             (Identity::Verified(c), _) => match &c.cn {
                 Some(cn) => format!("cn:{cn}"),
@@ -76,8 +87,16 @@ impl<'a> Identity<'a> {
     pub fn cert(self) -> Option<&'a ClientCert> {
         match self {
             Identity::Verified(c) => Some(c),
-            Identity::User { cert, .. } => cert,
+            Identity::User { cert, .. } | Identity::Token { cert, .. } => cert,
             Identity::Anonymous => None,
+        }
+    }
+
+    /// The verified bearer token, if any.
+    pub fn token(self) -> Option<&'a BearerToken> {
+        match self {
+            Identity::Token { token, .. } => Some(token),
+            _ => None,
         }
     }
 
@@ -96,7 +115,8 @@ impl<'a> Identity<'a> {
 }
 
 /// How refusals and logs name a caller: `cn=<cn>` (escaped), `fingerprint=<hex>` for a
-/// certificate without CN, `user=<name>` (escaped), or `anonymous`.
+/// certificate without CN, `user=<name>` (escaped), `sub=<sub> (<issuer>)` (escaped), or
+/// `anonymous`.
 impl fmt::Display for Identity<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -105,6 +125,9 @@ impl fmt::Display for Identity<'_> {
                 None => write!(f, "fingerprint={}", c.fingerprint),
             },
             Identity::User { name, .. } => write!(f, "user={}", Esc(name)),
+            Identity::Token { token, .. } => {
+                write!(f, "sub={} ({})", Esc(&token.sub), token.issuer)
+            }
             Identity::Anonymous => f.write_str("anonymous"),
         }
     }
@@ -127,6 +150,17 @@ pub enum Matcher {
     Spiffe(String),
     /// `fingerprint:sha256:<hex>`: SHA-256 of the leaf, stored as lowercase hex.
     Fingerprint(String),
+    /// `sub:<glob>`: a verified bearer token's subject.
+    Sub(String),
+    /// `client:<glob>`: a verified bearer token's `client_id` (else `azp`).
+    Client(String),
+    /// `claim:NAME=GLOB`: a verified bearer token's claim (an array: any element).
+    Claim {
+        /// The claim's name, or a dotted path into objects.
+        name: String,
+        /// The glob its value must match.
+        glob: String,
+    },
 }
 
 impl Matcher {
@@ -146,6 +180,25 @@ impl Matcher {
         if let Some(g) = s.strip_prefix("user:") {
             return Ok(Matcher::User(g.to_string()));
         }
+        if let Some(g) = s.strip_prefix("sub:") {
+            return Ok(Matcher::Sub(g.to_string()));
+        }
+        if let Some(g) = s.strip_prefix("client:") {
+            return Ok(Matcher::Client(g.to_string()));
+        }
+        if let Some(c) = s.strip_prefix("claim:") {
+            return match c.split_once('=') {
+                Some((name, glob)) if !name.is_empty() && !name.split('.').any(str::is_empty) => {
+                    Ok(Matcher::Claim {
+                        name: name.to_string(),
+                        glob: glob.to_string(),
+                    })
+                }
+                _ => Err(format!(
+                    "`{s}`: a claim matcher is claim:NAME=GLOB (e.g. claim:groups=dhcp-admins)"
+                )),
+            };
+        }
         if let Some(g) = s.strip_prefix("dns:") {
             return Ok(Matcher::Dns(g.to_ascii_lowercase()));
         }
@@ -164,12 +217,18 @@ impl Matcher {
         }
         if !s.contains(':') && !s.is_empty() {
             return Err(format!(
-                "`{s}` names no kind of identity: use \"cn:{s}\" for a certificate CN (or dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, user:<glob>, anonymous, \"*\" for everyone)"
+                "`{s}` names no kind of identity: use \"cn:{s}\" for a certificate CN (or dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, user:<glob>, sub:<glob>, client:<glob>, claim:NAME=GLOB, anonymous, \"*\" for everyone)"
             ));
         }
-        Err(format!(
-            "`{s}`: use cn:<glob>, dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, user:<glob>, anonymous or \"*\""
-        ))
+        Err(format!("`{s}`: XX"))
+    }
+
+    /// Whether this matcher names a bearer token's claims (`sub:`, `client:`, `claim:`).
+    pub fn is_token(&self) -> bool {
+        matches!(
+            self,
+            Matcher::Sub(_) | Matcher::Client(_) | Matcher::Claim { .. }
+        )
     }
 
     /// Whether the caller matches.
@@ -178,6 +237,16 @@ impl Matcher {
             (Matcher::Everyone, _) => return true,
             (Matcher::Anonymous, id) => return matches!(id, Identity::Anonymous),
             (Matcher::User(g), id) => return id.user().is_some_and(|u| glob::matches(g, u)),
+            (Matcher::Sub(g), id) => return id.token().is_some_and(|t| glob::matches(g, &t.sub)),
+            (Matcher::Client(g), id) => {
+                return id
+                    .token()
+                    .and_then(|t| t.client.as_deref())
+                    .is_some_and(|c| glob::matches(g, c))
+            }
+            (Matcher::Claim { name, glob }, id) => {
+                return id.token().is_some_and(|t| t.claim_matches(name, glob))
+            }
             (_, id) => match id.cert() {
                 Some(c) => c,
                 None => return false,
@@ -191,9 +260,12 @@ impl Matcher {
                 .any(|d| glob::matches(g, &d.to_ascii_lowercase())),
             Matcher::Spiffe(p) => c.uris.iter().any(|u| u.starts_with(p.as_str())),
             Matcher::Fingerprint(f) => c.fingerprint == *f,
-            Matcher::Everyone | Matcher::Anonymous | Matcher::User(_) => {
-                unreachable!("decided above")
-            }
+            Matcher::Everyone
+            | Matcher::Anonymous
+            | Matcher::User(_)
+            | Matcher::Sub(_)
+            | Matcher::Client(_)
+            | Matcher::Claim { .. } => unreachable!("decided above"),
         }
     }
 }

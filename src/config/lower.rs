@@ -163,7 +163,9 @@ fn lower(doc: Document, base: &Path) -> Result<Config, Vec<ConfigError>> {
     // Groups keep the (sorted) order of the map, so a name's index there is its index in
     // the model.
     let index = |name: &str| doc.upstreams.keys().position(|k| k == name);
-    let routes = lower_routes(&mut cx, &doc.routes, &index);
+    let issuers = lower_issuers(&mut cx, &doc.issuers);
+    let issuer_index = |name: &str| doc.issuers.keys().position(|k| k == name);
+    let routes = lower_routes(&mut cx, &doc.routes, &index, &issuer_index);
     let cluster = doc
         .cluster
         .as_ref()
@@ -215,6 +217,7 @@ fn lower(doc: Document, base: &Path) -> Result<Config, Vec<ConfigError>> {
         metrics,
         audit_path,
         log_format: doc.log_format,
+        issuers,
     })
 }
 
@@ -650,6 +653,7 @@ fn lower_routes(
     cx: &mut Lowering<'_>,
     routes: &[RouteSection],
     index: &dyn Fn(&str) -> Option<usize>,
+    issuer_index: &dyn Fn(&str) -> Option<usize>,
 ) -> Vec<RouteSettings> {
     let mut names = HashSet::new();
     let mut keys = HashSet::new();
@@ -681,6 +685,11 @@ fn lower_routes(
             .basic_auth
             .as_ref()
             .map(|b| lower_route_basic_auth(cx, &at, b));
+        let bearer = r
+            .bearer
+            .as_ref()
+            .map(|b| lower_bearer(cx, &at, b, issuer_index));
+        token_matchers_need_bearer(cx, &at, r, bearer.is_some());
         if !keys.insert((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
             cx.err(
                 at.clone(),
@@ -706,6 +715,7 @@ fn lower_routes(
                 kea,
                 rate_limit,
                 basic_auth,
+                bearer,
                 answer_timeout,
             });
         }
@@ -1018,6 +1028,12 @@ fn lower_policy(cx: &mut Lowering<'_>, rules: &[PolicyRuleSection]) -> Vec<Polic
             let identity = Matcher::parse(&r.identity)
                 .map_err(|msg| cx.err(format!("cluster.policy[{i}].identity"), msg))
                 .ok()?;
+            if identity.is_token() {
+                cx.err(
+                    format!("cluster.policy[{i}].identity"),
+                    "cluster links carry no bearer token: sub:, client: and claim: never match here",
+                );
+            }
             Some(PolicyRule {
                 identity,
                 direction: r.direction,
@@ -1095,6 +1111,175 @@ fn yaml_error(err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError
     }
     let path = if path == "." { String::new() } else { path };
     ConfigError::new(path, msg)
+}
+
+/// `issuers:`, in name order (routes refer to them by index).
+fn lower_issuers(
+    cx: &mut Lowering<'_>,
+    issuers: &BTreeMap<String, IssuerSection>,
+) -> Vec<IssuerSettings> {
+    issuers
+        .iter()
+        .map(|(name, s)| {
+            let at = format!("issuers.{name}");
+            if name.is_empty() || name.contains([':', ' ', '/']) {
+                cx.err(at.clone(), "an issuer name is non-empty, without `:`, `/` or spaces");
+            }
+            if s.issuer.is_empty() {
+                cx.err(format!("{at}.issuer"), "must not be empty");
+            }
+            let audience = match &s.audience {
+                OneOrMany::One(a) => vec![a.clone()],
+                OneOrMany::Many(list) => list.clone(),
+            };
+            if audience.is_empty() || audience.iter().any(String::is_empty) {
+                cx.err(format!("{at}.audience"), "needs at least one non-empty audience");
+            }
+            let keys = match (&s.jwks_url, &s.jwks_file) {
+                (Some(_), Some(_)) => {
+                    cx.err(at.clone(), "`jwks_url` and `jwks_file` exclude each other");
+                    IssuerKeys::Discovery
+                }
+                (Some(u), None) => {
+                    https_url(cx, &format!("{at}.jwks_url"), u);
+                    IssuerKeys::Url(u.clone())
+                }
+                (None, Some(f)) => IssuerKeys::File(cx.path(f)),
+                (None, None) => {
+                    https_url(cx, &format!("{at}.issuer"), &s.issuer);
+                    IssuerKeys::Discovery
+                }
+            };
+            if s.algorithms.is_empty() {
+                cx.err(format!("{at}.algorithms"), "needs at least one of RS256, ES256, EdDSA");
+            }
+            for (j, a) in s.algorithms.iter().enumerate() {
+                if !["RS256", "ES256", "EdDSA"].contains(&a.as_str()) {
+                    cx.err(
+                        format!("{at}.algorithms[{j}]"),
+                        format!("`{a}` is not accepted: RS256, ES256 or EdDSA (never `none`, never HS* with a public key)"),
+                    );
+                }
+            }
+            let leeway = s.leeway.get();
+            if leeway > Duration::from_secs(300) {
+                cx.err(format!("{at}.leeway"), "at most 5m");
+            }
+            for (key, d) in [
+                ("fetch_timeout", s.fetch_timeout.get()),
+                ("refresh_interval", s.refresh_interval.get()),
+                ("max_stale", s.max_stale.get()),
+            ] {
+                if d.is_zero() {
+                    cx.err(format!("{at}.{key}"), "must be more than 0");
+                }
+            }
+            if s.max_stale.get() < s.refresh_interval.get() {
+                cx.err(format!("{at}.max_stale"), "must be at least refresh_interval");
+            }
+            IssuerSettings {
+                name: name.clone(),
+                issuer: s.issuer.clone(),
+                audience,
+                keys,
+                algorithms: s.algorithms.clone(),
+                leeway,
+                typ: s.typ.clone(),
+                ca: s.ca.as_deref().map(|p| cx.path(p)),
+                fetch_timeout: s.fetch_timeout.get(),
+                refresh_interval: s.refresh_interval.get(),
+                min_refresh_interval: s.min_refresh_interval.get(),
+                max_stale: s.max_stale.get(),
+            }
+        })
+        .collect()
+}
+
+fn https_url(cx: &mut Lowering<'_>, at: &str, u: &str) {
+    let ok = u
+        .parse::<http::Uri>()
+        .is_ok_and(|p| p.scheme_str() == Some("https") && p.host().is_some());
+    if !ok {
+        cx.err(at, format!("`{u}` is not an https:// URL (keys are fetched over TLS only; a file is `jwks_file`)"));
+    }
+}
+
+/// A route's `bearer:`; its issuers are resolved to indices.
+fn lower_bearer(
+    cx: &mut Lowering<'_>,
+    at: &str,
+    b: &BearerSection,
+    issuer_index: &dyn Fn(&str) -> Option<usize>,
+) -> BearerSettings {
+    if b.issuers.is_empty() {
+        cx.err(format!("{at}.bearer.issuers"), "names no issuer");
+    }
+    let issuers = b
+        .issuers
+        .iter()
+        .enumerate()
+        .filter_map(|(j, name)| {
+            let i = issuer_index(name);
+            if i.is_none() {
+                cx.err(
+                    format!("{at}.bearer.issuers[{j}]"),
+                    format!("unknown issuer `{name}` (not a key of `issuers:`)"),
+                );
+            }
+            i
+        })
+        .collect();
+    if b.realm.is_empty() || b.realm.contains(['"', '\\']) || b.realm.chars().any(char::is_control)
+    {
+        cx.err(
+            format!("{at}.bearer.realm"),
+            "must be non-empty, without quotes, backslashes or control characters",
+        );
+    }
+    BearerSettings {
+        issuers,
+        require: b.require,
+        forward: b.forward,
+        realm: b.realm.clone(),
+    }
+}
+
+/// `sub:`, `client:` and `claim:` only ever match on a route that takes tokens.
+fn token_matchers_need_bearer(cx: &mut Lowering<'_>, at: &str, r: &RouteSection, bearer: bool) {
+    if r.bearer.is_some() && r.basic_auth.is_some() {
+        cx.err(
+            format!("{at}.bearer"),
+            "a route takes basic credentials or bearer tokens, not both (one Authorization header)",
+        );
+    }
+    if bearer {
+        return;
+    }
+    let rules = r.kea.iter().flat_map(|k| k.rules.iter().enumerate());
+    let lists = [
+        ("allow", r.allow.clone().unwrap_or_default()),
+        ("deny", r.deny.clone()),
+    ]
+    .into_iter()
+    .flat_map(|(key, l)| {
+        l.into_iter()
+            .enumerate()
+            .map(move |(j, m)| (format!("{key}[{j}]"), m))
+    })
+    .chain(rules.flat_map(|(i, rule)| {
+        rule.identity
+            .iter()
+            .enumerate()
+            .map(move |(j, m)| (format!("kea.rules[{i}].identity[{j}]"), m.clone()))
+    }));
+    for (key, m) in lists {
+        if Matcher::parse(&m).is_ok_and(|m| m.is_token()) {
+            cx.err(
+                format!("{at}.{key}"),
+                format!("`{m}` names a token claim, but the route has no `bearer:` to take tokens"),
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,75 @@ pub struct Config {
     pub audit_path: Option<PathBuf>,
     /// How the access log and the cluster-link log lines are written.
     pub log_format: LogFormat,
+    /// Token issuers, sorted by name; routes' `bearer` refer to them by index.
+    pub issuers: Vec<IssuerSettings>,
+}
+
+/// One token issuer (`issuers.<name>`).
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// The `issuers:` key (logs, metric labels).
+    pub name: String,
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// The `aud` values accepted (at least one).
+    pub audience: Vec<String>,
+    /// Where its keys come from.
+    pub keys: IssuerKeys,
+    /// Accepted algorithms (a non-empty subset of RS256, ES256, EdDSA).
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Accepted `typ` headers (empty: any).
+    pub typ: Vec<String>,
+    /// CA file of the issuer's HTTPS server (resolved); `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Bound on each fetch.
+    pub fetch_timeout: Duration,
+    /// Age at which keys are fetched again in the background.
+    pub refresh_interval: Duration,
+    /// Fewest time between two fetches.
+    pub min_refresh_interval: Duration,
+    /// How long keys serve after the last fetch that worked.
+    pub max_stale: Duration,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerKeys {
+    /// The discovery document's `jwks_uri` (`{issuer}/.well-known/openid-configuration`).
+    Discovery,
+    /// This JWK set URL (`https://`).
+    Url(String),
+    /// This JWK set file (resolved).
+    File(PathBuf),
+}
+
+/// A route's bearer tokens (`routes[].bearer`).
+#[derive(Debug, Clone)]
+pub struct BearerSettings {
+    /// Indices into [`Config::issuers`].
+    pub issuers: Vec<usize>,
+    /// What the route requires.
+    pub require: BearerMode,
+    /// Whether the token is sent on upstream.
+    pub forward: bool,
+    /// The realm of `WWW-Authenticate`.
+    pub realm: String,
+}
+
+/// What a `bearer` route requires of a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BearerMode {
+    /// A valid token (a certificate, if any, is still seen by certificate matchers).
+    #[default]
+    Token,
+    /// A verified client certificate and a valid token, both.
+    TokenAndCert,
+    /// A valid token, or without one the connection's certificate as on any route (a token
+    /// that was sent must still verify).
+    TokenOrCert,
 }
 
 impl Config {
@@ -240,6 +309,8 @@ pub struct RouteSettings {
     pub rate_limit: Option<RateLimitSettings>,
     /// HTTP basic credentials asked of callers.
     pub basic_auth: Option<BasicAuthSettings>,
+    /// Bearer tokens taken from callers.
+    pub bearer: Option<BearerSettings>,
     /// The bound on a whole answer, instead of the upstream's (`None`: the upstream's).
     pub answer_timeout: Option<Duration>,
 }

@@ -4,8 +4,8 @@
 //! `config/`; the value enums they share with the model live in [`super::model`].
 
 use super::model::{
-    AllowDeny, Alpn, ClientAuth, FanOut, ForwardIdentity, KeaDefault, LoadBalancing, LogFormat,
-    MissingIdentity, PolicyDirection, ProbeKind, Protocol, TlsVersion, Toward,
+    AllowDeny, Alpn, BearerMode, ClientAuth, FanOut, ForwardIdentity, KeaDefault, LoadBalancing,
+    LogFormat, MissingIdentity, PolicyDirection, ProbeKind, Protocol, TlsVersion, Toward,
 };
 use super::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,131 @@ pub struct Document {
     /// `text` (default) or `json`: the access and cluster-link log lines.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Token issuers (OpenID providers) whose JWT access tokens routes may take.
+    #[serde(default)]
+    pub issuers: BTreeMap<String, IssuerSection>,
+}
+
+/// `issuers.<name>:` — an OpenID provider (or any JWT issuer) and how to get its keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    /// The `iss` its tokens carry, exactly (discovery is read from here).
+    pub issuer: String,
+    /// The `aud` values accepted: one, or a list.
+    pub audience: OneOrMany,
+    /// A JWK set URL; without it and `jwks_file`, the discovery document's `jwks_uri`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A JWK set file instead of fetching one.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Signature algorithms accepted: RS256, ES256, EdDSA (default: all three).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+    /// Token `typ` headers accepted (e.g. `at+jwt`); empty = any.
+    #[serde(default)]
+    pub typ: Vec<String>,
+    /// CA certificates (PEM) the issuer's HTTPS server must chain to; default: the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Bound on each fetch of the discovery document or keys.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: HumanDuration,
+    /// Keys this old are fetched again (in the background; tokens keep verifying).
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval: HumanDuration,
+    /// Fewest time between two fetches, whatever asks (an unknown `kid`, a failure).
+    #[serde(default = "default_min_refresh_interval")]
+    pub min_refresh_interval: HumanDuration,
+    /// While fetches fail, keys are used this long after the last one that worked; then the
+    /// issuer's tokens are refused.
+    #[serde(default = "default_max_stale")]
+    pub max_stale: HumanDuration,
+}
+
+/// One string or a list of them (a bare number reads as its text, as YAML would quote it).
+#[derive(Debug, Clone)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = a.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+fn default_leeway() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_fetch_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_refresh_interval() -> HumanDuration {
+    HumanDuration::secs(900)
+}
+fn default_min_refresh_interval() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_max_stale() -> HumanDuration {
+    HumanDuration::secs(3600)
+}
+
+/// `routes[].bearer` — JWT access tokens (`Authorization: Bearer`) as the caller's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerSection {
+    /// Keys of `issuers:` whose tokens this route takes.
+    pub issuers: Vec<String>,
+    /// `token` (default), `token_and_cert` or `token_or_cert`.
+    #[serde(default)]
+    pub require: BearerMode,
+    /// Send the token on to the upstream (default: removed).
+    #[serde(default)]
+    pub forward: bool,
+    /// The realm named in `WWW-Authenticate`.
+    #[serde(default = "default_bearer_realm")]
+    pub realm: String,
+}
+
+fn default_bearer_realm() -> String {
+    "gatehouse".into()
 }
 
 /// `server:` — process settings handed to Pingora.
@@ -396,6 +521,9 @@ pub struct RouteSection {
     /// Ask for HTTP basic credentials, as Kea's Control Agent did (`authentication`).
     #[serde(default)]
     pub basic_auth: Option<BasicAuthSection>,
+    /// Take JWT access tokens from these issuers (`Authorization: Bearer`).
+    #[serde(default)]
+    pub bearer: Option<BearerSection>,
     /// This route's bound on a whole answer, instead of its upstream's `answer_timeout` (a
     /// stream such as Icinga's `/v1/events`).
     #[serde(default)]

@@ -1,4 +1,4 @@
-//! Per-request state: who is calling (certificate, basic-auth user), the route, the peer
+//! Per-request state: who is calling (certificate, basic-auth user, bearer token), the route, the peer
 //! tried, and what failed; and the views of it that filters and the balancer take.
 
 use super::filter::Request as FilterRequest;
@@ -17,6 +17,8 @@ pub struct RequestCtx {
     pub(super) start: Instant,
     /// The basic-auth user, once the route's `basic_auth` checked the credentials.
     pub(super) user: Option<String>,
+    /// The bearer token, once the route's `bearer` verified it.
+    pub(super) token: Option<Box<crate::identity::BearerToken>>,
     pub(super) tls: Option<Arc<SslDigest>>,
     pub(super) route: Option<Arc<Route>>,
     pub(super) peer: Option<SocketAddr>,
@@ -32,6 +34,7 @@ impl RequestCtx {
         RequestCtx {
             start: Instant::now(),
             user: None,
+            token: None,
             tls: None,
             route: None,
             peer: None,
@@ -57,12 +60,25 @@ impl RequestCtx {
             cn: self.client().and_then(|c| c.cn.clone()),
             fingerprint: self.client().map(|c| c.fingerprint.clone()),
             user: self.user.clone(),
+            token: self.token.as_ref().map(|t| crate::audit::TokenCaller {
+                issuer: t.issuer.to_string(),
+                iss: t.iss.clone(),
+                sub: t.sub.clone(),
+                client: t.client.clone(),
+                jti: t.jti.clone(),
+            }),
         }
     }
 
-    /// The caller: a basic-auth user (with the certificate, if any), else the certificate,
-    /// else anonymous.
+    /// The caller: a bearer token or a basic-auth user (with the certificate, if any), else
+    /// the certificate, else anonymous.
     pub fn identity(&self) -> Identity<'_> {
+        if let Some(token) = &self.token {
+            return Identity::Token {
+                token,
+                cert: self.client(),
+            };
+        }
         match &self.user {
             Some(name) => Identity::User {
                 name,

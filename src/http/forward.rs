@@ -51,16 +51,17 @@ pub(super) fn forwarding_headers(
     Ok(())
 }
 
-/// The `Authorization` an upstream request carries: the caller's basic credentials are the
-/// edge's to check and never go on (`routes[].basic_auth`); a group with its own
-/// (`upstreams.<name>.basic_auth`) gets those instead. Other routes pass the header as sent
-/// (Icinga's REST API takes the caller's credentials itself).
+/// The `Authorization` an upstream request carries: the caller's basic credentials and bearer
+/// tokens are the edge's to check and go on only if the route says (`bearer.forward`); a
+/// group with its own (`upstreams.<name>.basic_auth`) gets those instead. Other routes pass
+/// the header as sent (Icinga's REST API takes the caller's credentials itself).
 pub(super) fn upstream_credentials(
     route: &Route,
     group: &UpstreamGroup,
     req: &mut RequestHeader,
 ) -> Result<()> {
-    if route.basic_auth.is_some() {
+    let keeps_token = route.bearer.as_ref().is_some_and(|b| b.forward);
+    if route.basic_auth.is_some() || (route.bearer.is_some() && !keeps_token) {
         req.remove_header(&http::header::AUTHORIZATION);
     }
     if let Some(a) = group.authorization() {

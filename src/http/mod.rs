@@ -75,10 +75,11 @@ enum Refused {
     Route,
     Authorizer,
     Kea,
+    Bearer,
 }
 
 impl Refused {
-    const COUNT: usize = 4;
+    const COUNT: usize = 5;
 }
 
 /// How long a listener waits on a slow client once a request head is in.
@@ -164,6 +165,8 @@ struct AccessLine<'a> {
     listener: &'a str,
     client: Option<String>,
     cn: Option<&'a str>,
+    /// A verified bearer token's subject.
+    sub: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     route: Option<&'a str>,
@@ -266,11 +269,7 @@ impl HttpGateway {
         let Some(auth) = &route.basic_auth else {
             return Ok(false);
         };
-        let header = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
+        let header = authorization(session);
         let user = match (self.https, header) {
             (true, Some(h)) => auth.check(Some(h)).await,
             _ => None,
@@ -296,6 +295,77 @@ impl HttpGateway {
         };
         self.audit_answer(session, ctx, &route.name, 401, Verdict::Unauthorized, why);
         reply::unauthorized(session, text, &auth.challenge()).await?;
+        Ok(true)
+    }
+
+    /// `routes[].bearer`: the verified token becomes the caller, or the request is answered:
+    /// 401 with an RFC 6750 challenge (no token, or one that did not verify), 403 (no
+    /// certificate where the route needs both), 503 (the issuer's keys cannot be had).
+    async fn bearer_auth(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &route::Route,
+    ) -> Result<bool> {
+        let Some(bearer) = &route.bearer else {
+            return Ok(false);
+        };
+        let header = authorization(session);
+        let outcome = if self.https {
+            bearer.check(header).await
+        } else {
+            crate::token::Outcome::Absent
+        };
+        let realm = &bearer.realm;
+        let (status, text, challenge, why) = match outcome {
+            crate::token::Outcome::Verified(t) => {
+                ctx.token = Some(t);
+                if bearer.mode != crate::config::BearerMode::TokenAndCert || ctx.client().is_some()
+                {
+                    return Ok(false);
+                }
+                let text = "this route needs a client certificate as well as a token";
+                (403, text, None, text.to_string())
+            }
+            crate::token::Outcome::Absent => {
+                if bearer.mode == crate::config::BearerMode::TokenOrCert && ctx.client().is_some() {
+                    return Ok(false);
+                }
+                let text = if self.https {
+                    "Unauthorized: a bearer token is required"
+                } else {
+                    "Unauthorized: bearer tokens are taken over TLS only"
+                };
+                let challenge = format!("Bearer realm=\"{realm}\"");
+                (401, text, Some(challenge), "no bearer token".to_string())
+            }
+            crate::token::Outcome::Refused(r, issuer) => {
+                let issuer = issuer.as_deref().unwrap_or("-").to_string();
+                if let Some(more) = self.refusal_log[Refused::Bearer as usize].admit_note() {
+                    log::warn!(target: "gatehouse::access", "listener {}: route {}: bearer token refused ({}, issuer {issuer}){more}", self.listener, route.name, r.label());
+                }
+                let why = format!("bearer token refused: {} (issuer {issuer})", r.label());
+                if r == crate::token::Refusal::KeysUnavailable {
+                    (503, r.description(), None, why)
+                } else {
+                    let challenge = format!(
+                        "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                        r.description()
+                    );
+                    (401, r.description(), Some(challenge), why)
+                }
+            }
+        };
+        let verdict = if status == 401 {
+            Verdict::Unauthorized
+        } else {
+            Verdict::Denied
+        };
+        self.audit_answer(session, ctx, &route.name, status, verdict, &why);
+        match challenge {
+            Some(c) => reply::unauthorized(session, text, &c).await?,
+            None => reply::respond(session, status, text).await?,
+        }
         Ok(true)
     }
 
@@ -383,6 +453,15 @@ impl HttpGateway {
     }
 }
 
+/// The request's `Authorization` value, as sent.
+fn authorization(session: &Session) -> Option<&[u8]> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+}
+
 fn req_method(session: &Session) -> &str {
     session.req_header().method.as_str()
 }
@@ -436,6 +515,7 @@ impl ProxyHttp for HttpGateway {
         ctx.route = Some(route.clone());
         // Each step answers (and audits) a refusal itself; `true`: the request is answered.
         if self.basic_auth(session, ctx, &route).await?
+            || self.bearer_auth(session, ctx, &route).await?
             || self.route_access(session, ctx, &route).await?
             || self.ask_authorizer(session, ctx, &route).await?
             || self.request_filters(session, ctx, &route).await?
@@ -687,11 +767,13 @@ impl ProxyHttp for HttpGateway {
         let req = session.req_header();
         let client = session.client_addr();
         let cn = ctx.client().and_then(|c| c.cn.as_deref());
+        let sub = ctx.token.as_ref().map(|t| t.sub.as_str());
         if self.log_format == LogFormat::Json {
             let line = AccessLine {
                 listener: &self.listener,
                 client: client.map(|a| a.to_string()),
                 cn,
+                sub,
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 route: ctx.route.as_ref().map(|r| &*r.name),
@@ -710,10 +792,11 @@ impl ProxyHttp for HttpGateway {
             .unwrap_or_else(|| "-".into());
         log::info!(
             target: "gatehouse::access",
-            "listener={} client={} cn={} method={} path={} route={} peer={} status={} duration_ms={:.3}",
+            "listener={} client={} cn={} sub={} method={} path={} route={} peer={} status={} duration_ms={:.3}",
             self.listener,
             client,
             crate::logsafe::EscOpt(cn),
+            crate::logsafe::EscOpt(sub),
             Esc(req.method.as_str()),
             Esc(req.uri.path()),
             route,

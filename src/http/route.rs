@@ -29,6 +29,8 @@ pub struct Route {
     pub(crate) metrics: RouteMetrics,
     /// Callers must give HTTP basic credentials (`routes[].basic_auth`).
     pub basic_auth: Option<Arc<super::basic::BasicAuth>>,
+    /// Callers give bearer tokens (`routes[].bearer`).
+    pub(crate) bearer: Option<Arc<crate::token::Bearer>>,
     /// The bound on a whole answer, instead of the upstream's `answer_timeout`.
     pub answer_timeout: Option<std::time::Duration>,
 }
@@ -54,6 +56,7 @@ impl Route {
             fan_out: false,
             metrics: RouteMetrics::new(metrics, name),
             basic_auth: None,
+            bearer: None,
             answer_timeout: None,
         }
     }

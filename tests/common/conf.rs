@@ -70,6 +70,7 @@ pub struct Conf {
     pub metrics: Option<Metrics>,
     pub audit: Option<Audit>,
     pub log_format: Option<String>,
+    pub issuers: BTreeMap<String, Issuer>,
     /// Keys written by [`Conf::set`], applied last.
     #[serde(skip)]
     raw: Vec<(String, Value)>,
@@ -97,6 +98,12 @@ impl Conf {
 
     pub fn route(mut self, r: Route) -> Conf {
         self.routes.push(r);
+        self
+    }
+
+    /// `issuers.<name>`.
+    pub fn issuer(mut self, name: &str, i: Issuer) -> Conf {
+        self.issuers.insert(name.to_string(), i);
         self
     }
 
@@ -582,7 +589,76 @@ pub struct Route {
     pub kea: Option<KeaRoute>,
     pub rate_limit: Option<RateLimit>,
     pub basic_auth: Option<BasicAuth>,
+    pub bearer: Option<Bearer>,
     pub answer_timeout: Option<String>,
+}
+
+/// `routes[].bearer`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Bearer {
+    pub issuers: Vec<String>,
+    pub require: Option<String>,
+    pub forward: Option<bool>,
+    pub realm: Option<String>,
+}
+
+impl Bearer {
+    /// Tokens of these issuers.
+    pub fn new<S: Into<String>>(issuers: impl IntoIterator<Item = S>) -> Bearer {
+        Bearer {
+            issuers: strings(issuers),
+            ..Bearer::default()
+        }
+    }
+
+    setters!(str require, val forward: bool, str realm);
+}
+
+/// `issuers.<name>`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audience: Value,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub algorithms: Option<Vec<String>>,
+    pub leeway: Option<String>,
+    pub typ: Option<Vec<String>>,
+    pub ca: Option<PathBuf>,
+    pub fetch_timeout: Option<String>,
+    pub refresh_interval: Option<String>,
+    pub min_refresh_interval: Option<String>,
+    pub max_stale: Option<String>,
+}
+
+impl Issuer {
+    /// Tokens whose `iss` is `issuer` and `aud` is `audience`; keys by discovery.
+    pub fn new(issuer: &str, audience: &str) -> Issuer {
+        Issuer {
+            issuer: issuer.into(),
+            audience: Value::String(audience.into()),
+            ..Issuer::default()
+        }
+    }
+
+    /// `audience` as a list.
+    pub fn audiences<S: Into<String>>(mut self, v: impl IntoIterator<Item = S>) -> Issuer {
+        self.audience = Value::Sequence(v.into_iter().map(|s| Value::String(s.into())).collect());
+        self
+    }
+
+    setters!(
+        str jwks_url,
+        path jwks_file,
+        list algorithms,
+        str leeway,
+        list typ,
+        path ca,
+        str fetch_timeout,
+        str refresh_interval,
+        str min_refresh_interval,
+        str max_stale,
+    );
 }
 
 impl Route {
@@ -620,6 +696,12 @@ impl Route {
 
     pub fn kea(mut self, k: KeaRoute) -> Route {
         self.kea = Some(k);
+        self
+    }
+
+    /// `bearer:`.
+    pub fn bearer(mut self, b: Bearer) -> Route {
+        self.bearer = Some(b);
         self
     }
 

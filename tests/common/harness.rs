@@ -291,6 +291,17 @@ impl Gatehouse {
         eventually_some(what, within, POLL, read, || last.borrow().clone()).await
     }
 
+    /// The `http` audit events recorded so far, in order (in process only).
+    pub fn http_events(&self) -> Vec<gatehouse::audit::HttpEvent> {
+        self.audit()
+            .into_iter()
+            .filter_map(|e| match e {
+                AuditEvent::Http(h) => Some(h),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The audit events recorded so far, in order (in process only: the binary writes them to
     /// `audit.path` or its log).
     pub fn audit(&self) -> Vec<AuditEvent> {

@@ -25,6 +25,7 @@ pub mod http1;
 pub mod icinga;
 pub mod kea;
 pub mod kea_root;
+pub mod oidc;
 pub mod origin;
 pub mod pki;
 pub mod sink;

@@ -260,6 +260,7 @@ impl Party<'_> {
                 cn: self.cn.map(str::to_string),
                 fingerprint: self.fingerprint.map(str::to_string),
                 user: None,
+                ..Caller::default()
             },
             sni: self.sni.to_string(),
             verdict,

@@ -265,6 +265,7 @@ impl Relay {
                 cn: link.info.identity.cn().map(str::to_string),
                 fingerprint: link.fingerprint.map(str::to_string),
                 user: None,
+                ..Caller::default()
             },
             direction: dir.label(),
             sni: link.info.sni.to_string(),
