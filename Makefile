@@ -57,7 +57,7 @@ clean-certs:
 	rm -rf $(DEV_CERTS)
 
 ## bench: micro-benchmarks, then Gatehouse vs nginx and HAProxy end to end (release build): HTTP
-## (H1), relay in three load shapes with system calls per record (R1), ping-pong rounds (P4), idle
+## (H1), what a bearer token costs, relay in three load shapes with system calls per record (R1), ping-pong rounds (P4), idle
 ## links EC and RSA-4096 (R3), reconnect storms (R2: 2,000 links RSA-4096 and EC, 9,000 EC), and a
 ## second storm round against a master that kept running, with and without resumption (R2b)
 R2B = STORM_LINKS=1000 STORM_KEYS=rsa4096 STORM_UPSTREAM_KEY=same STORM_IDENTITIES=distinct \

@@ -28,7 +28,7 @@
 //! `read_buffer`, e.g. `64KiB`; default: the config default), `BENCH_WORK_STEALING` (`false`
 //! turns `server.work_stealing` off in Gatehouse and bare Pingora), `BENCH_KEYS` (`rsa4096` or
 //! `rsa2048`: every certificate's key RSA, as Icinga issues them; default EC P-256),
-//! `BENCH_PARTS` (comma list of `http`, `relay`, `pingpong`, `idle`; default all),
+//! `BENCH_PARTS` (comma list of `http`, `bearer`, `relay`, `pingpong`, `idle`; default all),
 //! `BENCH_SHAPES` (relay shapes by frames per write, e.g. `64`; default all),
 //! `BENCH_PINGPONG_ROUNDS` (default 5), `BENCH_SYSCALLS=0` (no perf windows). Everything
 //! targets 127.0.0.1.
@@ -114,20 +114,34 @@ fn ms(v: &str) -> f64 {
 }
 
 fn wrk(name: &'static str, port: u16, secs: f64, pid: Option<u32>) -> HttpRow {
-    let url = format!("https://127.0.0.1:{port}/");
+    wrk_at(name, port, "/", None, secs, pid)
+}
+
+/// [`wrk`] on `path`, with `token` as `Authorization: Bearer` when given.
+fn wrk_at(
+    name: &'static str,
+    port: u16,
+    path: &str,
+    token: Option<&str>,
+    secs: f64,
+    pid: Option<u32>,
+) -> HttpRow {
+    let url = format!("https://127.0.0.1:{port}{path}");
+    let header = token.map(|t| format!("Authorization: Bearer {t}"));
     let run = |d: f64| {
-        Command::new("wrk")
-            .args([
-                "-t2",
-                "-c64",
-                &format!("-d{}s", d as u64),
-                "--timeout",
-                "5s",
-                "--latency",
-                &url,
-            ])
-            .output()
-            .expect("wrk")
+        let mut cmd = Command::new("wrk");
+        cmd.args([
+            "-t2",
+            "-c64",
+            &format!("-d{}s", d as u64),
+            "--timeout",
+            "5s",
+            "--latency",
+        ]);
+        if let Some(h) = &header {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg(&url).output().expect("wrk")
     };
     run(2.0); // warm-up: TLS sessions, upstream pools
     let c0 = pid.map(cpu_secs);
@@ -502,9 +516,17 @@ async fn run(http_secs: f64, relay_secs: f64, idle: Vec<usize>) {
     } else {
         Vec::new()
     };
+    let bearer = if b.part("bearer") {
+        bearer_rows(&b, http_secs)
+    } else {
+        Vec::new()
+    };
     let relay = relay_rows(&b, relay_secs, &idle).await;
     if !http.is_empty() {
         report_http(&http, http_secs);
+    }
+    if !bearer.is_empty() {
+        report_bearer(&bearer, http_secs);
     }
     report_relay(&relay, relay_secs);
     report_targets(&b.key_label, &http, &relay, relay_secs);
@@ -527,7 +549,7 @@ struct Bench {
     relay_links: Vec<usize>,
     /// `BENCH_SHAPES`.
     shapes: Vec<Shape>,
-    /// `BENCH_PARTS`: `http`, `relay`, `pingpong`, `idle` (default all).
+    /// `BENCH_PARTS`: `http`, `bearer`, `relay`, `pingpong`, `idle` (default all).
     parts: Vec<String>,
 }
 
@@ -596,7 +618,7 @@ impl Bench {
                 .collect(),
             shapes: shapes(),
             parts: std::env::var("BENCH_PARTS")
-                .unwrap_or_else(|_| "http,relay,pingpong,idle".into())
+                .unwrap_or_else(|_| "http,bearer,relay,pingpong,idle".into())
                 .split(',')
                 .map(|p| p.trim().to_string())
                 .collect(),
@@ -790,6 +812,74 @@ fn http_rows(b: &Bench, http_secs: f64) -> Vec<HttpRow> {
     ));
     drop((gh, bare, hap, front, backend));
     http
+}
+
+/// What a bearer token costs: Gatehouse alone (access log off) in front of the backend, a
+/// route without `bearer` and one taking tokens of the real test provider (tests/oidc), one
+/// token per run repeated by every request (as a pipeline or an operator sends it): RS256,
+/// ES256, EdDSA. Skipped, loudly, when the provider cannot run here.
+fn bearer_rows(b: &Bench, secs: f64) -> Vec<HttpRow> {
+    let Some(idp) = common::oidc::Idp::start() else {
+        return Vec::new();
+    };
+    let (bport, gport) = (free_port(), free_port());
+    let f = &b.f;
+    let backend = format!(
+        "{}http {{ access_log off; {} keepalive_requests 1000000; keepalive_timeout 75s;\n server {{ listen 127.0.0.1:{bport}; location / {{ default_type application/json; return 200 '{{\"result\":0,\"text\":\"pong\"}}\\n'; }} }} }}\n",
+        f.nginx_prelude("backend-bearer", 1, false), f.nginx_http_temps("backend-bearer"),
+    );
+    let gh = format!(
+        "server: {{ threads: 2, pid_file: {d}/gh-bearer.pid, upgrade_sock: {d}/gh-bearer.sock }}\nlisteners:\n  - {{ name: http, address: \"127.0.0.1:{gport}\", keepalive_requests: 1000000, tls: {{ cert: {c}, key: {k}, client_auth: none, alpn: [http/1.1] }} }}\nupstreams: {{ b: {{ peers: [\"127.0.0.1:{bport}\"] }} }}\nissuers: {{ idp: {{ issuer: \"{iss}\", audience: urn:gatehouse, ca: {ca} }} }}\nroutes:\n  - {{ name: tokens, path_prefix: /t, upstream: b, bearer: {{ issuers: [idp] }}, allow: [\"claim:groups=dhcp-admins\"] }}\n  - {{ name: plain, upstream: b }}\n",
+        d = b.dir.display(), c = f.p("server.crt"), k = f.p("server.key"),
+        iss = idp.issuer(), ca = idp.ca_pem_path().display(),
+    );
+    std::fs::write(b.dir.join("backend-bearer.conf"), backend).unwrap();
+    std::fs::write(b.dir.join("gh-bearer.yaml"), gh).unwrap();
+    let backend = b.nginx("nginx-backend-bearer", "backend-bearer.conf", bport);
+    let proc = b.gatehouse("gh-bearer", gport);
+    let pid = Some(proc.child.id());
+    let token = |resource: &str| idp.token("gatehouse-admin", "admin-secret", resource);
+    let (rs, es, ed) = (
+        token("urn:gatehouse"),
+        token("urn:gatehouse:es256"),
+        token("urn:gatehouse:eddsa"),
+    );
+    eprintln!("bearer: wrk -t2 -c64 -d{secs}s, one token per run ...");
+    let rows = vec![
+        wrk_at("no bearer route", gport, "/", None, secs, pid),
+        wrk_at(
+            "no bearer route, with a token",
+            gport,
+            "/",
+            Some(&rs),
+            secs,
+            pid,
+        ),
+        wrk_at("RS256", gport, "/t", Some(&rs), secs, pid),
+        wrk_at("ES256", gport, "/t", Some(&es), secs, pid),
+        wrk_at("EdDSA", gport, "/t", Some(&ed), secs, pid),
+    ];
+    drop((proc, backend, idp));
+    rows
+}
+
+fn report_bearer(rows: &[HttpRow], secs: f64) {
+    let cpu = |r: &HttpRow| r.cpu_pct.map_or(f64::NAN, |c| c / 100.0 / r.rps * 1e6);
+    let base = rows.first().map_or(f64::NAN, cpu);
+    println!("\n## Bearer tokens (wrk -t2 -c64 -d{secs}s, keep-alive, one token repeated; Gatehouse alone, plain backend, access log off)");
+    println!("| route, token | req/s | p99 ms | errors | CPU µs/req | vs no bearer route |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.2} | {} | {:.1} | {:+.1} µs |",
+            r.name,
+            r.rps,
+            r.p99_ms,
+            r.errors,
+            cpu(r),
+            cpu(r) - base
+        );
+    }
 }
 
 // --- relay ---

@@ -68,7 +68,25 @@ impl BearerToken {
     }
 
     /// Whether the claim at `path` matches the `*` glob `pattern`: a string as is, a number or
-    /// boolean as written in JSON, an array if any of its elements does.
+    /// boolean as written in JSON, an array if any of its elements does. This is what
+    /// `claim:NAME=GLOB` does; an `Authorizer` can ask the same of [`crate::authz::Identity::token`].
+    ///
+    /// ```
+    /// use gatehouse::identity::BearerToken;
+    /// let claims = serde_json::json!({"groups": ["dhcp-admins", "ops"], "realm_access": {"roles": ["dhcp"]}});
+    /// let t = BearerToken {
+    ///     issuer: "corp".into(),
+    ///     iss: "https://idp.example.org".into(),
+    ///     sub: "alice".into(),
+    ///     client: None,
+    ///     jti: None,
+    ///     exp: 0,
+    ///     claims: claims.as_object().cloned().unwrap_or_default(),
+    /// };
+    /// assert!(t.claim_matches("groups", "dhcp-*"));
+    /// assert!(t.claim_matches("realm_access.roles", "dhcp"));
+    /// assert!(!t.claim_matches("groups", "root"));
+    /// ```
     pub fn claim_matches(&self, path: &str, pattern: &str) -> bool {
         fn one(v: &serde_json::Value, pattern: &str) -> bool {
             match v {

@@ -723,7 +723,42 @@ fn spoil_identities(rp: &RelayPki) {
 #[test]
 fn bad_issuer_and_bearer_values_are_refused_with_their_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Conf::new()
+    let c = bad_bearer_conf();
+    let text = c.to_yaml();
+    let errs = gatehouse::config::Config::parse(&text, tmp.path()).unwrap_err();
+    let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let all = all.join("\n");
+    for (key, says) in [
+        ("issuers.idp.issuer", "not an https:// URL"),
+        ("issuers.idp.algorithms[1]", "`none` is not accepted"),
+        ("issuers.idp.algorithms[2]", "`HS256` is not accepted"),
+        ("issuers.idp.leeway", "at most 5m"),
+        ("issuers.idp.max_stale", "at least refresh_interval"),
+        ("issuers.both", "exclude each other"),
+        ("issuers.both.audience", "at least one non-empty"),
+        ("issuers.plainurl.jwks_url", "not an https:// URL"),
+        ("routes[0].bearer.issuers[1]", "unknown issuer `ghost`"),
+        ("routes[0].bearer.realm", "without quotes"),
+        ("routes[1].allow[0]", "no `bearer:`"),
+        ("routes[1].allow[1]", "no `bearer:`"),
+        ("routes[2].bearer", "not both"),
+        ("routes[3].allow[0]", "claim:NAME=GLOB"),
+        ("issuers.userinfo.issuer", "not an https:// URL"),
+        ("issuers.userinfo.min_refresh_interval", "at least 1s"),
+        ("issuers.filed.ca", "remove `ca`"),
+        ("routes[4].bearer.issuers[1]", "same `issuer`"),
+        ("routes[4].bearer.realm", "printable ASCII"),
+    ] {
+        assert!(
+            all.lines().any(|l| l.contains(key) && l.contains(says)),
+            "no `{key}`: …{says}… in:\n{all}"
+        );
+    }
+}
+
+/// A config with one of each bad `issuers:` / `bearer` value (see the test above).
+fn bad_bearer_conf() -> Conf {
+    Conf::new()
         .listener(Listener::new("edge", 5665))
         .upstream("web", Group::new("127.0.0.1:9"))
         .issuer(
@@ -743,6 +778,20 @@ fn bad_issuer_and_bearer_values_are_refused_with_their_key() {
         .issuer(
             "plainurl",
             conf::Issuer::new("https://c.example.org", "urn:a").jwks_url("http://c.example.org/k"),
+        )
+        .issuer(
+            "userinfo",
+            conf::Issuer::new("https://u:pw@d.example.org", "urn:a").min_refresh_interval("0s"),
+        )
+        .issuer(
+            "filed",
+            conf::Issuer::new("https://idp.example.org", "urn:a")
+                .jwks_file("jwks.json")
+                .ca("ca.pem"),
+        )
+        .issuer(
+            "twin",
+            conf::Issuer::new("https://idp.example.org", "urn:b"),
         )
         .route(
             Route::new("t", "web")
@@ -764,32 +813,18 @@ fn bad_issuer_and_bearer_values_are_refused_with_their_key() {
             });
             r
         })
-        .route(Route::new("m", "web").path("/m").allow(["claim:=x"]));
-    let text = c.to_yaml();
-    let errs = gatehouse::config::Config::parse(&text, tmp.path()).unwrap_err();
-    let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-    let all = all.join("\n");
-    for (key, says) in [
-        ("issuers.idp.issuer", "not an https:// URL"),
-        ("issuers.idp.algorithms[1]", "`none` is not accepted"),
-        ("issuers.idp.algorithms[2]", "`HS256` is not accepted"),
-        ("issuers.idp.leeway", "at most 5m"),
-        ("issuers.idp.max_stale", "at least refresh_interval"),
-        ("issuers.both", "exclude each other"),
-        ("issuers.both.audience", "at least one non-empty"),
-        ("issuers.plainurl.jwks_url", "not an https:// URL"),
-        ("routes[0].bearer.issuers[1]", "unknown issuer `ghost`"),
-        ("routes[0].bearer.realm", "without quotes"),
-        ("routes[1].allow[0]", "no `bearer:`"),
-        ("routes[1].allow[1]", "no `bearer:`"),
-        ("routes[2].bearer", "not both"),
-        ("routes[3].allow[0]", "claim:NAME=GLOB"),
-    ] {
-        assert!(
-            all.lines().any(|l| l.contains(key) && l.contains(says)),
-            "no `{key}`: …{says}… in:\n{all}"
-        );
-    }
+        .route(Route::new("m", "web").path("/m").allow(["claim:=x"]))
+        .route(
+            Route::new("twins", "web")
+                .path("/twins")
+                .bearer(conf::Bearer::new(["filed", "twin"]).realm("édge")),
+        )
+}
+
+/// `sub:`, `client:` and `claim:` in `cluster.policy` are refused: a link carries no token.
+#[test]
+fn token_matchers_are_refused_in_the_cluster_policy() {
+    let tmp = tempfile::tempdir().unwrap();
     let policy = Conf::new()
         .listener(Listener::new("edge", 5665).protocols(&[Protocol::Cluster]))
         .upstream("m", Group::new("127.0.0.1:9"))

@@ -220,7 +220,9 @@ impl Matcher {
                 "`{s}` names no kind of identity: use \"cn:{s}\" for a certificate CN (or dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, user:<glob>, sub:<glob>, client:<glob>, claim:NAME=GLOB, anonymous, \"*\" for everyone)"
             ));
         }
-        Err(format!("`{s}`: XX"))
+        Err(format!(
+            "`{s}`: use cn:<glob>, dns:<glob>, spiffe://<prefix>, fingerprint:sha256:<hex>, user:<glob>, sub:<glob>, client:<glob>, claim:NAME=GLOB, anonymous or \"*\""
+        ))
     }
 
     /// Whether this matcher names a bearer token's claims (`sub:`, `client:`, `claim:`).
@@ -372,7 +374,53 @@ mod tests {
         assert!(Matcher::parse("fingerprint:sha256:abc").is_err());
         let bare = Matcher::parse("ops-admin").unwrap_err();
         assert!(bare.contains("use \"cn:ops-admin\""), "{bare}");
-        assert!(Matcher::parse("uid:7").is_err());
+        let unknown = Matcher::parse("uid:7").unwrap_err();
+        assert!(unknown.contains("claim:NAME=GLOB"), "{unknown}");
+    }
+
+    #[test]
+    fn token_matchers_see_claims_and_the_certificate_beside() {
+        let claims = serde_json::json!({"groups": ["ops", "dhcp-admins"], "n": 7,
+            "realm_access": {"roles": ["kea"]}});
+        let token = BearerToken {
+            issuer: "corp".into(),
+            iss: "https://idp".into(),
+            sub: "pipeline-7".into(),
+            client: Some("ci".into()),
+            jti: None,
+            exp: 0,
+            claims: claims.as_object().cloned().unwrap_or_default(),
+        };
+        let runner = client("runner-1", &[], &[], true);
+        let id = Identity::Token {
+            token: &token,
+            cert: runner.client.as_ref(),
+        };
+        for yes in [
+            "sub:pipeline-*",
+            "client:ci",
+            "claim:groups=dhcp-*",
+            "claim:n=7",
+            "claim:realm_access.roles=kea",
+            "cn:runner-1",
+        ] {
+            assert!(m(yes).matches(id), "{yes}");
+        }
+        for no in [
+            "sub:other",
+            "claim:groups=root",
+            "claim:missing=*",
+            "anonymous",
+            "user:*",
+        ] {
+            assert!(!m(no).matches(id), "{no}");
+        }
+        assert!(!m("sub:*").matches(Identity::of(Some(&runner))));
+        assert_eq!(id.to_string(), "sub=pipeline-7 (corp)");
+        assert_eq!(id.limit_key(None), "sub:pipeline-7@corp");
+        for bad in ["claim:groups", "claim:=x", "claim:a..b=x"] {
+            assert!(Matcher::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

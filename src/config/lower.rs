@@ -164,8 +164,7 @@ fn lower(doc: Document, base: &Path) -> Result<Config, Vec<ConfigError>> {
     // the model.
     let index = |name: &str| doc.upstreams.keys().position(|k| k == name);
     let issuers = lower_issuers(&mut cx, &doc.issuers);
-    let issuer_index = |name: &str| doc.issuers.keys().position(|k| k == name);
-    let routes = lower_routes(&mut cx, &doc.routes, &index, &issuer_index);
+    let routes = lower_routes(&mut cx, &doc.routes, &index, &issuers);
     let cluster = doc
         .cluster
         .as_ref()
@@ -653,7 +652,7 @@ fn lower_routes(
     cx: &mut Lowering<'_>,
     routes: &[RouteSection],
     index: &dyn Fn(&str) -> Option<usize>,
-    issuer_index: &dyn Fn(&str) -> Option<usize>,
+    issuers: &[IssuerSettings],
 ) -> Vec<RouteSettings> {
     let mut names = HashSet::new();
     let mut keys = HashSet::new();
@@ -685,10 +684,7 @@ fn lower_routes(
             .basic_auth
             .as_ref()
             .map(|b| lower_route_basic_auth(cx, &at, b));
-        let bearer = r
-            .bearer
-            .as_ref()
-            .map(|b| lower_bearer(cx, &at, b, issuer_index));
+        let bearer = r.bearer.as_ref().map(|b| lower_bearer(cx, &at, b, issuers));
         token_matchers_need_bearer(cx, &at, r, bearer.is_some());
         if !keys.insert((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
             cx.err(
@@ -1161,22 +1157,8 @@ fn lower_issuers(
                     );
                 }
             }
+            issuer_bounds(cx, &at, s);
             let leeway = s.leeway.get();
-            if leeway > Duration::from_secs(300) {
-                cx.err(format!("{at}.leeway"), "at most 5m");
-            }
-            for (key, d) in [
-                ("fetch_timeout", s.fetch_timeout.get()),
-                ("refresh_interval", s.refresh_interval.get()),
-                ("max_stale", s.max_stale.get()),
-            ] {
-                if d.is_zero() {
-                    cx.err(format!("{at}.{key}"), "must be more than 0");
-                }
-            }
-            if s.max_stale.get() < s.refresh_interval.get() {
-                cx.err(format!("{at}.max_stale"), "must be at least refresh_interval");
-            }
             IssuerSettings {
                 name: name.clone(),
                 issuer: s.issuer.clone(),
@@ -1195,10 +1177,46 @@ fn lower_issuers(
         .collect()
 }
 
+/// An issuer's durations (and `ca` beside a file, which nothing would read).
+fn issuer_bounds(cx: &mut Lowering<'_>, at: &str, s: &IssuerSection) {
+    if s.leeway.get() > Duration::from_secs(300) {
+        cx.err(format!("{at}.leeway"), "at most 5m");
+    }
+    for (key, d) in [
+        ("fetch_timeout", s.fetch_timeout.get()),
+        ("refresh_interval", s.refresh_interval.get()),
+        ("max_stale", s.max_stale.get()),
+    ] {
+        if d.is_zero() {
+            cx.err(format!("{at}.{key}"), "must be more than 0");
+        }
+    }
+    if s.max_stale.get() < s.refresh_interval.get() {
+        cx.err(
+            format!("{at}.max_stale"),
+            "must be at least refresh_interval",
+        );
+    }
+    if s.min_refresh_interval.get() < Duration::from_secs(1) {
+        cx.err(
+            format!("{at}.min_refresh_interval"),
+            "at least 1s (unknown `kid`s must not make Gatehouse fetch back to back)",
+        );
+    }
+    if s.ca.is_some() && s.jwks_file.is_some() {
+        cx.err(
+            format!("{at}.ca"),
+            "keys from `jwks_file` are not fetched: remove `ca`",
+        );
+    }
+}
+
 fn https_url(cx: &mut Lowering<'_>, at: &str, u: &str) {
-    let ok = u
-        .parse::<http::Uri>()
-        .is_ok_and(|p| p.scheme_str() == Some("https") && p.host().is_some());
+    let ok = u.parse::<http::Uri>().is_ok_and(|p| {
+        p.scheme_str() == Some("https")
+            && p.host().is_some()
+            && !p.authority().is_some_and(|a| a.as_str().contains('@'))
+    });
     if !ok {
         cx.err(at, format!("`{u}` is not an https:// URL (keys are fetched over TLS only; a file is `jwks_file`)"));
     }
@@ -1209,7 +1227,7 @@ fn lower_bearer(
     cx: &mut Lowering<'_>,
     at: &str,
     b: &BearerSection,
-    issuer_index: &dyn Fn(&str) -> Option<usize>,
+    all: &[IssuerSettings],
 ) -> BearerSettings {
     if b.issuers.is_empty() {
         cx.err(format!("{at}.bearer.issuers"), "names no issuer");
@@ -1219,7 +1237,8 @@ fn lower_bearer(
         .iter()
         .enumerate()
         .filter_map(|(j, name)| {
-            let i = issuer_index(name);
+            // `all` is in name order, as the map was: a position there is the model's index.
+            let i = all.iter().position(|s| s.name == *name);
             if i.is_none() {
                 cx.err(
                     format!("{at}.bearer.issuers[{j}]"),
@@ -1229,18 +1248,37 @@ fn lower_bearer(
             i
         })
         .collect();
-    if b.realm.is_empty() || b.realm.contains(['"', '\\']) || b.realm.chars().any(char::is_control)
+    if b.realm.is_empty()
+        || b.realm.contains(['"', '\\'])
+        || !b.realm.chars().all(|c| c.is_ascii_graphic() || c == ' ')
     {
         cx.err(
             format!("{at}.bearer.realm"),
-            "must be non-empty, without quotes, backslashes or control characters",
+            "must be non-empty printable ASCII, without quotes or backslashes",
         );
     }
-    BearerSettings {
+    let settings = BearerSettings {
         issuers,
         require: b.require,
         forward: b.forward,
         realm: b.realm.clone(),
+    };
+    distinct_iss(cx, at, &settings, all);
+    settings
+}
+
+/// Two of a route's issuers with one `iss`: the second would never be asked.
+fn distinct_iss(cx: &mut Lowering<'_>, at: &str, b: &BearerSettings, issuers: &[IssuerSettings]) {
+    let mut seen = HashSet::new();
+    for (j, &i) in b.issuers.iter().enumerate() {
+        if let Some(s) = issuers.get(i) {
+            if !seen.insert(s.issuer.as_str()) {
+                cx.err(
+                    format!("{at}.bearer.issuers[{j}]"),
+                    format!("`{}` has the same `issuer` as one before it", s.name),
+                );
+            }
+        }
     }
 }
 

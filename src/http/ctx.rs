@@ -18,7 +18,7 @@ pub struct RequestCtx {
     /// The basic-auth user, once the route's `basic_auth` checked the credentials.
     pub(super) user: Option<String>,
     /// The bearer token, once the route's `bearer` verified it.
-    pub(super) token: Option<Box<crate::identity::BearerToken>>,
+    pub(super) token: Option<std::sync::Arc<crate::identity::BearerToken>>,
     pub(super) tls: Option<Arc<SslDigest>>,
     pub(super) route: Option<Arc<Route>>,
     pub(super) peer: Option<SocketAddr>,

@@ -52,15 +52,17 @@ pub(super) fn forwarding_headers(
 }
 
 /// The `Authorization` an upstream request carries: the caller's basic credentials and bearer
-/// tokens are the edge's to check and go on only if the route says (`bearer.forward`); a
-/// group with its own (`upstreams.<name>.basic_auth`) gets those instead. Other routes pass
-/// the header as sent (Icinga's REST API takes the caller's credentials itself).
+/// tokens are the edge's to check; a token goes on only if the route says (`bearer.forward`)
+/// and it verified (`token_verified`: a certificate caller on a `token_or_cert` route sends
+/// nothing on); a group with its own (`upstreams.<name>.basic_auth`) gets those instead. Other
+/// routes pass the header as sent (Icinga's REST API takes the caller's credentials itself).
 pub(super) fn upstream_credentials(
     route: &Route,
     group: &UpstreamGroup,
+    token_verified: bool,
     req: &mut RequestHeader,
 ) -> Result<()> {
-    let keeps_token = route.bearer.as_ref().is_some_and(|b| b.forward);
+    let keeps_token = token_verified && route.bearer.as_ref().is_some_and(|b| b.forward);
     if route.basic_auth.is_some() || (route.bearer.is_some() && !keeps_token) {
         req.remove_header(&http::header::AUTHORIZATION);
     }

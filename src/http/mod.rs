@@ -310,13 +310,27 @@ impl HttpGateway {
         let Some(bearer) = &route.bearer else {
             return Ok(false);
         };
+        let realm = &bearer.realm;
+        let headers = &session.req_header().headers;
+        if headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            // One would be checked and another forwarded (RFC 6750 §2: one method, once).
+            let why = "more than one Authorization header";
+            let challenge = format!("Bearer realm=\"{realm}\", error=\"invalid_request\"");
+            self.audit_answer(session, ctx, &route.name, 400, Verdict::Denied, why);
+            reply::with_challenge(session, 400, why, &challenge).await?;
+            return Ok(true);
+        }
         let header = authorization(session);
         let outcome = if self.https {
             bearer.check(header).await
         } else {
             crate::token::Outcome::Absent
         };
-        let realm = &bearer.realm;
         let (status, text, challenge, why) = match outcome {
             crate::token::Outcome::Verified(t) => {
                 ctx.token = Some(t);
@@ -574,7 +588,12 @@ impl ProxyHttp for HttpGateway {
             return Error::e_explain(ErrorType::InternalError, "upstream request without a route");
         };
         forward::forwarding_headers(self.https, session, route, ctx.client(), req)?;
-        forward::upstream_credentials(route, &self.upstreams[route.upstream], req)?;
+        forward::upstream_credentials(
+            route,
+            &self.upstreams[route.upstream],
+            ctx.token.is_some(),
+            req,
+        )?;
         ctx.answer_deadline = Some(Instant::now() + route.answer_timeout(&self.upstreams));
         forward::filter_upstream(&self.filters, &self.listener, session, ctx, req)?;
         Ok(())

@@ -85,9 +85,20 @@ fn body_for(session: &Session, status: u16, text: &str) -> (Bytes, &'static str)
 /// `401` with `WWW-Authenticate`, Kea-shaped as the agent answered
 /// (`{"result": 401, "text": "Unauthorized"}`) for JSON clients.
 pub(super) async fn unauthorized(session: &mut Session, text: &str, challenge: &str) -> Result<()> {
+    with_challenge(session, 401, text, challenge).await
+}
+
+/// An answer of `status` with a `WWW-Authenticate` challenge (RFC 6750 §3: a 400 or 403 can
+/// carry one too).
+pub(super) async fn with_challenge(
+    session: &mut Session,
+    status: u16,
+    text: &str,
+    challenge: &str,
+) -> Result<()> {
     settle_body(session).await;
-    let (body, ctype) = body_for(session, 401, text);
-    let mut resp = ResponseHeader::build(401, Some(4))?;
+    let (body, ctype) = body_for(session, status, text);
+    let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, ctype)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::WWW_AUTHENTICATE, challenge)?;

@@ -53,8 +53,15 @@ impl Fetcher {
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .collect();
         let mut last = format!("{host} resolves to no address");
+        // Each address gets its share of the connect budget, so one that does not answer
+        // leaves time for the next.
+        let share = u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
+        let connect = (self.timeout / share).max(Duration::from_secs(1));
         for addr in addrs {
-            match self.get_from(addr, &uri, &host, bare.parse().ok()).await {
+            match self
+                .get_from(addr, connect, &uri, &host, bare.parse().ok())
+                .await
+            {
                 Ok(body) => return Ok(body),
                 Err(e) => last = e,
             }
@@ -65,6 +72,7 @@ impl Fetcher {
     async fn get_from(
         &self,
         addr: std::net::SocketAddr,
+        connect: Duration,
         uri: &http::Uri,
         host: &str,
         ip: Option<IpAddr>,
@@ -74,7 +82,7 @@ impl Fetcher {
         let o = &mut peer.options;
         o.ca = self.ca.clone();
         o.verify_cert = true;
-        o.connection_timeout = Some(self.timeout);
+        o.connection_timeout = Some(connect);
         o.read_timeout = Some(self.timeout);
         o.write_timeout = Some(self.timeout);
         if let Some(ip) = ip {

@@ -136,10 +136,20 @@ impl KeySet {
         Ok(set)
     }
 
-    /// The key a token names: its `kid` (or, with no `kid`, the only key of its `alg`).
+    /// The key a token names: its `kid` (of its `alg` first, should two keys share a `kid`),
+    /// or with no `kid` the only key of its `alg`.
     fn find(&self, kid: Option<&str>, alg: Alg) -> Option<&Key> {
         match kid {
-            Some(kid) => self.keys.iter().find(|(k, _)| k == kid).map(|(_, k)| k),
+            Some(kid) => {
+                let mut named = self.keys.iter().filter(|(k, _)| k == kid).map(|(_, k)| k);
+                let first = named.next()?;
+                Some(
+                    std::iter::once(first)
+                        .chain(named)
+                        .find(|k| k.alg() == alg)
+                        .unwrap_or(first),
+                )
+            }
             None => {
                 let mut of_alg = self.keys.iter().filter(|(_, k)| k.alg() == alg);
                 match (of_alg.next(), of_alg.next()) {
@@ -179,7 +189,7 @@ fn parse_jwk(j: &Value) -> Result<(String, Key), String> {
             let n = BigNum::from_slice(&b64_member(j, "n")?).map_err(bad)?;
             let e = BigNum::from_slice(&b64_member(j, "e")?).map_err(bad)?;
             let rsa = Rsa::from_public_components(n, e).map_err(bad)?;
-            if rsa.size() < 256 {
+            if rsa.n().num_bits() < 2048 {
                 return Err(format!("kid {kid:?}: RSA key under 2048 bits"));
             }
             Key::Rsa(PKey::from_rsa(rsa).map_err(bad)?)
@@ -213,8 +223,8 @@ fn parse_jwk(j: &Value) -> Result<(String, Key), String> {
         (kty, crv) => {
             return Err(format!(
                 "kid {kid:?}: key type {} {} is not RSA, EC P-256 or OKP Ed25519",
-                kty.unwrap_or("(none)"),
-                crv.unwrap_or("")
+                crate::logsafe::Esc(kty.unwrap_or("(none)")),
+                crate::logsafe::Esc(crv.unwrap_or(""))
             ))
         }
     };
@@ -222,7 +232,8 @@ fn parse_jwk(j: &Value) -> Result<(String, Key), String> {
     if let Some(a) = j.get("alg").and_then(Value::as_str) {
         if Alg::parse(a) != Some(key.alg()) {
             return Err(format!(
-                "kid {kid:?}: `alg` {a} for a {} key",
+                "kid {kid:?}: `alg` {} for a {} key",
+                crate::logsafe::Esc(a),
                 key.alg().name()
             ));
         }

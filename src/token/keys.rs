@@ -8,6 +8,7 @@ use super::jws::KeySet;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,8 +43,10 @@ pub(crate) struct KeyCache {
     fetcher: Fetcher,
     timing: Timing,
     loaded: ArcSwapOption<Loaded>,
-    /// When the last fetch started (successful or not): the rate limit.
+    /// When the last fetch ended (successful or not): the rate limit.
     last_attempt: Mutex<Option<Instant>>,
+    /// A background refresh is under way (one at a time, not one per request).
+    refreshing: AtomicBool,
     /// One fetch at a time; those who need keys now wait for it.
     fetching: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -64,6 +67,7 @@ impl KeyCache {
             timing,
             loaded: ArcSwapOption::empty(),
             last_attempt: Mutex::new(None),
+            refreshing: AtomicBool::new(false),
             fetching: tokio::sync::Mutex::new(()),
             metrics,
         }
@@ -80,8 +84,13 @@ impl KeyCache {
                 return Some(l.set.clone());
             }
             if age < self.timing.max_stale {
-                let me = self.clone();
-                tokio::spawn(async move { me.refresh(None).await });
+                if self.may_fetch() && !self.refreshing.swap(true, Ordering::AcqRel) {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.refresh(None).await;
+                        me.refreshing.store(false, Ordering::Release);
+                    });
+                }
                 return Some(l.set.clone());
             }
         }
@@ -94,6 +103,13 @@ impl KeyCache {
     pub async fn after_unknown_kid(&self, seen: &Arc<KeySet>) -> Option<Arc<KeySet>> {
         self.refresh(Some(seen)).await;
         self.usable()
+    }
+
+    /// Whether the rate limit lets a fetch start now.
+    fn may_fetch(&self) -> bool {
+        self.last_attempt
+            .lock()
+            .is_ok_and(|last| last.is_none_or(|t| t.elapsed() >= self.timing.min_refresh_interval))
     }
 
     fn usable(&self) -> Option<Arc<KeySet>> {
@@ -117,16 +133,25 @@ impl KeyCache {
         if replaced || seen.is_some_and(|s| now.as_ref().is_some_and(|n| !Arc::ptr_eq(s, n))) {
             return;
         }
-        {
-            let Ok(mut last) = self.last_attempt.lock() else {
-                return;
-            };
-            if last.is_some_and(|t| t.elapsed() < self.timing.min_refresh_interval) {
-                return;
+        if !self.may_fetch() {
+            return;
+        }
+        let result = self.fetch().await.and_then(|set| {
+            // A set with nothing usable in it is a failure: the keys held stay.
+            if set.keys.is_empty() {
+                Err(format!(
+                    "no usable key in the JWK set ({})",
+                    set.skipped.join("; ")
+                ))
+            } else {
+                Ok(set)
             }
+        });
+        // From the end of a fetch: one that takes longer than the interval does not let the
+        // requests queued behind it start another at once.
+        if let Ok(mut last) = self.last_attempt.lock() {
             *last = Some(Instant::now());
         }
-        let result = self.fetch().await;
         let label = if result.is_ok() { "ok" } else { "failed" };
         self.metrics
             .bearer_key_fetches

@@ -2,17 +2,19 @@
 //! `routes[].bearer`.
 //!
 //! A route with `bearer:` takes `Authorization: Bearer <JWT>`, picks the issuer of its list
-//! whose `issuer` the token's `iss` names, and checks, in this order: the signature with one
-//! of the issuer's keys (`jws`: the algorithm is the key's, never the token's choice; keys
-//! fetched and cached in `keys`, over Pingora's connector in `fetch`), `typ` when the issuer
-//! asks, `exp` (required) and `nbf` within the leeway, `iss`, `aud` (one of the issuer's
+//! whose `issuer` the token's `iss` names, and checks, in this order: `typ` when the issuer
+//! asks, the signature with one of the issuer's keys (`jws`: the algorithm is the key's,
+//! never the token's choice; keys fetched and cached in `keys`, over Pingora's connector in
+//! `fetch`), `exp` (required) and `nbf` within the leeway, `iss`, `aud` (one of the issuer's
 //! audiences), and `sub` (required). What verified becomes an
-//! [`crate::identity::BearerToken`], matched by `sub:`, `client:` and `claim:NAME=GLOB`.
+//! [`crate::identity::BearerToken`], matched by `sub:`, `client:` and `claim:NAME=GLOB`, and is
+//! remembered per route (`seen`) so the next request with it skips the signature check.
 
 mod fetch;
 #[doc(hidden)]
 pub mod jws;
 mod keys;
+mod seen;
 
 use crate::config::{BearerMode, IssuerKeys, IssuerSettings};
 use crate::identity::BearerToken;
@@ -40,7 +42,7 @@ pub(crate) enum Refusal {
     Signature,
     /// `typ` is not one the issuer accepts.
     Type,
-    /// Past `exp` (plus the leeway), or no `exp`.
+    /// Past `exp` (plus the leeway).
     Expired,
     /// Before `nbf` (less the leeway).
     NotYetValid,
@@ -141,8 +143,12 @@ impl Issuer {
         })
     }
 
-    /// Verifies a token whose `iss` is this issuer's.
-    async fn verify(&self, parts: &jws::Parts<'_>, now: i64) -> Result<BearerToken, Refusal> {
+    /// Verifies a token whose `iss` is this issuer's; with the key set it verified against.
+    async fn verify(
+        &self,
+        parts: &jws::Parts<'_>,
+        now: i64,
+    ) -> Result<(BearerToken, Arc<jws::KeySet>), Refusal> {
         if !self.typ.is_empty() {
             let typ = parts.header.get("typ").and_then(Value::as_str);
             if !typ.is_some_and(|t| self.typ.contains(&typ_normal(t))) {
@@ -150,7 +156,7 @@ impl Issuer {
             }
         }
         let set = self.keys.current().await.ok_or(Refusal::KeysUnavailable)?;
-        match parts.verify(&set, &self.algorithms) {
+        let set = match parts.verify(&set, &self.algorithms) {
             Err(JwsError::UnknownKey(_)) => {
                 let fresh = self
                     .keys
@@ -158,10 +164,14 @@ impl Issuer {
                     .await
                     .ok_or(Refusal::KeysUnavailable)?;
                 parts.verify(&fresh, &self.algorithms).map_err(refusal)?;
+                fresh
             }
-            other => other.map_err(refusal)?,
-        }
-        self.claims(&parts.payload, now)
+            other => {
+                other.map_err(refusal)?;
+                set
+            }
+        };
+        Ok((self.claims(&parts.payload, now)?, set))
     }
 
     /// The claims' checks, once the signature verified.
@@ -173,8 +183,9 @@ impl Issuer {
                 Some(v) => v.as_f64().map(|f| Some(f as i64)).ok_or(Refusal::Claims),
             }
         };
-        let exp = time("exp")?.ok_or(Refusal::Expired)?;
-        if now > exp.saturating_add(self.leeway) {
+        let exp = time("exp")?.ok_or(Refusal::Claims)?;
+        // RFC 7519 §4.1.4: on or after `exp` it is expired.
+        if now >= exp.saturating_add(self.leeway) {
             return Err(Refusal::Expired);
         }
         if time("nbf")?.is_some_and(|nbf| now.saturating_add(self.leeway) < nbf) {
@@ -232,7 +243,7 @@ pub(crate) enum Outcome {
     /// No bearer token was sent.
     Absent,
     /// It verified.
-    Verified(Box<BearerToken>),
+    Verified(Arc<BearerToken>),
     /// It did not; the issuer is named when `iss` picked one.
     Refused(Refusal, Option<Arc<str>>),
 }
@@ -240,6 +251,8 @@ pub(crate) enum Outcome {
 /// A route's `bearer:` settings, with its issuers.
 pub(crate) struct Bearer {
     issuers: Vec<Arc<Issuer>>,
+    /// Tokens that verified here, so a repeated one costs a lookup, not a signature check.
+    seen: seen::Seen,
     /// Whether a certificate, a token, or both are required.
     pub mode: BearerMode,
     /// Whether the token goes on to the upstream.
@@ -260,6 +273,7 @@ impl Bearer {
     ) -> Bearer {
         Bearer {
             issuers,
+            seen: seen::Seen::default(),
             mode,
             forward,
             realm,
@@ -286,6 +300,11 @@ impl Bearer {
     }
 
     async fn verify(&self, token: &[u8]) -> Outcome {
+        let now = now();
+        let digest = boring::sha::sha256(token);
+        if let Some(t) = self.remembered(&digest, now).await {
+            return Outcome::Verified(t);
+        }
         let parsed = std::str::from_utf8(token)
             .ok()
             .filter(|_| token.len() <= MAX_TOKEN)
@@ -296,13 +315,30 @@ impl Bearer {
             Err(e) => return Outcome::Refused(refusal(e), None),
         };
         let iss = parts.payload.get("iss").and_then(Value::as_str);
-        let Some(issuer) = self.issuers.iter().find(|i| Some(i.iss.as_str()) == iss) else {
+        let Some(at) = self
+            .issuers
+            .iter()
+            .position(|i| Some(i.iss.as_str()) == iss)
+        else {
             return Outcome::Refused(Refusal::Issuer, None);
         };
-        match issuer.verify(&parts, now()).await {
-            Ok(t) => Outcome::Verified(Box::new(t)),
+        let issuer = &self.issuers[at];
+        match issuer.verify(&parts, now).await {
+            Ok((t, keys)) => {
+                let t = Arc::new(t);
+                self.seen.put(digest, at, &keys, t.clone(), now);
+                Outcome::Verified(t)
+            }
             Err(r) => Outcome::Refused(r, Some(issuer.name.clone())),
         }
+    }
+
+    /// A token that verified here before, against the keys its issuer holds now, still in
+    /// its time window.
+    async fn remembered(&self, digest: &[u8; 32], now: i64) -> Option<Arc<BearerToken>> {
+        let issuer = self.issuers.get(self.seen.issuer_of(digest)?)?;
+        let keys = issuer.keys.current().await?;
+        self.seen.get(digest, &keys, now, issuer.leeway)
     }
 }
 

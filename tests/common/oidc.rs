@@ -82,7 +82,23 @@ impl Idp {
         }
         let started = Instant::now();
         let mut idp = Idp::spawn();
-        idp.issuer = idp.listening();
+        // Once in CI the provider printed nothing for 20 s while two others, started beside it,
+        // came up in under a second; a second start (a fresh port) says whether that repeats.
+        idp.issuer = match idp.try_listening() {
+            Ok(issuer) => issuer,
+            Err(why) => {
+                eprintln!(
+                    "!!!!! the OpenID provider did not come up ({why}); starting it again. Its log:\n{}",
+                    idp.log()
+                );
+                drop(idp);
+                idp = Idp::spawn();
+                match idp.try_listening() {
+                    Ok(issuer) => issuer,
+                    Err(why) => idp.fail(&why),
+                }
+            }
+        };
         idp.discover();
         eprintln!(
             "OpenID provider {} up in {:?} (log {})",
@@ -136,8 +152,9 @@ impl Idp {
         }
     }
 
-    /// Waits for the provider's `{issuer, port}` line; returns the issuer.
-    fn listening(&mut self) -> String {
+    /// Waits for the provider's `{issuer, port}` line; returns the issuer, or what went wrong
+    /// (with the process's state when it is still there).
+    fn try_listening(&mut self) -> Result<String, String> {
         let (log, port) = (self.log.clone(), self.port);
         let child = &mut self.child;
         let line = first_within(START_TIMEOUT, || {
@@ -155,20 +172,30 @@ impl Idp {
         });
         let line = match line {
             Some(Ok(line)) => line,
-            Some(Err(story)) => self.fail(&format!(
-                "the OpenID provider {story} before it listened on 127.0.0.1:{port}"
-            )),
-            None => self.fail(&format!(
-                "the OpenID provider printed no {{issuer, port}} line within {START_TIMEOUT:?}"
-            )),
+            Some(Err(story)) => {
+                return Err(format!(
+                    "the OpenID provider {story} before it listened on 127.0.0.1:{port}"
+                ))
+            }
+            None => {
+                let pid = self.child.id();
+                let state = |f: &str| {
+                    std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default()
+                };
+                return Err(format!(
+                    "the OpenID provider printed no {{issuer, port}} line within {START_TIMEOUT:?} (pid {pid}, wchan {:?}, stat {:?})",
+                    state("wchan"),
+                    state("stat").trim()
+                ));
+            }
         };
         let issuer = line["issuer"].as_str().unwrap_or_default();
         if issuer != format!("https://127.0.0.1:{port}") || line["port"] != port {
-            self.fail(&format!(
+            return Err(format!(
                 "the OpenID provider says {line}, asked for https on 127.0.0.1:{port}"
             ));
         }
-        issuer.to_string()
+        Ok(issuer.to_string())
     }
 
     /// Reads the token endpoint and the JWKS URL from the discovery document.

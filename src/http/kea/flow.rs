@@ -141,7 +141,7 @@ impl KeaFlow<'_> {
         let mut req = upstream_request(session.req_header(), &g.host_header(addr), body)?;
         if let Some(route) = &ctx.route {
             forward::forwarding_headers(self.https, session, route, ctx.client(), &mut req)?;
-            forward::upstream_credentials(route, g, &mut req)?;
+            forward::upstream_credentials(route, g, ctx.token.is_some(), &mut req)?;
         }
         forward::filter_upstream(self.filters, self.listener, session, ctx, &mut req)?;
         Ok(req)

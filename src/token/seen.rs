@@ -1,0 +1,137 @@
+//! Tokens that verified, remembered by their SHA-256 until they expire: a pipeline or an
+//! operator sends the same token with every request, and a signature check costs 30–70 µs
+//! of CPU (RS256 to ES256; docs/performance.md) where a lookup costs about one. An entry
+//! holds only while the issuer's key set is the one it verified against: after a refresh the
+//! token is verified again, so a key the issuer withdrew stops its tokens as it would without
+//! this. Time is checked on every hit (`exp`, `nbf`).
+
+use super::jws::KeySet;
+use crate::identity::BearerToken;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// Most tokens remembered per issuer; beyond, the expired ones go, then all.
+const MAX: usize = 4096;
+
+struct Entry {
+    /// The index of the issuer (in the route's list) that verified it.
+    issuer: usize,
+    token: Arc<BearerToken>,
+    nbf: Option<i64>,
+    keys: Weak<KeySet>,
+}
+
+/// A route's verified tokens.
+#[derive(Default)]
+pub(crate) struct Seen {
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
+}
+
+impl Seen {
+    /// Which of the route's issuers verified the token of `digest`, if it is here.
+    pub fn issuer_of(&self, digest: &[u8; 32]) -> Option<usize> {
+        Some(self.entries.lock().ok()?.get(digest)?.issuer)
+    }
+
+    /// The token of `digest`, if it verified against `keys` and is in its time window now.
+    pub fn get(
+        &self,
+        digest: &[u8; 32],
+        keys: &Arc<KeySet>,
+        now: i64,
+        leeway: i64,
+    ) -> Option<Arc<BearerToken>> {
+        let entries = self.entries.lock().ok()?;
+        let e = entries.get(digest)?;
+        let same_keys = e.keys.upgrade().is_some_and(|k| Arc::ptr_eq(&k, keys));
+        let in_time = now < e.token.exp.saturating_add(leeway)
+            && e.nbf.is_none_or(|nbf| now.saturating_add(leeway) >= nbf);
+        (same_keys && in_time).then(|| e.token.clone())
+    }
+
+    /// Remembers a token that the route's issuer `issuer` verified against `keys`.
+    pub fn put(
+        &self,
+        digest: [u8; 32],
+        issuer: usize,
+        keys: &Arc<KeySet>,
+        token: Arc<BearerToken>,
+        now: i64,
+    ) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= MAX {
+            entries.retain(|_, e| now < e.token.exp);
+            if entries.len() >= MAX {
+                entries.clear();
+            }
+        }
+        let nbf = token
+            .claims
+            .get("nbf")
+            .and_then(serde_json::Value::as_f64)
+            .map(|f| f as i64);
+        entries.insert(
+            digest,
+            Entry {
+                issuer,
+                token,
+                nbf,
+                keys: Arc::downgrade(keys),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(exp: i64) -> Arc<BearerToken> {
+        Arc::new(BearerToken {
+            issuer: "i".into(),
+            iss: "https://i".into(),
+            sub: "s".into(),
+            client: None,
+            jti: None,
+            exp,
+            claims: serde_json::Map::new(),
+        })
+    }
+
+    #[test]
+    fn a_hit_needs_the_same_keys_and_the_time_window() {
+        let seen = Seen::default();
+        let keys = Arc::new(KeySet::default());
+        seen.put([1; 32], 0, &keys, token(100), 50);
+        assert!(seen.get(&[1; 32], &keys, 60, 0).is_some());
+        assert_eq!(seen.issuer_of(&[1; 32]), Some(0));
+        assert!(seen.get(&[2; 32], &keys, 60, 0).is_none(), "another token");
+        assert!(
+            seen.get(&[1; 32], &keys, 100, 0).is_none(),
+            "expired at exp"
+        );
+        assert!(
+            seen.get(&[1; 32], &keys, 100, 5).is_some(),
+            "within the leeway"
+        );
+        let refreshed = Arc::new(KeySet::default());
+        assert!(
+            seen.get(&[1; 32], &refreshed, 60, 0).is_none(),
+            "verified again against new keys"
+        );
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let seen = Seen::default();
+        let keys = Arc::new(KeySet::default());
+        for i in 0..MAX + 10 {
+            let mut d = [0u8; 32];
+            d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            seen.put(d, 0, &keys, token(100), 50);
+        }
+        assert!(seen.entries.lock().unwrap().len() <= MAX);
+    }
+}
