@@ -688,3 +688,159 @@ fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One route per issuer setting, each issuer naming the same provider: every `issuers:` key
+/// and `bearer.realm` shown to have its effect.
+fn knobs_conf(
+    pki: &Pki,
+    idp: &Idp,
+    web: &Upstream,
+    jwks_file: &Path,
+    hang: u16,
+    port: u16,
+) -> Conf {
+    let base = || idp_issuer(idp);
+    let hung = format!("https://127.0.0.1:{hang}/jwks");
+    let issuers = [
+        ("url", base().jwks_url(idp.jwks_url())),
+        (
+            "file",
+            conf::Issuer::new(idp.issuer(), "urn:gatehouse").jwks_file(jwks_file),
+        ),
+        ("es", base().algorithms(["ES256"])),
+        ("exact", base().leeway("0s")),
+        ("jwt", base().typ(["JWT"])),
+        ("at", base().typ(["application/AT+JWT"])),
+        ("slow", base().jwks_url(&hung).fetch_timeout("1s")),
+        ("roots", conf::Issuer::new(idp.issuer(), "urn:gatehouse")),
+        ("both", base().audiences(["urn:nothing", "urn:other"])),
+        // A second issuer of its own `iss`, its keys the provider's (the crafter signs its
+        // `wrong_issuer` token with them): `/multi` takes either, picked by `iss`.
+        (
+            "evil",
+            conf::Issuer::new("https://evil.example", "urn:gatehouse").jwks_file(idp.keys_file()),
+        ),
+    ];
+    let mut c = Conf::new()
+        .listener(Listener::new("edge", port).tls(ListenerTls::from_pki(
+            pki,
+            "server",
+            ClientAuth::None,
+        )))
+        .upstream("web", Group::new(web.addr));
+    for (name, issuer) in issuers {
+        c = c.issuer(name, issuer).route(
+            Route::new(name, "web")
+                .path(&format!("/{name}"))
+                .bearer(conf::Bearer::new([name]).realm(format!("realm-{name}"))),
+        );
+    }
+    c.route(
+        Route::new("multi", "web")
+            .path("/multi")
+            .bearer(conf::Bearer::new(["url", "evil"])),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_issuer_setting_has_its_effect() {
+    let Some(idp) = Idp::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::edge(tmp.path(), &[]);
+    let web = Upstream::h1(None, Behavior::Echo).await;
+    let jwks = tmp.path().join("jwks.json");
+    std::fs::write(&jwks, idp.jwks().to_string()).unwrap();
+    // Takes connections and never answers: the `slow` issuer's JWKS.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_port = hang.local_addr().unwrap().port();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let port = reserved_port();
+    let conf = knobs_conf(&pki, &idp, &web, &jwks, hang_port, port);
+    let _gh = Gatehouse::in_process(tmp.path(), &conf);
+    let rs = idp.token(ADMIN.0, ADMIN.1, "urn:gatehouse");
+    let es = idp.token(ADMIN.0, ADMIN.1, "urn:gatehouse:es256");
+    let status = |path: &'static str, token: String| {
+        let pki = &pki;
+        async move { curl_as(pki, None, port, path, Some(&token), &[]).await }
+    };
+    for path in ["/url/x", "/file/x", "/at/x"] {
+        let r = status(path, rs.clone()).await;
+        assert_eq!(r.status, "200", "{path}: {r:?}");
+    }
+    let r = status("/es/x", rs.clone()).await;
+    assert_eq!(r.status, "401", "algorithms: [ES256] refuses RS256: {r:?}");
+    assert!(
+        r.challenge
+            .starts_with("Bearer realm=\"realm-es\", error=\"invalid_token\""),
+        "{r:?}"
+    );
+    assert_eq!(status("/es/x", es).await.status, "200");
+    let r = status("/jwt/x", rs.clone()).await;
+    assert_eq!(r.status, "401", "typ: [JWT] refuses an at+jwt token: {r:?}");
+    assert!(
+        r.challenge.starts_with("Bearer realm=\"realm-jwt\""),
+        "{r:?}"
+    );
+    let other = idp.token(ADMIN.0, ADMIN.1, "urn:other");
+    assert_eq!(
+        status("/both/x", other).await.status,
+        "200",
+        "one of the audiences"
+    );
+    assert_eq!(status("/both/x", rs.clone()).await.status, "401");
+    let evil = idp.craft(None, None)["wrong_issuer"].clone();
+    assert_eq!(
+        status("/multi/x", evil.clone()).await.status,
+        "200",
+        "its `iss` picks `evil`"
+    );
+    assert_eq!(
+        status("/multi/x", rs.clone()).await.status,
+        "200",
+        "its `iss` picks `url`"
+    );
+    assert_eq!(
+        status("/url/x", evil).await.status,
+        "401",
+        "`evil` is not `/url`'s issuer"
+    );
+    let r = status("/roots/x", rs.clone()).await;
+    assert_eq!(
+        r.status, "503",
+        "without `ca` the test CA is not trusted: {r:?}"
+    );
+    fetch_timeout_and_leeway(&pki, &idp, port, &rs).await;
+}
+
+/// `fetch_timeout: 1s` bounds a fetch from a JWKS server that never answers; `leeway: 0s`
+/// refuses a token past its `exp` that the default 30 s leeway still takes.
+async fn fetch_timeout_and_leeway(pki: &Pki, idp: &Idp, port: u16, rs: &str) {
+    let status = |path: &'static str, token: String| async move {
+        curl_as(pki, None, port, path, Some(&token), &[]).await
+    };
+    let rs = rs.to_string();
+    let started = std::time::Instant::now();
+    let r = status("/slow/x", rs.clone()).await;
+    assert_eq!(r.status, "503", "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "fetch_timeout: 1s bounds the fetch (the default is 5 s): {:?}",
+        started.elapsed()
+    );
+    // leeway: a 2-second token, past its exp, is still taken with the default 30 s leeway.
+    let short = idp.token(ADMIN.0, ADMIN.1, "urn:gatehouse:short");
+    assert_eq!(status("/exact/x", short.clone()).await.status, "200");
+    tokio::time::sleep(Duration::from_millis(2600)).await; // the token's own lifetime
+    let r = status("/exact/x", short.clone()).await;
+    assert_eq!(r.status, "401", "leeway: 0s, past exp: {r:?}");
+    assert_eq!(
+        status("/url/x", short).await.status,
+        "200",
+        "within the default leeway"
+    );
+}

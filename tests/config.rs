@@ -746,8 +746,14 @@ fn bad_issuer_and_bearer_values_are_refused_with_their_key() {
         ("issuers.userinfo.issuer", "not an https:// URL"),
         ("issuers.userinfo.min_refresh_interval", "at least 1s"),
         ("issuers.filed.ca", "remove `ca`"),
-        ("routes[4].bearer.issuers[1]", "same `issuer`"),
+        ("routes[5].bearer.issuers[1]", "same `issuer`"),
+        ("routes[5].bearer.realm", "printable ASCII"),
+        ("routes[4].bearer.issuers", "names no issuer"),
         ("routes[4].bearer.realm", "printable ASCII"),
+        ("issuers.a:b", "without `:`"),
+        ("issuers.a:b.algorithms", "at least one of"),
+        ("issuers.a:b.fetch_timeout", "more than 0"),
+        ("issuers.a:b.refresh_interval", "more than 0"),
     ] {
         assert!(
             all.lines().any(|l| l.contains(key) && l.contains(says)),
@@ -793,6 +799,13 @@ fn bad_bearer_conf() -> Conf {
             "twin",
             conf::Issuer::new("https://idp.example.org", "urn:b"),
         )
+        .issuer(
+            "a:b",
+            conf::Issuer::new("https://e.example.org", "urn:a")
+                .algorithms(Vec::<String>::new())
+                .fetch_timeout("0s")
+                .refresh_interval("0s"),
+        )
         .route(
             Route::new("t", "web")
                 .path("/t")
@@ -814,6 +827,11 @@ fn bad_bearer_conf() -> Conf {
             r
         })
         .route(Route::new("m", "web").path("/m").allow(["claim:=x"]))
+        .route(
+            Route::new("empty", "web")
+                .path("/empty")
+                .bearer(conf::Bearer::new(Vec::<String>::new()).realm("")),
+        )
         .route(
             Route::new("twins", "web")
                 .path("/twins")

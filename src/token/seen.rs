@@ -1,4 +1,4 @@
-//! Tokens that verified, remembered by their SHA-256 until they expire: a pipeline or an
+//! Tokens that verified on a route, remembered by their SHA-256 until they expire: a pipeline or an
 //! operator sends the same token with every request, and a signature check costs 30–70 µs
 //! of CPU (RS256 to ES256; docs/performance.md) where a lookup costs about one. An entry
 //! holds only while the issuer's key set is the one it verified against: after a refresh the
@@ -10,7 +10,8 @@ use crate::identity::BearerToken;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-/// Most tokens remembered per issuer; beyond, the expired ones go, then all.
+/// Most tokens remembered per route; beyond, the expired ones go, then all (a client minting
+/// thousands of live tokens costs the others their signature checks, nothing more).
 const MAX: usize = 4096;
 
 struct Entry {
