@@ -749,6 +749,7 @@ fn bad_issuer_and_bearer_values_are_refused_with_their_key() {
         ("routes[5].bearer.issuers[1]", "same `issuer`"),
         ("routes[5].bearer.realm", "printable ASCII"),
         ("routes[4].bearer.issuers", "names no issuer"),
+        ("routes[2].basic_auth.realm", "printable ASCII"),
         ("routes[4].bearer.realm", "printable ASCII"),
         ("issuers.a:b", "without `:`"),
         ("issuers.a:b.algorithms", "at least one of"),
@@ -822,7 +823,7 @@ fn bad_bearer_conf() -> Conf {
                 .bearer(conf::Bearer::new(["idp"]));
             r.basic_auth = Some(conf::BasicAuth {
                 users_file: "users".into(),
-                realm: None,
+                realm: Some("kéa".into()),
             });
             r
         })

@@ -650,7 +650,11 @@ async fn rest_through_gatehouse(release: &'static str) {
     let _master_d = master.start(&rest_master_conf(mport));
     master.wait_listening(mport, Duration::from_secs(30));
     let (fport, from_master) = counting_forwarder(addr(mport)).await;
-    let conf = rest_edge_conf(root, &master, &ca_crt, gport, fport);
+    let idp = common::oidc::Idp::start();
+    let mut conf = rest_edge_conf(root, &master, &ca_crt, gport, fport);
+    if let Some(idp) = &idp {
+        conf = with_token_route(conf, root, idp);
+    }
     let gh = Gatehouse::start(root, &conf);
     let rest = Rest {
         opts: ClientOpts {
@@ -667,6 +671,9 @@ async fn rest_through_gatehouse(release: &'static str) {
     };
 
     rest.curl_anyauth_is_answered_over_h2().await;
+    if let Some(idp) = &idp {
+        rest.tokens_reach_the_api_as_gatehouse(idp).await;
+    }
     // 2. A silent event stream ends at read_timeout (8 s), as documented. (One that keeps
     // receiving is not cut by any idle bound: `hardening_http::a_stream_that_keeps_receiving_is_not_cut`.)
     let mut silent = rest
@@ -750,6 +757,30 @@ fn rest_edge_conf(root: &Path, master: &Node, ca_crt: &Path, gport: u16, fport: 
         .route(Route::new("api", "icinga").path("/"))
 }
 
+/// Operators with tokens of the test provider on `/v1/objects/hosts/passive1` (group
+/// `dhcp-admins` only; the rest of the API stays the callers' own basic credentials): Gatehouse checks the token and asks Icinga as its own API user (`root`, from
+/// `upstreams.icinga-root.basic_auth`).
+fn with_token_route(conf: Conf, root: &Path, idp: &common::oidc::Idp) -> Conf {
+    let password = root.join("edge/api-password");
+    std::fs::write(&password, "icinga-secret\n").unwrap();
+    let mut group = conf.upstreams["icinga"].clone();
+    group.basic_auth = Some(conf::UpstreamAuth {
+        user: "root".into(),
+        password_file: password,
+    });
+    conf.upstream("icinga-root", group)
+        .issuer(
+            "idp",
+            conf::Issuer::new(idp.issuer(), "urn:gatehouse").ca(idp.ca_pem_path()),
+        )
+        .route(
+            Route::new("hosts", "icinga-root")
+                .path("/v1/objects/hosts/passive1")
+                .bearer(conf::Bearer::new(["idp"]))
+                .allow(["claim:groups=dhcp-admins"]),
+        )
+}
+
 /// A master's REST API behind Gatehouse on `gport`, through a byte-counting forwarder.
 struct Rest {
     master: Node,
@@ -806,6 +837,57 @@ impl Rest {
             "curl --anyauth (HTTP/2): {last}\n{text}{}\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.diag()
+        );
+    }
+
+    /// curl with its defaults (HTTP/2) on `path`, with `token` as a bearer token: status and body.
+    async fn curl_token(&self, path: &str, token: Option<&str>) -> (String, String) {
+        let gport = self.gport;
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-sS", "--max-time", "15", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(&self.ca_crt)
+            .arg("--resolve")
+            .arg(format!("master1:{gport}:127.0.0.1"));
+        if let Some(t) = token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            cmd.arg(format!("https://master1:{gport}{path}")).output(),
+        )
+        .await
+        .expect("curl within 20 s")
+        .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.to_string(), body.to_string())
+    }
+
+    /// Tokens on the token route: an admin's reaches Icinga as Gatehouse's API user, a viewer's
+    /// is refused at the edge, none is a 401 with a Bearer challenge; on a route without
+    /// `bearer` the token goes to Icinga untouched, which refuses it (it wants its own users).
+    async fn tokens_reach_the_api_as_gatehouse(&self, idp: &common::oidc::Idp) {
+        use common::oidc::{ADMIN, VIEWER};
+        let admin = idp.token(ADMIN.0, ADMIN.1, "urn:gatehouse");
+        let viewer = idp.token(VIEWER.0, VIEWER.1, "urn:gatehouse");
+        let (status, body) = self
+            .curl_token("/v1/objects/hosts/passive1", Some(&admin))
+            .await;
+        assert_eq!(status, "200", "{body}\n{}", self.diag());
+        assert!(body.contains("\"passive1\""), "{body}");
+        let (status, _) = self
+            .curl_token("/v1/objects/hosts/passive1", Some(&viewer))
+            .await;
+        assert_eq!(status, "403", "viewers are not dhcp-admins");
+        let (status, _) = self.curl_token("/v1/objects/hosts/passive1", None).await;
+        assert_eq!(status, "401");
+        let (status, body) = self
+            .curl_token("/v1/status/IcingaApplication", Some(&admin))
+            .await;
+        assert_eq!(
+            status, "401",
+            "Icinga itself refuses a bearer token: {body}"
         );
     }
 

@@ -119,18 +119,18 @@ impl KeyCache {
             .map(|l| l.set.clone())
     }
 
-    /// Fetches the keys unless another fetch already replaced `seen` (or the keys found
-    /// missing), or the last attempt was under `min_refresh_interval` ago.
+    /// Fetches the keys unless another fetch replaced them meanwhile (`seen`: the set the
+    /// caller found lacking; else the set held when called), or the last fetch ended under
+    /// `min_refresh_interval` ago.
     async fn refresh(&self, seen: Option<&Arc<KeySet>>) {
-        let before = self.loaded.load_full().map(|l| l.set.clone());
+        let set = || self.loaded.load_full().map(|l| l.set.clone());
+        let seen = seen.cloned().or_else(set);
         let _one = self.fetching.lock().await;
-        let now = self.loaded.load_full().map(|l| l.set.clone());
-        let replaced = match (&before, &now) {
-            (Some(b), Some(n)) => !Arc::ptr_eq(b, n),
-            (None, Some(_)) => true,
-            _ => false,
+        let same = match (set(), &seen) {
+            (Some(now), Some(seen)) => Arc::ptr_eq(&now, seen),
+            (now, _) => now.is_none(),
         };
-        if replaced || seen.is_some_and(|s| now.as_ref().is_some_and(|n| !Arc::ptr_eq(s, n))) {
+        if !same {
             return;
         }
         if !self.may_fetch() {

@@ -336,9 +336,10 @@ impl Bearer {
     /// A token that verified here before, against the keys its issuer holds now, still in
     /// its time window.
     async fn remembered(&self, digest: &[u8; 32], now: i64) -> Option<Arc<BearerToken>> {
-        let issuer = self.issuers.get(self.seen.issuer_of(digest)?)?;
+        let entry = self.seen.get(digest)?;
+        let issuer = self.issuers.get(entry.issuer)?;
         let keys = issuer.keys.current().await?;
-        self.seen.get(digest, &keys, now, issuer.leeway)
+        entry.valid(&keys, now, issuer.leeway)
     }
 }
 

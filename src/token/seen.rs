@@ -14,12 +14,25 @@ use std::sync::{Arc, Mutex, Weak};
 /// thousands of live tokens costs the others their signature checks, nothing more).
 const MAX: usize = 4096;
 
-struct Entry {
+/// A remembered token: which of the route's issuers verified it, against which key set.
+#[derive(Clone)]
+pub(crate) struct Entry {
     /// The index of the issuer (in the route's list) that verified it.
-    issuer: usize,
+    pub issuer: usize,
     token: Arc<BearerToken>,
     nbf: Option<i64>,
     keys: Weak<KeySet>,
+}
+
+impl Entry {
+    /// The token, if it verified against `keys` (the issuer's set now) and is in its time
+    /// window at `now`.
+    pub fn valid(self, keys: &Arc<KeySet>, now: i64, leeway: i64) -> Option<Arc<BearerToken>> {
+        let same_keys = self.keys.upgrade().is_some_and(|k| Arc::ptr_eq(&k, keys));
+        let in_time = now < self.token.exp.saturating_add(leeway)
+            && self.nbf.is_none_or(|nbf| now.saturating_add(leeway) >= nbf);
+        (same_keys && in_time).then_some(self.token)
+    }
 }
 
 /// A route's verified tokens.
@@ -29,25 +42,9 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
-    /// Which of the route's issuers verified the token of `digest`, if it is here.
-    pub fn issuer_of(&self, digest: &[u8; 32]) -> Option<usize> {
-        Some(self.entries.lock().ok()?.get(digest)?.issuer)
-    }
-
-    /// The token of `digest`, if it verified against `keys` and is in its time window now.
-    pub fn get(
-        &self,
-        digest: &[u8; 32],
-        keys: &Arc<KeySet>,
-        now: i64,
-        leeway: i64,
-    ) -> Option<Arc<BearerToken>> {
-        let entries = self.entries.lock().ok()?;
-        let e = entries.get(digest)?;
-        let same_keys = e.keys.upgrade().is_some_and(|k| Arc::ptr_eq(&k, keys));
-        let in_time = now < e.token.exp.saturating_add(leeway)
-            && e.nbf.is_none_or(|nbf| now.saturating_add(leeway) >= nbf);
-        (same_keys && in_time).then(|| e.token.clone())
+    /// The entry of `digest`, if any (one lock; [`Entry::valid`] decides, off the lock).
+    pub fn get(&self, digest: &[u8; 32]) -> Option<Entry> {
+        self.entries.lock().ok()?.get(digest).cloned()
     }
 
     /// Remembers a token that the route's issuer `issuer` verified against `keys`.
@@ -106,22 +103,18 @@ mod tests {
         let seen = Seen::default();
         let keys = Arc::new(KeySet::default());
         seen.put([1; 32], 0, &keys, token(100), 50);
-        assert!(seen.get(&[1; 32], &keys, 60, 0).is_some());
-        assert_eq!(seen.issuer_of(&[1; 32]), Some(0));
-        assert!(seen.get(&[2; 32], &keys, 60, 0).is_none(), "another token");
-        assert!(
-            seen.get(&[1; 32], &keys, 100, 0).is_none(),
-            "expired at exp"
-        );
-        assert!(
-            seen.get(&[1; 32], &keys, 100, 5).is_some(),
-            "within the leeway"
-        );
+        let hit = |keys: &Arc<KeySet>, now, leeway| {
+            seen.get(&[1; 32])
+                .and_then(|e| e.valid(keys, now, leeway))
+                .is_some()
+        };
+        assert!(hit(&keys, 60, 0));
+        assert_eq!(seen.get(&[1; 32]).map(|e| e.issuer), Some(0));
+        assert!(seen.get(&[2; 32]).is_none(), "another token");
+        assert!(!hit(&keys, 100, 0), "expired at exp");
+        assert!(hit(&keys, 100, 5), "within the leeway");
         let refreshed = Arc::new(KeySet::default());
-        assert!(
-            seen.get(&[1; 32], &refreshed, 60, 0).is_none(),
-            "verified again against new keys"
-        );
+        assert!(!hit(&refreshed, 60, 0), "verified again against new keys");
     }
 
     #[test]
